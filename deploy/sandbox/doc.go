@@ -1,0 +1,9 @@
+// Package sandbox builds a local patch target for tests, the demo and the
+// benchmarks: a "server" network namespace that holds a sample Node.js app
+// under real pm2 (run as an unprivileged app user with its own PM2_HOME), and
+// a "client" namespace joined to it by a veth pair, IPv4 and IPv6.
+//
+// It never touches the host's own network namespace: every firewall rule and
+// every byte of test traffic stays inside namespaces it created. Setup and
+// teardown are idempotent and undo partial work after a failure.
+package sandbox

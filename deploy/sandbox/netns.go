@@ -1,0 +1,89 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// NetnsDir is where iproute2 keeps named network namespaces.
+const NetnsDir = "/run/netns"
+
+// CreateNetns creates the named network namespace (as `ip netns add`) with
+// loopback up. An existing namespace of that name is reused.
+func CreateNetns(name string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(NetnsDir, name)); err != nil {
+		if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+			return fmt.Errorf("creating netns %s: %w: %s", name, err, strings.TrimSpace(string(out)))
+		}
+	}
+	if out, err := exec.Command("ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		return fmt.Errorf("bringing up lo in netns %s: %w: %s", name, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// DeleteNetns deletes the named network namespace; a missing one is not an
+// error. Processes still inside it keep it alive until they exit.
+func DeleteNetns(name string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(NetnsDir, name)); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
+		return fmt.Errorf("deleting netns %s: %w: %s", name, err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// InNetns runs fn on an OS thread switched into the named network namespace.
+// Sockets fn opens, and processes it starts with os/exec (including those
+// go-iptables starts), belong to that namespace. The thread is never switched
+// back: it is discarded when fn returns, so no other goroutine can inherit
+// the namespace.
+func InNetns(name string, fn func() error) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		// No UnlockOSThread: the runtime kills a thread whose goroutine exits locked.
+		f, err := os.Open(filepath.Join(NetnsDir, name))
+		if err != nil {
+			errc <- fmt.Errorf("opening netns %s: %w", name, err)
+			return
+		}
+		err = unix.Setns(int(f.Fd()), unix.CLONE_NEWNET)
+		f.Close()
+		if err != nil {
+			errc <- fmt.Errorf("entering netns %s: %w", name, err)
+			return
+		}
+		errc <- fn()
+	}()
+	return <-errc
+}
+
+// NetnsCommand returns a command that runs argv inside the named namespace.
+func NetnsCommand(name string, argv ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", name}, argv...)...)
+}
+
+func validName(name string) error {
+	if name == "" || len(name) > 64 || strings.ContainsAny(name, "/ \t\n") || name == "." || name == ".." {
+		return fmt.Errorf("invalid netns name %q", name)
+	}
+	return nil
+}
