@@ -1,0 +1,660 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// DefaultConfigPath is where the packaged config lives.
+const DefaultConfigPath = "/etc/patchagent/config.yaml"
+
+// Config is what operators write in /etc/patchagent/config.yaml. Only
+// app.name is required; every default reproduces AWS's tutorial.
+type Config struct {
+	App     AppConfig     `yaml:"app"`
+	Traffic TrafficConfig `yaml:"traffic"`
+	Drain   DrainConfig   `yaml:"drain"`
+	Health  HealthConfig  `yaml:"health"`
+	Exit    ExitConfig    `yaml:"exit"`
+	Post    PostConfig    `yaml:"post"`
+	Steps   StepsConfig   `yaml:"steps"`
+	Daemon  DaemonConfig  `yaml:"daemon"`
+}
+
+// AppConfig names the application and how pm2 runs it.
+type AppConfig struct {
+	// The pm2 process name (required).
+	Name string `yaml:"name"`
+	// The user whose pm2 runs the app (default: the owner of dir).
+	User string `yaml:"user"`
+	// The app's directory, holding package.json (needed by post; default none).
+	Dir string `yaml:"dir"`
+	// The pm2 executable (default: found on the app user's usual paths).
+	PM2 string `yaml:"pm2"`
+	// The app user's PM2_HOME (default: <home of user>/.pm2).
+	PM2Home string `yaml:"pm2_home"`
+	// How to start the app when pm2 no longer knows it (default none).
+	Ecosystem string `yaml:"ecosystem"`
+}
+
+// TrafficConfig says which new connections the block refuses, and how.
+type TrafficConfig struct {
+	// The app's TCP ports (default [443]).
+	Ports []int `yaml:"ports"`
+	// reject (TCP reset: clients and load balancers fail over at once) or
+	// drop (as the tutorial; clients wait for their connect timeout) (default reject).
+	Action string `yaml:"action"`
+	// Also block IPv6 (default true).
+	IPv6 bool `yaml:"ipv6"`
+	// How long an iptables call may wait for the xtables lock (default 5s).
+	LockWait Duration `yaml:"lock_wait"`
+}
+
+// DrainConfig bounds the wait for in-flight requests after the block.
+type DrainConfig struct {
+	// Give up waiting and go on with a warning after this long (default 30s).
+	Timeout Duration `yaml:"timeout"`
+	// A connection counts as drained once idle this long (default 1s).
+	Idle Duration `yaml:"idle"`
+	// Keep draining at least this long after the block: behind a load
+	// balancer, its health-check interval x unhealthy threshold (default 0s).
+	MinWait Duration `yaml:"min_wait"`
+	// How often the connections are polled (default 200ms).
+	Interval Duration `yaml:"interval"`
+}
+
+// HealthConfig is the application's health check (the tutorial's curl).
+type HealthConfig struct {
+	// The URL probed over loopback (default http://localhost:443/health-check).
+	URL string `yaml:"url"`
+	// Per-attempt timeout, the tutorial's curl -m 10 (default 10s).
+	Timeout Duration `yaml:"timeout"`
+	// Skip TLS verification, the tutorial's curl -k (default true).
+	Insecure bool `yaml:"insecure"`
+	// A CA bundle to verify the app's certificate with (default none).
+	CAFile string `yaml:"ca_file"`
+	// Host header and TLS server name, when the certificate is for the public name (default none).
+	Host string `yaml:"host"`
+	// The User-Agent sent, the tutorial's -A "" (default empty: none sent).
+	UserAgent string `yaml:"user_agent"`
+	// Accepted status codes: numbers or ranges like "200-299" (default 200-299).
+	ExpectStatus []StatusRange `yaml:"expect_status"`
+	// A substring the body must contain (default none).
+	ExpectBody string `yaml:"expect_body"`
+	// Pause between attempts (default 250ms).
+	Interval Duration `yaml:"interval"`
+	// Give up after this long (default 2m).
+	Deadline Duration `yaml:"deadline"`
+	// Consecutive successes required (default 1).
+	Successes int `yaml:"successes"`
+}
+
+// ExitConfig says what exit does when the app does not come back healthy.
+type ExitConfig struct {
+	// keep_blocked (fail closed) or unblock (the tutorial's order) (default keep_blocked).
+	OnFailure string `yaml:"on_failure"`
+	// Undo this cycle's dependency update if the app is unhealthy (default true).
+	Rollback bool `yaml:"rollback"`
+}
+
+// PostConfig configures the post-install phase.
+type PostConfig struct {
+	NPM NPMConfig `yaml:"npm"`
+}
+
+// NPMConfig configures the dependency update of post.
+type NPMConfig struct {
+	// Run npm update in app.dir (default true).
+	Enabled bool `yaml:"enabled"`
+	// Also upgrade across major versions (default false).
+	Major bool `yaml:"major"`
+	// Deadline of the whole update (default 15m).
+	Timeout Duration `yaml:"timeout"`
+}
+
+// StepsConfig holds the tutorial's "other scenarios".
+type StepsConfig struct {
+	// systemd units stopped in pre and started again in exit (default none).
+	StopUnits []string `yaml:"stop_units"`
+	// argv lists run in pre (default none).
+	PreCommands [][]string `yaml:"pre_commands"`
+	// argv lists run in exit (default none).
+	ExitCommands [][]string `yaml:"exit_commands"`
+}
+
+// DaemonConfig configures the service and where state lives.
+type DaemonConfig struct {
+	// The control socket (default /run/patchagent/patchagent.sock).
+	Socket string `yaml:"socket"`
+	// Where the state file and the phase lock live (default /var/lib/patchagent).
+	StateDir string `yaml:"state_dir"`
+	// Address of /metrics (default 127.0.0.1:8741).
+	MetricsListen string `yaml:"metrics_listen"`
+	// node_exporter's textfile collector directory, for runs without the daemon
+	// (default /var/lib/prometheus/node-exporter).
+	TextfileDir string `yaml:"textfile_dir"`
+	// Report a node blocked longer than this with no phase activity (default 2h).
+	MaxOutOfService Duration `yaml:"max_out_of_service"`
+	// Run exit automatically when max_out_of_service passes (default false).
+	AutoRecover bool `yaml:"auto_recover"`
+}
+
+// DefaultConfig reproduces the tutorial: port 443, its curl health check.
+func DefaultConfig() Config {
+	return Config{
+		Traffic: TrafficConfig{Ports: []int{443}, Action: "reject", IPv6: true, LockWait: Duration(5 * time.Second)},
+		Drain:   DrainConfig{Timeout: Duration(30 * time.Second), Idle: Duration(time.Second), Interval: Duration(200 * time.Millisecond)},
+		Health: HealthConfig{
+			URL:          "http://localhost:443/health-check",
+			Timeout:      Duration(10 * time.Second),
+			Insecure:     true,
+			ExpectStatus: []StatusRange{{200, 299}},
+			Interval:     Duration(250 * time.Millisecond),
+			Deadline:     Duration(2 * time.Minute),
+			Successes:    1,
+		},
+		Exit: ExitConfig{OnFailure: "keep_blocked", Rollback: true},
+		Post: PostConfig{NPM: NPMConfig{Enabled: true, Timeout: Duration(15 * time.Minute)}},
+		Steps: StepsConfig{
+			StopUnits: []string{}, PreCommands: [][]string{}, ExitCommands: [][]string{},
+		},
+		Daemon: DaemonConfig{
+			Socket:          "/run/patchagent/patchagent.sock",
+			StateDir:        "/var/lib/patchagent",
+			MetricsListen:   "127.0.0.1:8741",
+			TextfileDir:     "/var/lib/prometheus/node-exporter",
+			MaxOutOfService: Duration(2 * time.Hour),
+		},
+	}
+}
+
+// Duration is a time.Duration written as a Go duration string ("30s").
+type Duration time.Duration
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// UnmarshalYAML accepts only Go duration strings: a bare number has no unit.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode || n.Tag != "!!str" {
+		return fmt.Errorf("want a duration string like \"30s\", got %s", describe(n))
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("want a duration like \"30s\": %w", err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration string.
+func (d Duration) MarshalYAML() (any, error) { return d.String(), nil }
+
+// StatusRange is an inclusive range of HTTP status codes.
+type StatusRange struct{ Min, Max int }
+
+// Contains reports whether code is in the range.
+func (r StatusRange) Contains(code int) bool { return code >= r.Min && code <= r.Max }
+
+func (r StatusRange) String() string {
+	if r.Min == r.Max {
+		return strconv.Itoa(r.Min)
+	}
+	return fmt.Sprintf("%d-%d", r.Min, r.Max)
+}
+
+// UnmarshalYAML accepts 200, "200" or "200-299".
+func (r *StatusRange) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "!!str") {
+		return fmt.Errorf("want a status code or a range like \"200-299\", got %s", describe(n))
+	}
+	lo, hi, isRange := strings.Cut(n.Value, "-")
+	if !isRange {
+		hi = lo
+	}
+	a, err1 := strconv.Atoi(strings.TrimSpace(lo))
+	b, err2 := strconv.Atoi(strings.TrimSpace(hi))
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("want a status code or a range like \"200-299\", got %q", n.Value)
+	}
+	if a < 100 || b > 599 || a > b {
+		return fmt.Errorf("status range %q is not within 100-599 and ordered", n.Value)
+	}
+	*r = StatusRange{a, b}
+	return nil
+}
+
+// MarshalYAML writes the range as a number or "lo-hi".
+func (r StatusRange) MarshalYAML() (any, error) {
+	if r.Min == r.Max {
+		return r.Min, nil
+	}
+	return r.String(), nil
+}
+
+// ConfigError lists every problem found in a config file at once.
+type ConfigError struct {
+	Path     string
+	Problems []Problem
+}
+
+// Problem is one bad key; Line is 0 when the key is not in the file.
+type Problem struct {
+	Line int
+	Key  string
+	Msg  string
+}
+
+func (p Problem) String() string {
+	if p.Line > 0 {
+		return fmt.Sprintf("line %d: %s: %s", p.Line, p.Key, p.Msg)
+	}
+	return fmt.Sprintf("%s: %s", p.Key, p.Msg)
+}
+
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "config %s: %d problem(s)", e.Path, len(e.Problems))
+	for _, p := range e.Problems {
+		b.WriteString("\n  ")
+		b.WriteString(e.Path)
+		b.WriteString(":")
+		b.WriteString(p.String())
+	}
+	return b.String()
+}
+
+// LoadConfig reads, checks and validates the config file at path. It
+// refuses a file that is not owned by root or is group/world-writable: the
+// config names commands that run as root.
+func LoadConfig(path string) (Config, error) {
+	return loadConfig(path, 0)
+}
+
+func loadConfig(path string, ownerUID uint32) (Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("loading config: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return Config{}, fmt.Errorf("loading config: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return Config{}, fmt.Errorf("loading config %s: not a regular file", path)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Uid != ownerUID {
+		return Config{}, fmt.Errorf("loading config %s: owned by uid %d, must be owned by uid %d (it names commands run as root)", path, st.Uid, ownerUID)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return Config{}, fmt.Errorf("loading config %s: mode %04o is group/world-writable (it names commands run as root): chmod go-w %s", path, fi.Mode().Perm(), path)
+	}
+	const maxSize = 1 << 20
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(io.LimitReader(f, maxSize+1)); err != nil {
+		return Config{}, fmt.Errorf("loading config %s: %w", path, err)
+	}
+	if buf.Len() > maxSize {
+		return Config{}, fmt.Errorf("loading config %s: larger than %d bytes", path, maxSize)
+	}
+	return ParseConfig(path, buf.Bytes())
+}
+
+// ParseConfig decodes data strictly over DefaultConfig and validates it.
+// name is used in messages. Every problem is reported at once.
+func ParseConfig(name string, data []byte) (Config, error) {
+	cfg := DefaultConfig()
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return Config{}, &ConfigError{Path: name, Problems: []Problem{yamlSyntaxProblem(err)}}
+	}
+	d := decoder{lines: map[string]int{}}
+	if len(doc.Content) > 0 {
+		root := doc.Content[0]
+		if !(root.Kind == yaml.ScalarNode && root.Tag == "!!null") {
+			d.decode(root, reflect.ValueOf(&cfg).Elem(), "")
+		}
+	}
+	for _, p := range cfg.Validate() {
+		p.Line = d.line(p.Key)
+		d.problems = append(d.problems, p)
+	}
+	if len(d.problems) > 0 {
+		sort.SliceStable(d.problems, func(i, j int) bool { return lineOrder(d.problems[i]) < lineOrder(d.problems[j]) })
+		return Config{}, &ConfigError{Path: name, Problems: d.problems}
+	}
+	return cfg, nil
+}
+
+func lineOrder(p Problem) int {
+	if p.Line == 0 {
+		return 1 << 30
+	}
+	return p.Line
+}
+
+func yamlSyntaxProblem(err error) Problem {
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
+	p := Problem{Key: "(yaml)", Msg: msg}
+	if rest, ok := strings.CutPrefix(msg, "line "); ok {
+		if n, tail, ok := strings.Cut(rest, ":"); ok {
+			if l, err := strconv.Atoi(n); err == nil {
+				p.Line, p.Msg = l, strings.TrimSpace(tail)
+			}
+		}
+	}
+	return p
+}
+
+// decoder walks the YAML tree alongside the Config struct so that each
+// problem is reported with its dotted key and line, and decoding goes on
+// after a problem to find the others.
+type decoder struct {
+	problems []Problem
+	lines    map[string]int
+}
+
+func (d *decoder) add(n *yaml.Node, key, format string, args ...any) {
+	d.problems = append(d.problems, Problem{Line: n.Line, Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// line returns the line of key or of its nearest parent in the file.
+func (d *decoder) line(key string) int {
+	for k := key; k != ""; {
+		if l, ok := d.lines[k]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(k, ".[")
+		if i < 0 {
+			break
+		}
+		k = k[:i]
+	}
+	return 0
+}
+
+var unmarshalerType = reflect.TypeOf((*yaml.Unmarshaler)(nil)).Elem()
+
+func (d *decoder) decode(n *yaml.Node, v reflect.Value, key string) {
+	if n.Kind == yaml.AliasNode {
+		d.add(n, keyOr(key), "YAML aliases are not supported in this file")
+		return
+	}
+	if v.Kind() == reflect.Struct && !reflect.PointerTo(v.Type()).Implements(unmarshalerType) {
+		if n.Kind != yaml.MappingNode {
+			d.add(n, keyOr(key), "want a mapping of keys, got %s", describe(n))
+			return
+		}
+		fields := yamlFields(v.Type())
+		seen := map[string]bool{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			sub := join(key, k.Value)
+			if seen[k.Value] {
+				d.add(k, sub, "key given twice")
+				continue
+			}
+			seen[k.Value] = true
+			idx, ok := fields[k.Value]
+			if !ok {
+				d.add(k, sub, "unknown key (known keys: %s)", strings.Join(sortedKeys(fields), ", "))
+				continue
+			}
+			d.lines[sub] = k.Line
+			d.decode(val, v.Field(idx), sub)
+		}
+		return
+	}
+	if v.Kind() == reflect.Slice && v.Type().Elem().Kind() != reflect.Uint8 {
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			v.Set(reflect.MakeSlice(v.Type(), 0, 0))
+			return
+		}
+		if n.Kind != yaml.SequenceNode {
+			d.add(n, key, "want a list, got %s", describe(n))
+			return
+		}
+		out := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
+		for i, el := range n.Content {
+			sub := fmt.Sprintf("%s[%d]", key, i)
+			d.lines[sub] = el.Line
+			d.decode(el, out.Index(i), sub)
+		}
+		v.Set(out)
+		return
+	}
+	// A scalar leaf (or a type with its own UnmarshalYAML).
+	if n.Kind != yaml.ScalarNode {
+		d.add(n, key, "want %s, got %s", kindName(v), describe(n))
+		return
+	}
+	if v.Kind() == reflect.String && n.Tag != "!!str" && n.Tag != "!!null" {
+		// yaml would turn `name: 123` or `name: yes` into a string silently.
+		d.add(n, key, "want a string, got %s (quote it)", describe(n))
+		return
+	}
+	tmp := reflect.New(v.Type())
+	tmp.Elem().Set(v)
+	if err := n.Decode(tmp.Interface()); err != nil {
+		msg := err.Error()
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			msg = fmt.Sprintf("want %s, got %s", kindName(v), describe(n))
+		}
+		d.add(n, key, "%s", msg)
+		return
+	}
+	v.Set(tmp.Elem())
+}
+
+func keyOr(key string) string {
+	if key == "" {
+		return "(top level)"
+	}
+	return key
+}
+
+func join(prefix, k string) string {
+	if prefix == "" {
+		return k
+	}
+	return prefix + "." + k
+}
+
+func yamlFields(t reflect.Type) map[string]int {
+	m := map[string]int{}
+	for i := 0; i < t.NumField(); i++ {
+		tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		if tag != "" && tag != "-" {
+			m[tag] = i
+		}
+	}
+	return m
+}
+
+func sortedKeys(m map[string]int) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
+}
+
+func kindName(v reflect.Value) string {
+	switch v.Type() {
+	case reflect.TypeOf(Duration(0)):
+		return "a duration string like \"30s\""
+	case reflect.TypeOf(StatusRange{}):
+		return "a status code or range"
+	}
+	switch v.Kind() {
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		return "an integer"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice:
+		return "a list"
+	}
+	return v.Type().String()
+}
+
+func describe(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.AliasNode:
+		return "an alias"
+	}
+	switch n.Tag {
+	case "!!null":
+		return "nothing (null)"
+	case "!!str":
+		return fmt.Sprintf("the string %q", n.Value)
+	case "!!int":
+		return fmt.Sprintf("the number %s", n.Value)
+	case "!!float":
+		return fmt.Sprintf("the number %s", n.Value)
+	case "!!bool":
+		return fmt.Sprintf("the boolean %s", n.Value)
+	}
+	return fmt.Sprintf("%q", n.Value)
+}
+
+// Validate checks values (types are checked while decoding) and returns
+// every problem, each named by its key.
+func (c Config) Validate() []Problem {
+	var ps []Problem
+	bad := func(key, format string, args ...any) {
+		ps = append(ps, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+	}
+	if c.App.Name == "" {
+		bad("app.name", "required: the pm2 process name of the app")
+	} else if strings.ContainsAny(c.App.Name, " \t\n/\\\x00") || strings.HasPrefix(c.App.Name, "-") || c.App.Name == "all" {
+		bad("app.name", "%q is not a usable pm2 app name (no spaces or slashes, no leading '-', not \"all\")", c.App.Name)
+	}
+	if c.App.User != "" && (strings.ContainsAny(c.App.User, " \t\n/:") || strings.HasPrefix(c.App.User, "-")) {
+		bad("app.user", "%q is not a user name", c.App.User)
+	}
+	for key, p := range map[string]string{"app.dir": c.App.Dir, "app.pm2": c.App.PM2, "app.pm2_home": c.App.PM2Home, "app.ecosystem": c.App.Ecosystem, "health.ca_file": c.Health.CAFile} {
+		if p != "" && !strings.HasPrefix(p, "/") {
+			bad(key, "%q must be an absolute path", p)
+		}
+	}
+	if len(c.Traffic.Ports) == 0 {
+		bad("traffic.ports", "at least one port is required")
+	}
+	seen := map[int]bool{}
+	for i, p := range c.Traffic.Ports {
+		key := fmt.Sprintf("traffic.ports[%d]", i)
+		switch {
+		case p < 1 || p > 65535:
+			bad(key, "%d is not a TCP port (1-65535)", p)
+		case p == 22:
+			bad(key, "22 is SSH: blocking it would lock operators out of the node")
+		case seen[p]:
+			bad(key, "%d is listed twice", p)
+		}
+		seen[p] = true
+	}
+	if c.Traffic.Action != "reject" && c.Traffic.Action != "drop" {
+		bad("traffic.action", "%q: want reject or drop", c.Traffic.Action)
+	}
+	positive := func(key string, d Duration) {
+		if d <= 0 {
+			bad(key, "must be greater than 0, got %s", d)
+		}
+	}
+	positive("traffic.lock_wait", c.Traffic.LockWait)
+	positive("drain.timeout", c.Drain.Timeout)
+	positive("drain.idle", c.Drain.Idle)
+	positive("drain.interval", c.Drain.Interval)
+	if c.Drain.MinWait < 0 {
+		bad("drain.min_wait", "must not be negative, got %s", c.Drain.MinWait)
+	} else if c.Drain.MinWait > c.Drain.Timeout {
+		bad("drain.min_wait", "%s is longer than drain.timeout %s", c.Drain.MinWait, c.Drain.Timeout)
+	}
+	if u, err := url.Parse(c.Health.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		bad("health.url", "%q is not an absolute http(s) URL", c.Health.URL)
+	} else if !isLoopbackHost(u.Hostname()) {
+		bad("health.url", "host %q is not loopback: the check must reach the app past the block (use localhost, 127.0.0.1 or [::1]; set health.host for the Host header)", u.Hostname())
+	}
+	positive("health.timeout", c.Health.Timeout)
+	positive("health.interval", c.Health.Interval)
+	positive("health.deadline", c.Health.Deadline)
+	if len(c.Health.ExpectStatus) == 0 {
+		bad("health.expect_status", "at least one status code or range is required")
+	}
+	if c.Health.Successes < 1 {
+		bad("health.successes", "must be at least 1, got %d", c.Health.Successes)
+	}
+	if c.Exit.OnFailure != "keep_blocked" && c.Exit.OnFailure != "unblock" {
+		bad("exit.on_failure", "%q: want keep_blocked or unblock", c.Exit.OnFailure)
+	}
+	positive("post.npm.timeout", c.Post.NPM.Timeout)
+	for i, u := range c.Steps.StopUnits {
+		if u == "" || strings.ContainsAny(u, " \t\n/") || strings.HasPrefix(u, "-") {
+			bad(fmt.Sprintf("steps.stop_units[%d]", i), "%q is not a systemd unit name", u)
+		}
+	}
+	for name, cmds := range map[string][][]string{"steps.pre_commands": c.Steps.PreCommands, "steps.exit_commands": c.Steps.ExitCommands} {
+		for i, argv := range cmds {
+			if len(argv) == 0 || !strings.HasPrefix(argv[0], "/") {
+				bad(fmt.Sprintf("%s[%d]", name, i), "want an argv list whose first element is an absolute path")
+			}
+		}
+	}
+	for key, p := range map[string]string{"daemon.socket": c.Daemon.Socket, "daemon.state_dir": c.Daemon.StateDir, "daemon.textfile_dir": c.Daemon.TextfileDir} {
+		if !strings.HasPrefix(p, "/") {
+			bad(key, "%q must be an absolute path", p)
+		}
+	}
+	if host, port, err := net.SplitHostPort(c.Daemon.MetricsListen); err != nil {
+		bad("daemon.metrics_listen", "%q is not host:port", c.Daemon.MetricsListen)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		bad("daemon.metrics_listen", "port %q is not 1-65535", port)
+	} else if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		bad("daemon.metrics_listen", "host %q is not an IP address", host)
+	}
+	positive("daemon.max_out_of_service", c.Daemon.MaxOutOfService)
+	sort.SliceStable(ps, func(i, j int) bool { return ps[i].Key < ps[j].Key })
+	return ps
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}
+
+// YAML renders the effective config (check-config).
+func (c Config) YAML() []byte {
+	out, err := yaml.Marshal(c)
+	if err != nil {
+		// Every field type marshals; this cannot happen.
+		panic(fmt.Sprintf("marshalling config: %v", err))
+	}
+	return out
+}

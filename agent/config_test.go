@@ -1,0 +1,208 @@
+package agent
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseConfigMinimalGivesTutorialDefaults(t *testing.T) {
+	cfg, err := ParseConfig("c.yaml", []byte("app:\n  name: my-app\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := DefaultConfig()
+	want.App.Name = "my-app"
+	if diff := cmp.Diff(want, cfg); diff != "" {
+		t.Fatalf("config (-want +got):\n%s", diff)
+	}
+	if cfg.Traffic.Ports[0] != 443 || cfg.Health.URL != "http://localhost:443/health-check" ||
+		cfg.Health.Timeout.D() != 10*time.Second || !cfg.Health.Insecure || cfg.Health.UserAgent != "" {
+		t.Fatalf("defaults do not reproduce the tutorial: %+v", cfg)
+	}
+}
+
+func TestParseConfigFull(t *testing.T) {
+	in := `
+app:
+  name: web
+  user: node
+  dir: /srv/web
+traffic:
+  ports: [443, 8443]
+  action: drop
+  ipv6: false
+drain:
+  timeout: 45s
+  idle: 500ms
+  min_wait: 10s
+health:
+  url: https://127.0.0.1:8443/hc
+  expect_status: [200, "300-399"]
+  successes: 3
+exit:
+  on_failure: unblock
+steps:
+  pre_commands:
+    - [/usr/local/bin/leave-cluster, --now]
+`
+	cfg, err := ParseConfig("c.yaml", []byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]int{443, 8443}, cfg.Traffic.Ports); diff != "" {
+		t.Error(diff)
+	}
+	if cfg.Traffic.Action != "drop" || cfg.Traffic.IPv6 || cfg.Drain.Timeout.D() != 45*time.Second ||
+		cfg.Drain.Idle.D() != 500*time.Millisecond || cfg.Health.Successes != 3 || cfg.Exit.OnFailure != "unblock" {
+		t.Errorf("values not decoded: %+v", cfg)
+	}
+	if diff := cmp.Diff([]StatusRange{{200, 200}, {300, 399}}, cfg.Health.ExpectStatus); diff != "" {
+		t.Error(diff)
+	}
+	if diff := cmp.Diff([][]string{{"/usr/local/bin/leave-cluster", "--now"}}, cfg.Steps.PreCommands); diff != "" {
+		t.Error(diff)
+	}
+	// Unset keys keep their defaults.
+	if cfg.Health.Timeout.D() != 10*time.Second || cfg.Daemon.StateDir != "/var/lib/patchagent" {
+		t.Errorf("defaults lost: %+v", cfg)
+	}
+}
+
+func TestParseConfigRefusesBadInput(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []string // each must appear in the error, in this order
+	}{
+		{"empty file", "", []string{"app.name: required"}},
+		{"unknown top-level key", "app: {name: a}\nfirewal: {}\n", []string{"c.yaml:line 2: firewal: unknown key"}},
+		{"unknown nested key", "app:\n  name: a\n  nmae: b\n", []string{"line 3: app.nmae: unknown key (known keys: dir, ecosystem, name, pm2, pm2_home, user)"}},
+		{"wrong type int", "app: {name: a}\ntraffic:\n  ports: [https]\n", []string{"line 3: traffic.ports[0]: want an integer, got the string \"https\""}},
+		{"scalar for list", "app: {name: a}\ntraffic:\n  ports: 443\n", []string{"line 3: traffic.ports: want a list, got the number 443"}},
+		{"number for string", "app:\n  name: 123\n", []string{"line 2: app.name: want a string, got the number 123 (quote it)"}},
+		{"bool for string", "app:\n  name: true\n", []string{"app.name: want a string"}},
+		{"duration without unit", "app: {name: a}\ndrain:\n  timeout: 30\n", []string{"line 3: drain.timeout: want a duration string like \"30s\", got the number 30"}},
+		{"bad duration", "app: {name: a}\ndrain:\n  idle: 1x\n", []string{"line 3: drain.idle: want a duration like \"30s\""}},
+		{"zero timeout", "app: {name: a}\ndrain:\n  timeout: 0s\n", []string{"line 3: drain.timeout: must be greater than 0"}},
+		{"negative min_wait", "app: {name: a}\ndrain:\n  min_wait: -1s\n", []string{"line 3: drain.min_wait: must not be negative"}},
+		{"port out of range", "app: {name: a}\ntraffic:\n  ports: [0, 65536]\n", []string{"traffic.ports[0]: 0 is not a TCP port", "traffic.ports[1]: 65536 is not a TCP port"}},
+		{"ssh port", "app: {name: a}\ntraffic:\n  ports: [22]\n", []string{"traffic.ports[0]: 22 is SSH"}},
+		{"duplicate port", "app: {name: a}\ntraffic:\n  ports: [443, 443]\n", []string{"traffic.ports[1]: 443 is listed twice"}},
+		{"no ports", "app: {name: a}\ntraffic:\n  ports: []\n", []string{"traffic.ports: at least one port"}},
+		{"bad action", "app: {name: a}\ntraffic:\n  action: accept\n", []string{"line 3: traffic.action: \"accept\": want reject or drop"}},
+		{"health not loopback", "app: {name: a}\nhealth:\n  url: http://example.com/h\n", []string{"line 3: health.url: host \"example.com\" is not loopback"}},
+		{"health not url", "app: {name: a}\nhealth:\n  url: localhost:443\n", []string{"health.url: \"localhost:443\" is not an absolute http(s) URL"}},
+		{"bad status", "app: {name: a}\nhealth:\n  expect_status: [700]\n", []string{"health.expect_status[0]: status range \"700\""}},
+		{"bad on_failure", "app: {name: a}\nexit:\n  on_failure: maybe\n", []string{"exit.on_failure: \"maybe\""}},
+		{"relative dir", "app:\n  name: a\n  dir: srv/app\n", []string{"line 3: app.dir: \"srv/app\" must be an absolute path"}},
+		{"app name all", "app:\n  name: all\n", []string{"app.name: \"all\" is not a usable pm2 app name"}},
+		{"relative command", "app: {name: a}\nsteps:\n  pre_commands: [[leave]]\n", []string{"steps.pre_commands[0]: want an argv list"}},
+		{"duplicate key", "app:\n  name: a\n  name: b\n", []string{"app.name"}},
+		{"syntax error", "app:\n  name: [a\n", []string{"c.yaml:line "}},
+		{"not a mapping", "- a\n- b\n", []string{"(top level): want a mapping of keys"}},
+		{"section not a mapping", "app: web\n", []string{"line 1: app: want a mapping of keys, got the string \"web\""}},
+		{"bad metrics listen", "app: {name: a}\ndaemon:\n  metrics_listen: nowhere\n", []string{"daemon.metrics_listen: \"nowhere\" is not host:port"}},
+		{"every problem at once", "app:\n  nmae: a\ntraffic:\n  ports: [0]\n  action: x\ndrain:\n  idle: 3\n",
+			[]string{"line 1: app.name: required", "line 2: app.nmae: unknown key", "line 4: traffic.ports[0]: 0 is not a TCP port", "line 5: traffic.action", "line 7: drain.idle"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseConfig("c.yaml", []byte(tt.in))
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("want a *ConfigError, got %v", err)
+			}
+			msg := err.Error()
+			pos := 0
+			for _, w := range tt.want {
+				i := strings.Index(msg[pos:], w)
+				if i < 0 {
+					t.Fatalf("error does not contain %q (in order):\n%s", w, msg)
+				}
+				pos += i + len(w)
+			}
+		})
+	}
+}
+
+func TestLoadConfigFileChecks(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(good, []byte("app:\n  name: web\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	me := uint32(os.Geteuid())
+	if _, err := loadConfig(good, me); err != nil {
+		t.Fatalf("good file refused: %v", err)
+	}
+	if _, err := loadConfig(good, me+1); err == nil || !strings.Contains(err.Error(), "must be owned by uid") {
+		t.Fatalf("file of another owner accepted: %v", err)
+	}
+	if err := os.Chmod(good, 0o620); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadConfig(good, me); err == nil || !strings.Contains(err.Error(), "group/world-writable") {
+		t.Fatalf("group-writable file accepted: %v", err)
+	}
+	if err := os.Chmod(good, 0o602); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadConfig(good, me); err == nil || !strings.Contains(err.Error(), "group/world-writable") {
+		t.Fatalf("world-writable file accepted: %v", err)
+	}
+	if _, err := loadConfig(filepath.Join(dir, "missing.yaml"), me); err == nil || !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
+	if _, err := loadConfig(dir, me); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("directory accepted: %v", err)
+	}
+}
+
+func TestConfigYAMLRoundTrips(t *testing.T) {
+	cfg, err := ParseConfig("c.yaml", []byte("app:\n  name: web\nhealth:\n  expect_status: [200, \"301-302\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := ParseConfig("printed", cfg.YAML())
+	if err != nil {
+		t.Fatalf("check-config output does not load back: %v\n%s", err, cfg.YAML())
+	}
+	if diff := cmp.Diff(cfg, again); diff != "" {
+		t.Fatalf("round trip (-want +got):\n%s", diff)
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte("app:\n  name: web\n"))
+	f.Add([]byte("app: {name: a}\ntraffic:\n  ports: [443, 0]\n  action: drop\ndrain: {timeout: 1s}\n"))
+	f.Add([]byte("health:\n  expect_status: [\"200-299\", 301]\n  url: http://[::1]:443/x\n"))
+	f.Add([]byte("steps:\n  pre_commands: [[/bin/true], []]\n"))
+	f.Add([]byte("a: &x {b: 1}\nc: *x\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		cfg, err := ParseConfig("fuzz.yaml", data)
+		if err != nil {
+			var ce *ConfigError
+			if !errors.As(err, &ce) || len(ce.Problems) == 0 {
+				t.Fatalf("error is not a ConfigError with problems: %v", err)
+			}
+			return
+		}
+		// Anything accepted is valid and prints back to the same config.
+		if ps := cfg.Validate(); len(ps) != 0 {
+			t.Fatalf("accepted an invalid config: %v", ps)
+		}
+		again, err := ParseConfig("printed", cfg.YAML())
+		if err != nil {
+			t.Fatalf("accepted config does not round-trip: %v", err)
+		}
+		if !cmp.Equal(cfg, again) {
+			t.Fatalf("round trip changed the config: %s", cmp.Diff(cfg, again))
+		}
+	})
+}
