@@ -1,0 +1,170 @@
+package agent
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// StateVersion is the state file's schema version.
+const StateVersion = 1
+
+// Phase step results recorded in State.Status.
+const (
+	StatusRunning = "running"
+	StatusOK      = "ok"
+	StatusFailed  = "failed"
+)
+
+// State is the crash-safe record of the patch cycle. Each phase writes its
+// intent here before the side effect it names, so a later phase, a restarted
+// daemon or an operator can always tell what was done.
+type State struct {
+	Version int `json:"version"`
+	// CycleID names the open patch cycle; empty when none was ever opened.
+	CycleID string `json:"cycle_id,omitempty"`
+	// Open is true from the moment pre decides to block until exit returns
+	// the node to service: while true the node may be out of service.
+	Open bool `json:"open"`
+	// BootID is the kernel boot id at the last write: a different one now
+	// means the node rebooted and every iptables rule is gone.
+	BootID string `json:"boot_id,omitempty"`
+	// Phase, Step and Status say where the last phase got to.
+	Phase  string `json:"phase,omitempty"`
+	Step   string `json:"step,omitempty"`
+	Status string `json:"status,omitempty"`
+	Error  string `json:"error,omitempty"`
+	// Attempts counts runs of Phase in this cycle.
+	Attempts int `json:"attempts,omitempty"`
+	// Block is what pre set out to install (written before the block).
+	Block *BlockRecord `json:"block,omitempty"`
+	// Stopped is the app pre set out to stop (written before pm2 stop).
+	Stopped *StopRecord `json:"stopped,omitempty"`
+	// Warnings of the last phase run.
+	Warnings []string `json:"warnings,omitempty"`
+
+	CycleStartedAt time.Time `json:"cycle_started_at,omitzero"`
+	PhaseStartedAt time.Time `json:"phase_started_at,omitzero"`
+	UpdatedAt      time.Time `json:"updated_at,omitzero"`
+}
+
+// BlockRecord describes the block pre installs.
+type BlockRecord struct {
+	Chain    string    `json:"chain"`
+	Ports    []uint16  `json:"ports"`
+	Action   string    `json:"action"`
+	Families []string  `json:"families"`
+	BootID   string    `json:"boot_id"`
+	Since    time.Time `json:"since"`
+}
+
+// StopRecord describes the app pre stops, so exit knows what to start.
+type StopRecord struct {
+	App       string    `json:"app"`
+	User      string    `json:"user"`
+	WasOnline []int     `json:"was_online_pids,omitempty"`
+	At        time.Time `json:"at"`
+}
+
+// StateStore reads and atomically writes the state file.
+type StateStore struct {
+	Path string
+}
+
+// NewStateStore returns the store for state.json in dir.
+func NewStateStore(dir string) *StateStore {
+	return &StateStore{Path: filepath.Join(dir, "state.json")}
+}
+
+// Load returns the recorded state; a missing file is the zero state (no
+// cycle was ever opened). A file that cannot be parsed is an error: it is
+// left untouched for the operator to read.
+func (s *StateStore) Load() (State, error) {
+	data, err := os.ReadFile(s.Path)
+	if errors.Is(err, os.ErrNotExist) {
+		return State{Version: StateVersion}, nil
+	}
+	if err != nil {
+		return State{}, fmt.Errorf("reading state %s: %w", s.Path, err)
+	}
+	var st State
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&st); err != nil {
+		return State{}, fmt.Errorf("parsing state %s (left as it is; move it away only once the node's firewall and app are checked by hand): %w", s.Path, err)
+	}
+	if st.Version > StateVersion {
+		return State{}, fmt.Errorf("state %s has version %d, newer than this patchagent understands (%d)", s.Path, st.Version, StateVersion)
+	}
+	return st, nil
+}
+
+// Save writes st atomically: a temp file in the same directory, fsync,
+// rename over the old file, fsync of the directory. A failed save leaves the
+// previous state in place.
+func (s *StateStore) Save(st State) error {
+	st.Version = StateVersion
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encoding state: %w", err)
+	}
+	data = append(data, '\n')
+	dir := filepath.Dir(s.Path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating state dir %s: %w", dir, err)
+	}
+	f, err := os.CreateTemp(dir, ".state-*.tmp")
+	if err != nil {
+		return fmt.Errorf("writing state %s: %w", s.Path, err)
+	}
+	tmp := f.Name()
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("writing state %s: %w", s.Path, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing state %s: %w", s.Path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("closing state %s: %w", s.Path, err)
+	}
+	if err := os.Rename(tmp, s.Path); err != nil {
+		return fmt.Errorf("replacing state %s: %w", s.Path, err)
+	}
+	ok = true
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing state dir %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing state dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// BootIDFile is where the kernel exposes the id of the current boot.
+const BootIDFile = "/proc/sys/kernel/random/boot_id"
+
+// ReadBootID returns the current boot id from path.
+func ReadBootID(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading boot id: %w", err)
+	}
+	id := strings.TrimSpace(string(b))
+	if id == "" {
+		return "", fmt.Errorf("reading boot id: %s is empty", path)
+	}
+	return id, nil
+}
