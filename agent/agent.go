@@ -1,0 +1,144 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/firewall"
+	"github.com/patchagent/patchagent/hooks"
+)
+
+// Firewall is the block the phases install and remove (firewall.Firewall).
+type Firewall interface {
+	Families() []firewall.Family
+	Plan() []string
+	Block(ctx context.Context) error
+	Unblock(ctx context.Context) error
+	Status(ctx context.Context) (firewall.Status, error)
+}
+
+// AppManager starts and stops the app's processes (hooks.PM2).
+type AppManager interface {
+	DaemonAlive() error
+	Processes(ctx context.Context, app string) ([]hooks.Process, error)
+	Stop(ctx context.Context, app string) ([]hooks.Process, error)
+	Start(ctx context.Context, app string) error
+}
+
+var (
+	_ Firewall   = (*firewall.Firewall)(nil)
+	_ AppManager = (*hooks.PM2)(nil)
+)
+
+// Deps are the seams a phase works through.
+type Deps struct {
+	Log      *zap.Logger
+	Firewall Firewall
+	Conns    firewall.ConnSource
+	App      AppManager
+	// AppUser names whose pm2 runs the app, for messages and plans.
+	AppUser string
+	State   *StateStore
+	Lock    *PhaseLock
+	// LockWait is how long a phase waits for another to finish (default 0).
+	LockWait time.Duration
+	// BootID returns the current boot id.
+	BootID func() (string, error)
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// Progress receives live progress lines (stderr for the CLI).
+	Progress io.Writer
+}
+
+// Agent runs the phases of a patch cycle on this node.
+type Agent struct {
+	cfg Config
+	d   Deps
+	log *zap.Logger
+}
+
+// New returns an Agent; every field of d but LockWait must be set, except
+// Now and Progress which default to time.Now and io.Discard.
+func New(cfg Config, d Deps) *Agent {
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	if d.Progress == nil {
+		d.Progress = io.Discard
+	}
+	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent")}
+}
+
+// RunOptions modify one phase run.
+type RunOptions struct {
+	// DryRun prints the plan and changes nothing.
+	DryRun bool
+}
+
+// PhaseError carries the exit code a phase failure maps to.
+type PhaseError struct {
+	Code int
+	Err  error
+}
+
+func (e *PhaseError) Error() string { return e.Err.Error() }
+func (e *PhaseError) Unwrap() error { return e.Err }
+
+// configError marks a failure caused by the configuration (exit 2).
+func configError(err error) error { return &PhaseError{Code: ExitUsage, Err: err} }
+
+func exitCode(err error) int {
+	var pe *PhaseError
+	if errors.As(err, &pe) {
+		return pe.Code
+	}
+	if errors.Is(err, ErrLocked) {
+		return ExitLocked
+	}
+	return ExitFailed
+}
+
+// progress writes one live progress line.
+func (a *Agent) progress(format string, args ...any) {
+	fmt.Fprintf(a.d.Progress, format+"\n", args...)
+}
+
+// save records st with the time and boot id; a phase never goes on to a
+// side effect whose intent could not be recorded.
+func (a *Agent) save(st *State, step string) error {
+	st.Step = step
+	st.UpdatedAt = a.d.Now().UTC()
+	if err := a.d.State.Save(*st); err != nil {
+		return fmt.Errorf("recording intent %q before acting: %w", step, err)
+	}
+	return nil
+}
+
+func newCycleID(now time.Time) string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return now.UTC().Format("20060102T150405Z") + "-" + hex.EncodeToString(b)
+}
+
+func ports16(ps []int) []uint16 {
+	out := make([]uint16, len(ps))
+	for i, p := range ps {
+		out[i] = uint16(p)
+	}
+	return out
+}
+
+func familyNames(fs []firewall.Family) []string {
+	out := make([]string, len(fs))
+	for i, f := range fs {
+		out[i] = string(f)
+	}
+	return out
+}

@@ -1,0 +1,70 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/firewall"
+)
+
+// DrainResult says how the drain ended.
+type DrainResult struct {
+	// Seen is the most non-loopback connections seen at once.
+	Seen int
+	// Remaining, Busy: non-loopback connections left at the end, and how
+	// many of them were still carrying a request.
+	Remaining, Busy int
+	TimedOut        bool
+	Waited          time.Duration
+	Polls           int
+}
+
+// drain waits until no non-loopback connection to the ports is busy and
+// every remaining one has been idle for drain.idle, but at least
+// drain.min_wait after blockedAt, and at most drain.timeout. A time-out is
+// not an error: the result says how many were still busy.
+func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, error) {
+	c := a.cfg.Drain
+	ports := ports16(a.cfg.Traffic.Ports)
+	var r DrainResult
+	var last firewall.Summary
+	lastPrint := time.Time{}
+	tick := time.NewTicker(c.Interval.D())
+	defer tick.Stop()
+	for {
+		conns, err := a.d.Conns.Established(ctx, ports)
+		if err != nil {
+			return r, fmt.Errorf("reading connections to %v: %w", a.cfg.Traffic.Ports, err)
+		}
+		r.Polls++
+		s := firewall.Summarize(conns, c.Idle.D())
+		r.Seen = max(r.Seen, s.Total)
+		r.Remaining, r.Busy = s.Total, s.Busy
+		now := a.d.Now()
+		r.Waited = now.Sub(blockedAt)
+		if s != last || now.Sub(lastPrint) >= time.Second {
+			a.progress("drain: %d connection(s), %d busy, %d idle >= %s, after %s",
+				s.Total, s.Busy, s.Idle, c.Idle, r.Waited.Round(10*time.Millisecond))
+			last, lastPrint = s, now
+		}
+		if s.Drained() && r.Waited >= c.MinWait.D() {
+			a.log.Info("drained", zap.Int("seen", r.Seen), zap.Int("idle_left", s.Total),
+				zap.Duration("took", r.Waited), zap.Int("polls", r.Polls))
+			return r, nil
+		}
+		if r.Waited >= c.Timeout.D() {
+			r.TimedOut = true
+			a.log.Warn("drain timed out", zap.Int("busy", s.Busy), zap.Int("remaining", s.Total),
+				zap.Duration("timeout", c.Timeout.D()))
+			return r, nil
+		}
+		select {
+		case <-ctx.Done():
+			return r, fmt.Errorf("draining: %w", ctx.Err())
+		case <-tick.C:
+		}
+	}
+}

@@ -1,0 +1,230 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/firewall"
+	"github.com/patchagent/patchagent/hooks"
+)
+
+// listenWait bounds the wait for the app's port to be released after pm2
+// reports the app stopped.
+const listenWait = 5 * time.Second
+
+// Pre takes the node out of service: block new connections, drain the
+// established ones, stop the app. Every side effect is recorded in the state
+// file before it happens. A failure after the block leaves the node blocked
+// with a record of it, for exit to restore.
+func (a *Agent) Pre(ctx context.Context, opt RunOptions) *Report {
+	start := time.Now()
+	rep := &Report{Phase: "pre", App: a.cfg.App.Name, StatePath: a.d.State.Path}
+	err := a.pre(ctx, opt, rep)
+	if err != nil {
+		a.log.Error("phase failed", zap.String("phase", "pre"), zap.Error(err))
+	}
+	rep.finish(time.Since(start), err, exitCode(err))
+	return rep
+}
+
+func (a *Agent) pre(ctx context.Context, opt RunOptions, rep *Report) error {
+	app := a.cfg.App.Name
+	if !opt.DryRun {
+		release, err := a.d.Lock.Acquire(ctx, "pre", a.d.LockWait)
+		if err != nil {
+			return err
+		}
+		defer release()
+	}
+	st, err := a.d.State.Load()
+	if err != nil {
+		return fmt.Errorf("nothing was changed: %w", err)
+	}
+	boot, err := a.d.BootID()
+	if err != nil {
+		return fmt.Errorf("nothing was changed: %w", err)
+	}
+	rep.CycleID = st.CycleID
+
+	// check: read-only, so that a bad app name or a dead pm2 daemon fails
+	// before the node is taken out of service.
+	t := time.Now()
+	procs, err := a.d.App.Processes(ctx, app)
+	if err != nil {
+		rep.addStep("check", ResultFailed, time.Since(t), "")
+		err = fmt.Errorf("nothing was blocked: %w", err)
+		if errors.Is(err, hooks.ErrUnknownApp) {
+			return configError(err)
+		}
+		return err
+	}
+	fw, err := a.d.Firewall.Status(ctx)
+	if err != nil {
+		rep.addStep("check", ResultFailed, time.Since(t), "")
+		return fmt.Errorf("nothing was blocked: reading the firewall: %w", err)
+	}
+	online, pids := onlinePIDs(procs)
+	fwState := "not blocked"
+	if fw.Blocked() {
+		fwState = "already blocked"
+	} else if fw.Partial() {
+		fwState = "partly blocked"
+	}
+	rep.addStep("check", ResultOK, time.Since(t), fmt.Sprintf("%s: %d/%d instance(s) online (pm2 of user %s); firewall %s",
+		app, online, len(procs), a.d.AppUser, fwState))
+
+	if opt.DryRun {
+		rep.Result = ResultDryRun
+		rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
+		rep.Plan = append(rep.Plan, fmt.Sprintf("drain: wait until no connection to port(s) %s from outside loopback is busy and every one is idle for %s (at least %s after the block, at most %s)",
+			portList(a.cfg.Traffic.Ports), a.cfg.Drain.Idle, a.cfg.Drain.MinWait, a.cfg.Drain.Timeout))
+		rep.Plan = append(rep.Plan, fmt.Sprintf("as user %s: pm2 stop %s, then check pid(s) %v are gone and port(s) %s are no longer listened on",
+			a.d.AppUser, app, pids, portList(a.cfg.Traffic.Ports)))
+		return nil
+	}
+
+	now := time.Now().UTC()
+	if !st.Open {
+		st = State{CycleID: newCycleID(now), Open: true, CycleStartedAt: now}
+	}
+	if st.Phase != "pre" {
+		st.Attempts = 0
+	}
+	st.Phase, st.Status, st.Error, st.Warnings = "pre", StatusRunning, "", nil
+	st.Attempts++
+	st.BootID, st.PhaseStartedAt = boot, now
+	fams := a.d.Firewall.Families()
+	st.Block = &BlockRecord{Chain: firewall.Chain, Ports: ports16(a.cfg.Traffic.Ports), Action: a.cfg.Traffic.Action,
+		Families: familyNames(fams), BootID: boot, Since: now}
+	rep.CycleID = st.CycleID
+	if err := a.save(&st, "block"); err != nil {
+		return fmt.Errorf("nothing was blocked: %w", err)
+	}
+	fail := func(err error) error {
+		st.Status, st.Error = StatusFailed, err.Error()
+		if serr := a.save(&st, st.Step); serr != nil {
+			a.log.Error("recording the failure", zap.Error(serr))
+		}
+		return fmt.Errorf("%w (the node stays blocked; `patchagent exit` returns it to service once the app is healthy)", err)
+	}
+
+	// block
+	t = time.Now()
+	a.progress("block: refusing new connections to %s/tcp from outside loopback (%s, %s)", portList(a.cfg.Traffic.Ports), famShort(fams), a.cfg.Traffic.Action)
+	if err := a.d.Firewall.Block(ctx); err != nil {
+		rep.addStep("block", ResultFailed, time.Since(t), "")
+		return fail(fmt.Errorf("blocking: %w", err))
+	}
+	blockedAt := time.Now()
+	blocked := fmt.Sprintf("blocked %s/tcp %s", portList(a.cfg.Traffic.Ports), famShort(fams))
+	rep.addStep("block", ResultOK, time.Since(t), fmt.Sprintf("%s in chain %s (%s)", blocked, firewall.Chain, a.cfg.Traffic.Action))
+	rep.Summary = append(rep.Summary, blocked)
+
+	// drain
+	if err := a.save(&st, "drain"); err != nil {
+		return fail(err)
+	}
+	dr, err := a.drain(ctx, blockedAt)
+	if err != nil {
+		rep.addStep("drain", ResultFailed, time.Since(blockedAt), "")
+		return fail(err)
+	}
+	if dr.TimedOut {
+		msg := fmt.Sprintf("drain timed out after %s with %d connection(s) still busy (%d open): the app's stop cuts them", a.cfg.Drain.Timeout, dr.Busy, dr.Remaining)
+		rep.warn("%s", msg)
+		st.Warnings = append(st.Warnings, msg)
+		rep.addStep("drain", "warn", dr.Waited, fmt.Sprintf("%d busy of %d open at the timeout", dr.Busy, dr.Remaining))
+		rep.Summary = append(rep.Summary, fmt.Sprintf("drain timed out with %d busy", dr.Busy))
+	} else {
+		rep.addStep("drain", ResultOK, dr.Waited, fmt.Sprintf("%d connection(s) seen, %d idle left, %d polls", dr.Seen, dr.Remaining, dr.Polls))
+		rep.Summary = append(rep.Summary, fmt.Sprintf("drained %d connection(s)", dr.Seen))
+	}
+
+	// stop
+	if st.Stopped == nil || st.Stopped.App != app || len(pids) > 0 {
+		st.Stopped = &StopRecord{App: app, User: a.d.AppUser, WasOnline: pids, At: time.Now().UTC()}
+	}
+	if err := a.save(&st, "stop"); err != nil {
+		return fail(err)
+	}
+	t = time.Now()
+	a.progress("stop: pm2 stop %s as %s", app, a.d.AppUser)
+	if _, err := a.d.App.Stop(ctx, app); err != nil {
+		rep.addStep("stop", ResultFailed, time.Since(t), "")
+		return fail(err)
+	}
+	if err := a.waitPortsReleased(ctx); err != nil {
+		rep.addStep("stop", ResultFailed, time.Since(t), "")
+		return fail(fmt.Errorf("pm2 reports %s stopped, but %w", app, err))
+	}
+	rep.addStep("stop", ResultOK, time.Since(t), fmt.Sprintf("%s stopped (pid(s) %v gone, port(s) %s released)", app, pids, portList(a.cfg.Traffic.Ports)))
+	rep.Summary = append(rep.Summary, "stopped "+app)
+
+	st.Status = StatusOK
+	if err := a.save(&st, "done"); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// waitPortsReleased waits until nothing listens on the app's ports.
+func (a *Agent) waitPortsReleased(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, listenWait)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ls, err := a.d.Conns.Listening(ctx, ports16(a.cfg.Traffic.Ports))
+		if err != nil {
+			return fmt.Errorf("reading listeners: %w", err)
+		}
+		if len(ls) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			var where []string
+			for _, l := range ls {
+				where = append(where, fmt.Sprintf("%s (uid %d)", l.Local, l.UID))
+			}
+			return fmt.Errorf("after %s something still listens on %s", listenWait, strings.Join(where, ", "))
+		case <-tick.C:
+		}
+	}
+}
+
+func onlinePIDs(procs []hooks.Process) (online int, pids []int) {
+	pids = []int{}
+	for _, p := range procs {
+		if p.Status == hooks.StatusOnline {
+			online++
+		}
+		if p.PID > 0 {
+			pids = append(pids, p.PID)
+		}
+	}
+	return online, pids
+}
+
+func portList(ps []int) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ",")
+}
+
+// famShort renders families as "v4+v6".
+func famShort(fs []firewall.Family) string {
+	s := make([]string, len(fs))
+	for i, f := range fs {
+		s[i] = strings.Replace(string(f), "ipv", "v", 1)
+	}
+	return strings.Join(s, "+")
+}

@@ -1,0 +1,159 @@
+package agent
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Phase results.
+const (
+	ResultOK     = "ok"
+	ResultFailed = "failed"
+	ResultDryRun = "dry-run"
+)
+
+// Exit codes of the hook commands. SSM gives 137, 168, 169 and 194 their
+// own meanings: never use them.
+const (
+	ExitOK     = 0
+	ExitFailed = 1
+	ExitUsage  = 2
+	ExitLocked = 3
+)
+
+// Output limits: SSM shows the first 2,500 characters in its console.
+const consoleLimit = 2500
+
+// Report is what one phase run tells its caller: a verdict first, then the
+// steps. It renders as text (first line = verdict) or as one JSON object.
+type Report struct {
+	Phase    string        `json:"phase"`
+	App      string        `json:"app,omitempty"`
+	Result   string        `json:"result"`
+	ExitCode int           `json:"exit_code"`
+	Duration time.Duration `json:"-"`
+	Seconds  float64       `json:"duration_seconds"`
+	// Summary is the short list of what was done, shown in the verdict.
+	Summary  []string     `json:"summary,omitempty"`
+	Error    string       `json:"error,omitempty"`
+	Warnings []string     `json:"warnings,omitempty"`
+	Steps    []StepReport `json:"steps"`
+	// Plan lists what a dry run would do.
+	Plan      []string `json:"plan,omitempty"`
+	CycleID   string   `json:"cycle_id,omitempty"`
+	StatePath string   `json:"state_file,omitempty"`
+}
+
+// StepReport is one step of a phase.
+type StepReport struct {
+	Name    string        `json:"name"`
+	Result  string        `json:"result"`
+	Dur     time.Duration `json:"-"`
+	Seconds float64       `json:"duration_seconds"`
+	Detail  string        `json:"detail,omitempty"`
+}
+
+func (r *Report) addStep(name, result string, d time.Duration, detail string) {
+	r.Steps = append(r.Steps, StepReport{Name: name, Result: result, Dur: d, Seconds: d.Seconds(), Detail: detail})
+}
+
+func (r *Report) warn(format string, args ...any) {
+	r.Warnings = append(r.Warnings, fmt.Sprintf(format, args...))
+}
+
+// finish sets the verdict fields.
+func (r *Report) finish(d time.Duration, err error, code int) {
+	r.Duration, r.Seconds = d, d.Seconds()
+	switch {
+	case r.Result == ResultDryRun:
+		r.ExitCode = ExitOK
+	case err != nil:
+		r.Result, r.Error, r.ExitCode = ResultFailed, err.Error(), code
+	default:
+		r.Result, r.ExitCode = ResultOK, ExitOK
+	}
+}
+
+// Verdict is the first line of the text output.
+func (r *Report) Verdict() string {
+	d := r.Duration.Round(100 * time.Millisecond)
+	switch r.Result {
+	case ResultDryRun:
+		return fmt.Sprintf("patchagent %s: dry run, nothing changed (%d planned actions)", r.Phase, len(r.Plan))
+	case ResultOK:
+		w := ""
+		if n := len(r.Warnings); n > 0 {
+			w = fmt.Sprintf(" with %d warning(s)", n)
+		}
+		return fmt.Sprintf("patchagent %s: ok in %s%s (%s)", r.Phase, d, w, strings.Join(r.Summary, ", "))
+	}
+	return fmt.Sprintf("patchagent %s: FAILED in %s: %s", r.Phase, d, firstLine(r.Error))
+}
+
+// Text renders the report for a console that shows only its first 2,500
+// characters: the verdict, then steps, warnings and the plan, cut with a
+// pointer to the full record when too long.
+func (r *Report) Text() string {
+	var b strings.Builder
+	b.WriteString(r.Verdict())
+	b.WriteByte('\n')
+	var rest []string
+	if r.Result == ResultFailed && strings.Contains(r.Error, "\n") {
+		rest = append(rest, "error: "+r.Error)
+	}
+	for _, w := range r.Warnings {
+		rest = append(rest, "warning: "+w)
+	}
+	for _, s := range r.Steps {
+		line := fmt.Sprintf("  %-6s %-7s %6.2fs", s.Result, s.Name, s.Seconds)
+		if s.Detail != "" {
+			line += "  " + s.Detail
+		}
+		rest = append(rest, line)
+	}
+	for _, p := range r.Plan {
+		rest = append(rest, "  would: "+p)
+	}
+	if r.StatePath != "" {
+		rest = append(rest, fmt.Sprintf("state: %s (cycle %s)", r.StatePath, orNone(r.CycleID)))
+	}
+	tail := ""
+	if r.StatePath != "" {
+		tail = fmt.Sprintf("... (cut: full record in %s and the journal)\n", r.StatePath)
+	} else {
+		tail = "... (cut: run again with --output json for everything)\n"
+	}
+	for _, l := range rest {
+		if b.Len()+len(l)+1+len(tail) > consoleLimit {
+			b.WriteString(tail)
+			break
+		}
+		b.WriteString(l)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// JSON renders the report as one JSON object.
+func (r *Report) JSON() []byte {
+	out, err := json.Marshal(r)
+	if err != nil {
+		// Only strings, numbers and slices of them: cannot fail.
+		panic(fmt.Sprintf("encoding report: %v", err))
+	}
+	return append(out, '\n')
+}
+
+func firstLine(s string) string {
+	l, _, _ := strings.Cut(s, "\n")
+	return l
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

@@ -1,0 +1,105 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/firewall"
+	"github.com/patchagent/patchagent/hooks"
+)
+
+// Build composes an Agent from cfg with the real seams: pm2 of the app user,
+// iptables for each family, netlink sock_diag (falling back to /proc when
+// the kernel refuses it), the state file and the phase lock in
+// daemon.state_dir. It changes nothing on the node. A problem in what cfg
+// names (user, pm2) is a configuration error.
+func Build(cfg Config, log *zap.Logger, progress io.Writer) (*Agent, error) {
+	u, err := appUser(cfg.App)
+	if err != nil {
+		return nil, configError(err)
+	}
+	if u.UID == 0 {
+		log.Warn("pm2 runs as root: set app.user (or app.dir owned by the app's user) if the app has its own user")
+	}
+	bin, path, err := hooks.FindPM2(u, cfg.App.PM2)
+	if err != nil {
+		return nil, configError(fmt.Errorf("app.pm2: %w", err))
+	}
+	home := cfg.App.PM2Home
+	if home == "" {
+		home = filepath.Join(u.Home, ".pm2")
+	}
+	pm2 := hooks.NewPM2(log, &hooks.ExecRunner{}, hooks.PM2Config{Bin: bin, User: u, Home: home, Path: path})
+
+	fams := []firewall.Family{firewall.IPv4}
+	if cfg.Traffic.IPv6 {
+		fams = append(fams, firewall.IPv6)
+	}
+	tables := map[firewall.Family]firewall.Tables{}
+	for _, f := range fams {
+		t, err := firewall.NewTables(f, cfg.Traffic.LockWait.D())
+		if err != nil {
+			return nil, fmt.Errorf("nothing was changed: %s unusable: %w", f.Command(), err)
+		}
+		tables[f] = t
+	}
+	fw, err := firewall.New(log, tables, firewall.Rules{Ports: ports16(cfg.Traffic.Ports), Action: firewall.Action(cfg.Traffic.Action)})
+	if err != nil {
+		return nil, configError(err)
+	}
+	return New(cfg, Deps{
+		Log:      log,
+		Firewall: fw,
+		Conns:    connSource(log),
+		App:      pm2,
+		AppUser:  u.Name,
+		State:    NewStateStore(cfg.Daemon.StateDir),
+		Lock:     NewPhaseLock(cfg.Daemon.StateDir),
+		LockWait: 5 * time.Second,
+		BootID:   func() (string, error) { return ReadBootID(BootIDFile) },
+		Progress: progress,
+	}), nil
+}
+
+// appUser resolves app.user, else the owner of app.dir, else root (the
+// tutorial's own setup: root's pm2).
+func appUser(c AppConfig) (hooks.AppUser, error) {
+	switch {
+	case c.User != "":
+		u, err := hooks.LookupUser(c.User)
+		if err != nil {
+			return u, fmt.Errorf("app.user: %w", err)
+		}
+		return u, nil
+	case c.Dir != "":
+		u, err := hooks.OwnerOf(c.Dir)
+		if err != nil {
+			return u, fmt.Errorf("app.dir (app.user not set, so the owner of app.dir runs pm2): %w", err)
+		}
+		return u, nil
+	}
+	u, err := hooks.LookupUser("root")
+	if err != nil {
+		return u, fmt.Errorf("app.user not set and no root account: %w", err)
+	}
+	return u, nil
+}
+
+// connSource prefers sock_diag and falls back to /proc/net/tcp{,6} when the
+// kernel refuses netlink sock_diag (seccomp, no tcp_diag module).
+func connSource(log *zap.Logger) firewall.ConnSource {
+	sd := firewall.NewSockDiag()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := sd.Listening(ctx, []uint16{1}); errors.Is(err, firewall.ErrSockDiagUnavailable) {
+		log.Warn("netlink sock_diag unavailable, reading /proc/net/tcp instead (no idleness data: only closed connections count as drained)", zap.Error(err))
+		return &firewall.ProcNet{Root: "/proc"}
+	}
+	return sd
+}

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/patchagent/patchagent/agent"
+)
+
+const usage = `usage: patchagent <command> [flags]
+
+Hook commands (called by the SSM patch hook documents):
+  pre           block new connections, drain, stop the app
+  post          update the app's dependencies (not built yet)
+  exit          start the app, check health, unblock (not built yet)
+
+Other commands:
+  daemon        run the service (not built yet)
+  status        show the node's patch state (not built yet)
+  check-config  validate the config and print the effective values
+  version       print the version
+
+Flags of pre (and the later hook commands):
+  --config FILE        config file (default /etc/patchagent/config.yaml)
+  --output text|json   text: verdict on the first line; json: one object
+  --dry-run            print the plan, change nothing
+  --log-level LEVEL    debug, info, warn or error (default info)
+
+Exit codes: 0 ok, 1 the phase failed, 2 usage or config error,
+3 another phase holds the lock.
+`
+
+// run is the whole CLI; it returns the process exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return agent.ExitUsage
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "pre":
+		return runPhase(ctx, cmd, rest, stdout, stderr)
+	case "post", "exit", "daemon", "status":
+		fmt.Fprintf(stderr, "patchagent %s: not built yet in this version (%s); nothing was done\n", cmd, version)
+		return agent.ExitUsage
+	case "check-config":
+		return runCheckConfig(rest, stdout, stderr)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "patchagent %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return agent.ExitOK
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return agent.ExitOK
+	}
+	fmt.Fprintf(stderr, "patchagent: unknown command %q\n\n%s", cmd, usage)
+	return agent.ExitUsage
+}
+
+type phaseFlags struct {
+	config, output, logLevel string
+	dryRun                   bool
+}
+
+func parsePhaseFlags(name string, args []string, stderr io.Writer) (phaseFlags, error) {
+	var f phaseFlags
+	fs := flag.NewFlagSet("patchagent "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&f.config, "config", agent.DefaultConfigPath, "config file")
+	fs.StringVar(&f.output, "output", "text", "output format: text or json")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "print the plan and change nothing")
+	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return f, err
+	}
+	if fs.NArg() > 0 {
+		return f, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if f.output != "text" && f.output != "json" {
+		return f, fmt.Errorf("--output %q: want text or json", f.output)
+	}
+	return f, nil
+}
+
+func runPhase(ctx context.Context, phase string, args []string, stdout, stderr io.Writer) int {
+	f, err := parsePhaseFlags(phase, args, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "patchagent %s: %v\n", phase, err)
+		return agent.ExitUsage
+	}
+	log, err := newLogger(f.logLevel, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "patchagent %s: %v\n", phase, err)
+		return agent.ExitUsage
+	}
+	defer func() { _ = log.Sync() }()
+	cfg, err := agent.LoadConfig(f.config)
+	if err != nil {
+		return report(stdout, f.output, failedBeforeStart(phase, err, agent.ExitUsage))
+	}
+	a, err := agent.Build(cfg, log, stderr)
+	if err != nil {
+		code := agent.ExitFailed
+		var pe *agent.PhaseError
+		if errors.As(err, &pe) {
+			code = pe.Code
+		}
+		return report(stdout, f.output, failedBeforeStart(phase, err, code))
+	}
+	return report(stdout, f.output, a.Pre(ctx, agent.RunOptions{DryRun: f.dryRun}))
+}
+
+// failedBeforeStart is the report of a phase that could not start.
+func failedBeforeStart(phase string, err error, code int) *agent.Report {
+	return &agent.Report{Phase: phase, Result: agent.ResultFailed, Error: err.Error(), ExitCode: code, Steps: []agent.StepReport{}}
+}
+
+func report(w io.Writer, format string, r *agent.Report) int {
+	if format == "json" {
+		w.Write(r.JSON())
+	} else {
+		io.WriteString(w, r.Text())
+	}
+	return r.ExitCode
+}
+
+func runCheckConfig(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("patchagent check-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", agent.DefaultConfigPath, "config file")
+	if err := fs.Parse(args); err != nil {
+		return agent.ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "patchagent check-config: unexpected argument %q\n", fs.Arg(0))
+		return agent.ExitUsage
+	}
+	cfg, err := agent.LoadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "patchagent check-config: %v\n", err)
+		return agent.ExitUsage
+	}
+	fmt.Fprintf(stdout, "# %s is valid; effective configuration:\n", *path)
+	stdout.Write(cfg.YAML())
+	return agent.ExitOK
+}
+
+// newLogger logs to stderr: JSON under systemd's journal, readable text
+// otherwise (the SSM console shows stderr as it is).
+func newLogger(level string, stderr io.Writer) (*zap.Logger, error) {
+	lvl, err := zapcore.ParseLevel(level)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
+	var enc zapcore.Encoder
+	if os.Getenv("JOURNAL_STREAM") != "" {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	} else {
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl)), nil
+}
+
