@@ -170,4 +170,3 @@ func newLogger(level string, stderr io.Writer) (*zap.Logger, error) {
 	}
 	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl)), nil
 }
-

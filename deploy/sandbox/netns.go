@@ -1,13 +1,16 @@
 package sandbox
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -86,4 +89,62 @@ func validName(name string) error {
 		return fmt.Errorf("invalid netns name %q", name)
 	}
 	return nil
+}
+
+// NetnsExists reports whether the named namespace is present in NetnsDir.
+func NetnsExists(name string) bool {
+	_, err := os.Stat(filepath.Join(NetnsDir, name))
+	return err == nil
+}
+
+// ipRun runs `ip args...` bounded by ctx and returns its combined output in
+// the error.
+func ipRun(ctx context.Context, args ...string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("running ip %s: %w: %s", strings.Join(args, " "), err, tail(out))
+	}
+	return nil
+}
+
+// linkExists reports whether link is present in namespace ns.
+func linkExists(ctx context.Context, ns, link string) bool {
+	return ipRun(ctx, "-n", ns, "link", "show", "dev", link) == nil
+}
+
+// createVeth creates a veth pair with one end (srvLink) in srvNS and the
+// other (cliLink) in cliNS. Both namespaces must exist.
+func createVeth(ctx context.Context, srvNS, srvLink, cliNS, cliLink string) error {
+	if err := ipRun(ctx, "link", "add", srvLink, "netns", srvNS, "type", "veth", "peer", "name", cliLink, "netns", cliNS); err != nil {
+		return fmt.Errorf("creating veth %s/%s: %w", srvLink, cliLink, err)
+	}
+	return nil
+}
+
+// configureLink assigns v4 and v6 (no DAD, so it is usable at once) to link
+// in ns and brings it up. Existing addresses are kept (`addr replace`).
+func configureLink(ctx context.Context, ns, link string, v4, v6 netip.Prefix) error {
+	steps := [][]string{
+		{"-n", ns, "addr", "replace", v4.String(), "dev", link},
+		{"-n", ns, "-6", "addr", "replace", v6.String(), "dev", link, "nodad"},
+		{"-n", ns, "link", "set", link, "up"},
+		{"-n", ns, "link", "set", "lo", "up"},
+	}
+	for _, s := range steps {
+		if err := ipRun(ctx, s...); err != nil {
+			return fmt.Errorf("configuring %s in netns %s: %w", link, ns, err)
+		}
+	}
+	return nil
+}
+
+// tail returns the last 2 KiB of out, trimmed, for error messages.
+func tail(out []byte) string {
+	const max = 2048
+	if len(out) > max {
+		out = out[len(out)-max:]
+	}
+	return strings.TrimSpace(string(out))
 }
