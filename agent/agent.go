@@ -62,6 +62,8 @@ type Agent struct {
 	cfg Config
 	d   Deps
 	log *zap.Logger
+	// listenWait bounds the wait for the app's ports to be released.
+	listenWait time.Duration
 }
 
 // New returns an Agent; every field of d but LockWait must be set, except
@@ -73,7 +75,7 @@ func New(cfg Config, d Deps) *Agent {
 	if d.Progress == nil {
 		d.Progress = io.Discard
 	}
-	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent")}
+	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent"), listenWait: defaultListenWait}
 }
 
 // RunOptions modify one phase run.

@@ -14,9 +14,9 @@ import (
 	"github.com/patchagent/patchagent/hooks"
 )
 
-// listenWait bounds the wait for the app's port to be released after pm2
-// reports the app stopped.
-const listenWait = 5 * time.Second
+// defaultListenWait bounds the wait for the app's port to be released after
+// pm2 reports the app stopped.
+const defaultListenWait = 5 * time.Second
 
 // Pre takes the node out of service: block new connections, drain the
 // established ones, stop the app. Every side effect is recorded in the state
@@ -175,7 +175,7 @@ func (a *Agent) pre(ctx context.Context, opt RunOptions, rep *Report) error {
 
 // waitPortsReleased waits until nothing listens on the app's ports.
 func (a *Agent) waitPortsReleased(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, listenWait)
+	ctx, cancel := context.WithTimeout(ctx, a.listenWait)
 	defer cancel()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
@@ -193,7 +193,7 @@ func (a *Agent) waitPortsReleased(ctx context.Context) error {
 			for _, l := range ls {
 				where = append(where, fmt.Sprintf("%s (uid %d)", l.Local, l.UID))
 			}
-			return fmt.Errorf("after %s something still listens on %s", listenWait, strings.Join(where, ", "))
+			return fmt.Errorf("after %s something still listens on %s", a.listenWait, strings.Join(where, ", "))
 		case <-tick.C:
 		}
 	}
