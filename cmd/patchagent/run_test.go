@@ -1,0 +1,79 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "config.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRunExitCodesAndMessages(t *testing.T) {
+	good := writeConfig(t, "app:\n  name: web\n")
+	bad := writeConfig(t, "app:\n  name: web\ntraffic:\n  portz: [443]\n")
+	tests := []struct {
+		name       string
+		args       []string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{"no command", nil, 2, "", "usage: patchagent <command>"},
+		{"unknown command", []string{"patch"}, 2, "", `unknown command "patch"`},
+		{"help", []string{"help"}, 0, "Exit codes: 0 ok", ""},
+		{"version", []string{"version"}, 0, "patchagent dev (go", ""},
+		{"post not built", []string{"post"}, 2, "", "patchagent post: not built yet"},
+		{"exit not built", []string{"exit"}, 2, "", "patchagent exit: not built yet"},
+		{"daemon not built", []string{"daemon"}, 2, "", "patchagent daemon: not built yet"},
+		{"check-config ok", []string{"check-config", "--config", good}, 0, "name: web", ""},
+		{"check-config bad", []string{"check-config", "--config", bad}, 2, "", bad + ":line 4: traffic.portz: unknown key"},
+		{"check-config missing", []string{"check-config", "--config", "/nonexistent/c.yaml"}, 2, "", "no such file"},
+		{"pre bad flag", []string{"pre", "--bogus"}, 2, "", "flag provided but not defined: -bogus"},
+		{"pre bad output", []string{"pre", "--output", "xml", "--config", good}, 2, "", `--output "xml": want text or json`},
+		{"pre stray argument", []string{"pre", "--config", good, "now"}, 2, "", `unexpected argument "now"`},
+		{"pre bad log level", []string{"pre", "--log-level", "loud", "--config", good}, 2, "", `--log-level "loud"`},
+		{"pre bad config", []string{"pre", "--config", bad}, 2, "patchagent pre: FAILED in 0s: config " + bad + ": 1 problem(s)", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errb bytes.Buffer
+			code := run(context.Background(), tt.args, &out, &errb)
+			if code != tt.wantCode {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.wantCode, out.String(), errb.String())
+			}
+			if !strings.Contains(out.String(), tt.wantStdout) {
+				t.Fatalf("stdout lacks %q:\n%s", tt.wantStdout, out.String())
+			}
+			if !strings.Contains(errb.String(), tt.wantStderr) {
+				t.Fatalf("stderr lacks %q:\n%s", tt.wantStderr, errb.String())
+			}
+		})
+	}
+}
+
+func TestPreConfigErrorAsJSON(t *testing.T) {
+	bad := writeConfig(t, "app:\n  name: 7\n")
+	var out, errb bytes.Buffer
+	code := run(context.Background(), []string{"pre", "--output", "json", "--config", bad}, &out, &errb)
+	var got struct {
+		Phase, Result, Error string
+		ExitCode             int `json:"exit_code"`
+	}
+	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
+		t.Fatalf("stdout is not one JSON object: %v\n%s", err, out.String())
+	}
+	if code != 2 || got.ExitCode != 2 || got.Result != "failed" || !strings.Contains(got.Error, "line 2: app.name: want a string") {
+		t.Fatalf("exit %d: %+v", code, got)
+	}
+}
