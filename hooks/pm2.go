@@ -1,0 +1,495 @@
+package hooks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Defaults for PM2Config's zero values.
+const (
+	DefaultPM2CallTimeout = 30 * time.Second
+	DefaultPM2StopWait    = 5 * time.Second
+	DefaultPM2Poll        = 50 * time.Millisecond
+	// DefaultPM2Path ends every PATH given to pm2.
+	DefaultPM2Path = "/usr/local/bin:/usr/bin:/bin"
+)
+
+// pm2 instance states, from pm2_env.status.
+const (
+	StatusOnline  = "online"
+	StatusStopped = "stopped"
+)
+
+var (
+	// ErrDaemonNotRunning: the app user's pm2 daemon is not alive, so pm2 was
+	// not run (it would have spawned a daemon of our own).
+	ErrDaemonNotRunning = errors.New("pm2 daemon not running")
+	// ErrUnknownApp: pm2 lists no process of that name.
+	ErrUnknownApp = errors.New("unknown pm2 app")
+)
+
+// PM2Config says which pm2 to run, as whom, and where its daemon lives.
+type PM2Config struct {
+	Bin  string  // absolute path of pm2 (see FindPM2)
+	User AppUser // pm2 runs as this user, with HOME=User.Home
+	// Home is PM2_HOME (default User.Home+"/.pm2").
+	Home string
+	// Path is the PATH pm2 runs with; it must find node (default DefaultPM2Path).
+	Path string
+	// CallTimeout bounds each pm2 invocation (default DefaultPM2CallTimeout).
+	CallTimeout time.Duration
+	// StopWait bounds how long Stop waits, after pm2 stop, for the app's
+	// processes to be gone (default DefaultPM2StopWait).
+	StopWait time.Duration
+	// Poll is the interval of that wait (default DefaultPM2Poll).
+	Poll time.Duration
+}
+
+// Process is one pm2 instance of an app (cluster mode has several).
+type Process struct {
+	Name     string
+	ID       int // pm_id
+	PID      int // 0 when not running
+	Status   string
+	Restarts int       // restart_time
+	Started  time.Time // pm_uptime: the last start; zero if unknown
+	ExecMode string    // fork_mode or cluster_mode
+}
+
+// PM2 drives the app user's pm2 daemon. It runs pm2 only while that daemon
+// is alive, always as the user, with an explicit HOME, PM2_HOME and PATH.
+type PM2 struct {
+	log  *zap.Logger
+	run  Runner
+	bin  string
+	home string // HOME and working directory
+	p2h  string // PM2_HOME
+	path string
+	cred *Credential
+	cfg  PM2Config
+}
+
+// NewPM2 returns a PM2 for c. It does not check anything yet.
+func NewPM2(log *zap.Logger, run Runner, c PM2Config) *PM2 {
+	if c.Home == "" {
+		c.Home = filepath.Join(c.User.Home, ".pm2")
+	}
+	if c.Path == "" {
+		c.Path = DefaultPM2Path
+	}
+	if c.CallTimeout <= 0 {
+		c.CallTimeout = DefaultPM2CallTimeout
+	}
+	if c.StopWait <= 0 {
+		c.StopWait = DefaultPM2StopWait
+	}
+	if c.Poll <= 0 {
+		c.Poll = DefaultPM2Poll
+	}
+	home := c.User.Home
+	if home == "" {
+		home = "/"
+	}
+	return &PM2{
+		log:  log.Named("pm2"),
+		run:  run,
+		bin:  c.Bin,
+		home: home,
+		p2h:  c.Home,
+		path: c.Path,
+		cred: c.User.Credential(),
+		cfg:  c,
+	}
+}
+
+// JlistArgs is the argv (after the program) that lists pm2's processes as JSON.
+func JlistArgs() []string { return []string{"jlist"} }
+
+// StopArgs is the argv that stops every instance of app.
+func StopArgs(app string) []string { return []string{"stop", app, "--no-color"} }
+
+// StartArgs is the argv that starts target (an app name or a pm_id). pm2
+// restarts an online target: call it only for instances that are not online.
+func StartArgs(target string) []string { return []string{"start", target, "--no-color"} }
+
+// DaemonAlive reports whether the user's pm2 daemon is running, without
+// running pm2: $PM2_HOME/pm2.pid names a live process that is not a zombie,
+// and $PM2_HOME/rpc.sock accepts a connection. Otherwise it returns an error
+// wrapping ErrDaemonNotRunning.
+func (p *PM2) DaemonAlive() error {
+	pidFile := filepath.Join(p.p2h, "pm2.pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return fmt.Errorf("%w (PM2_HOME=%s): reading pm2.pid: %w", ErrDaemonNotRunning, p.p2h, err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return fmt.Errorf("%w (PM2_HOME=%s): pm2.pid holds no pid", ErrDaemonNotRunning, p.p2h)
+	}
+	if !pidAlive(pid) {
+		return fmt.Errorf("%w (PM2_HOME=%s): pid %d from pm2.pid is gone (stale pid file)", ErrDaemonNotRunning, p.p2h, pid)
+	}
+	sock := filepath.Join(p.p2h, "rpc.sock")
+	conn, err := net.DialTimeout("unix", sock, time.Second)
+	if err != nil {
+		return fmt.Errorf("%w (PM2_HOME=%s): pid %d is alive but rpc.sock accepts no connection: %w", ErrDaemonNotRunning, p.p2h, pid, err)
+	}
+	conn.Close()
+	return nil
+}
+
+// Processes lists every pm2 instance named app. If pm2 lists none, the error
+// wraps ErrUnknownApp.
+func (p *PM2) Processes(ctx context.Context, app string) ([]Process, error) {
+	if err := checkApp(app); err != nil {
+		return nil, err
+	}
+	res, err := p.pm2(ctx, JlistArgs())
+	if err != nil {
+		return nil, fmt.Errorf("listing pm2 processes: %w", err)
+	}
+	all, err := parseJlist(res.Stdout)
+	if err != nil {
+		return nil, fmt.Errorf("listing pm2 processes: %w", err)
+	}
+	var out []Process
+	for _, pr := range all {
+		if pr.Name == app {
+			out = append(out, pr)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w %q: pm2 (PM2_HOME=%s) lists %d other process(es)", ErrUnknownApp, app, p.p2h, len(all))
+	}
+	return out, nil
+}
+
+// Stop stops every instance of app with pm2 and verifies that pm2 shows them
+// stopped and that every process that was running is gone. It returns the
+// instances as they were before the stop.
+func (p *PM2) Stop(ctx context.Context, app string) ([]Process, error) {
+	before, err := p.Processes(ctx, app)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	if _, err := p.pm2(ctx, StopArgs(app)); err != nil {
+		return nil, fmt.Errorf("stopping pm2 app %q: %w", app, err)
+	}
+	var pids []int
+	for _, pr := range before {
+		if pr.PID > 0 {
+			pids = append(pids, pr.PID)
+		}
+	}
+	if err := p.verifyStopped(ctx, app, pids); err != nil {
+		return nil, fmt.Errorf("stopping pm2 app %q: %w", app, err)
+	}
+	p.log.Info("app stopped", zap.String("app", app), zap.Ints("pids", pids),
+		zap.Int("instances", len(before)), zap.Duration("took", time.Since(start)))
+	return before, nil
+}
+
+// verifyStopped waits, up to StopWait, until pm2 shows every instance of app
+// stopped and none of pids is alive.
+func (p *PM2) verifyStopped(ctx context.Context, app string, pids []int) error {
+	now, err := p.Processes(ctx, app)
+	if err != nil {
+		return fmt.Errorf("verifying: %w", err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, p.cfg.StopWait)
+	defer cancel()
+	tick := time.NewTicker(p.cfg.Poll)
+	defer tick.Stop()
+	lastList := time.Now()
+	for {
+		notStopped := notIn(now, StatusStopped)
+		var alive []int
+		for _, pid := range pids {
+			if pidAlive(pid) {
+				alive = append(alive, pid)
+			}
+		}
+		if len(notStopped) == 0 && len(alive) == 0 {
+			return nil
+		}
+		select {
+		case <-wctx.Done():
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("verifying: %w", err)
+			}
+			if len(notStopped) > 0 {
+				return fmt.Errorf("pm2 stop returned but after %s pm2 shows %s", p.cfg.StopWait, describe(notStopped))
+			}
+			return fmt.Errorf("pm2 shows the app stopped but pid(s) %v still alive after %s", alive, p.cfg.StopWait)
+		case <-tick.C:
+		}
+		// Re-read pm2's view only while it disagrees, and not more than once
+		// a second (each jlist costs about half a second of CPU).
+		if len(notStopped) > 0 && time.Since(lastList) >= time.Second {
+			if now, err = p.Processes(wctx, app); err != nil {
+				return fmt.Errorf("verifying: %w", err)
+			}
+			lastList = time.Now()
+		}
+	}
+}
+
+// Start starts the instances of app that are not online. pm2 start restarts
+// an online app, so an app whose instances are all online is left alone, and
+// when only some are online, the others are started one by one by pm_id.
+func (p *PM2) Start(ctx context.Context, app string) error {
+	procs, err := p.Processes(ctx, app)
+	if err != nil {
+		return err
+	}
+	down := notIn(procs, StatusOnline)
+	if len(down) == 0 {
+		p.log.Info("app already online", zap.String("app", app), zap.Int("instances", len(procs)))
+		return nil
+	}
+	targets := []string{app}
+	if len(down) < len(procs) {
+		targets = targets[:0]
+		for _, pr := range down {
+			targets = append(targets, strconv.Itoa(pr.ID))
+		}
+	}
+	for _, t := range targets {
+		if _, err := p.pm2(ctx, StartArgs(t)); err != nil {
+			return fmt.Errorf("starting pm2 app %q (%s): %w", app, t, err)
+		}
+	}
+	p.log.Info("app started", zap.String("app", app), zap.Strings("targets", targets))
+	return nil
+}
+
+// pm2 runs pm2 with args as the user, after checking that the daemon is
+// alive, with its own deadline.
+func (p *PM2) pm2(ctx context.Context, args []string) (Result, error) {
+	if err := p.DaemonAlive(); err != nil {
+		return Result{}, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
+	c := Cmd{
+		Name: p.bin,
+		Args: args,
+		Dir:  p.home,
+		Env:  []string{"HOME=" + p.home, "PM2_HOME=" + p.p2h, "PATH=" + p.path},
+		Cred: p.cred,
+	}
+	start := time.Now()
+	res, err := p.run.Run(cctx, c)
+	p.log.Debug("ran pm2", zap.String("command", args[0]), zap.Int("exit_code", res.ExitCode),
+		zap.Duration("took", time.Since(start)))
+	return res, err
+}
+
+// jlistEntry holds only the fields we use; pm2_env's other keys (the app's
+// whole environment among them) are never decoded.
+type jlistEntry struct {
+	Name   string `json:"name"`
+	PID    int    `json:"pid"`
+	PMID   int    `json:"pm_id"`
+	PM2Env struct {
+		Status      string `json:"status"`
+		PMUptime    int64  `json:"pm_uptime"`
+		RestartTime int    `json:"restart_time"`
+		ExecMode    string `json:"exec_mode"`
+	} `json:"pm2_env"`
+}
+
+// parseJlist decodes pm2 jlist output. Anything pm2 printed before the JSON
+// array (a banner, "[PM2] ..." lines) or after it is skipped. Errors never
+// quote the input.
+func parseJlist(out []byte) ([]Process, error) {
+	i := jsonArrayStart(out)
+	if i < 0 {
+		return nil, errors.New("parsing pm2 jlist: no JSON array in the output")
+	}
+	var entries []jlistEntry
+	if err := json.NewDecoder(bytes.NewReader(out[i:])).Decode(&entries); err != nil {
+		return nil, fmt.Errorf("parsing pm2 jlist: %w", err)
+	}
+	procs := make([]Process, 0, len(entries))
+	for _, e := range entries {
+		pr := Process{
+			Name:     e.Name,
+			ID:       e.PMID,
+			PID:      e.PID,
+			Status:   e.PM2Env.Status,
+			Restarts: e.PM2Env.RestartTime,
+			ExecMode: e.PM2Env.ExecMode,
+		}
+		if e.PM2Env.PMUptime > 0 {
+			pr.Started = time.UnixMilli(e.PM2Env.PMUptime)
+		}
+		procs = append(procs, pr)
+	}
+	return procs, nil
+}
+
+// jsonArrayStart is the index of the first '[' that opens a JSON array
+// ("[{" or "[]", spaces allowed), so "[PM2] ..." lines are skipped.
+func jsonArrayStart(b []byte) int {
+	for off := 0; ; {
+		i := bytes.IndexByte(b[off:], '[')
+		if i < 0 {
+			return -1
+		}
+		i += off
+		rest := bytes.TrimLeft(b[i+1:], " \t\r\n")
+		if len(rest) > 0 && (rest[0] == '{' || rest[0] == ']') {
+			return i
+		}
+		off = i + 1
+	}
+}
+
+// checkApp refuses names pm2 would read as something else: an option, every
+// app ("all"), or a pm_id.
+func checkApp(app string) error {
+	switch {
+	case app == "":
+		return errors.New("pm2 app name is empty")
+	case app == "all":
+		return errors.New(`pm2 app name "all" would address every app`)
+	case strings.HasPrefix(app, "-"):
+		return fmt.Errorf("pm2 app name %q starts with '-'", app)
+	case strings.ContainsFunc(app, func(r rune) bool { return r <= ' ' || r == 0x7f }):
+		return fmt.Errorf("pm2 app name %q contains spaces or control characters", app)
+	}
+	if _, err := strconv.Atoi(app); err == nil {
+		return fmt.Errorf("pm2 app name %q is a number, which pm2 reads as a pm_id", app)
+	}
+	return nil
+}
+
+func notIn(procs []Process, status string) []Process {
+	var out []Process
+	for _, pr := range procs {
+		if pr.Status != status {
+			out = append(out, pr)
+		}
+	}
+	return out
+}
+
+func describe(procs []Process) string {
+	parts := make([]string, len(procs))
+	for i, pr := range procs {
+		parts[i] = fmt.Sprintf("pm_id %d %s (pid %d)", pr.ID, pr.Status, pr.PID)
+	}
+	return strings.Join(parts, ", ")
+}
+
+// pidAlive reports whether pid is a live process: kill(pid, 0) does not say
+// ESRCH and /proc/<pid> is there and not a zombie.
+func pidAlive(pid int) bool {
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// Format: pid (comm) state ...; comm may hold spaces and parentheses.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return true
+	}
+	state := b[i+2]
+	return state != 'Z' && state != 'X'
+}
+
+// FindPM2 finds pm2 for user u, and the PATH to run it with (it must find
+// node). A configured path is used as it is (absolute, an executable file);
+// otherwise pm2 is searched in ~/.npm-global/bin, /usr/local/bin, /usr/bin
+// and /opt/*/bin, in that order. The PATH is the directory of pm2, that of
+// its symlink target, the directory of node (found next to pm2, else in
+// /usr/local/bin or /usr/bin), then DefaultPM2Path.
+func FindPM2(u AppUser, configured string) (bin, path string, err error) {
+	dirs := []string{}
+	if u.Home != "" {
+		dirs = append(dirs, filepath.Join(u.Home, ".npm-global", "bin"))
+	}
+	dirs = append(dirs, "/usr/local/bin", "/usr/bin")
+	if opt, _ := filepath.Glob("/opt/*/bin"); len(opt) > 0 {
+		dirs = append(dirs, opt...)
+	}
+	return findPM2(configured, dirs, []string{"/usr/local/bin", "/usr/bin"})
+}
+
+func findPM2(configured string, searchDirs, nodeDirs []string) (bin, path string, err error) {
+	if configured != "" {
+		if !filepath.IsAbs(configured) {
+			return "", "", fmt.Errorf("pm2 %q: not an absolute path", configured)
+		}
+		if err := isExecutable(configured); err != nil {
+			return "", "", fmt.Errorf("pm2 %s: %w", configured, err)
+		}
+		bin = filepath.Clean(configured)
+	} else {
+		for _, d := range searchDirs {
+			if c := filepath.Join(d, "pm2"); isExecutable(c) == nil {
+				bin = c
+				break
+			}
+		}
+		if bin == "" {
+			return "", "", fmt.Errorf("finding pm2: not in %s (set app.pm2)", strings.Join(searchDirs, ", "))
+		}
+	}
+	real, err := filepath.EvalSymlinks(bin)
+	if err != nil {
+		return "", "", fmt.Errorf("pm2 %s: resolving symlinks: %w", bin, err)
+	}
+	pm2Dirs := []string{filepath.Dir(bin), filepath.Dir(real)}
+	nodeDir := ""
+	for _, d := range append(pm2Dirs, nodeDirs...) {
+		if isExecutable(filepath.Join(d, "node")) == nil {
+			nodeDir = d
+			break
+		}
+	}
+	if nodeDir == "" {
+		return "", "", fmt.Errorf("pm2 %s: no node next to it nor in %s", bin, strings.Join(nodeDirs, ", "))
+	}
+	var parts []string
+	seen := map[string]bool{}
+	for _, d := range append(append(pm2Dirs, nodeDir), filepath.SplitList(DefaultPM2Path)...) {
+		if !seen[d] {
+			seen[d] = true
+			parts = append(parts, d)
+		}
+	}
+	return bin, strings.Join(parts, string(filepath.ListSeparator)), nil
+}
+
+// isExecutable: path (after symlinks) is a regular file with an execute bit.
+func isExecutable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return errors.New("not a regular file")
+	}
+	if fi.Mode().Perm()&0o111 == 0 {
+		return errors.New("not executable")
+	}
+	return nil
+}

@@ -1,0 +1,236 @@
+package hooks
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+	"unicode/utf8"
+)
+
+// MaxOutput is how much of a program's stdout and of its stderr a Result
+// keeps: the last MaxOutput bytes of each.
+const MaxOutput = 64 << 10
+
+// errTailLen is about how many bytes of stderr an error message carries.
+const errTailLen = 500
+
+// DefaultWaitDelay is used by ExecRunner when its WaitDelay is zero.
+const DefaultWaitDelay = 5 * time.Second
+
+// Credential is the identity a program runs as.
+type Credential struct {
+	UID, GID uint32
+	Groups   []uint32 // supplementary groups; empty means none (root's groups are dropped)
+}
+
+// Cmd is one program to run.
+type Cmd struct {
+	// Name is the program. Use an absolute path; a bare name is looked up in
+	// the PATH given in Env (not in the agent's own PATH).
+	Name string
+	Args []string
+	// Dir is the working directory; empty means the agent's.
+	Dir string
+	// Env is the program's whole environment. Nothing is inherited from the
+	// agent: nil means an empty environment.
+	Env []string
+	// Cred is who the program runs as; nil means as the agent itself.
+	Cred *Credential
+}
+
+// Result is what a finished program left behind.
+type Result struct {
+	ExitCode int    // -1 if it was killed by a signal or did not start
+	Stdout   []byte // the last MaxOutput bytes
+	Stderr   []byte // the last MaxOutput bytes
+}
+
+// Runner runs an external program. ExecRunner is the only real
+// implementation; hookstest.FakeRunner is the fake.
+type Runner interface {
+	// Run runs c and waits for it. A program that ran but exited non-zero
+	// gives its Result and an *ExitError.
+	Run(ctx context.Context, c Cmd) (Result, error)
+}
+
+// ExecRunner runs programs with os/exec, each in its own process group. When
+// ctx is done, the whole group is killed with SIGKILL.
+type ExecRunner struct {
+	// WaitDelay bounds how long Run waits, after the program exited or was
+	// killed, for its output pipes to close (a child left behind may hold
+	// them). Zero means DefaultWaitDelay.
+	WaitDelay time.Duration
+}
+
+var _ Runner = (*ExecRunner)(nil)
+
+// ExitError is the error for a program that ran and exited non-zero or was
+// killed by a signal it did not get from us.
+type ExitError struct {
+	Name     string // argv[0]
+	ExitCode int    // -1 when killed by a signal
+	Signal   syscall.Signal
+	Stderr   string // the trimmed tail of stderr, about 500 bytes
+	Err      error  // the underlying *exec.ExitError
+}
+
+func (e *ExitError) Error() string {
+	var b strings.Builder
+	if e.ExitCode == -1 && e.Signal != 0 {
+		fmt.Fprintf(&b, "%s killed by signal %s", e.Name, e.Signal)
+	} else {
+		fmt.Fprintf(&b, "%s exited with code %d", e.Name, e.ExitCode)
+	}
+	if e.Stderr != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Stderr)
+	}
+	return b.String()
+}
+
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// Run runs c and waits for it, its output pipes included. Only stderr goes
+// into error messages: stdout can hold secrets (pm2 jlist carries the app's
+// environment).
+func (r *ExecRunner) Run(ctx context.Context, c Cmd) (Result, error) {
+	res := Result{ExitCode: -1}
+	env := c.Env
+	if env == nil {
+		env = []string{} // nil would make os/exec inherit our environment
+	}
+	name, err := lookPath(c.Name, env)
+	if err != nil {
+		return res, err
+	}
+	cmd := exec.CommandContext(ctx, name, c.Args...)
+	cmd.Args[0] = c.Name
+	cmd.Dir = c.Dir
+	cmd.Env = env
+	var stdout, stderr tailBuffer
+	cmd.Stdout = &stdout
+	cmd.Stderr = &stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if c.Cred != nil {
+		cmd.SysProcAttr.Credential = &syscall.Credential{
+			Uid:    c.Cred.UID,
+			Gid:    c.Cred.GID,
+			Groups: append([]uint32{}, c.Cred.Groups...),
+		}
+	}
+	cmd.Cancel = func() error {
+		// The group id is the child's pid (Setpgid), so this reaches
+		// grandchildren that stayed in the group (npm and pm2 fork).
+		if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
+			if errors.Is(err, syscall.ESRCH) {
+				return os.ErrProcessDone
+			}
+			return fmt.Errorf("killing process group %d: %w", cmd.Process.Pid, err)
+		}
+		return nil
+	}
+	cmd.WaitDelay = r.WaitDelay
+	if cmd.WaitDelay <= 0 {
+		cmd.WaitDelay = DefaultWaitDelay
+	}
+
+	if err := cmd.Start(); err != nil {
+		return res, fmt.Errorf("starting %s: %w", c.Name, err)
+	}
+	err = cmd.Wait()
+	res.Stdout, res.Stderr = stdout.Bytes(), stderr.Bytes()
+	if cmd.ProcessState != nil {
+		res.ExitCode = cmd.ProcessState.ExitCode()
+	}
+	if err == nil {
+		return res, nil
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		msg := fmt.Sprintf("%s killed (process group %d) because its context ended", c.Name, cmd.Process.Pid)
+		if tail := errTail(res.Stderr); tail != "" {
+			msg += " (stderr: " + tail + ")"
+		}
+		return res, fmt.Errorf("%s: %w", msg, ctxErr)
+	}
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		xe := &ExitError{Name: c.Name, ExitCode: res.ExitCode, Stderr: errTail(res.Stderr), Err: ee}
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			xe.Signal = ws.Signal()
+		}
+		return res, xe
+	}
+	if errors.Is(err, exec.ErrWaitDelay) {
+		return res, fmt.Errorf("%s exited but a child it left behind kept its output open: %w", c.Name, err)
+	}
+	return res, fmt.Errorf("running %s: %w", c.Name, err)
+}
+
+// lookPath resolves a bare program name in the PATH of env, as execvpe would
+// in the child; names with a slash are used as they are.
+func lookPath(name string, env []string) (string, error) {
+	if name == "" {
+		return "", errors.New("running a command: empty program name")
+	}
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	path := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" || !filepath.IsAbs(dir) {
+			continue
+		}
+		p := filepath.Join(dir, name)
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("looking up %s in the command's PATH %q: %w", name, path, exec.ErrNotFound)
+}
+
+// tailBuffer is an io.Writer that keeps the last MaxOutput bytes written.
+type tailBuffer struct{ buf []byte }
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > 2*MaxOutput { // trim in batches: amortised O(1) per byte
+		t.buf = append(t.buf[:0], t.buf[len(t.buf)-MaxOutput:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) Bytes() []byte {
+	if len(t.buf) > MaxOutput {
+		return t.buf[len(t.buf)-MaxOutput:]
+	}
+	return t.buf
+}
+
+var ansiEscape = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
+
+// errTail is the end of a program's stderr for an error message: colour
+// codes removed, trimmed, at most about errTailLen bytes, cut at a rune
+// boundary.
+func errTail(b []byte) string {
+	s := strings.TrimSpace(ansiEscape.ReplaceAllString(string(b), ""))
+	if len(s) <= errTailLen {
+		return s
+	}
+	s = s[len(s)-errTailLen:]
+	for len(s) > 0 && !utf8.RuneStart(s[0]) {
+		s = s[1:]
+	}
+	return "…" + s
+}

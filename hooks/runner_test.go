@@ -1,0 +1,318 @@
+package hooks
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Tests may use /bin/sh; the product never does.
+const sh = "/bin/sh"
+
+func TestExecRunnerResults(t *testing.T) {
+	tests := []struct {
+		name       string
+		cmd        Cmd
+		wantCode   int
+		wantStdout string
+		wantErr    []string // substrings of the error; nil means no error
+		wantExit   bool     // the error is an *ExitError
+	}{
+		{
+			name:       "success",
+			cmd:        Cmd{Name: sh, Args: []string{"-c", "echo hi; echo note >&2"}},
+			wantStdout: "hi\n",
+		},
+		{
+			name:     "non-zero exit carries argv[0] and the stderr tail",
+			cmd:      Cmd{Name: sh, Args: []string{"-c", "echo secret-stdout; echo '  oops: broken  ' >&2; exit 3"}},
+			wantCode: 3, wantStdout: "secret-stdout\n",
+			wantErr:  []string{"/bin/sh exited with code 3: oops: broken"},
+			wantExit: true,
+		},
+		{
+			name:     "killed by a signal it sent itself",
+			cmd:      Cmd{Name: sh, Args: []string{"-c", "kill -TERM $$"}},
+			wantCode: -1,
+			wantErr:  []string{"/bin/sh killed by signal terminated"},
+			wantExit: true,
+		},
+		{
+			name:       "bare name found in the command's own PATH",
+			cmd:        Cmd{Name: "sh", Args: []string{"-c", "echo $PATH"}, Env: []string{"PATH=/nonexistent:/bin"}},
+			wantStdout: "/nonexistent:/bin\n",
+		},
+		{
+			name:     "bare name without PATH in Env is not looked up in ours",
+			cmd:      Cmd{Name: "sh", Args: []string{"-c", "true"}},
+			wantCode: -1,
+			wantErr:  []string{"looking up sh", "executable file not found"},
+		},
+		{
+			name:     "missing program",
+			cmd:      Cmd{Name: "/nonexistent/prog"},
+			wantCode: -1,
+			wantErr:  []string{"starting /nonexistent/prog"},
+		},
+		{
+			name:       "working directory",
+			cmd:        Cmd{Name: sh, Args: []string{"-c", "pwd"}, Dir: "/usr"},
+			wantStdout: "/usr\n",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := (&ExecRunner{}).Run(t.Context(), tt.cmd)
+			if res.ExitCode != tt.wantCode {
+				t.Errorf("ExitCode = %d, want %d", res.ExitCode, tt.wantCode)
+			}
+			if got := string(res.Stdout); got != tt.wantStdout {
+				t.Errorf("Stdout = %q, want %q", got, tt.wantStdout)
+			}
+			if tt.wantErr == nil {
+				if err != nil {
+					t.Fatalf("err = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("err = nil, want one containing %q", tt.wantErr)
+			}
+			for _, s := range tt.wantErr {
+				if !strings.Contains(err.Error(), s) {
+					t.Errorf("err = %q, want it to contain %q", err, s)
+				}
+			}
+			if strings.Contains(err.Error(), "secret-stdout") {
+				t.Errorf("err = %q quotes stdout", err)
+			}
+			var xe *ExitError
+			if got := errors.As(err, &xe); got != tt.wantExit {
+				t.Errorf("errors.As(*ExitError) = %v, want %v", got, tt.wantExit)
+			}
+		})
+	}
+}
+
+func TestExecRunnerMissingProgramIsNotExist(t *testing.T) {
+	_, err := (&ExecRunner{}).Run(t.Context(), Cmd{Name: "/nonexistent/prog"})
+	if !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("err = %v, want fs.ErrNotExist", err)
+	}
+}
+
+func TestExecRunnerStderrTailInError(t *testing.T) {
+	// 10000 x 'A', then a colourised last line: the error keeps only the end.
+	script := `i=0; while [ $i -lt 100 ]; do printf '%0100d' 0 | tr 0 A >&2; i=$((i+1)); done; printf '\n\033[31mlast line é\033[0m\n' >&2; exit 1`
+	_, err := (&ExecRunner{}).Run(t.Context(), Cmd{Name: sh, Args: []string{"-c", script}})
+	var xe *ExitError
+	if !errors.As(err, &xe) {
+		t.Fatalf("err = %v, want *ExitError", err)
+	}
+	if !strings.HasSuffix(xe.Stderr, "last line é") {
+		t.Errorf("Stderr tail ends %q, want the last line without colour codes", xe.Stderr[max(0, len(xe.Stderr)-40):])
+	}
+	if n := len(xe.Stderr); n > errTailLen+len("…") || n < errTailLen-10 {
+		t.Errorf("len(Stderr tail) = %d, want about %d", n, errTailLen)
+	}
+	if !strings.HasPrefix(xe.Stderr, "…") {
+		t.Errorf("a cut tail should start with an ellipsis, got %q", xe.Stderr[:10])
+	}
+}
+
+func TestErrTail(t *testing.T) {
+	long := strings.Repeat("é", errTailLen) // 2 bytes per rune
+	tests := []struct {
+		name, in, want string
+	}{
+		{"empty", "", ""},
+		{"trims space and colour", "\x1b[31m[PM2][ERROR]\x1b[39m not found\n\n", "[PM2][ERROR] not found"},
+		{"cut at a rune boundary", long, "…" + strings.Repeat("é", errTailLen/2)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := errTail([]byte(tt.in)); got != tt.want {
+				t.Errorf("errTail = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestExecRunnerOutputCapped(t *testing.T) {
+	// 200000 bytes of 'a' then END, on both streams.
+	script := `head -c 200000 /dev/zero | tr '\0' a; printf END; head -c 300000 /dev/zero | tr '\0' b >&2; printf END >&2`
+	res, err := (&ExecRunner{}).Run(t.Context(), Cmd{Name: sh, Args: []string{"-c", script}, Env: []string{"PATH=/usr/bin:/bin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string][]byte{"stdout": res.Stdout, "stderr": res.Stderr} {
+		if len(b) != MaxOutput {
+			t.Errorf("len(%s) = %d, want %d", name, len(b), MaxOutput)
+		}
+		if !bytes.HasSuffix(b, []byte("END")) {
+			t.Errorf("%s does not end with the last bytes written", name)
+		}
+	}
+}
+
+func TestTailBufferSmallWrites(t *testing.T) {
+	var tb tailBuffer
+	var all []byte
+	for i := range 3 * MaxOutput / 7 {
+		w := []byte(strconv.Itoa(i) + ",")
+		all = append(all, w...)
+		if n, err := tb.Write(w); n != len(w) || err != nil {
+			t.Fatalf("Write = %d, %v", n, err)
+		}
+	}
+	if !bytes.Equal(tb.Bytes(), all[len(all)-MaxOutput:]) {
+		t.Fatal("tail differs from the last MaxOutput bytes written")
+	}
+}
+
+func TestExecRunnerDeadlineKillsProcessGroup(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pids")
+	// Two background sleeps, and the shell itself waiting on them.
+	script := `sleep 100 & echo $! >> "$F"; sleep 100 & echo $! >> "$F"; echo $$ >> "$F"; wait`
+	ctx, cancel := context.WithTimeout(t.Context(), 700*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := (&ExecRunner{WaitDelay: time.Second}).Run(ctx, Cmd{
+		Name: sh, Args: []string{"-c", script},
+		Env: []string{"PATH=/usr/bin:/bin", "F=" + pidFile},
+	})
+	took := time.Since(start)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want it to wrap context.DeadlineExceeded", err)
+	}
+	if !strings.Contains(err.Error(), "killed") {
+		t.Errorf("err = %q, want it to say the program was killed", err)
+	}
+	if res.ExitCode != -1 {
+		t.Errorf("ExitCode = %d, want -1", res.ExitCode)
+	}
+	if took > 3*time.Second {
+		t.Errorf("Run took %s after a 700ms deadline", took)
+	}
+	pids := readPids(t, pidFile)
+	if len(pids) != 3 {
+		t.Fatalf("pid file holds %v, want 3 pids", pids)
+	}
+	for _, pid := range pids {
+		waitGone(t, pid, 2*time.Second)
+	}
+}
+
+func TestExecRunnerWaitDelayBoundsEscapedChild(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	// The shell exits at once, but a child in a new session (out of reach of
+	// the group kill) keeps stdout open.
+	script := `setsid sleep 30 & echo $! > "$F"; exit 0`
+	start := time.Now()
+	_, err := (&ExecRunner{WaitDelay: 300 * time.Millisecond}).Run(t.Context(), Cmd{
+		Name: sh, Args: []string{"-c", script},
+		Env: []string{"PATH=/usr/bin:/bin", "F=" + pidFile},
+	})
+	pids := readPids(t, pidFile)
+	for _, pid := range pids {
+		t.Cleanup(func() { syscall.Kill(pid, syscall.SIGKILL) }) // our own stray sleep
+	}
+	if !errors.Is(err, exec.ErrWaitDelay) {
+		t.Fatalf("err = %v, want exec.ErrWaitDelay", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("Run took %s with WaitDelay 300ms", took)
+	}
+}
+
+func TestExecRunnerEnvNotInherited(t *testing.T) {
+	t.Setenv("PATCHAGENT_TEST_LEAK", "leaked")
+	t.Setenv("NOTIFY_SOCKET", "/run/leak.sock")
+	tests := []struct {
+		name string
+		env  []string
+		want string
+	}{
+		{"nil env is empty", nil, ""},
+		{"explicit env is the whole env", []string{"A=b", "PATH=/bin"}, "A=b\nPATH=/bin\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, err := (&ExecRunner{}).Run(t.Context(), Cmd{Name: "/usr/bin/env", Env: tt.env})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := string(res.Stdout); got != tt.want {
+				t.Errorf("child env = %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestExecRunnerCredential(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to switch users")
+	}
+	res, err := (&ExecRunner{}).Run(t.Context(), Cmd{
+		Name: "/usr/bin/id", Args: []string{"-u"}, Dir: "/",
+		Cred: &Credential{UID: 65534, GID: 65534},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.TrimSpace(string(res.Stdout)); got != "65534" {
+		t.Errorf("id -u = %q, want 65534", got)
+	}
+	// Supplementary groups are exactly those given: root's are dropped.
+	res, err = (&ExecRunner{}).Run(t.Context(), Cmd{
+		Name: "/usr/bin/id", Args: []string{"-G"}, Dir: "/",
+		Cred: &Credential{UID: 65534, GID: 65534, Groups: []uint32{65534, 4242}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Fields(string(res.Stdout)); strings.Join(got, " ") != "65534 4242" {
+		t.Errorf("id -G = %q, want [65534 4242]", got)
+	}
+}
+
+func readPids(t *testing.T, path string) []int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(b)) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			t.Fatalf("pid file: %v", err)
+		}
+		pids = append(pids, pid)
+	}
+	return pids
+}
+
+// waitGone fails the test if pid is still a live process (not a zombie)
+// after d.
+func waitGone(t *testing.T, pid int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for pidAlive(pid) {
+		if time.Now().After(deadline) {
+			syscall.Kill(pid, syscall.SIGKILL) // ours: the test started it
+			t.Errorf("pid %d still alive %s after the deadline", pid, d)
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

@@ -1,0 +1,121 @@
+package hooks
+
+import (
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"testing"
+)
+
+func TestLookupUser(t *testing.T) {
+	tests := []struct {
+		name     string
+		in       string
+		wantName string
+		wantUID  uint32
+		wantHome string
+		wantErr  bool
+	}{
+		{name: "root by name", in: "root", wantName: "root", wantUID: 0, wantHome: "/root"},
+		{name: "root by uid", in: "0", wantName: "root", wantUID: 0, wantHome: "/root"},
+		{name: "unknown", in: "pa-no-such-user", wantErr: true},
+		{name: "unknown uid", in: "4000000000", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, err := LookupUser(tt.in)
+			if tt.wantErr {
+				if err == nil {
+					t.Fatalf("LookupUser(%q) = %+v, want an error", tt.in, u)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u.Name != tt.wantName || u.UID != tt.wantUID || u.Home != tt.wantHome {
+				t.Errorf("LookupUser(%q) = %+v", tt.in, u)
+			}
+			if len(u.Groups) == 0 || u.Groups[0] != u.GID {
+				t.Errorf("Groups = %v, want the primary group %d first", u.Groups, u.GID)
+			}
+		})
+	}
+}
+
+func TestLookupUserSupplementaryGroups(t *testing.T) {
+	// Compare with os/user for a user that has supplementary groups, if the
+	// machine has one.
+	for _, name := range []string{"root", "nobody", "daemon", "_apt"} {
+		ou, err := user.Lookup(name)
+		if err != nil {
+			continue
+		}
+		ids, err := ou.GroupIds()
+		if err != nil {
+			continue
+		}
+		u, err := LookupUser(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range ids {
+			g, _ := strconv.ParseUint(s, 10, 32)
+			if !slices.Contains(u.Groups, uint32(g)) {
+				t.Errorf("%s: Groups = %v lacks group %s", name, u.Groups, s)
+			}
+		}
+	}
+}
+
+func TestOwnerOf(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "app")
+	if err := os.Mkdir(f, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	wantUID := uint32(os.Geteuid())
+	if os.Geteuid() == 0 {
+		if err := os.Chown(f, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		wantUID = 65534
+	}
+	u, err := OwnerOf(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := user.LookupId(strconv.FormatUint(uint64(wantUID), 10))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.UID != wantUID || u.Name != want.Username || u.Home != want.HomeDir {
+		t.Errorf("OwnerOf = %+v, want uid %d (%s)", u, wantUID, want.Username)
+	}
+
+	if _, err := OwnerOf(filepath.Join(dir, "missing")); err == nil {
+		t.Error("OwnerOf(missing) succeeded")
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(f, 3999999, 0); err != nil {
+			t.Fatal(err)
+		}
+		if u, err := OwnerOf(f); err == nil {
+			t.Errorf("OwnerOf(file of an accountless uid) = %+v, want an error", u)
+		}
+	}
+}
+
+func TestCredentialCopiesGroups(t *testing.T) {
+	u := AppUser{Name: "app", UID: 1001, GID: 1002, Groups: []uint32{1002, 27}}
+	c := u.Credential()
+	if c.UID != 1001 || c.GID != 1002 || !slices.Equal(c.Groups, []uint32{1002, 27}) {
+		t.Fatalf("Credential = %+v", c)
+	}
+	c.Groups[0] = 0
+	if u.Groups[0] != 1002 {
+		t.Error("Credential shares its Groups with the AppUser")
+	}
+}
