@@ -7,3 +7,7 @@
 // every byte of test traffic stays inside namespaces it created. Setup and
 // teardown are idempotent and undo partial work after a failure.
 package sandbox
+
+// Layout: app/ is the sample app (embedded and copied to <Dir>/app), pm2/
+// pins pm2 with a committed lock file (installed by EnsurePM2), and
+// cmd/sandbox is a small CLI: sandbox up|status|load|down [-prefix pa].

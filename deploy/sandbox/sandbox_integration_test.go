@@ -1,0 +1,381 @@
+//go:build integration
+
+package sandbox
+
+import (
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+func needRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	if testing.Short() {
+		t.Skip("starts pm2 and node: skipped with -short")
+	}
+}
+
+// testOptions use their own prefix and user so they never touch the demo's "pa".
+func testOptions() Options {
+	return Options{Prefix: "pa-sbt", AppUser: "pa-sbt-app", Env: map[string]string{"KEEPALIVE_MS": "2000"}}
+}
+
+// teardownNow removes any leftover of o, now and after the test.
+func teardownNow(t *testing.T, o Options) {
+	t.Helper()
+	clean := func() {
+		n, err := Attach(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := n.Teardown(ctx); err != nil {
+			t.Errorf("teardown: %v", err)
+		}
+	}
+	clean()
+	t.Cleanup(clean)
+}
+
+func get(t *testing.T, n *Node, path string, v6 bool) (int, string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, n.URL(path, v6), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := n.Client(v6)
+	defer c.CloseIdleConnections()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", n.URL(path, v6), err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(b))
+}
+
+// userProcs lists live (non-zombie) processes whose real uid is uid.
+func userProcs(t *testing.T, uid uint32) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if u, ok := procUID(pid); ok && u == uid && procAlive(pid) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func netnsInode(t *testing.T, path string) uint64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Ino
+}
+
+func appPID(t *testing.T, n *Node) int {
+	t.Helper()
+	info, ok, err := n.App(t.Context())
+	if err != nil || !ok || info.Status != "online" || info.PID == 0 {
+		t.Fatalf("app under pm2: %+v ok=%v err=%v", info, ok, err)
+	}
+	return info.PID
+}
+
+func TestSandboxLifecycle(t *testing.T) {
+	needRoot(t)
+	o := testOptions()
+	teardownNow(t, o)
+	// pm2 must not inherit the caller's environment (e.g. systemd's socket).
+	t.Setenv("NOTIFY_SOCKET", "/run/patchagent-sandbox-test.sock")
+
+	start := time.Now()
+	n, err := Setup(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("setup took %s", time.Since(start))
+
+	for _, v6 := range []bool{false, true} {
+		if code, body := get(t, n, "/health-check", v6); code != 200 || body != "ok" {
+			t.Fatalf("health v6=%v: %d %q", v6, code, body)
+		}
+	}
+	pid := appPID(t, n)
+	if code, body := get(t, n, "/", false); code != 200 || !strings.Contains(body, "pid="+strconv.Itoa(pid)) {
+		t.Errorf("GET / = %d %q, want pid=%d", code, body, pid)
+	}
+	if code, _ := get(t, n, "/nope", true); code != 404 {
+		t.Errorf("GET /nope = %d, want 404", code)
+	}
+
+	t.Run("runs as the app user in the server netns", func(t *testing.T) {
+		daemon := n.DaemonPID()
+		if daemon == 0 {
+			t.Fatal("no pm2 daemon")
+		}
+		srvNS := netnsInode(t, filepath.Join(NetnsDir, n.ServerNS))
+		for _, p := range []int{daemon, pid} {
+			if uid, ok := procUID(p); !ok || uid != n.UID || n.UID == 0 {
+				t.Errorf("pid %d runs as uid %d, want %d (%s)", p, uid, n.UID, n.AppUser)
+			}
+			if ino := netnsInode(t, "/proc/"+strconv.Itoa(p)+"/ns/net"); ino != srvNS {
+				t.Errorf("pid %d is not in netns %s", p, n.ServerNS)
+			}
+		}
+		env, err := os.ReadFile("/proc/" + strconv.Itoa(daemon) + "/environ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(env), "NOTIFY_SOCKET") {
+			t.Error("the pm2 daemon inherited NOTIFY_SOCKET")
+		}
+		err = filepath.WalkDir(n.PM2Home, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			var st syscall.Stat_t
+			if err := syscall.Lstat(p, &st); err != nil {
+				return err
+			}
+			if st.Uid != n.UID {
+				t.Errorf("%s owned by uid %d, want %d", p, st.Uid, n.UID)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("setup again is idempotent", func(t *testing.T) {
+		before, _, _ := n.App(t.Context())
+		n2, err := Setup(t.Context(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		after := appPID(t, n2)
+		info, _, _ := n2.App(t.Context())
+		if after != pid || info.Restarts != before.Restarts {
+			t.Errorf("second Setup restarted the app: pid %d→%d restarts %d→%d", pid, after, before.Restarts, info.Restarts)
+		}
+	})
+
+	t.Run("slow", func(t *testing.T) {
+		t0 := time.Now()
+		code, _ := get(t, n, "/slow?ms=300", false)
+		if d := time.Since(t0); code != 200 || d < 300*time.Millisecond {
+			t.Errorf("/slow?ms=300: %d after %s", code, d)
+		}
+	})
+
+	t.Run("load", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		l := n.Load(ctx, LoadOptions{Workers: 4, Path: "/", KeepAlive: true, V6: true})
+		<-ctx.Done()
+		s := l.Stop()
+		t.Log(s)
+		if s.OK == 0 || s.Failed != 0 || s.Refused != 0 || s.Total != s.OK {
+			t.Errorf("load: %s", s)
+		}
+		if len(s.Timeline) < 9 || s.Timeline[len(s.Timeline)/2].OK == 0 {
+			t.Errorf("timeline: %v", s.Timeline)
+		}
+	})
+
+	// Without a firewall block, a stop races with connections already in the
+	// listen backlog: closing the listener resets them (at most one per
+	// worker). Everything after the close must be refused, not dropped.
+	t.Run("stop under load is refused", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		l := n.Load(ctx, LoadOptions{Workers: 4, Path: "/slow?ms=100"})
+		time.Sleep(300 * time.Millisecond)
+		if _, err := n.PM2(t.Context(), "stop", n.Opts.AppName); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		s := l.Stop()
+		t.Log(s, s.TimelineString())
+		if s.OK == 0 || s.Refused == 0 || s.Failed > 4 || s.BadStatus != 0 {
+			t.Errorf("stop under load: %s", s)
+		}
+		if err := n.StartApp(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		pid = appPID(t, n)
+	})
+
+	t.Run("KillPM2 then StartApp", func(t *testing.T) {
+		daemon := n.DaemonPID()
+		if err := n.KillPM2(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if n.DaemonPID() != 0 || procAlive(daemon) || procAlive(pid) {
+			t.Fatalf("after KillPM2: daemon %d alive=%v, app %d alive=%v", daemon, procAlive(daemon), pid, procAlive(pid))
+		}
+		if err := n.Health(t.Context(), false); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("health after KillPM2 = %v, want connection refused", err)
+		}
+		if err := n.KillPM2(t.Context()); err != nil {
+			t.Errorf("KillPM2 with no daemon: %v", err)
+		}
+		if err := n.StartApp(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		newPID := appPID(t, n)
+		if newPID == pid {
+			t.Errorf("app pid %d unchanged after KillPM2+StartApp", pid)
+		}
+		if uid, _ := procUID(n.DaemonPID()); uid != n.UID {
+			t.Errorf("new daemon runs as uid %d, want %d", uid, n.UID)
+		}
+		if err := errors.Join(n.Health(t.Context(), false), n.Health(t.Context(), true)); err != nil {
+			t.Error(err)
+		}
+	})
+
+	t.Run("teardown", func(t *testing.T) {
+		if err := n.Teardown(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		for _, ns := range []string{n.ServerNS, n.ClientNS} {
+			if NetnsExists(ns) {
+				t.Errorf("netns %s still exists", ns)
+			}
+		}
+		if left := userProcs(t, n.UID); len(left) != 0 {
+			t.Errorf("processes of %s left: %v", n.AppUser, left)
+		}
+		if err := n.Teardown(t.Context()); err != nil {
+			t.Errorf("second teardown: %v", err)
+		}
+		// The user and the pm2 install are kept as a cache.
+		if _, err := user.Lookup(n.AppUser); err != nil {
+			t.Errorf("user removed: %v", err)
+		}
+		if _, err := os.Stat(n.PM2Bin); err != nil {
+			t.Errorf("pm2 install removed: %v", err)
+		}
+	})
+}
+
+func TestTeardownHalfBuilt(t *testing.T) {
+	needRoot(t)
+	o := testOptions()
+	teardownNow(t, o)
+	n, err := Attach(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the server namespace exists.
+	if err := CreateNetns(n.ServerNS); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Teardown(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if NetnsExists(n.ServerNS) {
+		t.Error("server netns left")
+	}
+}
+
+func TestSetupFailureCleanup(t *testing.T) {
+	needRoot(t)
+
+	t.Run("invalid options change nothing", func(t *testing.T) {
+		o := Options{Prefix: "pa-sbv", AppUser: "root"}
+		_, err := Setup(t.Context(), o)
+		if err == nil || !strings.Contains(err.Error(), "app_user") {
+			t.Fatalf("Setup(AppUser root) = %v, want validation error", err)
+		}
+		if NetnsExists("pa-sbv-srv") || NetnsExists("pa-sbv-cli") {
+			t.Error("namespaces created despite invalid options")
+		}
+		if _, err := os.Stat("/var/lib/patchagent-sandbox/pa-sbv"); err == nil {
+			t.Error("state dir created despite invalid options")
+		}
+	})
+
+	for _, failAt := range []string{"network", "app"} {
+		t.Run("fail after "+failAt, func(t *testing.T) {
+			o := Options{Prefix: "pa-sbf", AppUser: "pa-sbf-app"}
+			teardownNow(t, o)
+			if u, err := user.Lookup(o.AppUser); err == nil {
+				n, _ := Attach(o)
+				if err := n.deleteUser(t.Context()); err != nil {
+					t.Fatalf("removing leftover user %s: %v", u.Username, err)
+				}
+			}
+			dir := o.WithDefaults().Dir
+			if err := os.RemoveAll(dir); err != nil {
+				t.Fatal(err)
+			}
+			var uid uint32
+			daemon := 0
+			injected := errors.New("injected failure")
+			o.afterStep = func(step string) error {
+				if step != failAt {
+					return nil
+				}
+				n, _ := Attach(o)
+				uid, daemon = n.UID, n.DaemonPID()
+				return injected
+			}
+			_, err := Setup(t.Context(), o)
+			if !errors.Is(err, injected) {
+				t.Fatalf("Setup = %v, want the injected failure", err)
+			}
+			if strings.Contains(err.Error(), "undoing") {
+				t.Errorf("undo reported errors: %v", err)
+			}
+			if NetnsExists("pa-sbf-srv") || NetnsExists("pa-sbf-cli") {
+				t.Error("namespaces left after failed Setup")
+			}
+			if _, err := user.Lookup(o.AppUser); err == nil {
+				t.Error("user created by the failed Setup was kept")
+			}
+			if _, err := os.Stat(dir); err == nil {
+				t.Error("state dir created by the failed Setup was kept")
+			}
+			if failAt == "app" {
+				if uid == 0 || daemon == 0 {
+					t.Fatalf("hook saw uid %d daemon %d: the app step had not run", uid, daemon)
+				}
+				if procAlive(daemon) {
+					t.Errorf("pm2 daemon %d still running", daemon)
+				}
+				if left := userProcs(t, uid); len(left) != 0 {
+					t.Errorf("processes of uid %d left: %v", uid, left)
+				}
+			}
+		})
+	}
+}

@@ -1,0 +1,178 @@
+package sandbox
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestWithDefaults(t *testing.T) {
+	got := Options{}.WithDefaults()
+	want := Options{
+		Prefix:  "pa",
+		Dir:     "/var/lib/patchagent-sandbox/pa",
+		AppUser: "pa-app",
+		AppName: "sample-app",
+		Port:    443,
+		PM2Dir:  "/var/lib/patchagent-sandbox/pm2",
+	}
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(Options{})); diff != "" {
+		t.Errorf("defaults (-want +got):\n%s", diff)
+	}
+	// Dir follows Prefix; explicit values are kept.
+	got = Options{Prefix: "x1", Port: 8443, AppName: "web"}.WithDefaults()
+	if got.Dir != "/var/lib/patchagent-sandbox/x1" || got.Port != 8443 || got.AppName != "web" {
+		t.Errorf("WithDefaults changed explicit fields: %+v", got)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	tests := []struct {
+		name    string
+		mod     func(*Options)
+		wantErr string // substring; "" means valid
+	}{
+		{"defaults", func(*Options) {}, ""},
+		{"port 0", func(o *Options) { o.Port = 0 }, "port:"},
+		{"prefix too long for veth", func(o *Options) { o.Prefix = "abcdefghijklm" }, "prefix:"},
+		{"prefix 12 ok", func(o *Options) { o.Prefix = "abcdefghijkl" }, ""},
+		{"prefix slash", func(o *Options) { o.Prefix = "a/b" }, "prefix:"},
+		{"prefix upper", func(o *Options) { o.Prefix = "PA" }, "prefix:"},
+		{"relative dir", func(o *Options) { o.Dir = "var/x" }, "dir:"},
+		{"root dir", func(o *Options) { o.Dir = "/" }, "dir:"},
+		{"root user", func(o *Options) { o.AppUser = "root" }, "app_user:"},
+		{"bad user", func(o *Options) { o.AppUser = "Pa App" }, "app_user:"},
+		{"numeric app name (pm2 id)", func(o *Options) { o.AppName = "123" }, "app_name:"},
+		{"app name with space", func(o *Options) { o.AppName = "a b" }, "app_name:"},
+		{"relative pm2 dir", func(o *Options) { o.PM2Dir = "pm2" }, "pm2_dir:"},
+		{"reserved env", func(o *Options) { o.Env = map[string]string{"PORT": "1"} }, "env:"},
+		{"bad env key", func(o *Options) { o.Env = map[string]string{"A=B": "1"} }, "env:"},
+		{"good env", func(o *Options) { o.Env = map[string]string{"KEEPALIVE_MS": "100"} }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o := Options{}.WithDefaults()
+			tt.mod(&o)
+			err := o.Validate()
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatalf("Validate() = %v, want nil", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("Validate() = %v, want error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+	// Every problem is reported, not just the first.
+	err := Options{Prefix: "BAD", Dir: "rel", AppUser: "root", AppName: "1", PM2Dir: "x"}.Validate()
+	for _, key := range []string{"prefix:", "dir:", "app_user:", "app_name:", "port:", "pm2_dir:"} {
+		if err == nil || !strings.Contains(err.Error(), key) {
+			t.Errorf("Validate() = %v, missing %s", err, key)
+		}
+	}
+}
+
+func TestAttachNames(t *testing.T) {
+	n, err := Attach(Options{Prefix: "pa-u", Dir: "/tmp/pa-u-state", AppUser: "pa-no-such-user-x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := []string{n.ServerNS, n.ClientNS, n.srvLink, n.cliLink, n.Home, n.PM2Home, n.AppDir, n.PM2Bin}
+	want := []string{"pa-u-srv", "pa-u-cli", "pa-u-s", "pa-u-c", "/tmp/pa-u-state/home", "/tmp/pa-u-state/home/.pm2",
+		"/tmp/pa-u-state/app", "/var/lib/patchagent-sandbox/pm2/node_modules/pm2/bin/pm2"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("names (-want +got):\n%s", diff)
+	}
+	if n.UID != 0 || n.userKnown || n.DaemonPID() != 0 {
+		t.Errorf("missing user: UID=%d known=%v daemon=%d", n.UID, n.userKnown, n.DaemonPID())
+	}
+	// Never run pm2 without a real unprivileged user (it would spawn a root daemon).
+	if _, err := n.PM2(t.Context(), "ping"); err == nil || !strings.Contains(err.Error(), "does not exist") {
+		t.Errorf("PM2 without user = %v, want refusal", err)
+	}
+	if _, err := Attach(Options{AppUser: "root"}); err == nil {
+		t.Error("Attach accepted AppUser root")
+	}
+}
+
+func TestURL(t *testing.T) {
+	n, err := Attach(Options{Port: 8443})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		path string
+		v6   bool
+		want string
+	}{
+		{"/health-check", false, "http://192.0.2.1:8443/health-check"},
+		{"/health-check", true, "http://[fd70:7061::1]:8443/health-check"},
+		{"slow?ms=5", false, "http://192.0.2.1:8443/slow?ms=5"},
+		{"", true, "http://[fd70:7061::1]:8443/"},
+	}
+	for _, tt := range tests {
+		if got := n.URL(tt.path, tt.v6); got != tt.want {
+			t.Errorf("URL(%q, %v) = %q, want %q", tt.path, tt.v6, got, tt.want)
+		}
+	}
+	d, _ := Attach(Options{})
+	if got := d.URL("/health-check", false); got != "http://192.0.2.1:443/health-check" {
+		t.Errorf("default URL = %q", got)
+	}
+}
+
+func TestParseJlist(t *testing.T) {
+	banner := "\x1b[32m[PM2] Spawning PM2 daemon with pm2_home=/x\x1b[39m\n[PM2] PM2 Successfully daemonized\n"
+	list := `[{"pid":42,"name":"sample-app","pm_id":0,"pm2_env":{"status":"online","restart_time":3,"SECRET":"s3cr3t"}},` +
+		`{"pid":0,"name":"other","pm2_env":{"status":"stopped","restart_time":0}}]`
+	got, err := parseJlist([]byte(banner + list + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []AppInfo{{Name: "sample-app", PID: 42, Status: "online", Restarts: 3}, {Name: "other", Status: "stopped"}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("parseJlist (-want +got):\n%s", diff)
+	}
+	if got, err := parseJlist([]byte(banner + "[]")); err != nil || len(got) != 0 {
+		t.Errorf("empty list: %v, %v", got, err)
+	}
+	_, err = parseJlist([]byte(banner + `[{"pm2_env":{"SECRET":"s3cr3t"`))
+	if err == nil || strings.Contains(err.Error(), "s3cr3t") {
+		t.Errorf("truncated jlist: err = %v, want an error that does not quote the output", err)
+	}
+}
+
+func TestLoadRecordAndTimeline(t *testing.T) {
+	l := &Load{start: time.Now().Add(-250 * time.Millisecond)}
+	l.record(outOK, nil)
+	l.record(outRefused, nil)
+	l.record(outBadStatus, nil)
+	s := l.Stats()
+	if s.Total != 3 || s.OK != 1 || s.Refused != 1 || s.Failed != 1 || s.BadStatus != 1 {
+		t.Fatalf("counters: %+v", s)
+	}
+	if len(s.Timeline) != 3 || s.Timeline[2] != (Bucket{OK: 1, Refused: 1, Failed: 1}) {
+		t.Fatalf("timeline: %+v", s.Timeline)
+	}
+	s.Timeline = []Bucket{{OK: 1}, {Refused: 2, OK: 1}, {}, {Failed: 1}, {OK: 1}, {OK: 1}, {OK: 1}, {OK: 1}, {OK: 1}, {OK: 1}, {Refused: 1}}
+	if got, want := s.TimelineString(), ".r X......|r"; got != want {
+		t.Errorf("TimelineString() = %q, want %q", got, want)
+	}
+}
+
+func TestPatchagentConfig(t *testing.T) {
+	n, err := Attach(Options{Prefix: "pa-u", Dir: "/s", AppUser: "u1", AppName: "web", Port: 8443, PM2Dir: "/p"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := n.PatchagentConfig("/st", "drain:\n  idle: 1s\n")
+	want := "app:\n  name: web\n  user: u1\n  pm2: /p/node_modules/pm2/bin/pm2\n  pm2_home: /s/home/.pm2\n" +
+		"traffic:\n  ports: [8443]\ndaemon:\n  state_dir: /st\ndrain:\n  idle: 1s\n"
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("PatchagentConfig (-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Installs what patchagent's tests, demo and benchmarks need on Debian 12,
+# as root. Idempotent: installs only what is missing.
+set -eu
+
+if [ "$(id -u)" != 0 ]; then
+	echo "setup: run as root (the tests create network namespaces and firewall rules in them)" >&2
+	exit 1
+fi
+if ! command -v go >/dev/null 2>&1; then
+	echo "setup: the Go toolchain (go 1.26) is required and not on PATH" >&2
+	exit 1
+fi
+
+need=""
+command -v iptables >/dev/null 2>&1 || need="$need iptables"
+command -v ip6tables >/dev/null 2>&1 || need="$need iptables"
+command -v ip >/dev/null 2>&1 || need="$need iproute2"
+command -v ss >/dev/null 2>&1 || need="$need iproute2"
+command -v node >/dev/null 2>&1 || need="$need nodejs"
+command -v npm >/dev/null 2>&1 || need="$need npm"
+command -v git >/dev/null 2>&1 || need="$need git"
+if [ -n "$need" ]; then
+	echo "setup: installing$need"
+	apt-get update -qq
+	# shellcheck disable=SC2086 # word splitting of the package list is intended
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+fi
+# nf_tables and the REJECT target are kernel modules; iptables loads them on
+# first use. Fail early and clearly when the kernel cannot.
+if ! ip netns list >/dev/null 2>&1; then
+	echo "setup: 'ip netns' does not work here: network namespaces are required" >&2
+	exit 1
+fi
+echo "setup: ok ($(iptables --version), node $(node --version), npm $(npm --version), $(go version | cut -d' ' -f3))"
