@@ -14,9 +14,9 @@ import (
 type DrainResult struct {
 	// Seen is the most non-loopback connections seen at once.
 	Seen int
-	// Remaining, Busy: non-loopback connections left at the end, and how
-	// many of them were still carrying a request.
-	Remaining, Busy int
+	// Remaining: non-loopback connections left at the end; Active: those of
+	// them not idle for drain.idle yet; Busy: those carrying a request.
+	Remaining, Active, Busy int
 	TimedOut        bool
 	Waited          time.Duration
 	Polls           int
@@ -42,7 +42,7 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 		r.Polls++
 		s := firewall.Summarize(conns, c.Idle.D())
 		r.Seen = max(r.Seen, s.Total)
-		r.Remaining, r.Busy = s.Total, s.Busy
+		r.Remaining, r.Active, r.Busy = s.Total, s.Total-s.Idle, s.Busy
 		now := a.d.Now()
 		r.Waited = now.Sub(blockedAt)
 		if s != last || now.Sub(lastPrint) >= time.Second {
@@ -57,7 +57,7 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 		}
 		if r.Waited >= c.Timeout.D() {
 			r.TimedOut = true
-			a.log.Warn("drain timed out", zap.Int("busy", s.Busy), zap.Int("remaining", s.Total),
+			a.log.Warn("drain timed out", zap.Int("active", r.Active), zap.Int("busy", s.Busy), zap.Int("remaining", s.Total),
 				zap.Duration("timeout", c.Timeout.D()))
 			return r, nil
 		}

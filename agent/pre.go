@@ -136,11 +136,12 @@ func (a *Agent) pre(ctx context.Context, opt RunOptions, rep *Report) error {
 		return fail(err)
 	}
 	if dr.TimedOut {
-		msg := fmt.Sprintf("drain timed out after %s with %d connection(s) still busy (%d open): the app's stop cuts them", a.cfg.Drain.Timeout, dr.Busy, dr.Remaining)
+		msg := fmt.Sprintf("drain timed out after %s with %d connection(s) still busy (%d with a request in flight, %d open): stopping the app cuts them",
+			a.cfg.Drain.Timeout, dr.Active, dr.Busy, dr.Remaining)
 		rep.warn("%s", msg)
 		st.Warnings = append(st.Warnings, msg)
-		rep.addStep("drain", "warn", dr.Waited, fmt.Sprintf("%d busy of %d open at the timeout", dr.Busy, dr.Remaining))
-		rep.Summary = append(rep.Summary, fmt.Sprintf("drain timed out with %d busy", dr.Busy))
+		rep.addStep("drain", "warn", dr.Waited, fmt.Sprintf("%d busy of %d open at the timeout", dr.Active, dr.Remaining))
+		rep.Summary = append(rep.Summary, fmt.Sprintf("drain timed out with %d busy", dr.Active))
 	} else {
 		rep.addStep("drain", ResultOK, dr.Waited, fmt.Sprintf("%d connection(s) seen, %d idle left, %d polls", dr.Seen, dr.Remaining, dr.Polls))
 		rep.Summary = append(rep.Summary, fmt.Sprintf("drained %d connection(s)", dr.Seen))

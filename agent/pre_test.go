@@ -159,7 +159,7 @@ func TestPreDrainTimeoutWarnsAndGoesOn(t *testing.T) {
 	if rep.ExitCode != ExitOK {
 		t.Fatal(rep.Text())
 	}
-	if len(rep.Warnings) != 1 || !strings.Contains(rep.Warnings[0], "drain timed out after 300ms with 1 connection(s) still busy (2 open)") {
+	if len(rep.Warnings) != 1 || !strings.Contains(rep.Warnings[0], "drain timed out after 300ms with 1 connection(s) still busy (1 with a request in flight, 2 open)") {
 		t.Fatalf("warnings: %v", rep.Warnings)
 	}
 	if !strings.Contains(rep.Verdict(), "with 1 warning(s)") || !strings.Contains(rep.Verdict(), "drain timed out with 1 busy") {

@@ -70,16 +70,8 @@ func writeConfig(t *testing.T, n *sandbox.Node, appName, extra string) (cfgPath,
 	t.Helper()
 	dir := t.TempDir()
 	stateDir = filepath.Join(dir, "state")
-	cfg := fmt.Sprintf(`app:
-  name: %s
-  user: %s
-  pm2: %s
-  pm2_home: %s
-traffic:
-  ports: [%d]
-daemon:
-  state_dir: %s
-%s`, appName, n.AppUser, n.PM2Bin, n.PM2Home, n.Opts.Port, stateDir, extra)
+	cfg := n.PatchagentConfig(stateDir, extra)
+	cfg = strings.Replace(cfg, "  name: "+n.Opts.AppName+"\n", "  name: "+appName+"\n", 1)
 	cfgPath = filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
