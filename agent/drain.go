@@ -32,6 +32,7 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 	var r DrainResult
 	var last firewall.Summary
 	lastPrint := time.Time{}
+	track := firewall.NewTracker()
 	tick := time.NewTicker(c.Interval.D())
 	defer tick.Stop()
 	for {
@@ -40,7 +41,7 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 			return r, fmt.Errorf("reading connections to %v: %w", a.cfg.Traffic.Ports, err)
 		}
 		r.Polls++
-		s := firewall.Summarize(conns, c.Idle.D())
+		s := track.Summarize(conns, c.Idle.D())
 		r.Seen = max(r.Seen, s.Total)
 		r.Remaining, r.Active, r.Busy = s.Total, s.Total-s.Idle, s.Busy
 		now := a.d.Now()

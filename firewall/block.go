@@ -1,0 +1,611 @@
+package firewall
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Action is what the block does to a new connection.
+type Action string
+
+const (
+	// Reject answers the SYN with a TCP reset: clients and load balancers see
+	// "connection refused" at once and fail over.
+	Reject Action = "reject"
+	// Drop discards the SYN: clients retry until their own connect timeout.
+	Drop Action = "drop"
+)
+
+// Rules says which new connections Block refuses.
+type Rules struct {
+	// Ports are the local TCP ports to close to new connections.
+	Ports []uint16
+	// Action is Reject (REJECT --reject-with tcp-reset) or Drop.
+	Action Action
+}
+
+// Validate returns every problem with r, each named by its field.
+func (r Rules) Validate() error {
+	var errs []error
+	if len(r.Ports) == 0 {
+		errs = append(errs, errors.New("ports: no port given"))
+	}
+	seen := make(map[uint16]bool, len(r.Ports))
+	for i, p := range r.Ports {
+		switch {
+		case p == 0:
+			errs = append(errs, fmt.Errorf("ports[%d]: port 0 is not a port", i))
+		case seen[p]:
+			errs = append(errs, fmt.Errorf("ports[%d]: port %d listed twice", i, p))
+		}
+		seen[p] = true
+	}
+	if r.Action != Reject && r.Action != Drop {
+		errs = append(errs, fmt.Errorf("action: %q is not %q or %q", r.Action, Reject, Drop))
+	}
+	return errors.Join(errs...)
+}
+
+// ErrNotBlocked is wrapped by Block when, after converging, iptables -S still
+// does not show exactly the desired block.
+var ErrNotBlocked = errors.New("block not in place")
+
+// ErrStillBlocked is wrapped by Unblock when, after removing, iptables -S
+// still shows something of ours.
+var ErrStillBlocked = errors.New("block still present")
+
+// maxJumpDeletes bounds Unblock's "delete the jump until none is left" loop.
+const maxJumpDeletes = 100
+
+type retryPolicy struct {
+	attempts int           // calls in all, the first included
+	base     time.Duration // first backoff; doubles up to max
+	max      time.Duration
+}
+
+// Firewall blocks and unblocks new inbound TCP connections to a set of ports
+// in each managed IP family. Its methods are safe for concurrent use; they
+// are serialized. It does not serialize with other processes: the caller
+// holds the agent's own lock.
+type Firewall struct {
+	log      *zap.Logger
+	tables   map[Family]Tables
+	families []Family
+	rules    Rules
+	specs    [][]string // one rulespec per port, in Rules.Ports order
+	lines    []string   // the same rules as iptables -S prints them
+	retry    retryPolicy
+
+	mu sync.Mutex
+}
+
+// New returns a Firewall that manages exactly the families in tables (the
+// caller leaves out a family it cannot or will not manage, such as IPv6 on a
+// host without ip6tables). It validates r and runs no iptables command.
+func New(log *zap.Logger, tables map[Family]Tables, r Rules) (*Firewall, error) {
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("firewall rules: %w", err)
+	}
+	if len(tables) == 0 {
+		return nil, errors.New("firewall: no IP family to manage")
+	}
+	if log == nil {
+		log = zap.NewNop()
+	}
+	f := &Firewall{
+		log:    log.Named("firewall"),
+		tables: make(map[Family]Tables, len(tables)),
+		rules:  Rules{Ports: slices.Clone(r.Ports), Action: r.Action},
+		retry:  retryPolicy{attempts: 5, base: 100 * time.Millisecond, max: time.Second},
+	}
+	for fam, t := range tables {
+		if !fam.valid() {
+			return nil, fmt.Errorf("firewall: unknown IP family %q", fam)
+		}
+		if t == nil {
+			return nil, fmt.Errorf("firewall: nil Tables for %s", fam)
+		}
+		f.tables[fam] = t
+		f.families = append(f.families, fam)
+	}
+	slices.Sort(f.families) // "ipv4" < "ipv6"
+	for _, p := range f.rules.Ports {
+		spec := blockSpec(p, f.rules.Action)
+		f.specs = append(f.specs, spec)
+		f.lines = append(f.lines, ruleLine(Chain, spec))
+	}
+	f.log.Info("firewall configured",
+		zap.Strings("families", familyNames(f.families)),
+		zap.Any("ports", f.rules.Ports),
+		zap.String("action", string(f.rules.Action)))
+	return f, nil
+}
+
+// Families returns the managed families, sorted, IPv4 first.
+func (f *Firewall) Families() []Family { return slices.Clone(f.families) }
+
+// Plan returns the iptables command lines Block ensures, family by family, in
+// the order it would run them on a clean host (for --dry-run output). On a
+// host already partly blocked, Block runs only the missing ones.
+func (f *Firewall) Plan() []string {
+	var out []string
+	for _, fam := range f.families {
+		cmd := fam.Command() + " -t " + filterTable + " "
+		out = append(out, cmd+"-N "+Chain)
+		for _, spec := range f.specs {
+			out = append(out, cmd+ruleLine(Chain, spec))
+		}
+		out = append(out, cmd+"-I "+inputChain+" 1 "+strings.Join(jumpSpec(), " "))
+	}
+	return out
+}
+
+// Block converges every managed family to the block and verifies it: the
+// chain exists holding exactly one rule per port, and INPUT holds exactly one
+// jump to it. It is idempotent and crash-safe, so the caller may re-run it at
+// any time (to re-assert the block while in maintenance, or after a crash):
+// the chain content is completed before the jump is added, missing rules are
+// appended before unwanted ones are deleted, and a chain that may be jumped
+// to is never flushed.
+//
+// Families are handled in Families order and Block stops at the first error,
+// which names the family and the operation; families already handled stay
+// blocked. A verification failure wraps ErrNotBlocked.
+func (f *Firewall) Block(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, fam := range f.families {
+		if err := f.blockFamily(ctx, fam, f.tables[fam]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (f *Firewall) blockFamily(ctx context.Context, fam Family, t Tables) error {
+	log := f.log.With(zap.String("family", string(fam)))
+	changed := false
+
+	// 1. The chain.
+	exists, err := f.chainExists(ctx, fam, t)
+	if err != nil {
+		return err
+	}
+	if !exists {
+		err := f.call(ctx, fam, "creating chain "+filterTable+"/"+Chain, func() error { return t.NewChain(filterTable, Chain) })
+		if err != nil {
+			// Exit 1 "Chain already exists." after losing a race is fine;
+			// anything else is not.
+			again, err2 := f.chainExists(ctx, fam, t)
+			if err2 != nil || !again {
+				return err
+			}
+			log.Info("chain created concurrently", zap.String("chain", Chain))
+		} else {
+			log.Info("chain created", zap.String("chain", Chain))
+		}
+		changed = true
+	}
+
+	// 2. Its content: append what is missing first, then delete what is not
+	// wanted, so that a port blocked before stays blocked throughout.
+	current, err := f.listRules(ctx, fam, t, Chain)
+	if err != nil {
+		return err
+	}
+	for i, line := range f.lines {
+		if slices.Contains(current, line) {
+			continue
+		}
+		port := f.rules.Ports[i]
+		op := fmt.Sprintf("appending rule for port %d to %s/%s", port, filterTable, Chain)
+		if err := f.call(ctx, fam, op, func() error { return t.Append(filterTable, Chain, f.specs[i]...) }); err != nil {
+			return err
+		}
+		log.Info("rule appended", zap.Uint16("port", port), zap.String("action", string(f.rules.Action)))
+		changed = true
+	}
+	kept := make(map[string]bool, len(f.lines))
+	for _, line := range current {
+		if slices.Contains(f.lines, line) && !kept[line] {
+			kept[line] = true
+			continue
+		}
+		spec, err := specOf(line, Chain)
+		if err != nil {
+			return fmt.Errorf("deleting stale rule from %s/%s (%s): %w", filterTable, Chain, fam, err)
+		}
+		op := fmt.Sprintf("deleting stale rule %q from %s/%s", line, filterTable, Chain)
+		err = f.call(ctx, fam, op, func() error { return t.Delete(filterTable, Chain, spec...) })
+		switch {
+		case err == nil:
+			log.Info("stale rule deleted", zap.String("rule", line))
+			changed = true
+		case isNotExist(err):
+			log.Info("stale rule already gone", zap.String("rule", line))
+		default:
+			return err
+		}
+	}
+
+	// 3. The jump, last, and only if absent; extra copies (from a crash or a
+	// race) are removed, keeping one.
+	jumps, err := f.countJumps(ctx, fam, t)
+	if err != nil {
+		return err
+	}
+	if jumps == 0 {
+		op := fmt.Sprintf("inserting jump to %s in %s/%s", Chain, filterTable, inputChain)
+		if err := f.call(ctx, fam, op, func() error { return t.Insert(filterTable, inputChain, 1, jumpSpec()...) }); err != nil {
+			return err
+		}
+		log.Info("jump inserted", zap.String("chain", inputChain), zap.Int("position", 1))
+		changed = true
+	}
+	for i := 1; i < jumps; i++ {
+		op := fmt.Sprintf("deleting duplicate jump to %s from %s/%s", Chain, filterTable, inputChain)
+		err := f.call(ctx, fam, op, func() error { return t.Delete(filterTable, inputChain, jumpSpec()...) })
+		if err != nil && !isNotExist(err) {
+			return err
+		}
+		if err == nil {
+			log.Info("duplicate jump removed", zap.String("chain", inputChain))
+			changed = true
+		}
+	}
+
+	// 4. Verify from iptables -S.
+	st, err := f.familyStatus(ctx, fam, t)
+	if err != nil {
+		return err
+	}
+	if p := f.blockProblems(st); len(p) > 0 {
+		return fmt.Errorf("verifying block (%s): %w: %s", fam, ErrNotBlocked, strings.Join(p, "; "))
+	}
+	if !st.JumpFirst {
+		log.Warn("jump is not the first rule of INPUT; rules above it may accept blocked connections",
+			zap.String("chain", inputChain))
+	}
+	if changed {
+		log.Info("block in place", zap.Int("rules", len(st.Rules)))
+	} else {
+		log.Debug("block already in place", zap.Int("rules", len(st.Rules)))
+	}
+	return nil
+}
+
+// blockProblems says how st differs from a complete block, one item each.
+func (f *Firewall) blockProblems(st FamilyStatus) []string {
+	var p []string
+	if !st.Chain {
+		p = append(p, fmt.Sprintf("chain %s/%s missing", filterTable, Chain))
+	} else {
+		seen := make(map[string]bool, len(st.Rules))
+		for _, r := range st.Rules {
+			if !slices.Contains(f.lines, r) || seen[r] {
+				p = append(p, fmt.Sprintf("unexpected rule %q", r))
+			}
+			seen[r] = true
+		}
+		for _, want := range f.lines {
+			if !seen[want] {
+				p = append(p, fmt.Sprintf("missing rule %q", want))
+			}
+		}
+	}
+	if st.Jumps != 1 {
+		p = append(p, fmt.Sprintf("%d jumps to %s in %s/%s, want 1", st.Jumps, Chain, filterTable, inputChain))
+	}
+	return p
+}
+
+// Unblock removes the block from every managed family: every jump to the
+// chain from INPUT (duplicates included), then the chain and its rules. What
+// is already missing counts as success, so Unblock is idempotent. It then
+// verifies that nothing of ours is left (ErrStillBlocked otherwise).
+//
+// Unlike Block it does not stop at a failing family: it unblocks all it can
+// and returns the errors joined.
+func (f *Firewall) Unblock(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var errs []error
+	for _, fam := range f.families {
+		if err := ctx.Err(); err != nil {
+			errs = append(errs, fmt.Errorf("unblocking (%s): %w", fam, err))
+			continue
+		}
+		errs = append(errs, f.unblockFamily(ctx, fam, f.tables[fam]))
+	}
+	return errors.Join(errs...)
+}
+
+func (f *Firewall) unblockFamily(ctx context.Context, fam Family, t Tables) error {
+	log := f.log.With(zap.String("family", string(fam)))
+
+	// 1. The bare jump, until iptables says there is none left.
+	removed := 0
+	for {
+		if removed >= maxJumpDeletes {
+			return fmt.Errorf("deleting jump to %s from %s/%s (%s): still present after %d deletions",
+				Chain, filterTable, inputChain, fam, removed)
+		}
+		op := fmt.Sprintf("deleting jump to %s from %s/%s", Chain, filterTable, inputChain)
+		err := f.call(ctx, fam, op, func() error { return t.Delete(filterTable, inputChain, jumpSpec()...) })
+		if err == nil {
+			removed++
+			continue
+		}
+		if isNotExist(err) {
+			break
+		}
+		return err
+	}
+	if removed > 0 {
+		log.Info("jumps removed", zap.String("chain", inputChain), zap.Int("count", removed))
+	}
+
+	// 2. Any other rule in INPUT that references the chain (someone added
+	// matches to it), or the chain could not be deleted.
+	in, err := f.listRules(ctx, fam, t, inputChain)
+	if err != nil {
+		return err
+	}
+	for _, line := range in {
+		if !jumpsTo(line, Chain) {
+			continue
+		}
+		spec, err := specOf(line, inputChain)
+		if err != nil {
+			return fmt.Errorf("deleting rule from %s/%s (%s): %w", filterTable, inputChain, fam, err)
+		}
+		op := fmt.Sprintf("deleting rule %q from %s/%s", line, filterTable, inputChain)
+		err = f.call(ctx, fam, op, func() error { return t.Delete(filterTable, inputChain, spec...) })
+		if err != nil && !isNotExist(err) {
+			return err
+		}
+		if err == nil {
+			log.Warn("non-standard jump removed", zap.String("rule", line))
+		}
+	}
+
+	// 3. The chain.
+	exists, err := f.chainExists(ctx, fam, t)
+	if err != nil {
+		return err
+	}
+	if exists {
+		op := fmt.Sprintf("deleting chain %s/%s", filterTable, Chain)
+		if err := f.call(ctx, fam, op, func() error { return t.ClearAndDeleteChain(filterTable, Chain) }); err != nil {
+			return err
+		}
+		log.Info("chain deleted", zap.String("chain", Chain))
+	}
+
+	// 4. Verify.
+	st, err := f.familyStatus(ctx, fam, t)
+	if err != nil {
+		return err
+	}
+	if st.present() {
+		var p []string
+		if st.Chain {
+			p = append(p, fmt.Sprintf("chain %s/%s still exists with %d rules", filterTable, Chain, len(st.Rules)))
+		}
+		if n := st.Jumps + st.OtherJumps; n > 0 {
+			p = append(p, fmt.Sprintf("%d rules in %s/%s still jump to %s", n, filterTable, inputChain, Chain))
+		}
+		return fmt.Errorf("verifying unblock (%s): %w: %s", fam, ErrStillBlocked, strings.Join(p, "; "))
+	}
+	if removed > 0 || exists {
+		log.Info("block removed")
+	} else {
+		log.Debug("nothing to unblock")
+	}
+	return nil
+}
+
+// FamilyStatus is what iptables -S shows of the block in one family.
+type FamilyStatus struct {
+	// Chain is whether filter/PATCHAGENT-BLOCK exists.
+	Chain bool
+	// Jumps counts the rules "-A INPUT -j PATCHAGENT-BLOCK".
+	Jumps int
+	// RulesOK is whether the chain holds exactly the desired rules, each once
+	// (in any order).
+	RulesOK bool
+	// Rules are the chain's rules as iptables -S prints them.
+	Rules []string
+	// JumpFirst is whether the first rule of INPUT is the jump.
+	JumpFirst bool
+	// OtherJumps counts other rules in INPUT that jump to the chain (with
+	// extra matches; Block never makes them, Unblock removes them).
+	OtherJumps int
+}
+
+func (s FamilyStatus) present() bool { return s.Chain || s.Jumps > 0 || s.OtherJumps > 0 }
+
+func (s FamilyStatus) blocked() bool { return s.Chain && s.Jumps == 1 && s.RulesOK }
+
+// Status is the block's state in every managed family.
+type Status struct {
+	Families map[Family]FamilyStatus
+}
+
+// Blocked reports whether every family has the chain, exactly one jump and
+// exactly the desired rules. It is false when no family is managed.
+func (s Status) Blocked() bool {
+	if len(s.Families) == 0 {
+		return false
+	}
+	for _, fs := range s.Families {
+		if !fs.blocked() {
+			return false
+		}
+	}
+	return true
+}
+
+// Partial reports whether something of ours is present (a chain or a jump in
+// any family) without being a complete block: what a crash or another tool
+// leaves behind. Block or Unblock converges it.
+func (s Status) Partial() bool {
+	if s.Blocked() {
+		return false
+	}
+	for _, fs := range s.Families {
+		if fs.present() {
+			return true
+		}
+	}
+	return false
+}
+
+// Status reads the block's state in every managed family from iptables -S.
+// It changes nothing. On error it returns the families read so far.
+func (f *Firewall) Status(ctx context.Context) (Status, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	st := Status{Families: make(map[Family]FamilyStatus, len(f.families))}
+	for _, fam := range f.families {
+		fs, err := f.familyStatus(ctx, fam, f.tables[fam])
+		if err != nil {
+			return st, err
+		}
+		st.Families[fam] = fs
+	}
+	return st, nil
+}
+
+func (f *Firewall) familyStatus(ctx context.Context, fam Family, t Tables) (FamilyStatus, error) {
+	var st FamilyStatus
+	exists, err := f.chainExists(ctx, fam, t)
+	if err != nil {
+		return st, err
+	}
+	st.Chain = exists
+	if exists {
+		if st.Rules, err = f.listRules(ctx, fam, t, Chain); err != nil {
+			return st, err
+		}
+		st.RulesOK = f.rulesExact(st.Rules)
+	}
+	in, err := f.listRules(ctx, fam, t, inputChain)
+	if err != nil {
+		return st, err
+	}
+	jump := ruleLine(inputChain, jumpSpec())
+	for i, line := range in {
+		switch {
+		case line == jump:
+			st.Jumps++
+			if i == 0 {
+				st.JumpFirst = true
+			}
+		case jumpsTo(line, Chain):
+			st.OtherJumps++
+		}
+	}
+	return st, nil
+}
+
+// rulesExact reports whether rules are the desired ones, each exactly once.
+func (f *Firewall) rulesExact(rules []string) bool {
+	if len(rules) != len(f.lines) {
+		return false
+	}
+	seen := make(map[string]bool, len(rules))
+	for _, r := range rules {
+		if seen[r] || !slices.Contains(f.lines, r) {
+			return false
+		}
+		seen[r] = true
+	}
+	return true
+}
+
+func (f *Firewall) chainExists(ctx context.Context, fam Family, t Tables) (bool, error) {
+	var exists bool
+	err := f.call(ctx, fam, "checking chain "+filterTable+"/"+Chain, func() error {
+		var err error
+		exists, err = t.ChainExists(filterTable, Chain)
+		return err
+	})
+	return exists, err
+}
+
+// listRules returns the rules of chain as iptables -S prints them, without
+// the -P/-N header.
+func (f *Firewall) listRules(ctx context.Context, fam Family, t Tables, chain string) ([]string, error) {
+	var listed []string
+	err := f.call(ctx, fam, "listing "+filterTable+"/"+chain, func() error {
+		var err error
+		listed, err = t.List(filterTable, chain)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ruleLines(listed, chain), nil
+}
+
+// call runs one iptables operation: it checks ctx first (go-iptables takes no
+// context), retries exit status 4 with a short backoff, and wraps the error
+// with the operation and the family.
+func (f *Firewall) call(ctx context.Context, fam Family, op string, fn func() error) error {
+	delay := f.retry.base
+	for attempt := 1; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%s (%s): %w", op, fam, err)
+		}
+		err := fn()
+		if err == nil {
+			return nil
+		}
+		if !retryable(err) || attempt >= f.retry.attempts {
+			return fmt.Errorf("%s (%s): %w", op, fam, err)
+		}
+		f.log.Warn("iptables busy, retrying",
+			zap.String("family", string(fam)), zap.String("op", op),
+			zap.Int("attempt", attempt), zap.Duration("backoff", delay), zap.Error(err))
+		timer := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return fmt.Errorf("%s (%s): %w (after: %w)", op, fam, ctx.Err(), err)
+		case <-timer.C:
+		}
+		delay = min(2*delay, f.retry.max)
+	}
+}
+
+// countJumps counts the rules "-A INPUT -j PATCHAGENT-BLOCK".
+func (f *Firewall) countJumps(ctx context.Context, fam Family, t Tables) (int, error) {
+	in, err := f.listRules(ctx, fam, t, inputChain)
+	if err != nil {
+		return 0, err
+	}
+	jump := ruleLine(inputChain, jumpSpec())
+	n := 0
+	for _, line := range in {
+		if line == jump {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func familyNames(fams []Family) []string {
+	out := make([]string, len(fams))
+	for i, f := range fams {
+		out[i] = string(f)
+	}
+	return out
+}
