@@ -46,7 +46,7 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 		r.Remaining, r.Active, r.Busy = s.Total, s.Total-s.Idle, s.Busy
 		now := a.d.Now()
 		r.Waited = now.Sub(blockedAt)
-		if s != last || now.Sub(lastPrint) >= time.Second {
+		if s.Total != last.Total || s.Busy != last.Busy || s.Idle != last.Idle || now.Sub(lastPrint) >= time.Second {
 			a.progress("drain: %d connection(s), %d busy, %d idle >= %s, after %s",
 				s.Total, s.Busy, s.Idle, c.Idle, r.Waited.Round(10*time.Millisecond))
 			last, lastPrint = s, now
