@@ -75,7 +75,8 @@ func demo(ctx context.Context, bin, prefix string, keep bool, out io.Writer) (er
 	}
 	say("   app %s online as user %s; health %s", n.Opts.AppName, n.AppUser, n.URL("/health-check", false))
 
-	say("== load: 4 keep-alive clients (IPv4, GET /slow?ms=150), 2 clients opening a new connection per request (IPv6, GET /)")
+	say("== load: 4 keep-alive clients (IPv4, GET /slow?ms=150) standing for a load balancer's pooled connections,")
+	say("   2 clients opening a new connection per request (IPv6, GET /) standing for its health checks and new clients")
 	ka := n.Load(ctx, sandbox.LoadOptions{Workers: 4, Path: "/slow?ms=150", KeepAlive: true})
 	fresh := n.Load(ctx, sandbox.LoadOptions{Workers: 2, Path: "/", V6: true, Interval: 20 * time.Millisecond})
 	long := make(chan string, 1)
@@ -85,6 +86,15 @@ func demo(ctx context.Context, bin, prefix string, keep bool, out io.Writer) (er
 		long <- fmt.Sprintf("status %d, error %v, after %s", code, err, time.Since(start).Round(10*time.Millisecond))
 	}()
 	time.Sleep(2 * time.Second)
+	// A load balancer stops using its pooled connections once its health
+	// checks (new connections) fail for interval x threshold: here 1 s x 2.
+	go func() {
+		for fresh.Stats().Refused == 0 && ctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(2 * time.Second)
+		ka.Quiesce()
+	}()
 
 	say("== patchagent pre (as SSM runs it: root, no HOME, minimal PATH), while a 3 s request is in flight")
 	cmd := sandbox.NetnsCommand(n.ServerNS, bin, "pre", "--config", cfg)
@@ -104,7 +114,7 @@ func demo(ctx context.Context, bin, prefix string, keep bool, out io.Writer) (er
 	kaStats, freshStats := ka.Stop(), fresh.Stop()
 	say("== what the clients saw")
 	say("   the 3 s request in flight at the block: %s", <-long)
-	say("   keep-alive clients: %s", kaStats)
+	say("   keep-alive clients (quiet 2 s after the first refusal, as an LB marking the node unhealthy): %s", kaStats)
 	say("   new-connection clients: %s", freshStats)
 	say("   timeline of the new-connection clients (100 ms per mark, | = 1 s; . ok, r refused by the block, X dropped):")
 	say("   %s", freshStats.TimelineString())

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -56,6 +57,8 @@ type Load struct {
 
 	mu    sync.Mutex
 	stats Stats
+	// quiet makes workers stop after their current request (Quiesce).
+	quiet atomic.Bool
 }
 
 type outcome int
@@ -98,7 +101,7 @@ func (n *Node) Load(ctx context.Context, o LoadOptions) *Load {
 }
 
 func (l *Load) worker(ctx context.Context, c *http.Client, url string, o LoadOptions) {
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && !l.quiet.Load() {
 		out, err := request(ctx, c, url, o.Timeout)
 		if ctx.Err() != nil {
 			return // cut short by Stop: not a result
@@ -169,6 +172,10 @@ func (l *Load) record(out outcome, err error) {
 		s.LastError = err.Error()
 	}
 }
+
+// Quiesce makes every worker stop after its current request completes, as
+// a load balancer does once it marks a target unhealthy: nothing is cut.
+func (l *Load) Quiesce() { l.quiet.Store(true) }
 
 // Stats returns a snapshot of the counters so far.
 func (l *Load) Stats() Stats {

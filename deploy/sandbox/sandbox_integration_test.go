@@ -210,6 +210,21 @@ func TestSandboxLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("quiesce lets in-flight requests finish", func(t *testing.T) {
+		l := n.Load(t.Context(), LoadOptions{Workers: 3, Path: "/slow?ms=400", KeepAlive: true})
+		time.Sleep(200 * time.Millisecond)
+		l.Quiesce()
+		time.Sleep(700 * time.Millisecond)
+		before := l.Stats()
+		time.Sleep(500 * time.Millisecond)
+		s := l.Stop()
+		// Each worker's request in flight at Quiesce completed and counted;
+		// none started after.
+		if s.OK != 3 || s.Failed != 0 || s.Total != before.Total {
+			t.Errorf("quiesce: %s (before %s)", s, before)
+		}
+	})
+
 	// Without a firewall block, a stop races with connections already in the
 	// listen backlog: closing the listener resets them (at most one per
 	// worker). Everything after the close must be refused, not dropped.
