@@ -17,9 +17,9 @@ type DrainResult struct {
 	// Remaining: non-loopback connections left at the end; Active: those of
 	// them not idle for drain.idle yet; Busy: those carrying a request.
 	Remaining, Active, Busy int
-	TimedOut        bool
-	Waited          time.Duration
-	Polls           int
+	TimedOut                bool
+	Waited                  time.Duration
+	Polls                   int
 }
 
 // drain waits until no non-loopback connection to the ports is busy and
