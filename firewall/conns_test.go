@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-const connMs = time.Millisecond
 
 func TestConnBusyIdleLoopback(t *testing.T) {
 	peer := netip.MustParseAddrPort("192.0.2.10:50000")
@@ -25,13 +24,13 @@ func TestConnBusyIdleLoopback(t *testing.T) {
 		idleFor  time.Duration
 		loopback bool
 	}{
-		{"idle keep-alive", Conn{Remote: peer, LastDataSent: 900 * connMs, LastDataRecv: 1000 * connMs}, false, 900 * connMs, false},
-		{"same tick", Conn{Remote: peer, LastDataSent: 500 * connMs, LastDataRecv: 500 * connMs}, false, 500 * connMs, false},
-		{"request pending", Conn{Remote: peer, LastDataSent: 900 * connMs, LastDataRecv: 100 * connMs}, true, 0, false},
-		{"unread request", Conn{Remote: peer, RecvQ: 1, LastDataSent: 5000 * connMs, LastDataRecv: 5000 * connMs}, true, 0, false},
-		{"unacked response", Conn{Remote: peer, SendQ: 10, LastDataSent: 10 * connMs, LastDataRecv: 20 * connMs}, true, 0, false},
-		{"segments in flight", Conn{Remote: peer, Unacked: 1, LastDataSent: 10 * connMs, LastDataRecv: 20 * connMs}, true, 0, false},
-		{"not sent", Conn{Remote: peer, NotSent: 4096, LastDataSent: 10 * connMs, LastDataRecv: 20 * connMs}, true, 0, false},
+		{"idle keep-alive", Conn{Remote: peer, LastDataSent: 900 * time.Millisecond, LastDataRecv: 1000 * time.Millisecond}, false, 900 * time.Millisecond, false},
+		{"same tick", Conn{Remote: peer, LastDataSent: 500 * time.Millisecond, LastDataRecv: 500 * time.Millisecond}, false, 500 * time.Millisecond, false},
+		{"request pending", Conn{Remote: peer, LastDataSent: 900 * time.Millisecond, LastDataRecv: 100 * time.Millisecond}, true, 0, false},
+		{"unread request", Conn{Remote: peer, RecvQ: 1, LastDataSent: 5000 * time.Millisecond, LastDataRecv: 5000 * time.Millisecond}, true, 0, false},
+		{"unacked response", Conn{Remote: peer, SendQ: 10, LastDataSent: 10 * time.Millisecond, LastDataRecv: 20 * time.Millisecond}, true, 0, false},
+		{"segments in flight", Conn{Remote: peer, Unacked: 1, LastDataSent: 10 * time.Millisecond, LastDataRecv: 20 * time.Millisecond}, true, 0, false},
+		{"not sent", Conn{Remote: peer, NotSent: 4096, LastDataSent: 10 * time.Millisecond, LastDataRecv: 20 * time.Millisecond}, true, 0, false},
 		{"fresh zero", Conn{Remote: peer}, false, 0, false},
 		{"loopback v4", Conn{Remote: netip.MustParseAddrPort("127.0.0.1:1")}, false, 0, true},
 		{"loopback 127/8", Conn{Remote: netip.MustParseAddrPort("127.1.2.3:1")}, false, 0, true},
@@ -61,8 +60,8 @@ func TestSummarize(t *testing.T) {
 	peer := netip.MustParseAddrPort("192.0.2.10:50000")
 	lo4 := netip.MustParseAddrPort("[::ffff:127.0.0.1]:40000")
 	lo6 := netip.MustParseAddrPort("[::1]:40000")
-	idle := func(d time.Duration) Conn { return Conn{Remote: peer, LastDataSent: d, LastDataRecv: d + 5*connMs} }
-	busy := Conn{Remote: peer, LastDataSent: 3000 * connMs, LastDataRecv: 10 * connMs}
+	idle := func(d time.Duration) Conn { return Conn{Remote: peer, LastDataSent: d, LastDataRecv: d + 5*time.Millisecond} }
+	busy := Conn{Remote: peer, LastDataSent: 3000 * time.Millisecond, LastDataRecv: 10 * time.Millisecond}
 	tests := []struct {
 		name    string
 		conns   []Conn
@@ -74,8 +73,8 @@ func TestSummarize(t *testing.T) {
 		{"only loopback, busy ones too", []Conn{{Remote: lo4, RecvQ: 9}, {Remote: lo6}}, time.Second, Summary{Loopback: 2}, true},
 		{"all idle long enough", []Conn{idle(2 * time.Second), idle(1 * time.Second)}, time.Second,
 			Summary{Total: 2, Idle: 2, MinIdle: time.Second}, true},
-		{"one not idle long enough", []Conn{idle(2 * time.Second), idle(300 * connMs)}, time.Second,
-			Summary{Total: 2, Idle: 1, MinIdle: 300 * connMs}, false},
+		{"one not idle long enough", []Conn{idle(2 * time.Second), idle(300 * time.Millisecond)}, time.Second,
+			Summary{Total: 2, Idle: 1, MinIdle: 300 * time.Millisecond}, false},
 		{"one busy", []Conn{idle(2 * time.Second), busy, {Remote: lo4}}, time.Second,
 			Summary{Total: 2, Busy: 1, Idle: 1, MinIdle: 2 * time.Second, Loopback: 1}, false},
 		{"all busy", []Conn{busy, busy}, time.Second, Summary{Total: 2, Busy: 2}, false},
@@ -229,11 +228,11 @@ func TestDiagParse(t *testing.T) {
 	v4 := diagTestSock{family: unix.AF_INET, state: 1, src: "192.0.2.1", dst: "192.0.2.10", sport: 443, dport: 50000,
 		rqueue: 0, wqueue: 26, info: diagTestInfo(2, 40, 1500, 1000, 2000, 0)}
 	v4Conn := Conn{Local: netip.MustParseAddrPort("192.0.2.1:443"), Remote: netip.MustParseAddrPort("192.0.2.10:50000"),
-		SendQ: 26, Unacked: 2, LastDataSent: 40 * connMs, LastDataRecv: 1500 * connMs, BytesAcked: 1000, BytesReceived: 2000, HasInfo: true}
+		SendQ: 26, Unacked: 2, LastDataSent: 40 * time.Millisecond, LastDataRecv: 1500 * time.Millisecond, BytesAcked: 1000, BytesReceived: 2000, HasInfo: true}
 	mapped := diagTestSock{family: unix.AF_INET6, state: 1, src: "::ffff:192.0.2.1", dst: "::ffff:127.0.0.1", sport: 443, dport: 40000,
 		rqueue: 5, info: diagTestInfo(0, 900, 100, 1, 2, 4096)}
 	mappedConn := Conn{Local: netip.MustParseAddrPort("192.0.2.1:443"), Remote: netip.MustParseAddrPort("127.0.0.1:40000"),
-		RecvQ: 5, LastDataSent: 900 * connMs, LastDataRecv: 100 * connMs, BytesAcked: 1, BytesReceived: 2, NotSent: 4096, HasInfo: true}
+		RecvQ: 5, LastDataSent: 900 * time.Millisecond, LastDataRecv: 100 * time.Millisecond, BytesAcked: 1, BytesReceived: 2, NotSent: 4096, HasInfo: true}
 	v6 := diagTestSock{family: unix.AF_INET6, state: 1, src: "fd70:7061:9::1", dst: "fd70:7061:9::2", sport: 8443, dport: 50001}
 	v6Conn := Conn{Local: netip.MustParseAddrPort("[fd70:7061:9::1]:8443"), Remote: netip.MustParseAddrPort("[fd70:7061:9::2]:50001")}
 	short := v4

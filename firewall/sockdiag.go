@@ -18,10 +18,10 @@ import (
 // Callers fall back to ProcNet.
 var ErrSockDiagUnavailable = errors.New("netlink sock_diag unavailable")
 
-// diagErrInterrupted reports a dump marked NLM_F_DUMP_INTR: the socket
+// errDiagInterrupted reports a dump marked NLM_F_DUMP_INTR: the socket
 // tables changed while the kernel walked them, so the result may be
 // inconsistent and the dump is retried.
-var diagErrInterrupted = errors.New("sock_diag dump interrupted")
+var errDiagInterrupted = errors.New("sock_diag dump interrupted")
 
 // Kernel constants (include/uapi/linux/inet_diag.h, net/tcp_states.h).
 const (
@@ -189,7 +189,7 @@ func (s *SockDiag) dump(ctx context.Context, q diagQuery, reset func(), fn func(
 			compat, reqs, attempt = false, diagRequests(q, false), -1
 			continue
 		}
-		if errors.Is(err, diagErrInterrupted) && attempt < retries {
+		if errors.Is(err, errDiagInterrupted) && attempt < retries {
 			continue
 		}
 		return err
@@ -355,7 +355,7 @@ func diagDumpOnce(ctx context.Context, reqs [][]byte, fn func(*diagMsg)) error {
 			interrupted = interrupted || intr
 		}
 		if interrupted {
-			return diagErrInterrupted
+			return errDiagInterrupted
 		}
 	}
 	return nil
