@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-
 func TestConnBusyIdleLoopback(t *testing.T) {
 	peer := netip.MustParseAddrPort("192.0.2.10:50000")
 	tests := []struct {
@@ -60,7 +59,9 @@ func TestSummarize(t *testing.T) {
 	peer := netip.MustParseAddrPort("192.0.2.10:50000")
 	lo4 := netip.MustParseAddrPort("[::ffff:127.0.0.1]:40000")
 	lo6 := netip.MustParseAddrPort("[::1]:40000")
-	idle := func(d time.Duration) Conn { return Conn{Remote: peer, LastDataSent: d, LastDataRecv: d + 5*time.Millisecond} }
+	idle := func(d time.Duration) Conn {
+		return Conn{Remote: peer, LastDataSent: d, LastDataRecv: d + 5*time.Millisecond}
+	}
 	busy := Conn{Remote: peer, LastDataSent: 3000 * time.Millisecond, LastDataRecv: 10 * time.Millisecond}
 	tests := []struct {
 		name    string
