@@ -183,8 +183,6 @@ func connTestIn(tb testing.TB, ns string, fn func() error) {
 	}
 }
 
-func connTestClientPort(c net.Conn) uint16 { return uint16(c.LocalAddr().(*net.TCPAddr).Port) }
-
 func TestConnsSockDiagAndProcNet(t *testing.T) {
 	const ns = "pa-cn-test"
 	connTestNetns(t, ns)
