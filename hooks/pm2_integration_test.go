@@ -267,21 +267,8 @@ func assertSameDaemon(t *testing.T, n *sandbox.Node, daemon int) {
 // the app user (root running pm2 there leaves root-owned sockets and logs).
 func assertOwnedByUser(t *testing.T, n *sandbox.Node) {
 	t.Helper()
-	err := filepath.WalkDir(n.PM2Home, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		var st syscall.Stat_t
-		if err := syscall.Lstat(p, &st); err != nil {
-			return err
-		}
-		if st.Uid != n.UID {
-			t.Errorf("%s owned by uid %d, want %d", p, st.Uid, n.UID)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	if foreign, err := n.ForeignFiles(); err != nil || len(foreign) > 0 {
+		t.Errorf("files in PM2Home not owned by the app user: %v %v", foreign, err)
 	}
 }
 

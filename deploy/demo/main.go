@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -82,7 +81,7 @@ func demo(ctx context.Context, bin, prefix string, keep bool, out io.Writer) (er
 	long := make(chan string, 1)
 	go func() {
 		start := time.Now()
-		code, err := get(ctx, n.Client(false), n.URL("/slow?ms=3000", false))
+		code, err := sandbox.Get(ctx, n.Client(false), n.URL("/slow?ms=3000", false))
 		long <- fmt.Sprintf("status %d, error %v, after %s", code, err, time.Since(start).Round(10*time.Millisecond))
 	}()
 	time.Sleep(2 * time.Second)
@@ -134,20 +133,6 @@ func demo(ctx context.Context, bin, prefix string, keep bool, out io.Writer) (er
 		return fmt.Errorf("patchagent pre exited %d; its log:\n%s", code, logs.String())
 	}
 	return nil
-}
-
-func get(ctx context.Context, c *http.Client, url string) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	_, err = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode, err
 }
 
 func indent(b []byte) string {

@@ -5,8 +5,6 @@ package e2e
 import (
 	"context"
 	"errors"
-	"io"
-	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -85,7 +83,9 @@ func TestPreDrainsInFlightRequestAndIgnoresIdleKeepAlives(t *testing.T) {
 	if pid := n.DaemonPID(); pid != daemonPID || pid == 0 {
 		t.Fatalf("pm2 daemon pid %d before, %d after: pre spawned or killed a daemon", daemonPID, pid)
 	}
-	assertNoRootFiles(t, n.PM2Home)
+	if foreign, err := n.ForeignFiles(); err != nil || len(foreign) > 0 {
+		t.Fatalf("files in PM2_HOME not owned by the app user: %v %v", foreign, err)
+	}
 	st, err := os.ReadFile(filepath.Join(stateDir, "state.json"))
 	if err != nil || !strings.Contains(string(st), `"open": true`) || !strings.Contains(string(st), `"status": "ok"`) {
 		t.Fatalf("state after pre: %v\n%s", err, st)
@@ -188,7 +188,7 @@ func TestPreRefusesBeforeBlockingAndNeverSpawnsPM2(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(n.PM2Home, "pm2.pid")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("a pm2 daemon was spawned: pm2.pid %v", err)
 	}
-	if pids := pm2Daemons(t, n.PM2Home); len(pids) != 0 {
+	if pids, err := n.PM2Daemons(); err != nil || len(pids) != 0 {
 		t.Fatalf("pm2 daemon processes exist after pre: %v", pids)
 	}
 }
@@ -214,19 +214,7 @@ func TestPreTextVerdict(t *testing.T) {
 func get(ctx context.Context, c *http.Client, url string) (int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return resp.StatusCode, err
-	}
-	return resp.StatusCode, nil
+	return sandbox.Get(ctx, c, url)
 }
 
 // assertBlocked checks the rules (one jump, one rule per family) and that
@@ -264,48 +252,4 @@ func dialFromClient(n *sandbox.Node, v6 bool) error {
 		}
 		return err
 	})
-}
-
-// assertNoRootFiles fails if anything under dir is owned by root (pm2 run
-// as root against the user's PM2_HOME leaves such files).
-func assertNoRootFiles(t *testing.T, dir string) {
-	t.Helper()
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if st := fi.Sys().(*syscall.Stat_t); st.Uid == 0 {
-			t.Errorf("root-owned file in PM2_HOME: %s", p)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// pm2Daemons lists the pids of the pm2 God daemons of home (their title is
-// "PM2 vX: God Daemon (<PM2_HOME>)"), whoever runs them.
-func pm2Daemons(t *testing.T, home string) []int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err == nil && strings.Contains(string(b), "God Daemon ("+home+")") {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
 }

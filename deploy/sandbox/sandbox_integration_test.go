@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"io/fs"
 	"net/http"
 	"os"
 	"os/user"
@@ -156,21 +155,8 @@ func TestSandboxLifecycle(t *testing.T) {
 		if strings.Contains(string(env), "NOTIFY_SOCKET") {
 			t.Error("the pm2 daemon inherited NOTIFY_SOCKET")
 		}
-		err = filepath.WalkDir(n.PM2Home, func(p string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			var st syscall.Stat_t
-			if err := syscall.Lstat(p, &st); err != nil {
-				return err
-			}
-			if st.Uid != n.UID {
-				t.Errorf("%s owned by uid %d, want %d", p, st.Uid, n.UID)
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
+		if foreign, err := n.ForeignFiles(); err != nil || len(foreign) > 0 {
+			t.Errorf("files in PM2Home not owned by the app user: %v %v", foreign, err)
 		}
 	})
 
