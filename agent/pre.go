@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/patchagent/patchagent/firewall"
 	"github.com/patchagent/patchagent/hooks"
 )
@@ -23,35 +21,11 @@ const defaultListenWait = 5 * time.Second
 // file before it happens. A failure after the block leaves the node blocked
 // with a record of it, for exit to restore.
 func (a *Agent) Pre(ctx context.Context, opt RunOptions) *Report {
-	start := time.Now()
-	rep := &Report{Phase: "pre", App: a.cfg.App.Name, StatePath: a.d.State.Path}
-	err := a.pre(ctx, opt, rep)
-	if err != nil {
-		a.log.Error("phase failed", zap.String("phase", "pre"), zap.Error(err))
-	}
-	rep.finish(time.Since(start), err, exitCode(err))
-	return rep
+	return a.runPhase(ctx, "pre", opt, a.pre)
 }
 
-func (a *Agent) pre(ctx context.Context, opt RunOptions, rep *Report) error {
-	app := a.cfg.App.Name
-	if !opt.DryRun {
-		release, err := a.d.Lock.Acquire(ctx, "pre", a.d.LockWait)
-		if err != nil {
-			return err
-		}
-		defer release()
-	}
-	st, err := a.d.State.Load()
-	if err != nil {
-		return fmt.Errorf("nothing was changed: %w", err)
-	}
-	boot, err := a.d.BootID()
-	if err != nil {
-		return fmt.Errorf("nothing was changed: %w", err)
-	}
-	rep.CycleID = st.CycleID
-
+func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
+	app, rep, opt := a.cfg.App.Name, r.rep, r.opt
 	// check: read-only, so that a bad app name or a dead pm2 daemon fails
 	// before the node is taken out of service.
 	t := time.Now()
@@ -89,28 +63,16 @@ func (a *Agent) pre(ctx context.Context, opt RunOptions, rep *Report) error {
 		return nil
 	}
 
-	now := time.Now().UTC()
-	if !st.Open {
-		st = State{CycleID: newCycleID(now), Open: true, CycleStartedAt: now}
-	}
-	if st.Phase != "pre" {
-		st.Attempts = 0
-	}
-	st.Phase, st.Status, st.Error, st.Warnings = "pre", StatusRunning, "", nil
-	st.Attempts++
-	st.BootID, st.PhaseStartedAt = boot, now
 	fams := a.d.Firewall.Families()
-	st.Block = &BlockRecord{Chain: firewall.Chain, Ports: ports16(a.cfg.Traffic.Ports), Action: a.cfg.Traffic.Action,
-		Families: familyNames(fams), BootID: boot, Since: now}
-	rep.CycleID = st.CycleID
-	if err := a.save(&st, "block"); err != nil {
+	a.begin(r)
+	r.st.Block = &BlockRecord{Chain: firewall.Chain, Ports: ports16(a.cfg.Traffic.Ports), Action: a.cfg.Traffic.Action,
+		Families: familyNames(fams), BootID: r.boot, Since: time.Now().UTC()}
+	if err := a.save(&r.st, "block"); err != nil {
 		return fmt.Errorf("nothing was blocked: %w", err)
 	}
+	st := &r.st
 	fail := func(err error) error {
-		st.Status, st.Error = StatusFailed, err.Error()
-		if serr := a.save(&st, st.Step); serr != nil {
-			a.log.Error("recording the failure", zap.Error(serr))
-		}
+		a.failed(r, err)
 		return fmt.Errorf("%w (the node stays blocked; `patchagent exit` returns it to service once the app is healthy)", err)
 	}
 
@@ -127,7 +89,7 @@ func (a *Agent) pre(ctx context.Context, opt RunOptions, rep *Report) error {
 	rep.Summary = append(rep.Summary, blocked)
 
 	// drain
-	if err := a.save(&st, "drain"); err != nil {
+	if err := a.save(st, "drain"); err != nil {
 		return fail(err)
 	}
 	dr, err := a.drain(ctx, blockedAt)
@@ -151,7 +113,7 @@ func (a *Agent) pre(ctx context.Context, opt RunOptions, rep *Report) error {
 	if st.Stopped == nil || st.Stopped.App != app || len(pids) > 0 {
 		st.Stopped = &StopRecord{App: app, User: a.d.AppUser, WasOnline: pids, At: time.Now().UTC()}
 	}
-	if err := a.save(&st, "stop"); err != nil {
+	if err := a.save(st, "stop"); err != nil {
 		return fail(err)
 	}
 	t = time.Now()
@@ -168,7 +130,7 @@ func (a *Agent) pre(ctx context.Context, opt RunOptions, rep *Report) error {
 	rep.Summary = append(rep.Summary, "stopped "+app)
 
 	st.Status = StatusOK
-	if err := a.save(&st, "done"); err != nil {
+	if err := a.save(st, "done"); err != nil {
 		return fail(err)
 	}
 	return nil

@@ -1,0 +1,79 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// phaseRun is what a phase body works with: the recorded state (which it
+// updates and saves before each side effect), the boot id, and its report.
+type phaseRun struct {
+	name string
+	opt  RunOptions
+	st   State
+	boot string
+	rep  *Report
+}
+
+// rebooted reports whether the node booted since the state was last written.
+func (r *phaseRun) rebooted() bool { return r.st.BootID != "" && r.st.BootID != r.boot }
+
+// runPhase is the frame every phase runs in: one phase at a time on the node
+// (the lock, waited for a bounded time), the state file and boot id read
+// before anything else, the report timed and its exit code set.
+func (a *Agent) runPhase(ctx context.Context, name string, opt RunOptions, body func(context.Context, *phaseRun) error) *Report {
+	start := time.Now()
+	rep := &Report{Phase: name, App: a.cfg.App.Name, StatePath: a.d.State.Path, Steps: []StepReport{}}
+	err := func() error {
+		if !opt.DryRun {
+			release, err := a.d.Lock.Acquire(ctx, name, a.d.LockWait)
+			if err != nil {
+				return err
+			}
+			defer release()
+		}
+		st, err := a.d.State.Load()
+		if err != nil {
+			return fmt.Errorf("nothing was changed: %w", err)
+		}
+		boot, err := a.d.BootID()
+		if err != nil {
+			return fmt.Errorf("nothing was changed: %w", err)
+		}
+		rep.CycleID = st.CycleID
+		return body(ctx, &phaseRun{name: name, opt: opt, st: st, boot: boot, rep: rep})
+	}()
+	if err != nil {
+		a.log.Error("phase failed", zap.String("phase", name), zap.Error(err))
+	}
+	rep.finish(time.Since(start), err, exitCode(err))
+	return rep
+}
+
+// begin marks that phase r starts acting in the cycle, opening one if none
+// is open; the caller adds its intent and saves.
+func (a *Agent) begin(r *phaseRun) {
+	now := time.Now().UTC()
+	if !r.st.Open {
+		r.st = State{CycleID: newCycleID(now), Open: true, CycleStartedAt: now}
+	}
+	if r.st.Phase != r.name {
+		r.st.Attempts = 0
+	}
+	r.st.Phase, r.st.Status, r.st.Error, r.st.Warnings = r.name, StatusRunning, "", nil
+	r.st.Attempts++
+	r.st.BootID, r.st.PhaseStartedAt = r.boot, now
+	r.rep.CycleID = r.st.CycleID
+}
+
+// failed records err as the phase's outcome (best effort: the error itself
+// is what the caller reports).
+func (a *Agent) failed(r *phaseRun, err error) {
+	r.st.Status, r.st.Error = StatusFailed, err.Error()
+	if serr := a.save(&r.st, r.st.Step); serr != nil {
+		a.log.Error("recording the failure", zap.Error(serr))
+	}
+}
