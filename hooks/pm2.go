@@ -493,3 +493,40 @@ func isExecutable(path string) error {
 	}
 	return nil
 }
+
+// StartFromArgs is the argv that starts app from source when pm2 does not
+// know it: an ecosystem file (*.config.js, *.json, *.yml, *.yaml) started
+// with --only app, or a script started under the name app.
+func StartFromArgs(app, source string) []string {
+	switch {
+	case strings.HasSuffix(source, ".config.js"), strings.HasSuffix(source, ".config.cjs"),
+		strings.HasSuffix(source, ".json"), strings.HasSuffix(source, ".yml"), strings.HasSuffix(source, ".yaml"):
+		return []string{"start", source, "--only", app, "--no-color"}
+	}
+	return []string{"start", source, "--name", app, "--no-color"}
+}
+
+// StartFrom starts app from an ecosystem file or script, for when pm2 no
+// longer knows it (its daemon was restarted without a saved dump). It
+// refuses when pm2 knows the app already: Start is for that.
+func (p *PM2) StartFrom(ctx context.Context, app, source string) error {
+	if err := checkApp(app); err != nil {
+		return err
+	}
+	if _, err := p.Processes(ctx, app); err == nil {
+		return fmt.Errorf("starting %q from %s: pm2 knows it already", app, source)
+	} else if !errors.Is(err, ErrUnknownApp) {
+		return err
+	}
+	if _, err := p.pm2(ctx, StartFromArgs(app, source)); err != nil {
+		return fmt.Errorf("starting pm2 app %q from %s: %w", app, source, err)
+	}
+	if _, err := p.Processes(ctx, app); err != nil {
+		return fmt.Errorf("starting pm2 app %q from %s: %w", app, source, err)
+	}
+	p.log.Info("app started from its definition", zap.String("app", app), zap.String("source", source))
+	return nil
+}
+
+// ProcessAlive reports whether pid names a live process (a zombie is gone).
+func ProcessAlive(pid int) bool { return pidAlive(pid) }

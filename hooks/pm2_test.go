@@ -723,3 +723,31 @@ func TestFindPM2InUsersNpmGlobal(t *testing.T) {
 		t.Errorf("path = %q, want %q", gotPath, want)
 	}
 }
+
+func TestStartFrom(t *testing.T) {
+	home := fakeDaemon(t)
+	web := inst{name: "web", id: 0, pid: 4242, status: "online"}
+	other := inst{name: "other", id: 1, pid: 4243, status: "online"}
+	t.Run("unknown to pm2: started from the ecosystem file", func(t *testing.T) {
+		f := (&hookstest.FakeRunner{}).Then(hookstest.OK(jlist(other)), hookstest.OK(""), hookstest.OK(jlist(other, web)))
+		if err := newPM2(t, f, home).StartFrom(context.Background(), "web", "/srv/web/ecosystem.config.js"); err != nil {
+			t.Fatal(err)
+		}
+		assertCmds(t, f, pm2Cmd(home, "jlist"), pm2Cmd(home, "start", "/srv/web/ecosystem.config.js", "--only", "web", "--no-color"), pm2Cmd(home, "jlist"))
+	})
+	t.Run("known to pm2: refused, nothing started", func(t *testing.T) {
+		f := (&hookstest.FakeRunner{}).Then(hookstest.OK(jlist(web)))
+		err := newPM2(t, f, home).StartFrom(context.Background(), "web", "/srv/web/server.js")
+		if err == nil || !strings.Contains(err.Error(), "pm2 knows it already") {
+			t.Fatalf("err %v", err)
+		}
+		assertCmds(t, f, pm2Cmd(home, "jlist"))
+	})
+	t.Run("definition does not bring the app", func(t *testing.T) {
+		f := (&hookstest.FakeRunner{}).Then(hookstest.OK("[]"), hookstest.OK(""), hookstest.OK("[]"))
+		err := newPM2(t, f, home).StartFrom(context.Background(), "web", "/srv/web/server.js")
+		if !errors.Is(err, hooks.ErrUnknownApp) {
+			t.Fatalf("err %v", err)
+		}
+	})
+}
