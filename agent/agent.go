@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/patchagent/patchagent/firewall"
+	"github.com/patchagent/patchagent/healthcheck"
 	"github.com/patchagent/patchagent/hooks"
 )
 
@@ -30,11 +31,25 @@ type AppManager interface {
 	Processes(ctx context.Context, app string) ([]hooks.Process, error)
 	Stop(ctx context.Context, app string) ([]hooks.Process, error)
 	Start(ctx context.Context, app string) error
+	StartFrom(ctx context.Context, app, source string) error
+}
+
+// Units stops and starts systemd units (hooks.Units).
+type Units interface {
+	Stop(ctx context.Context, unit string) error
+	Start(ctx context.Context, unit string) error
+}
+
+// Commands runs the operator's argv lists (hooks.Commands).
+type Commands interface {
+	Run(ctx context.Context, argv []string) error
 }
 
 var (
 	_ Firewall   = (*firewall.Firewall)(nil)
 	_ AppManager = (*hooks.PM2)(nil)
+	_ Units      = (*hooks.Units)(nil)
+	_ Commands   = (*hooks.Commands)(nil)
 )
 
 // Deps are the seams a phase works through.
@@ -45,8 +60,15 @@ type Deps struct {
 	App      AppManager
 	// AppUser names whose pm2 runs the app, for messages and plans.
 	AppUser string
-	State   *StateStore
-	Lock    *PhaseLock
+	// Health is the app's health check, HealthPolicy how long to wait for
+	// it, HealthName how messages name it.
+	Health       healthcheck.Prober
+	HealthPolicy healthcheck.Policy
+	HealthName   string
+	Units        Units
+	Commands     Commands
+	State        *StateStore
+	Lock         *PhaseLock
 	// LockWait is how long a phase waits for another to finish (default 0).
 	LockWait time.Duration
 	// BootID returns the current boot id.
@@ -55,6 +77,9 @@ type Deps struct {
 	Now func() time.Time
 	// Progress receives live progress lines (stderr for the CLI).
 	Progress io.Writer
+	// AfterSave, if set, runs after each intent is recorded, before the
+	// side effect: the crash tests kill the process there.
+	AfterSave func(step string)
 }
 
 // Agent runs the phases of a patch cycle on this node.
@@ -64,6 +89,8 @@ type Agent struct {
 	log *zap.Logger
 	// listenWait bounds the wait for the app's ports to be released.
 	listenWait time.Duration
+	// stableEvery is how often exit asks pm2 about the app while waiting.
+	stableEvery time.Duration
 }
 
 // New returns an Agent; every field of d but LockWait must be set, except
@@ -75,7 +102,7 @@ func New(cfg Config, d Deps) *Agent {
 	if d.Progress == nil {
 		d.Progress = io.Discard
 	}
-	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent"), listenWait: defaultListenWait}
+	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent"), listenWait: defaultListenWait, stableEvery: time.Second}
 }
 
 // RunOptions modify one phase run.
@@ -119,6 +146,9 @@ func (a *Agent) save(st *State, step string) error {
 	st.UpdatedAt = a.d.Now().UTC()
 	if err := a.d.State.Save(*st); err != nil {
 		return fmt.Errorf("recording intent %q before acting: %w", step, err)
+	}
+	if a.d.AfterSave != nil {
+		a.d.AfterSave(step)
 	}
 	return nil
 }

@@ -108,6 +108,9 @@ type ExitConfig struct {
 	OnFailure string `yaml:"on_failure"`
 	// Undo this cycle's dependency update if the app is unhealthy (default true).
 	Rollback bool `yaml:"rollback"`
+	// Also require the app to have been up this long without a restart,
+	// for apps that crash late (default 0s).
+	MinUptime Duration `yaml:"min_uptime"`
 }
 
 // PostConfig configures the post-install phase.
@@ -150,6 +153,9 @@ type DaemonConfig struct {
 	MaxOutOfService Duration `yaml:"max_out_of_service"`
 	// Run exit automatically when max_out_of_service passes (default false).
 	AutoRecover bool `yaml:"auto_recover"`
+	// Where the kernel's boot id is read, to tell a reboot (default
+	// /proc/sys/kernel/random/boot_id; a test node sets its own).
+	BootIDFile string `yaml:"boot_id_file"`
 }
 
 // DefaultConfig reproduces the tutorial: port 443, its curl health check.
@@ -177,6 +183,7 @@ func DefaultConfig() Config {
 			MetricsListen:   "127.0.0.1:8741",
 			TextfileDir:     "/var/lib/prometheus/node-exporter",
 			MaxOutOfService: Duration(2 * time.Hour),
+			BootIDFile:      BootIDFile,
 		},
 	}
 }
@@ -611,6 +618,11 @@ func (c Config) Validate() []Problem {
 	if c.Exit.OnFailure != "keep_blocked" && c.Exit.OnFailure != "unblock" {
 		bad("exit.on_failure", "%q: want keep_blocked or unblock", c.Exit.OnFailure)
 	}
+	if c.Exit.MinUptime < 0 {
+		bad("exit.min_uptime", "must not be negative, got %s", c.Exit.MinUptime)
+	} else if c.Exit.MinUptime > c.Health.Deadline {
+		bad("exit.min_uptime", "%s is longer than health.deadline %s", c.Exit.MinUptime, c.Health.Deadline)
+	}
 	positive("post.npm.timeout", c.Post.NPM.Timeout)
 	for i, u := range c.Steps.StopUnits {
 		if u == "" || strings.ContainsAny(u, " \t\n/") || strings.HasPrefix(u, "-") {
@@ -624,7 +636,7 @@ func (c Config) Validate() []Problem {
 			}
 		}
 	}
-	for key, p := range map[string]string{"daemon.socket": c.Daemon.Socket, "daemon.state_dir": c.Daemon.StateDir, "daemon.textfile_dir": c.Daemon.TextfileDir} {
+	for key, p := range map[string]string{"daemon.socket": c.Daemon.Socket, "daemon.state_dir": c.Daemon.StateDir, "daemon.textfile_dir": c.Daemon.TextfileDir, "daemon.boot_id_file": c.Daemon.BootIDFile} {
 		if !strings.HasPrefix(p, "/") {
 			bad(key, "%q must be an absolute path", p)
 		}

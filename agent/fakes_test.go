@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/patchagent/patchagent/firewall"
+	"github.com/patchagent/patchagent/healthcheck"
 	"github.com/patchagent/patchagent/hooks"
 )
 
@@ -89,26 +91,40 @@ func (c *fakeConns) Listening(ctx context.Context, ports []uint16) ([]firewall.L
 }
 
 type fakeApp struct {
-	ev      *events
-	state   *StateStore
-	procs   []hooks.Process
-	listErr error
-	stopErr error
+	mu       sync.Mutex
+	ev       *events
+	state    *StateStore
+	procs    []hooks.Process
+	listErr  error
+	stopErr  error
+	startErr error
+	unknown  bool // pm2 no longer knows the app
 }
 
 func (a *fakeApp) DaemonAlive() error { return a.listErr }
 func (a *fakeApp) Processes(ctx context.Context, app string) ([]hooks.Process, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.listErr != nil {
 		return nil, a.listErr
 	}
-	if app != "web" {
+	if app != "web" || a.unknown {
 		return nil, fmt.Errorf("%w %q", hooks.ErrUnknownApp, app)
 	}
-	return a.procs, nil
+	return append([]hooks.Process(nil), a.procs...), nil
+}
+
+// setProcs changes the app's instances, as pm2 would after a crash.
+func (a *fakeApp) setProcs(f func([]hooks.Process)) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f(a.procs)
 }
 func (a *fakeApp) Stop(ctx context.Context, app string) ([]hooks.Process, error) {
 	st, _ := a.state.Load()
 	a.ev.add(fmt.Sprintf("stop %s (state: step=%s stopped=%v)", app, st.Step, st.Stopped != nil))
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	if a.stopErr != nil {
 		return nil, a.stopErr
 	}
@@ -119,7 +135,75 @@ func (a *fakeApp) Stop(ctx context.Context, app string) ([]hooks.Process, error)
 	return before, nil
 }
 func (a *fakeApp) Start(ctx context.Context, app string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
 	a.ev.add("start " + app)
+	if a.startErr != nil {
+		return a.startErr
+	}
+	for i := range a.procs {
+		if a.procs[i].Status != hooks.StatusOnline {
+			a.procs[i].Status, a.procs[i].PID = hooks.StatusOnline, os.Getpid()
+		}
+	}
+	return nil
+}
+func (a *fakeApp) StartFrom(ctx context.Context, app, source string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ev.add("start " + app + " from " + source)
+	a.procs = []hooks.Process{{Name: app, PID: os.Getpid(), Status: hooks.StatusOnline}}
+	a.unknown = false
+	return nil
+}
+
+// fakeHealth answers probes from a script; the last answer repeats.
+type fakeHealth struct {
+	mu      sync.Mutex
+	answers []healthcheck.Result
+	n       int
+	// onProbe runs before each answer (e.g. to make the app crash).
+	onProbe func(n int)
+}
+
+func (h *fakeHealth) Probe(ctx context.Context) (healthcheck.Result, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.n++
+	if h.onProbe != nil {
+		h.onProbe(h.n)
+	}
+	return h.answers[min(h.n, len(h.answers))-1], nil
+}
+
+func (h *fakeHealth) String() string { return "http://localhost:443/health-check" }
+
+func (h *fakeHealth) probes() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n
+}
+
+func healthy() healthcheck.Result { return healthcheck.Result{Status: healthcheck.Success, Code: 200} }
+func unhealthy(code int) healthcheck.Result {
+	return healthcheck.Result{Status: healthcheck.Failure, Code: code, Reason: fmt.Sprintf("status %d", code)}
+}
+
+type fakeUnits struct{ ev *events }
+
+func (u *fakeUnits) Stop(ctx context.Context, unit string) error {
+	u.ev.add("systemctl stop " + unit)
+	return nil
+}
+func (u *fakeUnits) Start(ctx context.Context, unit string) error {
+	u.ev.add("systemctl start " + unit)
+	return nil
+}
+
+type fakeCommands struct{ ev *events }
+
+func (c *fakeCommands) Run(ctx context.Context, argv []string) error {
+	c.ev.add(fmt.Sprintf("run %v", argv))
 	return nil
 }
 
@@ -134,14 +218,15 @@ func conn(busy bool, idle time.Duration) firewall.Conn {
 }
 
 type testEnv struct {
-	cfg   Config
-	ev    *events
-	fw    *fakeFirewall
-	conns *fakeConns
-	app   *fakeApp
-	state *StateStore
-	lock  *PhaseLock
-	boot  string
+	cfg    Config
+	ev     *events
+	fw     *fakeFirewall
+	conns  *fakeConns
+	app    *fakeApp
+	health *fakeHealth
+	state  *StateStore
+	lock   *PhaseLock
+	boot   string
 }
 
 func newTestEnv(t *testing.T) *testEnv {
@@ -156,18 +241,23 @@ func newTestEnv(t *testing.T) *testEnv {
 	st := NewStateStore(dir)
 	return &testEnv{
 		cfg: cfg, ev: ev, state: st, lock: NewPhaseLock(dir), boot: "boot-1",
-		fw:    &fakeFirewall{ev: ev, state: st},
-		conns: &fakeConns{snaps: [][]firewall.Conn{{}}},
-		app:   &fakeApp{ev: ev, state: st, procs: []hooks.Process{{Name: "web", ID: 0, PID: 4242, Status: hooks.StatusOnline}}},
+		fw:     &fakeFirewall{ev: ev, state: st},
+		conns:  &fakeConns{snaps: [][]firewall.Conn{{}}},
+		app:    &fakeApp{ev: ev, state: st, procs: []hooks.Process{{Name: "web", ID: 0, PID: os.Getpid(), Status: hooks.StatusOnline}}},
+		health: &fakeHealth{answers: []healthcheck.Result{healthy()}},
 	}
 }
 
 func (e *testEnv) agent(t *testing.T) *Agent {
 	a := New(e.cfg, Deps{
 		Log: zaptest.NewLogger(t), Firewall: e.fw, Conns: e.conns, App: e.app, AppUser: "node",
+		Health: e.health, HealthName: "health-check http://localhost:443/health-check",
+		HealthPolicy: healthcheck.Policy{Interval: time.Millisecond, Deadline: 500 * time.Millisecond, Successes: e.cfg.Health.Successes},
+		Units:        &fakeUnits{ev: e.ev}, Commands: &fakeCommands{ev: e.ev},
 		State: e.state, Lock: e.lock, BootID: func() (string, error) { return e.boot, nil },
 	})
 	a.listenWait = 200 * time.Millisecond
+	a.stableEvery = 5 * time.Millisecond
 	return a
 }
 

@@ -60,6 +60,12 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 			portList(a.cfg.Traffic.Ports), a.cfg.Drain.Idle, a.cfg.Drain.MinWait, a.cfg.Drain.Timeout))
 		rep.Plan = append(rep.Plan, fmt.Sprintf("as user %s: pm2 stop %s, then check pid(s) %v are gone and port(s) %s are no longer listened on",
 			a.d.AppUser, app, pids, portList(a.cfg.Traffic.Ports)))
+		for _, u := range a.cfg.Steps.StopUnits {
+			rep.Plan = append(rep.Plan, "systemctl stop "+u)
+		}
+		for _, c := range a.cfg.Steps.PreCommands {
+			rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
+		}
 		return nil
 	}
 
@@ -128,6 +134,27 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 	}
 	rep.addStep("stop", ResultOK, time.Since(t), fmt.Sprintf("%s stopped (pid(s) %v gone, port(s) %s released)", app, pids, portList(a.cfg.Traffic.Ports)))
 	rep.Summary = append(rep.Summary, "stopped "+app)
+
+	// The tutorial's other scenarios: stop a metrics agent, leave a cluster.
+	if len(a.cfg.Steps.StopUnits) > 0 || len(a.cfg.Steps.PreCommands) > 0 {
+		if err := a.save(st, "extras"); err != nil {
+			return fail(err)
+		}
+		t = time.Now()
+		for _, u := range a.cfg.Steps.StopUnits {
+			if err := a.d.Units.Stop(ctx, u); err != nil {
+				rep.addStep("extras", ResultFailed, time.Since(t), "")
+				return fail(err)
+			}
+		}
+		for _, c := range a.cfg.Steps.PreCommands {
+			if err := a.d.Commands.Run(ctx, c); err != nil {
+				rep.addStep("extras", ResultFailed, time.Since(t), "")
+				return fail(err)
+			}
+		}
+		rep.addStep("extras", ResultOK, time.Since(t), fmt.Sprintf("%d unit(s) stopped, %d command(s) run", len(a.cfg.Steps.StopUnits), len(a.cfg.Steps.PreCommands)))
+	}
 
 	st.Status = StatusOK
 	if err := a.save(st, "done"); err != nil {

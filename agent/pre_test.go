@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ func TestPreBlocksDrainsStopsInOrderWithIntentFirst(t *testing.T) {
 	if st.Block == nil || st.Block.Chain != firewall.Chain || !cmp.Equal(st.Block.Ports, []uint16{443}) || st.Block.Action != "reject" {
 		t.Fatalf("block record: %+v", st.Block)
 	}
-	if st.Stopped == nil || !cmp.Equal(st.Stopped.WasOnline, []int{4242}) || st.Stopped.User != "node" {
+	if st.Stopped == nil || !cmp.Equal(st.Stopped.WasOnline, []int{os.Getpid()}) || st.Stopped.User != "node" {
 		t.Fatalf("stop record: %+v", st.Stopped)
 	}
 	if len(rep.Text()) > consoleLimit {
@@ -74,7 +75,7 @@ func TestPreTwiceConvergesInOneCycle(t *testing.T) {
 	if second.CycleID != first.CycleID || second.Attempts != 2 {
 		t.Fatalf("second pre opened a new cycle or did not count: %+v", second)
 	}
-	if !cmp.Equal(second.Stopped.WasOnline, []int{4242}) {
+	if !cmp.Equal(second.Stopped.WasOnline, []int{os.Getpid()}) {
 		t.Fatalf("second pre lost which pids were online: %+v", second.Stopped)
 	}
 	if !strings.Contains(rep.Steps[0].Detail, "already blocked") {
@@ -205,7 +206,7 @@ func TestPreDryRunChangesNothing(t *testing.T) {
 	}
 	text := rep.Text()
 	for _, w := range []string{"patchagent pre: dry run, nothing changed (4 planned actions)", "would: iptables -t filter -N PATCHAGENT-BLOCK",
-		"would: drain: wait until no connection to port(s) 443", "would: as user node: pm2 stop web, then check pid(s) [4242] are gone"} {
+		"would: drain: wait until no connection to port(s) 443", "would: as user node: pm2 stop web, then check pid(s) [" + strconv.Itoa(os.Getpid()) + "] are gone"} {
 		if !strings.Contains(text, w) {
 			t.Fatalf("dry run output lacks %q:\n%s", w, text)
 		}

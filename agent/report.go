@@ -89,6 +89,11 @@ func (r *Report) Verdict() string {
 		}
 		return fmt.Sprintf("patchagent %s: ok in %s%s (%s)", r.Phase, d, w, strings.Join(r.Summary, ", "))
 	}
+	if strings.HasPrefix(r.Error, "node ") {
+		// The error leads with the node's service state: "FAILED, node
+		// still out of service: <why>".
+		return fmt.Sprintf("patchagent %s: FAILED, %s", r.Phase, firstLine(r.Error))
+	}
 	return fmt.Sprintf("patchagent %s: FAILED in %s: %s", r.Phase, d, firstLine(r.Error))
 }
 

@@ -51,6 +51,8 @@ type State struct {
 	CycleStartedAt time.Time `json:"cycle_started_at,omitzero"`
 	PhaseStartedAt time.Time `json:"phase_started_at,omitzero"`
 	UpdatedAt      time.Time `json:"updated_at,omitzero"`
+	// ClosedAt is when exit ended the cycle (the node back in service).
+	ClosedAt time.Time `json:"closed_at,omitzero"`
 }
 
 // BlockRecord describes the block pre installs.

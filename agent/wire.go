@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/patchagent/patchagent/firewall"
+	"github.com/patchagent/patchagent/healthcheck"
 	"github.com/patchagent/patchagent/hooks"
 )
 
@@ -19,7 +20,7 @@ import (
 // the kernel refuses it), the state file and the phase lock in
 // daemon.state_dir. It changes nothing on the node. A problem in what cfg
 // names (user, pm2) is a configuration error.
-func Build(cfg Config, log *zap.Logger, progress io.Writer) (*Agent, error) {
+func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step string)) (*Agent, error) {
 	u, err := appUser(cfg.App)
 	if err != nil {
 		return nil, configError(err)
@@ -53,18 +54,40 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer) (*Agent, error) {
 	if err != nil {
 		return nil, configError(err)
 	}
+	hc, err := healthcheck.NewHTTP(healthcheck.HTTPOptions{
+		URL: cfg.Health.URL, Timeout: cfg.Health.Timeout.D(), Insecure: cfg.Health.Insecure, CAFile: cfg.Health.CAFile,
+		Host: cfg.Health.Host, UserAgent: cfg.Health.UserAgent, ExpectStatus: statusRanges(cfg.Health.ExpectStatus),
+		ExpectBody: cfg.Health.ExpectBody,
+	})
+	if err != nil {
+		return nil, configError(fmt.Errorf("health: %w", err))
+	}
+	run := &hooks.ExecRunner{}
 	return New(cfg, Deps{
-		Log:      log,
-		Firewall: fw,
-		Conns:    connSource(log),
-		App:      pm2,
-		AppUser:  u.Name,
-		State:    NewStateStore(cfg.Daemon.StateDir),
-		Lock:     NewPhaseLock(cfg.Daemon.StateDir),
-		LockWait: 5 * time.Second,
-		BootID:   func() (string, error) { return ReadBootID(BootIDFile) },
-		Progress: progress,
+		Log:          log,
+		Firewall:     fw,
+		Conns:        connSource(log),
+		App:          pm2,
+		AppUser:      u.Name,
+		Health:       hc,
+		HealthPolicy: healthcheck.Policy{Interval: cfg.Health.Interval.D(), Deadline: cfg.Health.Deadline.D(), Successes: cfg.Health.Successes},
+		HealthName:   "health-check " + hc.String(),
+		Units:        hooks.NewUnits(log, run, "", 0),
+		Commands:     hooks.NewCommands(log, run, 0),
+		State:        NewStateStore(cfg.Daemon.StateDir),
+		Lock:         NewPhaseLock(cfg.Daemon.StateDir),
+		LockWait:     5 * time.Second,
+		BootID:       func() (string, error) { return ReadBootID(cfg.Daemon.BootIDFile) },
+		Progress:     progress,
 	}), nil
+}
+
+func statusRanges(rs []StatusRange) []healthcheck.StatusRange {
+	out := make([]healthcheck.StatusRange, len(rs))
+	for i, r := range rs {
+		out[i] = healthcheck.StatusRange{Min: r.Min, Max: r.Max}
+	}
+	return out
 }
 
 // appUser resolves app.user, else the owner of app.dir, else root (the

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"syscall"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -20,7 +21,10 @@ const usage = `usage: patchagent <command> [flags]
 Hook commands (called by the SSM patch hook documents):
   pre           block new connections, drain, stop the app
   post          update the app's dependencies (not built yet)
-  exit          start the app, check health, unblock (not built yet)
+  exit          start the app, wait until healthy, unblock
+
+Boot step (run before the app's pm2 service, e.g. from a oneshot unit):
+  reconcile     re-apply the block if a patch cycle is open and the rules are gone
 
 Other commands:
   daemon        run the service (not built yet)
@@ -46,9 +50,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
-	case "pre":
+	case "pre", "exit", "reconcile":
 		return runPhase(ctx, cmd, rest, stdout, stderr)
-	case "post", "exit", "daemon", "status":
+	case "post", "daemon", "status":
 		fmt.Fprintf(stderr, "patchagent %s: not built yet in this version (%s); nothing was done\n", cmd, version)
 		return agent.ExitUsage
 	case "check-config":
@@ -105,7 +109,7 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 	if err != nil {
 		return report(stdout, f.output, failedBeforeStart(phase, err, agent.ExitUsage))
 	}
-	a, err := agent.Build(cfg, log, stderr)
+	a, err := agent.Build(cfg, log, stderr, crashAfter(os.Getenv(crashEnv)))
 	if err != nil {
 		code := agent.ExitFailed
 		var pe *agent.PhaseError
@@ -114,7 +118,24 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 		}
 		return report(stdout, f.output, failedBeforeStart(phase, err, code))
 	}
-	return report(stdout, f.output, a.Pre(ctx, agent.RunOptions{DryRun: f.dryRun}))
+	phases := map[string]func(context.Context, agent.RunOptions) *agent.Report{"pre": a.Pre, "exit": a.Exit, "reconcile": a.Reconcile}
+	return report(stdout, f.output, phases[phase](ctx, agent.RunOptions{DryRun: f.dryRun}))
+}
+
+// crashEnv names the crash-test hook: PATCHAGENT_TEST_CRASH_AFTER=<step>
+// makes the phase SIGKILL itself right after recording the intent of step,
+// as an SSM timeout would kill it. Only the crash tests set it.
+const crashEnv = "PATCHAGENT_TEST_CRASH_AFTER"
+
+func crashAfter(step string) func(string) {
+	if step == "" {
+		return nil
+	}
+	return func(s string) {
+		if s == step {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		}
+	}
 }
 
 // failedBeforeStart is the report of a phase that could not start.

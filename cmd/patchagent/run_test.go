@@ -34,7 +34,7 @@ func TestRunExitCodesAndMessages(t *testing.T) {
 		{"help", []string{"help"}, 0, "Exit codes: 0 ok", ""},
 		{"version", []string{"version"}, 0, "patchagent dev (go", ""},
 		{"post not built", []string{"post"}, 2, "", "patchagent post: not built yet"},
-		{"exit not built", []string{"exit"}, 2, "", "patchagent exit: not built yet"},
+		{"exit bad config", []string{"exit", "--config", bad}, 2, "patchagent exit: FAILED in 0s: config " + bad + ": 1 problem(s)", ""},
 		{"daemon not built", []string{"daemon"}, 2, "", "patchagent daemon: not built yet"},
 		{"check-config ok", []string{"check-config", "--config", good}, 0, "name: web", ""},
 		{"check-config bad", []string{"check-config", "--config", bad}, 2, "", bad + ":line 4: traffic.portz: unknown key"},

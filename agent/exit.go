@@ -1,0 +1,381 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/healthcheck"
+	"github.com/patchagent/patchagent/hooks"
+)
+
+// crashLoopRestarts is how many pm2 restarts during exit's wait make the app
+// crash-looping: one restart may be a slow start racing a port; two are not.
+const crashLoopRestarts = 2
+
+// Exit returns the node to service once the app is healthy, whatever ran
+// before: pre, a failed pre, a reboot, no reboot, or nothing at all.
+func (a *Agent) Exit(ctx context.Context, opt RunOptions) *Report {
+	return a.runPhase(ctx, "exit", opt, a.exit)
+}
+
+// stillOut marks an exit failure that leaves the node out of service.
+func stillOut(err error) error {
+	return fmt.Errorf("node still out of service: %w", err)
+}
+
+func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
+	app, rep := a.cfg.App.Name, r.rep
+	t := time.Now()
+	fw, err := a.d.Firewall.Status(ctx)
+	if err != nil {
+		rep.addStep("check", ResultFailed, time.Since(t), "")
+		return fmt.Errorf("reading the firewall: %w", err)
+	}
+	blocked := fw.Blocked() || fw.Partial()
+	fwState := map[bool]string{true: "blocked", false: "not blocked"}[blocked]
+	if r.rebooted() {
+		fwState += fmt.Sprintf(" (node rebooted since %s)", orNone(r.st.Phase))
+	}
+	cycle := "no patch cycle open"
+	if r.st.Open {
+		cycle = fmt.Sprintf("cycle %s open (last: %s %s at step %s)", r.st.CycleID, r.st.Phase, r.st.Status, r.st.Step)
+	}
+	rep.addStep("check", ResultOK, time.Since(t), fmt.Sprintf("%s; firewall %s", cycle, fwState))
+
+	if !r.st.Open {
+		return a.exitNoCycle(ctx, r, blocked)
+	}
+	if r.opt.DryRun {
+		rep.Result = ResultDryRun
+		if !blocked {
+			rep.Plan = append(rep.Plan, "re-apply the block first (the cycle is open but the rules are gone):")
+			rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
+		}
+		rep.Plan = append(rep.Plan,
+			fmt.Sprintf("as user %s: pm2 start %s unless it is online (from %s if pm2 no longer knows it)", a.d.AppUser, app, orNone(a.cfg.App.Ecosystem)),
+			fmt.Sprintf("wait until %s passes %d time(s) in a row (at most %s), the app staying online without restarts", a.d.HealthName, a.cfg.Health.Successes, a.cfg.Health.Deadline),
+			fmt.Sprintf("remove chain %s and its jump from INPUT (%s)", "PATCHAGENT-BLOCK", famShort(a.d.Firewall.Families())))
+		for _, u := range a.cfg.Steps.StopUnits {
+			rep.Plan = append(rep.Plan, "systemctl start "+u)
+		}
+		for _, c := range a.cfg.Steps.ExitCommands {
+			rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
+		}
+		return nil
+	}
+
+	a.begin(r)
+	// Outside clients must not reach an app nobody has checked: after a
+	// reboot (or another tool's flush) the rules are gone while the cycle is
+	// open, so they go back first.
+	if !fw.Blocked() {
+		if err := a.save(&r.st, "reblock"); err != nil {
+			return stillOut(err)
+		}
+		t = time.Now()
+		if err := a.d.Firewall.Block(ctx); err != nil {
+			rep.addStep("reblock", ResultFailed, time.Since(t), "")
+			return a.exitFailed(ctx, r, fmt.Errorf("re-applying the block: %w", err))
+		}
+		rep.addStep("reblock", ResultOK, time.Since(t), "the cycle is open and the rules were gone: block re-applied before any check")
+	}
+
+	if err := a.save(&r.st, "start"); err != nil {
+		return stillOut(err)
+	}
+	t = time.Now()
+	started, err := a.startApp(ctx, r)
+	if err != nil {
+		rep.addStep("start", ResultFailed, time.Since(t), "")
+		return a.exitFailed(ctx, r, err)
+	}
+	rep.addStep("start", ResultOK, time.Since(t), started)
+	if started != "" && started != "already online" {
+		rep.Summary = append(rep.Summary, started)
+	}
+
+	if err := a.save(&r.st, "health"); err != nil {
+		return stillOut(err)
+	}
+	t = time.Now()
+	out, err := a.waitHealthyAndStable(ctx)
+	if err != nil {
+		rep.addStep("health", ResultFailed, time.Since(t), "")
+		return a.exitFailed(ctx, r, err)
+	}
+	healthy := fmt.Sprintf("healthy after %d attempt(s) in %s", out.Attempts, out.Elapsed.Round(10*time.Millisecond))
+	rep.addStep("health", ResultOK, time.Since(t), healthy+" over loopback, app stable")
+	rep.Summary = append(rep.Summary, healthy)
+
+	if err := a.unblockAndRestore(ctx, r); err != nil {
+		return err
+	}
+	a.closeCycle(r, StatusOK, "")
+	return nil
+}
+
+// exitNoCycle handles exit when pre never opened a cycle (nothing needed
+// patching) or the cycle was closed: it changes nothing but a leftover block
+// of ours, removed only once the app is healthy.
+func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) error {
+	rep := r.rep
+	if r.opt.DryRun {
+		rep.Result = ResultDryRun
+		rep.Plan = append(rep.Plan, fmt.Sprintf("check %s once the app is up", a.d.HealthName))
+		if blocked {
+			rep.Plan = append(rep.Plan, "remove the leftover block of ours (no cycle is open) once healthy")
+		}
+		return nil
+	}
+	t := time.Now()
+	out, err := a.waitHealthyAndStable(ctx)
+	if err != nil {
+		rep.addStep("health", ResultFailed, time.Since(t), "")
+		if blocked {
+			return stillOut(fmt.Errorf("a leftover block of ours stays (no cycle open): %w", err))
+		}
+		return fmt.Errorf("no patch cycle open, nothing changed, but the app is unhealthy: %w", err)
+	}
+	rep.addStep("health", ResultOK, time.Since(t), fmt.Sprintf("healthy after %d attempt(s)", out.Attempts))
+	if !blocked {
+		rep.Summary = append(rep.Summary, "nothing to do: no patch cycle open, app healthy")
+		return nil
+	}
+	t = time.Now()
+	if err := a.d.Firewall.Unblock(ctx); err != nil {
+		rep.addStep("unblock", ResultFailed, time.Since(t), "")
+		return stillOut(fmt.Errorf("removing a leftover block: %w", err))
+	}
+	rep.addStep("unblock", ResultOK, time.Since(t), "leftover block of ours removed (no cycle was open)")
+	rep.Summary = append(rep.Summary, "app healthy, leftover block removed")
+	return nil
+}
+
+// startApp starts the app unless it is online, and says what it did.
+func (a *Agent) startApp(ctx context.Context, r *phaseRun) (string, error) {
+	app := a.cfg.App.Name
+	procs, err := a.d.App.Processes(ctx, app)
+	switch {
+	case errors.Is(err, hooks.ErrUnknownApp):
+		if a.cfg.App.Ecosystem == "" {
+			return "", fmt.Errorf("%w, and app.ecosystem is not set to start it from", err)
+		}
+		if err := a.d.App.StartFrom(ctx, app, a.cfg.App.Ecosystem); err != nil {
+			return "", err
+		}
+		return fmt.Sprintf("started %s from %s (pm2 no longer knew it)", app, a.cfg.App.Ecosystem), nil
+	case err != nil:
+		return "", err
+	}
+	online, _ := onlinePIDs(procs)
+	if online == len(procs) {
+		return "already online", nil
+	}
+	if err := a.d.App.Start(ctx, app); err != nil {
+		return "", err
+	}
+	return "started " + app, nil
+}
+
+// waitHealthyAndStable probes the health check until it passes while
+// watching the app's pm2 instances: an instance that leaves "online", a pid
+// that dies or restarts piling up end the wait at once (a crash loop shows
+// "online" between crashes and may never reach "errored").
+func (a *Agent) waitHealthyAndStable(ctx context.Context) (healthcheck.Outcome, error) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	watchErr := make(chan error, 1)
+	go func() { watchErr <- a.watchStable(ctx, cancel) }()
+	out, err := healthcheck.WaitHealthy(ctx, a.d.Health, a.d.HealthPolicy, func(n int, res healthcheck.Result) {
+		if res.Status != healthcheck.Success && (n == 1 || n%10 == 0) {
+			a.progress("health: attempt %d: %s", n, res.Reason)
+		}
+	})
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && ctx.Err() != nil && errors.Is(err, healthcheck.ErrUnhealthy) {
+		return out, cause
+	}
+	cancel(nil)
+	if werr := <-watchErr; werr != nil && err == nil {
+		return out, werr
+	}
+	if err != nil {
+		return out, err
+	}
+	if m := a.cfg.Exit.MinUptime.D(); m > 0 {
+		if err := a.waitUptime(ctx, m); err != nil {
+			return out, err
+		}
+	}
+	return out, nil
+}
+
+// watchStable polls pm2 about once a second until ctx ends; on instability it
+// cancels the health wait with the reason.
+func (a *Agent) watchStable(ctx context.Context, cancel context.CancelCauseFunc) error {
+	app := a.cfg.App.Name
+	var base map[int]hooks.Process
+	start := time.Now()
+	restarts := 0
+	tick := time.NewTicker(a.stableEvery)
+	defer tick.Stop()
+	for {
+		procs, err := a.d.App.Processes(ctx, app)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			err = fmt.Errorf("watching %s: %w", app, err)
+			cancel(err)
+			return err
+		}
+		if base == nil {
+			base = map[int]hooks.Process{}
+			for _, p := range procs {
+				base[p.ID] = p
+			}
+		}
+		for _, p := range procs {
+			b, ok := base[p.ID]
+			if !ok {
+				base[p.ID] = p
+				continue
+			}
+			if p.Restarts > b.Restarts {
+				restarts += p.Restarts - b.Restarts
+				base[p.ID] = p
+			}
+			var bad error
+			switch {
+			case restarts >= crashLoopRestarts:
+				bad = fmt.Errorf("%s is crash-looping: pm2 restarted it %d time(s) in %s (status %s, restart counter %d)",
+					app, restarts, time.Since(start).Round(100*time.Millisecond), p.Status, p.Restarts)
+			case p.Status == "errored" || p.Status == hooks.StatusStopped:
+				bad = fmt.Errorf("%s is %s in pm2 (restart counter %d)", app, p.Status, p.Restarts)
+			case p.Status == hooks.StatusOnline && p.PID > 0 && !hooks.ProcessAlive(p.PID):
+				bad = fmt.Errorf("%s: pm2 shows pid %d online but it is gone", app, p.PID)
+			}
+			if bad != nil {
+				cancel(bad)
+				return bad
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// waitUptime waits until every instance has been up for at least m without
+// a restart, then checks once more that they are online.
+func (a *Agent) waitUptime(ctx context.Context, m time.Duration) error {
+	procs, err := a.d.App.Processes(ctx, a.cfg.App.Name)
+	if err != nil {
+		return err
+	}
+	var youngest time.Time
+	for _, p := range procs {
+		if p.Started.After(youngest) {
+			youngest = p.Started
+		}
+	}
+	if wait := m - time.Since(youngest); wait > 0 {
+		a.progress("stable: waiting %s more for exit.min_uptime %s", wait.Round(100*time.Millisecond), m)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+	after, err := a.d.App.Processes(ctx, a.cfg.App.Name)
+	if err != nil {
+		return err
+	}
+	for i, p := range after {
+		if p.Status != hooks.StatusOnline || (i < len(procs) && p.Restarts != procs[i].Restarts) {
+			return fmt.Errorf("%s did not stay up for exit.min_uptime %s (status %s, restart counter %d)", a.cfg.App.Name, m, p.Status, p.Restarts)
+		}
+	}
+	return nil
+}
+
+// unblockAndRestore returns the node to service and starts what pre stopped.
+func (a *Agent) unblockAndRestore(ctx context.Context, r *phaseRun) error {
+	rep := r.rep
+	if err := a.save(&r.st, "unblock"); err != nil {
+		return stillOut(err)
+	}
+	t := time.Now()
+	if err := a.d.Firewall.Unblock(ctx); err != nil {
+		rep.addStep("unblock", ResultFailed, time.Since(t), "")
+		return a.exitFailed(ctx, r, fmt.Errorf("unblocking: %w", err))
+	}
+	fams := famShort(a.d.Firewall.Families())
+	rep.addStep("unblock", ResultOK, time.Since(t), fmt.Sprintf("chain and jump removed (%s), verified", fams))
+	rep.Summary = append(rep.Summary, fmt.Sprintf("unblocked %s/tcp %s", portList(a.cfg.Traffic.Ports), fams))
+	return a.restoreExtras(ctx, r)
+}
+
+// restoreExtras starts the units pre stopped and runs the exit commands, in
+// the configured order; the node is already back in service.
+func (a *Agent) restoreExtras(ctx context.Context, r *phaseRun) error {
+	if len(a.cfg.Steps.StopUnits) == 0 && len(a.cfg.Steps.ExitCommands) == 0 {
+		return nil
+	}
+	if err := a.save(&r.st, "restore"); err != nil {
+		return err
+	}
+	t := time.Now()
+	for _, u := range a.cfg.Steps.StopUnits {
+		if err := a.d.Units.Start(ctx, u); err != nil {
+			r.rep.addStep("restore", ResultFailed, time.Since(t), "")
+			err = fmt.Errorf("node back in service, but %w", err)
+			a.closeCycle(r, StatusFailed, err.Error())
+			return err
+		}
+	}
+	for _, c := range a.cfg.Steps.ExitCommands {
+		if err := a.d.Commands.Run(ctx, c); err != nil {
+			r.rep.addStep("restore", ResultFailed, time.Since(t), "")
+			err = fmt.Errorf("node back in service, but %w", err)
+			a.closeCycle(r, StatusFailed, err.Error())
+			return err
+		}
+	}
+	r.rep.addStep("restore", ResultOK, time.Since(t), fmt.Sprintf("%d unit(s) started, %d command(s) run", len(a.cfg.Steps.StopUnits), len(a.cfg.Steps.ExitCommands)))
+	return nil
+}
+
+// exitFailed applies exit.on_failure: keep the node blocked (default), or
+// unblock it anyway as the tutorial does.
+func (a *Agent) exitFailed(ctx context.Context, r *phaseRun, cause error) error {
+	if a.cfg.Exit.OnFailure != "unblock" {
+		a.failed(r, cause)
+		return stillOut(cause)
+	}
+	if err := a.d.Firewall.Unblock(ctx); err != nil {
+		err = errors.Join(cause, fmt.Errorf("unblocking anyway (exit.on_failure: unblock): %w", err))
+		a.failed(r, err)
+		return stillOut(err)
+	}
+	r.rep.warn("exit.on_failure is unblock: the node is back in service although %v", cause)
+	err := fmt.Errorf("node back in service UNHEALTHY (exit.on_failure: unblock): %w", cause)
+	a.closeCycle(r, StatusFailed, err.Error())
+	return err
+}
+
+// closeCycle records the end of the cycle: the node is in service.
+func (a *Agent) closeCycle(r *phaseRun, status, msg string) {
+	r.st.Open, r.st.Status, r.st.Error = false, status, msg
+	r.st.Block, r.st.Stopped = nil, nil
+	r.st.ClosedAt = time.Now().UTC()
+	if err := a.save(&r.st, "done"); err != nil {
+		a.log.Error("recording the end of the cycle", zap.Error(err))
+		r.rep.warn("the end of the cycle could not be recorded: %v", err)
+	}
+}

@@ -1,0 +1,274 @@
+package healthcheck
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	ok   = Result{Status: Success, Code: 200}
+	fail = Result{Status: Failure, Code: 500, Reason: "status 500"}
+)
+
+// scripted is a fake Prober replaying results; past the end it repeats the
+// last one, or starts over if cycle is set.
+type scripted struct {
+	mu      sync.Mutex
+	results []Result
+	cycle   bool
+	err     error
+	calls   int
+}
+
+func (s *scripted) Probe(context.Context) (Result, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	if s.err != nil {
+		return Result{}, s.err
+	}
+	if s.cycle {
+		return s.results[(s.calls-1)%len(s.results)], nil
+	}
+	return s.results[min(s.calls, len(s.results))-1], nil
+}
+
+func (s *scripted) String() string { return "scripted" }
+
+func TestWaitHealthyPolicy(t *testing.T) {
+	errBadConfig := errors.New("bad config")
+	tests := []struct {
+		name          string
+		results       []Result
+		probeErr      error
+		pol           Policy
+		wantHealthy   bool
+		wantAttempts  int
+		wantFailures  int
+		wantUnhealthy bool   // err wraps ErrUnhealthy
+		wantErr       error  // err wraps this
+		wantMsg       string // err message contains this
+	}{
+		{name: "one success is enough by default", results: []Result{ok}, wantHealthy: true, wantAttempts: 1},
+		{
+			name: "three in a row needed after a flaky start", results: []Result{ok, fail, ok, ok, ok},
+			pol: Policy{Successes: 3}, wantHealthy: true, wantAttempts: 5, wantFailures: 1,
+		},
+		{
+			name: "a failure resets the consecutive count", results: []Result{ok, fail, ok, fail, ok, ok},
+			pol: Policy{Successes: 2}, wantHealthy: true, wantAttempts: 6, wantFailures: 2,
+		},
+		{
+			name: "gives up after Fails consecutive failures", results: []Result{fail},
+			pol: Policy{Fails: 3}, wantAttempts: 3, wantFailures: 3, wantUnhealthy: true,
+			wantMsg: "health-check scripted: status 500 after 3 attempts in",
+		},
+		{
+			name: "a success resets the failure count", results: []Result{fail, fail, ok, fail, fail, fail},
+			pol: Policy{Fails: 3, Successes: 2}, wantAttempts: 6, wantFailures: 5, wantUnhealthy: true,
+			wantMsg: "status 500 after 6 attempts in",
+		},
+		{
+			name: "probe that cannot run stops the wait without ErrUnhealthy", probeErr: errBadConfig,
+			wantErr: errBadConfig, wantMsg: "health-check scripted: bad config",
+		},
+		{name: "negative interval rejected", pol: Policy{Interval: -1}, wantMsg: "interval"},
+		{name: "negative successes rejected", pol: Policy{Successes: -1}, wantMsg: "successes"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &scripted{results: tt.results, err: tt.probeErr}
+			if tt.pol.Interval == 0 {
+				tt.pol.Interval = time.Millisecond
+			}
+			if tt.pol.Deadline == 0 {
+				tt.pol.Deadline = 5 * time.Second
+			}
+			var progress []int
+			out, err := WaitHealthy(t.Context(), p, tt.pol, func(attempt int, _ Result) { progress = append(progress, attempt) })
+			if out.Healthy != tt.wantHealthy || out.Attempts != tt.wantAttempts || out.Failures != tt.wantFailures {
+				t.Errorf("Outcome %+v, want Healthy=%v Attempts=%d Failures=%d", out, tt.wantHealthy, tt.wantAttempts, tt.wantFailures)
+			}
+			if len(progress) != out.Attempts || (len(progress) > 0 && progress[len(progress)-1] != out.Attempts) {
+				t.Errorf("progress saw attempts %v, want 1..%d", progress, out.Attempts)
+			}
+			if tt.wantHealthy {
+				if err != nil {
+					t.Fatalf("WaitHealthy: %v", err)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatal("WaitHealthy: no error")
+			}
+			if errors.Is(err, ErrUnhealthy) != tt.wantUnhealthy {
+				t.Errorf("errors.Is(%v, ErrUnhealthy) = %v, want %v", err, !tt.wantUnhealthy, tt.wantUnhealthy)
+			}
+			if tt.wantErr != nil && !errors.Is(err, tt.wantErr) {
+				t.Errorf("error %v does not wrap %v", err, tt.wantErr)
+			}
+			if !strings.Contains(err.Error(), tt.wantMsg) {
+				t.Errorf("error %q lacks %q", err, tt.wantMsg)
+			}
+		})
+	}
+}
+
+func TestWaitHealthyRefusedThenHealthy(t *testing.T) {
+	const startAfter = 300 * time.Millisecond
+	addr := closedAddr(t)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	started := make(chan struct{})
+	go func() {
+		defer close(started)
+		time.Sleep(startAfter)
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Errorf("re-listening on %s: %v", addr, err)
+			return
+		}
+		srv.Listener.Close()
+		srv.Listener = l
+		srv.Start()
+	}()
+	t.Cleanup(func() { <-started; srv.Close() })
+
+	h := newProbe(t, HTTPOptions{URL: "http://" + addr + "/health-check", Timeout: time.Second})
+	out, err := WaitHealthy(t.Context(), h, Policy{Interval: 10 * time.Millisecond, Deadline: 3 * time.Second}, nil)
+	if err != nil {
+		t.Fatalf("WaitHealthy: %v", err)
+	}
+	if !out.Healthy || out.Attempts < 2 || out.Failures != out.Attempts-1 || out.Last.Status != Success {
+		t.Errorf("Outcome %+v, want healthy after several refused attempts", out)
+	}
+	if out.FirstSuccess < startAfter || out.FirstSuccess > startAfter+300*time.Millisecond {
+		t.Errorf("FirstSuccess = %v, want about %v", out.FirstSuccess, startAfter)
+	}
+}
+
+func TestWaitHealthyAlways500(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+	}))
+	t.Cleanup(srv.Close)
+	h := newProbe(t, HTTPOptions{URL: srv.URL + "/health-check"})
+	start := time.Now()
+	out, err := WaitHealthy(t.Context(), h, Policy{Interval: 10 * time.Millisecond, Deadline: 200 * time.Millisecond}, nil)
+	if !errors.Is(err, ErrUnhealthy) {
+		t.Fatalf("WaitHealthy error %v, want ErrUnhealthy", err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		t.Errorf("error %v wraps a context error, but the caller's context did not end", err)
+	}
+	want := regexp.MustCompile(`^health-check ` + regexp.QuoteMeta(srv.URL) + `/health-check: status 500 after (\d+) attempts in \d+ms$`)
+	m := want.FindStringSubmatch(err.Error())
+	if m == nil || m[1] != fmt.Sprint(out.Attempts) {
+		t.Errorf("error %q does not match %v with %d attempts", err, want, out.Attempts)
+	}
+	if out.Healthy || out.Attempts < 2 || out.Failures != out.Attempts || out.Last.Code != 500 || out.FirstSuccess != 0 {
+		t.Errorf("Outcome %+v, want several failed attempts", out)
+	}
+	if e := time.Since(start); e < 200*time.Millisecond || e > 400*time.Millisecond {
+		t.Errorf("WaitHealthy took %v, want about the 200ms deadline", e)
+	}
+}
+
+func TestWaitHealthyReturnsPromptlyOnCancel(t *testing.T) {
+	const cancelAfter = 100 * time.Millisecond
+	tests := []struct {
+		name string
+		p    func(t *testing.T) Prober
+		pol  Policy
+	}{
+		{
+			name: "during a hanging attempt",
+			p: func(t *testing.T) Prober {
+				release := make(chan struct{})
+				srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+					select {
+					case <-r.Context().Done():
+					case <-release:
+					}
+				}))
+				t.Cleanup(srv.Close)
+				t.Cleanup(func() { close(release) })
+				return newProbe(t, HTTPOptions{URL: srv.URL, Timeout: 5 * time.Second})
+			},
+			pol: Policy{Interval: 10 * time.Millisecond},
+		},
+		{
+			name: "during the pause between attempts",
+			p:    func(*testing.T) Prober { return &scripted{results: []Result{fail}} },
+			pol:  Policy{Interval: time.Minute},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(t.Context())
+			timer := time.AfterFunc(cancelAfter, cancel)
+			t.Cleanup(func() { timer.Stop(); cancel() })
+			start := time.Now()
+			out, err := WaitHealthy(ctx, tt.p(t), tt.pol, nil)
+			if e := time.Since(start); e > cancelAfter+200*time.Millisecond {
+				t.Errorf("WaitHealthy returned %v after start, want soon after the cancel at %v", e, cancelAfter)
+			}
+			if !errors.Is(err, ErrUnhealthy) || !errors.Is(err, context.Canceled) {
+				t.Errorf("error %v, want it to wrap ErrUnhealthy and context.Canceled", err)
+			}
+			if out.Healthy || out.Attempts != 1 {
+				t.Errorf("Outcome %+v, want one failed attempt", out)
+			}
+		})
+	}
+}
+
+func TestWaitHealthyCutsAnAttemptAtTheDeadline(t *testing.T) {
+	const deadline = 300 * time.Millisecond
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(srv.Close)
+	t.Cleanup(func() { close(release) })
+	h := newProbe(t, HTTPOptions{URL: srv.URL, Timeout: 10 * time.Second})
+	start := time.Now()
+	out, err := WaitHealthy(t.Context(), h, Policy{Interval: 10 * time.Millisecond, Deadline: deadline}, nil)
+	if e := time.Since(start); e < deadline || e > deadline+200*time.Millisecond {
+		t.Errorf("WaitHealthy took %v, want about the %v deadline, not the 10s attempt timeout", e, deadline)
+	}
+	if !errors.Is(err, ErrUnhealthy) || !strings.Contains(err.Error(), "timeout after") || !strings.Contains(err.Error(), "after 1 attempt in") {
+		t.Errorf("error %v, want ErrUnhealthy naming the timeout after 1 attempt", err)
+	}
+	if out.Attempts != 1 || out.Last.Status != Failure {
+		t.Errorf("Outcome %+v, want one failed attempt", out)
+	}
+}
+
+func TestWaitHealthyDeadlineWithTooFewSuccessesInARow(t *testing.T) {
+	p := &scripted{results: []Result{ok, ok, fail}, cycle: true}
+	out, err := WaitHealthy(t.Context(), p, Policy{Interval: time.Millisecond, Deadline: 100 * time.Millisecond, Successes: 3}, nil)
+	if !errors.Is(err, ErrUnhealthy) || out.Healthy || out.FirstSuccess == 0 || out.Attempts < 3 {
+		t.Errorf("got %+v, %v; want unhealthy after some successes", out, err)
+	}
+	if out.Last.Status == Success && !strings.Contains(err.Error(), "scripted: not enough consecutive successes after") {
+		t.Errorf("error %q, want it to say the successes were not consecutive enough", err)
+	}
+}
+
+func TestWaitHealthyRejectsNilProber(t *testing.T) {
+	if _, err := WaitHealthy(t.Context(), nil, Policy{}, nil); err == nil || errors.Is(err, ErrUnhealthy) {
+		t.Errorf("WaitHealthy(nil prober) error %v, want a configuration error", err)
+	}
+}
