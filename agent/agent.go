@@ -32,6 +32,8 @@ type AppManager interface {
 	Stop(ctx context.Context, app string) ([]hooks.Process, error)
 	Start(ctx context.Context, app string) error
 	StartFrom(ctx context.Context, app, source string) error
+	StartStopped(ctx context.Context, app string) error
+	PIDs(app string, ids []int) map[int]int
 }
 
 // Units stops and starts systemd units (hooks.Units).
@@ -89,8 +91,10 @@ type Agent struct {
 	log *zap.Logger
 	// listenWait bounds the wait for the app's ports to be released.
 	listenWait time.Duration
-	// stableEvery is how often exit asks pm2 about the app while waiting.
-	stableEvery time.Duration
+	// stableEvery is how often exit asks pm2 about the app while waiting,
+	// pidEvery how often it reads pm2's pid files, settle how long the pids
+	// must hold after the health check passed.
+	stableEvery, pidEvery, settle time.Duration
 }
 
 // New returns an Agent; every field of d but LockWait must be set, except
@@ -102,7 +106,7 @@ func New(cfg Config, d Deps) *Agent {
 	if d.Progress == nil {
 		d.Progress = io.Discard
 	}
-	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent"), listenWait: defaultListenWait, stableEvery: time.Second}
+	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent"), listenWait: defaultListenWait, stableEvery: time.Second, pidEvery: 20 * time.Millisecond, settle: 200 * time.Millisecond}
 }
 
 // RunOptions modify one phase run.

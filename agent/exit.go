@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -88,7 +89,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		return stillOut(err)
 	}
 	t = time.Now()
-	started, err := a.startApp(ctx, r)
+	started, ids, err := a.startApp(ctx, r)
 	if err != nil {
 		rep.addStep("start", ResultFailed, time.Since(t), "")
 		return a.exitFailed(ctx, r, err)
@@ -102,7 +103,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		return stillOut(err)
 	}
 	t = time.Now()
-	out, err := a.waitHealthyAndStable(ctx)
+	out, err := a.waitHealthyAndStable(ctx, ids)
 	if err != nil {
 		rep.addStep("health", ResultFailed, time.Since(t), "")
 		return a.exitFailed(ctx, r, err)
@@ -132,7 +133,7 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 		return nil
 	}
 	t := time.Now()
-	out, err := a.waitHealthyAndStable(ctx)
+	out, err := a.waitHealthyAndStable(ctx, nil)
 	if err != nil {
 		rep.addStep("health", ResultFailed, time.Since(t), "")
 		if blocked {
@@ -155,153 +156,215 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 	return nil
 }
 
-// startApp starts the app unless it is online, and says what it did.
-func (a *Agent) startApp(ctx context.Context, r *phaseRun) (string, error) {
+// startApp starts the app unless it is online, says what it did, and
+// returns the app's pm2 instance ids.
+func (a *Agent) startApp(ctx context.Context, r *phaseRun) (string, []int, error) {
 	app := a.cfg.App.Name
+	// Fast path: pre stopped the app in this boot and pm2's pid files show
+	// no live instance: start it without listing (half a second of CPU).
+	if sr := r.st.Stopped; sr != nil && sr.App == app && sr.PIDFiles && sr.BootID == r.boot {
+		live := 0
+		for _, pid := range a.d.App.PIDs(app, sr.IDs) {
+			if pid > 0 {
+				live++
+			}
+		}
+		if live == 0 {
+			if err := a.d.App.StartStopped(ctx, app); err != nil {
+				return "", nil, err
+			}
+			return "started " + app, sr.IDs, nil
+		}
+	}
 	procs, err := a.d.App.Processes(ctx, app)
 	switch {
 	case errors.Is(err, hooks.ErrUnknownApp):
 		if a.cfg.App.Ecosystem == "" {
-			return "", fmt.Errorf("%w, and app.ecosystem is not set to start it from", err)
+			return "", nil, fmt.Errorf("%w, and app.ecosystem is not set to start it from", err)
 		}
 		if err := a.d.App.StartFrom(ctx, app, a.cfg.App.Ecosystem); err != nil {
-			return "", err
+			return "", nil, err
 		}
-		return fmt.Sprintf("started %s from %s (pm2 no longer knew it)", app, a.cfg.App.Ecosystem), nil
+		return fmt.Sprintf("started %s from %s (pm2 no longer knew it)", app, a.cfg.App.Ecosystem), nil, nil
 	case err != nil:
-		return "", err
+		return "", nil, err
+	}
+	ids := make([]int, len(procs))
+	for i, p := range procs {
+		ids[i] = p.ID
 	}
 	online, _ := onlinePIDs(procs)
 	if online == len(procs) {
-		return "already online", nil
+		return "already online", ids, nil
 	}
 	if err := a.d.App.Start(ctx, app); err != nil {
-		return "", err
+		return "", nil, err
 	}
-	return "started " + app, nil
+	return "started " + app, ids, nil
 }
 
 // waitHealthyAndStable probes the health check until it passes while
-// watching the app's pm2 instances: an instance that leaves "online", a pid
-// that dies or restarts piling up end the wait at once (a crash loop shows
-// "online" between crashes and may never reach "errored").
-func (a *Agent) waitHealthyAndStable(ctx context.Context) (healthcheck.Outcome, error) {
-	ctx, cancel := context.WithCancelCause(ctx)
+// watching the app: pm2's pid files every few milliseconds (a new pid is a
+// restart: a crash loop shows "online" between crashes and may never reach
+// "errored"), and pm2's own view about once a second (an instance errored
+// or stopped). Two restarts, or one after the health check passed, end the
+// wait at once. After the check passes the app must keep its pids for
+// a.settle, so a crash-looping app answering in a lucky moment is caught.
+func (a *Agent) waitHealthyAndStable(parent context.Context, ids []int) (healthcheck.Outcome, error) {
+	if ids == nil {
+		procs, err := a.d.App.Processes(parent, a.cfg.App.Name)
+		if err != nil {
+			return healthcheck.Outcome{}, err
+		}
+		for _, p := range procs {
+			ids = append(ids, p.ID)
+		}
+	}
+	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
-	watchErr := make(chan error, 1)
-	go func() { watchErr <- a.watchStable(ctx, cancel) }()
+	w := &stability{a: a, ids: ids, cancel: cancel, start: time.Now()}
+	done := make(chan struct{})
+	go func() { defer close(done); w.watch(ctx) }()
 	out, err := healthcheck.WaitHealthy(ctx, a.d.Health, a.d.HealthPolicy, func(n int, res healthcheck.Result) {
 		if res.Status != healthcheck.Success && (n == 1 || n%10 == 0) {
 			a.progress("health: attempt %d: %s", n, res.Reason)
 		}
 	})
-	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && ctx.Err() != nil && errors.Is(err, healthcheck.ErrUnhealthy) {
+	if err == nil {
+		// Settle: the watcher keeps going; any restart now fails.
+		w.healthy()
+		select {
+		case <-ctx.Done():
+		case <-time.After(a.settle):
+		}
+	}
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && ctx.Err() != nil {
+		cancel(nil)
+		<-done
 		return out, cause
 	}
 	cancel(nil)
-	if werr := <-watchErr; werr != nil && err == nil {
-		return out, werr
-	}
+	<-done
 	if err != nil {
 		return out, err
 	}
 	if m := a.cfg.Exit.MinUptime.D(); m > 0 {
-		if err := a.waitUptime(ctx, m); err != nil {
+		if err := a.waitUptime(parent, m); err != nil {
 			return out, err
 		}
 	}
 	return out, nil
 }
 
-// watchStable polls pm2 about once a second until ctx ends; on instability it
-// cancels the health wait with the reason.
-func (a *Agent) watchStable(ctx context.Context, cancel context.CancelCauseFunc) error {
-	app := a.cfg.App.Name
-	var base map[int]hooks.Process
-	start := time.Now()
-	restarts := 0
-	tick := time.NewTicker(a.stableEvery)
-	defer tick.Stop()
+// stability follows the app's instances during exit's health wait.
+type stability struct {
+	a      *Agent
+	ids    []int
+	cancel context.CancelCauseFunc
+	start  time.Time
+
+	mu        sync.Mutex
+	restarts  int
+	afterPass bool
+}
+
+func (w *stability) healthy() {
+	w.mu.Lock()
+	w.afterPass = true
+	w.mu.Unlock()
+}
+
+func (w *stability) fail(err error) { w.cancel(err) }
+
+func (w *stability) watch(ctx context.Context) {
+	app := w.a.cfg.App.Name
+	last := w.a.d.App.PIDs(app, w.ids)
+	fast := time.NewTicker(w.a.pidEvery)
+	defer fast.Stop()
+	slow := time.NewTicker(w.a.stableEvery)
+	defer slow.Stop()
 	for {
-		procs, err := a.d.App.Processes(ctx, app)
-		if ctx.Err() != nil {
-			return nil
-		}
-		if err != nil {
-			err = fmt.Errorf("watching %s: %w", app, err)
-			cancel(err)
-			return err
-		}
-		if base == nil {
-			base = map[int]hooks.Process{}
-			for _, p := range procs {
-				base[p.ID] = p
-			}
-		}
-		for _, p := range procs {
-			b, ok := base[p.ID]
-			if !ok {
-				base[p.ID] = p
-				continue
-			}
-			if p.Restarts > b.Restarts {
-				restarts += p.Restarts - b.Restarts
-				base[p.ID] = p
-			}
-			var bad error
-			switch {
-			case restarts >= crashLoopRestarts:
-				bad = fmt.Errorf("%s is crash-looping: pm2 restarted it %d time(s) in %s (status %s, restart counter %d)",
-					app, restarts, time.Since(start).Round(100*time.Millisecond), p.Status, p.Restarts)
-			case p.Status == "errored" || p.Status == hooks.StatusStopped:
-				bad = fmt.Errorf("%s is %s in pm2 (restart counter %d)", app, p.Status, p.Restarts)
-			case p.Status == hooks.StatusOnline && p.PID > 0 && !hooks.ProcessAlive(p.PID):
-				bad = fmt.Errorf("%s: pm2 shows pid %d online but it is gone", app, p.PID)
-			}
-			if bad != nil {
-				cancel(bad)
-				return bad
-			}
-		}
 		select {
 		case <-ctx.Done():
-			return nil
-		case <-tick.C:
+			return
+		case <-fast.C:
+			now := w.a.d.App.PIDs(app, w.ids)
+			for id, pid := range now {
+				if pid != 0 && last[id] != 0 && pid != last[id] || pid == 0 && last[id] != 0 {
+					w.mu.Lock()
+					if pid != 0 || w.afterPass {
+						w.restarts++
+					}
+					n, after := w.restarts, w.afterPass
+					w.mu.Unlock()
+					switch {
+					case n >= crashLoopRestarts:
+						w.fail(fmt.Errorf("%s is crash-looping: its pid changed %d time(s) in %s (pm2 restarting it)", app, n, time.Since(w.start).Round(100*time.Millisecond)))
+						return
+					case after:
+						w.fail(fmt.Errorf("%s restarted right after its health check passed (pid %d -> %d)", app, last[id], pid))
+						return
+					}
+				}
+				if pid != 0 {
+					last[id] = pid
+				}
+			}
+		case <-slow.C:
+			procs, err := w.a.d.App.Processes(ctx, app)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				w.fail(fmt.Errorf("watching %s: %w", app, err))
+				return
+			}
+			for _, p := range procs {
+				if p.Status == "errored" || p.Status == hooks.StatusStopped {
+					w.fail(fmt.Errorf("%s is %s in pm2 (restart counter %d)", app, p.Status, p.Restarts))
+					return
+				}
+			}
 		}
 	}
 }
 
-// waitUptime waits until every instance has been up for at least m without
-// a restart, then checks once more that they are online.
+// waitUptime holds the node blocked until every instance has been up for
+// m, polling pm2 as the watcher does: a restart or a status change in the
+// meantime fails at once (an app that crashes late).
 func (a *Agent) waitUptime(ctx context.Context, m time.Duration) error {
-	procs, err := a.d.App.Processes(ctx, a.cfg.App.Name)
+	app := a.cfg.App.Name
+	base, err := a.d.App.Processes(ctx, app)
 	if err != nil {
 		return err
 	}
-	var youngest time.Time
-	for _, p := range procs {
-		if p.Started.After(youngest) {
-			youngest = p.Started
+	tick := time.NewTicker(a.stableEvery)
+	defer tick.Stop()
+	for {
+		procs, err := a.d.App.Processes(ctx, app)
+		if err != nil {
+			return err
 		}
-	}
-	if wait := m - time.Since(youngest); wait > 0 {
-		a.progress("stable: waiting %s more for exit.min_uptime %s", wait.Round(100*time.Millisecond), m)
+		var youngest time.Time
+		for i, p := range procs {
+			if p.Status != hooks.StatusOnline || i >= len(base) || p.Restarts != base[i].Restarts || p.PID != base[i].PID {
+				return fmt.Errorf("%s did not stay up for exit.min_uptime %s: restarted or left online (status %s, restart counter %d)", app, m, p.Status, p.Restarts)
+			}
+			if p.Started.After(youngest) {
+				youngest = p.Started
+			}
+		}
+		up := time.Since(youngest)
+		if up >= m {
+			return nil
+		}
+		a.progress("stable: up %s of exit.min_uptime %s", up.Round(100*time.Millisecond), m)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(wait):
+		case <-tick.C:
 		}
 	}
-	after, err := a.d.App.Processes(ctx, a.cfg.App.Name)
-	if err != nil {
-		return err
-	}
-	for i, p := range after {
-		if p.Status != hooks.StatusOnline || (i < len(procs) && p.Restarts != procs[i].Restarts) {
-			return fmt.Errorf("%s did not stay up for exit.min_uptime %s (status %s, restart counter %d)", a.cfg.App.Name, m, p.Status, p.Restarts)
-		}
-	}
-	return nil
 }
 
 // unblockAndRestore returns the node to service and starts what pre stopped.

@@ -32,7 +32,7 @@ func TestExitAfterPreStartsChecksUnblocksAndClosesTheCycle(t *testing.T) {
 	if rep.ExitCode != 0 {
 		t.Fatal(rep.Text())
 	}
-	if diff := cmp.Diff([]string{"start web", "unblock"}, e.ev.all()); diff != "" {
+	if diff := cmp.Diff([]string{"start web (known stopped)", "unblock"}, e.ev.all()); diff != "" {
 		t.Fatalf("side effects (-want +got):\n%s", diff)
 	}
 	if !regexp.MustCompile(`^patchagent exit: ok in \S+ \(started web, healthy after 3 attempt\(s\) in \S+, unblocked 443/tcp v4\+v6\)$`).MatchString(rep.Verdict()) {
@@ -127,7 +127,7 @@ func TestExitUnhealthyKeepsTheNodeBlocked(t *testing.T) {
 	if !regexp.MustCompile(`^patchagent exit: FAILED, node still out of service: health-check http://localhost:443/health-check: status 500 after \d+ attempts in `).MatchString(rep.Verdict()) {
 		t.Fatalf("verdict %q", rep.Verdict())
 	}
-	if diff := cmp.Diff([]string{"start web"}, e.ev.all()); diff != "" {
+	if diff := cmp.Diff([]string{"start web (known stopped)"}, e.ev.all()); diff != "" {
 		t.Fatalf("unblocked an unhealthy app: %s", diff)
 	}
 	st, _ := e.state.Load()
@@ -145,7 +145,7 @@ func TestExitOnFailureUnblockGivesTheTutorialsOrder(t *testing.T) {
 	if rep.ExitCode != 1 || !strings.HasPrefix(rep.Verdict(), "patchagent exit: FAILED, node back in service UNHEALTHY (exit.on_failure: unblock): health-check") {
 		t.Fatalf("exit %d %q", rep.ExitCode, rep.Verdict())
 	}
-	if diff := cmp.Diff([]string{"start web", "unblock"}, e.ev.all()); diff != "" {
+	if diff := cmp.Diff([]string{"start web (known stopped)", "unblock"}, e.ev.all()); diff != "" {
 		t.Fatal(diff)
 	}
 	if st, _ := e.state.Load(); st.Open || st.Status != StatusFailed {
@@ -161,12 +161,12 @@ func TestExitDetectsACrashLoopFast(t *testing.T) {
 	// counter climbing.
 	e.health.onProbe = func(n int) {
 		if n%5 == 0 {
-			e.app.setProcs(func(ps []hooks.Process) { ps[0].Restarts++ })
+			e.app.setProcs(func(ps []hooks.Process) { ps[0].Restarts++; ps[0].PID++ })
 		}
 	}
 	start := time.Now()
 	rep := e.agent(t).Exit(context.Background(), RunOptions{})
-	if rep.ExitCode != 1 || !strings.Contains(rep.Verdict(), "node still out of service: web is crash-looping: pm2 restarted it 2 time(s)") {
+	if rep.ExitCode != 1 || !strings.Contains(rep.Verdict(), "node still out of service: web is crash-looping: its pid changed 2 time(s)") {
 		t.Fatalf("exit %d: %s", rep.ExitCode, rep.Text())
 	}
 	if took := time.Since(start); took >= 500*time.Millisecond {
@@ -180,9 +180,11 @@ func TestExitDetectsACrashLoopFast(t *testing.T) {
 func TestExitStartsAnAppPM2Forgot(t *testing.T) {
 	e := newTestEnv(t)
 	afterPre(t, e)
+	// A reboot whose pm2 daemon came back without a saved dump.
+	e.boot, e.fw.blocked = "boot-2", false
 	e.app.unknown = true
 	rep := e.agent(t).Exit(context.Background(), RunOptions{})
-	if rep.ExitCode != 1 || !strings.Contains(rep.Verdict(), `unknown pm2 app "web", and app.ecosystem is not set`) || len(e.ev.all()) != 0 {
+	if rep.ExitCode != 1 || !strings.Contains(rep.Verdict(), `unknown pm2 app "web", and app.ecosystem is not set`) || !cmp.Equal(e.ev.all(), []string{"block (state: open=true step=reblock)"}) {
 		t.Fatalf("%v %s", e.ev.all(), rep.Verdict())
 	}
 	e.cfg.App.Ecosystem = "/srv/web/ecosystem.config.js"
@@ -190,7 +192,7 @@ func TestExitStartsAnAppPM2Forgot(t *testing.T) {
 	if rep.ExitCode != 0 {
 		t.Fatal(rep.Text())
 	}
-	if diff := cmp.Diff([]string{"start web from /srv/web/ecosystem.config.js", "unblock"}, e.ev.all()); diff != "" {
+	if diff := cmp.Diff([]string{"block (state: open=true step=reblock)", "start web from /srv/web/ecosystem.config.js", "unblock"}, e.ev.all()); diff != "" {
 		t.Fatal(diff)
 	}
 }
@@ -209,7 +211,7 @@ func TestExtrasStopInPreAndStartInExitInConfiguredOrder(t *testing.T) {
 	want := []string{
 		"block (state: open=true step=block)", "stop web (state: step=stop stopped=true)",
 		"systemctl stop node_exporter.service", "systemctl stop cron.service", "run [/usr/local/bin/cluster leave]",
-		"start web", "unblock",
+		"start web (known stopped)", "unblock",
 		"systemctl start node_exporter.service", "systemctl start cron.service", "run [/usr/local/bin/cluster join]",
 	}
 	if diff := cmp.Diff(want, e.ev.all()); diff != "" {
@@ -277,5 +279,31 @@ func TestReconcileReblocksAnOpenCycleOnly(t *testing.T) {
 	e.ev.log = nil
 	if rep = e.agent(t).Reconcile(context.Background(), RunOptions{}); rep.ExitCode != 0 || len(e.ev.all()) != 0 {
 		t.Fatalf("block in place: %v %s", e.ev.all(), rep.Verdict())
+	}
+}
+
+func TestExitMinUptimeCatchesALateCrash(t *testing.T) {
+	e := newTestEnv(t)
+	e.cfg.Exit.MinUptime = Duration(300 * time.Millisecond)
+	afterPre(t, e)
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		e.app.setProcs(func(ps []hooks.Process) { ps[0].Restarts++; ps[0].PID++ })
+	}()
+	start := time.Now()
+	rep := e.agent(t).Exit(context.Background(), RunOptions{})
+	if rep.ExitCode != 1 || !strings.Contains(rep.Verdict(), "node still out of service: web did not stay up for exit.min_uptime 300ms") {
+		t.Fatalf("exit %d: %s", rep.ExitCode, rep.Verdict())
+	}
+	if time.Since(start) > 290*time.Millisecond {
+		t.Fatalf("the late crash was found only after %s", time.Since(start))
+	}
+	// A stable app passes once up long enough.
+	e2 := newTestEnv(t)
+	e2.cfg.Exit.MinUptime = Duration(150 * time.Millisecond)
+	afterPre(t, e2)
+	start = time.Now()
+	if rep := e2.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 || time.Since(start) < 150*time.Millisecond {
+		t.Fatalf("stable app: exit %d after %s: %s", rep.ExitCode, time.Since(start), rep.Verdict())
 	}
 }

@@ -143,7 +143,7 @@ func (a *fakeApp) Start(ctx context.Context, app string) error {
 	}
 	for i := range a.procs {
 		if a.procs[i].Status != hooks.StatusOnline {
-			a.procs[i].Status, a.procs[i].PID = hooks.StatusOnline, os.Getpid()
+			a.procs[i].Status, a.procs[i].PID, a.procs[i].Started = hooks.StatusOnline, os.Getpid(), time.Now()
 		}
 	}
 	return nil
@@ -155,6 +155,32 @@ func (a *fakeApp) StartFrom(ctx context.Context, app, source string) error {
 	a.procs = []hooks.Process{{Name: app, PID: os.Getpid(), Status: hooks.StatusOnline}}
 	a.unknown = false
 	return nil
+}
+
+func (a *fakeApp) StartStopped(ctx context.Context, app string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.ev.add("start " + app + " (known stopped)")
+	for i := range a.procs {
+		a.procs[i].Status, a.procs[i].PID, a.procs[i].Started = hooks.StatusOnline, os.Getpid(), time.Now()
+	}
+	return nil
+}
+
+// PIDs plays pm2's pid files: the pid of each online instance.
+func (a *fakeApp) PIDs(app string, ids []int) map[int]int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[int]int{}
+	for _, id := range ids {
+		out[id] = 0
+		for _, p := range a.procs {
+			if p.ID == id && p.Status == hooks.StatusOnline {
+				out[id] = p.PID
+			}
+		}
+	}
+	return out
 }
 
 // fakeHealth answers probes from a script; the last answer repeats.
@@ -257,7 +283,7 @@ func (e *testEnv) agent(t *testing.T) *Agent {
 		State: e.state, Lock: e.lock, BootID: func() (string, error) { return e.boot, nil },
 	})
 	a.listenWait = 200 * time.Millisecond
-	a.stableEvery = 5 * time.Millisecond
+	a.stableEvery, a.pidEvery, a.settle = 5*time.Millisecond, time.Millisecond, 10*time.Millisecond
 	return a
 }
 

@@ -16,10 +16,13 @@ type phaseRun struct {
 	st   State
 	boot string
 	rep  *Report
+	// booted: the node rebooted since the state was written before this run.
+	booted bool
 }
 
-// rebooted reports whether the node booted since the state was last written.
-func (r *phaseRun) rebooted() bool { return r.st.BootID != "" && r.st.BootID != r.boot }
+// rebooted reports whether the node booted since the state was last written
+// before this phase started.
+func (r *phaseRun) rebooted() bool { return r.booted }
 
 // runPhase is the frame every phase runs in: one phase at a time on the node
 // (the lock, waited for a bounded time), the state file and boot id read
@@ -44,7 +47,8 @@ func (a *Agent) runPhase(ctx context.Context, name string, opt RunOptions, body 
 			return fmt.Errorf("nothing was changed: %w", err)
 		}
 		rep.CycleID = st.CycleID
-		return body(ctx, &phaseRun{name: name, opt: opt, st: st, boot: boot, rep: rep})
+		booted := st.BootID != "" && st.BootID != boot
+		return body(ctx, &phaseRun{name: name, opt: opt, st: st, boot: boot, rep: rep, booted: booted})
 	}()
 	if err != nil {
 		a.log.Error("phase failed", zap.String("phase", name), zap.Error(err))

@@ -79,6 +79,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 		LockWait:     5 * time.Second,
 		BootID:       func() (string, error) { return ReadBootID(cfg.Daemon.BootIDFile) },
 		Progress:     progress,
+		AfterSave:    afterSave,
 	}), nil
 }
 

@@ -399,3 +399,15 @@ func fwAssertStatus(t *testing.T, fw *Firewall, blocked, partial bool) {
 		t.Errorf("Status: Blocked=%v Partial=%v, want %v %v (%+v)", st.Blocked(), st.Partial(), blocked, partial, st)
 	}
 }
+
+func TestNewTablesFindsIptablesOutsidePATH(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	t.Setenv("PATH", "/nonexistent")
+	for _, f := range []Family{IPv4, IPv6} {
+		if _, err := NewTables(f, time.Second); err != nil {
+			t.Fatalf("%s with PATH=/nonexistent: %v", f, err)
+		}
+	}
+}

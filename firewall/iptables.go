@@ -3,6 +3,8 @@ package firewall
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -76,8 +78,19 @@ func NewTables(f Family, lockWait time.Duration) (Tables, error) {
 	default:
 		return nil, fmt.Errorf("setting up iptables: unknown family %q", f)
 	}
-	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(lockWaitSeconds(lockWait)))
+	wait := lockWaitSeconds(lockWait)
+	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(wait))
 	if err != nil {
+		// Hook callers may run with a PATH without the sbin directories:
+		// look where distributions install it.
+		for _, dir := range []string{"/usr/sbin", "/sbin"} {
+			p := filepath.Join(dir, f.Command())
+			if fi, serr := os.Stat(p); serr == nil && fi.Mode().IsRegular() {
+				if ipt, err2 := iptables.New(iptables.IPFamily(proto), iptables.Timeout(wait), iptables.Path(p)); err2 == nil {
+					return ipt, nil
+				}
+			}
+		}
 		return nil, fmt.Errorf("setting up %s (%s): %w", f.Command(), f, err)
 	}
 	return ipt, nil

@@ -751,3 +751,23 @@ func TestStartFrom(t *testing.T) {
 		}
 	})
 }
+
+func TestPIDsReadsPM2sPidFilesWithoutRunningPM2(t *testing.T) {
+	home := fakeDaemon(t)
+	if err := os.MkdirAll(filepath.Join(home, "pids"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	live := sleeper(t)
+	os.WriteFile(filepath.Join(home, "pids", "web-0.pid"), []byte(strconv.Itoa(live.Process.Pid)+"\n"), 0o644)
+	os.WriteFile(filepath.Join(home, "pids", "web-1.pid"), []byte("999999999"), 0o644) // dead
+	os.WriteFile(filepath.Join(home, "pids", "web-2.pid"), nil, 0o644)                 // emptied
+	f := &hookstest.FakeRunner{}
+	got := newPM2(t, f, home).PIDs("web", []int{0, 1, 2, 3})
+	want := map[int]int{0: live.Process.Pid, 1: 0, 2: 0, 3: 0}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Fatal(diff)
+	}
+	if len(f.Cmds()) != 0 {
+		t.Fatalf("ran pm2: %v", f.Argvs())
+	}
+}

@@ -46,7 +46,7 @@ const ssmPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
 
 // setupNode brings up the sandbox with the app online; the test ends with it
 // torn down.
-func setupNode(t *testing.T, prefix string, env map[string]string) *sandbox.Node {
+func setupNode(t testing.TB, prefix string, env map[string]string) *sandbox.Node {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -66,7 +66,7 @@ func setupNode(t *testing.T, prefix string, env map[string]string) *sandbox.Node
 
 // writeConfig writes a root-owned 0600 config for the sandbox's app with
 // extra YAML sections appended, and returns its path and the state dir.
-func writeConfig(t *testing.T, n *sandbox.Node, appName, extra string) (cfgPath, stateDir string) {
+func writeConfig(t testing.TB, n *sandbox.Node, appName, extra string) (cfgPath, stateDir string) {
 	t.Helper()
 	dir := t.TempDir()
 	stateDir = filepath.Join(dir, "state")
@@ -90,7 +90,7 @@ type result struct {
 
 // patchagent runs the binary inside the server netns as SSM would: root, no
 // HOME, SSM's minimal PATH, nothing else in the environment.
-func patchagent(t *testing.T, n *sandbox.Node, args ...string) result {
+func patchagent(t testing.TB, n *sandbox.Node, args ...string) result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -147,4 +148,30 @@ func tail(out []byte) string {
 		out = out[len(out)-max:]
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// runBounded runs cmd (e.g. from NetnsCommand) and returns its combined
+// output; it kills cmd when ctx ends and waits at most 5 s more for its
+// output.
+func runBounded(ctx context.Context, cmd *exec.Cmd) ([]byte, error) {
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	defer close(done)
+	go func() {
+		select {
+		case <-ctx.Done():
+			_ = cmd.Process.Kill()
+		case <-done:
+		}
+	}()
+	err := cmd.Wait()
+	if err != nil && ctx.Err() != nil {
+		err = fmt.Errorf("%w (%w)", err, ctx.Err())
+	}
+	return out.Bytes(), err
 }

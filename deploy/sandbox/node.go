@@ -104,11 +104,12 @@ func Attach(o Options) (*Node, error) {
 	return newNode(o)
 }
 
-// Setup builds the sandbox (or reuses what exists of it), starts the pm2
-// daemon as the app user inside the server netns, starts the app under pm2
-// unless it is online already, and waits until /health-check answers 200
-// from the client netns over IPv4 and IPv6. On failure it undoes what this
-// call created, in reverse order.
+// Setup builds the sandbox (or reuses what exists of it), writes a boot id
+// to BootIDPath if there is none, starts the pm2 daemon as the app user
+// inside the server netns, starts the app under pm2 unless it is online
+// already, waits until /health-check answers 200 from the client netns over
+// IPv4 and IPv6, and saves the pm2 dump (see StartApp). On failure it undoes
+// what this call created, in reverse order.
 func Setup(ctx context.Context, o Options) (_ *Node, err error) {
 	n, err := newNode(o)
 	if err != nil {
@@ -165,6 +166,9 @@ func Setup(ctx context.Context, o Options) (_ *Node, err error) {
 	}
 	if err := n.ensureFiles(&undo); err != nil {
 		return nil, err
+	}
+	if err := n.ensureBootID(); err != nil {
+		return nil, fmt.Errorf("setting up sandbox: %w", err)
 	}
 	if err := step("files"); err != nil {
 		return nil, err
@@ -444,7 +448,10 @@ func (n *Node) appEnv() []string {
 
 // StartApp starts the pm2 daemon (as the user, in the server netns) if it is
 // not running, starts the app unless it is online already (a `pm2 start` of
-// an online app would restart it), and waits until it is healthy.
+// an online app would restart it), and waits until it is healthy. Then, as
+// an operator does after `pm2 startup`, it runs `pm2 save` (if it started
+// the app or no dump exists) so that `pm2 resurrect` (Reboot) brings the app
+// back.
 func (n *Node) StartApp(ctx context.Context) error {
 	if _, err := n.PM2(ctx, "ping"); err != nil {
 		return fmt.Errorf("starting app: %w", err)
@@ -453,17 +460,32 @@ func (n *Node) StartApp(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("starting app: %w", err)
 	}
+	started := true
 	switch {
 	case !ok:
-		_, err = n.pm2(ctx, n.appEnv(), "start", filepath.Join(n.AppDir, "server.js"), "--name", n.Opts.AppName)
+		err = n.launchApp(ctx)
 	case info.Status != "online":
 		_, err = n.pm2(ctx, n.appEnv(), "restart", n.Opts.AppName, "--update-env")
+	default:
+		started = false
 	}
 	if err != nil {
 		return fmt.Errorf("starting app: %w", err)
 	}
-	return n.WaitHealthy(ctx, healthTimeout)
+	if err := n.WaitHealthy(ctx, healthTimeout); err != nil {
+		return fmt.Errorf("starting app: %w", err)
+	}
+	if _, err := os.Stat(n.DumpPath()); started || err != nil {
+		if _, err := n.PM2(ctx, "save"); err != nil {
+			return fmt.Errorf("starting app: %w", err)
+		}
+	}
+	return nil
 }
+
+// DumpPath is pm2's dump file (PM2Home/dump.pm2), written by `pm2 save` and
+// read by `pm2 resurrect`.
+func (n *Node) DumpPath() string { return filepath.Join(n.PM2Home, "dump.pm2") }
 
 // KillPM2 runs `pm2 kill` as the user, which stops the app and the daemon
 // (what a reboot does to pm2), and waits until the daemon is gone. It does
@@ -665,17 +687,26 @@ func (n *Node) Client(v6 bool) *http.Client {
 }
 
 // Health does one GET /health-check from the client netns and returns nil
-// on 200.
+// on 200. If the app env has TLS_CERT (see TLSEnv) it uses HTTPS and trusts
+// only that certificate.
 func (n *Node) Health(ctx context.Context, v6 bool) error {
 	ctx, cancel := context.WithTimeout(ctx, healthAttempt)
 	defer cancel()
 	u := n.URL("/health-check", v6)
+	tr := n.transport(v6, false)
+	defer tr.CloseIdleConnections()
+	if ca := n.Opts.Env["TLS_CERT"]; ca != "" {
+		u = n.HTTPSURL("/health-check", v6)
+		cfg, err := caConfig(ca)
+		if err != nil {
+			return fmt.Errorf("probing %s: %w", u, err)
+		}
+		tr.TLSClientConfig = cfg
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return fmt.Errorf("probing %s: %w", u, err)
 	}
-	tr := n.transport(v6, false)
-	defer tr.CloseIdleConnections()
 	resp, err := (&http.Client{Transport: tr}).Do(req)
 	if err != nil {
 		return fmt.Errorf("probing %s: %w", u, err)

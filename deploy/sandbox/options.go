@@ -52,7 +52,9 @@ type Options struct {
 	// PM2Dir is where the pinned pm2 is installed
 	// (default /var/lib/patchagent-sandbox/pm2).
 	PM2Dir string
-	// Env is extra environment for the app (e.g. KEEPALIVE_MS, FAIL_HEALTH).
+	// Env is extra environment for the app (e.g. KEEPALIVE_MS, HEALTH_MODE,
+	// START_DELAY_MS, CRASH_AFTER_MS, TLS_CERT/TLS_KEY: see app/server.js).
+	// SetAppEnv replaces it on a running sandbox.
 	Env map[string]string
 
 	// afterStep, when set (tests only), runs after each Setup step; an error

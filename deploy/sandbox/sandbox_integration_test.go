@@ -4,8 +4,11 @@ package sandbox
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/user"
@@ -379,4 +382,294 @@ func TestSetupFailureCleanup(t *testing.T) {
 			}
 		})
 	}
+}
+
+// once makes one fresh-connection GET of url from the client netns (no
+// redirects followed) with a 1 s timeout.
+func once(t *testing.T, n *Node, url string, cfg *tls.Config) Attempt {
+	t.Helper()
+	return n.attempt(t.Context(), url, strings.HasPrefix(url, "http://[") || strings.HasPrefix(url, "https://["),
+		ProbeOptions{Timeout: time.Second, TLS: cfg})
+}
+
+// waitAttempt repeats once until ok accepts the attempt, for at most 10 s.
+func waitAttempt(t *testing.T, n *Node, url string, cfg *tls.Config, what string, ok func(Attempt) bool) Attempt {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a := once(t, n, url, cfg)
+		if ok(a) {
+			return a
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no attempt matched within 10s; last %+v", what, a)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func setAppEnv(t *testing.T, n *Node, env map[string]string) {
+	t.Helper()
+	if err := n.SetAppEnv(t.Context(), env); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// iptablesBoth runs iptables and ip6tables with args in the server netns.
+func iptablesBoth(t *testing.T, n *Node, args ...string) {
+	t.Helper()
+	for _, bin := range []string{"iptables", "ip6tables"} {
+		if out, err := NetnsCommand(n.ServerNS, append([]string{bin, "-w", "5"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("%s %v in %s: %v: %s", bin, args, n.ServerNS, err, out)
+		}
+	}
+}
+
+func TestSandboxBadApps(t *testing.T) {
+	needRoot(t)
+	o := testOptions()
+	teardownNow(t, o)
+	n, err := Setup(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := maps.Clone(o.Env)
+	health := n.URL("/health-check", false)
+
+	t.Run("health modes", func(t *testing.T) {
+		setAppEnv(t, n, map[string]string{"HEALTH_MODE": "500"})
+		waitAttempt(t, n, health, nil, "500", func(a Attempt) bool { return a.Status == 500 })
+		setAppEnv(t, n, map[string]string{"HEALTH_MODE": "redirect"})
+		waitAttempt(t, n, n.URL("/health-check", true), nil, "redirect", func(a Attempt) bool { return a.Status == 302 })
+		c := n.Client(false)
+		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		c.Timeout = time.Second
+		if resp, err := c.Get(health); err != nil || resp.StatusCode != 302 || resp.Header.Get("Location") != "/elsewhere" {
+			t.Errorf("redirect: %v %v", resp, err)
+		} else {
+			resp.Body.Close()
+		}
+		c.CloseIdleConnections()
+		setAppEnv(t, n, map[string]string{"HEALTH_MODE": "hang"})
+		a := waitAttempt(t, n, health, nil, "hang", func(a Attempt) bool { return a.Connected && a.Status == 0 && !a.Refused })
+		if !strings.Contains(a.Err, "deadline exceeded") {
+			t.Errorf("hang: %+v, want a timeout", a)
+		}
+		// The root / still answers: only the health check hangs.
+		if a := once(t, n, n.URL("/", false), nil); a.Status != 200 {
+			t.Errorf("GET / with HEALTH_MODE=hang: %+v", a)
+		}
+		setAppEnv(t, n, map[string]string{"FAIL_HEALTH": "1"})
+		waitAttempt(t, n, health, nil, "FAIL_HEALTH", func(a Attempt) bool { return a.Status == 500 })
+		setAppEnv(t, n, base)
+		if err := n.WaitHealthy(t.Context(), 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if n.Opts.Env["HEALTH_MODE"] != "" || n.Opts.Env["KEEPALIVE_MS"] != "2000" {
+			t.Errorf("Opts.Env = %v", n.Opts.Env)
+		}
+	})
+
+	t.Run("start delay", func(t *testing.T) {
+		p := n.Probe(t.Context(), ProbeOptions{})
+		setAppEnv(t, n, map[string]string{"START_DELAY_MS": "1500"})
+		returned := time.Now()
+		if a := once(t, n, health, nil); !a.Refused {
+			t.Errorf("right after SetAppEnv: %+v, want refused", a)
+		}
+		if err := n.WaitHealthy(t.Context(), 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("healthy %s after SetAppEnv returned", time.Since(returned).Round(time.Millisecond))
+		// The probe saw: 200 (old app), then only refusals for at least the
+		// delay, then 200.
+		var firstRefused, lastRefused, firstOK time.Time
+		for _, a := range p.Stop() {
+			switch {
+			case a.Refused && firstOK.IsZero():
+				if firstRefused.IsZero() {
+					firstRefused = a.At
+				}
+				lastRefused = a.At
+			case a.OK() && !firstRefused.IsZero() && firstOK.IsZero():
+				firstOK = a.At
+			case !firstRefused.IsZero() && firstOK.IsZero():
+				t.Errorf("attempt during the restart neither refused nor 200: %+v", a)
+			}
+		}
+		if firstOK.IsZero() || lastRefused.Sub(firstRefused) < 1400*time.Millisecond {
+			t.Errorf("refused from %s to %s, first 200 at %s: want ≥1.5s refused", firstRefused, lastRefused, firstOK)
+		}
+	})
+
+	t.Run("crash loop", func(t *testing.T) {
+		setAppEnv(t, n, map[string]string{"CRASH_AFTER_MS": "1500"})
+		deadline := time.Now().Add(8 * time.Second)
+		online, first, last := false, -1, -1
+		for time.Now().Before(deadline) && (!online || last-first < 2) {
+			info, ok, err := n.App(t.Context())
+			if err != nil || !ok {
+				t.Fatalf("app: %+v %v %v", info, ok, err)
+			}
+			if first < 0 {
+				first = info.Restarts
+			}
+			last = info.Restarts
+			online = online || info.Status == "online"
+			if info.Status == "errored" {
+				t.Fatalf("app errored: %+v", info)
+			}
+		}
+		if !online || last-first < 2 {
+			t.Errorf("crash loop: online seen %v, restarts %d→%d", online, first, last)
+		}
+	})
+
+	t.Run("tls", func(t *testing.T) {
+		cert, err := n.WriteTLSCert("localhost", "127.0.0.1", "::1", n.ServerV4.String(), n.ServerV6.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		env := n.TLSEnv(cert)
+		env["KEEPALIVE_MS"] = "2000"
+		setAppEnv(t, n, env)
+		if err := n.WaitHealthy(t.Context(), 10*time.Second); err != nil { // over HTTPS
+			t.Fatal(err)
+		}
+		for _, v6 := range []bool{false, true} {
+			c, err := n.TLSClient(v6, cert)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			code, err := Get(ctx, c, n.HTTPSURL("/health-check", v6))
+			cancel()
+			c.CloseIdleConnections()
+			if err != nil || code != 200 {
+				t.Errorf("HTTPS v6=%v with the CA: %d %v", v6, code, err)
+			}
+		}
+		a := once(t, n, n.HTTPSURL("/health-check", false), &tls.Config{MinVersion: tls.VersionTLS12})
+		var unknown x509.UnknownAuthorityError
+		if a.Status != 0 || !strings.Contains(a.Err, "x509") {
+			t.Errorf("HTTPS without the CA: %+v, want an x509 error", a)
+		}
+		c := n.Client(false)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+		defer cancel()
+		if _, err := Get(ctx, c, n.HTTPSURL("/health-check", false)); !errors.As(err, &unknown) {
+			t.Errorf("HTTPS with system roots: %v, want x509.UnknownAuthorityError", err)
+		}
+		if st, err := os.Stat(env["TLS_KEY"]); err != nil || st.Mode().Perm() != 0o600 || st.Sys().(*syscall.Stat_t).Uid != n.UID {
+			t.Errorf("key file: %v %v", st, err)
+		}
+		setAppEnv(t, n, base)
+		if err := n.WaitHealthy(t.Context(), 10*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("probe sees the block", func(t *testing.T) {
+		p := n.Probe(t.Context(), ProbeOptions{V6: true})
+		time.Sleep(300 * time.Millisecond)
+		t0 := time.Now()
+		rule := []string{"INPUT", "-p", "tcp", "--dport", portString(n.Opts.Port), "--syn", "-j", "REJECT", "--reject-with", "tcp-reset"}
+		iptablesBoth(t, n, append([]string{"-I"}, rule...)...)
+		t1 := time.Now()
+		time.Sleep(300 * time.Millisecond)
+		t2 := time.Now()
+		iptablesBoth(t, n, append([]string{"-D"}, rule...)...)
+		t3 := time.Now()
+		time.Sleep(300 * time.Millisecond)
+		var counts [3]int
+		for _, a := range p.Stop() {
+			switch {
+			case a.At.Before(t0):
+				counts[0]++
+				if !a.OK() {
+					t.Errorf("before the block: %+v", a)
+				}
+			case a.At.After(t1) && a.At.Before(t2):
+				counts[1]++
+				if !a.Refused || a.Connected {
+					t.Errorf("during the block: %+v", a)
+				}
+			case a.At.After(t3):
+				counts[2]++
+				if !a.OK() {
+					t.Errorf("after the block: %+v", a)
+				}
+			}
+		}
+		t.Logf("attempts before/during/after: %v", counts)
+		if counts[0] < 4 || counts[1] < 4 || counts[2] < 4 {
+			t.Errorf("too few attempts before/during/after the block: %v", counts)
+		}
+	})
+
+	t.Run("reboot", func(t *testing.T) {
+		iptablesBoth(t, n, "-A", "INPUT", "-p", "tcp", "--dport", "9", "-j", "DROP")
+		iptablesBoth(t, n, "-N", "PA-SBT-TEST")
+		oldBoot, err := n.BootID()
+		if err != nil || len(oldBoot) != 36 {
+			t.Fatalf("boot id %q: %v", oldBoot, err)
+		}
+		oldDaemon, oldApp := n.DaemonPID(), appPID(t, n)
+		var seen struct {
+			called          bool
+			daemon, app     bool
+			rules, bootSame string
+		}
+		err = n.Reboot(t.Context(), func() error {
+			seen.called = true
+			daemons, _ := n.PM2Daemons()
+			seen.daemon = n.DaemonPID() != 0 || len(daemons) > 0
+			seen.app = procAlive(oldApp)
+			for _, v6 := range []bool{false, true} {
+				out, err := n.ServerFirewall(t.Context(), v6)
+				if err != nil {
+					return err
+				}
+				seen.rules += out
+			}
+			if id, _ := n.BootID(); id == oldBoot {
+				seen.bootSame = id
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !seen.called || seen.daemon || seen.app || seen.bootSame != "" {
+			t.Errorf("before pm2: %+v, want no daemon, no app, a new boot id", seen)
+		}
+		want := "-P INPUT ACCEPT\n-P FORWARD ACCEPT\n-P OUTPUT ACCEPT\n"
+		if seen.rules != want+want {
+			t.Errorf("before pm2, firewall of the server ns:\n%s\nwant only the policies", seen.rules)
+		}
+		if id, _ := n.BootID(); id == oldBoot || len(id) != 36 {
+			t.Errorf("boot id %q after reboot (was %q)", id, oldBoot)
+		}
+		if err := n.WaitHealthy(t.Context(), 20*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		info, ok, err := n.App(t.Context())
+		if err != nil || !ok || info.Status != "online" || info.PID == oldApp {
+			t.Errorf("app after reboot: %+v ok=%v err=%v (old pid %d)", info, ok, err, oldApp)
+		}
+		daemon := n.DaemonPID()
+		if uid, _ := procUID(daemon); daemon == 0 || daemon == oldDaemon || uid != n.UID {
+			t.Errorf("daemon after reboot: pid %d uid %d (old %d)", daemon, uid, oldDaemon)
+		}
+		if foreign, err := n.ForeignFiles(); err != nil || len(foreign) > 0 {
+			t.Errorf("files in PM2Home not owned by the app user: %v %v", foreign, err)
+		}
+		wantErr := errors.New("injected")
+		if err := n.Reboot(t.Context(), func() error { return wantErr }); !errors.Is(err, wantErr) {
+			t.Errorf("Reboot with a failing beforePM2 = %v", err)
+		}
+		if n.DaemonPID() != 0 {
+			t.Error("pm2 started although beforePM2 failed")
+		}
+	})
 }

@@ -1,6 +1,13 @@
 package sandbox
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/tls"
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -174,5 +181,84 @@ func TestPatchagentConfig(t *testing.T) {
 		"traffic:\n  ports: [8443]\ndaemon:\n  state_dir: /st\ndrain:\n  idle: 1s\n"
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("PatchagentConfig (-want +got):\n%s", diff)
+	}
+}
+
+func TestWriteTLSCert(t *testing.T) {
+	n := &Node{Opts: Options{Dir: t.TempDir()}, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), userKnown: true}
+	certPath, err := n.WriteTLSCert("localhost", "127.0.0.1", "::1", "192.0.2.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := n.TLSEnv(certPath)
+	want := map[string]string{"TLS_CERT": filepath.Join(n.Opts.Dir, "tls-cert.pem"), "TLS_KEY": filepath.Join(n.Opts.Dir, "tls-key.pem")}
+	if diff := cmp.Diff(want, env); diff != "" {
+		t.Errorf("TLSEnv (-want +got):\n%s", diff)
+	}
+	if st, err := os.Stat(env["TLS_KEY"]); err != nil || st.Mode().Perm() != 0o600 {
+		t.Errorf("key mode: %v %v", st, err)
+	}
+	pair, err := tls.LoadX509KeyPair(env["TLS_CERT"], env["TLS_KEY"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k, ok := cert.PublicKey.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
+		t.Errorf("public key %T, want ECDSA P-256", cert.PublicKey)
+	}
+	if d := cert.NotAfter.Sub(cert.NotBefore); d < 23*time.Hour || d > 25*time.Hour {
+		t.Errorf("validity %s, want a day", d)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	for _, h := range []string{"localhost", "127.0.0.1", "::1", "192.0.2.1"} {
+		if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, DNSName: h}); err != nil {
+			t.Errorf("verify %s: %v", h, err)
+		}
+	}
+	if _, err := cert.Verify(x509.VerifyOptions{Roots: pool, DNSName: "192.0.2.2"}); err == nil {
+		t.Error("cert valid for a host not in its SANs")
+	}
+	if _, err := n.WriteTLSCert(); err == nil {
+		t.Error("WriteTLSCert() with no hosts succeeded")
+	}
+}
+
+func TestBootID(t *testing.T) {
+	n := &Node{Opts: Options{Dir: t.TempDir()}}
+	if got, want := n.BootIDPath(), filepath.Join(n.Opts.Dir, "boot_id"); got != want {
+		t.Errorf("BootIDPath() = %q, want %q", got, want)
+	}
+	if err := n.ensureBootID(); err != nil {
+		t.Fatal(err)
+	}
+	id, err := n.BootID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`).MatchString(id) {
+		t.Errorf("boot id %q is not a v4 UUID", id)
+	}
+	if err := n.ensureBootID(); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := n.BootID(); again != id {
+		t.Errorf("ensureBootID replaced %q with %q", id, again)
+	}
+	if err := n.writeBootID(); err != nil {
+		t.Fatal(err)
+	}
+	if fresh, _ := n.BootID(); fresh == id {
+		t.Error("writeBootID kept the old id")
+	}
+}
+
+func TestHTTPSURL(t *testing.T) {
+	n, _ := Attach(Options{Port: 8443})
+	if got, want := n.HTTPSURL("/health-check", true), "https://[fd70:7061::1]:8443/health-check"; got != want {
+		t.Errorf("HTTPSURL = %q, want %q", got, want)
 	}
 }

@@ -1,24 +1,74 @@
 'use strict';
-// Sample app for the patchagent sandbox: plain HTTP, dual stack, graceful stop.
+// Sample app for the patchagent sandbox: HTTP (or HTTPS), dual stack,
+// graceful stop, and a few ways to misbehave for the tests.
 //
-// Env: PORT (default 443), KEEPALIVE_MS (default 5000, Node's own default),
-// FAIL_HEALTH=1 makes /health-check answer 500.
+// Env, read once at start:
+//   PORT            listen port (default 443)
+//   KEEPALIVE_MS    keep-alive timeout (default 5000, Node's own default)
+//   HEALTH_MODE     what /health-check does: ok (default, 200) | 500 |
+//                   hang (never answers, the socket stays open) |
+//                   redirect (302 to /elsewhere)
+//   FAIL_HEALTH=1   alias of HEALTH_MODE=500 (HEALTH_MODE wins if both are set)
+//   START_DELAY_MS  wait this long before listening (connections are refused
+//                   meanwhile; default 0)
+//   CRASH_AFTER_MS  exit with code 1 this long after listening (default: never)
+//   TLS_CERT, TLS_KEY  PEM paths: serve HTTPS instead of HTTP on the same port
+const fs = require('fs');
 const http = require('http');
+const https = require('https');
+
+function fatal(msg) {
+  console.error(msg);
+  process.exit(2);
+}
+
+function msEnv(name) {
+  const v = process.env[name];
+  if (v === undefined || v === '') return 0;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) fatal(`${name}=${JSON.stringify(v)}: want a whole number of ms`);
+  return n;
+}
 
 const port = Number(process.env.PORT || 443);
 const keepAliveMs = Number(process.env.KEEPALIVE_MS || 5000);
-const failHealth = process.env.FAIL_HEALTH === '1';
+const healthMode = process.env.HEALTH_MODE || (process.env.FAIL_HEALTH === '1' ? '500' : 'ok');
+if (!['ok', '500', 'hang', 'redirect'].includes(healthMode)) {
+  fatal(`HEALTH_MODE=${JSON.stringify(healthMode)}: want ok, 500, hang or redirect`);
+}
+const startDelayMs = msEnv('START_DELAY_MS');
+const crashAfterMs = msEnv('CRASH_AFTER_MS');
+const tlsCert = process.env.TLS_CERT || '';
+const tlsKey = process.env.TLS_KEY || '';
+if ((tlsCert === '') !== (tlsKey === '')) fatal('TLS_CERT and TLS_KEY must be set together');
 const maxSlowMs = 600000;
 
 let inFlight = 0;
 let closing = false;
+// Requests held open by HEALTH_MODE=hang; destroyed on shutdown.
+const hanging = new Set();
 
-function reply(res, code, body) {
-  res.writeHead(code, { 'Content-Type': 'text/plain; charset=utf-8' });
+function reply(res, code, body, headers) {
+  res.writeHead(code, Object.assign({ 'Content-Type': 'text/plain; charset=utf-8' }, headers || {}));
   res.end(body + '\n');
 }
 
-const server = http.createServer((req, res) => {
+function health(res) {
+  switch (healthMode) {
+    case '500':
+      return reply(res, 500, 'unhealthy');
+    case 'redirect':
+      return reply(res, 302, 'moved', { Location: '/elsewhere' });
+    case 'hang':
+      hanging.add(res);
+      res.on('close', () => hanging.delete(res));
+      return;
+    default:
+      return reply(res, 200, 'ok');
+  }
+}
+
+function handler(req, res) {
   inFlight++;
   res.on('close', () => {
     inFlight--;
@@ -32,7 +82,7 @@ const server = http.createServer((req, res) => {
   }
   switch (url.pathname) {
     case '/health-check':
-      return failHealth ? reply(res, 500, 'unhealthy') : reply(res, 200, 'ok');
+      return health(res);
     case '/':
       return reply(res, 200, `patchagent sample app pid=${process.pid}`);
     case '/slow': {
@@ -46,13 +96,30 @@ const server = http.createServer((req, res) => {
     default:
       return reply(res, 404, 'not found');
   }
-});
+}
+
+let server;
+if (tlsCert !== '') {
+  let opts;
+  try {
+    opts = { cert: fs.readFileSync(tlsCert), key: fs.readFileSync(tlsKey) };
+  } catch (err) {
+    fatal(`reading TLS_CERT/TLS_KEY: ${err.message}`);
+  }
+  server = https.createServer(opts, handler);
+} else {
+  server = http.createServer(handler);
+}
 server.keepAliveTimeout = keepAliveMs;
 
+let listening = false;
 function shutdown(sig) {
   if (closing) return;
   closing = true;
   console.log(`${sig}: closing, ${inFlight} request(s) in flight`);
+  if (!listening) process.exit(0);
+  // A hanging health check would hold server.close() forever.
+  for (const res of hanging) res.destroy();
   // Stop accepting; exit once every connection is gone (Node >= 19 closes
   // idle keep-alive sockets in close(), in-flight requests finish first).
   server.close(() => process.exit(0));
@@ -65,6 +132,25 @@ server.on('error', (err) => {
   console.error(`listen on [::]:${port}: ${err.message}`);
   process.exit(1);
 });
-server.listen({ port, host: '::', ipv6Only: false }, () => {
-  console.log(`listening on [::]:${port} pid=${process.pid} keepAliveTimeout=${keepAliveMs}ms`);
-});
+
+function listen() {
+  if (closing) return;
+  server.listen({ port, host: '::', ipv6Only: false }, () => {
+    listening = true;
+    console.log(`listening on [::]:${port} pid=${process.pid} ${tlsCert ? 'https' : 'http'} ` +
+      `keepAliveTimeout=${keepAliveMs}ms health=${healthMode}`);
+    if (crashAfterMs > 0) {
+      setTimeout(() => {
+        console.error(`CRASH_AFTER_MS=${crashAfterMs}: exiting with code 1`);
+        process.exit(1);
+      }, crashAfterMs);
+    }
+  });
+}
+
+if (startDelayMs > 0) {
+  console.log(`START_DELAY_MS=${startDelayMs}: not listening yet`);
+  setTimeout(listen, startDelayMs);
+} else {
+  listen();
+}
