@@ -48,9 +48,11 @@ test: setup lint unit integration fuzz
 demo: setup build
 	$(GO) run ./deploy/demo -patchagent $(BIN)
 
-# Side-by-side figures (sock_diag vs ss vs /proc at 40,000 sockets).
+# Side-by-side figures: sock_diag vs ss vs /proc at 40,000 sockets; the app's
+# own start-to-healthy time vs exit's start-to-service time on the sandbox.
 bench: setup
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 20x -timeout 20m ./firewall/
+	$(GO) test -tags integration -run '^$$' -bench . -benchtime 5x -timeout 20m ./deploy/e2e/
 
 clean:
 	rm -rf bin .cache

@@ -94,6 +94,8 @@ type HealthConfig struct {
 	ExpectStatus []StatusRange `yaml:"expect_status"`
 	// A substring the body must contain (default none).
 	ExpectBody string `yaml:"expect_body"`
+	// Follow redirects (at most 5) instead of failing on a 3xx (default false).
+	FollowRedirects bool `yaml:"follow_redirects"`
 	// Pause between attempts (default 250ms).
 	Interval Duration `yaml:"interval"`
 	// Give up after this long (default 2m).

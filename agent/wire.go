@@ -57,7 +57,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	hc, err := healthcheck.NewHTTP(healthcheck.HTTPOptions{
 		URL: cfg.Health.URL, Timeout: cfg.Health.Timeout.D(), Insecure: cfg.Health.Insecure, CAFile: cfg.Health.CAFile,
 		Host: cfg.Health.Host, UserAgent: cfg.Health.UserAgent, ExpectStatus: statusRanges(cfg.Health.ExpectStatus),
-		ExpectBody: cfg.Health.ExpectBody,
+		ExpectBody: cfg.Health.ExpectBody, FollowRedirects: cfg.Health.FollowRedirects,
 	})
 	if err != nil {
 		return nil, configError(fmt.Errorf("health: %w", err))

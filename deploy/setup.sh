@@ -20,6 +20,7 @@ command -v ss >/dev/null 2>&1 || need="$need iproute2"
 command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
 command -v git >/dev/null 2>&1 || need="$need git"
+command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 if [ -n "$need" ]; then
 	echo "setup: installing$need"
 	apt-get update -qq
