@@ -37,7 +37,7 @@ unit:
 # Real iptables in namespaces the tests create, a real Node.js app under real
 # pm2, real sockets. Packages run one at a time: they share the machine's CPU.
 integration:
-	$(GO) test -tags integration -count=1 -p 1 -timeout 20m ./...
+	PATCHAGENT_E2E=1 $(GO) test -tags integration -count=1 -p 1 -timeout 25m ./...
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./agent/

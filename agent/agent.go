@@ -69,8 +69,10 @@ type Deps struct {
 	HealthName   string
 	Units        Units
 	Commands     Commands
-	State        *StateStore
-	Lock         *PhaseLock
+	// Packages updates the app's dependencies (nil when app.dir is unset).
+	Packages Packages
+	State    *StateStore
+	Lock     *PhaseLock
 	// LockWait is how long a phase waits for another to finish (default 0).
 	LockWait time.Duration
 	// BootID returns the current boot id.

@@ -46,6 +46,8 @@ type AppConfig struct {
 	PM2 string `yaml:"pm2"`
 	// The app user's PM2_HOME (default: <home of user>/.pm2).
 	PM2Home string `yaml:"pm2_home"`
+	// The npm executable post runs (default: next to the node pm2 uses, else /usr/bin/npm).
+	NPM string `yaml:"npm"`
 	// How to start the app when pm2 no longer knows it (default none).
 	Ecosystem string `yaml:"ecosystem"`
 }
@@ -118,6 +120,8 @@ type ExitConfig struct {
 // PostConfig configures the post-install phase.
 type PostConfig struct {
 	NPM NPMConfig `yaml:"npm"`
+	// Snapshots of the dependency tree kept, one per cycle (default 3).
+	KeepSnapshots int `yaml:"keep_snapshots"`
 }
 
 // NPMConfig configures the dependency update of post.
@@ -128,6 +132,11 @@ type NPMConfig struct {
 	Major bool `yaml:"major"`
 	// Deadline of the whole update (default 15m).
 	Timeout Duration `yaml:"timeout"`
+	// npm's per-request timeout (default 30s; npm's own 5m makes a silent
+	// registry hang the update for 15 minutes and more).
+	FetchTimeout Duration `yaml:"fetch_timeout"`
+	// npm's retries of a failed request (default 1).
+	FetchRetries int `yaml:"fetch_retries"`
 }
 
 // StepsConfig holds the tutorial's "other scenarios".
@@ -175,7 +184,10 @@ func DefaultConfig() Config {
 			Successes:    1,
 		},
 		Exit: ExitConfig{OnFailure: "keep_blocked", Rollback: true},
-		Post: PostConfig{NPM: NPMConfig{Enabled: true, Timeout: Duration(15 * time.Minute)}},
+		Post: PostConfig{
+			NPM:           NPMConfig{Enabled: true, Timeout: Duration(15 * time.Minute), FetchTimeout: Duration(30 * time.Second), FetchRetries: 1},
+			KeepSnapshots: 3,
+		},
 		Steps: StepsConfig{
 			StopUnits: []string{}, PreCommands: [][]string{}, ExitCommands: [][]string{},
 		},
@@ -565,7 +577,7 @@ func (c Config) Validate() []Problem {
 	if c.App.User != "" && (strings.ContainsAny(c.App.User, " \t\n/:") || strings.HasPrefix(c.App.User, "-")) {
 		bad("app.user", "%q is not a user name", c.App.User)
 	}
-	for key, p := range map[string]string{"app.dir": c.App.Dir, "app.pm2": c.App.PM2, "app.pm2_home": c.App.PM2Home, "app.ecosystem": c.App.Ecosystem, "health.ca_file": c.Health.CAFile} {
+	for key, p := range map[string]string{"app.dir": c.App.Dir, "app.pm2": c.App.PM2, "app.pm2_home": c.App.PM2Home, "app.npm": c.App.NPM, "app.ecosystem": c.App.Ecosystem, "health.ca_file": c.Health.CAFile} {
 		if p != "" && !strings.HasPrefix(p, "/") {
 			bad(key, "%q must be an absolute path", p)
 		}
@@ -626,6 +638,16 @@ func (c Config) Validate() []Problem {
 		bad("exit.min_uptime", "%s is longer than health.deadline %s", c.Exit.MinUptime, c.Health.Deadline)
 	}
 	positive("post.npm.timeout", c.Post.NPM.Timeout)
+	positive("post.npm.fetch_timeout", c.Post.NPM.FetchTimeout)
+	if c.Post.NPM.FetchTimeout > c.Post.NPM.Timeout {
+		bad("post.npm.fetch_timeout", "%s is longer than post.npm.timeout %s", c.Post.NPM.FetchTimeout, c.Post.NPM.Timeout)
+	}
+	if c.Post.NPM.FetchRetries < 0 || c.Post.NPM.FetchRetries > 10 {
+		bad("post.npm.fetch_retries", "%d: want 0 to 10", c.Post.NPM.FetchRetries)
+	}
+	if c.Post.KeepSnapshots < 1 || c.Post.KeepSnapshots > 100 {
+		bad("post.keep_snapshots", "%d: want 1 to 100 (the open cycle's snapshot is always kept)", c.Post.KeepSnapshots)
+	}
 	for i, u := range c.Steps.StopUnits {
 		if u == "" || strings.ContainsAny(u, " \t\n/") || strings.HasPrefix(u, "-") {
 			bad(fmt.Sprintf("steps.stop_units[%d]", i), "%q is not a systemd unit name", u)

@@ -82,7 +82,7 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 	}{
 		{"empty file", "", []string{"app.name: required"}},
 		{"unknown top-level key", "app: {name: a}\nfirewal: {}\n", []string{"c.yaml:line 2: firewal: unknown key"}},
-		{"unknown nested key", "app:\n  name: a\n  nmae: b\n", []string{"line 3: app.nmae: unknown key (known keys: dir, ecosystem, name, pm2, pm2_home, user)"}},
+		{"unknown nested key", "app:\n  name: a\n  nmae: b\n", []string{"line 3: app.nmae: unknown key (known keys: dir, ecosystem, name, npm, pm2, pm2_home, user)"}},
 		{"wrong type int", "app: {name: a}\ntraffic:\n  ports: [https]\n", []string{"line 3: traffic.ports[0]: want an integer, got the string \"https\""}},
 		{"scalar for list", "app: {name: a}\ntraffic:\n  ports: 443\n", []string{"line 3: traffic.ports: want a list, got the number 443"}},
 		{"number for string", "app:\n  name: 123\n", []string{"line 2: app.name: want a string, got the number 123 (quote it)"}},

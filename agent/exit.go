@@ -92,6 +92,9 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 	started, ids, err := a.startApp(ctx, r)
 	if err != nil {
 		rep.addStep("start", ResultFailed, time.Since(t), "")
+		if rerr, done := a.tryRollback(ctx, r, err); done {
+			return rerr
+		}
 		return a.exitFailed(ctx, r, err)
 	}
 	rep.addStep("start", ResultOK, time.Since(t), started)
@@ -106,6 +109,9 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 	out, err := a.waitHealthyAndStable(ctx, ids)
 	if err != nil {
 		rep.addStep("health", ResultFailed, time.Since(t), "")
+		if rerr, done := a.tryRollback(ctx, r, err); done {
+			return rerr
+		}
 		return a.exitFailed(ctx, r, err)
 	}
 	healthy := fmt.Sprintf("healthy after %d attempt(s) in %s", out.Attempts, out.Elapsed.Round(10*time.Millisecond))

@@ -190,6 +190,8 @@ type fakeHealth struct {
 	n       int
 	// onProbe runs before each answer (e.g. to make the app crash).
 	onProbe func(n int)
+	// dynamic, if set, answers instead of the script.
+	dynamic func() healthcheck.Result
 }
 
 func (h *fakeHealth) Probe(ctx context.Context) (healthcheck.Result, error) {
@@ -198,6 +200,9 @@ func (h *fakeHealth) Probe(ctx context.Context) (healthcheck.Result, error) {
 	h.n++
 	if h.onProbe != nil {
 		h.onProbe(h.n)
+	}
+	if h.dynamic != nil {
+		return h.dynamic(), nil
 	}
 	return h.answers[min(h.n, len(h.answers))-1], nil
 }
@@ -250,9 +255,13 @@ type testEnv struct {
 	conns  *fakeConns
 	app    *fakeApp
 	health *fakeHealth
-	state  *StateStore
-	lock   *PhaseLock
-	boot   string
+	pkgs   *fakePackages
+	// crashAt makes the agent panic right after recording this step, as a
+	// SIGKILL there would stop it.
+	crashAt string
+	state   *StateStore
+	lock    *PhaseLock
+	boot    string
 }
 
 func newTestEnv(t *testing.T) *testEnv {
@@ -282,6 +291,14 @@ func (e *testEnv) agent(t *testing.T) *Agent {
 		Units:        &fakeUnits{ev: e.ev}, Commands: &fakeCommands{ev: e.ev},
 		State: e.state, Lock: e.lock, BootID: func() (string, error) { return e.boot, nil },
 	})
+	if e.pkgs != nil {
+		a.d.Packages = e.pkgs
+	}
+	a.d.AfterSave = func(step string) {
+		if e.crashAt != "" && step == e.crashAt {
+			panic("killed after recording " + step)
+		}
+	}
 	a.listenWait = 200 * time.Millisecond
 	a.stableEvery, a.pidEvery, a.settle = 5*time.Millisecond, time.Millisecond, 10*time.Millisecond
 	return a

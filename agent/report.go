@@ -41,7 +41,9 @@ type Report struct {
 	Warnings []string     `json:"warnings,omitempty"`
 	Steps    []StepReport `json:"steps"`
 	// Plan lists what a dry run would do.
-	Plan      []string `json:"plan,omitempty"`
+	Plan []string `json:"plan,omitempty"`
+	// Changes lists the dependencies post changed.
+	Changes   []string `json:"changes,omitempty"`
 	CycleID   string   `json:"cycle_id,omitempty"`
 	StatePath string   `json:"state_file,omitempty"`
 }
@@ -120,6 +122,9 @@ func (r *Report) Text() string {
 	}
 	for _, p := range r.Plan {
 		rest = append(rest, "  would: "+p)
+	}
+	for _, c := range r.Changes {
+		rest = append(rest, "  changed: "+c)
 	}
 	if r.StatePath != "" {
 		rest = append(rest, fmt.Sprintf("state: %s (cycle %s)", r.StatePath, orNone(r.CycleID)))

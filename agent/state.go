@@ -45,6 +45,8 @@ type State struct {
 	Block *BlockRecord `json:"block,omitempty"`
 	// Stopped is the app pre set out to stop (written before pm2 stop).
 	Stopped *StopRecord `json:"stopped,omitempty"`
+	// Post is this cycle's dependency update (written before the snapshot).
+	Post *PostRecord `json:"post,omitempty"`
 	// Warnings of the last phase run.
 	Warnings []string `json:"warnings,omitempty"`
 
@@ -79,6 +81,23 @@ type StopRecord struct {
 	// across a reboot.
 	BootID string    `json:"boot_id,omitempty"`
 	At     time.Time `json:"at"`
+}
+
+// PostRecord describes post's dependency update, so that a crash can be
+// undone and exit can roll the update back.
+type PostRecord struct {
+	CycleID string `json:"cycle_id"`
+	// Snapshot is where the dependency tree was saved before the update.
+	Snapshot string `json:"snapshot"`
+	// Taken: the snapshot is complete (a crash before this leaves nothing
+	// to restore and nothing changed).
+	Taken bool `json:"taken"`
+	// Status: running (the update may be half done), ok, failed (restored).
+	Status string `json:"status"`
+	// Changes lists "name old -> new", "+ name new", "- name old".
+	Changes []string `json:"changes,omitempty"`
+	// RolledBack: exit restored the snapshot.
+	RolledBack bool `json:"rolled_back,omitempty"`
 }
 
 // StateStore reads and atomically writes the state file.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -63,6 +64,13 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 		return nil, configError(fmt.Errorf("health: %w", err))
 	}
 	run := &hooks.ExecRunner{}
+	var pkgs Packages
+	if cfg.App.Dir != "" {
+		pkgs = &npmPackages{dir: cfg.App.Dir, npm: hooks.NewNPM(log, run, hooks.NPMConfig{
+			Bin: cfg.App.NPM, User: u, Dir: cfg.App.Dir, Path: path, AllowRoot: u.UID == 0,
+			FetchTimeout: cfg.Post.NPM.FetchTimeout.D(), FetchRetries: cfg.Post.NPM.FetchRetries,
+		})}
+	}
 	return New(cfg, Deps{
 		Log:          log,
 		Firewall:     fw,
@@ -74,6 +82,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 		HealthName:   "health-check " + hc.String(),
 		Units:        hooks.NewUnits(log, run, "", 0),
 		Commands:     hooks.NewCommands(log, run, 0),
+		Packages:     pkgs,
 		State:        NewStateStore(cfg.Daemon.StateDir),
 		Lock:         NewPhaseLock(cfg.Daemon.StateDir),
 		LockWait:     5 * time.Second,
@@ -81,6 +90,38 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 		Progress:     progress,
 		AfterSave:    afterSave,
 	}), nil
+}
+
+// npmPackages is Packages for an npm app: hooks.NPM and hooks' snapshots.
+type npmPackages struct {
+	dir string
+	npm *hooks.NPM
+}
+
+func (p *npmPackages) Check(ctx context.Context) error  { return p.npm.Check(ctx) }
+func (p *npmPackages) Update(ctx context.Context) error { return p.npm.Update(ctx) }
+func (p *npmPackages) UpgradeMajor(ctx context.Context) ([]string, error) {
+	return p.npm.UpgradeMajor(ctx)
+}
+
+func (p *npmPackages) Lockfile() ([]byte, error) {
+	return os.ReadFile(filepath.Join(p.dir, "package-lock.json"))
+}
+
+func (p *npmPackages) Snapshot(dst string) (SnapshotInfo, error) {
+	_, st, err := hooks.TakeSnapshot(p.dir, dst)
+	if err != nil {
+		return SnapshotInfo{}, err
+	}
+	return SnapshotInfo{Files: st.Files, Bytes: st.Bytes, Copied: st.Copied, Hardlinked: st.Hardlinked, Took: st.Took}, nil
+}
+
+func (p *npmPackages) Restore(snapshot string) error {
+	return hooks.Snapshot{Dir: snapshot, App: p.dir}.Restore()
+}
+
+func (p *npmPackages) Prune(root string, keep int) (int, int64, error) {
+	return hooks.PruneSnapshots(root, keep)
 }
 
 func statusRanges(rs []StatusRange) []healthcheck.StatusRange {

@@ -20,7 +20,7 @@ const usage = `usage: patchagent <command> [flags]
 
 Hook commands (called by the SSM patch hook documents):
   pre           block new connections, drain, stop the app
-  post          update the app's dependencies (not built yet)
+  post          snapshot and update the app's dependencies (npm update)
   exit          start the app, wait until healthy, unblock
 
 Boot step (run before the app's pm2 service, e.g. from a oneshot unit):
@@ -50,9 +50,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
-	case "pre", "exit", "reconcile":
+	case "pre", "post", "exit", "reconcile":
 		return runPhase(ctx, cmd, rest, stdout, stderr)
-	case "post", "daemon", "status":
+	case "daemon", "status":
 		fmt.Fprintf(stderr, "patchagent %s: not built yet in this version (%s); nothing was done\n", cmd, version)
 		return agent.ExitUsage
 	case "check-config":
@@ -118,7 +118,7 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 		}
 		return report(stdout, f.output, failedBeforeStart(phase, err, code))
 	}
-	phases := map[string]func(context.Context, agent.RunOptions) *agent.Report{"pre": a.Pre, "exit": a.Exit, "reconcile": a.Reconcile}
+	phases := map[string]func(context.Context, agent.RunOptions) *agent.Report{"pre": a.Pre, "post": a.Post, "exit": a.Exit, "reconcile": a.Reconcile}
 	return report(stdout, f.output, phases[phase](ctx, agent.RunOptions{DryRun: f.dryRun}))
 }
 

@@ -1,0 +1,260 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/patchagent/patchagent/hooks"
+)
+
+// Packages updates the app's dependencies and keeps snapshots of them
+// (npm: see wire.go).
+type Packages interface {
+	// Check is a read-only preflight (package.json, lockfile in sync, npm).
+	Check(ctx context.Context) error
+	Update(ctx context.Context) error
+	// UpgradeMajor moves declared ranges across major versions and installs.
+	UpgradeMajor(ctx context.Context) ([]string, error)
+	// Lockfile returns the app's package-lock.json.
+	Lockfile() ([]byte, error)
+	// Snapshot saves the dependency state into dst; Restore puts it back.
+	Snapshot(dst string) (SnapshotInfo, error)
+	Restore(snapshot string) error
+	// Prune keeps the newest keep snapshots under root.
+	Prune(root string, keep int) (removed int, freed int64, err error)
+}
+
+// SnapshotInfo says what a snapshot cost.
+type SnapshotInfo struct {
+	Files      int
+	Bytes      int64 // logical size
+	Copied     int64 // bytes actually copied (0 when hardlinked)
+	Hardlinked bool
+	Took       time.Duration
+}
+
+// Post updates the app's dependencies while the node is out of service,
+// after a snapshot that restores them exactly if the update fails or, later,
+// if exit finds the app unhealthy.
+func (a *Agent) Post(ctx context.Context, opt RunOptions) *Report {
+	return a.runPhase(ctx, "post", opt, a.post)
+}
+
+func (a *Agent) snapshotRoot() string { return filepath.Join(a.cfg.Daemon.StateDir, "snapshots") }
+
+func (a *Agent) post(ctx context.Context, r *phaseRun) error {
+	rep := r.rep
+	if !a.cfg.Post.NPM.Enabled {
+		rep.Summary = append(rep.Summary, "nothing to do: post.npm.enabled is false")
+		return nil
+	}
+	if a.cfg.App.Dir == "" || a.d.Packages == nil {
+		return configError(errors.New("app.dir is not set: post updates the dependencies of the app in app.dir; nothing changed"))
+	}
+	if !r.st.Open {
+		return errors.New("no patch cycle open: pre takes the node out of service before post changes its dependencies; nothing changed")
+	}
+	pr := r.st.Post
+	if pr != nil && pr.CycleID != r.st.CycleID {
+		pr = nil
+	}
+	if pr != nil && pr.Status == StatusOK {
+		rep.Summary = append(rep.Summary, fmt.Sprintf("already done in this cycle: %s", changeCount(len(pr.Changes))))
+		rep.Changes = pr.Changes
+		return nil
+	}
+
+	t := time.Now()
+	if err := a.d.Packages.Check(ctx); err != nil {
+		rep.addStep("check", ResultFailed, time.Since(t), "")
+		return fmt.Errorf("nothing changed: %w", err)
+	}
+	rep.addStep("check", ResultOK, time.Since(t), fmt.Sprintf("%s: package.json and lockfile in sync", a.cfg.App.Dir))
+	snap := filepath.Join(a.snapshotRoot(), r.st.CycleID)
+	if r.opt.DryRun {
+		rep.Result = ResultDryRun
+		if pr != nil && pr.Taken {
+			rep.Plan = append(rep.Plan, "restore "+pr.Snapshot+" (a previous post died during the update)")
+		} else {
+			rep.Plan = append(rep.Plan, fmt.Sprintf("snapshot package.json, package-lock.json and node_modules of %s into %s", a.cfg.App.Dir, snap))
+		}
+		if a.cfg.Post.NPM.Major {
+			rep.Plan = append(rep.Plan, fmt.Sprintf("as user %s: raise every dependency to its latest major (as npm-check-updates), npm install", a.d.AppUser))
+		}
+		rep.Plan = append(rep.Plan, fmt.Sprintf("as user %s: npm update in %s (deadline %s, fetch timeout %s), report the changes; restore the snapshot on failure",
+			a.d.AppUser, a.cfg.App.Dir, a.cfg.Post.NPM.Timeout, a.cfg.Post.NPM.FetchTimeout))
+		return nil
+	}
+
+	a.begin(r)
+	// A post that died during the update left a half-installed tree: put
+	// the snapshot back before anything else.
+	if pr != nil && pr.Taken {
+		if err := a.save(&r.st, "restore"); err != nil {
+			return err
+		}
+		t = time.Now()
+		if err := a.d.Packages.Restore(pr.Snapshot); err != nil {
+			rep.addStep("restore", ResultFailed, time.Since(t), "")
+			a.failed(r, err)
+			return fmt.Errorf("restoring the dependencies a killed post left half-updated from %s: %w", pr.Snapshot, err)
+		}
+		rep.addStep("restore", ResultOK, time.Since(t), "a previous post died during the update: dependencies restored first")
+		snap = pr.Snapshot
+	} else {
+		r.st.Post = &PostRecord{CycleID: r.st.CycleID, Snapshot: snap, Status: StatusRunning}
+		if err := a.save(&r.st, "snapshot"); err != nil {
+			return fmt.Errorf("nothing changed: %w", err)
+		}
+		info, err := a.d.Packages.Snapshot(snap)
+		if err != nil {
+			rep.addStep("snapshot", ResultFailed, 0, "")
+			r.st.Post = nil
+			a.failed(r, err)
+			return fmt.Errorf("nothing changed: taking the snapshot: %w", err)
+		}
+		how := "hardlinked"
+		if !info.Hardlinked {
+			how = fmt.Sprintf("copied (%s: another filesystem)", mib(info.Copied))
+		}
+		rep.addStep("snapshot", ResultOK, info.Took, fmt.Sprintf("%d files, %s, %s", info.Files, mib(info.Bytes), how))
+	}
+	r.st.Post = &PostRecord{CycleID: r.st.CycleID, Snapshot: snap, Taken: true, Status: StatusRunning}
+	if err := a.save(&r.st, "update"); err != nil {
+		return err
+	}
+
+	before, err := a.d.Packages.Lockfile()
+	if err != nil {
+		return a.postFailed(ctx, r, fmt.Errorf("reading the lockfile: %w", err))
+	}
+	t = time.Now()
+	uctx, cancel := context.WithTimeout(ctx, a.cfg.Post.NPM.Timeout.D())
+	defer cancel()
+	a.progress("update: npm update in %s as %s (deadline %s)", a.cfg.App.Dir, a.d.AppUser, a.cfg.Post.NPM.Timeout)
+	if a.cfg.Post.NPM.Major {
+		if _, err := a.d.Packages.UpgradeMajor(uctx); err != nil {
+			rep.addStep("update", ResultFailed, time.Since(t), "")
+			return a.postFailed(ctx, r, deadlineErr(uctx, a.cfg.Post.NPM.Timeout, err))
+		}
+	}
+	if err := a.d.Packages.Update(uctx); err != nil {
+		rep.addStep("update", ResultFailed, time.Since(t), "")
+		return a.postFailed(ctx, r, deadlineErr(uctx, a.cfg.Post.NPM.Timeout, err))
+	}
+	after, err := a.d.Packages.Lockfile()
+	if err != nil {
+		return a.postFailed(ctx, r, fmt.Errorf("reading the lockfile after the update: %w", err))
+	}
+	ch, err := hooks.DiffLockfiles(before, after)
+	if err != nil {
+		return a.postFailed(ctx, r, fmt.Errorf("comparing the lockfiles: %w", err))
+	}
+	lines := ch.Lines()
+	rep.addStep("update", ResultOK, time.Since(t), fmt.Sprintf("%d updated, %d added, %d removed", len(ch.Updated), len(ch.Added), len(ch.Removed)))
+	rep.Summary = append(rep.Summary, changeCount(len(lines)))
+	rep.Changes = lines
+	r.st.Post.Status, r.st.Post.Changes = StatusOK, lines
+	r.st.Status = StatusOK
+	if err := a.save(&r.st, "done"); err != nil {
+		return err
+	}
+
+	// Older cycles' snapshots: keep the newest few (this cycle's is newest).
+	if removed, freed, err := a.d.Packages.Prune(a.snapshotRoot(), a.cfg.Post.KeepSnapshots); err != nil {
+		rep.warn("pruning old snapshots: %v", err)
+	} else if removed > 0 {
+		rep.addStep("prune", ResultOK, 0, fmt.Sprintf("%d old snapshot(s) removed, %s freed (post.keep_snapshots %d)", removed, mib(freed), a.cfg.Post.KeepSnapshots))
+	}
+	return nil
+}
+
+// postFailed restores the snapshot so nothing is left half-installed.
+func (a *Agent) postFailed(ctx context.Context, r *phaseRun, cause error) error {
+	if err := a.d.Packages.Restore(r.st.Post.Snapshot); err != nil {
+		err = fmt.Errorf("%w; RESTORING THE SNAPSHOT %s FAILED TOO: %w", cause, r.st.Post.Snapshot, err)
+		a.failed(r, err)
+		return err
+	}
+	r.st.Post.Status = StatusFailed
+	a.failed(r, cause)
+	r.rep.addStep("restore", ResultOK, 0, "dependencies restored from the snapshot")
+	return fmt.Errorf("dependency update failed, the app's dependencies are restored as they were: %w", cause)
+}
+
+func deadlineErr(ctx context.Context, d Duration, err error) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("npm did not finish within post.npm.timeout %s (its process group was killed): %w", d, err)
+	}
+	return err
+}
+
+func changeCount(n int) string {
+	switch n {
+	case 0:
+		return "no dependency changed"
+	case 1:
+		return "1 dependency changed"
+	}
+	return fmt.Sprintf("%d dependencies changed", n)
+}
+
+func packages(n int) string {
+	if n == 1 {
+		return "1 package"
+	}
+	return fmt.Sprintf("%d packages", n)
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// tryRollback undoes this cycle's dependency update when the app came back
+// unhealthy after it (exit.rollback): stop the app, restore the snapshot,
+// start it, check again. done reports whether it took over the outcome.
+func (a *Agent) tryRollback(ctx context.Context, r *phaseRun, cause error) (err error, done bool) {
+	p := r.st.Post
+	if !a.cfg.Exit.Rollback || a.d.Packages == nil || p == nil || p.CycleID != r.st.CycleID ||
+		p.Status != StatusOK || len(p.Changes) == 0 || p.RolledBack {
+		return nil, false
+	}
+	rep, app := r.rep, a.cfg.App.Name
+	what := fmt.Sprintf("rolled back %s (%s)", packages(len(p.Changes)), strings.Join(p.Changes, ", "))
+	a.progress("rollback: the app is unhealthy after this cycle's update of %s: restoring %s", packages(len(p.Changes)), p.Snapshot)
+	if err := a.save(&r.st, "rollback"); err != nil {
+		return a.exitFailed(ctx, r, errors.Join(cause, err)), true
+	}
+	t := time.Now()
+	if _, err := a.d.App.Stop(ctx, app); err != nil && !errors.Is(err, hooks.ErrUnknownApp) {
+		rep.addStep("rollback", ResultFailed, time.Since(t), "")
+		return a.exitFailed(ctx, r, fmt.Errorf("%w; rollback: stopping %s: %w", cause, app, err)), true
+	}
+	if err := a.d.Packages.Restore(p.Snapshot); err != nil {
+		rep.addStep("rollback", ResultFailed, time.Since(t), "")
+		return a.exitFailed(ctx, r, fmt.Errorf("%w; rollback: restoring %s: %w", cause, p.Snapshot, err)), true
+	}
+	p.RolledBack = true
+	if err := a.save(&r.st, "rollback"); err != nil {
+		return a.exitFailed(ctx, r, errors.Join(cause, err)), true
+	}
+	if _, _, err := a.startApp(ctx, &phaseRun{st: State{}, boot: r.boot}); err != nil {
+		rep.addStep("rollback", ResultFailed, time.Since(t), "")
+		return a.exitFailed(ctx, r, fmt.Errorf("%w; %s, but starting %s failed: %w", cause, what, app, err)), true
+	}
+	out, err := a.waitHealthyAndStable(ctx, nil)
+	if err != nil {
+		rep.addStep("rollback", ResultFailed, time.Since(t), "")
+		return a.exitFailed(ctx, r, fmt.Errorf("%w; %s, and the app is still unhealthy: %w", cause, what, err)), true
+	}
+	rep.addStep("rollback", ResultOK, time.Since(t), fmt.Sprintf("%s; healthy after %d attempt(s)", what, out.Attempts))
+	rep.Summary = append(rep.Summary, what)
+	if err := a.unblockAndRestore(ctx, r); err != nil {
+		return err, true
+	}
+	err = fmt.Errorf("node back in service, but the dependency update broke the app: %s after %w", what, cause)
+	a.closeCycle(r, StatusFailed, err.Error())
+	return err, true
+}

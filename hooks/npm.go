@@ -1,0 +1,747 @@
+package hooks
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Defaults for NPMConfig's zero values.
+const (
+	DefaultNPMBin           = "/usr/bin/npm"
+	DefaultNPMPath          = "/usr/local/bin:/usr/bin:/bin"
+	DefaultNPMFetchTimeout  = 30 * time.Second
+	DefaultNPMFetchRetries  = 1
+	DefaultNPMFetchRetryMin = 2 * time.Second
+	DefaultNPMFetchRetryMax = 10 * time.Second
+	DefaultNPMCallTimeout   = 5 * time.Minute
+)
+
+const (
+	npmVersionTimeout   = 30 * time.Second
+	npmNoUpdateNotifier = "npm_config_update_notifier=false"
+	npmOutdatedExitCode = 1 // npm outdated's exit code when something is outdated
+	packageJSONTemp     = ".package.json.patchagent-tmp"
+	packageJSON         = "package.json"
+	packageLock         = "package-lock.json"
+	npmShrinkwrap       = "npm-shrinkwrap.json"
+	npmrc               = ".npmrc"
+	nodeModules         = "node_modules"
+)
+
+var (
+	// ErrNoPackageJSON: the app dir has no package.json.
+	ErrNoPackageJSON = errors.New("no package.json")
+	// ErrNoLockfile: the app dir has neither package-lock.json nor
+	// npm-shrinkwrap.json, so an update could not be diffed nor undone.
+	ErrNoLockfile = errors.New("no package-lock.json")
+	// ErrLockfileOutOfSync: the lockfile's root entry does not declare the
+	// dependencies package.json declares.
+	ErrLockfileOutOfSync = errors.New("package-lock.json out of sync with package.json")
+	// ErrNPMNotFound: the npm executable does not exist.
+	ErrNPMNotFound = errors.New("npm not found")
+	// ErrRootRefused: npm would run as root inside the app tree, leaving
+	// root-owned files behind (set AllowRoot to permit it).
+	ErrRootRefused = errors.New("refusing to run npm as root in the app dir")
+)
+
+// NPMConfig says which npm to run, as whom, where, and how patiently.
+type NPMConfig struct {
+	// Bin is the npm executable (default: npm next to the first node on
+	// Path, else DefaultNPMBin).
+	Bin string
+	// User is who npm runs as, with HOME=User.Home (npm's cache lives there).
+	User AppUser
+	// AllowRoot permits User to be root. Without it, uid 0 is refused: npm
+	// as root writes root-owned files into the app tree.
+	AllowRoot bool
+	// Dir is the app dir, holding package.json.
+	Dir string
+	// Path is the PATH npm runs with; it must find the node the app uses
+	// (default DefaultNPMPath).
+	Path string
+	// FetchTimeout is npm's --fetch-timeout, per request (default 30s; npm's
+	// own default of 5 minutes hangs on a registry that accepts and stalls).
+	FetchTimeout time.Duration
+	// FetchRetries is npm's --fetch-retries (default 1).
+	FetchRetries int
+	// FetchRetryMinTimeout and FetchRetryMaxTimeout bound npm's back-off
+	// between retries (defaults 2s and 10s; npm's own are 10s and 60s).
+	FetchRetryMinTimeout time.Duration
+	FetchRetryMaxTimeout time.Duration
+	// CallTimeout bounds `npm --version` (at most 30s) and `npm outdated`
+	// (default 5m). Update and UpgradeMajor's install are bounded by their
+	// ctx only.
+	CallTimeout time.Duration
+}
+
+// Outdated is one line of `npm outdated`: the installed version (empty when
+// not installed), the newest version the declared range allows, and the
+// registry's latest.
+type Outdated struct{ Current, Wanted, Latest string }
+
+// NPM runs npm in the app dir as the app's user, with an explicit
+// environment (HOME, PATH and npm_config_update_notifier=false only: the
+// app's own .npmrc in Dir is read by npm as usual) and bounded network
+// waits.
+type NPM struct {
+	log  *zap.Logger
+	run  Runner
+	cfg  NPMConfig
+	home string
+}
+
+// NewNPM returns an NPM for c, with defaults filled in. It checks nothing:
+// see Check.
+func NewNPM(log *zap.Logger, run Runner, c NPMConfig) *NPM {
+	if c.Path == "" {
+		c.Path = DefaultNPMPath
+	}
+	if c.Bin == "" {
+		c.Bin = findNPM(c.Path)
+	}
+	if c.FetchTimeout <= 0 {
+		c.FetchTimeout = DefaultNPMFetchTimeout
+	}
+	if c.FetchRetries <= 0 {
+		c.FetchRetries = DefaultNPMFetchRetries
+	}
+	if c.FetchRetryMinTimeout <= 0 {
+		c.FetchRetryMinTimeout = DefaultNPMFetchRetryMin
+	}
+	if c.FetchRetryMaxTimeout <= 0 {
+		c.FetchRetryMaxTimeout = DefaultNPMFetchRetryMax
+	}
+	if c.FetchRetryMaxTimeout < c.FetchRetryMinTimeout {
+		c.FetchRetryMaxTimeout = c.FetchRetryMinTimeout
+	}
+	if c.CallTimeout <= 0 {
+		c.CallTimeout = DefaultNPMCallTimeout
+	}
+	home := c.User.Home
+	if home == "" {
+		home = "/"
+	}
+	return &NPM{log: log.Named("npm"), run: run, cfg: c, home: home}
+}
+
+// findNPM is npm next to the first node on path, else DefaultNPMBin.
+func findNPM(path string) string {
+	for _, d := range filepath.SplitList(path) {
+		if d == "" || !filepath.IsAbs(d) {
+			continue
+		}
+		if isExecutable(filepath.Join(d, "node")) == nil {
+			if c := filepath.Join(d, "npm"); isExecutable(c) == nil {
+				return c
+			}
+			break
+		}
+	}
+	return DefaultNPMBin
+}
+
+// Bin is the npm executable NPM runs.
+func (n *NPM) Bin() string { return n.cfg.Bin }
+
+// fetchArgs are the flags bounding npm's network waits.
+func (n *NPM) fetchArgs() []string {
+	return []string{
+		"--fetch-timeout=" + strconv.FormatInt(n.cfg.FetchTimeout.Milliseconds(), 10),
+		"--fetch-retries=" + strconv.Itoa(n.cfg.FetchRetries),
+		"--fetch-retry-mintimeout=" + strconv.FormatInt(n.cfg.FetchRetryMinTimeout.Milliseconds(), 10),
+		"--fetch-retry-maxtimeout=" + strconv.FormatInt(n.cfg.FetchRetryMaxTimeout.Milliseconds(), 10),
+	}
+}
+
+// UpdateArgs is the argv (after the program) of Update.
+func (n *NPM) UpdateArgs() []string {
+	return append([]string{"update", "--no-audit", "--no-fund"}, n.fetchArgs()...)
+}
+
+// InstallArgs is the argv of the install UpgradeMajor runs.
+func (n *NPM) InstallArgs() []string {
+	return append([]string{"install", "--no-audit", "--no-fund"}, n.fetchArgs()...)
+}
+
+// OutdatedArgs is the argv of Outdated. The fetch flags are there because
+// npm outdated asks the registry too.
+func (n *NPM) OutdatedArgs() []string {
+	return append([]string{"outdated", "--json"}, n.fetchArgs()...)
+}
+
+// Env is npm's whole environment.
+func (n *NPM) Env() []string {
+	return []string{"HOME=" + n.home, "PATH=" + n.cfg.Path, npmNoUpdateNotifier}
+}
+
+func (n *NPM) checkUser() error {
+	if n.cfg.User.UID == 0 && !n.cfg.AllowRoot {
+		return fmt.Errorf("%w (user %q has uid 0; set a non-root app user)", ErrRootRefused, n.cfg.User.Name)
+	}
+	if n.cfg.Dir == "" || !filepath.IsAbs(n.cfg.Dir) {
+		return fmt.Errorf("npm app dir %q: not an absolute path", n.cfg.Dir)
+	}
+	return nil
+}
+
+// npm runs npm with args as the user in dir.
+func (n *NPM) npm(ctx context.Context, dir string, args []string) (Result, error) {
+	c := Cmd{Name: n.cfg.Bin, Args: args, Dir: dir, Env: n.Env(), Cred: n.cfg.User.Credential()}
+	start := time.Now()
+	res, err := n.run.Run(ctx, c)
+	n.log.Debug("ran npm", zap.String("command", args[0]), zap.Int("exit_code", res.ExitCode),
+		zap.Duration("took", time.Since(start)))
+	return res, err
+}
+
+// Check is the read-only preflight of the npm step: the user is not root
+// (unless AllowRoot), npm exists and runs as the user (`npm --version`),
+// Dir is owned by the user and has a package.json that parses
+// (ErrNoPackageJSON), a lockfile (npm-shrinkwrap.json, else
+// package-lock.json; ErrNoLockfile) of version 2 or 3 whose root entry
+// declares the same dependencies, devDependencies and optionalDependencies
+// as package.json (ErrLockfileOutOfSync, naming the first difference), and
+// the user's home exists (npm keeps its cache there). It writes nothing.
+// All problems found are returned together (errors.Is finds each).
+func (n *NPM) Check(ctx context.Context) error {
+	if err := n.checkUser(); err != nil {
+		return err
+	}
+	var errs []error
+	if err := n.checkVersion(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	if err := n.checkOwner(); err != nil {
+		errs = append(errs, err)
+	}
+	if n.cfg.User.Home == "" {
+		errs = append(errs, fmt.Errorf("npm user %q has no home directory (npm keeps its cache there)", n.cfg.User.Name))
+	} else if fi, err := os.Stat(n.cfg.User.Home); err != nil || !fi.IsDir() {
+		errs = append(errs, fmt.Errorf("npm user %q: home %s is not a directory (npm keeps its cache there)", n.cfg.User.Name, n.cfg.User.Home))
+	}
+	if err := checkLockSync(n.cfg.Dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+func (n *NPM) checkVersion(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, min(n.cfg.CallTimeout, npmVersionTimeout))
+	defer cancel()
+	// Run from / so that a missing app dir is not mistaken for a missing npm.
+	res, err := n.npm(ctx, "/", []string{"--version"})
+	if err != nil {
+		if errors.Is(err, exec.ErrNotFound) || errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("%w: %s: %w", ErrNPMNotFound, n.cfg.Bin, err)
+		}
+		return fmt.Errorf("running %s --version as %s: %w", n.cfg.Bin, n.cfg.User.Name, err)
+	}
+	n.log.Info("npm found", zap.String("bin", n.cfg.Bin),
+		zap.String("version", strings.TrimSpace(string(firstLine(res.Stdout)))))
+	return nil
+}
+
+func firstLine(b []byte) []byte {
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		b = b[:i]
+	}
+	if len(b) > 40 {
+		b = b[:40]
+	}
+	return b
+}
+
+func (n *NPM) checkOwner() error {
+	fi, err := os.Stat(n.cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("checking the app dir: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("app dir %s is not a directory", n.cfg.Dir)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("app dir %s: no unix owner", n.cfg.Dir)
+	}
+	if st.Uid != n.cfg.User.UID {
+		return fmt.Errorf("app dir %s is owned by uid %d, not by the npm user %q (uid %d)", n.cfg.Dir, st.Uid, n.cfg.User.Name, n.cfg.User.UID)
+	}
+	return nil
+}
+
+// manifest is the part of package.json Check and UpgradeMajor read.
+type manifest struct {
+	Dependencies         map[string]string `json:"dependencies"`
+	DevDependencies      map[string]string `json:"devDependencies"`
+	OptionalDependencies map[string]string `json:"optionalDependencies"`
+}
+
+// depKinds are the package.json sections npm installs from, in the order
+// differences are reported.
+var depKinds = []string{"dependencies", "devDependencies", "optionalDependencies"}
+
+func (m manifest) kind(k string) map[string]string {
+	switch k {
+	case "dependencies":
+		return m.Dependencies
+	case "devDependencies":
+		return m.DevDependencies
+	}
+	return m.OptionalDependencies
+}
+
+// readRegular reads dir/name, refusing anything but a regular file (a
+// symlink planted in the app dir is not followed by root).
+func readRegular(dir, name string) ([]byte, os.FileInfo, error) {
+	p := filepath.Join(dir, name)
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, nil, fmt.Errorf("%s is not a regular file", p)
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, fi, nil
+}
+
+func readManifest(dir string) ([]byte, os.FileInfo, manifest, error) {
+	b, fi, err := readRegular(dir, packageJSON)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, manifest{}, fmt.Errorf("%w in %s", ErrNoPackageJSON, dir)
+	}
+	if err != nil {
+		return nil, nil, manifest{}, fmt.Errorf("reading package.json: %w", err)
+	}
+	var m manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, nil, manifest{}, fmt.Errorf("parsing %s: %w", filepath.Join(dir, packageJSON), err)
+	}
+	return b, fi, m, nil
+}
+
+// checkLockSync compares package.json's declared dependencies with the
+// lockfile's root entry.
+func checkLockSync(dir string) error {
+	_, _, m, err := readManifest(dir)
+	if err != nil {
+		return err
+	}
+	name := npmShrinkwrap // npm prefers it to package-lock.json
+	b, _, err := readRegular(dir, name)
+	if errors.Is(err, fs.ErrNotExist) {
+		name = packageLock
+		b, _, err = readRegular(dir, name)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w in %s (an update could be neither diffed nor undone; run npm install once)", ErrNoLockfile, dir)
+	}
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", name, err)
+	}
+	lf, err := parseLockfile(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", filepath.Join(dir, name), err)
+	}
+	root := lf.Packages[""]
+	lm := manifest{Dependencies: root.Dependencies, DevDependencies: root.DevDependencies, OptionalDependencies: root.OptionalDependencies}
+	if d := firstDiff(m, lm, name); d != "" {
+		return fmt.Errorf("%w: %s", ErrLockfileOutOfSync, d)
+	}
+	return nil
+}
+
+// firstDiff names the first difference between package.json's declared
+// dependencies and the lockfile's root entry, or "".
+func firstDiff(pkg, lock manifest, lockName string) string {
+	for _, k := range depKinds {
+		p, l := pkg.kind(k), lock.kind(k)
+		names := make([]string, 0, len(p)+len(l))
+		for name := range p {
+			names = append(names, name)
+		}
+		for name := range l {
+			if _, ok := p[name]; !ok {
+				names = append(names, name)
+			}
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			pv, inP := p[name]
+			lv, inL := l[name]
+			switch {
+			case !inL:
+				return fmt.Sprintf("%s.%s: package.json wants %q, %s has none", k, name, pv, lockName)
+			case !inP:
+				return fmt.Sprintf("%s.%s: %s has %q, package.json has none", k, name, lockName, lv)
+			case pv != lv:
+				return fmt.Sprintf("%s.%s: package.json wants %q, %s has %q", k, name, pv, lockName, lv)
+			}
+		}
+	}
+	return ""
+}
+
+// Update runs `npm update` (within the declared ranges; package.json is not
+// changed) in Dir as the user. ctx's deadline is the whole run's: at it the
+// runner kills npm's process group. The error carries npm's stderr tail.
+func (n *NPM) Update(ctx context.Context) error {
+	if err := n.checkUser(); err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, err := n.npm(ctx, n.cfg.Dir, n.UpdateArgs()); err != nil {
+		return fmt.Errorf("running npm update in %s: %w", n.cfg.Dir, err)
+	}
+	n.log.Info("npm update finished", zap.String("dir", n.cfg.Dir), zap.Duration("took", time.Since(start)))
+	return nil
+}
+
+// Outdated runs `npm outdated --json` in Dir as the user and returns its
+// report by dependency name. npm exits 1 when something is outdated: that
+// is not an error; an exit 1 with nothing outdated, or an error object in
+// the JSON, is.
+func (n *NPM) Outdated(ctx context.Context) (map[string]Outdated, error) {
+	if err := n.checkUser(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.CallTimeout)
+	defer cancel()
+	res, err := n.npm(ctx, n.cfg.Dir, n.OutdatedArgs())
+	if err != nil {
+		var xe *ExitError
+		if !errors.As(err, &xe) || xe.ExitCode != npmOutdatedExitCode {
+			return nil, fmt.Errorf("running npm outdated in %s: %w", n.cfg.Dir, err)
+		}
+	}
+	out, perr := parseOutdated(res.Stdout)
+	switch {
+	case perr != nil && err != nil:
+		return nil, fmt.Errorf("running npm outdated in %s: %w (%w)", n.cfg.Dir, err, perr)
+	case perr != nil:
+		return nil, fmt.Errorf("running npm outdated in %s: %w", n.cfg.Dir, perr)
+	case err != nil && len(out) == 0:
+		return nil, fmt.Errorf("running npm outdated in %s: %w", n.cfg.Dir, err)
+	}
+	return out, nil
+}
+
+type outdatedEntry struct {
+	Current string `json:"current"`
+	Wanted  string `json:"wanted"`
+	Latest  string `json:"latest"`
+}
+
+type npmErrorEntry struct {
+	Code    string `json:"code"`
+	Summary string `json:"summary"`
+}
+
+// parseOutdated decodes npm outdated --json. A name listed once per
+// dependent (workspaces) maps to an array: the first entry is used. npm
+// reports its own failure as {"error": {"code", "summary", "detail"}}; only
+// the code is quoted (the summary may hold a registry URL).
+func parseOutdated(b []byte) (map[string]Outdated, error) {
+	b = bytes.TrimSpace(b)
+	out := map[string]Outdated{}
+	if len(b) == 0 {
+		return out, nil
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, fmt.Errorf("parsing npm outdated --json: %w", err)
+	}
+	if e, ok := raw["error"]; ok {
+		var ne npmErrorEntry
+		if json.Unmarshal(e, &ne) == nil && ne.Code != "" {
+			return nil, fmt.Errorf("npm outdated reported error %s", ne.Code)
+		}
+	}
+	for name, v := range raw {
+		var e outdatedEntry
+		if t := bytes.TrimSpace(v); len(t) > 0 && t[0] == '[' {
+			var es []outdatedEntry
+			if err := json.Unmarshal(t, &es); err != nil {
+				return nil, fmt.Errorf("parsing npm outdated --json entry %q: %w", name, err)
+			}
+			if len(es) == 0 {
+				continue
+			}
+			e = es[0]
+		} else if err := json.Unmarshal(t, &e); err != nil {
+			return nil, fmt.Errorf("parsing npm outdated --json entry %q: %w", name, err)
+		}
+		out[name] = Outdated(e)
+	}
+	return out, nil
+}
+
+// UpgradeMajor does what npm-check-updates does for major versions: every
+// dependency of package.json (dependencies, devDependencies,
+// optionalDependencies) whose latest version (from Outdated) has a higher
+// major than the newest version its declared range allows (npm's
+// "wanted") gets the range "^<latest>"; then `npm install` runs as the user
+// in Dir, with the same flags as Update. Ranges that are not registry
+// ranges (file:, git, URLs, aliases, tags) are left alone; so are 0.x
+// minor bumps (not a new major). package.json is edited in place byte for
+// byte (only the changed range strings differ: formatting, key order and
+// the trailing newline are kept) and replaced atomically with its
+// original owner and mode. It returns "name: old-range -> new-range" lines,
+// in package.json's order. When the install fails, package.json stays
+// rewritten and the lines are returned with the error: restore the
+// snapshot to undo both.
+func (n *NPM) UpgradeMajor(ctx context.Context) ([]string, error) {
+	if err := n.checkUser(); err != nil {
+		return nil, err
+	}
+	raw, fi, _, err := readManifest(n.cfg.Dir)
+	if err != nil {
+		return nil, err
+	}
+	out, err := n.Outdated(ctx)
+	if err != nil {
+		return nil, err
+	}
+	edited, lines, err := planMajor(raw, out)
+	if err != nil {
+		return nil, fmt.Errorf("planning major upgrades in %s: %w", filepath.Join(n.cfg.Dir, packageJSON), err)
+	}
+	if len(lines) == 0 {
+		n.log.Info("no major upgrades available", zap.String("dir", n.cfg.Dir))
+		return nil, nil
+	}
+	if err := replaceFileLike(filepath.Join(n.cfg.Dir, packageJSON), edited, fi); err != nil {
+		return nil, err
+	}
+	n.log.Info("package.json ranges raised", zap.Strings("changes", lines))
+	start := time.Now()
+	if _, err := n.npm(ctx, n.cfg.Dir, n.InstallArgs()); err != nil {
+		return lines, fmt.Errorf("running npm install in %s after raising %d ranges: %w", n.cfg.Dir, len(lines), err)
+	}
+	n.log.Info("npm install finished", zap.String("dir", n.cfg.Dir), zap.Duration("took", time.Since(start)))
+	return lines, nil
+}
+
+// depSpan is where one dependency's range sits in package.json's bytes.
+type depSpan struct {
+	kind, name, value string
+	start, end        int // value's bytes, quotes included
+}
+
+// depSpans finds, without re-encoding anything, the byte span of every
+// string range in package.json's dependency sections.
+func depSpans(raw []byte) ([]depSpan, error) {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, errors.New("package.json is not a JSON object")
+	}
+	var spans []depSpan
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		key, _ := t.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		if !isDepKind(key) || len(v) == 0 || v[0] != '{' {
+			continue
+		}
+		base := int(dec.InputOffset()) - len(v)
+		inner, err := objectSpans(v)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", key, err)
+		}
+		for _, s := range inner {
+			s.kind, s.start, s.end = key, s.start+base, s.end+base
+			spans = append(spans, s)
+		}
+	}
+	return spans, nil
+}
+
+func isDepKind(k string) bool {
+	for _, d := range depKinds {
+		if k == d {
+			return true
+		}
+	}
+	return false
+}
+
+// objectSpans lists the string members of the JSON object obj with their
+// byte spans in obj.
+func objectSpans(obj []byte) ([]depSpan, error) {
+	dec := json.NewDecoder(bytes.NewReader(obj))
+	if _, err := dec.Token(); err != nil {
+		return nil, err
+	}
+	var spans []depSpan
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, err
+		}
+		name, _ := t.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		end := int(dec.InputOffset())
+		start := end - len(v)
+		if len(v) == 0 || v[0] != '"' || start < 0 || !bytes.Equal(obj[start:end], v) {
+			continue
+		}
+		var s string
+		if err := json.Unmarshal(v, &s); err != nil {
+			return nil, err
+		}
+		spans = append(spans, depSpan{name: name, value: s, start: start, end: end})
+	}
+	return spans, nil
+}
+
+// planMajor returns package.json with the ranges of dependencies that have
+// a newer major raised to "^<latest>", and the change lines.
+func planMajor(raw []byte, out map[string]Outdated) ([]byte, []string, error) {
+	spans, err := depSpans(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	var b bytes.Buffer
+	var lines []string
+	last := 0
+	for _, s := range spans {
+		o, ok := out[s.name]
+		if !ok || !isRegistryRange(s.value) {
+			continue
+		}
+		wm, ok1 := majorOf(o.Wanted)
+		lm, ok2 := majorOf(o.Latest)
+		if !ok1 || !ok2 || lm <= wm {
+			continue
+		}
+		nv := "^" + strings.TrimPrefix(o.Latest, "v")
+		enc, err := encodeJSONString(nv)
+		if err != nil {
+			return nil, nil, err
+		}
+		b.Write(raw[last:s.start])
+		b.Write(enc)
+		last = s.end
+		lines = append(lines, s.name+": "+s.value+" -> "+nv)
+	}
+	b.Write(raw[last:])
+	return b.Bytes(), lines, nil
+}
+
+func encodeJSONString(s string) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(s); err != nil {
+		return nil, err
+	}
+	return bytes.TrimRight(b.Bytes(), "\n"), nil
+}
+
+// isRegistryRange: spec is a semver range for the registry, not a file:,
+// link:, git or URL spec, an npm: alias, a workspace: spec or a GitHub
+// shorthand (user/repo).
+func isRegistryRange(spec string) bool {
+	s := strings.TrimSpace(spec)
+	if s == "" || strings.Contains(s, "/") {
+		return false
+	}
+	return !strings.Contains(s, ":")
+}
+
+// majorOf is the major of a version like "1.2.3" or "v2.0.0-rc.1".
+func majorOf(v string) (int, bool) {
+	v = strings.TrimPrefix(strings.TrimSpace(v), "v")
+	head, _, found := strings.Cut(v, ".")
+	if !found {
+		return 0, false
+	}
+	m, err := strconv.Atoi(head)
+	if err != nil || m < 0 {
+		return 0, false
+	}
+	return m, true
+}
+
+// replaceFileLike atomically replaces path with data, giving the new file
+// the owner and mode of fi (the old file's): written to a temp file beside
+// it, fsynced, renamed over, and the directory fsynced.
+func replaceFileLike(path string, data []byte, fi os.FileInfo) error {
+	dir := filepath.Dir(path)
+	tmp := filepath.Join(dir, packageJSONTemp)
+	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing stale %s: %w", tmp, err)
+	}
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			f.Close()
+			os.Remove(tmp)
+		}
+	}()
+	if _, err := f.Write(data); err != nil {
+		return fmt.Errorf("writing %s: %w", tmp, err)
+	}
+	if st, isUnix := fi.Sys().(*syscall.Stat_t); isUnix {
+		if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil {
+			return fmt.Errorf("giving %s its owner back: %w", tmp, err)
+		}
+	}
+	if err := f.Chmod(fi.Mode().Perm()); err != nil {
+		return fmt.Errorf("giving %s its mode back: %w", tmp, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("closing %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("replacing %s: %w", path, err)
+	}
+	ok = true
+	return syncDir(dir)
+}
+
+// syncDir fsyncs a directory, making renames and creations in it durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,200 @@
+//go:build integration
+
+package hooks_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zaptest"
+
+	"github.com/patchagent/patchagent/hooks"
+)
+
+// tgz writes an npm package tarball (package/package.json, package/index.js)
+// without npm pack.
+func tgz(t *testing.T, path, name, version string) {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	for file, body := range map[string]string{
+		"package/package.json": `{"name":"` + name + `","version":"` + version + `","main":"index.js"}`,
+		"package/index.js":     `module.exports = "` + name + `@` + version + `";` + "\n",
+	} {
+		if err := tw.WriteHeader(&tar.Header{Name: file, Mode: 0o644, Size: int64(len(body)), ModTime: time.Unix(1e9, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(body))
+	}
+	tw.Close()
+	zw.Close()
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestNPMIntegration runs the real npm as nobody on an app whose only
+// dependency is a local tarball (file: spec; the registry is a closed
+// loopback port, so nothing can reach the internet): Check, a snapshot,
+// an update that changes the dependency, the lockfile diff, Restore.
+func TestNPMIntegration(t *testing.T) {
+	if testing.Short() || os.Getenv("PATCHAGENT_E2E") != "1" {
+		t.Skip("set PATCHAGENT_E2E=1 to run npm")
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run npm as another user")
+	}
+	npm, err := exec.LookPath("npm")
+	if err != nil {
+		t.Skip("no npm")
+	}
+	u := hooks.AppUser{Name: "nobody", UID: 65534, GID: 65534, Groups: []uint32{65534}}
+	base, err := os.MkdirTemp("/tmp", "patchagent-npm-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	app, home := filepath.Join(base, "app"), filepath.Join(base, "home")
+	for _, d := range []string{app, home, filepath.Join(app, "pkgs")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	u.Home = home
+	tgz(t, filepath.Join(app, "pkgs", "a-1.0.0.tgz"), "a", "1.0.0")
+	tgz(t, filepath.Join(app, "pkgs", "a-2.0.0.tgz"), "a", "2.0.0")
+	pkg := "{\n  \"name\": \"app\",\n  \"version\": \"1.0.0\",\n  \"dependencies\": {\n    \"a\": \"file:pkgs/a-1.0.0.tgz\"\n  }\n}\n"
+	write(t, filepath.Join(app, "package.json"), pkg)
+	write(t, filepath.Join(app, ".npmrc"), "registry=http://127.0.0.1:9/\n")
+	for _, p := range []string{base, app, home, filepath.Join(app, "pkgs"), filepath.Join(app, "package.json"), filepath.Join(app, ".npmrc"),
+		filepath.Join(app, "pkgs", "a-1.0.0.tgz"), filepath.Join(app, "pkgs", "a-2.0.0.tgz")} {
+		if err := os.Chown(p, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := &hooks.ExecRunner{}
+	n := hooks.NewNPM(zaptest.NewLogger(t), run, hooks.NPMConfig{
+		Bin: npm, User: u, Dir: app, Path: filepath.Dir(npm) + ":/usr/local/bin:/usr/bin:/bin", FetchTimeout: 2 * time.Second,
+	})
+	ctx := t.Context()
+	if err := n.Check(ctx); !errors.Is(err, hooks.ErrNoLockfile) {
+		t.Fatalf("Check before any install: %v, want ErrNoLockfile", err)
+	}
+	if _, err := run.Run(ctx, hooks.Cmd{Name: npm, Args: n.InstallArgs(), Dir: app, Env: n.Env(), Cred: u.Credential()}); err != nil {
+		t.Fatalf("npm install: %v", err)
+	}
+	if err := n.Check(ctx); err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	orig := treeOf(t, app)
+	before, _ := os.ReadFile(filepath.Join(app, "package-lock.json"))
+	s, st, err := hooks.TakeSnapshot(app, filepath.Join(base, "snaps", "1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("snapshot: %+v", st)
+
+	write(t, filepath.Join(app, "package.json"), strings.Replace(pkg, "a-1.0.0", "a-2.0.0", 1))
+	if err := n.Check(ctx); !errors.Is(err, hooks.ErrLockfileOutOfSync) || !strings.Contains(err.Error(), "dependencies.a") {
+		t.Fatalf("Check after editing package.json: %v, want ErrLockfileOutOfSync naming a", err)
+	}
+	if err := n.Update(ctx); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadFile(filepath.Join(app, "package-lock.json"))
+	ch, err := hooks.DiffLockfiles(before, after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(ch.Lines(), "\n"); got != "a 1.0.0 -> 2.0.0" {
+		t.Errorf("changes: %q", got)
+	}
+	fi, err := os.Stat(filepath.Join(app, "node_modules", "a", "index.js"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if uid := statUID(fi); uid != 65534 {
+		t.Errorf("npm left a file owned by uid %d", uid)
+	}
+
+	if err := s.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := treeOf(t, app); got != orig {
+		t.Errorf("after Restore:\n%s\nwant:\n%s", got, orig)
+	}
+	// Again: npm on the restored (hardlinked back) tree must not damage the
+	// snapshot, which can be restored a second time.
+	write(t, filepath.Join(app, "package.json"), strings.Replace(pkg, "a-1.0.0", "a-2.0.0", 1))
+	if err := n.Update(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Verify(); err != nil {
+		t.Fatalf("npm damaged the snapshot: %v", err)
+	}
+	if err := s.Restore(); err != nil {
+		t.Fatal(err)
+	}
+	if got := treeOf(t, app); got != orig {
+		t.Errorf("after the second Restore:\n%s\nwant:\n%s", got, orig)
+	}
+	if err := n.Check(ctx); err != nil {
+		t.Errorf("Check after Restore: %v", err)
+	}
+	out, err := exec.Command("node", "-p", "require('"+filepath.Join(app, "node_modules", "a")+"')").Output()
+	if err != nil || strings.TrimSpace(string(out)) != "a@1.0.0" {
+		t.Errorf("node sees %q, %v; want a@1.0.0", out, err)
+	}
+}
+
+func write(t *testing.T, p, body string) {
+	t.Helper()
+	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(p, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// treeOf lists path, mode, owner, size and content of npm's state in app.
+func treeOf(t *testing.T, app string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.Walk(app, func(p string, fi os.FileInfo, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(app, p)
+		if rel == "pkgs" {
+			return filepath.SkipDir
+		}
+		fmt.Fprintf(&b, "%s %v uid=%d", rel, fi.Mode(), statUID(fi))
+		if fi.Mode().IsRegular() {
+			c, _ := os.ReadFile(p)
+			fmt.Fprintf(&b, " %s %q", fi.ModTime(), c)
+		}
+		b.WriteString("\n")
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func statUID(fi os.FileInfo) uint32 { return fi.Sys().(*syscall.Stat_t).Uid }
