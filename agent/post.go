@@ -21,7 +21,8 @@ type Packages interface {
 	UpgradeMajor(ctx context.Context) ([]string, error)
 	// Lockfile returns the app's package-lock.json.
 	Lockfile() ([]byte, error)
-	// Snapshot saves the dependency state into dst; Restore puts it back.
+	// Snapshot saves the dependency state into dst, replacing what an
+	// earlier, failed post of the cycle left there; Restore puts it back.
 	Snapshot(dst string) (SnapshotInfo, error)
 	Restore(snapshot string) error
 	// Prune keeps the newest keep snapshots under root.
@@ -62,6 +63,9 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 	if pr != nil && pr.CycleID != r.st.CycleID {
 		pr = nil
 	}
+	// Only a post that died during its update left a tree to undo; after a
+	// failed (and restored) one the next run takes a fresh snapshot.
+	interrupted := pr != nil && pr.Taken && pr.Status == StatusRunning
 	if pr != nil && pr.Status == StatusOK {
 		rep.Summary = append(rep.Summary, fmt.Sprintf("already done in this cycle: %s", changeCount(len(pr.Changes))))
 		rep.Changes = pr.Changes
@@ -77,7 +81,7 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 	snap := filepath.Join(a.snapshotRoot(), r.st.CycleID)
 	if r.opt.DryRun {
 		rep.Result = ResultDryRun
-		if pr != nil && pr.Taken {
+		if interrupted {
 			rep.Plan = append(rep.Plan, "restore "+pr.Snapshot+" (a previous post died during the update)")
 		} else {
 			rep.Plan = append(rep.Plan, fmt.Sprintf("snapshot package.json, package-lock.json and node_modules of %s into %s", a.cfg.App.Dir, snap))
@@ -93,7 +97,7 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 	a.begin(r)
 	// A post that died during the update left a half-installed tree: put
 	// the snapshot back before anything else.
-	if pr != nil && pr.Taken {
+	if interrupted {
 		if err := a.save(&r.st, "restore"); err != nil {
 			return err
 		}

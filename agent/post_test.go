@@ -282,3 +282,21 @@ func TestExitKeepsTheNodeBlockedWhenTheRollbackDoesNotHelp(t *testing.T) {
 		t.Fatalf("rollback: false still restored (%d): %s", p2.restores(), rep.Verdict())
 	}
 }
+
+func TestPostAfterAFailedPostTakesAFreshSnapshot(t *testing.T) {
+	e := newTestEnv(t)
+	p := withPackages(t, e)
+	afterPre(t, e)
+	p.updateErr = errors.New("npm error code ECONNREFUSED")
+	if rep := e.agent(t).Post(context.Background(), RunOptions{}); rep.ExitCode != 1 {
+		t.Fatal(rep.Text())
+	}
+	p.updateErr = nil
+	e.ev.log = nil
+	if rep := e.agent(t).Post(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	if diff := cmp.Diff([]string{"snapshot", "npm update"}, e.ev.all()); diff != "" {
+		t.Fatalf("(-want +got):\n%s", diff)
+	}
+}

@@ -109,6 +109,9 @@ func (p *npmPackages) Lockfile() ([]byte, error) {
 }
 
 func (p *npmPackages) Snapshot(dst string) (SnapshotInfo, error) {
+	if err := os.RemoveAll(dst); err != nil {
+		return SnapshotInfo{}, fmt.Errorf("removing the old snapshot %s: %w", dst, err)
+	}
 	_, st, err := hooks.TakeSnapshot(p.dir, dst)
 	if err != nil {
 		return SnapshotInfo{}, err

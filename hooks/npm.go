@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -168,13 +169,46 @@ func (n *NPM) fetchArgs() []string {
 }
 
 // UpdateArgs is the argv (after the program) of Update.
+//
+// --loglevel=http makes npm say when a registry request failed and it fell
+// back to stale cached metadata, which it otherwise does silently, exiting 0
+// with nothing updated (see staleFallback).
 func (n *NPM) UpdateArgs() []string {
-	return append([]string{"update", "--no-audit", "--no-fund"}, n.fetchArgs()...)
+	return append([]string{"update", "--no-audit", "--no-fund", "--loglevel=http"}, n.fetchArgs()...)
 }
 
 // InstallArgs is the argv of the install UpgradeMajor runs.
 func (n *NPM) InstallArgs() []string {
-	return append([]string{"install", "--no-audit", "--no-fund"}, n.fetchArgs()...)
+	return append([]string{"install", "--no-audit", "--no-fund", "--loglevel=http"}, n.fetchArgs()...)
+}
+
+// ErrRegistryUnreachable means npm could not reach the registry and used
+// stale cached metadata instead: the update did not really happen.
+var ErrRegistryUnreachable = errors.New("registry unreachable")
+
+// staleFallback returns npm's log line saying it served a request from
+// stale cache after the registry failed, or "" [measured with npm 11: with
+// the registry down, `npm update` prints "npm http fetch GET 200 <url>
+// (cache stale)" and exits 0, up to date].
+func staleFallback(stderr []byte) string {
+	for _, line := range strings.Split(string(stderr), "\n") {
+		if strings.Contains(line, "(cache stale)") {
+			return redactURLs(strings.TrimSpace(line))
+		}
+	}
+	return ""
+}
+
+// redactURLs drops user:password@ from URLs in s.
+func redactURLs(s string) string {
+	f := strings.Fields(s)
+	for i, w := range f {
+		if u, err := url.Parse(w); err == nil && u.User != nil {
+			u.User = nil
+			f[i] = u.String()
+		}
+	}
+	return strings.Join(f, " ")
 }
 
 // OutdatedArgs is the argv of Outdated. The fetch flags are there because
@@ -407,8 +441,12 @@ func (n *NPM) Update(ctx context.Context) error {
 		return err
 	}
 	start := time.Now()
-	if _, err := n.npm(ctx, n.cfg.Dir, n.UpdateArgs()); err != nil {
+	res, err := n.npm(ctx, n.cfg.Dir, n.UpdateArgs())
+	if err != nil {
 		return fmt.Errorf("running npm update in %s: %w", n.cfg.Dir, err)
+	}
+	if line := staleFallback(res.Stderr); line != "" {
+		return fmt.Errorf("running npm update in %s: %w: npm used stale cached metadata (%s)", n.cfg.Dir, ErrRegistryUnreachable, line)
 	}
 	n.log.Info("npm update finished", zap.String("dir", n.cfg.Dir), zap.Duration("took", time.Since(start)))
 	return nil

@@ -135,7 +135,7 @@ func TestNPMUpdateCommand(t *testing.T) {
 			if err := n.Update(ctx); err != nil {
 				t.Fatal(err)
 			}
-			args := append([]string{"update", "--no-audit", "--no-fund"}, tt.fetch...)
+			args := append([]string{"update", "--no-audit", "--no-fund", "--loglevel=http"}, tt.fetch...)
 			if d := cmp.Diff([]hooks.Cmd{wantCmd(c, dir, args...)}, f.Cmds()); d != "" {
 				t.Errorf("commands (-want +got):\n%s", d)
 			}
@@ -353,7 +353,7 @@ func TestNPMUpgradeMajor(t *testing.T) {
 	}
 	wantCmds := []hooks.Cmd{
 		wantCmd(c, dir, append([]string{"outdated", "--json"}, defaultFetch...)...),
-		wantCmd(c, dir, append([]string{"install", "--no-audit", "--no-fund"}, defaultFetch...)...),
+		wantCmd(c, dir, append([]string{"install", "--no-audit", "--no-fund", "--loglevel=http"}, defaultFetch...)...),
 	}
 	if d := cmp.Diff(wantCmds, f.Cmds()); d != "" {
 		t.Errorf("commands (-want +got):\n%s", d)
@@ -531,4 +531,16 @@ func snapshotFiles(t *testing.T, dir string) map[string]string {
 		out[e.Name()] = string(b)
 	}
 	return out
+}
+
+func TestStaleCacheFallbackIsAFailure(t *testing.T) {
+	stderr := "npm http fetch GET http://127.0.0.1:4873/dep-a attempt 1 failed with ECONNREFUSED\n" +
+		"npm http fetch GET 200 http://user:s3cret@127.0.0.1:4873/dep-a 20ms (cache stale)\n\nup to date in 286ms\n"
+	line := hooks.StaleFallbackForTest([]byte(stderr))
+	if line == "" || strings.Contains(line, "s3cret") || !strings.Contains(line, "(cache stale)") {
+		t.Fatalf("line %q", line)
+	}
+	if hooks.StaleFallbackForTest([]byte("npm http fetch GET 200 http://127.0.0.1:4873/dep-a 12ms (cache revalidated)\n")) != "" {
+		t.Fatal("a revalidated cache hit counted as a failure")
+	}
 }

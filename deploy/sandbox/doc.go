@@ -10,11 +10,22 @@
 // new boot id (BootIDPath) and runs `pm2 resurrect` as pm2's boot service
 // does; Probe records what a new outside client sees, attempt by attempt.
 //
+// For the tests of the agent's post phase (npm update) it runs an npm
+// registry on the server netns's loopback: StartRegistry starts the pinned
+// verdaccio (EnsureVerdaccio) as the app user, with no uplinks, so nothing
+// ever reaches the public registry; Registry.Publish and PublishBench
+// publish test packages straight from Go; StartHangingRegistry plays a
+// registry that accepts and never answers. SetupNPMApp makes the sample app
+// depend on packages from it (the app requires every dependency at start,
+// so a broken one crashes it), and TreeHash/TreeOwners tell whether the app
+// dir is byte-identical and still owned by the app user.
+//
 // It never touches the host's own network namespace: every firewall rule and
 // every byte of test traffic stays inside namespaces it created. Setup and
 // teardown are idempotent and undo partial work after a failure.
 package sandbox
 
 // Layout: app/ is the sample app (embedded and copied to <Dir>/app), pm2/
-// pins pm2 with a committed lock file (installed by EnsurePM2), and
-// cmd/sandbox is a small CLI: sandbox up|status|load|down [-prefix pa].
+// and verdaccio/ pin pm2 and verdaccio with committed lock files (installed
+// by EnsurePM2 and EnsureVerdaccio), and cmd/sandbox is a small CLI: sandbox
+// up|status|load|down [-prefix pa].

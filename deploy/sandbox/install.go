@@ -16,17 +16,22 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// assets are the sample app and the pinned pm2 manifest, embedded so the
-// sandbox works from any working directory.
+// assets are the sample app and the pinned pm2 and verdaccio manifests,
+// embedded so the sandbox works from any working directory.
 //
 //go:embed app/server.js app/package.json pm2/package.json pm2/package-lock.json
+//go:embed verdaccio/package.json verdaccio/package-lock.json
 var assets embed.FS
 
 // PM2Version is the pm2 release pinned in pm2/package.json.
 const PM2Version = "7.0.4"
 
+// VerdaccioVersion is the verdaccio release pinned in verdaccio/package.json
+// (the last that installs on Node 20, with node-fetch overridden to 2.7.0).
+const VerdaccioVersion = "6.8.0"
+
 const (
-	pm2HashFile    = ".patchagent-lock.sha256"
+	lockHashFile   = ".patchagent-lock.sha256"
 	npmTimeout     = 5 * time.Minute
 	installLockTTL = npmTimeout + time.Minute
 )
@@ -36,54 +41,77 @@ func PM2BinIn(dir string) string {
 	return filepath.Join(dir, "node_modules", "pm2", "bin", "pm2")
 }
 
-// EnsurePM2 installs the pinned pm2 into dir (DefaultPM2Dir when empty) with
-// `npm ci --omit=dev --no-audit --no-fund` and returns the pm2 CLI path. An
-// install whose lock file hash matches is reused without running npm. The
-// tree is left world-readable so the unprivileged app user can run it. A
-// flock on dir/.lock serialises concurrent callers.
+// VerdaccioBinIn returns the verdaccio CLI path (a node script) inside an
+// EnsureVerdaccio install dir.
+func VerdaccioBinIn(dir string) string {
+	return filepath.Join(dir, "node_modules", "verdaccio", "bin", "verdaccio")
+}
+
+// EnsurePM2 installs the pinned pm2 into dir (DefaultPM2Dir when empty) and
+// returns the pm2 CLI path (see ensurePinned).
 func EnsurePM2(ctx context.Context, dir string) (string, error) {
 	if dir == "" {
 		dir = DefaultPM2Dir
 	}
+	return ensurePinned(ctx, "pm2", dir, PM2BinIn(dir))
+}
+
+// EnsureVerdaccio installs the pinned verdaccio into dir
+// (DefaultVerdaccioDir when empty) and returns its CLI path (see
+// ensurePinned). It is only ever installed from the npm registry npm is
+// configured with; the sandbox's registry itself has no uplinks.
+func EnsureVerdaccio(ctx context.Context, dir string) (string, error) {
+	if dir == "" {
+		dir = DefaultVerdaccioDir
+	}
+	return ensurePinned(ctx, "verdaccio", dir, VerdaccioBinIn(dir))
+}
+
+// ensurePinned installs the embedded manifest <name>/package.json and its
+// committed lock file into dir with `npm ci --omit=dev --no-audit --no-fund`
+// and returns bin, which the install must contain. An install whose lock
+// file hash matches is reused without running npm. The tree is left
+// world-readable so the unprivileged app user can run it. A flock on
+// dir/.lock serialises concurrent callers.
+func ensurePinned(ctx context.Context, name, dir, bin string) (string, error) {
 	if !filepath.IsAbs(dir) {
-		return "", fmt.Errorf("installing pm2: dir %q is not absolute", dir)
+		return "", fmt.Errorf("installing %s: dir %q is not absolute", name, dir)
 	}
-	pkg, err := assets.ReadFile("pm2/package.json")
+	pkg, err := assets.ReadFile(name + "/package.json")
 	if err != nil {
-		return "", fmt.Errorf("reading embedded pm2 manifest: %w", err)
+		return "", fmt.Errorf("reading embedded %s manifest: %w", name, err)
 	}
-	lock, err := assets.ReadFile("pm2/package-lock.json")
+	lock, err := assets.ReadFile(name + "/package-lock.json")
 	if err != nil {
-		return "", fmt.Errorf("reading embedded pm2 lock: %w", err)
+		return "", fmt.Errorf("reading embedded %s lock: %w", name, err)
 	}
 	sum := sha256.New()
 	sum.Write(pkg)
 	sum.Write([]byte{0})
 	sum.Write(lock)
 	want := hex.EncodeToString(sum.Sum(nil))
-	bin := PM2BinIn(dir)
 
 	if err := mkdirAll0755(dir); err != nil {
-		return "", fmt.Errorf("installing pm2 in %s: %w", dir, err)
+		return "", fmt.Errorf("installing %s in %s: %w", name, dir, err)
 	}
 	unlock, err := flockWait(ctx, filepath.Join(dir, ".lock"), installLockTTL)
 	if err != nil {
-		return "", fmt.Errorf("installing pm2 in %s: %w", dir, err)
+		return "", fmt.Errorf("installing %s in %s: %w", name, dir, err)
 	}
 	defer unlock()
 
-	if got, err := os.ReadFile(filepath.Join(dir, pm2HashFile)); err == nil && string(got) == want {
+	if got, err := os.ReadFile(filepath.Join(dir, lockHashFile)); err == nil && string(got) == want {
 		if _, err := os.Stat(bin); err == nil {
 			return bin, nil
 		}
 	}
 	// Invalidate first: a crash during npm ci must not leave a matching hash.
-	if err := os.Remove(filepath.Join(dir, pm2HashFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("installing pm2 in %s: %w", dir, err)
+	if err := os.Remove(filepath.Join(dir, lockHashFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("installing %s in %s: %w", name, dir, err)
 	}
-	for name, b := range map[string][]byte{"package.json": pkg, "package-lock.json": lock} {
-		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
-			return "", fmt.Errorf("installing pm2 in %s: %w", dir, err)
+	for fname, b := range map[string][]byte{"package.json": pkg, "package-lock.json": lock} {
+		if err := os.WriteFile(filepath.Join(dir, fname), b, 0o644); err != nil {
+			return "", fmt.Errorf("installing %s in %s: %w", name, dir, err)
 		}
 	}
 	nctx, cancel := context.WithTimeout(ctx, npmTimeout)
@@ -96,13 +124,13 @@ func EnsurePM2(ctx context.Context, dir string) (string, error) {
 		return "", fmt.Errorf("running npm ci in %s: %w: %s", dir, err, tail(out))
 	}
 	if err := makeWorldReadable(dir); err != nil {
-		return "", fmt.Errorf("installing pm2 in %s: %w", dir, err)
+		return "", fmt.Errorf("installing %s in %s: %w", name, dir, err)
 	}
 	if _, err := os.Stat(bin); err != nil {
-		return "", fmt.Errorf("installing pm2 in %s: npm ci left no pm2 CLI: %w", dir, err)
+		return "", fmt.Errorf("installing %s in %s: npm ci left no %s: %w", name, dir, bin, err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, pm2HashFile), []byte(want), 0o644); err != nil {
-		return "", fmt.Errorf("installing pm2 in %s: %w", dir, err)
+	if err := os.WriteFile(filepath.Join(dir, lockHashFile), []byte(want), 0o644); err != nil {
+		return "", fmt.Errorf("installing %s in %s: %w", name, dir, err)
 	}
 	return bin, nil
 }

@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -44,6 +45,9 @@ type Node struct {
 
 	srvLink, cliLink string
 	userKnown        bool
+
+	regMu      sync.Mutex
+	registries []*Registry // started by this Node and not stopped yet
 }
 
 // AppInfo is the part of one `pm2 jlist` entry the sandbox uses. It never
@@ -311,12 +315,13 @@ func (n *Node) ensureFiles(undo *[]func(context.Context) error) error {
 	return nil
 }
 
-// Teardown stops pm2 (`pm2 kill` as the user), SIGKILLs whatever is left of
-// the daemon named by PM2Home/pm2.pid and its descendants, and deletes both
-// namespaces. The user, the state dir and the pm2 install are kept. It is
+// Teardown stops the registries (Registry.Stop, and a verdaccio of this
+// node left by another process), stops pm2 (`pm2 kill` as the user),
+// SIGKILLs whatever is left of the daemon named by PM2Home/pm2.pid and its
+// descendants, and deletes both namespaces. The user, the state dir and the pm2 install are kept. It is
 // idempotent and works on a half-built sandbox.
 func (n *Node) Teardown(ctx context.Context) error {
-	errs := []error{n.stopDaemon(ctx)}
+	errs := []error{n.stopRegistries(ctx), n.stopDaemon(ctx)}
 	for _, ns := range []string{n.ServerNS, n.ClientNS} {
 		errs = append(errs, DeleteNetns(ns))
 	}
@@ -334,11 +339,17 @@ func (n *Node) InClient(fn func() error) error { return InNetns(n.ClientNS, fn) 
 
 // pm2Env is the whole environment of every pm2 command.
 func (n *Node) pm2Env(extra ...string) []string {
+	return n.userEnv(append([]string{"PM2_HOME=" + n.PM2Home}, extra...)...)
+}
+
+// userEnv is HOME and a PATH holding node's dir, plus extra: the whole
+// environment of what the sandbox runs as the app user.
+func (n *Node) userEnv(extra ...string) []string {
 	path := "/usr/bin:/bin"
 	if d := filepath.Dir(n.NodeBin); d != "/usr/bin" && d != "/bin" {
 		path = d + ":" + path
 	}
-	return append([]string{"HOME=" + n.Home, "PM2_HOME=" + n.PM2Home, "PATH=" + path}, extra...)
+	return append([]string{"HOME=" + n.Home, "PATH=" + path}, extra...)
 }
 
 // PM2 runs the pinned pm2 with args (argv, no shell) as the app user inside
@@ -661,12 +672,18 @@ func (n *Node) transport(v6, keepAlive bool) *http.Transport {
 	if v6 {
 		network = "tcp6"
 	}
+	return nsTransport(n.ClientNS, network, keepAlive)
+}
+
+// nsTransport returns an http.Transport whose sockets are opened in netns
+// ns over network ("tcp", "tcp4" or "tcp6"), with no proxy.
+func nsTransport(ns, network string, keepAlive bool) *http.Transport {
 	d := &net.Dialer{Timeout: 5 * time.Second}
 	return &http.Transport{
 		Proxy: nil,
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
 			var c net.Conn
-			err := n.InClient(func() error {
+			err := InNetns(ns, func() error {
 				var err error
 				c, err = d.DialContext(ctx, network, addr)
 				return err

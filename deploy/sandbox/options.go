@@ -18,6 +18,8 @@ const (
 	// StateRoot holds every sandbox's state dir and the shared pm2 install.
 	StateRoot     = "/var/lib/patchagent-sandbox"
 	DefaultPM2Dir = StateRoot + "/pm2"
+	// DefaultVerdaccioDir is where the pinned verdaccio is installed.
+	DefaultVerdaccioDir = StateRoot + "/verdaccio"
 )
 
 // Fixed addresses of the veth pair: the server side holds .1/::1.
@@ -52,6 +54,9 @@ type Options struct {
 	// PM2Dir is where the pinned pm2 is installed
 	// (default /var/lib/patchagent-sandbox/pm2).
 	PM2Dir string
+	// VerdaccioDir is where the pinned verdaccio is installed for
+	// StartRegistry (default /var/lib/patchagent-sandbox/verdaccio).
+	VerdaccioDir string
 	// Env is extra environment for the app (e.g. KEEPALIVE_MS, HEALTH_MODE,
 	// START_DELAY_MS, CRASH_AFTER_MS, TLS_CERT/TLS_KEY: see app/server.js).
 	// SetAppEnv replaces it on a running sandbox.
@@ -81,6 +86,9 @@ func (o Options) WithDefaults() Options {
 	}
 	if o.PM2Dir == "" {
 		o.PM2Dir = DefaultPM2Dir
+	}
+	if o.VerdaccioDir == "" {
+		o.VerdaccioDir = DefaultVerdaccioDir
 	}
 	return o
 }
@@ -117,6 +125,9 @@ func (o Options) Validate() error {
 	}
 	if !filepath.IsAbs(o.PM2Dir) || filepath.Clean(o.PM2Dir) == "/" {
 		errs = append(errs, fmt.Errorf("pm2_dir: %q is not an absolute path below /", o.PM2Dir))
+	}
+	if !filepath.IsAbs(o.VerdaccioDir) || filepath.Clean(o.VerdaccioDir) == "/" {
+		errs = append(errs, fmt.Errorf("verdaccio_dir: %q is not an absolute path below /", o.VerdaccioDir))
 	}
 	for k := range o.Env {
 		if !envKeyRe.MatchString(k) || reservedEnv[k] {

@@ -6,13 +6,16 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"io"
 	"maps"
+	"net"
 	"net/http"
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -672,4 +675,356 @@ func TestSandboxBadApps(t *testing.T) {
 			t.Error("pm2 started although beforePM2 failed")
 		}
 	})
+}
+
+// npmTestOptions have their own prefix and user: the npm app changes AppDir.
+func npmTestOptions() Options {
+	return Options{Prefix: "pa-sbn", AppUser: "pa-sbn-app", Env: map[string]string{"KEEPALIVE_MS": "2000"}}
+}
+
+func publish(t *testing.T, r *Registry, name, version, index string) {
+	t.Helper()
+	if err := r.Publish(t.Context(), Package{Name: name, Version: version, Files: map[string]string{"index.js": index}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// packument GETs /<name> from inside the server netns.
+func packument(t *testing.T, r *Registry, name string) (versions []string, latest string) {
+	t.Helper()
+	code, body, err := r.Get(t.Context(), "/"+name)
+	if err != nil || code != 200 {
+		t.Fatalf("GET /%s: %d %v %s", name, code, err, body)
+	}
+	var doc struct {
+		Versions map[string]struct {
+			Dist struct{ Tarball string } `json:"dist"`
+		} `json:"versions"`
+		DistTags map[string]string `json:"dist-tags"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		t.Fatal(err)
+	}
+	for v, m := range doc.Versions {
+		versions = append(versions, v)
+		if !strings.HasPrefix(m.Dist.Tarball, r.URL+"/"+name+"/-/") {
+			t.Errorf("%s@%s tarball %q", name, v, m.Dist.Tarball)
+		}
+	}
+	slices.Sort(versions)
+	return versions, doc.DistTags["latest"]
+}
+
+func appDeps(t *testing.T, n *Node) map[string]string {
+	t.Helper()
+	code, body := get(t, n, "/deps", false)
+	var m map[string]string
+	if code != 200 || json.Unmarshal([]byte(body), &m) != nil {
+		t.Fatalf("GET /deps: %d %q", code, body)
+	}
+	return m
+}
+
+func ownedByAppUser(t *testing.T, n *Node) {
+	t.Helper()
+	owners, err := TreeOwners(n.AppDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(owners) != 1 || owners[n.UID] == 0 {
+		t.Errorf("owners under %s: %v, want only uid %d", n.AppDir, owners, n.UID)
+	}
+}
+
+func TestSandboxNPM(t *testing.T) {
+	needRoot(t)
+	o := npmTestOptions()
+	teardownNow(t, o)
+	vdir := o.WithDefaults().VerdaccioDir
+
+	t.Run("EnsureVerdaccio twice", func(t *testing.T) {
+		t0 := time.Now()
+		bin, err := EnsureVerdaccio(t.Context(), vdir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := time.Since(t0)
+		t0 = time.Now()
+		bin2, err := EnsureVerdaccio(t.Context(), "")
+		second := time.Since(t0)
+		if err != nil || bin2 != bin || bin != VerdaccioBinIn(DefaultVerdaccioDir) {
+			t.Fatalf("second EnsureVerdaccio = %q %v, want %q", bin2, err, bin)
+		}
+		t.Logf("EnsureVerdaccio: %s, then %s", first, second)
+		if second > time.Second {
+			t.Errorf("second EnsureVerdaccio took %s: not a no-op", second)
+		}
+	})
+
+	n, err := Setup(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	r, err := n.StartRegistry(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("StartRegistry took %s", time.Since(t0))
+	t.Cleanup(func() { _ = r.Stop() })
+
+	t.Run("verdaccio runs as the app user in the server netns, on its loopback only", func(t *testing.T) {
+		pid := r.PID()
+		if uid, ok := procUID(pid); !ok || uid != n.UID {
+			t.Errorf("verdaccio pid %d runs as uid %d, want %d", pid, uid, n.UID)
+		}
+		if netnsInode(t, "/proc/"+strconv.Itoa(pid)+"/ns/net") != netnsInode(t, filepath.Join(NetnsDir, n.ServerNS)) {
+			t.Errorf("verdaccio is not in netns %s", n.ServerNS)
+		}
+		if r.URL != "http://127.0.0.1:4873" {
+			t.Errorf("URL %q", r.URL)
+		}
+		a := once(t, n, "http://"+net.JoinHostPort(n.ServerV4.String(), "4873")+"/-/ping", nil)
+		if !a.Refused {
+			t.Errorf("verdaccio reachable from the client netns: %+v", a)
+		}
+	})
+
+	t.Run("no uplink", func(t *testing.T) {
+		t0 := time.Now()
+		code, _, err := r.Get(t.Context(), "/left-pad")
+		if err != nil || code != 404 || time.Since(t0) > 2*time.Second {
+			t.Errorf("GET /left-pad: %d %v after %s, want a quick 404", code, err, time.Since(t0))
+		}
+	})
+
+	publish(t, r, "dep-a", "1.0.0", "module.exports = 'dep-a 1.0.0';\n")
+	t.Run("publishing a version again fails", func(t *testing.T) {
+		err := r.Publish(t.Context(), Package{Name: "dep-a", Version: "1.0.0", Files: map[string]string{"index.js": "x"}})
+		if !errors.Is(err, ErrVersionExists) {
+			t.Errorf("second publish of dep-a@1.0.0 = %v, want ErrVersionExists", err)
+		}
+		for _, p := range []Package{{Name: "Dep", Version: "1.0.0"}, {Name: "dep-b", Version: "1.0"},
+			{Name: "dep-b", Version: "1.0.0", Files: map[string]string{"../x": ""}}} {
+			if err := r.Publish(t.Context(), p); err == nil {
+				t.Errorf("Publish(%+v) succeeded", p)
+			}
+		}
+	})
+
+	t.Run("npm app", func(t *testing.T) {
+		t0 := time.Now()
+		if err := n.SetupNPMApp(t.Context(), r.URL, map[string]string{"dep-a": "^1.0.0"}); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("SetupNPMApp took %s", time.Since(t0))
+		if v, err := n.InstalledVersion("dep-a"); err != nil || v != "1.0.0" {
+			t.Errorf("InstalledVersion(dep-a) = %q %v", v, err)
+		}
+		for _, f := range []string{"package-lock.json", ".npmrc", "node_modules/dep-a/index.js"} {
+			if _, err := os.Stat(filepath.Join(n.AppDir, f)); err != nil {
+				t.Error(err)
+			}
+		}
+		ownedByAppUser(t, n)
+		if d := appDeps(t, n); d["dep-a"] != "dep-a 1.0.0" {
+			t.Errorf("/deps = %v", d)
+		}
+	})
+
+	t.Run("later versions; latest only moves forward", func(t *testing.T) {
+		publish(t, r, "dep-a", "1.0.1", "module.exports = 'dep-a 1.0.1';\n")
+		publish(t, r, "dep-a", "2.0.0", "module.exports = 'dep-a 2.0.0';\n")
+		publish(t, r, "dep-a", "1.0.2", "throw new Error('dep-a 1.0.2 is broken');\n")
+		versions, latest := packument(t, r, "dep-a")
+		if !slices.Equal(versions, []string{"1.0.0", "1.0.1", "1.0.2", "2.0.0"}) || latest != "2.0.0" {
+			t.Errorf("dep-a: versions %v latest %q", versions, latest)
+		}
+	})
+
+	t.Run("a dependency that throws crashes the app", func(t *testing.T) {
+		before, err := TreeHash(n.AppDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if again, _ := TreeHash(n.AppDir); again != before {
+			t.Fatal("TreeHash of an unchanged AppDir differs")
+		}
+		if _, err := n.NPM(t.Context(), "update", "--no-audit", "--no-fund"); err != nil {
+			t.Fatal(err)
+		}
+		if v, _ := n.InstalledVersion("dep-a"); v != "1.0.2" {
+			t.Errorf("after npm update dep-a is %q, want 1.0.2", v)
+		}
+		if after, _ := TreeHash(n.AppDir); after == before {
+			t.Error("TreeHash unchanged by npm update")
+		}
+		ownedByAppUser(t, n)
+		setAppEnv(t, n, n.Opts.Env)
+		time.Sleep(1500 * time.Millisecond)
+		if err := n.Health(t.Context(), false); err == nil {
+			t.Error("app healthy with a dependency that throws at require")
+		}
+		if info, _, _ := n.App(t.Context()); info.Restarts == 0 && info.Status == "online" {
+			t.Errorf("app %+v: no crash seen", info)
+		}
+	})
+
+	t.Run("bench packages", func(t *testing.T) {
+		t0 := time.Now()
+		deps, err := r.PublishBench(t.Context(), 20, 32<<10, "1.0.0", "1.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("PublishBench 20×2×32KiB took %s", time.Since(t0))
+		if len(deps) != 20 || deps["bench-pkg-19"] != "^1.0.0" {
+			t.Fatalf("deps = %v", deps)
+		}
+		if _, latest := packument(t, r, "bench-pkg-7"); latest != "1.0.1" {
+			t.Errorf("bench-pkg-7 latest %q", latest)
+		}
+		deps["dep-a"] = "1.0.1"
+		if err := n.SetupNPMApp(t.Context(), r.URL, deps); err != nil {
+			t.Fatal(err)
+		}
+		got := appDeps(t, n)
+		if len(got) != 21 || got["bench-pkg-0"] != "1.0.1" || got["dep-a"] != "dep-a 1.0.1" {
+			t.Errorf("/deps = %v", got)
+		}
+		st, err := os.Stat(filepath.Join(n.AppDir, "node_modules", "bench-pkg-3", "data.bin"))
+		if err != nil || st.Size() != 32<<10 {
+			t.Errorf("bench data.bin: %v %v", st, err)
+		}
+		ownedByAppUser(t, n)
+	})
+
+	t.Run("hanging registry", func(t *testing.T) {
+		h, err := n.StartHangingRegistry(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = h.Stop() })
+		if h.URL != "http://127.0.0.1:4874" {
+			t.Errorf("URL %q", h.URL)
+		}
+		c := n.ServerClient()
+		c.Timeout = 500 * time.Millisecond
+		t0 := time.Now()
+		_, err = c.Get(h.URL + "/dep-a")
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || time.Since(t0) < 450*time.Millisecond {
+			t.Errorf("GET from the hanging registry: %v after %s, want a timeout", err, time.Since(t0))
+		}
+		c.CloseIdleConnections()
+		if err := h.Publish(t.Context(), Package{Name: "x", Version: "1.0.0"}); err == nil {
+			t.Error("Publish to the hanging registry succeeded")
+		}
+		if err := h.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		err = n.InServer(func() error {
+			conn, err := net.DialTimeout("tcp4", "127.0.0.1:4874", time.Second)
+			if err == nil {
+				conn.Close()
+			}
+			return err
+		})
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("connect after Stop: %v, want refused", err)
+		}
+	})
+
+	t.Run("stop and teardown", func(t *testing.T) {
+		pid := r.PID()
+		if err := r.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if procAlive(pid) {
+			t.Errorf("verdaccio %d alive after Stop", pid)
+		}
+		if err := r.Stop(); err != nil {
+			t.Errorf("second Stop: %v", err)
+		}
+		// A registry of this Node and one found only by its pid file.
+		r2, err := n.StartRegistry(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code, _, err := r2.Get(t.Context(), "/dep-a"); err != nil || code != 404 {
+			t.Errorf("restarted registry is not fresh: GET /dep-a %d %v", code, err)
+		}
+		h, err := n.StartHangingRegistry(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Teardown(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if procAlive(r2.PID()) {
+			t.Errorf("verdaccio %d alive after Teardown", r2.PID())
+		}
+		if err := errors.Join(r2.Stop(), h.Stop()); err != nil {
+			t.Errorf("Stop after Teardown: %v", err)
+		}
+		n, err = Setup(t.Context(), o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r3, err := n.StartRegistry(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		other, err := Attach(o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := other.Teardown(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		if procAlive(r3.PID()) {
+			t.Errorf("verdaccio %d alive after Teardown by another Node", r3.PID())
+		}
+		if err := r3.Stop(); err != nil {
+			t.Errorf("Stop after Teardown: %v", err)
+		}
+	})
+}
+
+// TestPublishBenchFull publishes the benchmark tree (300 packages × 2
+// versions × 330 KB) and installs it; set PATCHAGENT_SANDBOX_BENCH=1.
+func TestPublishBenchFull(t *testing.T) {
+	needRoot(t)
+	if os.Getenv("PATCHAGENT_SANDBOX_BENCH") == "" {
+		t.Skip("set PATCHAGENT_SANDBOX_BENCH=1")
+	}
+	o := npmTestOptions()
+	teardownNow(t, o)
+	n, err := Setup(t.Context(), o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := n.StartRegistry(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	deps, err := r.PublishBench(t.Context(), 300, 330_000, "1.0.0", "1.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("PublishBench 300×2×330KB: %s", time.Since(t0))
+	t0 = time.Now()
+	if err := n.SetupNPMApp(t.Context(), r.URL, deps); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("SetupNPMApp (npm install of 300 packages, restart): %s", time.Since(t0))
+	t0 = time.Now()
+	h, err := TreeHash(n.AppDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("TreeHash %s: %s", h[:12], time.Since(t0))
+	if got := appDeps(t, n); len(got) != 300 || got["bench-pkg-299"] != "1.0.1" {
+		t.Errorf("/deps has %d entries, bench-pkg-299=%q", len(got), got["bench-pkg-299"])
+	}
 }

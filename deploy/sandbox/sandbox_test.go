@@ -1,13 +1,19 @@
 package sandbox
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,6 +30,8 @@ func TestWithDefaults(t *testing.T) {
 		AppName: "sample-app",
 		Port:    443,
 		PM2Dir:  "/var/lib/patchagent-sandbox/pm2",
+
+		VerdaccioDir: "/var/lib/patchagent-sandbox/verdaccio",
 	}
 	if diff := cmp.Diff(want, got, cmp.AllowUnexported(Options{})); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
@@ -54,6 +62,7 @@ func TestValidate(t *testing.T) {
 		{"numeric app name (pm2 id)", func(o *Options) { o.AppName = "123" }, "app_name:"},
 		{"app name with space", func(o *Options) { o.AppName = "a b" }, "app_name:"},
 		{"relative pm2 dir", func(o *Options) { o.PM2Dir = "pm2" }, "pm2_dir:"},
+		{"relative verdaccio dir", func(o *Options) { o.VerdaccioDir = "v" }, "verdaccio_dir:"},
 		{"reserved env", func(o *Options) { o.Env = map[string]string{"PORT": "1"} }, "env:"},
 		{"bad env key", func(o *Options) { o.Env = map[string]string{"A=B": "1"} }, "env:"},
 		{"good env", func(o *Options) { o.Env = map[string]string{"KEEPALIVE_MS": "100"} }, ""},
@@ -260,5 +269,126 @@ func TestHTTPSURL(t *testing.T) {
 	n, _ := Attach(Options{Port: 8443})
 	if got, want := n.HTTPSURL("/health-check", true), "https://[fd70:7061::1]:8443/health-check"; got != want {
 		t.Errorf("HTTPSURL = %q, want %q", got, want)
+	}
+}
+
+func TestTreeHash(t *testing.T) {
+	dir := t.TempDir()
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.MkdirAll(filepath.Join(dir, "node_modules", "a"), 0o755))
+	must(os.WriteFile(filepath.Join(dir, "node_modules", "a", "index.js"), []byte("module.exports = 1;\n"), 0o644))
+	must(os.WriteFile(filepath.Join(dir, "package.json"), []byte("{}\n"), 0o644))
+	must(os.Symlink("a/index.js", filepath.Join(dir, "node_modules", "link")))
+	hash := func() string {
+		t.Helper()
+		h, err := TreeHash(dir)
+		must(err)
+		return h
+	}
+	base := hash()
+	if again := hash(); again != base {
+		t.Fatalf("same tree hashed twice: %s != %s", base, again)
+	}
+	// A new mtime alone changes nothing.
+	must(os.Chtimes(filepath.Join(dir, "package.json"), time.Now(), time.Unix(1, 0)))
+	if h := hash(); h != base {
+		t.Error("mtime changed the hash")
+	}
+	changes := []struct {
+		name     string
+		do, undo func() error
+	}{
+		{"content",
+			func() error { return os.WriteFile(filepath.Join(dir, "package.json"), []byte("{ }\n"), 0o644) },
+			func() error { return os.WriteFile(filepath.Join(dir, "package.json"), []byte("{}\n"), 0o644) }},
+		{"mode",
+			func() error { return os.Chmod(filepath.Join(dir, "node_modules", "a"), 0o700) },
+			func() error { return os.Chmod(filepath.Join(dir, "node_modules", "a"), 0o755) }},
+		{"symlink target",
+			func() error {
+				p := filepath.Join(dir, "node_modules", "link")
+				return errors.Join(os.Remove(p), os.Symlink("a/other.js", p))
+			},
+			func() error {
+				p := filepath.Join(dir, "node_modules", "link")
+				return errors.Join(os.Remove(p), os.Symlink("a/index.js", p))
+			}},
+		{"new empty file",
+			func() error { return os.WriteFile(filepath.Join(dir, "x"), nil, 0o644) },
+			func() error { return os.Remove(filepath.Join(dir, "x")) }},
+	}
+	if os.Geteuid() == 0 {
+		changes = append(changes, struct {
+			name     string
+			do, undo func() error
+		}{"owner",
+			func() error { return os.Lchown(filepath.Join(dir, "node_modules", "a", "index.js"), 65534, 65534) },
+			func() error { return os.Lchown(filepath.Join(dir, "node_modules", "a", "index.js"), 0, 0) }})
+	}
+	for _, c := range changes {
+		must(c.do())
+		if h := hash(); h == base {
+			t.Errorf("%s: hash unchanged", c.name)
+		}
+		must(c.undo())
+		if h := hash(); h != base {
+			t.Errorf("%s undone: hash differs", c.name)
+		}
+	}
+	owners, err := TreeOwners(dir)
+	must(err)
+	uid := uint32(os.Geteuid())
+	if len(owners) != 1 || owners[uid] != 6 { // dir, node_modules, a, index.js, link, package.json
+		t.Errorf("TreeOwners = %v, want {%d: 6}", owners, uid)
+	}
+}
+
+func TestCompareSemver(t *testing.T) {
+	ordered := []string{"0.9.0", "1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta.2", "1.0.0-beta.11", "1.0.0", "1.0.1", "1.0.10", "2.0.0"}
+	for i, a := range ordered {
+		for j, b := range ordered {
+			if got, want := compareSemver(a, b), cmpUint(uint64(i), uint64(j)); got != want {
+				t.Errorf("compareSemver(%s, %s) = %d, want %d", a, b, got, want)
+			}
+		}
+	}
+	if _, ok := parseSemver("1.0"); ok {
+		t.Error("parseSemver(1.0) ok")
+	}
+}
+
+func TestTarball(t *testing.T) {
+	tgz, err := tarball([]byte(`{"name":"x"}`), map[string]string{"lib/b.js": "b", "index.js": "a"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(tgz))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	var names []string
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, h.Name)
+	}
+	if want := []string{"package/package.json", "package/index.js", "package/lib/b.js"}; !slices.Equal(names, want) {
+		t.Errorf("entries %v, want %v", names, want)
+	}
+	for _, bad := range []string{"../x", "/x", "a/../b", "package.json", "."} {
+		if _, err := tarball(nil, map[string]string{bad: ""}); err == nil {
+			t.Errorf("tarball accepted file %q", bad)
+		}
 	}
 }

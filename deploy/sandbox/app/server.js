@@ -13,9 +13,15 @@
 //                   meanwhile; default 0)
 //   CRASH_AFTER_MS  exit with code 1 this long after listening (default: never)
 //   TLS_CERT, TLS_KEY  PEM paths: serve HTTPS instead of HTTP on the same port
+//
+// At start it requires every dependency named in its package.json, so a
+// dependency that throws at require time crashes it, as a broken update
+// would. GET /deps shows what each one exported (a string or number, an
+// object's "version", else its type).
 const fs = require('fs');
 const http = require('http');
 const https = require('https');
+const path = require('path');
 
 function fatal(msg) {
   console.error(msg);
@@ -42,6 +48,25 @@ const tlsCert = process.env.TLS_CERT || '';
 const tlsKey = process.env.TLS_KEY || '';
 if ((tlsCert === '') !== (tlsKey === '')) fatal('TLS_CERT and TLS_KEY must be set together');
 const maxSlowMs = 600000;
+
+function loadDeps() {
+  let text;
+  try {
+    text = fs.readFileSync(path.join(__dirname, 'package.json'), 'utf8');
+  } catch (err) {
+    if (err.code === 'ENOENT') return {};
+    throw err;
+  }
+  const loaded = {};
+  for (const name of Object.keys(JSON.parse(text).dependencies || {})) {
+    const mod = require(name);
+    if (typeof mod === 'string' || typeof mod === 'number') loaded[name] = String(mod);
+    else if (mod && typeof mod.version === 'string') loaded[name] = mod.version;
+    else loaded[name] = typeof mod;
+  }
+  return loaded;
+}
+const deps = loadDeps();
 
 let inFlight = 0;
 let closing = false;
@@ -85,6 +110,8 @@ function handler(req, res) {
       return health(res);
     case '/':
       return reply(res, 200, `patchagent sample app pid=${process.pid}`);
+    case '/deps':
+      return reply(res, 200, JSON.stringify(deps), { 'Content-Type': 'application/json' });
     case '/slow': {
       let ms = Number(url.searchParams.get('ms') || 1000);
       if (!Number.isFinite(ms) || ms < 0) ms = 0;

@@ -1,0 +1,4 @@
+package hooks
+
+// StaleFallbackForTest exposes staleFallback to the external tests.
+var StaleFallbackForTest = staleFallback
