@@ -370,20 +370,27 @@ func (n *Node) pm2(ctx context.Context, extraEnv []string, args ...string) ([]by
 	case !NetnsExists(n.ServerNS):
 		return nil, fmt.Errorf("running %s: netns %s does not exist", what, n.ServerNS)
 	}
-	ctx, cancel := context.WithTimeout(ctx, pm2Timeout)
+	return n.runAsUser(ctx, pm2Timeout, what, n.PM2Bin, n.Home, n.pm2Env(extraEnv...), args)
+}
+
+// runAsUser runs bin with args as the app user inside the server netns, in
+// dir with exactly env, bounded by timeout (its process group is killed at
+// the end), and returns its stdout; what names it in errors.
+func (n *Node) runAsUser(ctx context.Context, timeout time.Duration, what, bin, dir string, env, args []string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	err := n.InServer(func() error {
-		cmd := exec.CommandContext(ctx, n.PM2Bin, args...)
-		cmd.Env = n.pm2Env(extraEnv...)
-		cmd.Dir = n.Home
+		cmd := exec.CommandContext(ctx, bin, args...)
+		cmd.Env = env
+		cmd.Dir = dir
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		cmd.SysProcAttr = &syscall.SysProcAttr{
 			Credential: &syscall.Credential{Uid: n.UID, Gid: n.GID, Groups: []uint32{}},
 			Setpgid:    true,
 		}
-		// The daemon pm2 spawns calls setsid, so killing the CLI's group
-		// never reaches it.
+		// A pm2 daemon calls setsid, so killing the CLI's group never
+		// reaches it.
 		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 		cmd.WaitDelay = 5 * time.Second
 		return cmd.Run()

@@ -1,7 +1,6 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -11,7 +10,6 @@ import (
 	"io/fs"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -38,27 +36,7 @@ func (n *Node) NPM(ctx context.Context, args ...string) ([]byte, error) {
 	if err := n.registryPrecheck(); err != nil {
 		return nil, fmt.Errorf("running %s: %w", what, err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, npmRunTimeout)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	err := n.InServer(func() error {
-		cmd := exec.CommandContext(ctx, n.NPMBin(), args...)
-		cmd.Env = n.userEnv()
-		cmd.Dir = n.AppDir
-		cmd.Stdout, cmd.Stderr = &stdout, &stderr
-		cmd.SysProcAttr = &syscall.SysProcAttr{
-			Credential: &syscall.Credential{Uid: n.UID, Gid: n.GID, Groups: []uint32{}},
-			Setpgid:    true,
-		}
-		cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-		cmd.WaitDelay = 5 * time.Second
-		return cmd.Run()
-	})
-	if err != nil {
-		return stdout.Bytes(), fmt.Errorf("running %s as %s in netns %s: %w: %s %s",
-			what, n.AppUser, n.ServerNS, err, tail(stderr.Bytes()), tail(stdout.Bytes()))
-	}
-	return stdout.Bytes(), nil
+	return n.runAsUser(ctx, npmRunTimeout, what, n.NPMBin(), n.AppDir, n.userEnv(), args)
 }
 
 // npmrc is the app's .npmrc: the sandbox registry, and nothing that would
