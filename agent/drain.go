@@ -13,13 +13,16 @@ import (
 // DrainResult says how the drain ended.
 type DrainResult struct {
 	// Seen is the most non-loopback connections seen at once.
-	Seen int
+	Seen int `json:"seen"`
 	// Remaining: non-loopback connections left at the end; Active: those of
 	// them not idle for drain.idle yet; Busy: those carrying a request.
-	Remaining, Active, Busy int
-	TimedOut                bool
-	Waited                  time.Duration
-	Polls                   int
+	Remaining int           `json:"remaining"`
+	Active    int           `json:"active"`
+	Busy      int           `json:"busy"`
+	TimedOut  bool          `json:"timed_out"`
+	Waited    time.Duration `json:"-"`
+	Seconds   float64       `json:"duration_seconds"`
+	Polls     int           `json:"polls"`
 }
 
 // drain waits until no non-loopback connection to the ports is busy and
@@ -46,6 +49,7 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 		r.Remaining, r.Active, r.Busy = s.Total, s.Total-s.Idle, s.Busy
 		now := a.d.Now()
 		r.Waited = now.Sub(blockedAt)
+		r.Seconds = r.Waited.Seconds()
 		if s.Total != last.Total || s.Busy != last.Busy || s.Idle != last.Idle || now.Sub(lastPrint) >= time.Second {
 			a.progress("drain: %d connection(s), %d busy, %d idle >= %s, after %s",
 				s.Total, s.Busy, s.Idle, c.Idle, r.Waited.Round(10*time.Millisecond))

@@ -83,6 +83,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 			return a.exitFailed(ctx, r, fmt.Errorf("re-applying the block: %w", err))
 		}
 		rep.addStep("reblock", ResultOK, time.Since(t), "the cycle is open and the rules were gone: block re-applied before any check")
+		rep.Reblocked = true
 	}
 
 	if err := a.save(&r.st, "start"); err != nil {
@@ -107,6 +108,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 	}
 	t = time.Now()
 	out, err := a.waitHealthyAndStable(ctx, ids)
+	rep.Health = healthSummary(out, err)
 	if err != nil {
 		rep.addStep("health", ResultFailed, time.Since(t), "")
 		if rerr, done := a.tryRollback(ctx, r, err); done {
@@ -125,6 +127,10 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 	return nil
 }
 
+func healthSummary(o healthcheck.Outcome, err error) *HealthSummary {
+	return &HealthSummary{Healthy: err == nil, Attempts: o.Attempts, Seconds: o.Elapsed.Seconds(), LastLatency: o.Last.Latency.Seconds()}
+}
+
 // exitNoCycle handles exit when pre never opened a cycle (nothing needed
 // patching) or the cycle was closed: it changes nothing but a leftover block
 // of ours, removed only once the app is healthy.
@@ -140,6 +146,7 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 	}
 	t := time.Now()
 	out, err := a.waitHealthyAndStable(ctx, nil)
+	rep.Health = healthSummary(out, err)
 	if err != nil {
 		rep.addStep("health", ResultFailed, time.Since(t), "")
 		if blocked {

@@ -254,6 +254,7 @@ func (a *Agent) tryRollback(ctx context.Context, r *phaseRun, cause error) (err 
 		return a.exitFailed(ctx, r, fmt.Errorf("%w; %s, and the app is still unhealthy: %w", cause, what, err)), true
 	}
 	rep.addStep("rollback", ResultOK, time.Since(t), fmt.Sprintf("%s; healthy after %d attempt(s)", what, out.Attempts))
+	rep.RolledBack = len(p.Changes)
 	rep.Summary = append(rep.Summary, what)
 	if err := a.unblockAndRestore(ctx, r); err != nil {
 		return err, true

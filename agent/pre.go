@@ -99,6 +99,7 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 		return fail(err)
 	}
 	dr, err := a.drain(ctx, blockedAt)
+	rep.Drain = &dr
 	if err != nil {
 		rep.addStep("drain", ResultFailed, time.Since(blockedAt), "")
 		return fail(err)

@@ -54,6 +54,7 @@ func (a *Agent) reconcile(ctx context.Context, r *phaseRun) error {
 		return fmt.Errorf("re-applying the block of cycle %s: %w", r.st.CycleID, err)
 	}
 	rep.addStep("reblock", ResultOK, time.Since(t), "")
+	rep.Reblocked = true
 	rep.Summary = append(rep.Summary, fmt.Sprintf("block re-applied (%s/tcp %s): cycle %s is open", portList(a.cfg.Traffic.Ports), famShort(a.d.Firewall.Families()), r.st.CycleID))
 	return nil
 }

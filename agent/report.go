@@ -43,9 +43,26 @@ type Report struct {
 	// Plan lists what a dry run would do.
 	Plan []string `json:"plan,omitempty"`
 	// Changes lists the dependencies post changed.
-	Changes   []string `json:"changes,omitempty"`
-	CycleID   string   `json:"cycle_id,omitempty"`
-	StatePath string   `json:"state_file,omitempty"`
+	Changes []string `json:"changes,omitempty"`
+	// Drain is how pre's drain ended.
+	Drain *DrainResult `json:"drain,omitempty"`
+	// Health is exit's health wait.
+	Health *HealthSummary `json:"health,omitempty"`
+	// RolledBack counts the packages exit's rollback restored.
+	RolledBack int `json:"rolled_back,omitempty"`
+	// Reblocked: the block had to be put back (after a reboot or a flush).
+	Reblocked bool   `json:"reblocked,omitempty"`
+	CycleID   string `json:"cycle_id,omitempty"`
+	StatePath string `json:"state_file,omitempty"`
+}
+
+// HealthSummary is a health wait as reported.
+type HealthSummary struct {
+	Healthy  bool    `json:"healthy"`
+	Attempts int     `json:"attempts"`
+	Seconds  float64 `json:"duration_seconds"`
+	// LastLatency is the last attempt's latency.
+	LastLatency float64 `json:"last_latency_seconds"`
 }
 
 // StepReport is one step of a phase.
