@@ -85,8 +85,8 @@ func TestExitWithoutPre(t *testing.T) {
 		if rep.ExitCode != 0 || len(e.ev.all()) != 0 || !strings.Contains(rep.Verdict(), "nothing to do") {
 			t.Fatalf("%v\n%s", e.ev.all(), rep.Text())
 		}
-		if _, err := os.Stat(e.state.Path); err == nil {
-			t.Fatal("state written although nothing happened")
+		if st, _ := e.state.Load(); st.Open || st.CycleID != "" || st.Last["exit"].Result != ResultOK {
+			t.Fatalf("exit without pre opened a cycle or did not record its result: %+v", st)
 		}
 	})
 	t.Run("unhealthy: fails, changes nothing", func(t *testing.T) {

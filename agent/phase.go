@@ -30,13 +30,14 @@ func (r *phaseRun) rebooted() bool { return r.booted }
 func (a *Agent) runPhase(ctx context.Context, name string, opt RunOptions, body func(context.Context, *phaseRun) error) *Report {
 	start := time.Now()
 	rep := &Report{Phase: name, App: a.cfg.App.Name, StatePath: a.d.State.Path, Steps: []StepReport{}}
-	err := func() error {
+	err := func() (err error) {
 		if !opt.DryRun {
-			release, err := a.d.Lock.Acquire(ctx, name, a.d.LockWait)
-			if err != nil {
-				return err
+			release, lerr := a.d.Lock.Acquire(ctx, name, a.d.LockWait)
+			if lerr != nil {
+				return lerr
 			}
 			defer release()
+			defer func() { a.recordLast(name, start, err) }()
 		}
 		st, err := a.d.State.Load()
 		if err != nil {
@@ -55,6 +56,27 @@ func (a *Agent) runPhase(ctx context.Context, name string, opt RunOptions, body 
 	}
 	rep.finish(time.Since(start), err, exitCode(err))
 	return rep
+}
+
+// recordLast records how this run of phase ended, for status (best
+// effort, under the lock, on top of whatever the phase saved).
+func (a *Agent) recordLast(name string, start time.Time, err error) {
+	st, lerr := a.d.State.Load()
+	if lerr != nil {
+		return
+	}
+	res := PhaseResult{Result: ResultOK, At: time.Now().UTC(), Seconds: time.Since(start).Seconds(), CycleID: st.CycleID}
+	if err != nil {
+		res.Result, res.Error = ResultFailed, firstLine(err.Error())
+	}
+	if st.Last == nil {
+		st.Last = map[string]PhaseResult{}
+	}
+	st.Last[name] = res
+	st.Version = StateVersion
+	if serr := a.d.State.Save(st); serr != nil {
+		a.log.Error("recording the phase result", zap.Error(serr))
+	}
 }
 
 // begin marks that phase r starts acting in the cycle, opening one if none

@@ -106,8 +106,9 @@ func TestPreFailsBeforeBlocking(t *testing.T) {
 			if len(e.ev.all()) != 0 {
 				t.Fatalf("side effects happened: %v", e.ev.all())
 			}
-			if _, err := os.Stat(e.state.Path); !errors.Is(err, os.ErrNotExist) {
-				t.Fatalf("state file written although nothing was done: %v", err)
+			st, err := e.state.Load()
+			if err != nil || st.Open || st.Block != nil || st.Last["pre"].Result != ResultFailed || !strings.Contains(st.Last["pre"].Error, tt.wantMsg) {
+				t.Fatalf("state after a pre that did nothing: %+v %v", st, err)
 			}
 		})
 	}

@@ -49,12 +49,23 @@ type State struct {
 	Post *PostRecord `json:"post,omitempty"`
 	// Warnings of the last phase run.
 	Warnings []string `json:"warnings,omitempty"`
+	// Last is the last result of each phase, by phase name.
+	Last map[string]PhaseResult `json:"last,omitempty"`
 
 	CycleStartedAt time.Time `json:"cycle_started_at,omitzero"`
 	PhaseStartedAt time.Time `json:"phase_started_at,omitzero"`
 	UpdatedAt      time.Time `json:"updated_at,omitzero"`
 	// ClosedAt is when exit ended the cycle (the node back in service).
 	ClosedAt time.Time `json:"closed_at,omitzero"`
+}
+
+// PhaseResult is how a phase run ended.
+type PhaseResult struct {
+	Result  string    `json:"result"`
+	At      time.Time `json:"at"`
+	Seconds float64   `json:"duration_seconds"`
+	Error   string    `json:"error,omitempty"`
+	CycleID string    `json:"cycle_id,omitempty"`
 }
 
 // BlockRecord describes the block pre installs.

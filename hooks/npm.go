@@ -199,6 +199,35 @@ func staleFallback(stderr []byte) string {
 	return ""
 }
 
+// ErrIncompleteInstall means npm exited 0 although it could not write some
+// files: it reports ENOSPC while unpacking as a warning (TAR_ENTRY_ERROR)
+// and leaves a truncated package behind [measured with npm 11.19 on a full
+// tmpfs].
+var ErrIncompleteInstall = errors.New("npm left files unwritten")
+
+// incompleteInstall returns npm's warning about a file it could not write
+// while unpacking, or "".
+func incompleteInstall(stderr []byte) string {
+	for _, line := range strings.Split(string(stderr), "\n") {
+		if strings.Contains(line, "TAR_ENTRY_ERROR") || strings.Contains(line, "ENOSPC") {
+			return redactURLs(strings.TrimSpace(line))
+		}
+	}
+	return ""
+}
+
+// npmOutcome turns npm's own warnings that mean the work did not happen
+// into errors, for a run that exited 0.
+func npmOutcome(what string, stderr []byte) error {
+	if line := staleFallback(stderr); line != "" {
+		return fmt.Errorf("%s: %w: npm used stale cached metadata (%s)", what, ErrRegistryUnreachable, line)
+	}
+	if line := incompleteInstall(stderr); line != "" {
+		return fmt.Errorf("%s: %w (%s)", what, ErrIncompleteInstall, line)
+	}
+	return nil
+}
+
 // redactURLs drops user:password@ from URLs in s.
 func redactURLs(s string) string {
 	f := strings.Fields(s)
@@ -445,8 +474,8 @@ func (n *NPM) Update(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("running npm update in %s: %w", n.cfg.Dir, err)
 	}
-	if line := staleFallback(res.Stderr); line != "" {
-		return fmt.Errorf("running npm update in %s: %w: npm used stale cached metadata (%s)", n.cfg.Dir, ErrRegistryUnreachable, line)
+	if err := npmOutcome("running npm update in "+n.cfg.Dir, res.Stderr); err != nil {
+		return err
 	}
 	n.log.Info("npm update finished", zap.String("dir", n.cfg.Dir), zap.Duration("took", time.Since(start)))
 	return nil
@@ -570,8 +599,12 @@ func (n *NPM) UpgradeMajor(ctx context.Context) ([]string, error) {
 	}
 	n.log.Info("package.json ranges raised", zap.Strings("changes", lines))
 	start := time.Now()
-	if _, err := n.npm(ctx, n.cfg.Dir, n.InstallArgs()); err != nil {
+	res, err := n.npm(ctx, n.cfg.Dir, n.InstallArgs())
+	if err != nil {
 		return lines, fmt.Errorf("running npm install in %s after raising %d ranges: %w", n.cfg.Dir, len(lines), err)
+	}
+	if err := npmOutcome(fmt.Sprintf("running npm install in %s after raising %d ranges", n.cfg.Dir, len(lines)), res.Stderr); err != nil {
+		return lines, err
 	}
 	n.log.Info("npm install finished", zap.String("dir", n.cfg.Dir), zap.Duration("took", time.Since(start)))
 	return lines, nil

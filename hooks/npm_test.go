@@ -544,3 +544,13 @@ func TestStaleCacheFallbackIsAFailure(t *testing.T) {
 		t.Fatal("a revalidated cache hit counted as a failure")
 	}
 }
+
+func TestIncompleteInstallIsAFailure(t *testing.T) {
+	stderr := "npm warn tar TAR_ENTRY_ERROR ENOSPC: no space left on device, write\n\nchanged 1 package in 1s\n"
+	if line := hooks.IncompleteInstallForTest([]byte(stderr)); !strings.Contains(line, "TAR_ENTRY_ERROR ENOSPC") {
+		t.Fatalf("line %q", line)
+	}
+	if hooks.IncompleteInstallForTest([]byte("changed 1 package in 1s\n")) != "" {
+		t.Fatal("a clean install counted as incomplete")
+	}
+}
