@@ -484,6 +484,13 @@ func TestSandboxBadApps(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("healthy %s after SetAppEnv returned", time.Since(returned).Round(time.Millisecond))
+		// Let the probe see the app back too (its attempts run on their own
+		// clock, and a loaded machine stretches them).
+		for until := time.Now().Add(5 * time.Second); time.Now().Before(until); time.Sleep(20 * time.Millisecond) {
+			if as := p.Attempts(); len(as) > 0 && as[len(as)-1].OK() {
+				break
+			}
+		}
 		// The probe saw: 200 (old app), then only refusals for at least the
 		// delay, then 200.
 		var firstRefused, lastRefused, firstOK time.Time
