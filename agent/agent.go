@@ -71,8 +71,10 @@ type Deps struct {
 	Commands     Commands
 	// Packages updates the app's dependencies (nil when app.dir is unset).
 	Packages Packages
-	State    *StateStore
-	Lock     *PhaseLock
+	// Metrics, if set, records every phase run.
+	Metrics *Metrics
+	State   *StateStore
+	Lock    *PhaseLock
 	// LockWait is how long a phase waits for another to finish (default 0).
 	LockWait time.Duration
 	// BootID returns the current boot id.

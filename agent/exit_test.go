@@ -307,3 +307,26 @@ func TestExitMinUptimeCatchesALateCrash(t *testing.T) {
 		t.Fatalf("stable app: exit %d after %s: %s", rep.ExitCode, time.Since(start), rep.Verdict())
 	}
 }
+
+func TestStatusTellsCycleKernelAndApp(t *testing.T) {
+	e := newTestEnv(t)
+	s, err := e.agent(t).Status(context.Background())
+	if err != nil || s.Cycle.Open || s.Block.Kernel != "none" || !s.Consistent || !strings.HasPrefix(s.Text(), "patchagent status: in service") {
+		t.Fatalf("%v\n%s", err, s.Text())
+	}
+	afterPre(t, e)
+	s, _ = e.agent(t).Status(context.Background())
+	if !s.Cycle.Open || s.Block.Kernel != "blocked" || !s.Block.Recorded || !s.Consistent || s.Phases["pre"].Result != ResultOK ||
+		len(s.App.Instances) != 1 || s.App.Instances[0].Status != hooks.StatusStopped || !strings.HasPrefix(s.Text(), "patchagent status: OUT OF SERVICE") {
+		t.Fatalf("%+v\n%s", s, s.Text())
+	}
+	// A reboot: the kernel lost the rules the state file still records.
+	e.fw.blocked, e.boot = false, "boot-2"
+	s, _ = e.agent(t).Status(context.Background())
+	if s.Consistent || !s.Rebooted || !strings.Contains(s.Text(), "open but the block is none in the kernel") {
+		t.Fatalf("%+v\n%s", s, s.Text())
+	}
+	if len(e.ev.all()) != 0 {
+		t.Fatalf("status acted: %v", e.ev.all())
+	}
+}

@@ -55,6 +55,13 @@ func (a *Agent) runPhase(ctx context.Context, name string, opt RunOptions, body 
 		a.log.Error("phase failed", zap.String("phase", name), zap.Error(err))
 	}
 	rep.finish(time.Since(start), err, exitCode(err))
+	if a.d.Metrics != nil {
+		st, _ := a.d.State.Load()
+		a.d.Metrics.ObservePhase(rep, st, time.Now())
+		if fw, err := a.d.Firewall.Status(ctx); err == nil {
+			a.d.Metrics.ObserveBlock(fw.Blocked() || fw.Partial())
+		}
+	}
 	return rep
 }
 

@@ -21,7 +21,7 @@ import (
 // the kernel refuses it), the state file and the phase lock in
 // daemon.state_dir. It changes nothing on the node. A problem in what cfg
 // names (user, pm2) is a configuration error.
-func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step string)) (*Agent, error) {
+func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step string), m *Metrics) (*Agent, error) {
 	u, err := appUser(cfg.App)
 	if err != nil {
 		return nil, configError(err)
@@ -83,6 +83,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 		Units:        hooks.NewUnits(log, run, "", 0),
 		Commands:     hooks.NewCommands(log, run, 0),
 		Packages:     pkgs,
+		Metrics:      m,
 		State:        NewStateStore(cfg.Daemon.StateDir),
 		Lock:         NewPhaseLock(cfg.Daemon.StateDir),
 		LockWait:     5 * time.Second,

@@ -27,6 +27,23 @@ if [ -n "$need" ]; then
 	# shellcheck disable=SC2086 # word splitting of the package list is intended
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
 fi
+# promtool ('promtool check metrics' in agent/metrics_test.go): only the
+# binary, taken out of Debian's prometheus package into .cache/bin (where the
+# test looks after PATH). Installing the package instead pulls ~100 MB of web
+# UI, adds a system user and, under systemd, enables and starts a Prometheus
+# server on :9090.
+cache="$(cd "$(dirname "$0")/.." && pwd)/.cache"
+if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$cache/bin/promtool" ]; then
+	echo "setup: extracting promtool from Debian's prometheus package into $cache/bin"
+	tmp=$(mktemp -d)
+	chown _apt "$tmp" # apt-get download drops to _apt
+	apt-get update -qq
+	(cd "$tmp" && apt-get download -qq prometheus)
+	dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+	mkdir -p "$cache/bin"
+	cp "$tmp/x/usr/bin/promtool" "$cache/bin/promtool"
+	rm -rf "$tmp"
+fi
 # nf_tables and the REJECT target are kernel modules; iptables loads them on
 # first use. Fail early and clearly when the kernel cannot.
 if ! ip netns list >/dev/null 2>&1; then

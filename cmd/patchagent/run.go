@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -28,7 +29,8 @@ Boot step (run before the app's pm2 service, e.g. from a oneshot unit):
 
 Other commands:
   daemon        run the service (not built yet)
-  status        show the node's patch state (not built yet)
+  status        show the patch cycle, the block as the kernel has it, the app and
+                each phase's last result (--config, --output text|json)
   check-config  validate the config and print the effective values
   version       print the version
 
@@ -52,7 +54,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	switch cmd {
 	case "pre", "post", "exit", "reconcile":
 		return runPhase(ctx, cmd, rest, stdout, stderr)
-	case "daemon", "status":
+	case "status":
+		return runStatus(ctx, rest, stdout, stderr)
+	case "daemon":
 		fmt.Fprintf(stderr, "patchagent %s: not built yet in this version (%s); nothing was done\n", cmd, version)
 		return agent.ExitUsage
 	case "check-config":
@@ -109,7 +113,8 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 	if err != nil {
 		return report(stdout, f.output, failedBeforeStart(phase, err, agent.ExitUsage))
 	}
-	a, err := agent.Build(cfg, log, stderr, crashAfter(os.Getenv(crashEnv)))
+	reg, metrics := agent.NewRegistry(version)
+	a, err := agent.Build(cfg, log, stderr, crashAfter(os.Getenv(crashEnv)), metrics)
 	if err != nil {
 		code := agent.ExitFailed
 		var pe *agent.PhaseError
@@ -119,7 +124,15 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 		return report(stdout, f.output, failedBeforeStart(phase, err, code))
 	}
 	phases := map[string]func(context.Context, agent.RunOptions) *agent.Report{"pre": a.Pre, "post": a.Post, "exit": a.Exit, "reconcile": a.Reconcile}
-	return report(stdout, f.output, phases[phase](ctx, agent.RunOptions{DryRun: f.dryRun}))
+	rep := phases[phase](ctx, agent.RunOptions{DryRun: f.dryRun})
+	// Run without the daemon, the run's metrics go to node_exporter's
+	// textfile collector; a node without it just has no such directory.
+	if !f.dryRun {
+		if err := agent.WriteTextfile(cfg.Daemon.TextfileDir, reg); err != nil {
+			log.Info("metrics not written for node_exporter", zap.Error(err))
+		}
+	}
+	return report(stdout, f.output, rep)
 }
 
 // crashEnv names the crash-test hook: PATCHAGENT_TEST_CRASH_AFTER=<step>
@@ -150,6 +163,43 @@ func report(w io.Writer, format string, r *agent.Report) int {
 		io.WriteString(w, r.Text())
 	}
 	return r.ExitCode
+}
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("patchagent status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", agent.DefaultConfigPath, "config file")
+	output := fs.String("output", "text", "output format: text or json")
+	if err := fs.Parse(args); err != nil {
+		return agent.ExitUsage
+	}
+	if fs.NArg() > 0 || (*output != "text" && *output != "json") {
+		fmt.Fprintf(stderr, "patchagent status: want [--config FILE] [--output text|json]\n")
+		return agent.ExitUsage
+	}
+	cfg, err := agent.LoadConfig(*path)
+	if err != nil {
+		fmt.Fprintf(stderr, "patchagent status: %v\n", err)
+		return agent.ExitUsage
+	}
+	log, _ := newLogger("warn", stderr)
+	a, err := agent.Build(cfg, log, io.Discard, nil, nil)
+	if err != nil {
+		fmt.Fprintf(stderr, "patchagent status: %v\n", err)
+		return agent.ExitFailed
+	}
+	st, err := a.Status(ctx)
+	if err != nil {
+		fmt.Fprintf(stderr, "patchagent status: %v\n", err)
+		return agent.ExitFailed
+	}
+	if *output == "json" {
+		b, _ := json.Marshal(st)
+		stdout.Write(append(b, '\n'))
+	} else {
+		io.WriteString(stdout, st.Text())
+	}
+	return agent.ExitOK
 }
 
 func runCheckConfig(args []string, stdout, stderr io.Writer) int {

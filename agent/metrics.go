@@ -1,0 +1,287 @@
+package agent
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+)
+
+// TextfileName is the file WriteTextfile writes in node_exporter's textfile
+// collector directory.
+const TextfileName = "patchagent.prom"
+
+// metricPhases are the phases whose run counters exist from the start, so
+// that rate() and increase() see the first failure.
+var metricPhases = []string{"pre", "post", "exit", "reconcile"}
+
+// phaseBuckets span 0.05 s (a no-op phase) to 30 min (a slow drain, npm
+// update or health wait).
+var phaseBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800}
+
+// Metrics owns every patchagent metric. Label values are only phase, step,
+// result and state names fixed by the code: never a URL, a path or error
+// text.
+type Metrics struct {
+	PhaseRuns     *prometheus.CounterVec   // patchagent_phase_runs_total{phase,result}
+	PhaseDuration *prometheus.HistogramVec // patchagent_phase_duration_seconds{phase}
+	StepDuration  *prometheus.HistogramVec // patchagent_step_duration_seconds{phase,step}
+	LastRun       *prometheus.GaugeVec     // patchagent_phase_last_run_timestamp_seconds{phase}
+	LastSuccess   *prometheus.GaugeVec     // patchagent_phase_last_success_timestamp_seconds{phase}
+
+	CycleOpen      prometheus.Gauge   // patchagent_cycle_open
+	Blocked        prometheus.Gauge   // patchagent_traffic_blocked
+	BlockedSince   prometheus.Gauge   // patchagent_traffic_blocked_since_timestamp_seconds
+	BlockReapplied prometheus.Counter // patchagent_block_reapplied_total
+
+	DrainConns    *prometheus.GaugeVec // patchagent_drain_connections{state}
+	DrainDuration prometheus.Gauge     // patchagent_drain_duration_seconds
+	DrainTimeouts prometheus.Counter   // patchagent_drain_timeouts_total
+
+	HealthAttempts *prometheus.CounterVec // patchagent_health_check_attempts_total{result}
+	HealthLatency  prometheus.Gauge       // patchagent_health_check_latency_seconds
+
+	DepsUpdated    prometheus.Counter // patchagent_dependencies_updated_total
+	DepsRolledBack prometheus.Counter // patchagent_dependencies_rolled_back_total
+
+	Deadman prometheus.Counter // patchagent_deadman_triggered_total
+}
+
+// NewMetrics creates the metrics and registers them on reg, with
+// patchagent_build_info{version,goversion} 1.
+func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
+	f := promauto.With(reg)
+	f.NewGauge(prometheus.GaugeOpts{
+		Name:        "patchagent_build_info",
+		Help:        "Always 1; the labels give the patchagent version and the Go version that built it.",
+		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
+	}).Set(1)
+	m := &Metrics{
+		PhaseRuns: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "patchagent_phase_runs_total",
+			Help: "Phase runs by result (ok, failed, dry-run).",
+		}, []string{"phase", "result"}),
+		PhaseDuration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "patchagent_phase_duration_seconds",
+			Help:    "Duration of phase runs (dry runs excluded).",
+			Buckets: phaseBuckets,
+		}, []string{"phase"}),
+		StepDuration: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "patchagent_step_duration_seconds",
+			Help:    "Duration of the steps of phase runs (dry runs excluded).",
+			Buckets: phaseBuckets,
+		}, []string{"phase", "step"}),
+		LastRun: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "patchagent_phase_last_run_timestamp_seconds",
+			Help: "When the phase last finished a run, whatever its result (dry runs excluded).",
+		}, []string{"phase"}),
+		LastSuccess: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "patchagent_phase_last_success_timestamp_seconds",
+			Help: "When the phase last finished a run with result ok.",
+		}, []string{"phase"}),
+		CycleOpen: f.NewGauge(prometheus.GaugeOpts{
+			Name: "patchagent_cycle_open",
+			Help: "1 while a patch cycle is open (the node may be out of service), from the state file.",
+		}),
+		Blocked: f.NewGauge(prometheus.GaugeOpts{
+			Name: "patchagent_traffic_blocked",
+			Help: "1 while new connections to the app's ports are blocked: the kernel's rules when read, else the state file after the last phase.",
+		}),
+		BlockedSince: f.NewGauge(prometheus.GaugeOpts{
+			Name: "patchagent_traffic_blocked_since_timestamp_seconds",
+			Help: "When the open cycle's block was installed, from the state file; 0 when no cycle is open.",
+		}),
+		BlockReapplied: f.NewCounter(prometheus.CounterOpts{
+			Name: "patchagent_block_reapplied_total",
+			Help: "Times the block was put back while a cycle was open (after a reboot or a flush of the rules).",
+		}),
+		DrainConns: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "patchagent_drain_connections",
+			Help: "Connections to the app's ports left when the last drain ended: busy (not idle long enough) or idle.",
+		}, []string{"state"}),
+		DrainDuration: f.NewGauge(prometheus.GaugeOpts{
+			Name: "patchagent_drain_duration_seconds",
+			Help: "How long the last drain waited after the block.",
+		}),
+		DrainTimeouts: f.NewCounter(prometheus.CounterOpts{
+			Name: "patchagent_drain_timeouts_total",
+			Help: "Drains that reached drain.timeout with connections still busy.",
+		}),
+		HealthAttempts: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "patchagent_health_check_attempts_total",
+			Help: "Health check attempts of exit's health waits, by result (success, failure).",
+		}, []string{"result"}),
+		HealthLatency: f.NewGauge(prometheus.GaugeOpts{
+			Name: "patchagent_health_check_latency_seconds",
+			Help: "Latency of the last health check attempt.",
+		}),
+		DepsUpdated: f.NewCounter(prometheus.CounterOpts{
+			Name: "patchagent_dependencies_updated_total",
+			Help: "Dependency changes (updated, added or removed packages) made by post.",
+		}),
+		DepsRolledBack: f.NewCounter(prometheus.CounterOpts{
+			Name: "patchagent_dependencies_rolled_back_total",
+			Help: "Dependency changes undone by exit's rollback.",
+		}),
+		Deadman: f.NewCounter(prometheus.CounterOpts{
+			Name: "patchagent_deadman_triggered_total",
+			Help: "Times the dead-man timer fired: the node stayed out of service too long.",
+		}),
+	}
+	for _, p := range metricPhases {
+		m.PhaseRuns.WithLabelValues(p, ResultOK)
+		m.PhaseRuns.WithLabelValues(p, ResultFailed)
+	}
+	m.HealthAttempts.WithLabelValues("success")
+	m.HealthAttempts.WithLabelValues("failure")
+	return m
+}
+
+// NewRegistry returns a registry with the Go and process collectors and
+// patchagent's metrics, for the daemon to serve.
+func NewRegistry(version string) (*prometheus.Registry, *Metrics) {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg, NewMetrics(reg, version)
+}
+
+// ObservePhase records one finished phase run from its report and the state
+// file as it stands after the run (now = when).
+//
+// A dry run counts only in patchagent_phase_runs_total{result="dry-run"}:
+// it changed nothing, so it neither feeds the duration histograms nor moves
+// the last-run and last-success timestamps (an alert on a stale last success
+// must not be silenced by dry runs). The state gauges are set from st for
+// every run.
+func (m *Metrics) ObservePhase(rep *Report, st State, now time.Time) {
+	m.PhaseRuns.WithLabelValues(rep.Phase, rep.Result).Inc()
+	m.observeState(st)
+	if rep.Result == ResultDryRun {
+		return
+	}
+	ts := timestamp(now)
+	m.PhaseDuration.WithLabelValues(rep.Phase).Observe(phaseSeconds(rep))
+	for _, s := range rep.Steps {
+		m.StepDuration.WithLabelValues(rep.Phase, s.Name).Observe(stepSeconds(s))
+	}
+	m.LastRun.WithLabelValues(rep.Phase).Set(ts)
+	if rep.Result == ResultOK {
+		m.LastSuccess.WithLabelValues(rep.Phase).Set(ts)
+	}
+	if rep.Reblocked {
+		m.BlockReapplied.Inc()
+	}
+	if d := rep.Drain; d != nil {
+		m.DrainConns.WithLabelValues("busy").Set(float64(d.Active))
+		m.DrainConns.WithLabelValues("idle").Set(float64(d.Remaining - d.Active))
+		m.DrainDuration.Set(d.Seconds)
+		if d.TimedOut {
+			m.DrainTimeouts.Inc()
+		}
+	}
+	if h := rep.Health; h != nil && h.Attempts > 0 {
+		// The report keeps only the outcome: a healthy wait ended on a
+		// success, an unhealthy one on a failure; the others are counted
+		// as failures (a wait for several passes in a row undercounts
+		// its successes).
+		failures := h.Attempts
+		if h.Healthy {
+			m.HealthAttempts.WithLabelValues("success").Inc()
+			failures--
+		}
+		m.HealthAttempts.WithLabelValues("failure").Add(float64(failures))
+		m.HealthLatency.Set(h.LastLatency)
+	}
+	// A post re-run after a completed update reports the cycle's changes
+	// again without an update step: count them once, when made.
+	if rep.Phase == "post" && rep.Result == ResultOK && updated(rep) {
+		m.DepsUpdated.Add(float64(len(rep.Changes)))
+	}
+	if rep.RolledBack > 0 {
+		m.DepsRolledBack.Add(float64(rep.RolledBack))
+	}
+}
+
+// observeState sets the gauges that mirror the state file.
+func (m *Metrics) observeState(st State) {
+	m.CycleOpen.Set(bool01(st.Open))
+	blocked := st.Open && st.Block != nil
+	m.Blocked.Set(bool01(blocked))
+	if blocked {
+		m.BlockedSince.Set(timestamp(st.Block.Since))
+	} else {
+		m.BlockedSince.Set(0)
+	}
+}
+
+// ObserveBlock records the kernel's view of the block (the daemon and status
+// read it). The last of ObserveBlock and ObservePhase wins: each is the
+// freshest view when it is called.
+func (m *Metrics) ObserveBlock(blocked bool) { m.Blocked.Set(bool01(blocked)) }
+
+// ObserveReassert counts a re-application of the block by the daemon's watch.
+func (m *Metrics) ObserveReassert() { m.BlockReapplied.Inc() }
+
+// ObserveDeadman records that the dead-man timer fired (node out of service
+// too long).
+func (m *Metrics) ObserveDeadman() { m.Deadman.Inc() }
+
+// WriteTextfile writes every metric of g to dir/patchagent.prom for
+// node_exporter's textfile collector, atomically (a temp file renamed over
+// it, mode 0644). A missing dir is an error: it belongs to node_exporter.
+func WriteTextfile(dir string, g prometheus.Gatherer) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("metrics textfile dir %s: %w", dir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("metrics textfile dir %s: not a directory", dir)
+	}
+	path := filepath.Join(dir, TextfileName)
+	if err := prometheus.WriteToTextfile(path, g); err != nil {
+		return fmt.Errorf("writing metrics to %s: %w", path, err)
+	}
+	return nil
+}
+
+func updated(rep *Report) bool {
+	for _, s := range rep.Steps {
+		if s.Name == "update" && s.Result == ResultOK {
+			return true
+		}
+	}
+	return false
+}
+
+func phaseSeconds(rep *Report) float64 {
+	if rep.Duration != 0 {
+		return rep.Duration.Seconds()
+	}
+	return rep.Seconds
+}
+
+func stepSeconds(s StepReport) float64 {
+	if s.Dur != 0 {
+		return s.Dur.Seconds()
+	}
+	return s.Seconds
+}
+
+func timestamp(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
+}
+
+func bool01(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

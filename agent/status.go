@@ -1,0 +1,164 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// NodeStatus is what `patchagent status` shows: the cycle from the state
+// file, the block as the kernel has it, the app as pm2 has it, and the last
+// result of each phase.
+type NodeStatus struct {
+	Cycle struct {
+		Open      bool      `json:"open"`
+		ID        string    `json:"id,omitempty"`
+		StartedAt time.Time `json:"started_at,omitzero"`
+		Phase     string    `json:"phase,omitempty"`
+		Step      string    `json:"step,omitempty"`
+		Status    string    `json:"status,omitempty"`
+		Error     string    `json:"error,omitempty"`
+		ClosedAt  time.Time `json:"closed_at,omitzero"`
+	} `json:"cycle"`
+	Block struct {
+		// Kernel is read from iptables: blocked, partial or none.
+		Kernel   string   `json:"kernel"`
+		Families []string `json:"families,omitempty"`
+		// Recorded: the state file says a block should be in place.
+		Recorded bool      `json:"recorded"`
+		Since    time.Time `json:"since,omitzero"`
+		Error    string    `json:"error,omitempty"`
+	} `json:"block"`
+	App struct {
+		Name      string        `json:"name"`
+		User      string        `json:"user"`
+		Instances []AppInstance `json:"instances,omitempty"`
+		Error     string        `json:"error,omitempty"`
+		Post      *PostRecord   `json:"post,omitempty"`
+	} `json:"app"`
+	Rebooted bool                   `json:"rebooted_since_last_phase"`
+	Phases   map[string]PhaseResult `json:"phases"`
+	// Consistent is false when the kernel and the state file disagree (a
+	// cycle open without the block, or a block with no cycle).
+	Consistent bool   `json:"consistent"`
+	StatePath  string `json:"state_file"`
+}
+
+// AppInstance is one pm2 instance as status shows it.
+type AppInstance struct {
+	ID       int    `json:"pm2_id"`
+	PID      int    `json:"pid"`
+	Status   string `json:"status"`
+	Restarts int    `json:"restarts"`
+}
+
+// Status reads the node's patch state; it changes nothing and takes no lock.
+// Problems reading the firewall or pm2 are reported in the status; only an
+// unreadable state file is an error.
+func (a *Agent) Status(ctx context.Context) (*NodeStatus, error) {
+	st, err := a.d.State.Load()
+	if err != nil {
+		return nil, err
+	}
+	s := &NodeStatus{StatePath: a.d.State.Path, Phases: st.Last}
+	if s.Phases == nil {
+		s.Phases = map[string]PhaseResult{}
+	}
+	s.Cycle.Open, s.Cycle.ID, s.Cycle.StartedAt = st.Open, st.CycleID, st.CycleStartedAt
+	s.Cycle.Phase, s.Cycle.Step, s.Cycle.Status, s.Cycle.Error, s.Cycle.ClosedAt = st.Phase, st.Step, st.Status, st.Error, st.ClosedAt
+	if boot, err := a.d.BootID(); err == nil && st.BootID != "" {
+		s.Rebooted = boot != st.BootID
+	}
+	s.Block.Recorded = st.Open && st.Block != nil
+	if s.Block.Recorded {
+		s.Block.Since = st.Block.Since
+	}
+	fw, err := a.d.Firewall.Status(ctx)
+	switch {
+	case err != nil:
+		s.Block.Kernel, s.Block.Error = "unknown", err.Error()
+	case fw.Blocked():
+		s.Block.Kernel = "blocked"
+	case fw.Partial():
+		s.Block.Kernel = "partial"
+	default:
+		s.Block.Kernel = "none"
+	}
+	for f, fs := range fw.Families {
+		if fs.Chain || fs.Jumps > 0 {
+			s.Block.Families = append(s.Block.Families, string(f))
+		}
+	}
+	sort.Strings(s.Block.Families)
+	s.App.Name, s.App.User = a.cfg.App.Name, a.d.AppUser
+	if st.Post != nil && st.Post.CycleID == st.CycleID {
+		s.App.Post = st.Post
+	}
+	procs, err := a.d.App.Processes(ctx, a.cfg.App.Name)
+	if err != nil {
+		s.App.Error = err.Error()
+	}
+	for _, p := range procs {
+		s.App.Instances = append(s.App.Instances, AppInstance{ID: p.ID, PID: p.PID, Status: p.Status, Restarts: p.Restarts})
+	}
+	inKernel := s.Block.Kernel == "blocked" || s.Block.Kernel == "partial"
+	s.Consistent = s.Block.Kernel != "unknown" && inKernel == st.Open
+	return s, nil
+}
+
+// Text renders the status for a terminal: a verdict line, then details.
+func (s *NodeStatus) Text() string {
+	var b strings.Builder
+	switch {
+	case !s.Cycle.Open && s.Block.Kernel == "none":
+		b.WriteString("patchagent status: in service (no patch cycle open)\n")
+	case s.Cycle.Open && s.Block.Kernel == "blocked":
+		fmt.Fprintf(&b, "patchagent status: OUT OF SERVICE, patch cycle %s open (last: %s %s at step %s)\n", s.Cycle.ID, s.Cycle.Phase, s.Cycle.Status, s.Cycle.Step)
+	case s.Cycle.Open:
+		fmt.Fprintf(&b, "patchagent status: patch cycle %s open but the block is %s in the kernel (reboot or flush?): `patchagent reconcile` re-applies it\n", s.Cycle.ID, s.Block.Kernel)
+	default:
+		fmt.Fprintf(&b, "patchagent status: no patch cycle open but a block of ours is %s in the kernel: `patchagent exit` removes it once the app is healthy\n", s.Block.Kernel)
+	}
+	fmt.Fprintf(&b, "  block:  kernel %s", s.Block.Kernel)
+	if len(s.Block.Families) > 0 {
+		fmt.Fprintf(&b, " (%s)", strings.Join(s.Block.Families, ", "))
+	}
+	if !s.Block.Since.IsZero() {
+		fmt.Fprintf(&b, ", since %s", s.Block.Since.Format(time.RFC3339))
+	}
+	if s.Block.Error != "" {
+		fmt.Fprintf(&b, ", error: %s", s.Block.Error)
+	}
+	b.WriteString("\n")
+	fmt.Fprintf(&b, "  app:    %s (pm2 of %s):", s.App.Name, s.App.User)
+	if s.App.Error != "" {
+		fmt.Fprintf(&b, " %s", s.App.Error)
+	}
+	for _, in := range s.App.Instances {
+		fmt.Fprintf(&b, " [%d] %s pid %d restarts %d;", in.ID, in.Status, in.PID, in.Restarts)
+	}
+	b.WriteString("\n")
+	if p := s.App.Post; p != nil {
+		fmt.Fprintf(&b, "  post:   %s, %d change(s), snapshot %s, rolled back %v\n", p.Status, len(p.Changes), p.Snapshot, p.RolledBack)
+	}
+	if s.Rebooted {
+		b.WriteString("  boot:   the node rebooted since the last phase\n")
+	}
+	names := make([]string, 0, len(s.Phases))
+	for n := range s.Phases {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		p := s.Phases[n]
+		fmt.Fprintf(&b, "  %-9s last %s at %s in %.1fs", n+":", p.Result, p.At.Format(time.RFC3339), p.Seconds)
+		if p.Error != "" {
+			fmt.Fprintf(&b, ": %s", p.Error)
+		}
+		b.WriteString("\n")
+	}
+	fmt.Fprintf(&b, "  state:  %s\n", s.StatePath)
+	return b.String()
+}
