@@ -182,3 +182,28 @@ func familyNames(fs []firewall.Family) []string {
 	}
 	return out
 }
+
+// WithProgress returns an Agent whose phases write their progress lines to w
+// (each control-socket request gets its own).
+func (a *Agent) WithProgress(w io.Writer) *Agent {
+	b := *a
+	b.d.Progress = w
+	return &b
+}
+
+// RunPhase runs the named phase (pre, post, exit, reconcile).
+func (a *Agent) RunPhase(ctx context.Context, phase string, opt RunOptions) *Report {
+	switch phase {
+	case "pre":
+		return a.Pre(ctx, opt)
+	case "post":
+		return a.Post(ctx, opt)
+	case "exit":
+		return a.Exit(ctx, opt)
+	case "reconcile":
+		return a.Reconcile(ctx, opt)
+	}
+	rep := &Report{Phase: phase, Steps: []StepReport{}}
+	rep.finish(0, configError(fmt.Errorf("unknown phase %q", phase)), ExitUsage)
+	return rep
+}

@@ -28,13 +28,16 @@ Boot step (run before the app's pm2 service, e.g. from a oneshot unit):
   reconcile     re-apply the block if a patch cycle is open and the rules are gone
 
 Other commands:
-  daemon        run the service (not built yet)
+  daemon        the service: runs the phases the hook commands hand it over
+                /run/patchagent/patchagent.sock, re-blocks an open cycle at
+                boot, watches the block, serves /metrics (--config)
   status        show the patch cycle, the block as the kernel has it, the app and
                 each phase's last result (--config, --output text|json)
   check-config  validate the config and print the effective values
   version       print the version
 
-Flags of pre (and the later hook commands):
+Flags of pre, post, exit and reconcile (run by the daemon when one answers,
+else in this process, which then says so on stderr):
   --config FILE        config file (default /etc/patchagent/config.yaml)
   --output text|json   text: verdict on the first line; json: one object
   --dry-run            print the plan, change nothing
@@ -57,8 +60,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "status":
 		return runStatus(ctx, rest, stdout, stderr)
 	case "daemon":
-		fmt.Fprintf(stderr, "patchagent %s: not built yet in this version (%s); nothing was done\n", cmd, version)
-		return agent.ExitUsage
+		return runDaemon(ctx, rest, stderr)
 	case "check-config":
 		return runCheckConfig(rest, stdout, stderr)
 	case "version", "--version":
@@ -113,6 +115,22 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 	if err != nil {
 		return report(stdout, f.output, failedBeforeStart(phase, err, agent.ExitUsage))
 	}
+	// The daemon, when it answers, runs the phase: a SIGKILL of this
+	// process (an SSM timeout) then does not stop it.
+	if os.Getenv(crashEnv) == "" {
+		rep, err := agent.Call(ctx, cfg.Daemon.Socket, agent.Request{Phase: phase, DryRun: f.dryRun}, stderr)
+		switch {
+		case err == nil:
+			return report(stdout, f.output, rep)
+		case errors.Is(err, agent.ErrNoDaemon):
+			fmt.Fprintf(stderr, "patchagent %s: no daemon answering on %s: running the phase in this process\n", phase, cfg.Daemon.Socket)
+		case ctx.Err() != nil:
+			fmt.Fprintf(stderr, "patchagent %s: interrupted; the phase goes on in the daemon (see patchagent status)\n", phase)
+			return agent.ExitFailed
+		default:
+			return report(stdout, f.output, failedBeforeStart(phase, err, agent.ExitFailed))
+		}
+	}
 	reg, metrics := agent.NewRegistry(version)
 	a, err := agent.Build(cfg, log, stderr, crashAfter(os.Getenv(crashEnv)), metrics)
 	if err != nil {
@@ -123,8 +141,7 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 		}
 		return report(stdout, f.output, failedBeforeStart(phase, err, code))
 	}
-	phases := map[string]func(context.Context, agent.RunOptions) *agent.Report{"pre": a.Pre, "post": a.Post, "exit": a.Exit, "reconcile": a.Reconcile}
-	rep := phases[phase](ctx, agent.RunOptions{DryRun: f.dryRun})
+	rep := a.RunPhase(ctx, phase, agent.RunOptions{DryRun: f.dryRun})
 	// Run without the daemon, the run's metrics go to node_exporter's
 	// textfile collector; a node without it just has no such directory.
 	if !f.dryRun {

@@ -16,5 +16,6 @@ traffic:
   ports: [%d]
 daemon:
   state_dir: %s
-%s`, n.Opts.AppName, n.AppUser, n.PM2Bin, n.PM2Home, n.Opts.Port, stateDir, extra)
+  socket: /run/patchagent-sandbox/%s.sock
+%s`, n.Opts.AppName, n.AppUser, n.PM2Bin, n.PM2Home, n.Opts.Port, stateDir, n.Opts.Prefix, extra)
 }

@@ -187,7 +187,7 @@ func TestPatchagentConfig(t *testing.T) {
 	}
 	got := n.PatchagentConfig("/st", "drain:\n  idle: 1s\n")
 	want := "app:\n  name: web\n  user: u1\n  pm2: /p/node_modules/pm2/bin/pm2\n  pm2_home: /s/home/.pm2\n" +
-		"traffic:\n  ports: [8443]\ndaemon:\n  state_dir: /st\ndrain:\n  idle: 1s\n"
+		"traffic:\n  ports: [8443]\ndaemon:\n  state_dir: /st\n  socket: /run/patchagent-sandbox/pa-u.sock\ndrain:\n  idle: 1s\n"
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("PatchagentConfig (-want +got):\n%s", diff)
 	}

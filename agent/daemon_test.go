@@ -1,0 +1,468 @@
+package agent
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/patchagent/patchagent/firewall"
+	"github.com/patchagent/patchagent/healthcheck"
+)
+
+// recNotifier records sd_notify messages, also into the events log so their
+// order against side effects can be checked.
+type recNotifier struct {
+	mu   sync.Mutex
+	ev   *events
+	msgs []string
+}
+
+func (n *recNotifier) Notify(s string) error {
+	n.mu.Lock()
+	n.msgs = append(n.msgs, s)
+	n.mu.Unlock()
+	n.ev.add("notify " + s)
+	return nil
+}
+
+func (n *recNotifier) count(prefix string) int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := 0
+	for _, m := range n.msgs {
+		if strings.HasPrefix(m, prefix) {
+			c++
+		}
+	}
+	return c
+}
+
+// daemonFW is a firewall safe for the daemon's goroutines; with hang set,
+// Status blocks (ignoring its context, as go-iptables does) until closed.
+type daemonFW struct {
+	mu       sync.Mutex
+	ev       *events
+	blocked  bool
+	blocks   int
+	blockErr error
+	hang     chan struct{}
+	hung     chan struct{} // closed when a Status call hangs
+}
+
+func (f *daemonFW) Families() []firewall.Family { return []firewall.Family{firewall.IPv4} }
+func (f *daemonFW) Plan() []string              { return []string{"iptables -N PATCHAGENT-BLOCK"} }
+func (f *daemonFW) Block(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ev.add("block")
+	if f.blockErr != nil {
+		return f.blockErr
+	}
+	f.blocked = true
+	f.blocks++
+	return nil
+}
+func (f *daemonFW) Unblock(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.ev.add("unblock")
+	f.blocked = false
+	return nil
+}
+func (f *daemonFW) Status(ctx context.Context) (firewall.Status, error) {
+	f.mu.Lock()
+	hang, hung := f.hang, f.hung
+	f.mu.Unlock()
+	if hang != nil {
+		select {
+		case <-hung:
+		default:
+			close(hung)
+		}
+		<-hang
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fs := firewall.FamilyStatus{}
+	if f.blocked {
+		fs = firewall.FamilyStatus{Chain: true, Jumps: 1, RulesOK: true}
+	}
+	return firewall.Status{Families: map[firewall.Family]firewall.FamilyStatus{firewall.IPv4: fs}}, nil
+}
+func (f *daemonFW) set(blocked bool) { f.mu.Lock(); f.blocked = blocked; f.mu.Unlock() }
+func (f *daemonFW) get() (blocked bool, blocks int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.blocked, f.blocks
+}
+
+// fakeServer plays the control socket: a phase may be running; Wait
+// returns when it ends (end closed) or ctx is done.
+type fakeServer struct {
+	mu       sync.Mutex
+	phase    string
+	end      chan struct{}
+	phaseCtx context.Context
+	shutdown bool
+	// ctxLiveAtEnd: the phase context was still live when Wait saw the
+	// phase end.
+	ctxLiveAtEnd bool
+}
+
+func (s *fakeServer) Running() (string, time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.phase, time.Now(), s.phase != ""
+}
+func (s *fakeServer) Wait(ctx context.Context) error {
+	s.mu.Lock()
+	end, pctx := s.end, s.phaseCtx
+	s.mu.Unlock()
+	if end == nil {
+		return nil
+	}
+	select {
+	case <-end:
+		s.mu.Lock()
+		s.ctxLiveAtEnd = pctx.Err() == nil
+		s.mu.Unlock()
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+func (s *fakeServer) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shutdown = true
+	s.mu.Unlock()
+	return nil
+}
+func (s *fakeServer) SetPhaseContext(ctx context.Context) {
+	s.mu.Lock()
+	s.phaseCtx = ctx
+	s.mu.Unlock()
+}
+func (s *fakeServer) setPhase(p string) { s.mu.Lock(); s.phase = p; s.mu.Unlock() }
+
+type daemonRig struct {
+	e   *testEnv
+	a   *Agent
+	fw  *daemonFW
+	srv *fakeServer
+	n   *recNotifier
+	m   *Metrics
+	o   DaemonOptions
+}
+
+func newDaemonRig(t *testing.T) *daemonRig {
+	e := newTestEnv(t)
+	e.cfg.Daemon.MaxOutOfService = Duration(time.Hour)
+	return &daemonRig{
+		e: e, fw: &daemonFW{ev: e.ev}, srv: &fakeServer{}, n: &recNotifier{ev: e.ev},
+		m: NewMetrics(prometheus.NewRegistry(), "test"),
+		o: DaemonOptions{Tick: 10 * time.Millisecond, StopTimeout: 3 * time.Second, Watchdog: time.Second},
+	}
+}
+
+// start runs the daemon until the returned stop is called (or the test
+// ends); stop returns how long RunDaemon took to return, and its error.
+func (r *daemonRig) start(t *testing.T) (stop func() (time.Duration, error)) {
+	t.Helper()
+	r.a = r.e.agent(t)
+	r.a.d.Firewall = r.fw
+	ctx, cancel := context.WithCancel(context.Background())
+	ch := make(chan error, 1)
+	go func() { ch <- r.a.RunDaemon(ctx, r.srv, r.n, r.m, r.o) }()
+	var once sync.Once
+	var err error
+	var took time.Duration
+	stop = func() (time.Duration, error) {
+		once.Do(func() {
+			t0 := time.Now()
+			cancel()
+			select {
+			case err = <-ch:
+			case <-time.After(10 * time.Second):
+				t.Fatal("RunDaemon did not return")
+			}
+			took = time.Since(t0)
+		})
+		return took, err
+	}
+	t.Cleanup(func() { stop() })
+	return stop
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// openCycle records a cycle pre left open, last active at updated.
+func openCycle(t *testing.T, e *testEnv, boot string, updated time.Time) {
+	t.Helper()
+	st := State{CycleID: "c1", Open: true, BootID: boot, Phase: "pre", Status: StatusOK, Step: "stop",
+		Block:          &BlockRecord{Chain: "PATCHAGENT-BLOCK", Ports: []uint16{443}, BootID: boot, Since: updated},
+		CycleStartedAt: updated, PhaseStartedAt: updated, UpdatedAt: updated}
+	if err := e.state.Save(st); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDaemonBootReblocksBeforeReady(t *testing.T) {
+	r := newDaemonRig(t)
+	openCycle(t, r.e, "boot-0", time.Now()) // rebooted: rules gone
+	r.start(t)
+	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	evs := r.e.ev.all()
+	iBlock := slices.Index(evs, "block")
+	iReady := slices.IndexFunc(evs, func(s string) bool { return strings.HasPrefix(s, "notify READY=1") })
+	if iBlock < 0 || iBlock > iReady {
+		t.Fatalf("block must come before READY=1: %q", evs)
+	}
+	if want := "notify READY=1\nSTATUS=cycle c1 open, blocked"; evs[iReady] != want {
+		t.Fatalf("ready message %q, want %q", evs[iReady], want)
+	}
+	if st, _ := r.e.state.Load(); !st.Open || st.BootID != "boot-1" {
+		t.Fatalf("state %+v", st)
+	}
+}
+
+func TestDaemonBootReconcileFailureIsNotReady(t *testing.T) {
+	r := newDaemonRig(t)
+	openCycle(t, r.e, "boot-0", time.Now())
+	r.fw.blockErr = errBoom
+	a := r.e.agent(t)
+	a.d.Firewall = r.fw
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := a.RunDaemon(ctx, r.srv, r.n, r.m, r.o)
+	if err == nil || !strings.Contains(err.Error(), "boom") || ctx.Err() != nil {
+		t.Fatalf("want the reconciliation's error at once, got %v", err)
+	}
+	if r.n.count("READY=1") != 0 {
+		t.Fatal("READY=1 sent although the block could not be re-applied")
+	}
+}
+
+func TestDaemonRemovesLeftoverBlockOnceHealthy(t *testing.T) {
+	r := newDaemonRig(t)
+	r.fw.set(true) // no cycle open
+	r.start(t)
+	waitFor(t, "leftover block removed", func() bool { b, _ := r.fw.get(); return !b })
+	if r.e.health.probes() == 0 {
+		t.Fatal("unblocked without a health check")
+	}
+	waitFor(t, "idle status", func() bool { return r.n.count("STATUS=idle") == 1 })
+}
+
+func TestDaemonReappliesBlockRemovedByHand(t *testing.T) {
+	r := newDaemonRig(t)
+	openCycle(t, r.e, "boot-1", time.Now())
+	r.fw.set(true)
+	r.start(t)
+	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+
+	// A phase of the socket is at work: the firewall is its business.
+	r.srv.setPhase("exit")
+	waitFor(t, "running status", func() bool { return r.n.count("STATUS=running exit") == 1 })
+	r.fw.set(false)
+	time.Sleep(100 * time.Millisecond)
+	// A phase run without the daemon holds the lock: same.
+	release, err := r.e.lock.Acquire(context.Background(), "pre", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.srv.setPhase("")
+	time.Sleep(100 * time.Millisecond)
+	if _, n := r.fw.get(); n != 0 {
+		t.Fatalf("block re-applied %d times while a phase was at work", n)
+	}
+	release()
+
+	waitFor(t, "block re-applied", func() bool { b, _ := r.fw.get(); return b })
+	if got := testutil.ToFloat64(r.m.BlockReapplied); got != 1 {
+		t.Fatalf("patchagent_block_reapplied_total %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(r.m.Blocked); got != 1 {
+		t.Fatalf("patchagent_traffic_blocked %v", got)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if _, n := r.fw.get(); n != 1 {
+		t.Fatalf("blocked %d times, want 1", n)
+	}
+}
+
+func TestDaemonDeadmanAutoRecoverHealthy(t *testing.T) {
+	r := newDaemonRig(t)
+	r.e.cfg.Daemon.MaxOutOfService = Duration(50 * time.Millisecond)
+	r.e.cfg.Daemon.AutoRecover = true
+	openCycle(t, r.e, "boot-1", time.Now().Add(-time.Hour))
+	r.fw.set(true)
+	r.start(t)
+	waitFor(t, "node back in service", func() bool {
+		st, _ := r.e.state.Load()
+		b, _ := r.fw.get()
+		return !b && !st.Open
+	})
+	if got := testutil.ToFloat64(r.m.Deadman); got != 1 {
+		t.Fatalf("patchagent_deadman_triggered_total %v, want 1", got)
+	}
+	waitFor(t, "idle status", func() bool { return r.n.count("STATUS=idle") == 1 })
+}
+
+func TestDaemonDeadmanAutoRecoverUnhealthyStaysBlocked(t *testing.T) {
+	r := newDaemonRig(t)
+	r.e.cfg.Daemon.MaxOutOfService = Duration(40 * time.Millisecond)
+	r.e.cfg.Daemon.AutoRecover = true
+	r.e.health.answers = []healthcheck.Result{unhealthy(503)}
+	openCycle(t, r.e, "boot-1", time.Now().Add(-time.Hour))
+	r.fw.set(true)
+	r.start(t)
+	// Each exit waits out the health deadline (500 ms); wait for a retry.
+	waitFor(t, "two exit attempts", func() bool {
+		st, _ := r.e.state.Load()
+		return st.Phase == "exit" && st.Attempts >= 2
+	})
+	st, _ := r.e.state.Load()
+	if b, _ := r.fw.get(); !b || !st.Open {
+		t.Fatalf("unhealthy app returned to service: blocked=%v state %+v", b, st)
+	}
+	if got := testutil.ToFloat64(r.m.Deadman); got != 1 {
+		t.Fatalf("patchagent_deadman_triggered_total %v, want 1 per cycle", got)
+	}
+	if slices.Contains(r.e.ev.all(), "unblock") {
+		t.Fatalf("unblocked: %q", r.e.ev.all())
+	}
+}
+
+func TestDaemonDeadmanWithoutAutoRecoverOnlyReports(t *testing.T) {
+	r := newDaemonRig(t)
+	r.e.cfg.Daemon.MaxOutOfService = Duration(20 * time.Millisecond)
+	openCycle(t, r.e, "boot-1", time.Now().Add(-time.Hour))
+	r.fw.set(true)
+	r.start(t)
+	waitFor(t, "dead-man", func() bool { return testutil.ToFloat64(r.m.Deadman) == 1 })
+	time.Sleep(150 * time.Millisecond)
+	if got := testutil.ToFloat64(r.m.Deadman); got != 1 {
+		t.Fatalf("patchagent_deadman_triggered_total %v, want 1", got)
+	}
+	if r.e.health.probes() != 0 || slices.Contains(r.e.ev.all(), "unblock") {
+		t.Fatal("exit ran without auto_recover")
+	}
+	if r.n.count("STATUS=cycle c1 open, blocked, out of service longer than max_out_of_service") != 1 {
+		t.Fatalf("status: %q", r.n.msgs)
+	}
+}
+
+func TestDaemonWatchdogOnlyAfterCompletedIterations(t *testing.T) {
+	r := newDaemonRig(t)
+	r.start(t)
+	waitFor(t, "watchdog pings", func() bool { return r.n.count("WATCHDOG=1") >= 5 })
+
+	hang, hung := make(chan struct{}), make(chan struct{})
+	r.fw.mu.Lock()
+	r.fw.hang, r.fw.hung = hang, hung
+	r.fw.mu.Unlock()
+	select {
+	case <-hung:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the loop never read the firewall")
+	}
+	before := r.n.count("WATCHDOG=1")
+	time.Sleep(150 * time.Millisecond) // 15 ticks
+	if got := r.n.count("WATCHDOG=1"); got != before {
+		t.Fatalf("%d watchdog pings while an iteration hung", got-before)
+	}
+	r.fw.mu.Lock()
+	r.fw.hang = nil
+	r.fw.mu.Unlock()
+	close(hang)
+	waitFor(t, "pings again", func() bool { return r.n.count("WATCHDOG=1") >= before+3 })
+	// STATUS= only on change: READY carried "idle", nothing changed since.
+	if n := r.n.count("STATUS="); n != 0 {
+		t.Fatalf("%d STATUS= messages without a change", n)
+	}
+}
+
+func TestDaemonStatusFollowsThePhase(t *testing.T) {
+	r := newDaemonRig(t)
+	r.start(t)
+	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1\nSTATUS=idle") == 1 })
+	r.srv.setPhase("pre")
+	st := State{CycleID: "c2", Open: true, Phase: "pre", Status: StatusRunning, Step: "drain", UpdatedAt: time.Now()}
+	if err := r.e.state.Save(st); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "running status", func() bool { return r.n.count("STATUS=running pre (step drain)") == 1 })
+	time.Sleep(50 * time.Millisecond)
+	if n := r.n.count("STATUS=running pre (step drain)"); n != 1 {
+		t.Fatalf("STATUS= sent %d times: %q", n, r.n.msgs)
+	}
+}
+
+func TestDaemonStopAbandonsAPhaseAfterStopTimeout(t *testing.T) {
+	r := newDaemonRig(t)
+	r.o.StopTimeout = 300 * time.Millisecond
+	r.srv.end = make(chan struct{}) // never ends
+	r.srv.setPhase("pre")
+	stop := r.start(t)
+	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	took, err := stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took > r.o.StopTimeout+200*time.Millisecond || took < r.o.StopTimeout/2 {
+		t.Fatalf("returned after %s, StopTimeout %s", took, r.o.StopTimeout)
+	}
+	if r.n.count("STOPPING=1") != 1 || !r.srv.shutdown {
+		t.Fatalf("STOPPING=1 sent %d times, shutdown %v", r.n.count("STOPPING=1"), r.srv.shutdown)
+	}
+	if r.srv.phaseCtx.Err() == nil {
+		t.Fatal("the phase context was not cancelled")
+	}
+}
+
+func TestDaemonStopWaitsForAPhaseThatEnds(t *testing.T) {
+	r := newDaemonRig(t)
+	r.srv.end = make(chan struct{})
+	r.srv.setPhase("exit")
+	stop := r.start(t)
+	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	time.AfterFunc(100*time.Millisecond, func() { close(r.srv.end) })
+	took, err := stop()
+	if err != nil || took > 2*time.Second {
+		t.Fatalf("%v after %s", err, took)
+	}
+	r.srv.mu.Lock()
+	defer r.srv.mu.Unlock()
+	if !r.srv.ctxLiveAtEnd {
+		t.Fatal("the phase was cancelled before it could end")
+	}
+	if r.srv.phaseCtx.Err() == nil {
+		t.Fatal("phase context left live after return")
+	}
+}
+
+func TestDaemonReadyWithoutWatchdogSendsNoPings(t *testing.T) {
+	r := newDaemonRig(t)
+	r.o.Watchdog = 0
+	r.start(t)
+	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	time.Sleep(50 * time.Millisecond)
+	if n := r.n.count("WATCHDOG=1"); n != 0 {
+		t.Fatalf("%d pings with the watchdog off", n)
+	}
+}

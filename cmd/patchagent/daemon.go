@@ -1,0 +1,95 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/agent"
+)
+
+// runDaemon is `patchagent daemon`: the systemd service that owns the
+// phases (the hook commands hand them over through the control socket),
+// re-establishes the block at boot, watches it and serves /metrics.
+func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("patchagent daemon", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	path := fs.String("config", agent.DefaultConfigPath, "config file")
+	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	if err := fs.Parse(args); err != nil {
+		return agent.ExitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "patchagent daemon: unexpected argument %q\n", fs.Arg(0))
+		return agent.ExitUsage
+	}
+	// First: capture and unset NOTIFY_SOCKET before anything spawns a child.
+	notifier, watchdog, err := agent.NewSystemdNotifier()
+	if err != nil {
+		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
+		return agent.ExitFailed
+	}
+	log, err := newLogger(*level, stderr)
+	if err != nil {
+		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
+		return agent.ExitUsage
+	}
+	defer func() { _ = log.Sync() }()
+	cfg, err := agent.LoadConfig(*path)
+	if err != nil {
+		log.Error("config refused", zap.Error(err))
+		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
+		return agent.ExitUsage
+	}
+	reg, metrics := agent.NewRegistry(version)
+	a, err := agent.Build(cfg, log, io.Discard, nil, metrics)
+	if err != nil {
+		log.Error("cannot start", zap.Error(err))
+		return agent.ExitFailed
+	}
+	ln, err := agent.ListenControl(cfg.Daemon.Socket)
+	if err != nil {
+		log.Error("control socket", zap.Error(err))
+		return agent.ExitFailed
+	}
+	srv := agent.NewServer(log, ln, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
+		return a.WithProgress(progress).RunPhase(ctx, phase, opt)
+	})
+	mln, err := net.Listen("tcp", cfg.Daemon.MetricsListen)
+	if err != nil {
+		log.Error("metrics listener", zap.Error(err))
+		return agent.ExitFailed
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := hs.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("metrics server", zap.Error(err))
+		}
+	}()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+	}()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ctx) }()
+	log.Info("daemon started", zap.String("socket", cfg.Daemon.Socket), zap.String("metrics", mln.Addr().String()), zap.Duration("watchdog", watchdog))
+	if err := a.RunDaemon(ctx, srv, notifier, metrics, agent.DaemonOptions{Watchdog: watchdog}); err != nil {
+		log.Error("daemon stopped", zap.Error(err))
+		return agent.ExitFailed
+	}
+	if err := <-serveErr; err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("control socket stopped", zap.Error(err))
+	}
+	return agent.ExitOK
+}
