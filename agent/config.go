@@ -164,6 +164,9 @@ type DaemonConfig struct {
 	MaxOutOfService Duration `yaml:"max_out_of_service"`
 	// Run exit automatically when max_out_of_service passes (default false).
 	AutoRecover bool `yaml:"auto_recover"`
+	// How often the daemon checks the block and the dead-man timer
+	// (default 5s; at most half the systemd watchdog).
+	WatchInterval Duration `yaml:"watch_interval"`
 	// Where the kernel's boot id is read, to tell a reboot (default
 	// /proc/sys/kernel/random/boot_id; a test node sets its own).
 	BootIDFile string `yaml:"boot_id_file"`
@@ -198,6 +201,7 @@ func DefaultConfig() Config {
 			TextfileDir:     "/var/lib/prometheus/node-exporter",
 			MaxOutOfService: Duration(2 * time.Hour),
 			BootIDFile:      BootIDFile,
+			WatchInterval:   Duration(5 * time.Second),
 		},
 	}
 }
@@ -673,6 +677,7 @@ func (c Config) Validate() []Problem {
 		bad("daemon.metrics_listen", "host %q is not an IP address", host)
 	}
 	positive("daemon.max_out_of_service", c.Daemon.MaxOutOfService)
+	positive("daemon.watch_interval", c.Daemon.WatchInterval)
 	sort.SliceStable(ps, func(i, j int) bool { return ps[i].Key < ps[j].Key })
 	return ps
 }

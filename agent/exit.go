@@ -144,8 +144,10 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 		}
 		return nil
 	}
+	// Nothing was started here: the health check alone says whether the
+	// app serves (no stability watch, no pm2 call).
 	t := time.Now()
-	out, err := a.waitHealthyAndStable(ctx, nil)
+	out, err := healthcheck.WaitHealthy(ctx, a.d.Health, a.d.HealthPolicy, nil)
 	rep.Health = healthSummary(out, err)
 	if err != nil {
 		rep.addStep("health", ResultFailed, time.Since(t), "")

@@ -1,0 +1,331 @@
+//go:build integration
+
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/patchagent/patchagent/deploy/sandbox"
+)
+
+// daemonProc is a `patchagent daemon` run inside the node's netns with a
+// NOTIFY_SOCKET of the test's own, as systemd would run it.
+type daemonProc struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	notes  []string
+	noteCh chan string
+	done   chan error
+}
+
+func startDaemon(t *testing.T, n *sandbox.Node, cfg string) *daemonProc {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pa-sdn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "notify")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemonProc{noteCh: make(chan string, 100), done: make(chan error, 1)}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			for _, l := range strings.Split(string(buf[:k]), "\n") {
+				d.mu.Lock()
+				d.notes = append(d.notes, l)
+				d.mu.Unlock()
+				select {
+				case d.noteCh <- l:
+				default:
+				}
+			}
+		}
+	}()
+	d.cmd = exec.Command("ip", "netns", "exec", n.ServerNS, binary, "daemon", "--config", cfg)
+	d.cmd.Env = []string{"PATH=" + ssmPATH, "NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=10000000"}
+	logs, _ := os.Create(filepath.Join(t.TempDir(), "daemon.log"))
+	d.cmd.Stdout, d.cmd.Stderr = logs, logs
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// WATCHDOG_PID must name the daemon: ip netns exec execs it in place.
+	go func() { d.done <- d.cmd.Wait(); conn.Close() }()
+	t.Cleanup(func() {
+		d.stop(t)
+		if t.Failed() {
+			b, _ := os.ReadFile(logs.Name())
+			t.Logf("daemon log:\n%s", b)
+		}
+	})
+	return d
+}
+
+// waitNote waits for a notify message starting with prefix.
+func (d *daemonProc) waitNote(t *testing.T, prefix string, max time.Duration) {
+	t.Helper()
+	d.mu.Lock()
+	for _, n := range d.notes {
+		if strings.HasPrefix(n, prefix) {
+			d.mu.Unlock()
+			return
+		}
+	}
+	d.mu.Unlock()
+	timeout := time.After(max)
+	for {
+		select {
+		case n := <-d.noteCh:
+			if strings.HasPrefix(n, prefix) {
+				return
+			}
+		case err := <-d.done:
+			d.done <- err
+			t.Fatalf("daemon exited (%v) before %q", err, prefix)
+		case <-timeout:
+			t.Fatalf("no %q from the daemon within %s (got %v)", prefix, max, d.all())
+		}
+	}
+}
+
+func (d *daemonProc) all() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.notes...)
+}
+
+// stop sends SIGTERM (as systemctl stop does) and waits.
+func (d *daemonProc) stop(t *testing.T) {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	_ = d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(20 * time.Second):
+		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
+		t.Errorf("daemon did not stop within 20s of SIGTERM")
+	}
+}
+
+func TestDaemonRunsPhasesThatOutliveTheirCLI(t *testing.T) {
+	n := setupNode(t, "pa-e2dm", map[string]string{"KEEPALIVE_MS": "60000"})
+	cfg, _ := bootConfig(t, n, "  metrics_listen: 127.0.0.1:18741\ndrain:\n  idle: 300ms\n")
+	d := startDaemon(t, n, cfg)
+	d.waitNote(t, "READY=1", 20*time.Second)
+
+	// A 3 s request in flight, then pre whose CLI is SIGKILLed mid-drain.
+	slow := make(chan int, 1)
+	go func() {
+		code, _ := get(context.Background(), n.Client(false), n.URL("/slow?ms=3000", false))
+		slow <- code
+	}()
+	time.Sleep(300 * time.Millisecond)
+	cli := exec.Command("ip", "netns", "exec", n.ServerNS, binary, "pre", "--config", cfg)
+	cli.Env = []string{"PATH=" + ssmPATH}
+	stderr, _ := cli.StderrPipe()
+	if err := cli.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "drain:") {
+			break
+		}
+	}
+	_ = cli.Process.Kill()
+	_ = cli.Wait()
+	if code := <-slow; code != 200 {
+		t.Fatalf("the in-flight request got %d", code)
+	}
+	// The daemon finished pre: the next pre reports it done (joined, or a
+	// quick idempotent run).
+	r := patchagent(t, n, "pre", "--config", cfg)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "patchagent pre: ok") || strings.Contains(r.stderr, "running the phase in this process") {
+		t.Fatalf("second pre %d:\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	assertBlocked(t, n)
+	st, _ := os.ReadFile(filepath.Join(filepath.Dir(cfg), "state", "state.json"))
+	if !strings.Contains(string(st), `"pre": {`) || strings.Count(string(st), `"result": "ok"`) < 1 {
+		t.Fatalf("state after the killed pre:\n%s", st)
+	}
+
+	// Two CLIs at once: serialised, one block.
+	var wg sync.WaitGroup
+	codes := make([]int, 2)
+	for i := range codes {
+		wg.Add(1)
+		go func() { defer wg.Done(); codes[i] = patchagent(t, n, "pre", "--config", cfg).code }()
+	}
+	wg.Wait()
+	for _, c := range codes {
+		if c != 0 && c != 3 {
+			t.Fatalf("concurrent pre exit codes %v", codes)
+		}
+	}
+	assertBlocked(t, n)
+
+	// A nothing-to-do round trip through the daemon.
+	start := time.Now()
+	if r := patchagent(t, n, "exit", "--config", cfg); r.code != 0 {
+		t.Fatalf("exit %d", r.code)
+	}
+	t.Logf("exit through the daemon: %s", time.Since(start))
+	assertInService(t, n)
+
+	// Metrics over HTTP after the full cycle, promtool-clean.
+	body := scrape(t, n, "http://127.0.0.1:18741/metrics")
+	for _, want := range []string{
+		`patchagent_phase_runs_total{phase="pre",result="ok"}`,
+		`patchagent_phase_runs_total{phase="exit",result="ok"} 1`,
+		"patchagent_traffic_blocked 0", "patchagent_cycle_open 0", "patchagent_build_info{",
+		"process_resident_memory_bytes", "go_goroutines",
+	} {
+		if !strings.Contains(body, want) {
+			t.Fatalf("metrics lack %q:\n%s", want, body)
+		}
+	}
+	if promtool := findPromtool(); promtool != "" {
+		cmd := exec.Command(promtool, "check", "metrics")
+		cmd.Stdin = strings.NewReader(body)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("promtool check metrics: %v\n%s", err, out)
+		}
+	}
+	d.stop(t)
+	if notes := strings.Join(d.all(), "\n"); !strings.Contains(notes, "STOPPING=1") || !strings.Contains(notes, "WATCHDOG=1") || !strings.Contains(notes, "STATUS=") {
+		t.Fatalf("notify messages: %s", notes)
+	}
+}
+
+func scrape(t *testing.T, n *sandbox.Node, url string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := n.ServerClient().Do(req)
+	if err != nil {
+		t.Fatalf("scraping %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("scraping %s: status %d, %v", url, resp.StatusCode, err)
+	}
+	return string(b)
+}
+
+func TestDaemonReblocksAtBootAndRemovesLeftovers(t *testing.T) {
+	n := setupNode(t, "pa-e2db", nil)
+	cfg, _ := bootConfig(t, n, "  watch_interval: 200ms\n  metrics_listen: 127.0.0.1:18742\ndrain:\n  idle: 200ms\n")
+	if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 {
+		t.Fatalf("pre %d", r.code)
+	}
+	// The rules vanish (a reboot, a flush) while the cycle is open.
+	for _, b := range []string{"iptables", "ip6tables"} {
+		for _, args := range [][]string{{"-F"}, {"-X"}} {
+			if out, err := sandbox.NetnsCommand(n.ServerNS, append([]string{b, "-w", "5"}, args...)...).CombinedOutput(); err != nil {
+				t.Fatalf("%s %v: %v %s", b, args, err, out)
+			}
+		}
+	}
+	assertNotBlocked(t, n)
+	d := startDaemon(t, n, cfg)
+	d.waitNote(t, "READY=1", 20*time.Second)
+	assertBlocked(t, n) // back before READY
+
+	// Flushed again while the daemon runs: re-asserted within a few ticks.
+	sandbox.NetnsCommand(n.ServerNS, "iptables", "-w", "5", "-F", "INPUT").Run()
+	deadline := time.Now().Add(5 * time.Second)
+	for !strings.Contains(iptablesS(t, n), "-A INPUT -j PATCHAGENT-BLOCK\n-N") && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	assertBlocked(t, n)
+	// Once at boot (reconcile), once by the watch.
+	if body := scrape(t, n, "http://127.0.0.1:18742/metrics"); !strings.Contains(body, "patchagent_block_reapplied_total 2") {
+		t.Fatalf("re-application not counted:\n%s", body)
+	}
+	d.stop(t)
+
+	// No cycle open, a leftover block of ours, the app healthy: removed.
+	if r := patchagent(t, n, "exit", "--config", cfg); r.code != 0 {
+		t.Fatalf("exit %d", r.code)
+	}
+	for _, b := range []string{"iptables", "ip6tables"} {
+		for _, args := range [][]string{{"-N", "PATCHAGENT-BLOCK"}, {"-A", "PATCHAGENT-BLOCK", "!", "-i", "lo", "-p", "tcp", "--dport", "443", "--syn", "-j", "REJECT", "--reject-with", "tcp-reset"}, {"-I", "INPUT", "1", "-j", "PATCHAGENT-BLOCK"}} {
+			if out, err := sandbox.NetnsCommand(n.ServerNS, append([]string{b, "-w", "5"}, args...)...).CombinedOutput(); err != nil {
+				t.Fatalf("%s %v: %v %s", b, args, err, out)
+			}
+		}
+	}
+	assertBlocked(t, n)
+	d = startDaemon(t, n, cfg)
+	d.waitNote(t, "READY=1", 20*time.Second)
+	deadline = time.Now().Add(10 * time.Second)
+	for strings.Contains(iptablesS(t, n), "PATCHAGENT") && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+	}
+	assertInService(t, n)
+}
+
+func TestDaemonDeadmanAutoRecover(t *testing.T) {
+	n := setupNode(t, "pa-e2dd", nil)
+	ctx := context.Background()
+	for _, tt := range []struct {
+		name    string
+		env     map[string]string
+		healthy bool
+	}{
+		{"healthy app comes back", nil, true},
+		{"unhealthy app stays out of service", map[string]string{"HEALTH_MODE": "500"}, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg, _ := bootConfig(t, n, "  watch_interval: 200ms\n  max_out_of_service: 2s\n  auto_recover: true\n  metrics_listen: 127.0.0.1:18743\ndrain:\n  idle: 200ms\nhealth:\n  deadline: 3s\n")
+			if err := n.SetAppEnv(ctx, nil); err != nil {
+				t.Fatal(err)
+			}
+			if err := n.WaitHealthy(ctx, 10*time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 {
+				t.Fatalf("pre %d", r.code)
+			}
+			if err := n.SetAppEnv(ctx, tt.env); err != nil {
+				t.Fatal(err)
+			}
+			d := startDaemon(t, n, cfg)
+			d.waitNote(t, "READY=1", 20*time.Second)
+			time.Sleep(8 * time.Second) // dead-man at 2 s, then exit's 3 s health deadline
+			body := scrape(t, n, "http://127.0.0.1:18743/metrics")
+			if !strings.Contains(body, "patchagent_deadman_triggered_total 1") {
+				t.Fatalf("dead-man not counted once:\n%s", body)
+			}
+			if tt.healthy {
+				assertInService(t, n)
+			} else {
+				assertBlocked(t, n)
+			}
+			d.stop(t)
+		})
+	}
+}
