@@ -42,6 +42,7 @@ integration:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./agent/
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDiag$$' -fuzztime $(FUZZTIME) ./firewall/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) ./agent/
 
 test: setup lint unit integration fuzz
 
