@@ -150,6 +150,14 @@ func NewRegistry(version string) (*prometheus.Registry, *Metrics) {
 	return reg, NewMetrics(reg, version)
 }
 
+// NewTextfileRegistry returns a registry with only patchagent's metrics,
+// for a CLI run's textfile: node_exporter serves its own go_* and process_*
+// series, and the same names from a textfile clash with them.
+func NewTextfileRegistry(version string) (*prometheus.Registry, *Metrics) {
+	reg := prometheus.NewRegistry()
+	return reg, NewMetrics(reg, version)
+}
+
 // ObservePhase records one finished phase run from its report and the state
 // file as it stands after the run (now = when).
 //

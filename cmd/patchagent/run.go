@@ -131,7 +131,7 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 			return report(stdout, f.output, failedBeforeStart(phase, err, agent.ExitFailed))
 		}
 	}
-	reg, metrics := agent.NewRegistry(version)
+	reg, metrics := agent.NewTextfileRegistry(version)
 	a, err := agent.Build(cfg, log, stderr, crashAfter(os.Getenv(crashEnv)), metrics)
 	if err != nil {
 		code := agent.ExitFailed

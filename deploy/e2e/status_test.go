@@ -43,6 +43,9 @@ func TestStatusAndTextfileMetricsOverACycle(t *testing.T) {
 	metric(`patchagent_phase_runs_total{phase="pre",result="ok"} 1`)
 	metric("patchagent_traffic_blocked 1")
 	metric("patchagent_cycle_open 1")
+	if b, _ := os.ReadFile(prom); strings.Contains(string(b), "go_goroutines") || strings.Contains(string(b), "process_") {
+		t.Fatalf("the textfile carries go_*/process_* series that clash with node_exporter's own:\n%s", b)
+	}
 	if promtool := findPromtool(); promtool != "" {
 		f, _ := os.Open(prom)
 		cmd := exec.Command(promtool, "check", "metrics")

@@ -1,0 +1,301 @@
+// Package promcheck holds what the tests of deploy/prometheus and
+// deploy/grafana share: finding promtool, the metric names patchagent
+// exports, and the metric names a PromQL expression uses.
+package promcheck
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/patchagent/patchagent/agent"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// Module is the module whose go.mod marks the repository root.
+const Module = "github.com/patchagent/patchagent"
+
+// SkipNoPromtool is the message of tests skipped for want of promtool.
+const SkipNoPromtool = "promtool is not on PATH nor in .cache/bin: run `make setup` (deploy/setup.sh extracts it from Debian's prometheus package)"
+
+// RepoRoot walks up from the working directory to the go.mod of Module.
+func RepoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil {
+			sc := bufio.NewScanner(strings.NewReader(string(b)))
+			for sc.Scan() {
+				if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == "module" && f[1] == Module {
+					return dir, nil
+				}
+			}
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no go.mod of %s above the working directory", Module)
+		}
+		dir = parent
+	}
+}
+
+// Promtool is promtool on PATH, else the copy `make setup` extracts into
+// <repo>/.cache/bin; "" when neither is there.
+func Promtool() string {
+	if p, err := exec.LookPath("promtool"); err == nil {
+		return p
+	}
+	root, err := RepoRoot()
+	if err != nil {
+		return ""
+	}
+	p := filepath.Join(root, ".cache", "bin", "promtool")
+	if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0 {
+		return p
+	}
+	return ""
+}
+
+// MetricNames returns every series name patchagent's registry exposes
+// (agent.NewRegistry, Go and process collectors included), with the
+// _bucket, _sum and _count series of histograms and the _sum and _count of
+// summaries. Every patchagent metric is fed first, so that vectors without
+// a child yet show up too; a metric of agent.Metrics that still does not is
+// an error (feed it below).
+func MetricNames() (map[string]bool, error) {
+	reg, m := agent.NewRegistry("test")
+	feed(m)
+	mfs, err := reg.Gather()
+	if err != nil {
+		return nil, err
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		n := mf.GetName()
+		names[n] = true
+		switch mf.GetType() {
+		case dto.MetricType_HISTOGRAM, dto.MetricType_GAUGE_HISTOGRAM:
+			names[n+"_bucket"], names[n+"_sum"], names[n+"_count"] = true, true, true
+		case dto.MetricType_SUMMARY:
+			names[n+"_sum"], names[n+"_count"] = true, true
+		}
+	}
+	declared, err := Declared(m)
+	if err != nil {
+		return nil, err
+	}
+	var missing []string
+	for _, n := range declared {
+		if !names[n] {
+			missing = append(missing, n)
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("metrics of agent.Metrics not gathered (feed them in promcheck.feed): %s", strings.Join(missing, ", "))
+	}
+	return names, nil
+}
+
+var fqName = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// Declared lists the names of the collectors in the fields of m, from their
+// descriptions (whether or not they have a child yet).
+func Declared(m *agent.Metrics) ([]string, error) {
+	var names []string
+	v := reflect.ValueOf(m).Elem()
+	for i := range v.NumField() {
+		c, ok := v.Field(i).Interface().(prometheus.Collector)
+		if !ok {
+			continue
+		}
+		ch := make(chan *prometheus.Desc, 4)
+		go func() { c.Describe(ch); close(ch) }()
+		for d := range ch {
+			sub := fqName.FindStringSubmatch(d.String())
+			if sub == nil {
+				return nil, fmt.Errorf("no fqName in %s", d)
+			}
+			names = append(names, sub[1])
+		}
+	}
+	if len(names) == 0 {
+		return nil, errors.New("agent.Metrics has no collector fields")
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// feed records a run of every phase with every optional part of a report.
+func feed(m *agent.Metrics) {
+	now := time.Unix(1_700_000_000, 0)
+	open := agent.State{Open: true, CycleID: "c1", Block: &agent.BlockRecord{Since: now}}
+	m.ObservePhase(&agent.Report{Phase: "pre", Result: agent.ResultOK, Duration: 3 * time.Second,
+		Steps: []agent.StepReport{{Name: "block", Result: agent.ResultOK, Dur: time.Millisecond}, {Name: "drain", Result: agent.ResultOK, Dur: 2 * time.Second}},
+		Drain: &agent.DrainResult{Remaining: 3, Active: 1, Seconds: 2, TimedOut: true}}, open, now)
+	m.ObservePhase(&agent.Report{Phase: "post", Result: agent.ResultOK, Duration: time.Minute,
+		Steps: []agent.StepReport{{Name: "update", Result: agent.ResultOK, Dur: time.Minute}}, Changes: []string{"a"}}, open, now)
+	m.ObservePhase(&agent.Report{Phase: "exit", Result: agent.ResultFailed, RolledBack: 1, Reblocked: true,
+		Steps:  []agent.StepReport{{Name: "health", Result: agent.ResultFailed}},
+		Health: &agent.HealthSummary{Attempts: 2, LastLatency: 0.2}}, open, now)
+	m.ObservePhase(&agent.Report{Phase: "exit", Result: agent.ResultOK, Health: &agent.HealthSummary{Healthy: true, Attempts: 1, LastLatency: 0.01}}, agent.State{}, now)
+	m.ObservePhase(&agent.Report{Phase: "reconcile", Result: agent.ResultDryRun}, agent.State{}, now)
+	m.ObserveBlock(false)
+	m.ObserveReassert()
+	m.ObserveDeadman()
+}
+
+// PromQL words that are not metric names: operators, modifiers and the
+// aggregation operators (which "by (...)" may separate from their "(").
+var keywords = map[string]bool{
+	"and": true, "or": true, "unless": true, "atan2": true, "bool": true,
+	"offset": true, "inf": true, "nan": true,
+	"group_left": true, "group_right": true,
+	"sum": true, "min": true, "max": true, "avg": true, "group": true,
+	"stddev": true, "stdvar": true, "count": true, "count_values": true,
+	"bottomk": true, "topk": true, "quantile": true, "limitk": true, "limit_ratio": true,
+}
+
+// Words followed by a parenthesised list of label names.
+var labelLists = map[string]bool{
+	"by": true, "without": true, "on": true, "ignoring": true,
+	"group_left": true, "group_right": true,
+}
+
+// ExprMetricNames returns the metric names a PromQL expression selects, in
+// order of first use: the identifiers that are not functions (followed by
+// "("), keywords, label names (inside {} or after by, without, on,
+// ignoring, group_left, group_right), strings, numbers or durations.
+func ExprMetricNames(expr string) ([]string, error) {
+	var names []string
+	seen := map[string]bool{}
+	s := expr
+	i := 0
+	skipSpace := func(j int) int {
+		for j < len(s) && strings.ContainsRune(" \t\r\n", rune(s[j])) {
+			j++
+		}
+		return j
+	}
+	// skipTo returns the index after the close matching the open at s[j],
+	// skipping strings.
+	skipTo := func(j int, open, closer byte) (int, error) {
+		depth := 0
+		for j < len(s) {
+			switch c := s[j]; {
+			case c == '"' || c == '\'' || c == '`':
+				k, err := skipString(s, j)
+				if err != nil {
+					return 0, err
+				}
+				j = k
+				continue
+			case c == open:
+				depth++
+			case c == closer:
+				depth--
+				if depth == 0 {
+					return j + 1, nil
+				}
+			}
+			j++
+		}
+		return 0, fmt.Errorf("unbalanced %c in %q", open, expr)
+	}
+	for i < len(s) {
+		c := s[i]
+		switch {
+		case c == '"' || c == '\'' || c == '`':
+			k, err := skipString(s, i)
+			if err != nil {
+				return nil, err
+			}
+			i = k
+		case c == '#':
+			for i < len(s) && s[i] != '\n' {
+				i++
+			}
+		case c == '{':
+			k, err := skipTo(i, '{', '}')
+			if err != nil {
+				return nil, err
+			}
+			i = k
+		case c == '[':
+			k, err := skipTo(i, '[', ']')
+			if err != nil {
+				return nil, err
+			}
+			i = k
+		case c >= '0' && c <= '9' || c == '.':
+			for i < len(s) && (isIdent(s[i]) || s[i] == '.') {
+				i++
+			}
+		case isIdentStart(c):
+			j := i
+			for j < len(s) && isIdent(s[j]) {
+				j++
+			}
+			word := s[i:j]
+			next := skipSpace(j)
+			lower := strings.ToLower(word)
+			switch {
+			case labelLists[lower] && next < len(s) && s[next] == '(':
+				k, err := skipTo(next, '(', ')')
+				if err != nil {
+					return nil, err
+				}
+				j = k
+			case keywords[lower]:
+			case next < len(s) && s[next] == '(':
+				// a function or an aggregation
+			default:
+				if !seen[word] {
+					seen[word] = true
+					names = append(names, word)
+				}
+			}
+			i = j
+		default:
+			i++
+		}
+	}
+	return names, nil
+}
+
+func skipString(s string, i int) (int, error) {
+	q := s[i]
+	for j := i + 1; j < len(s); j++ {
+		switch {
+		case s[j] == '\\' && q != '`':
+			j++
+		case s[j] == q:
+			return j + 1, nil
+		}
+	}
+	return 0, fmt.Errorf("unterminated string in %q", s)
+}
+
+func isIdentStart(c byte) bool {
+	return c == '_' || c == ':' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}
+
+func isIdent(c byte) bool { return isIdentStart(c) || c >= '0' && c <= '9' }
+
+// External are the series the rules and the dashboard may use besides
+// patchagent's own: Prometheus' up and node_exporter's textfile collector.
+var External = map[string]bool{
+	"up":                          true,
+	"node_textfile_mtime_seconds": true,
+	"node_textfile_scrape_error":  true,
+}

@@ -1,0 +1,24 @@
+output "pre_install_document_name" {
+  description = "Name of the pre-install hook document."
+  value       = aws_ssm_document.pre_install.name
+}
+
+output "post_install_document_name" {
+  description = "Name of the post-install hook document."
+  value       = aws_ssm_document.post_install.name
+}
+
+output "on_exit_document_name" {
+  description = "Name of the on-exit hook document."
+  value       = aws_ssm_document.on_exit.name
+}
+
+output "association_id" {
+  description = "ID of the AWS-RunPatchBaselineWithHooks association."
+  value       = aws_ssm_association.patch.association_id
+}
+
+output "association_name" {
+  description = "Name of the AWS-RunPatchBaselineWithHooks association."
+  value       = aws_ssm_association.patch.association_name
+}
