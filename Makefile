@@ -8,7 +8,7 @@ LDFLAGS     := -s -w -X main.version=$(VERSION)
 STATICCHECK := $(CURDIR)/.cache/bin/staticcheck
 FUZZTIME    ?= 10s
 
-.PHONY: all build setup lint unit integration fuzz test demo bench clean
+.PHONY: all build setup lint unit integration fuzz test demo bench clean package distributor
 
 all: build
 
@@ -35,8 +35,11 @@ unit:
 	$(GO) test -race -count=1 ./...
 
 # Real iptables in namespaces the tests create, a real Node.js app under real
-# pm2, real sockets. Packages run one at a time: they share the machine's CPU.
-integration:
+# pm2, real npm against verdaccio, real sockets, and the built .deb on a
+# Debian node booted with systemd-nspawn (deploy/node; its root is cached in
+# /var/cache/patchagent-node). Packages run one at a time: they share the
+# machine's CPU.
+integration: package
 	PATCHAGENT_E2E=1 $(GO) test -tags integration -count=1 -p 1 -timeout 25m ./...
 
 fuzz:
@@ -58,5 +61,21 @@ bench: setup
 	$(GO) test -tags integration -run '^$$' -bench BenchmarkExitToService -benchtime 5x -timeout 20m ./deploy/e2e/
 	$(GO) test -tags integration -run '^$$' -bench BenchmarkPostOverhead -benchtime 3x -timeout 20m ./deploy/e2e/
 
+# dist/patchagent_<version>_amd64.deb and dist/patchagent-<version>.x86_64.rpm
+# from packaging/nfpm.yaml (nfpm v2.45.2, installed into .cache/bin when
+# missing); the package version comes from packaging/version.sh.
+package:
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/patchagent ./cmd/patchagent
+	gzip -9n -c packaging/man/patchagent.8 > dist/patchagent.8.gz
+	[ -x $(CURDIR)/.cache/bin/nfpm ] || GOBIN=$(CURDIR)/.cache/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+	rm -f dist/patchagent_*.deb dist/patchagent-*.rpm
+	GOARCH=amd64 PKG_VERSION=$$(sh packaging/version.sh) $(CURDIR)/.cache/bin/nfpm package -f packaging/nfpm.yaml -p deb -t dist/
+	GOARCH=amd64 PKG_VERSION=$$(sh packaging/version.sh) $(CURDIR)/.cache/bin/nfpm package -f packaging/nfpm.yaml -p rpm -t dist/
+
+# The SSM Distributor package in dist/distributor/: one zip per package
+# format and arch (install.sh, uninstall.sh, the package) and manifest.json.
+distributor: package
+	$(GO) run ./packaging/distributor -dist dist -out dist/distributor -version $$(sh packaging/version.sh)
+
 clean:
-	rm -rf bin .cache
+	rm -rf bin .cache dist

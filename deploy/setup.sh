@@ -21,27 +21,32 @@ command -v node >/dev/null 2>&1 || need="$need nodejs"
 command -v npm >/dev/null 2>&1 || need="$need npm"
 command -v git >/dev/null 2>&1 || need="$need git"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
+command -v lintian >/dev/null 2>&1 || need="$need lintian"
+command -v rpm >/dev/null 2>&1 || need="$need rpm"
+# The real-node test (deploy/node): a Debian root booted with systemd-nspawn.
+command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
+command -v systemd-nspawn >/dev/null 2>&1 || need="$need systemd-container"
 if [ -n "$need" ]; then
 	echo "setup: installing$need"
 	apt-get update -qq
 	# shellcheck disable=SC2086 # word splitting of the package list is intended
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
 fi
-# promtool ('promtool check metrics' in agent/metrics_test.go): only the
-# binary, taken out of Debian's prometheus package into .cache/bin (where the
-# test looks after PATH). Installing the package instead pulls ~100 MB of web
-# UI, adds a system user and, under systemd, enables and starts a Prometheus
-# server on :9090.
+# promtool ('promtool check metrics', 'promtool test rules') and prometheus
+# (the real-node test scrapes the daemon with it): only the binaries, taken
+# out of Debian's prometheus package into .cache/bin (where the tests look
+# after PATH). Installing the package instead pulls ~100 MB of web UI, adds a
+# system user and, under systemd, enables and starts a server on :9090.
 cache="$(cd "$(dirname "$0")/.." && pwd)/.cache"
-if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$cache/bin/promtool" ]; then
-	echo "setup: extracting promtool from Debian's prometheus package into $cache/bin"
+if [ ! -x "$cache/bin/promtool" ] || [ ! -x "$cache/bin/prometheus" ]; then
+	echo "setup: extracting promtool and prometheus from Debian's prometheus package into $cache/bin"
 	tmp=$(mktemp -d)
 	chown _apt "$tmp" # apt-get download drops to _apt
 	apt-get update -qq
 	(cd "$tmp" && apt-get download -qq prometheus)
 	dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
 	mkdir -p "$cache/bin"
-	cp "$tmp/x/usr/bin/promtool" "$cache/bin/promtool"
+	cp "$tmp/x/usr/bin/promtool" "$tmp/x/usr/bin/prometheus" "$cache/bin/"
 	rm -rf "$tmp"
 fi
 # nf_tables and the REJECT target are kernel modules; iptables loads them on

@@ -56,3 +56,46 @@ func TestReconcileRunsBeforeTheNetwork(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonUnitLetsTheAgentWork pins what the hardening of
+// patchagent.service must leave the daemon: root with CAP_NET_ADMIN for
+// iptables, CAP_SETUID/SETGID to run pm2 and npm as the app user, the
+// capabilities npm needs in the app tree, and write access to home and app
+// directories.
+func TestDaemonUnitLetsTheAgentWork(t *testing.T) {
+	b, err := os.ReadFile("systemd/patchagent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys := map[string]string{}
+	for _, l := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok && !strings.HasPrefix(l, "#") {
+			keys[k] += " " + v
+		}
+	}
+	for _, k := range []string{"User", "DynamicUser", "PrivateUsers", "AmbientCapabilities", "ReadOnlyPaths", "InaccessiblePaths"} {
+		if v, ok := keys[k]; ok {
+			t.Errorf("%s=%s: the daemon must run as root with its capabilities", k, v)
+		}
+	}
+	if v, ok := keys["CapabilityBoundingSet"]; ok {
+		for _, c := range []string{"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_CHOWN", "CAP_FOWNER", "CAP_DAC_OVERRIDE"} {
+			if !strings.Contains(v, c) || strings.Contains(v, "~") {
+				t.Errorf("CapabilityBoundingSet=%s drops %s", v, c)
+			}
+		}
+	}
+	if v := strings.TrimSpace(keys["ProtectHome"]); v != "" && v != "no" && v != "false" {
+		t.Errorf("ProtectHome=%s: pm2 and npm write under the app user's home", v)
+	}
+	if v := strings.TrimSpace(keys["ProtectSystem"]); v == "strict" && keys["ReadWritePaths"] == "" {
+		t.Error("ProtectSystem=strict without ReadWritePaths: app directories become read-only")
+	}
+	if v := keys["RestrictAddressFamilies"]; v != "" {
+		for _, af := range []string{"AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"} {
+			if !strings.Contains(v, af) {
+				t.Errorf("RestrictAddressFamilies=%s lacks %s (iptables, sock_diag, pm2, npm)", v, af)
+			}
+		}
+	}
+}

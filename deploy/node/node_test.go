@@ -1,0 +1,401 @@
+//go:build integration
+
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/patchagent/patchagent/deploy/sandbox"
+)
+
+const (
+	srvNS, cliNS   = "pa-nd-srv", "pa-nd-cli"
+	srvIP, cliIP   = "192.0.2.1", "192.0.2.2"
+	ssmPATH        = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+	pm2Bin         = "/opt/pm2/node_modules/pm2/bin/pm2"
+	nodeConfigYAML = `app:
+  name: sample-app
+  user: app
+  pm2: /opt/pm2/node_modules/pm2/bin/pm2
+  pm2_home: /home/app/.pm2
+post:
+  npm:
+    enabled: false
+drain:
+  idle: 500ms
+daemon:
+  metrics_listen: 0.0.0.0:8741
+  watch_interval: 1s
+`
+	pm2Unit = `[Unit]
+Description=PM2 process manager (as written by pm2 startup)
+After=network.target
+
+[Service]
+Type=forking
+User=app
+LimitNOFILE=infinity
+Environment=PATH=/usr/bin:/bin
+Environment=PM2_HOME=/home/app/.pm2
+PIDFile=/home/app/.pm2/pm2.pid
+Restart=on-failure
+ExecStart=/opt/pm2/node_modules/pm2/bin/pm2 resurrect
+ExecReload=/opt/pm2/node_modules/pm2/bin/pm2 reload all
+ExecStop=/opt/pm2/node_modules/pm2/bin/pm2 kill
+
+[Install]
+WantedBy=multi-user.target
+`
+)
+
+func repoRoot(t *testing.T) string {
+	wd, _ := os.Getwd()
+	return filepath.Join(wd, "..", "..")
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// hookScript returns the document's runCommand lines as the SSM agent runs
+// them (one script, parameters substituted by their defaults).
+func hookScript(t *testing.T, file string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "deploy", "ssm", file))
+	must(t, err)
+	var doc struct {
+		Parameters map[string]struct {
+			Default string `yaml:"default"`
+		} `yaml:"parameters"`
+		MainSteps []struct {
+			Inputs struct {
+				RunCommand []string `yaml:"runCommand"`
+			} `yaml:"inputs"`
+		} `yaml:"mainSteps"`
+	}
+	must(t, yaml.Unmarshal(b, &doc))
+	script := strings.Join(doc.MainSteps[0].Inputs.RunCommand, "\n")
+	for name, p := range doc.Parameters {
+		script = strings.ReplaceAll(script, "{{ "+name+" }}", p.Default)
+	}
+	return script
+}
+
+func setupNetns(t *testing.T) {
+	t.Helper()
+	cleanup := func() {
+		_ = sandbox.DeleteNetns(srvNS)
+		_ = sandbox.DeleteNetns(cliNS)
+	}
+	cleanup()
+	t.Cleanup(cleanup)
+	must(t, sandbox.CreateNetns(srvNS))
+	must(t, sandbox.CreateNetns(cliNS))
+	ctx := context.Background()
+	for _, argv := range [][]string{
+		{"ip", "link", "add", "pa-nd-s", "netns", srvNS, "type", "veth", "peer", "name", "pa-nd-c", "netns", cliNS},
+		{"ip", "-n", srvNS, "addr", "add", srvIP + "/24", "dev", "pa-nd-s"},
+		{"ip", "-n", cliNS, "addr", "add", cliIP + "/24", "dev", "pa-nd-c"},
+		{"ip", "-n", srvNS, "link", "set", "pa-nd-s", "up"},
+		{"ip", "-n", cliNS, "link", "set", "pa-nd-c", "up"},
+		// The app user binds 443 in the node (production: a capability or a redirect).
+		{"ip", "netns", "exec", srvNS, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"},
+	} {
+		must(t, run(ctx, argv[0], argv[1:]...))
+	}
+}
+
+// buildRoot makes this test's node from the cached base.
+func buildRoot(t *testing.T, deb string) string {
+	ctx := context.Background()
+	base, err := EnsureBase(ctx, "/var/cache/patchagent-node")
+	must(t, err)
+	dir := filepath.Join(t.TempDir(), "root")
+	must(t, run(ctx, "cp", "-a", base, dir))
+	pm2, err := sandbox.EnsurePM2(ctx, sandbox.DefaultPM2Dir)
+	must(t, err)
+	pm2Root := strings.TrimSuffix(pm2, "/node_modules/pm2/bin/pm2")
+	must(t, os.MkdirAll(filepath.Join(dir, "opt"), 0o755))
+	must(t, run(ctx, "cp", "-a", pm2Root, filepath.Join(dir, "opt", "pm2")))
+	must(t, run(ctx, "chroot", dir, "useradd", "--system", "--create-home", "--home-dir", "/home/app", "--shell", "/usr/sbin/nologin", "app"))
+	app := filepath.Join(dir, "srv", "app")
+	must(t, os.MkdirAll(app, 0o755))
+	for _, f := range []string{"server.js", "package.json"} {
+		must(t, run(ctx, "cp", filepath.Join(repoRoot(t), "deploy", "sandbox", "app", f), app))
+	}
+	must(t, run(ctx, "chroot", dir, "chown", "-R", "app:app", "/srv/app"))
+	must(t, os.WriteFile(filepath.Join(dir, "etc/systemd/system/pm2-app.service"), []byte(pm2Unit), 0o644))
+	must(t, run(ctx, "cp", deb, filepath.Join(dir, "tmp", "patchagent.deb")))
+	must(t, run(ctx, "chroot", dir, "dpkg", "-i", "/tmp/patchagent.deb"))
+	must(t, os.WriteFile(filepath.Join(dir, "etc/patchagent/config.yaml"), []byte(nodeConfigYAML), 0o600))
+	must(t, run(ctx, "systemctl", "--root="+dir, "enable", "patchagent.service", "pm2-app.service"))
+	return dir
+}
+
+// client does GETs from the client netns with a new connection each.
+func client() *http.Client {
+	d := &net.Dialer{Timeout: 2 * time.Second}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		Proxy: nil, DisableKeepAlives: true,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var c net.Conn
+			err := sandbox.InNetns(cliNS, func() error {
+				var err error
+				c, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return c, err
+		},
+	}}
+}
+
+type outcome struct {
+	at      time.Time
+	ok      bool
+	refused bool
+	err     string
+}
+
+// watch sends GET / every 25 ms until stop is closed.
+func watch(stop chan struct{}) func() []outcome {
+	var mu sync.Mutex
+	var out []outcome
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c := client()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(25 * time.Millisecond):
+			}
+			at := time.Now()
+			resp, err := c.Get("http://" + srvIP + ":443/")
+			o := outcome{at: at}
+			if err != nil {
+				o.refused = errors.Is(err, syscall.ECONNREFUSED)
+				o.err = err.Error()
+			} else {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				o.ok = resp.StatusCode == 200
+			}
+			mu.Lock()
+			out = append(out, o)
+			mu.Unlock()
+		}
+	}()
+	return func() []outcome { <-done; mu.Lock(); defer mu.Unlock(); return out }
+}
+
+func waitFor(t *testing.T, what string, max time.Duration, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(max)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, max)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func healthy() bool {
+	resp, err := client().Get("http://" + srvIP + ":443/health-check")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}
+
+// prometheus runs Debian's Prometheus in the client netns scraping the
+// node's daemon.
+func prometheus(t *testing.T) (query func(q string) []float64) {
+	t.Helper()
+	bin, err := exec.LookPath("prometheus")
+	if err != nil {
+		bin = filepath.Join(repoRoot(t), ".cache", "bin", "prometheus")
+	}
+	if _, err := os.Stat(bin); err != nil {
+		t.Fatalf("prometheus not installed (make setup puts it in .cache/bin): %v", err)
+	}
+	dir := t.TempDir()
+	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: patchagent\n    static_configs:\n      - targets: ['%s:8741']\n", srvIP)
+	must(t, os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644))
+	cmd := exec.Command("ip", "netns", "exec", cliNS, bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address=127.0.0.1:19090")
+	logf, _ := os.Create(filepath.Join(dir, "prometheus.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	must(t, cmd.Start())
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() })
+	c := client()
+	return func(q string) []float64 {
+		resp, err := c.Get("http://127.0.0.1:19090/api/v1/query?query=" + url.QueryEscape(q))
+		if err != nil {
+			return nil
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Data struct {
+				Result []struct {
+					Value []any `json:"value"`
+				} `json:"result"`
+			} `json:"data"`
+		}
+		json.NewDecoder(resp.Body).Decode(&r)
+		var vals []float64
+		for _, s := range r.Data.Result {
+			var v float64
+			fmt.Sscan(s.Value[1].(string), &v)
+			vals = append(vals, v)
+		}
+		return vals
+	}
+}
+
+func TestRealNodePatchCycle(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	debs, _ := filepath.Glob(filepath.Join(repoRoot(t), "dist", "patchagent_*_amd64.deb"))
+	if len(debs) == 0 {
+		t.Fatal("no dist/patchagent_*_amd64.deb: run make package first (make integration does)")
+	}
+	ctx := context.Background()
+	dir := buildRoot(t, debs[len(debs)-1])
+	setupNetns(t)
+	logPath := filepath.Join(t.TempDir(), "nspawn.log")
+	m, err := Boot(ctx, dir, srvNS, logPath)
+	must(t, err)
+	t.Cleanup(func() {
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("console:\n%s", tail(b))
+			if out, err := m.Output(ctx, "journalctl", "-u", "patchagent", "-u", "pm2-app", "--no-pager", "-n", "80"); err == nil {
+				t.Logf("journal:\n%s", out)
+			}
+		}
+		m.Poweroff(ctx)
+	})
+	// The app under the boot-started pm2, saved as pm2 startup users do.
+	asApp := []string{"runuser", "-u", "app", "--", "env", "HOME=/home/app", "PM2_HOME=/home/app/.pm2", "PATH=/usr/bin:/bin", pm2Bin}
+	waitFor(t, "pm2-app.service active", 60*time.Second, func() bool {
+		out, _ := m.Output(ctx, "systemctl", "is-active", "pm2-app.service")
+		return strings.TrimSpace(out) == "active"
+	})
+	if out, err := m.Output(ctx, append(asApp, "start", "/srv/app/server.js", "--name", "sample-app")...); err != nil {
+		t.Fatalf("pm2 start: %v\n%s", err, out)
+	}
+	if out, err := m.Output(ctx, append(asApp, "save")...); err != nil {
+		t.Fatalf("pm2 save: %v\n%s", err, out)
+	}
+	waitFor(t, "app healthy from outside", 30*time.Second, healthy)
+	// The daemon is up through sd_notify: Type=notify only becomes active
+	// on READY=1, and StatusText comes from STATUS=.
+	waitFor(t, "patchagent.service active with a status", 30*time.Second, func() bool {
+		out, _ := m.Output(ctx, "systemctl", "show", "patchagent.service", "-p", "ActiveState", "-p", "StatusText")
+		return strings.Contains(out, "ActiveState=active") && strings.Contains(out, "StatusText=") && !strings.Contains(out, "StatusText=\n")
+	})
+	query := prometheus(t)
+	waitFor(t, "prometheus scraping the daemon", 30*time.Second, func() bool { return len(query(`up{job="patchagent"} == 1`)) == 1 })
+
+	stop := make(chan struct{})
+	outcomes := watch(stop)
+	inflight := make(chan int, 1)
+	go func() {
+		resp, err := client().Get("http://" + srvIP + ":443/slow?ms=3000")
+		if err != nil {
+			inflight <- 0
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		inflight <- resp.StatusCode
+	}()
+	time.Sleep(300 * time.Millisecond)
+	hook := func(m *Machine, file string) string {
+		t.Helper()
+		c, err := m.Command(ctx, []string{ssmPATH}, "sh", "-c", hookScript(t, file))
+		must(t, err)
+		var stdout, stderr strings.Builder
+		c.Stdout, c.Stderr = &stdout, &stderr
+		err = c.Run()
+		t.Logf("%s:\nstdout:\n%s\nstderr:\n%s", file, stdout.String(), stderr.String())
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if strings.Contains(stderr.String(), "running the phase in this process") {
+			t.Fatalf("%s: the daemon did not take the phase", file)
+		}
+		return stdout.String()
+	}
+	if out := hook(m, "patchagent-pre-install.yaml"); !strings.HasPrefix(out, "patchagent pre: ok") {
+		t.Fatalf("pre verdict: %s", out)
+	}
+	if code := <-inflight; code != 200 {
+		t.Fatalf("the request in flight when pre started got %d", code)
+	}
+	hook(m, "patchagent-post-install.yaml")
+	rebootAt := time.Now()
+	m, err = m.Reboot(ctx)
+	must(t, err)
+	// Booted: the daemon re-blocked before READY, pm2 resurrected the app.
+	waitFor(t, "app back under pm2 after the reboot", 60*time.Second, func() bool {
+		out, _ := m.Output(ctx, "ss", "-Hltn", "sport = :443")
+		return strings.Contains(out, "LISTEN")
+	})
+	exitStart := time.Now()
+	if out := hook(m, "patchagent-on-exit.yaml"); !strings.HasPrefix(out, "patchagent exit: ok") {
+		t.Fatalf("exit verdict: %s", out)
+	}
+	exitEnd := time.Now()
+	waitFor(t, "node back in service", 10*time.Second, healthy)
+	time.Sleep(300 * time.Millisecond)
+	close(stop)
+	var okAfterBoot, refusedAfterBoot int
+	for _, o := range outcomes() {
+		if o.at.After(rebootAt) {
+			if o.ok {
+				okAfterBoot++
+				if o.at.Before(exitStart) {
+					t.Fatalf("an outside request was answered at %s after the reboot, before the on-exit hook ran at %s", o.at.Format(time.StampMilli), exitStart.Format(time.StampMilli))
+				}
+			}
+			if o.refused {
+				refusedAfterBoot++
+			}
+		}
+	}
+	t.Logf("after the reboot: %d refused, %d answered (all after exit started at %s, ended %s)", refusedAfterBoot, okAfterBoot, exitStart.Format(time.StampMilli), exitEnd.Format(time.StampMilli))
+	if okAfterBoot == 0 || refusedAfterBoot == 0 {
+		t.Fatalf("after the reboot: %d answered, %d refused: want both", okAfterBoot, refusedAfterBoot)
+	}
+	// Prometheus saw the cycle.
+	waitFor(t, "prometheus saw the cycle open and the exit", 30*time.Second, func() bool {
+		open := query(`max_over_time(patchagent_cycle_open[10m])`)
+		exits := query(`patchagent_phase_runs_total{phase="exit",result="ok"}`)
+		return len(open) == 1 && open[0] == 1 && len(exits) == 1 && exits[0] >= 1
+	})
+}

@@ -1,0 +1,182 @@
+// Command distributor builds the SSM Distributor package of patchagent from
+// the deb and rpm that `make package` left in dist/: one zip per package
+// format and architecture, each holding install.sh, uninstall.sh and the
+// package, and manifest.json (schemaVersion 2.0) mapping platforms to the
+// zips with their sha256. Publish the directory with
+//
+//	aws s3 cp --recursive dist/distributor s3://BUCKET/patchagent/
+//	aws ssm create-document --name patchagent --document-type Package \
+//	  --content file://dist/distributor/manifest.json \
+//	  --attachments Key=SourceUrl,Values=s3://BUCKET/patchagent \
+//	  --version-name VERSION
+//
+// Usage: go run ./packaging/distributor -dist dist -out dist/distributor -version VERSION
+package main
+
+import (
+	"archive/zip"
+	"bytes"
+	"crypto/sha256"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"time"
+)
+
+//go:embed install.sh
+var installSh []byte
+
+//go:embed uninstall.sh
+var uninstallSh []byte
+
+// A payload is one zip: the package matched by glob in the dist directory,
+// served to each platform for arch (Distributor's x86_64, 386 or arm64).
+type payload struct {
+	zip, glob, arch string
+	platforms       []string
+}
+
+var payloads = []payload{
+	{"patchagent-deb-amd64.zip", "patchagent_*_amd64.deb", "x86_64", []string{"debian", "ubuntu"}},
+	{"patchagent-rpm-x86_64.zip", "patchagent-*.x86_64.rpm", "x86_64", []string{"amazon", "centos", "oracle", "redhat"}},
+}
+
+// Manifest is the Distributor manifest.json.
+type Manifest struct {
+	SchemaVersion string                                             `json:"schemaVersion"`
+	Version       string                                             `json:"version"`
+	Publisher     string                                             `json:"publisher"`
+	Packages      map[string]map[string]map[string]map[string]string `json:"packages"`
+	Files         map[string]map[string]map[string]string            `json:"files"`
+}
+
+// versionRE is what Distributor accepts as a package version.
+var versionRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`)
+
+// DistributorVersion maps a package version (which may hold "+", "~") onto
+// Distributor's character set.
+func DistributorVersion(v string) string {
+	return regexp.MustCompile(`[^A-Za-z0-9_.-]`).ReplaceAllString(v, "-")
+}
+
+func main() {
+	dist := flag.String("dist", "dist", "directory holding the .deb and .rpm")
+	out := flag.String("out", "dist/distributor", "output directory")
+	version := flag.String("version", "", "package version (packaging/version.sh)")
+	flag.Parse()
+	if err := build(*dist, *out, *version); err != nil {
+		fmt.Fprintf(os.Stderr, "distributor: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func build(dist, out, version string) error {
+	v := DistributorVersion(version)
+	if !versionRE.MatchString(v) {
+		return fmt.Errorf("version %q: want 1-128 characters of [A-Za-z0-9_.-]", version)
+	}
+	if err := os.RemoveAll(out); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return err
+	}
+	m := Manifest{
+		SchemaVersion: "2.0",
+		Version:       v,
+		Publisher:     "patchagent",
+		Packages:      map[string]map[string]map[string]map[string]string{},
+		Files:         map[string]map[string]map[string]string{},
+	}
+	for _, p := range payloads {
+		matches, err := filepath.Glob(filepath.Join(dist, p.glob))
+		if err != nil {
+			return err
+		}
+		if len(matches) != 1 {
+			return fmt.Errorf("want exactly one %s in %s (run make package), found %d", p.glob, dist, len(matches))
+		}
+		sum, err := writeZip(filepath.Join(out, p.zip), matches[0])
+		if err != nil {
+			return err
+		}
+		m.Files[p.zip] = map[string]map[string]string{"checksums": {"sha256": sum}}
+		for _, platform := range p.platforms {
+			if m.Packages[platform] == nil {
+				m.Packages[platform] = map[string]map[string]map[string]string{"_any": {}}
+			}
+			m.Packages[platform]["_any"][p.arch] = map[string]string{"file": p.zip}
+		}
+	}
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(out, "manifest.json"), append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	names := make([]string, 0, len(m.Files))
+	for n := range m.Files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		fmt.Printf("%s  %s\n", m.Files[n]["checksums"]["sha256"], filepath.Join(out, n))
+	}
+	fmt.Printf("%s (version %s)\n", filepath.Join(out, "manifest.json"), v)
+	return nil
+}
+
+// writeZip writes install.sh, uninstall.sh and the package at the zip's
+// root and returns the zip's sha256.
+func writeZip(path, pkg string) (string, error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	zw := zip.NewWriter(io.MultiWriter(f, h))
+	// A fixed time keeps the zip, and its checksum, reproducible.
+	mtime := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	add := func(name string, mode os.FileMode, r io.Reader) error {
+		hdr := &zip.FileHeader{Name: name, Method: zip.Deflate, Modified: mtime}
+		hdr.SetMode(mode)
+		w, err := zw.CreateHeader(hdr)
+		if err != nil {
+			return err
+		}
+		_, err = io.Copy(w, r)
+		return err
+	}
+	for _, s := range []struct {
+		name string
+		body []byte
+	}{{"install.sh", installSh}, {"uninstall.sh", uninstallSh}} {
+		if err := add(s.name, 0o755, bytes.NewReader(s.body)); err != nil {
+			return "", err
+		}
+	}
+	pf, err := os.Open(pkg)
+	if err != nil {
+		return "", err
+	}
+	defer pf.Close()
+	if err := add(filepath.Base(pkg), 0o644, pf); err != nil {
+		return "", err
+	}
+	if err := zw.Close(); err != nil {
+		return "", err
+	}
+	if err := f.Close(); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}

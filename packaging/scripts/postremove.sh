@@ -1,0 +1,24 @@
+#!/bin/sh
+# patchagent postremove, shared by the deb and the rpm.
+#   deb: remove | purge | upgrade <new-version> | failed-upgrade |
+#        abort-install | abort-upgrade | disappear
+#   rpm: $1 = 0 (erase) or 1 (upgrade)
+# systemd re-reads its units after every removal. Only a deb purge deletes
+# the state directory /var/lib/patchagent (the state file of an open patch
+# cycle, dependency snapshots); remove and rpm erase keep it, as they keep
+# the conffile.
+#
+# PATCHAGENT_SYSTEMD_DIR replaces /run/systemd/system in the "is systemd
+# running" check; it exists for the package tests only.
+set -e
+
+systemd_dir=${PATCHAGENT_SYSTEMD_DIR:-/run/systemd/system}
+
+if [ -d "$systemd_dir" ]; then
+	systemctl daemon-reload >/dev/null 2>&1 || :
+fi
+
+if [ "$1" = purge ]; then
+	rm -rf /var/lib/patchagent
+fi
+exit 0

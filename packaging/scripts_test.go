@@ -1,0 +1,277 @@
+package packaging
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+// shellScripts are every POSIX sh script the packages and the Distributor
+// zips ship.
+var shellScripts = []string{
+	"scripts/postinstall.sh", "scripts/preremove.sh", "scripts/postremove.sh",
+	"distributor/install.sh", "distributor/uninstall.sh", "version.sh",
+}
+
+func TestScriptsParse(t *testing.T) {
+	for _, s := range shellScripts {
+		if out, err := exec.Command("sh", "-n", s).CombinedOutput(); err != nil {
+			t.Errorf("sh -n %s: %v\n%s", s, err, out)
+		}
+		b, err := os.ReadFile(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasPrefix(string(b), "#!/bin/sh\n") {
+			t.Errorf("%s: want #!/bin/sh", s)
+		}
+	}
+	if sc, err := exec.LookPath("shellcheck"); err == nil {
+		args := append([]string{"-s", "sh"}, shellScripts...)
+		if out, err := exec.Command(sc, args...).CombinedOutput(); err != nil {
+			t.Errorf("shellcheck: %v\n%s", err, out)
+		}
+	}
+}
+
+// stub records its name and arguments in $STUB_LOG, one call a line, and
+// answers like the real tool where the scripts read its answer.
+const stub = `#!/bin/sh
+name=$(basename "$0")
+echo "$name $*" >>"$STUB_LOG"
+case "$name $*" in
+"systemctl is-enabled --quiet patchagent.service" | "systemctl is-active --quiet patchagent.service") exit 0 ;;
+"systemctl is-"*) exit 1 ;;
+"patchagent check-config"*) exit "${STUB_CHECK_RC:-0}" ;;
+"dpkg-query "*) [ -n "${STUB_INSTALLED:-}" ] && printf 'install ok installed'; exit 0 ;;
+"rpm -q "*) [ -n "${STUB_INSTALLED:-}" ]; exit $? ;;
+"dpkg "* | "rpm "*) exit "${STUB_PM_RC:-0}" ;;
+esac
+exit 0
+`
+
+type stubEnv struct {
+	dir, log, systemdDir, stateDir string
+}
+
+func newStubEnv(t *testing.T, tools ...string) *stubEnv {
+	t.Helper()
+	e := &stubEnv{dir: t.TempDir()}
+	bin := filepath.Join(e.dir, "bin")
+	e.log = filepath.Join(e.dir, "calls.log")
+	e.systemdDir = filepath.Join(e.dir, "run-systemd-system")
+	e.stateDir = filepath.Join(e.dir, "state")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tool := range tools {
+		if err := os.WriteFile(filepath.Join(bin, tool), []byte(stub), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e
+}
+
+// run runs script with args, systemd "running" or not, and returns the
+// recorded calls, the exit code and stderr.
+func (e *stubEnv) run(t *testing.T, dir, script string, systemd bool, env []string, args ...string) ([]string, int, string) {
+	t.Helper()
+	os.Remove(e.log)
+	os.RemoveAll(e.systemdDir)
+	if systemd {
+		if err := os.MkdirAll(e.systemdDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	abs := script
+	if !filepath.IsAbs(abs) {
+		abs = filepath.Join(dir, script)
+	}
+	cmd := exec.Command("sh", append([]string{abs}, args...)...)
+	cmd.Dir = dir
+	cmd.Env = append([]string{
+		"PATH=" + filepath.Join(e.dir, "bin") + ":/usr/bin:/bin",
+		"STUB_LOG=" + e.log,
+		"PATCHAGENT_SYSTEMD_DIR=" + e.systemdDir,
+		"PATCHAGENT_STATE_DIR=" + e.stateDir,
+	}, env...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	var calls []string
+	if b, err := os.ReadFile(e.log); err == nil {
+		calls = strings.Split(strings.TrimSpace(string(b)), "\n")
+	}
+	return calls, code, stderr.String()
+}
+
+func TestMaintainerScripts(t *testing.T) {
+	const (
+		reload  = "systemctl daemon-reload"
+		check   = "patchagent check-config --config /etc/patchagent/config.yaml"
+		enable  = "systemctl enable patchagent.service"
+		restart = "systemctl try-restart patchagent.service"
+		stop    = "systemctl stop patchagent.service patchagent-reconcile.service"
+		disable = "systemctl disable patchagent.service patchagent-reconcile.service"
+		purge   = "rm -rf /var/lib/patchagent"
+	)
+	tests := []struct {
+		name, script string
+		args         []string
+		systemd      bool
+		configValid  bool
+		want         []string
+	}{
+		{"deb install, config valid", "postinstall.sh", []string{"configure", ""}, true, true, []string{reload, check, enable}},
+		{"deb install, config not set", "postinstall.sh", []string{"configure", ""}, true, false, []string{reload, check}},
+		{"deb install, one argument", "postinstall.sh", []string{"configure"}, true, true, []string{reload, check, enable}},
+		{"deb upgrade", "postinstall.sh", []string{"configure", "0.1.0-1"}, true, true, []string{reload, restart}},
+		{"deb abort-upgrade", "postinstall.sh", []string{"abort-upgrade", "0.2.0-1"}, true, true, nil},
+		{"deb install, no systemd", "postinstall.sh", []string{"configure", ""}, false, true, nil},
+		{"deb upgrade, no systemd", "postinstall.sh", []string{"configure", "0.1.0-1"}, false, true, nil},
+		{"rpm install, config valid", "postinstall.sh", []string{"1"}, true, true, []string{reload, check, enable}},
+		{"rpm install, config not set", "postinstall.sh", []string{"1"}, true, false, []string{reload, check}},
+		{"rpm upgrade", "postinstall.sh", []string{"2"}, true, true, []string{reload, restart}},
+		{"rpm install, no systemd", "postinstall.sh", []string{"1"}, false, true, nil},
+
+		{"deb remove", "preremove.sh", []string{"remove"}, true, true, []string{stop, disable}},
+		{"deb upgrade", "preremove.sh", []string{"upgrade", "0.2.0-1"}, true, true, nil},
+		{"deb deconfigure", "preremove.sh", []string{"deconfigure", "in-favour", "x", "1"}, true, true, nil},
+		{"deb remove, no systemd", "preremove.sh", []string{"remove"}, false, true, nil},
+		{"rpm erase", "preremove.sh", []string{"0"}, true, true, []string{stop, disable}},
+		{"rpm upgrade", "preremove.sh", []string{"1"}, true, true, nil},
+		{"rpm erase, no systemd", "preremove.sh", []string{"0"}, false, true, nil},
+
+		{"deb remove keeps state", "postremove.sh", []string{"remove"}, true, true, []string{reload}},
+		{"deb purge", "postremove.sh", []string{"purge"}, true, true, []string{reload, purge}},
+		{"deb purge, no systemd", "postremove.sh", []string{"purge"}, false, true, []string{purge}},
+		{"deb upgrade", "postremove.sh", []string{"upgrade", "0.2.0-1"}, true, true, []string{reload}},
+		{"deb remove, no systemd", "postremove.sh", []string{"remove"}, false, true, nil},
+		{"rpm erase keeps state", "postremove.sh", []string{"0"}, true, true, []string{reload}},
+		{"rpm upgrade", "postremove.sh", []string{"1"}, true, true, []string{reload}},
+		{"rpm erase, no systemd", "postremove.sh", []string{"0"}, false, true, nil},
+	}
+	e := newStubEnv(t, "systemctl", "patchagent", "rm", "deb-systemd-helper", "deb-systemd-invoke")
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range tests {
+		t.Run(tc.script+"/"+tc.name, func(t *testing.T) {
+			rc := "0"
+			if !tc.configValid {
+				rc = "2"
+			}
+			calls, code, stderr := e.run(t, e.dir, filepath.Join(wd, "scripts", tc.script), tc.systemd, []string{"STUB_CHECK_RC=" + rc}, tc.args...)
+			if code != 0 {
+				t.Fatalf("exit %d, stderr:\n%s", code, stderr)
+			}
+			if !reflect.DeepEqual(calls, tc.want) {
+				t.Errorf("calls:\n  %q\nwant:\n  %q", calls, tc.want)
+			}
+			if !tc.configValid && !strings.Contains(stderr, "set app.name in /etc/patchagent/config.yaml") {
+				t.Errorf("stderr does not tell what to do:\n%s", stderr)
+			}
+		})
+	}
+}
+
+func TestDistributorScripts(t *testing.T) {
+	e := newStubEnv(t, "systemctl", "dpkg", "dpkg-query", "rpm", "patchagent")
+	debDir, rpmDir, emptyDir := filepath.Join(e.dir, "deb"), filepath.Join(e.dir, "rpm"), filepath.Join(e.dir, "empty")
+	for _, d := range []string{debDir, rpmDir, emptyDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// As in the zips: the scripts next to the package.
+	for _, d := range []string{debDir, rpmDir, emptyDir} {
+		for _, s := range []string{"install.sh", "uninstall.sh"} {
+			b, err := os.ReadFile(filepath.Join("distributor", s))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(d, s), b, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	os.WriteFile(filepath.Join(debDir, "patchagent_1.0.0-1_amd64.deb"), nil, 0o644)
+	os.WriteFile(filepath.Join(rpmDir, "patchagent-1.0.0-1.x86_64.rpm"), nil, 0o644)
+	install, uninstall := "install.sh", "uninstall.sh"
+	filter := func(calls []string) []string {
+		var out []string
+		for _, c := range calls {
+			if c != "patchagent version" {
+				out = append(out, c)
+			}
+		}
+		return out
+	}
+
+	t.Run("install deb", func(t *testing.T) {
+		calls, code, stderr := e.run(t, debDir, install, true, nil)
+		if want := []string{"dpkg -i patchagent_1.0.0-1_amd64.deb"}; code != 0 || !reflect.DeepEqual(filter(calls), want) {
+			t.Errorf("exit %d, calls %q, want 0, %q\n%s", code, calls, want, stderr)
+		}
+	})
+	t.Run("install rpm", func(t *testing.T) {
+		calls, code, stderr := e.run(t, rpmDir, install, true, nil)
+		if want := []string{"rpm -Uvh --replacepkgs patchagent-1.0.0-1.x86_64.rpm"}; code != 0 || !reflect.DeepEqual(filter(calls), want) {
+			t.Errorf("exit %d, calls %q, want 0, %q\n%s", code, calls, want, stderr)
+		}
+	})
+	t.Run("install fails", func(t *testing.T) {
+		if _, code, _ := e.run(t, debDir, install, true, []string{"STUB_PM_RC=1"}); code != 1 {
+			t.Errorf("exit %d, want 1", code)
+		}
+	})
+	t.Run("no package", func(t *testing.T) {
+		if _, code, _ := e.run(t, emptyDir, install, true, nil); code != 2 {
+			t.Errorf("exit %d, want 2", code)
+		}
+	})
+	t.Run("uninstall not installed", func(t *testing.T) {
+		calls, code, _ := e.run(t, debDir, uninstall, true, nil)
+		for _, c := range calls {
+			if strings.HasPrefix(c, "dpkg ") || strings.HasPrefix(c, "rpm -e") {
+				t.Errorf("removed a package that is not installed: %q", c)
+			}
+		}
+		if code != 0 {
+			t.Errorf("exit %d, want 0", code)
+		}
+	})
+	t.Run("uninstall and reinstall keeps the daemon running", func(t *testing.T) {
+		calls, code, stderr := e.run(t, debDir, uninstall, true, []string{"STUB_INSTALLED=1"})
+		if code != 0 || calls[len(calls)-1] != "dpkg -r patchagent" {
+			t.Fatalf("exit %d, calls %q\n%s", code, calls, stderr)
+		}
+		b, err := os.ReadFile(filepath.Join(e.stateDir, "distributor-units"))
+		if want := "patchagent.service enabled\npatchagent.service active\n"; err != nil || string(b) != want {
+			t.Fatalf("recorded units %q (%v), want %q", b, err, want)
+		}
+		calls, code, stderr = e.run(t, debDir, install, true, nil)
+		want := []string{"dpkg -i patchagent_1.0.0-1_amd64.deb", "systemctl enable patchagent.service", "systemctl start patchagent.service"}
+		if code != 0 || !reflect.DeepEqual(filter(calls), want) {
+			t.Errorf("exit %d, calls %q, want %q\n%s", code, calls, want, stderr)
+		}
+		if _, err := os.Stat(filepath.Join(e.stateDir, "distributor-units")); !os.IsNotExist(err) {
+			t.Errorf("distributor-units left behind: %v", err)
+		}
+	})
+	t.Run("uninstall fails", func(t *testing.T) {
+		if _, code, _ := e.run(t, debDir, uninstall, false, []string{"STUB_INSTALLED=1", "STUB_PM_RC=1"}); code != 1 {
+			t.Errorf("exit %d, want 1", code)
+		}
+	})
+}
