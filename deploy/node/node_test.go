@@ -44,25 +44,6 @@ daemon:
   metrics_listen: 0.0.0.0:8741
   watch_interval: 1s
 `
-	pm2Unit = `[Unit]
-Description=PM2 process manager (as written by pm2 startup)
-After=network.target
-
-[Service]
-Type=forking
-User=app
-LimitNOFILE=infinity
-Environment=PATH=/usr/bin:/bin
-Environment=PM2_HOME=/home/app/.pm2
-PIDFile=/home/app/.pm2/pm2.pid
-Restart=on-failure
-ExecStart=/opt/pm2/node_modules/pm2/bin/pm2 resurrect
-ExecReload=/opt/pm2/node_modules/pm2/bin/pm2 reload all
-ExecStop=/opt/pm2/node_modules/pm2/bin/pm2 kill
-
-[Install]
-WantedBy=multi-user.target
-`
 )
 
 func repoRoot(t *testing.T) string {
@@ -144,11 +125,10 @@ func buildRoot(t *testing.T, deb string) string {
 		must(t, run(ctx, "cp", filepath.Join(repoRoot(t), "deploy", "sandbox", "app", f), app))
 	}
 	must(t, run(ctx, "chroot", dir, "chown", "-R", "app:app", "/srv/app"))
-	must(t, os.WriteFile(filepath.Join(dir, "etc/systemd/system/pm2-app.service"), []byte(pm2Unit), 0o644))
 	must(t, run(ctx, "cp", deb, filepath.Join(dir, "tmp", "patchagent.deb")))
 	must(t, run(ctx, "chroot", dir, "dpkg", "-i", "/tmp/patchagent.deb"))
 	must(t, os.WriteFile(filepath.Join(dir, "etc/patchagent/config.yaml"), []byte(nodeConfigYAML), 0o600))
-	must(t, run(ctx, "systemctl", "--root="+dir, "enable", "patchagent.service", "pm2-app.service"))
+	must(t, run(ctx, "systemctl", "--root="+dir, "enable", "patchagent.service"))
 	return dir
 }
 
@@ -299,7 +279,18 @@ func TestRealNodePatchCycle(t *testing.T) {
 		}
 		m.Poweroff(ctx)
 	})
-	// The app under the boot-started pm2, saved as pm2 startup users do.
+	// As an operator sets the app up: `pm2 startup` for its user writes and
+	// enables pm2-app.service (pm2 resurrect at boot), then the app is
+	// started under that daemon and saved.
+	out, err := m.Output(ctx, pm2Bin, "startup", "systemd", "-u", "app", "--hp", "/home/app")
+	if err != nil {
+		t.Fatalf("pm2 startup: %v\n%s", err, out)
+	}
+	t.Logf("pm2 startup:\n%s", out)
+	// pm2 startup enables the unit for the next boot; start it now.
+	if out, err := m.Output(ctx, "systemctl", "start", "pm2-app.service"); err != nil {
+		t.Fatalf("starting pm2-app.service: %v\n%s", err, out)
+	}
 	asApp := []string{"runuser", "-u", "app", "--", "env", "HOME=/home/app", "PM2_HOME=/home/app/.pm2", "PATH=/usr/bin:/bin", pm2Bin}
 	waitFor(t, "pm2-app.service active", 60*time.Second, func() bool {
 		out, _ := m.Output(ctx, "systemctl", "is-active", "pm2-app.service")
