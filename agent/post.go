@@ -121,9 +121,9 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 			a.failed(r, err)
 			return fmt.Errorf("nothing changed: taking the snapshot: %w", err)
 		}
-		how := "hardlinked"
+		how := "node_modules hardlinked"
 		if !info.Hardlinked {
-			how = fmt.Sprintf("copied (%s: another filesystem)", mib(info.Copied))
+			how = fmt.Sprintf("%s copied, nothing hardlinked (no node_modules, or another filesystem)", mib(info.Copied))
 		}
 		rep.addStep("snapshot", ResultOK, info.Took, fmt.Sprintf("%d files, %s, %s", info.Files, mib(info.Bytes), how))
 	}

@@ -35,9 +35,7 @@ const (
   user: app
   pm2: /opt/pm2/node_modules/pm2/bin/pm2
   pm2_home: /home/app/.pm2
-post:
-  npm:
-    enabled: false
+  dir: /srv/app
 drain:
   idle: 500ms
 daemon:
@@ -118,6 +116,12 @@ func buildRoot(t *testing.T, deb string) string {
 	pm2Root := strings.TrimSuffix(pm2, "/node_modules/pm2/bin/pm2")
 	must(t, os.MkdirAll(filepath.Join(dir, "opt"), 0o755))
 	must(t, run(ctx, "cp", "-a", pm2Root, filepath.Join(dir, "opt", "pm2")))
+	// The node and npm the sandbox's app uses (Debian's nodejs 18 in the root
+	// has no npm): the host's, which is built for this same Debian release.
+	must(t, os.MkdirAll(filepath.Join(dir, "usr/local/lib/node_modules"), 0o755))
+	must(t, run(ctx, "cp", "-a", "/usr/lib/node_modules/npm", filepath.Join(dir, "usr/local/lib/node_modules/npm")))
+	must(t, run(ctx, "cp", "/usr/bin/node", filepath.Join(dir, "usr/local/bin/node")))
+	must(t, os.Symlink("../lib/node_modules/npm/bin/npm-cli.js", filepath.Join(dir, "usr/local/bin/npm")))
 	must(t, run(ctx, "chroot", dir, "useradd", "--system", "--create-home", "--home-dir", "/home/app", "--shell", "/usr/sbin/nologin", "app"))
 	app := filepath.Join(dir, "srv", "app")
 	must(t, os.MkdirAll(app, 0o755))
@@ -303,6 +307,11 @@ func TestRealNodePatchCycle(t *testing.T) {
 		t.Fatalf("pm2 save: %v\n%s", err, out)
 	}
 	waitFor(t, "app healthy from outside", 30*time.Second, healthy)
+	// The app's lockfile, as its deployment would have written it.
+	if out, err := m.Output(ctx, "runuser", "-u", "app", "--", "env", "HOME=/home/app", "PATH=/usr/local/bin:/usr/bin:/bin",
+		"npm", "install", "--no-audit", "--no-fund", "--prefix", "/srv/app"); err != nil {
+		t.Fatalf("npm install in the app: %v\n%s", err, out)
+	}
 	// The daemon is up through sd_notify: Type=notify only becomes active
 	// on READY=1, and StatusText comes from STATUS=.
 	waitFor(t, "patchagent.service active with a status", 30*time.Second, func() bool {
@@ -348,7 +357,11 @@ func TestRealNodePatchCycle(t *testing.T) {
 	if code := <-inflight; code != 200 {
 		t.Fatalf("the request in flight when pre started got %d", code)
 	}
-	hook(m, "patchagent-post-install.yaml")
+	// post runs npm as the app user under the hardened unit: the app has no
+	// dependencies, so the update changes nothing but snapshots and checks.
+	if out := hook(m, "patchagent-post-install.yaml"); !strings.HasPrefix(out, "patchagent post: ok") || !strings.Contains(out, "no dependency changed") {
+		t.Fatalf("post verdict: %s", out)
+	}
 	rebootAt := time.Now()
 	m, err = m.Reboot(ctx)
 	must(t, err)
