@@ -244,7 +244,7 @@ func TestPM2Real(t *testing.T) {
 			t.Errorf("pm2 daemons for %s: %v, want none", n.PM2Home, ds)
 		}
 		for _, uid := range []uint32{0, n.UID} {
-			for _, pid := range pm2Procs(t, uid) {
+			for _, pid := range pm2Procs(t, uid, n.PM2Home) {
 				t.Errorf("pid %d of uid %d runs pm2", pid, uid)
 			}
 		}
@@ -314,11 +314,17 @@ func godDaemons(t *testing.T, pm2Home string) []int {
 }
 
 // pm2Procs lists processes of uid that run the pm2 CLI or daemon.
-func pm2Procs(t *testing.T, uid uint32) []int {
+func pm2Procs(t *testing.T, uid uint32, pm2Home string) []int {
 	t.Helper()
 	var out []int
 	for pid, cmd := range procsOf(t, uid) {
-		if strings.Contains(cmd, "node_modules/pm2/") || strings.Contains(cmd, "God Daemon") {
+		if !strings.Contains(cmd, "node_modules/pm2/") && !strings.Contains(cmd, "God Daemon") {
+			continue
+		}
+		// Only pm2 for this PM2_HOME: other sandboxes on the machine (or a
+		// container's own pm2) are none of this test's business.
+		env, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+		if strings.Contains(cmd, "("+pm2Home+")") || strings.Contains(string(env), "PM2_HOME="+pm2Home+"\x00") {
 			out = append(out, pid)
 		}
 	}
