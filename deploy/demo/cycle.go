@@ -17,8 +17,6 @@ import (
 	"github.com/patchagent/patchagent/deploy/sandbox"
 )
 
-// ssmPATH is the PATH SSM runs hooks with (and there is no HOME).
-const ssmPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
 
 // Load shape: short requests, each on a new connection.
 const (
@@ -36,7 +34,7 @@ type cycle struct {
 	dir  string
 	out  *console
 	mu   sync.Mutex
-	d    *daemonProc
+	d    *sandbox.Daemon
 	load *sandbox.Load
 
 	origin   time.Time
@@ -46,13 +44,13 @@ type cycle struct {
 	longAll  int
 }
 
-func (c *cycle) daemon() *daemonProc {
+func (c *cycle) daemon() *sandbox.Daemon {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.d
 }
 
-func (c *cycle) setDaemon(d *daemonProc) {
+func (c *cycle) setDaemon(d *sandbox.Daemon) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.d = d
@@ -60,12 +58,12 @@ func (c *cycle) setDaemon(d *daemonProc) {
 
 // startDaemon starts a daemon and waits for READY=1.
 func (c *cycle) startDaemon(ctx context.Context) error {
-	d, err := startDaemon(c.n.ServerNS, c.bin, c.cfg, c.dir)
+	d, err := c.n.StartDaemon(c.bin, c.cfg, c.dir)
 	if err != nil {
 		return err
 	}
 	c.setDaemon(d)
-	return d.waitReady(ctx, 30*time.Second)
+	return d.WaitReady(ctx, 30*time.Second)
 }
 
 // stopDaemon sends SIGTERM to the running daemon, if any.
@@ -74,7 +72,7 @@ func (c *cycle) stopDaemon() error {
 	if d == nil {
 		return nil
 	}
-	err := d.stop()
+	err := d.Stop()
 	c.setDaemon(nil)
 	return err
 }
@@ -219,7 +217,7 @@ func (c *cycle) run(ctx context.Context) (res demoResult, err error) {
 func (c *cycle) phase(ctx context.Context, name string) (phaseRun, error) {
 	var pr phaseRun
 	cmd := sandbox.NetnsCommand(c.n.ServerNS, c.bin, name, "--config", c.cfg, "--output", "json")
-	cmd.Env = []string{"PATH=" + ssmPATH}
+	cmd.Env = []string{"PATH=" + sandbox.SSMPath}
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	stderr, err := cmd.StderrPipe()

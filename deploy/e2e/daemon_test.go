@@ -6,28 +6,22 @@ import (
 	"bufio"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/patchagent/patchagent/deploy/sandbox"
 )
 
-// daemonProc is a `patchagent daemon` run inside the node's netns with a
-// NOTIFY_SOCKET of the test's own, as systemd would run it.
+// daemonProc is the node's daemon for one test, stopped at its end.
 type daemonProc struct {
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	notes  []string
-	noteCh chan string
-	done   chan error
+	*sandbox.Daemon
+	t *testing.T
 }
 
 func startDaemon(t *testing.T, n *sandbox.Node, cfg string) *daemonProc {
@@ -36,95 +30,38 @@ func startDaemon(t *testing.T, n *sandbox.Node, cfg string) *daemonProc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "notify")
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	d, err := n.StartDaemon(binary, cfg, dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemonProc{noteCh: make(chan string, 100), done: make(chan error, 1)}
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			for _, l := range strings.Split(string(buf[:k]), "\n") {
-				d.mu.Lock()
-				d.notes = append(d.notes, l)
-				d.mu.Unlock()
-				select {
-				case d.noteCh <- l:
-				default:
-				}
-			}
+	t.Cleanup(func() {
+		if err := d.Stop(); err != nil {
+			t.Errorf("stopping the daemon: %v", err)
 		}
-	}()
-	d.cmd = exec.Command("ip", "netns", "exec", n.ServerNS, binary, "daemon", "--config", cfg)
-	d.cmd.Env = []string{"PATH=" + ssmPATH, "NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=10000000"}
-	logs, _ := os.Create(filepath.Join(t.TempDir(), "daemon.log"))
-	d.cmd.Stdout, d.cmd.Stderr = logs, logs
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := d.cmd.Start(); err != nil {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.LogTail())
+		}
+		os.RemoveAll(dir)
+	})
+	return &daemonProc{Daemon: d, t: t}
+}
+
+// waitNote waits for READY=1 (the only note the tests wait for).
+func (d *daemonProc) waitNote(t *testing.T, note string, max time.Duration) {
+	t.Helper()
+	if note != "READY=1" {
+		t.Fatalf("waitNote(%q): only READY=1 is awaited", note)
+	}
+	if err := d.WaitReady(context.Background(), max); err != nil {
 		t.Fatal(err)
 	}
-	// WATCHDOG_PID must name the daemon: ip netns exec execs it in place.
-	go func() { d.done <- d.cmd.Wait(); conn.Close() }()
-	t.Cleanup(func() {
-		d.stop(t)
-		if t.Failed() {
-			b, _ := os.ReadFile(logs.Name())
-			t.Logf("daemon log:\n%s", b)
-		}
-	})
-	return d
 }
 
-// waitNote waits for a notify message starting with prefix.
-func (d *daemonProc) waitNote(t *testing.T, prefix string, max time.Duration) {
-	t.Helper()
-	d.mu.Lock()
-	for _, n := range d.notes {
-		if strings.HasPrefix(n, prefix) {
-			d.mu.Unlock()
-			return
-		}
-	}
-	d.mu.Unlock()
-	timeout := time.After(max)
-	for {
-		select {
-		case n := <-d.noteCh:
-			if strings.HasPrefix(n, prefix) {
-				return
-			}
-		case err := <-d.done:
-			d.done <- err
-			t.Fatalf("daemon exited (%v) before %q", err, prefix)
-		case <-timeout:
-			t.Fatalf("no %q from the daemon within %s (got %v)", prefix, max, d.all())
-		}
-	}
-}
+func (d *daemonProc) all() []string { return d.Notes() }
 
-func (d *daemonProc) all() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.notes...)
-}
-
-// stop sends SIGTERM (as systemctl stop does) and waits.
 func (d *daemonProc) stop(t *testing.T) {
-	if d.cmd.ProcessState != nil {
-		return
-	}
-	_ = d.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-d.done:
-	case <-time.After(20 * time.Second):
-		_ = syscall.Kill(-d.cmd.Process.Pid, syscall.SIGKILL)
-		t.Errorf("daemon did not stop within 20s of SIGTERM")
+	if err := d.Stop(); err != nil {
+		t.Errorf("stopping the daemon: %v", err)
 	}
 }
 

@@ -1,4 +1,4 @@
-package main
+package sandbox
 
 import (
 	"context"
@@ -12,13 +12,15 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/patchagent/patchagent/deploy/sandbox"
 )
 
-// daemonProc is a `patchagent daemon` run in the node's netns as systemd
-// runs it: with a NOTIFY_SOCKET of our own, whose READY=1 and STATUS= we read.
-type daemonProc struct {
+// SSMPath is the PATH the SSM agent runs hooks with (and there is no HOME).
+const SSMPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
+
+// Daemon is a `patchagent daemon` run in the node's netns as systemd runs
+// it: with a NOTIFY_SOCKET of our own, whose messages (READY=1, STATUS=,
+// WATCHDOG=1, STOPPING=1) it records, and a watchdog of 10 s.
+type Daemon struct {
 	cmd  *exec.Cmd
 	conn *net.UnixConn
 	log  string
@@ -29,24 +31,28 @@ type daemonProc struct {
 	ready  chan struct{}
 	isUp   bool
 	status string
+	notes  []string
 }
 
-// startDaemon starts the daemon; dir holds its notify socket and log.
-func startDaemon(ns, bin, cfg, dir string) (*daemonProc, error) {
+// StartDaemon starts bin's daemon with config cfg in the node's netns; dir
+// (keep its path short: unix socket paths are limited) holds its notify
+// socket and log.
+func (n *Node) StartDaemon(bin, cfg, dir string) (*Daemon, error) {
+	ns := n.ServerNS
 	sock := filepath.Join(dir, fmt.Sprintf("notify-%d", time.Now().UnixNano()))
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	if err != nil {
 		return nil, fmt.Errorf("notify socket: %w", err)
 	}
-	d := &daemonProc{conn: conn, log: filepath.Join(dir, "daemon.log"), done: make(chan struct{}), ready: make(chan struct{})}
+	d := &Daemon{conn: conn, log: filepath.Join(dir, "daemon.log"), done: make(chan struct{}), ready: make(chan struct{})}
 	logf, err := os.OpenFile(d.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
 	defer logf.Close()
-	d.cmd = sandbox.NetnsCommand(ns, bin, "daemon", "--config", cfg)
-	d.cmd.Env = []string{"PATH=" + ssmPATH, "NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=10000000"}
+	d.cmd = NetnsCommand(ns, bin, "daemon", "--config", cfg)
+	d.cmd.Env = []string{"PATH=" + SSMPath, "NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=10000000"}
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	d.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := d.cmd.Start(); err != nil {
@@ -63,7 +69,7 @@ func startDaemon(ns, bin, cfg, dir string) (*daemonProc, error) {
 	return d, nil
 }
 
-func (d *daemonProc) read() {
+func (d *Daemon) read() {
 	buf := make([]byte, 4096)
 	for {
 		k, err := d.conn.Read(buf)
@@ -72,6 +78,7 @@ func (d *daemonProc) read() {
 		}
 		d.mu.Lock()
 		for _, l := range strings.Split(string(buf[:k]), "\n") {
+			d.notes = append(d.notes, l)
 			switch {
 			case l == "READY=1" && !d.isUp:
 				d.isUp = true
@@ -84,32 +91,39 @@ func (d *daemonProc) read() {
 	}
 }
 
-// waitReady waits for READY=1.
-func (d *daemonProc) waitReady(ctx context.Context, max time.Duration) error {
+// WaitReady waits for READY=1.
+func (d *Daemon) WaitReady(ctx context.Context, max time.Duration) error {
 	t := time.NewTimer(max)
 	defer t.Stop()
 	select {
 	case <-d.ready:
 		return nil
 	case <-d.done:
-		return fmt.Errorf("the daemon exited (%v) before READY=1; its log:\n%s", d.err, d.logTail())
+		return fmt.Errorf("the daemon exited (%v) before READY=1; its log:\n%s", d.err, d.LogTail())
 	case <-t.C:
-		return fmt.Errorf("no READY=1 from the daemon within %s; its log:\n%s", max, d.logTail())
+		return fmt.Errorf("no READY=1 from the daemon within %s; its log:\n%s", max, d.LogTail())
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 }
 
 // Status is the last STATUS= line.
-func (d *daemonProc) Status() string {
+func (d *Daemon) Status() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.status
 }
 
-// stop sends SIGTERM (systemctl stop) and waits; after 20 s it kills the
+// Notes returns every notify message received so far.
+func (d *Daemon) Notes() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.notes...)
+}
+
+// Stop sends SIGTERM (systemctl stop) and waits; after 20 s it kills the
 // daemon's process group. It may be called more than once.
-func (d *daemonProc) stop() error {
+func (d *Daemon) Stop() error {
 	select {
 	case <-d.done:
 		return nil
@@ -130,8 +144,8 @@ func (d *daemonProc) stop() error {
 	}
 }
 
-// logTail is the end of the daemon's log.
-func (d *daemonProc) logTail() string {
+// LogTail is the end of the daemon's log.
+func (d *Daemon) LogTail() string {
 	b, _ := os.ReadFile(d.log)
 	if len(b) > 4000 {
 		b = b[len(b)-4000:]
