@@ -17,7 +17,6 @@ import (
 	"github.com/patchagent/patchagent/deploy/sandbox"
 )
 
-
 // Load shape: short requests, each on a new connection.
 const (
 	workers  = 4
