@@ -114,6 +114,9 @@ func (d *Daemon) Status() string {
 	return d.status
 }
 
+// PID is the daemon's pid (ip netns exec execs it in place).
+func (d *Daemon) PID() int { return d.cmd.Process.Pid }
+
 // Notes returns every notify message received so far.
 func (d *Daemon) Notes() []string {
 	d.mu.Lock()
