@@ -336,7 +336,7 @@ func (w *stability) watch(ctx context.Context) {
 				return
 			}
 			for _, p := range procs {
-				if p.Status == "errored" || p.Status == hooks.StatusStopped {
+				if p.Status == hooks.StatusErrored || p.Status == hooks.StatusStopped {
 					w.fail(fmt.Errorf("%s is %s in pm2 (restart counter %d)", app, p.Status, p.Restarts))
 					return
 				}

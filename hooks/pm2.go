@@ -30,6 +30,7 @@ const (
 const (
 	StatusOnline  = "online"
 	StatusStopped = "stopped"
+	StatusErrored = "errored"
 )
 
 var (
@@ -215,7 +216,9 @@ func (p *PM2) verifyStopped(ctx context.Context, app string, pids []int) error {
 	defer tick.Stop()
 	lastList := time.Now()
 	for {
-		notStopped := notIn(now, StatusStopped)
+		// An errored instance (pm2 gave up restarting it) is not running
+		// either; pm2 stop leaves it errored.
+		notStopped := notIn(notIn(now, StatusStopped), StatusErrored)
 		var alive []int
 		for _, pid := range pids {
 			if pidAlive(pid) {

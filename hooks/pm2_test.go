@@ -771,3 +771,19 @@ func TestPIDsReadsPM2sPidFilesWithoutRunningPM2(t *testing.T) {
 		t.Fatalf("ran pm2: %v", f.Argvs())
 	}
 }
+
+func TestStopOfAnErroredAppIsStopped(t *testing.T) {
+	// A crash-looping app pm2 gave up on: errored, no pid; pm2 stop leaves
+	// it errored, and that is stopped enough.
+	home := fakeDaemon(t)
+	web := inst{name: "web", id: 0, pid: 0, status: "errored", restarts: 15}
+	f := (&hookstest.FakeRunner{}).Then(hookstest.OK(jlist(web)), hookstest.OK(""), hookstest.OK(jlist(web)))
+	before, err := newPM2(t, f, home).Stop(context.Background(), "web")
+	if err != nil {
+		t.Fatalf("stop of an errored app: %v", err)
+	}
+	if len(before) != 1 || before[0].Status != "errored" {
+		t.Fatalf("before: %+v", before)
+	}
+	assertCmds(t, f, pm2Cmd(home, "jlist"), pm2Cmd(home, "stop", "web", "--no-color"), pm2Cmd(home, "jlist"))
+}
