@@ -128,6 +128,11 @@ func WaitHealthy(ctx context.Context, p Prober, pol Policy, progress func(attemp
 			out.Elapsed = time.Since(start)
 			return out, fmt.Errorf("health-check %s: %w", name(p), err)
 		}
+		if r.Status != Success && wctx.Err() != nil && ctx.Err() == nil && out.Attempts > 0 {
+			// Cut short by the overall deadline: it says nothing about the
+			// app; the previous attempt's answer does.
+			return out, unhealthy(ctx, p, &out, start, "")
+		}
 		out.Attempts++
 		out.Last = r
 		if r.Status == Success {
