@@ -52,25 +52,7 @@ func tgz(t *testing.T, path, name, version string) {
 // loopback port, so nothing can reach the internet): Check, a snapshot,
 // an update that changes the dependency, the lockfile diff, Restore.
 func TestNPMIntegration(t *testing.T) {
-	if testing.Short() || os.Getenv("PATCHAGENT_E2E") != "1" {
-		t.Skip("set PATCHAGENT_E2E=1 to run npm")
-	}
-	if os.Getuid() != 0 {
-		t.Skip("needs root to run npm as another user")
-	}
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		t.Skip("no npm")
-	}
-	u := hooks.AppUser{Name: "nobody", UID: 65534, GID: 65534, Groups: []uint32{65534}}
-	base, err := os.MkdirTemp("/tmp", "patchagent-npm-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	npm, u, base := npmTestEnv(t, "patchagent-npm-")
 	app, home := filepath.Join(base, "app"), filepath.Join(base, "home")
 	for _, d := range []string{app, home, filepath.Join(app, "pkgs")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -207,25 +189,7 @@ func statUID(fi os.FileInfo) uint32 { return fi.Sys().(*syscall.Stat_t).Uid }
 // `npm install` of a ~5 MB local package fails with ENOSPC, and Restore,
 // run while the disk is still full, puts the app dir back exactly.
 func TestNPMIntegrationDiskFullRestore(t *testing.T) {
-	if testing.Short() || os.Getenv("PATCHAGENT_E2E") != "1" {
-		t.Skip("set PATCHAGENT_E2E=1 to run npm")
-	}
-	if os.Getuid() != 0 {
-		t.Skip("needs root to run npm as another user and to mount a tmpfs")
-	}
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		t.Skip("no npm")
-	}
-	u := hooks.AppUser{Name: "nobody", UID: 65534, GID: 65534, Groups: []uint32{65534}}
-	base, err := os.MkdirTemp("/tmp", "patchagent-npm-enospc-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	npm, u, base := npmTestEnv(t, "patchagent-npm-enospc-")
 	disk := filepath.Join(base, "disk")
 	if err := os.Mkdir(disk, 0o755); err != nil {
 		t.Fatal(err)
@@ -428,4 +392,30 @@ func freeBytes(t *testing.T, path string) int64 {
 		t.Fatal(err)
 	}
 	return int64(sfs.Bavail) * sfs.Bsize
+}
+
+// npmTestEnv skips unless npm may run here (PATCHAGENT_E2E=1, root, npm on
+// PATH) and returns npm, the user it runs as (nobody) and a world-readable
+// scratch dir under /tmp removed at the end.
+func npmTestEnv(t *testing.T, prefix string) (npm string, u hooks.AppUser, base string) {
+	t.Helper()
+	if testing.Short() || os.Getenv("PATCHAGENT_E2E") != "1" {
+		t.Skip("set PATCHAGENT_E2E=1 to run npm")
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run npm as another user")
+	}
+	npm, err := exec.LookPath("npm")
+	if err != nil {
+		t.Skip("no npm")
+	}
+	base, err = os.MkdirTemp("/tmp", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return npm, hooks.AppUser{Name: "nobody", UID: 65534, GID: 65534, Groups: []uint32{65534}}, base
 }
