@@ -18,13 +18,9 @@ import (
 	"github.com/patchagent/patchagent/deploy/sandbox"
 )
 
-// daemonProc is the node's daemon for one test, stopped at its end.
-type daemonProc struct {
-	*sandbox.Daemon
-	t *testing.T
-}
-
-func startDaemon(t *testing.T, n *sandbox.Node, cfg string) *daemonProc {
+// startDaemon starts the node's daemon as systemd would and waits for
+// READY=1; it is stopped (SIGTERM) at the end of the test.
+func startDaemon(t *testing.T, n *sandbox.Node, cfg string) *sandbox.Daemon {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "pa-sdn")
 	if err != nil {
@@ -35,31 +31,19 @@ func startDaemon(t *testing.T, n *sandbox.Node, cfg string) *daemonProc {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := d.Stop(); err != nil {
-			t.Errorf("stopping the daemon: %v", err)
-		}
+		stopDaemon(t, d)
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", d.LogTail())
 		}
 		os.RemoveAll(dir)
 	})
-	return &daemonProc{Daemon: d, t: t}
-}
-
-// waitNote waits for READY=1 (the only note the tests wait for).
-func (d *daemonProc) waitNote(t *testing.T, note string, max time.Duration) {
-	t.Helper()
-	if note != "READY=1" {
-		t.Fatalf("waitNote(%q): only READY=1 is awaited", note)
-	}
-	if err := d.WaitReady(context.Background(), max); err != nil {
+	if err := d.WaitReady(context.Background(), 20*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	return d
 }
 
-func (d *daemonProc) all() []string { return d.Notes() }
-
-func (d *daemonProc) stop(t *testing.T) {
+func stopDaemon(t *testing.T, d *sandbox.Daemon) {
 	if err := d.Stop(); err != nil {
 		t.Errorf("stopping the daemon: %v", err)
 	}
@@ -69,7 +53,6 @@ func TestDaemonRunsPhasesThatOutliveTheirCLI(t *testing.T) {
 	n := setupNode(t, "pa-e2dm", map[string]string{"KEEPALIVE_MS": "60000"})
 	cfg, _ := bootConfig(t, n, "  metrics_listen: 127.0.0.1:18741\ndrain:\n  idle: 300ms\n")
 	d := startDaemon(t, n, cfg)
-	d.waitNote(t, "READY=1", 20*time.Second)
 
 	// A 3 s request in flight, then pre whose CLI is SIGKILLed mid-drain.
 	slow := make(chan int, 1)
@@ -149,8 +132,8 @@ func TestDaemonRunsPhasesThatOutliveTheirCLI(t *testing.T) {
 			t.Fatalf("promtool check metrics: %v\n%s", err, out)
 		}
 	}
-	d.stop(t)
-	if notes := strings.Join(d.all(), "\n"); !strings.Contains(notes, "STOPPING=1") || !strings.Contains(notes, "WATCHDOG=1") || !strings.Contains(notes, "STATUS=") {
+	stopDaemon(t, d)
+	if notes := strings.Join(d.Notes(), "\n"); !strings.Contains(notes, "STOPPING=1") || !strings.Contains(notes, "WATCHDOG=1") || !strings.Contains(notes, "STATUS=") {
 		t.Fatalf("notify messages: %s", notes)
 	}
 }
@@ -188,7 +171,6 @@ func TestDaemonReblocksAtBootAndRemovesLeftovers(t *testing.T) {
 	}
 	assertNotBlocked(t, n)
 	d := startDaemon(t, n, cfg)
-	d.waitNote(t, "READY=1", 20*time.Second)
 	assertBlocked(t, n) // back before READY
 
 	// Flushed again while the daemon runs: re-asserted within a few ticks.
@@ -202,7 +184,7 @@ func TestDaemonReblocksAtBootAndRemovesLeftovers(t *testing.T) {
 	if body := scrape(t, n, "http://127.0.0.1:18742/metrics"); !strings.Contains(body, "patchagent_block_reapplied_total 2") {
 		t.Fatalf("re-application not counted:\n%s", body)
 	}
-	d.stop(t)
+	stopDaemon(t, d)
 
 	// No cycle open, a leftover block of ours, the app healthy: removed.
 	if r := patchagent(t, n, "exit", "--config", cfg); r.code != 0 {
@@ -217,7 +199,6 @@ func TestDaemonReblocksAtBootAndRemovesLeftovers(t *testing.T) {
 	}
 	assertBlocked(t, n)
 	d = startDaemon(t, n, cfg)
-	d.waitNote(t, "READY=1", 20*time.Second)
 	deadline = time.Now().Add(10 * time.Second)
 	for strings.Contains(iptablesS(t, n), "PATCHAGENT") && time.Now().Before(deadline) {
 		time.Sleep(200 * time.Millisecond)
@@ -251,7 +232,6 @@ func TestDaemonDeadmanAutoRecover(t *testing.T) {
 				t.Fatal(err)
 			}
 			d := startDaemon(t, n, cfg)
-			d.waitNote(t, "READY=1", 20*time.Second)
 			time.Sleep(8 * time.Second) // dead-man at 2 s, then exit's 3 s health deadline
 			body := scrape(t, n, "http://127.0.0.1:18743/metrics")
 			if !strings.Contains(body, "patchagent_deadman_triggered_total 1") {
@@ -262,7 +242,7 @@ func TestDaemonDeadmanAutoRecover(t *testing.T) {
 			} else {
 				assertBlocked(t, n)
 			}
-			d.stop(t)
+			stopDaemon(t, d)
 		})
 	}
 }
