@@ -25,7 +25,7 @@ func (a *Agent) Exit(ctx context.Context, opt RunOptions) *Report {
 
 // stillOut marks an exit failure that leaves the node out of service.
 func stillOut(err error) error {
-	return fmt.Errorf("node still out of service: %w", err)
+	return nodeLeft(nodeStillOut, err)
 }
 
 func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
@@ -413,7 +413,7 @@ func (a *Agent) restoreExtras(ctx context.Context, r *phaseRun) error {
 	for _, u := range a.cfg.Steps.StopUnits {
 		if err := a.d.Units.Start(ctx, u); err != nil {
 			r.rep.addStep("restore", ResultFailed, time.Since(t), "")
-			err = fmt.Errorf("node back in service, but %w", err)
+			err = nodeLeft(nodeBackBut, err)
 			a.closeCycle(r, StatusFailed, err.Error())
 			return err
 		}
@@ -421,7 +421,7 @@ func (a *Agent) restoreExtras(ctx context.Context, r *phaseRun) error {
 	for _, c := range a.cfg.Steps.ExitCommands {
 		if err := a.d.Commands.Run(ctx, c); err != nil {
 			r.rep.addStep("restore", ResultFailed, time.Since(t), "")
-			err = fmt.Errorf("node back in service, but %w", err)
+			err = nodeLeft(nodeBackBut, err)
 			a.closeCycle(r, StatusFailed, err.Error())
 			return err
 		}
@@ -443,7 +443,7 @@ func (a *Agent) exitFailed(ctx context.Context, r *phaseRun, cause error) error 
 		return stillOut(err)
 	}
 	r.rep.warn("exit.on_failure is unblock: the node is back in service although %v", cause)
-	err := fmt.Errorf("node back in service UNHEALTHY (exit.on_failure: unblock): %w", cause)
+	err := nodeLeft("back in service UNHEALTHY (exit.on_failure: unblock)", cause)
 	a.closeCycle(r, StatusFailed, err.Error())
 	return err
 }

@@ -130,6 +130,9 @@ func TestExitUnhealthyKeepsTheNodeBlocked(t *testing.T) {
 	if diff := cmp.Diff([]string{"start web (known stopped)"}, e.ev.all()); diff != "" {
 		t.Fatalf("unblocked an unhealthy app: %s", diff)
 	}
+	if rep.Node != nodeStillOut || !strings.Contains(string(rep.JSON()), `"node":"still out of service"`) {
+		t.Fatalf("the report does not say where the node was left: %q", rep.Node)
+	}
 	st, _ := e.state.Load()
 	if !st.Open || st.Status != StatusFailed || st.Step != "health" || !strings.Contains(st.Error, "status 500") {
 		t.Fatalf("state: %+v", st)

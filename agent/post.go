@@ -259,7 +259,7 @@ func (a *Agent) tryRollback(ctx context.Context, r *phaseRun, cause error) (err 
 	if err := a.unblockAndRestore(ctx, r); err != nil {
 		return err, true
 	}
-	err = fmt.Errorf("node back in service, but the dependency update broke the app: %s after %w", what, cause)
+	err = nodeLeft(nodeBackBut, fmt.Errorf("the dependency update broke the app: %s after %w", what, cause))
 	a.closeCycle(r, StatusFailed, err.Error())
 	return err, true
 }

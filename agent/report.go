@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -25,6 +26,29 @@ const (
 
 // Output limits: SSM shows the first 2,500 characters in its console.
 const consoleLimit = 2500
+
+// nodeError is a phase failure that says where it left the node.
+type nodeError struct {
+	state string
+	err   error
+}
+
+func (e *nodeError) Error() string {
+	if strings.HasSuffix(e.state, ", but") {
+		return "node " + e.state + " " + e.err.Error()
+	}
+	return "node " + e.state + ": " + e.err.Error()
+}
+func (e *nodeError) Unwrap() error { return e.err }
+
+// Where a failure can leave the node.
+const (
+	nodeStillOut = "still out of service"
+	nodeBackBut  = "back in service, but"
+)
+
+// nodeLeft wraps err with where the failure left the node.
+func nodeLeft(state string, err error) error { return &nodeError{state: state, err: err} }
 
 // Report is what one phase run tells its caller: a verdict first, then the
 // steps. It renders as text (first line = verdict) or as one JSON object.
@@ -50,6 +74,9 @@ type Report struct {
 	Health *HealthSummary `json:"health,omitempty"`
 	// RolledBack counts the packages exit's rollback restored.
 	RolledBack int `json:"rolled_back,omitempty"`
+	// Node says where a failed phase left the node ("still out of
+	// service", "back in service, but"), when the phase says so.
+	Node string `json:"node,omitempty"`
 	// Reblocked: the block had to be put back (after a reboot or a flush).
 	Reblocked bool   `json:"reblocked,omitempty"`
 	CycleID   string `json:"cycle_id,omitempty"`
@@ -90,6 +117,10 @@ func (r *Report) finish(d time.Duration, err error, code int) {
 		r.ExitCode = ExitOK
 	case err != nil:
 		r.Result, r.Error, r.ExitCode = ResultFailed, err.Error(), code
+		var ne *nodeError
+		if errors.As(err, &ne) {
+			r.Node = ne.state
+		}
 	default:
 		r.Result, r.ExitCode = ResultOK, ExitOK
 	}
@@ -108,9 +139,9 @@ func (r *Report) Verdict() string {
 		}
 		return fmt.Sprintf("patchagent %s: ok in %s%s (%s)", r.Phase, d, w, strings.Join(r.Summary, ", "))
 	}
-	if strings.HasPrefix(r.Error, "node ") {
-		// The error leads with the node's service state: "FAILED, node
-		// still out of service: <why>".
+	if r.Node != "" {
+		// The failure says where it left the node: "FAILED, node still
+		// out of service: <why>".
 		return fmt.Sprintf("patchagent %s: FAILED, %s", r.Phase, firstLine(r.Error))
 	}
 	return fmt.Sprintf("patchagent %s: FAILED in %s: %s", r.Phase, d, firstLine(r.Error))
