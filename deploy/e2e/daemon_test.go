@@ -198,7 +198,7 @@ func TestDaemonReblocksAtBootAndRemovesLeftovers(t *testing.T) {
 		}
 	}
 	assertBlocked(t, n)
-	d = startDaemon(t, n, cfg)
+	startDaemon(t, n, cfg)
 	deadline = time.Now().Add(10 * time.Second)
 	for strings.Contains(iptablesS(t, n), "PATCHAGENT") && time.Now().Before(deadline) {
 		time.Sleep(200 * time.Millisecond)
