@@ -32,7 +32,6 @@ type AppManager interface {
 	Stop(ctx context.Context, app string) ([]hooks.Process, error)
 	Start(ctx context.Context, app string) error
 	StartFrom(ctx context.Context, app, source string) error
-	StartStopped(ctx context.Context, app string) error
 	PIDs(app string, ids []int) map[int]int
 }
 

@@ -90,7 +90,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		return stillOut(err)
 	}
 	t = time.Now()
-	started, ids, err := a.startApp(ctx, r.st.Stopped, r.boot)
+	started, ids, err := a.startApp(ctx)
 	if err != nil {
 		rep.addStep("start", ResultFailed, time.Since(t), "")
 		if rerr, done := a.tryRollback(ctx, r, err); done {
@@ -172,26 +172,9 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 }
 
 // startApp starts the app unless it is online, says what it did, and
-// returns the app's pm2 instance ids. stopped is pre's record of the stop,
-// if any.
-func (a *Agent) startApp(ctx context.Context, stopped *StopRecord, boot string) (string, []int, error) {
+// returns the app's pm2 instance ids.
+func (a *Agent) startApp(ctx context.Context) (string, []int, error) {
 	app := a.cfg.App.Name
-	// Fast path: pre stopped the app in this boot and pm2's pid files show
-	// no live instance: start it without listing (half a second of CPU).
-	if sr := stopped; sr != nil && sr.App == app && sr.PIDFiles && sr.BootID == boot {
-		live := 0
-		for _, pid := range a.d.App.PIDs(app, sr.IDs) {
-			if pid > 0 {
-				live++
-			}
-		}
-		if live == 0 {
-			if err := a.d.App.StartStopped(ctx, app); err != nil {
-				return "", nil, err
-			}
-			return "started " + app, sr.IDs, nil
-		}
-	}
 	procs, err := a.d.App.Processes(ctx, app)
 	switch {
 	case errors.Is(err, hooks.ErrUnknownApp):

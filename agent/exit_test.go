@@ -32,7 +32,7 @@ func TestExitAfterPreStartsChecksUnblocksAndClosesTheCycle(t *testing.T) {
 	if rep.ExitCode != 0 {
 		t.Fatal(rep.Text())
 	}
-	if diff := cmp.Diff([]string{"start web (known stopped)", "unblock"}, e.ev.all()); diff != "" {
+	if diff := cmp.Diff([]string{"start web", "unblock"}, e.ev.all()); diff != "" {
 		t.Fatalf("side effects (-want +got):\n%s", diff)
 	}
 	if !regexp.MustCompile(`^patchagent exit: ok in \S+ \(started web, healthy after 3 attempt\(s\) in \S+, unblocked 443/tcp v4\+v6\)$`).MatchString(rep.Verdict()) {
@@ -127,7 +127,7 @@ func TestExitUnhealthyKeepsTheNodeBlocked(t *testing.T) {
 	if !regexp.MustCompile(`^patchagent exit: FAILED, node still out of service: health-check http://localhost:443/health-check: status 500 after \d+ attempts in `).MatchString(rep.Verdict()) {
 		t.Fatalf("verdict %q", rep.Verdict())
 	}
-	if diff := cmp.Diff([]string{"start web (known stopped)"}, e.ev.all()); diff != "" {
+	if diff := cmp.Diff([]string{"start web"}, e.ev.all()); diff != "" {
 		t.Fatalf("unblocked an unhealthy app: %s", diff)
 	}
 	if rep.Node != nodeStillOut || !strings.Contains(string(rep.JSON()), `"node":"still out of service"`) {
@@ -148,7 +148,7 @@ func TestExitOnFailureUnblockGivesTheTutorialsOrder(t *testing.T) {
 	if rep.ExitCode != 1 || !strings.HasPrefix(rep.Verdict(), "patchagent exit: FAILED, node back in service UNHEALTHY (exit.on_failure: unblock): health-check") {
 		t.Fatalf("exit %d %q", rep.ExitCode, rep.Verdict())
 	}
-	if diff := cmp.Diff([]string{"start web (known stopped)", "unblock"}, e.ev.all()); diff != "" {
+	if diff := cmp.Diff([]string{"start web", "unblock"}, e.ev.all()); diff != "" {
 		t.Fatal(diff)
 	}
 	if st, _ := e.state.Load(); st.Open || st.Status != StatusFailed {
@@ -214,7 +214,7 @@ func TestExtrasStopInPreAndStartInExitInConfiguredOrder(t *testing.T) {
 	want := []string{
 		"block (state: open=true step=block)", "stop web (state: step=stop stopped=true)",
 		"systemctl stop node_exporter.service", "systemctl stop cron.service", "run [/usr/local/bin/cluster leave]",
-		"start web (known stopped)", "unblock",
+		"start web", "unblock",
 		"systemctl start node_exporter.service", "systemctl start cron.service", "run [/usr/local/bin/cluster join]",
 	}
 	if diff := cmp.Diff(want, e.ev.all()); diff != "" {

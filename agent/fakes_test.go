@@ -157,16 +157,6 @@ func (a *fakeApp) StartFrom(ctx context.Context, app, source string) error {
 	return nil
 }
 
-func (a *fakeApp) StartStopped(ctx context.Context, app string) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	a.ev.add("start " + app + " (known stopped)")
-	for i := range a.procs {
-		a.procs[i].Status, a.procs[i].PID, a.procs[i].Started = hooks.StatusOnline, os.Getpid(), time.Now()
-	}
-	return nil
-}
-
 // PIDs plays pm2's pid files: the pid of each online instance.
 func (a *fakeApp) PIDs(app string, ids []int) map[int]int {
 	a.mu.Lock()

@@ -244,7 +244,7 @@ func (a *Agent) tryRollback(ctx context.Context, r *phaseRun, cause error) (err 
 	if err := a.save(&r.st, "rollback"); err != nil {
 		return a.exitFailed(ctx, r, errors.Join(cause, err)), true
 	}
-	if _, _, err := a.startApp(ctx, nil, r.boot); err != nil {
+	if _, _, err := a.startApp(ctx); err != nil {
 		rep.addStep("rollback", ResultFailed, time.Since(t), "")
 		return a.exitFailed(ctx, r, fmt.Errorf("%w; %s, but starting %s failed: %w", cause, what, app, err)), true
 	}

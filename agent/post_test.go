@@ -246,7 +246,7 @@ func TestExitRollsBackABreakingUpdate(t *testing.T) {
 		t.Fatalf("verdict:\n%s\nwant prefix:\n%s", rep.Verdict(), want)
 	}
 	evs := e.ev.all()
-	if diff := cmp.Diff([]string{"start web (known stopped)", "stop web (state: step=rollback stopped=true)", "restore snapshot", "start web", "unblock"}, evs); diff != "" {
+	if diff := cmp.Diff([]string{"start web", "stop web (state: step=rollback stopped=true)", "restore snapshot", "start web", "unblock"}, evs); diff != "" {
 		t.Fatalf("(-want +got):\n%s", diff)
 	}
 	st, _ := e.state.Load()

@@ -122,14 +122,7 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 		for i, p := range procs {
 			ids[i] = p.ID
 		}
-		files := a.d.App.PIDs(app, ids)
-		reliable := len(pids) > 0
-		for _, p := range procs {
-			if p.Status == hooks.StatusOnline && files[p.ID] != p.PID {
-				reliable = false
-			}
-		}
-		st.Stopped = &StopRecord{App: app, User: a.d.AppUser, WasOnline: pids, IDs: ids, PIDFiles: reliable, BootID: r.boot, At: time.Now().UTC()}
+		st.Stopped = &StopRecord{App: app, User: a.d.AppUser, WasOnline: pids, IDs: ids, At: time.Now().UTC()}
 	}
 	if err := a.save(st, "stop"); err != nil {
 		return fail(err)

@@ -84,14 +84,8 @@ type StopRecord struct {
 	User      string `json:"user"`
 	WasOnline []int  `json:"was_online_pids,omitempty"`
 	// IDs are the app's pm2 instance ids.
-	IDs []int `json:"pm2_ids,omitempty"`
-	// PIDFiles: pm2's pid files matched its own view before the stop, so
-	// exit may trust them to see the app is still stopped.
-	PIDFiles bool `json:"pid_files,omitempty"`
-	// BootID is the boot the app was stopped in: pid files say nothing
-	// across a reboot.
-	BootID string    `json:"boot_id,omitempty"`
-	At     time.Time `json:"at"`
+	IDs []int     `json:"pm2_ids,omitempty"`
+	At  time.Time `json:"at"`
 }
 
 // PostRecord describes post's dependency update, so that a crash can be

@@ -6,3 +6,9 @@ var (
 	FindPM2In = findPM2
 	PidAlive  = pidAlive
 )
+
+// pm2's RPC framing, for the fake pm2 daemon of the tests.
+var (
+	EncodeAMP = encodeAMP
+	ReadAMP   = readAMP
+)

@@ -3,7 +3,6 @@ package hooks
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -115,16 +114,6 @@ func NewPM2(log *zap.Logger, run Runner, c PM2Config) *PM2 {
 	}
 }
 
-// JlistArgs is the argv (after the program) that lists pm2's processes as JSON.
-func JlistArgs() []string { return []string{"jlist"} }
-
-// StopArgs is the argv that stops every instance of app.
-func StopArgs(app string) []string { return []string{"stop", app, "--no-color"} }
-
-// StartArgs is the argv that starts target (an app name or a pm_id). pm2
-// restarts an online target: call it only for instances that are not online.
-func StartArgs(target string) []string { return []string{"start", target, "--no-color"} }
-
 // DaemonAlive reports whether the user's pm2 daemon is running, without
 // running pm2: $PM2_HOME/pm2.pid names a live process that is not a zombie,
 // and $PM2_HOME/rpc.sock accepts a connection. Otherwise it returns an error
@@ -157,13 +146,9 @@ func (p *PM2) Processes(ctx context.Context, app string) ([]Process, error) {
 	if err := checkApp(app); err != nil {
 		return nil, err
 	}
-	res, err := p.pm2(ctx, JlistArgs())
+	all, err := p.list(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("listing pm2 processes: %w", err)
-	}
-	all, err := parseJlist(res.Stdout)
-	if err != nil {
-		return nil, fmt.Errorf("listing pm2 processes: %w", err)
+		return nil, err
 	}
 	var out []Process
 	for _, pr := range all {
@@ -177,7 +162,33 @@ func (p *PM2) Processes(ctx context.Context, app string) ([]Process, error) {
 	return out, nil
 }
 
-// Stop stops every instance of app with pm2 and verifies that pm2 shows them
+// list is `pm2 jlist`: every process the daemon knows (getMonitorData).
+func (p *PM2) list(ctx context.Context) ([]Process, error) {
+	var entries []jlistEntry
+	if err := p.call(ctx, "getMonitorData", []any{struct{}{}}, &entries); err != nil {
+		return nil, fmt.Errorf("listing pm2 processes: %w", err)
+	}
+	procs := make([]Process, 0, len(entries))
+	for _, e := range entries {
+		pr := Process{
+			Name:     e.Name,
+			ID:       e.PMID,
+			PID:      e.PID,
+			Status:   e.PM2Env.Status,
+			Restarts: e.PM2Env.RestartTime,
+			ExecMode: e.PM2Env.ExecMode,
+		}
+		if e.PM2Env.PMUptime > 0 {
+			pr.Started = time.UnixMilli(e.PM2Env.PMUptime)
+		}
+		procs = append(procs, pr)
+	}
+	return procs, nil
+}
+
+// Stop stops every instance of app as `pm2 stop app` does (stopWatch,
+// stopProcessId and notifyByProcessId for each pm_id: pm2 sends SIGINT, then
+// SIGKILL after the app's kill_timeout) and verifies that pm2 shows them
 // stopped and that every process that was running is gone. It returns the
 // instances as they were before the stop.
 func (p *PM2) Stop(ctx context.Context, app string) ([]Process, error) {
@@ -186,14 +197,21 @@ func (p *PM2) Stop(ctx context.Context, app string) ([]Process, error) {
 		return nil, err
 	}
 	start := time.Now()
-	if _, err := p.pm2(ctx, StopArgs(app)); err != nil {
-		return nil, fmt.Errorf("stopping pm2 app %q: %w", app, err)
-	}
 	var pids []int
 	for _, pr := range before {
 		if pr.PID > 0 {
 			pids = append(pids, pr.PID)
 		}
+		if pr.Status == StatusStopped {
+			continue
+		}
+		if err := p.call(ctx, "stopWatch", []any{"stopProcessId", pr.ID}); err != nil {
+			return nil, fmt.Errorf("stopping pm2 app %q (pm_id %d): %w", app, pr.ID, err)
+		}
+		if err := p.call(ctx, "stopProcessId", []any{pr.ID}); err != nil {
+			return nil, fmt.Errorf("stopping pm2 app %q (pm_id %d): %w", app, pr.ID, err)
+		}
+		p.notify(ctx, "stop", pr.ID)
 	}
 	if err := p.verifyStopped(ctx, app, pids); err != nil {
 		return nil, fmt.Errorf("stopping pm2 app %q: %w", app, err)
@@ -203,21 +221,29 @@ func (p *PM2) Stop(ctx context.Context, app string) ([]Process, error) {
 	return before, nil
 }
 
+// notify tells pm2's event bus (its log and modules) what was done to id, as
+// the CLI does after an action. It is informational: a failure is logged.
+func (p *PM2) notify(ctx context.Context, action string, id int) {
+	arg := map[string]any{"id": id, "action_name": action, "manually": true}
+	if err := p.call(ctx, "notifyByProcessId", []any{arg}); err != nil {
+		p.log.Warn("pm2 event not sent", zap.String("action", action), zap.Int("pm_id", id), zap.Error(err))
+	}
+}
+
 // verifyStopped waits, up to StopWait, until pm2 shows every instance of app
 // stopped and none of pids is alive.
 func (p *PM2) verifyStopped(ctx context.Context, app string, pids []int) error {
-	now, err := p.Processes(ctx, app)
-	if err != nil {
-		return fmt.Errorf("verifying: %w", err)
-	}
 	wctx, cancel := context.WithTimeout(ctx, p.cfg.StopWait)
 	defer cancel()
 	tick := time.NewTicker(p.cfg.Poll)
 	defer tick.Stop()
-	lastList := time.Now()
 	for {
+		now, err := p.Processes(ctx, app)
+		if err != nil {
+			return fmt.Errorf("verifying: %w", err)
+		}
 		// An errored instance (pm2 gave up restarting it) is not running
-		// either; pm2 stop leaves it errored.
+		// either.
 		notStopped := notIn(notIn(now, StatusStopped), StatusErrored)
 		var alive []int
 		for _, pid := range pids {
@@ -239,20 +265,13 @@ func (p *PM2) verifyStopped(ctx context.Context, app string, pids []int) error {
 			return fmt.Errorf("pm2 shows the app stopped but pid(s) %v still alive after %s", alive, p.cfg.StopWait)
 		case <-tick.C:
 		}
-		// Re-read pm2's view only while it disagrees, and not more than once
-		// a second (each jlist costs about half a second of CPU).
-		if len(notStopped) > 0 && time.Since(lastList) >= time.Second {
-			if now, err = p.Processes(wctx, app); err != nil {
-				return fmt.Errorf("verifying: %w", err)
-			}
-			lastList = time.Now()
-		}
 	}
 }
 
-// Start starts the instances of app that are not online. pm2 start restarts
-// an online app, so an app whose instances are all online is left alone, and
-// when only some are online, the others are started one by one by pm_id.
+// Start starts the instances of app that are not online, by pm_id, as
+// `pm2 start app` does for an app pm2 knows (restartProcessId with no
+// environment change, which also resets pm2's unstable-restart count). An
+// online instance is never restarted.
 func (p *PM2) Start(ctx context.Context, app string) error {
 	procs, err := p.Processes(ctx, app)
 	if err != nil {
@@ -263,24 +282,37 @@ func (p *PM2) Start(ctx context.Context, app string) error {
 		p.log.Info("app already online", zap.String("app", app), zap.Int("instances", len(procs)))
 		return nil
 	}
-	targets := []string{app}
-	if len(down) < len(procs) {
-		targets = targets[:0]
-		for _, pr := range down {
-			targets = append(targets, strconv.Itoa(pr.ID))
+	var ids []int
+	for _, pr := range down {
+		arg := map[string]any{"id": pr.ID, "env": struct{}{}}
+		if err := p.call(ctx, "restartProcessId", []any{arg}); err != nil {
+			return fmt.Errorf("starting pm2 app %q (pm_id %d): %w", app, pr.ID, err)
 		}
+		p.notify(ctx, "restart", pr.ID)
+		ids = append(ids, pr.ID)
 	}
-	for _, t := range targets {
-		if _, err := p.pm2(ctx, StartArgs(t)); err != nil {
-			return fmt.Errorf("starting pm2 app %q (%s): %w", app, t, err)
-		}
-	}
-	p.log.Info("app started", zap.String("app", app), zap.Strings("targets", targets))
+	p.log.Info("app started", zap.String("app", app), zap.Ints("pm_ids", ids))
 	return nil
 }
 
-// pm2 runs pm2 with args as the user, after checking that the daemon is
+// call makes one RPC to the user's pm2 daemon, after checking that it is
 // alive, with its own deadline.
+func (p *PM2) call(ctx context.Context, method string, args []any, out ...any) error {
+	if err := p.DaemonAlive(); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
+	start := time.Now()
+	err := pm2Call(cctx, filepath.Join(p.p2h, "rpc.sock"), method, args, out...)
+	p.log.Debug("pm2 rpc", zap.String("method", method), zap.Duration("took", time.Since(start)), zap.Error(err))
+	return err
+}
+
+// pm2 runs the pm2 CLI with args as the user, after checking that the
+// daemon is alive, with its own deadline. Only starting an app from its
+// ecosystem file needs the CLI (it reads the file); the rest goes over the
+// RPC socket.
 func (p *PM2) pm2(ctx context.Context, args []string) (Result, error) {
 	if err := p.DaemonAlive(); err != nil {
 		return Result{}, err
@@ -313,53 +345,6 @@ type jlistEntry struct {
 		RestartTime int    `json:"restart_time"`
 		ExecMode    string `json:"exec_mode"`
 	} `json:"pm2_env"`
-}
-
-// parseJlist decodes pm2 jlist output. Anything pm2 printed before the JSON
-// array (a banner, "[PM2] ..." lines) or after it is skipped. Errors never
-// quote the input.
-func parseJlist(out []byte) ([]Process, error) {
-	i := jsonArrayStart(out)
-	if i < 0 {
-		return nil, errors.New("parsing pm2 jlist: no JSON array in the output")
-	}
-	var entries []jlistEntry
-	if err := json.NewDecoder(bytes.NewReader(out[i:])).Decode(&entries); err != nil {
-		return nil, fmt.Errorf("parsing pm2 jlist: %w", err)
-	}
-	procs := make([]Process, 0, len(entries))
-	for _, e := range entries {
-		pr := Process{
-			Name:     e.Name,
-			ID:       e.PMID,
-			PID:      e.PID,
-			Status:   e.PM2Env.Status,
-			Restarts: e.PM2Env.RestartTime,
-			ExecMode: e.PM2Env.ExecMode,
-		}
-		if e.PM2Env.PMUptime > 0 {
-			pr.Started = time.UnixMilli(e.PM2Env.PMUptime)
-		}
-		procs = append(procs, pr)
-	}
-	return procs, nil
-}
-
-// jsonArrayStart is the index of the first '[' that opens a JSON array
-// ("[{" or "[]", spaces allowed), so "[PM2] ..." lines are skipped.
-func jsonArrayStart(b []byte) int {
-	for off := 0; ; {
-		i := bytes.IndexByte(b[off:], '[')
-		if i < 0 {
-			return -1
-		}
-		i += off
-		rest := bytes.TrimLeft(b[i+1:], " \t\r\n")
-		if len(rest) > 0 && (rest[0] == '{' || rest[0] == ']') {
-			return i
-		}
-		off = i + 1
-	}
 }
 
 // checkApp refuses names pm2 would read as something else: an option, every
@@ -537,8 +522,7 @@ func ProcessAlive(pid int) bool { return pidAlive(pid) }
 // PIDs reads, without running pm2, the pid of each instance id of app from
 // the pid files pm2 keeps ($PM2_HOME/pids/<app>-<id>.pid, rewritten at every
 // start and restart, removed at stop). An instance with no file, an empty
-// one or a dead pid maps to 0. Cheap enough to poll every few milliseconds,
-// where `pm2 jlist` costs half a second of CPU.
+// one or a dead pid maps to 0. Cheap enough to poll every few milliseconds.
 func (p *PM2) PIDs(app string, ids []int) map[int]int {
 	out := make(map[int]int, len(ids))
 	for _, id := range ids {
@@ -554,18 +538,4 @@ func (p *PM2) PIDs(app string, ids []int) map[int]int {
 		out[id] = pid
 	}
 	return out
-}
-
-// StartStopped runs `pm2 start app` without listing first, for an app the
-// caller knows is stopped (PIDs shows no live instance): pm2 start restarts
-// an online app, so never call it otherwise.
-func (p *PM2) StartStopped(ctx context.Context, app string) error {
-	if err := checkApp(app); err != nil {
-		return err
-	}
-	if _, err := p.pm2(ctx, StartArgs(app)); err != nil {
-		return fmt.Errorf("starting pm2 app %q: %w", app, err)
-	}
-	p.log.Info("app started", zap.String("app", app))
-	return nil
 }

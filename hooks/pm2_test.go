@@ -1,18 +1,22 @@
 package hooks_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
@@ -91,20 +95,6 @@ func procs(ins ...inst) []hooks.Process {
 	return out
 }
 
-// fakeDaemon makes a PM2_HOME whose daemon looks alive: pm2.pid names this
-// test process and rpc.sock accepts connections.
-func fakeDaemon(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "pa-pm2-") // short: unix socket paths are limited
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	writePid(t, dir, os.Getpid())
-	listen(t, dir)
-	return dir
-}
-
 func writePid(t *testing.T, dir string, pid int) {
 	t.Helper()
 	if err := os.WriteFile(filepath.Join(dir, "pm2.pid"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
@@ -155,36 +145,42 @@ func assertCmds(t *testing.T, f *hookstest.FakeRunner, want ...hooks.Cmd) {
 }
 
 func TestProcesses(t *testing.T) {
-	web0 := inst{name: "web", id: 0, pid: 4242, status: "online", restarts: 2, uptime: 1764115200123}
+	web0 := inst{name: "web", id: 0, pid: 4242, status: "online", restarts: 2, uptime: 1764115200123, mode: "cluster_mode"}
 	web1 := inst{name: "web", id: 1, pid: 4243, status: "online", uptime: 1764115200456, mode: "cluster_mode"}
-	web1.mode, web0.mode = "cluster_mode", "cluster_mode"
 	worker := inst{name: "worker", id: 2, pid: 5000, status: "stopped"}
-	banner := "\n                        -------------\n\n__/\\\\\\\\\\\\\\\\\\\\\\\\\\____/\\\\\\\\____\n" +
-		"[PM2] Spawning PM2 daemon with pm2_home=/home/app/.pm2\n[PM2] PM2 Successfully daemonized\n"
+	raw := func(body string) func([]json.RawMessage) any {
+		return func([]json.RawMessage) any { return []byte(body) }
+	}
 	tests := []struct {
 		name    string
-		reply   hookstest.Reply
+		procs   []inst
+		reply   func([]json.RawMessage) any
 		want    []hooks.Process
 		wantErr error  // errors.Is target
 		errHas  string // substring of a non-sentinel error
 	}{
-		{name: "single instance", reply: hookstest.OK(jlist(web0, worker)), want: procs(web0)},
-		{name: "banner before the JSON", reply: hookstest.OK(banner + jlist(worker, web0)), want: procs(web0)},
-		{name: "noise after the JSON", reply: hookstest.OK(jlist(web0) + "\n[PM2][WARN] Current process list is not synchronized\n"), want: procs(web0)},
-		{name: "cluster mode, two instances", reply: hookstest.OK(jlist(web0, worker, web1)), want: procs(web0, web1)},
-		{name: "unknown app", reply: hookstest.OK(jlist(worker)), wantErr: hooks.ErrUnknownApp},
-		{name: "no processes at all", reply: hookstest.OK(banner + "[]\n"), wantErr: hooks.ErrUnknownApp},
-		{name: "truncated JSON", reply: hookstest.OK(jlist(web0)[:200]), errHas: "parsing pm2 jlist"},
-		{name: "wrong field type", reply: hookstest.OK(`[{"name":"web","pm_id":"zero","pm2_env":{"DB_PASSWORD":"` + secret + `"}}]`), errHas: "parsing pm2 jlist"},
-		{name: "no JSON array", reply: hookstest.OK("[PM2] something else\n"), errHas: "no JSON array"},
-		{name: "pm2 fails", reply: hookstest.Exit(bin, 1, "[PM2][ERROR] broken"), errHas: "exited with code 1: [PM2][ERROR] broken"},
+		{name: "single instance", procs: []inst{web0, worker}, want: procs(web0)},
+		{name: "cluster mode, two instances", procs: []inst{web0, worker, web1}, want: procs(web0, web1)},
+		{name: "unknown app", procs: []inst{worker}, wantErr: hooks.ErrUnknownApp},
+		{name: "no processes at all", wantErr: hooks.ErrUnknownApp},
+		{name: "wrong field type", reply: raw(`j:{"args":[[{"name":"web","pm_id":"zero","pm2_env":{"DB_PASSWORD":"` + secret + `"}}]]}`), wantErr: hooks.ErrPM2RPC},
+		{name: "reply not JSON", reply: raw("s:[]"), wantErr: hooks.ErrPM2RPC},
+		{name: "truncated JSON", reply: raw(`j:{"args":[[{"name":"web"`), wantErr: hooks.ErrPM2RPC},
+		{name: "reply without the list", reply: raw(`j:{"args":[]}`), wantErr: hooks.ErrPM2RPC},
+		{name: "pm2 replies an error", reply: func([]json.RawMessage) any { return map[string]any{"error": "God is busy", "stack": "Error: at God"} }, errHas: "pm2 getMonitorData: God is busy"},
+		{name: "pm2 replies an error object", reply: func([]json.RawMessage) any { return map[string]any{"error": map[string]any{"msg": "no pid"}} }, errHas: "pm2 getMonitorData: no pid"},
+		{name: "daemon hangs up", reply: func([]json.RawMessage) any { return errClose }, errHas: "closed the connection without replying"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			home := fakeDaemon(t)
-			f := (&hookstest.FakeRunner{}).On(bin, "jlist", tt.reply)
-			got, err := newPM2(t, f, home).Processes(t.Context(), "web")
-			assertCmds(t, f, pm2Cmd(home, "jlist"))
+			g := newGod(t, tt.procs...)
+			if tt.reply != nil {
+				g.reply["getMonitorData"] = tt.reply
+			}
+			f := &hookstest.FakeRunner{}
+			got, err := newPM2(t, f, g.home).Processes(t.Context(), "web")
+			g.assertCalls(t, "getMonitorData [{}]")
+			assertCmds(t, f) // never the CLI
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("Processes (-want +got):\n%s", diff)
 			}
@@ -194,8 +190,11 @@ func TestProcesses(t *testing.T) {
 					t.Errorf("err = %v, want %v", err, tt.wantErr)
 				}
 			case tt.errHas != "":
+				var pe *hooks.PM2Error
 				if err == nil || !strings.Contains(err.Error(), tt.errHas) || errors.Is(err, hooks.ErrUnknownApp) {
 					t.Errorf("err = %v, want one containing %q", err, tt.errHas)
+				} else if strings.Contains(tt.errHas, "getMonitorData:") && !errors.As(err, &pe) {
+					t.Errorf("err = %v, want a *PM2Error", err)
 				}
 			case err != nil:
 				t.Errorf("err = %v", err)
@@ -211,21 +210,52 @@ func TestProcesses(t *testing.T) {
 }
 
 func TestEachCallHasItsOwnDeadline(t *testing.T) {
-	home := fakeDaemon(t)
-	var deadlines []time.Duration
-	f := &hookstest.FakeRunner{Handler: func(ctx context.Context, c hooks.Cmd) (hooks.Result, error) {
-		dl, ok := ctx.Deadline()
-		if !ok {
-			return hooks.Result{}, errors.New("no deadline")
-		}
-		deadlines = append(deadlines, time.Until(dl))
-		return hooks.Result{Stdout: []byte(jlist(inst{name: "web", status: "online", pid: 1}))}, nil
-	}}
-	if _, err := newPM2(t, f, home).Processes(t.Context(), "web"); err != nil {
+	g := newGod(t, inst{name: "web", status: "online", pid: 1})
+	g.reply["getMonitorData"] = func([]json.RawMessage) any { return errHang }
+	p := hooks.NewPM2(zaptest.NewLogger(t), &hookstest.FakeRunner{}, hooks.PM2Config{
+		Bin: bin, User: appUser, Home: g.home, Path: binPath, CallTimeout: 200 * time.Millisecond,
+	})
+	start := time.Now()
+	_, err := p.Processes(t.Context(), "web")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("err = %v, want the call's deadline", err)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond || took > 2*time.Second {
+		t.Errorf("a hanging daemon held the call %s, want about the 200ms CallTimeout", took)
+	}
+	// The caller's cancellation ends a call too.
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, err := p.Processes(ctx, "web"); !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
+	}
+}
+
+func TestAMPFraming(t *testing.T) {
+	msg := hooks.EncodeAMP([]byte(`j:{"a":1}`), []byte("s:id:1"), nil)
+	if msg[0] != 1<<4|3 {
+		t.Fatalf("meta byte %#x, want version 1, 3 arguments", msg[0])
+	}
+	// Read byte by byte: a frame may arrive in pieces.
+	got, err := hooks.ReadAMP(iotest.OneByteReader(bytes.NewReader(msg)))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if len(deadlines) != 1 || deadlines[0] > 7*time.Second || deadlines[0] < 6*time.Second {
-		t.Errorf("deadlines = %v, want one of about the 7s CallTimeout", deadlines)
+	if want := [][]byte{[]byte(`j:{"a":1}`), []byte("s:id:1"), {}}; !cmp.Equal(want, got) {
+		t.Errorf("ReadAMP = %q, want %q", got, want)
+	}
+	for name, frame := range map[string][]byte{
+		"cut in an argument": msg[:len(msg)-3],
+		"cut in a length":    msg[:3],
+		"version 2":          append([]byte{2<<4 | 1}, msg[1:]...),
+		"huge argument":      {1<<4 | 1, 0xff, 0xff, 0xff, 0xff},
+	} {
+		if _, err := hooks.ReadAMP(bytes.NewReader(frame)); !errors.Is(err, hooks.ErrPM2RPC) {
+			t.Errorf("%s: ReadAMP err = %v, want ErrPM2RPC", name, err)
+		}
+	}
+	if _, err := hooks.ReadAMP(bytes.NewReader(nil)); err != io.EOF {
+		t.Errorf("ReadAMP of nothing = %v, want io.EOF", err)
 	}
 }
 
@@ -247,37 +277,46 @@ func sleeper(t *testing.T) *exec.Cmd {
 func TestStop(t *testing.T) {
 	for _, n := range []int{1, 2} {
 		t.Run(fmt.Sprintf("%d instance(s)", n), func(t *testing.T) {
-			home := fakeDaemon(t)
 			var before, after []inst
-			var sleepers []*exec.Cmd
+			sleepers := map[int]*exec.Cmd{}
 			for i := range n {
 				s := sleeper(t)
-				sleepers = append(sleepers, s)
+				sleepers[i] = s
 				before = append(before, inst{name: "web", id: i, pid: s.Process.Pid, status: "online", uptime: 1764115200000})
 				after = append(after, inst{name: "web", id: i, status: "stopped", uptime: 1764115200000})
 			}
-			// pm2 stop kills the instances; they stay zombies (nobody has
-			// waited for them yet), which counts as gone.
-			stop := hookstest.OK("[PM2] Applying action stopProcessId on app [web]\n")
-			stop.Do = func(hooks.Cmd) {
-				for _, s := range sleepers {
-					s.Process.Signal(syscall.SIGINT)
-				}
-			}
-			f := (&hookstest.FakeRunner{}).Then(
-				hookstest.OK(jlist(before...)), stop, hookstest.OK(jlist(after...)))
-			got, err := newPM2(t, f, home).Stop(t.Context(), "web")
+			other := inst{name: "worker", id: 9, pid: 1, status: "online"}
+			g := newGod(t, append(slices.Clone(before), other)...)
+			// pm2 kills the instance; it stays a zombie (nobody has waited
+			// for it yet), which counts as gone.
+			g.onStop = func(in inst) { sleepers[in.id].Process.Signal(syscall.SIGINT) }
+			f := &hookstest.FakeRunner{}
+			got, err := newPM2(t, f, g.home).Stop(t.Context(), "web")
 			if err != nil {
 				t.Fatal(err)
 			}
 			if diff := cmp.Diff(procs(before...), got); diff != "" {
 				t.Errorf("Stop returned (-want +got):\n%s", diff)
 			}
-			assertCmds(t, f, pm2Cmd(home, "jlist"), pm2Cmd(home, "stop", "web", "--no-color"), pm2Cmd(home, "jlist"))
+			// As `pm2 stop web`: per pm_id, stopWatch, stopProcessId and the
+			// event; the other app is not touched.
+			want := []string{"getMonitorData [{}]"}
+			for i := range n {
+				want = append(want,
+					fmt.Sprintf(`stopWatch ["stopProcessId",%d]`, i),
+					fmt.Sprintf(`stopProcessId [%d]`, i),
+					fmt.Sprintf(`notifyByProcessId [{"action_name":"stop","id":%d,"manually":true}]`, i))
+			}
+			want = append(want, "getMonitorData [{}]")
+			g.assertCalls(t, want...)
+			assertCmds(t, f)
 			for _, s := range sleepers {
 				if hooks.PidAlive(s.Process.Pid) {
 					t.Errorf("pid %d alive after Stop returned", s.Process.Pid)
 				}
+			}
+			if diff := cmp.Diff(jlist(append(after, other)...), jlist(g.procs...)); diff != "" {
+				t.Errorf("daemon's list after Stop (-want +got):\n%s", diff)
 			}
 		})
 	}
@@ -285,64 +324,49 @@ func TestStop(t *testing.T) {
 
 func TestStopFailures(t *testing.T) {
 	tests := []struct {
-		name     string
-		replies  func(pid int) []hookstest.Reply
-		wantCmds [][]string
-		wantErr  error
-		errHas   func(pid int) string
+		name    string
+		setup   func(g *god, pid int)
+		procs   func(pid int) []inst
+		wantErr error
+		errHas  func(pid int) string
 	}{
 		{
 			name: "pm2 says stopped but the pid is alive",
-			replies: func(pid int) []hookstest.Reply {
-				return []hookstest.Reply{
-					hookstest.OK(jlist(inst{name: "web", pid: pid, status: "online"})),
-					hookstest.OK(""),
-					hookstest.OK(jlist(inst{name: "web", status: "stopped"})),
-				}
-			},
-			wantCmds: [][]string{{"jlist"}, {"stop", "web", "--no-color"}, {"jlist"}},
-			errHas:   func(pid int) string { return fmt.Sprintf("pid(s) [%d] still alive", pid) },
+			// the fake marks it stopped without killing it
+			errHas: func(pid int) string { return fmt.Sprintf("pid(s) [%d] still alive", pid) },
 		},
 		{
-			name: "pm2 still shows it online",
-			replies: func(pid int) []hookstest.Reply {
-				return []hookstest.Reply{
-					hookstest.OK(jlist(inst{name: "web", pid: pid, status: "online"})),
-					hookstest.OK(""),
-					hookstest.OK(jlist(inst{name: "web", pid: pid, status: "online"})),
-				}
-			},
-			wantCmds: [][]string{{"jlist"}, {"stop", "web", "--no-color"}, {"jlist"}},
-			errHas:   func(pid int) string { return fmt.Sprintf("pm_id 0 online (pid %d)", pid) },
+			name:   "pm2 still shows it online",
+			setup:  func(g *god, _ int) { g.stopLeaves = true },
+			errHas: func(pid int) string { return fmt.Sprintf("pm_id 0 online (pid %d)", pid) },
 		},
 		{
-			name: "unknown app: nothing is stopped",
-			replies: func(int) []hookstest.Reply {
-				return []hookstest.Reply{hookstest.OK(jlist(inst{name: "worker", status: "online", pid: 1}))}
-			},
-			wantCmds: [][]string{{"jlist"}},
-			wantErr:  hooks.ErrUnknownApp,
+			name:    "unknown app: nothing is stopped",
+			procs:   func(pid int) []inst { return []inst{{name: "worker", status: "online", pid: pid}} },
+			wantErr: hooks.ErrUnknownApp,
 		},
 		{
-			name: "pm2 stop fails",
-			replies: func(pid int) []hookstest.Reply {
-				return []hookstest.Reply{
-					hookstest.OK(jlist(inst{name: "web", pid: pid, status: "online"})),
-					hookstest.Exit(bin, 1, "[PM2][ERROR] Process or Namespace web not found"),
-				}
+			name: "pm2 refuses the stop",
+			setup: func(g *god, _ int) {
+				g.reply["stopProcessId"] = func([]json.RawMessage) any { return map[string]any{"error": "0 : id unknown"} }
 			},
-			wantCmds: [][]string{{"jlist"}, {"stop", "web", "--no-color"}},
-			errHas:   func(int) string { return "[PM2][ERROR] Process or Namespace web not found" },
+			errHas: func(int) string { return `stopping pm2 app "web" (pm_id 0): pm2 stopProcessId: 0 : id unknown` },
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			home := fakeDaemon(t)
 			s := sleeper(t)
 			pid := s.Process.Pid
-			f := (&hookstest.FakeRunner{}).Then(tt.replies(pid)...)
+			ps := []inst{{name: "web", pid: pid, status: "online"}}
+			if tt.procs != nil {
+				ps = tt.procs(pid)
+			}
+			g := newGod(t, ps...)
+			if tt.setup != nil {
+				tt.setup(g, pid)
+			}
 			start := time.Now()
-			got, err := newPM2(t, f, home).Stop(t.Context(), "web")
+			got, err := newPM2(t, &hookstest.FakeRunner{}, g.home).Stop(t.Context(), "web")
 			if err == nil {
 				t.Fatalf("Stop = %v, nil; want an error", got)
 			}
@@ -355,11 +379,9 @@ func TestStopFailures(t *testing.T) {
 			if took := time.Since(start); took > 3*time.Second {
 				t.Errorf("Stop took %s with StopWait 300ms", took)
 			}
-			var want []hooks.Cmd
-			for _, a := range tt.wantCmds {
-				want = append(want, pm2Cmd(home, a...))
+			if tt.wantErr != nil {
+				g.assertCalls(t, "getMonitorData [{}]")
 			}
-			assertCmds(t, f, want...)
 		})
 	}
 }
@@ -369,6 +391,7 @@ func TestNoPM2WithoutDaemon(t *testing.T) {
 		"Processes": func(p *hooks.PM2, ctx context.Context) error { _, err := p.Processes(ctx, "web"); return err },
 		"Stop":      func(p *hooks.PM2, ctx context.Context) error { _, err := p.Stop(ctx, "web"); return err },
 		"Start":     func(p *hooks.PM2, ctx context.Context) error { return p.Start(ctx, "web") },
+		"StartFrom": func(p *hooks.PM2, ctx context.Context) error { return p.StartFrom(ctx, "web", "/srv/web/server.js") },
 	}
 	for name, call := range calls {
 		t.Run(name, func(t *testing.T) {
@@ -384,15 +407,17 @@ func TestNoPM2WithoutDaemon(t *testing.T) {
 }
 
 func TestStopDaemonDiesMidway(t *testing.T) {
-	home := fakeDaemon(t)
-	list := hookstest.OK(jlist(inst{name: "web", pid: os.Getpid(), status: "online"}))
-	list.Do = func(hooks.Cmd) { os.Remove(filepath.Join(home, "pm2.pid")) }
-	f := (&hookstest.FakeRunner{}).Then(list)
-	_, err := newPM2(t, f, home).Stop(t.Context(), "web")
+	web := inst{name: "web", pid: os.Getpid(), status: "online"}
+	g := newGod(t, web)
+	g.reply["getMonitorData"] = func([]json.RawMessage) any {
+		os.Remove(filepath.Join(g.home, "pm2.pid"))
+		return map[string]any{"args": []any{json.RawMessage(jlist(web))}}
+	}
+	_, err := newPM2(t, &hookstest.FakeRunner{}, g.home).Stop(t.Context(), "web")
 	if !errors.Is(err, hooks.ErrDaemonNotRunning) {
 		t.Errorf("err = %v, want ErrDaemonNotRunning", err)
 	}
-	assertCmds(t, f, pm2Cmd(home, "jlist")) // no pm2 stop to spawn a daemon
+	g.assertCalls(t, "getMonitorData [{}]") // no stop sent to a dying daemon
 }
 
 func TestDaemonAlive(t *testing.T) {
@@ -512,56 +537,40 @@ func TestStart(t *testing.T) {
 	on1 := inst{name: "web", id: 1, pid: 12, status: "online"}
 	off0 := inst{name: "web", id: 0, status: "stopped"}
 	off1 := inst{name: "web", id: 1, status: "stopped"}
+	restart := func(id int) []string {
+		return []string{
+			fmt.Sprintf(`restartProcessId [{"env":{},"id":%d}]`, id),
+			fmt.Sprintf(`notifyByProcessId [{"action_name":"restart","id":%d,"manually":true}]`, id),
+		}
+	}
+	list := "getMonitorData [{}]"
 	tests := []struct {
-		name     string
-		replies  []hookstest.Reply
-		wantCmds [][]string
-		wantErr  error
-		errHas   string
+		name      string
+		procs     []inst
+		failStart bool
+		wantCalls []string
+		wantErr   error
+		errHas    string
 	}{
+		{name: "all online: never restarted", procs: []inst{on0, on1}, wantCalls: []string{list}},
+		{name: "stopped", procs: []inst{off0}, wantCalls: append([]string{list}, restart(0)...)},
+		{name: "errored", procs: []inst{{name: "web", status: "errored"}}, wantCalls: append([]string{list}, restart(0)...)},
+		{name: "cluster, all stopped", procs: []inst{off0, off1}, wantCalls: append(append([]string{list}, restart(0)...), restart(1)...)},
+		{name: "cluster, one stopped: only that pm_id", procs: []inst{on0, off1}, wantCalls: append([]string{list}, restart(1)...)},
+		{name: "unknown app", wantCalls: []string{list}, wantErr: hooks.ErrUnknownApp},
 		{
-			name:     "all online: never restarted",
-			replies:  []hookstest.Reply{hookstest.OK(jlist(on0, on1))},
-			wantCmds: [][]string{{"jlist"}},
-		},
-		{
-			name:     "stopped",
-			replies:  []hookstest.Reply{hookstest.OK(jlist(off0)), hookstest.OK("")},
-			wantCmds: [][]string{{"jlist"}, {"start", "web", "--no-color"}},
-		},
-		{
-			name:     "errored",
-			replies:  []hookstest.Reply{hookstest.OK(jlist(inst{name: "web", status: "errored"})), hookstest.OK("")},
-			wantCmds: [][]string{{"jlist"}, {"start", "web", "--no-color"}},
-		},
-		{
-			name:     "cluster, all stopped: by name",
-			replies:  []hookstest.Reply{hookstest.OK(jlist(off0, off1)), hookstest.OK("")},
-			wantCmds: [][]string{{"jlist"}, {"start", "web", "--no-color"}},
-		},
-		{
-			name:     "cluster, one stopped: only that pm_id",
-			replies:  []hookstest.Reply{hookstest.OK(jlist(on0, off1)), hookstest.OK("")},
-			wantCmds: [][]string{{"jlist"}, {"start", "1", "--no-color"}},
-		},
-		{
-			name:     "unknown app",
-			replies:  []hookstest.Reply{hookstest.OK(jlist())},
-			wantCmds: [][]string{{"jlist"}},
-			wantErr:  hooks.ErrUnknownApp,
-		},
-		{
-			name:     "pm2 start fails",
-			replies:  []hookstest.Reply{hookstest.OK(jlist(off0)), hookstest.Exit(bin, 1, "Script not found")},
-			wantCmds: [][]string{{"jlist"}, {"start", "web", "--no-color"}},
-			errHas:   "Script not found",
+			name: "pm2 refuses the start", procs: []inst{off0}, failStart: true,
+			wantCalls: []string{list, restart(0)[0]}, errHas: `starting pm2 app "web" (pm_id 0): pm2 restartProcessId: Script not found`,
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			home := fakeDaemon(t)
-			f := (&hookstest.FakeRunner{}).Then(tt.replies...)
-			err := newPM2(t, f, home).Start(t.Context(), "web")
+			g := newGod(t, tt.procs...)
+			if tt.failStart {
+				g.reply["restartProcessId"] = func([]json.RawMessage) any { return map[string]any{"error": "Script not found"} }
+			}
+			f := &hookstest.FakeRunner{}
+			err := newPM2(t, f, g.home).Start(t.Context(), "web")
 			switch {
 			case tt.wantErr != nil:
 				if !errors.Is(err, tt.wantErr) {
@@ -574,31 +583,8 @@ func TestStart(t *testing.T) {
 			case err != nil:
 				t.Errorf("err = %v", err)
 			}
-			var want []hooks.Cmd
-			for _, a := range tt.wantCmds {
-				want = append(want, pm2Cmd(home, a...))
-			}
-			assertCmds(t, f, want...)
-		})
-	}
-}
-
-func TestArgv(t *testing.T) {
-	tests := []struct {
-		name string
-		got  []string
-		want []string
-	}{
-		{"jlist", hooks.JlistArgs(), []string{"jlist"}},
-		{"stop", hooks.StopArgs("my-app"), []string{"stop", "my-app", "--no-color"}},
-		{"start by name", hooks.StartArgs("my-app"), []string{"start", "my-app", "--no-color"}},
-		{"start by id", hooks.StartArgs("3"), []string{"start", "3", "--no-color"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			if diff := cmp.Diff(tt.want, tt.got); diff != "" {
-				t.Errorf("argv (-want +got):\n%s", diff)
-			}
+			g.assertCalls(t, tt.wantCalls...)
+			assertCmds(t, f)
 		})
 	}
 }
@@ -606,16 +592,20 @@ func TestArgv(t *testing.T) {
 func TestAppNamesPM2WouldMisread(t *testing.T) {
 	for _, app := range []string{"", "all", "--help", "3", "my app", "a\nb"} {
 		t.Run(fmt.Sprintf("%q", app), func(t *testing.T) {
-			home := fakeDaemon(t)
+			g := newGod(t)
 			f := &hookstest.FakeRunner{}
-			p := newPM2(t, f, home)
+			p := newPM2(t, f, g.home)
 			if _, err := p.Stop(t.Context(), app); err == nil {
 				t.Error("Stop succeeded")
 			}
 			if err := p.Start(t.Context(), app); err == nil {
 				t.Error("Start succeeded")
 			}
+			if err := p.StartFrom(t.Context(), app, "/srv/web/server.js"); err == nil {
+				t.Error("StartFrom succeeded")
+			}
 			assertCmds(t, f)
+			g.assertCalls(t)
 		})
 	}
 }
@@ -725,35 +715,51 @@ func TestFindPM2InUsersNpmGlobal(t *testing.T) {
 }
 
 func TestStartFrom(t *testing.T) {
-	home := fakeDaemon(t)
 	web := inst{name: "web", id: 0, pid: 4242, status: "online"}
 	other := inst{name: "other", id: 1, pid: 4243, status: "online"}
-	t.Run("unknown to pm2: started from the ecosystem file", func(t *testing.T) {
-		f := (&hookstest.FakeRunner{}).Then(hookstest.OK(jlist(other)), hookstest.OK(""), hookstest.OK(jlist(other, web)))
-		if err := newPM2(t, f, home).StartFrom(context.Background(), "web", "/srv/web/ecosystem.config.js"); err != nil {
+	list := "getMonitorData [{}]"
+	t.Run("unknown to pm2: started from the ecosystem file with the CLI", func(t *testing.T) {
+		g := newGod(t, other)
+		start := hookstest.OK("")
+		start.Do = func(hooks.Cmd) { g.set(other, web) }
+		f := (&hookstest.FakeRunner{}).Then(start)
+		if err := newPM2(t, f, g.home).StartFrom(t.Context(), "web", "/srv/web/ecosystem.config.js"); err != nil {
 			t.Fatal(err)
 		}
-		assertCmds(t, f, pm2Cmd(home, "jlist"), pm2Cmd(home, "start", "/srv/web/ecosystem.config.js", "--only", "web", "--no-color"), pm2Cmd(home, "jlist"))
+		assertCmds(t, f, pm2Cmd(g.home, "start", "/srv/web/ecosystem.config.js", "--only", "web", "--no-color"))
+		g.assertCalls(t, list, list)
 	})
 	t.Run("known to pm2: refused, nothing started", func(t *testing.T) {
-		f := (&hookstest.FakeRunner{}).Then(hookstest.OK(jlist(web)))
-		err := newPM2(t, f, home).StartFrom(context.Background(), "web", "/srv/web/server.js")
+		g := newGod(t, web)
+		f := &hookstest.FakeRunner{}
+		err := newPM2(t, f, g.home).StartFrom(t.Context(), "web", "/srv/web/server.js")
 		if err == nil || !strings.Contains(err.Error(), "pm2 knows it already") {
 			t.Fatalf("err %v", err)
 		}
-		assertCmds(t, f, pm2Cmd(home, "jlist"))
+		assertCmds(t, f)
 	})
 	t.Run("definition does not bring the app", func(t *testing.T) {
-		f := (&hookstest.FakeRunner{}).Then(hookstest.OK("[]"), hookstest.OK(""), hookstest.OK("[]"))
-		err := newPM2(t, f, home).StartFrom(context.Background(), "web", "/srv/web/server.js")
+		g := newGod(t)
+		f := (&hookstest.FakeRunner{}).Then(hookstest.OK(""))
+		err := newPM2(t, f, g.home).StartFrom(t.Context(), "web", "/srv/web/server.js")
 		if !errors.Is(err, hooks.ErrUnknownApp) {
 			t.Fatalf("err %v", err)
 		}
+		assertCmds(t, f, pm2Cmd(g.home, "start", "/srv/web/server.js", "--name", "web", "--no-color"))
+	})
+	t.Run("the CLI fails", func(t *testing.T) {
+		g := newGod(t)
+		f := (&hookstest.FakeRunner{}).Then(hookstest.Exit(bin, 1, "[PM2][ERROR] File ecosystem.config.js malformated"))
+		err := newPM2(t, f, g.home).StartFrom(t.Context(), "web", "/srv/web/ecosystem.config.js")
+		if err == nil || !strings.Contains(err.Error(), "malformated") {
+			t.Fatalf("err %v", err)
+		}
+		g.assertCalls(t, list)
 	})
 }
 
 func TestPIDsReadsPM2sPidFilesWithoutRunningPM2(t *testing.T) {
-	home := fakeDaemon(t)
+	home := newGod(t).home
 	if err := os.MkdirAll(filepath.Join(home, "pids"), 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -773,17 +779,26 @@ func TestPIDsReadsPM2sPidFilesWithoutRunningPM2(t *testing.T) {
 }
 
 func TestStopOfAnErroredAppIsStopped(t *testing.T) {
-	// A crash-looping app pm2 gave up on: errored, no pid; pm2 stop leaves
-	// it errored, and that is stopped enough.
-	home := fakeDaemon(t)
+	// A crash-looping app pm2 gave up on: errored, no pid. pm2 is asked to
+	// stop it (so that it is not restarted), and errored is stopped enough.
 	web := inst{name: "web", id: 0, pid: 0, status: "errored", restarts: 15}
-	f := (&hookstest.FakeRunner{}).Then(hookstest.OK(jlist(web)), hookstest.OK(""), hookstest.OK(jlist(web)))
-	before, err := newPM2(t, f, home).Stop(context.Background(), "web")
+	g := newGod(t, web)
+	g.stopLeaves = true
+	before, err := newPM2(t, &hookstest.FakeRunner{}, g.home).Stop(t.Context(), "web")
 	if err != nil {
 		t.Fatalf("stop of an errored app: %v", err)
 	}
 	if len(before) != 1 || before[0].Status != "errored" {
 		t.Fatalf("before: %+v", before)
 	}
-	assertCmds(t, f, pm2Cmd(home, "jlist"), pm2Cmd(home, "stop", "web", "--no-color"), pm2Cmd(home, "jlist"))
+	g.assertCalls(t, "getMonitorData [{}]", `stopWatch ["stopProcessId",0]`, "stopProcessId [0]",
+		`notifyByProcessId [{"action_name":"stop","id":0,"manually":true}]`, "getMonitorData [{}]")
+}
+
+func TestStopOfAStoppedAppSendsNothing(t *testing.T) {
+	g := newGod(t, inst{name: "web", id: 0, status: "stopped"})
+	if _, err := newPM2(t, &hookstest.FakeRunner{}, g.home).Stop(t.Context(), "web"); err != nil {
+		t.Fatal(err)
+	}
+	g.assertCalls(t, "getMonitorData [{}]", "getMonitorData [{}]")
 }
