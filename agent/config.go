@@ -98,7 +98,9 @@ type HealthConfig struct {
 	ExpectBody string `yaml:"expect_body"`
 	// Follow redirects (at most 5) instead of failing on a 3xx (default false).
 	FollowRedirects bool `yaml:"follow_redirects"`
-	// Pause between attempts (default 250ms).
+	// Pause after an attempt the app answered or that timed out (default
+	// 250ms). A refused connection (nothing listens yet) is retried after
+	// 20ms, or this interval if shorter.
 	Interval Duration `yaml:"interval"`
 	// Give up after this long (default 2m).
 	Deadline Duration `yaml:"deadline"`

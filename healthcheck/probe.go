@@ -15,6 +15,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -57,6 +58,9 @@ type Result struct {
 	Reason string
 	// Latency is how long the attempt took.
 	Latency time.Duration
+	// Refused: the connection was refused (nothing listens on the port yet,
+	// as while the app starts). Such an attempt costs next to nothing.
+	Refused bool
 }
 
 // Prober runs one probe attempt. It returns an error only when the probe could
@@ -285,7 +289,8 @@ func (h *HTTP) Probe(ctx context.Context) (Result, error) {
 	h.setUserAgent(req)
 
 	fail := func(code int, err error) (Result, error) {
-		return Result{Status: Failure, Code: code, Reason: h.reason(ctx, actx, err, budget, ph.get()), Latency: time.Since(start)}, nil
+		return Result{Status: Failure, Code: code, Reason: h.reason(ctx, actx, err, budget, ph.get()), Latency: time.Since(start),
+			Refused: errors.Is(err, syscall.ECONNREFUSED)}, nil
 	}
 	resp, err := h.client.Do(req)
 	if err != nil {

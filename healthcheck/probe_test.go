@@ -286,8 +286,8 @@ func TestHTTPProbeJudgesResponses(t *testing.T) {
 			t.Cleanup(srv.Close)
 			tt.opts.URL = srv.URL + "/health-check"
 			r := probeOnce(t, newProbe(t, tt.opts))
-			if r.Status != tt.wantStatus || r.Code != tt.wantCode {
-				t.Errorf("got %v code %d (%q), want %v code %d", r.Status, r.Code, r.Reason, tt.wantStatus, tt.wantCode)
+			if r.Status != tt.wantStatus || r.Code != tt.wantCode || r.Refused {
+				t.Errorf("got %+v, want %v code %d, not refused", r, tt.wantStatus, tt.wantCode)
 			}
 			if tt.wantReason == "" && r.Reason != "" {
 				t.Errorf("Reason = %q, want empty", r.Reason)
@@ -515,8 +515,8 @@ func TestHTTPProbeTimesOutAtItsTimeout(t *testing.T) {
 			url := tt.start(t, release)
 			t.Cleanup(func() { close(release) }) // runs before the server's cleanup
 			r := probeOnce(t, newProbe(t, HTTPOptions{URL: url, Timeout: timeout, Insecure: true}))
-			if r.Status != Failure || !strings.Contains(r.Reason, tt.wantReason) {
-				t.Errorf("got %v (%q), want failure with %q", r.Status, r.Reason, tt.wantReason)
+			if r.Status != Failure || !strings.Contains(r.Reason, tt.wantReason) || r.Refused {
+				t.Errorf("got %+v, want failure with %q, not refused", r, tt.wantReason)
 			}
 			if r.Latency < timeout || r.Latency > timeout+200*time.Millisecond {
 				t.Errorf("Latency = %v, want within [%v, %v]", r.Latency, timeout, timeout+200*time.Millisecond)
@@ -585,8 +585,8 @@ func TestHTTPProbeConnectionRefusedFailsFast(t *testing.T) {
 	addr := closedAddr(t)
 	r := probeOnce(t, newProbe(t, HTTPOptions{URL: "http://" + addr + "/health-check"}))
 	want := "dial tcp " + addr + ": connect: connection refused"
-	if r.Status != Failure || r.Code != 0 || r.Reason != want {
-		t.Errorf("got %v code %d (%q), want failure %q", r.Status, r.Code, r.Reason, want)
+	if r.Status != Failure || r.Code != 0 || r.Reason != want || !r.Refused {
+		t.Errorf("got %+v, want a refused failure %q", r, want)
 	}
 	if r.Latency > time.Second {
 		t.Errorf("Latency = %v, want fast", r.Latency)
@@ -661,8 +661,8 @@ func TestTCPProbe(t *testing.T) {
 				t.Errorf("String() = %q", p.String())
 			}
 			r := probeOnce(t, p)
-			if r.Status != tt.wantStatus || r.Reason != tt.wantReason || r.Code != 0 {
-				t.Errorf("got %v code %d (%q), want %v (%q)", r.Status, r.Code, r.Reason, tt.wantStatus, tt.wantReason)
+			if r.Status != tt.wantStatus || r.Reason != tt.wantReason || r.Code != 0 || r.Refused != (tt.addr == closed) {
+				t.Errorf("got %+v, want %v (%q)", r, tt.wantStatus, tt.wantReason)
 			}
 		})
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -53,7 +54,7 @@ func (t *TCP) Probe(ctx context.Context) (Result, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(actx, "tcp", t.Addr)
 	if err != nil {
-		res := Result{Status: Failure, Latency: time.Since(start), Reason: truncate(err.Error())}
+		res := Result{Status: Failure, Latency: time.Since(start), Reason: truncate(err.Error()), Refused: errors.Is(err, syscall.ECONNREFUSED)}
 		switch {
 		case ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded):
 			res.Reason = ctx.Err().Error()

@@ -10,7 +10,9 @@ import (
 // Defaults for Policy.
 const (
 	DefaultInterval = 250 * time.Millisecond
-	DefaultDeadline = 2 * time.Minute
+	// DefaultRefusedInterval is the pause after a refused connection.
+	DefaultRefusedInterval = 20 * time.Millisecond
+	DefaultDeadline        = 2 * time.Minute
 )
 
 // Policy says how long and how often WaitHealthy probes. The zero value of
@@ -19,6 +21,11 @@ type Policy struct {
 	// Interval is the pause between the end of one attempt and the start of
 	// the next (default 250ms).
 	Interval time.Duration
+	// RefusedInterval replaces Interval after an attempt whose connection
+	// was refused (default 20ms, at most Interval): nothing listens yet, so
+	// the attempt cost the target nothing, and the first answer of an app
+	// that is starting is seen within this much of its listen().
+	RefusedInterval time.Duration
 	// Deadline bounds the whole wait, attempts included (default 2m). Each
 	// attempt's own timeout is cut by what remains of it.
 	Deadline time.Duration
@@ -35,6 +42,9 @@ func (p Policy) withDefaults() (Policy, error) {
 	if p.Interval < 0 {
 		errs = append(errs, fmt.Errorf("interval: %s must not be negative", p.Interval))
 	}
+	if p.RefusedInterval < 0 {
+		errs = append(errs, fmt.Errorf("refused interval: %s must not be negative", p.RefusedInterval))
+	}
 	if p.Deadline < 0 {
 		errs = append(errs, fmt.Errorf("deadline: %s must not be negative", p.Deadline))
 	}
@@ -50,6 +60,10 @@ func (p Policy) withDefaults() (Policy, error) {
 	if p.Interval == 0 {
 		p.Interval = DefaultInterval
 	}
+	if p.RefusedInterval == 0 {
+		p.RefusedInterval = DefaultRefusedInterval
+	}
+	p.RefusedInterval = min(p.RefusedInterval, p.Interval)
 	if p.Deadline == 0 {
 		p.Deadline = DefaultDeadline
 	}
@@ -155,7 +169,11 @@ func WaitHealthy(ctx context.Context, p Prober, pol Policy, progress func(attemp
 		if pol.Fails > 0 && fails >= pol.Fails {
 			return out, unhealthy(ctx, p, &out, start, fmt.Sprintf(" (%d consecutive failures)", fails))
 		}
-		timer.Reset(pol.Interval)
+		pause := pol.Interval
+		if r.Refused {
+			pause = pol.RefusedInterval
+		}
+		timer.Reset(pause)
 		select {
 		case <-wctx.Done():
 			return out, unhealthy(ctx, p, &out, start, "")

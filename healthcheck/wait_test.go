@@ -155,6 +155,41 @@ func TestWaitHealthyRefusedThenHealthy(t *testing.T) {
 	}
 }
 
+func TestWaitHealthyRetriesRefusedConnectionsSooner(t *testing.T) {
+	refused := Result{Status: Failure, Reason: "connect: connection refused", Refused: true}
+	tests := []struct {
+		name     string
+		results  []Result
+		pol      Policy
+		min, max time.Duration
+	}{
+		// Five refused attempts at the 1s interval would take 5s.
+		{"refused: the short pause", []Result{refused, refused, refused, refused, refused, ok}, Policy{Interval: time.Second, RefusedInterval: 10 * time.Millisecond}, 50 * time.Millisecond, 900 * time.Millisecond},
+		{"refused: the default short pause", []Result{refused, refused, ok}, Policy{Interval: 5 * time.Second}, 2 * DefaultRefusedInterval, time.Second},
+		// An answer (even a bad one) waits the full interval.
+		{"answered: the interval", []Result{fail, ok}, Policy{Interval: 300 * time.Millisecond, RefusedInterval: 10 * time.Millisecond}, 300 * time.Millisecond, 900 * time.Millisecond},
+		// Never more than the interval.
+		{"refused pause capped by the interval", []Result{refused, refused, refused, ok}, Policy{Interval: 10 * time.Millisecond, RefusedInterval: 5 * time.Second}, 30 * time.Millisecond, 900 * time.Millisecond},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &scripted{results: tt.results}
+			start := time.Now()
+			out, err := WaitHealthy(t.Context(), s, tt.pol, nil)
+			took := time.Since(start)
+			if err != nil || !out.Healthy || out.Attempts != len(tt.results) {
+				t.Fatalf("WaitHealthy = %+v, %v; want healthy after %d attempts", out, err, len(tt.results))
+			}
+			if took < tt.min || took > tt.max {
+				t.Errorf("took %s, want within [%s, %s]", took, tt.min, tt.max)
+			}
+		})
+	}
+	if _, err := WaitHealthy(t.Context(), &scripted{results: []Result{ok}}, Policy{RefusedInterval: -time.Second}, nil); err == nil || !strings.Contains(err.Error(), "refused interval") {
+		t.Errorf("negative RefusedInterval: err = %v", err)
+	}
+}
+
 func TestWaitHealthyAlways500(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusInternalServerError)
