@@ -316,25 +316,37 @@ func (f *Firewall) blockProblems(st FamilyStatus) []string {
 func (f *Firewall) Unblock(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var errs []error
-	for _, fam := range f.families {
+	// The jumps of every family go first, so that IPv6 clients are not
+	// kept waiting while IPv4's chain is cleaned up and verified.
+	errs := make([]error, len(f.families))
+	removed := make([]int, len(f.families))
+	for i, fam := range f.families {
 		if err := ctx.Err(); err != nil {
-			errs = append(errs, fmt.Errorf("unblocking (%s): %w", fam, err))
+			errs[i] = fmt.Errorf("unblocking (%s): %w", fam, err)
 			continue
 		}
-		errs = append(errs, f.unblockFamily(ctx, fam, f.tables[fam]))
+		removed[i], errs[i] = f.removeJumps(ctx, fam, f.tables[fam])
+	}
+	for i, fam := range f.families {
+		if errs[i] != nil {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			errs[i] = fmt.Errorf("unblocking (%s): %w", fam, err)
+			continue
+		}
+		errs[i] = f.cleanUpFamily(ctx, fam, f.tables[fam], removed[i])
 	}
 	return errors.Join(errs...)
 }
 
-func (f *Firewall) unblockFamily(ctx context.Context, fam Family, t Tables) error {
-	log := f.log.With(zap.String("family", string(fam)))
-
-	// 1. The bare jump, until iptables says there is none left.
+// removeJumps deletes the bare jump to our chain from INPUT until iptables
+// says there is none left, and returns how many it deleted.
+func (f *Firewall) removeJumps(ctx context.Context, fam Family, t Tables) (int, error) {
 	removed := 0
 	for {
 		if removed >= maxJumpDeletes {
-			return fmt.Errorf("deleting jump to %s from %s/%s (%s): still present after %d deletions",
+			return removed, fmt.Errorf("deleting jump to %s from %s/%s (%s): still present after %d deletions",
 				Chain, filterTable, inputChain, fam, removed)
 		}
 		op := fmt.Sprintf("deleting jump to %s from %s/%s", Chain, filterTable, inputChain)
@@ -346,13 +358,20 @@ func (f *Firewall) unblockFamily(ctx context.Context, fam Family, t Tables) erro
 		if isNotExist(err) {
 			break
 		}
-		return err
+		return removed, err
 	}
 	if removed > 0 {
-		log.Info("jumps removed", zap.String("chain", inputChain), zap.Int("count", removed))
+		f.log.Info("jumps removed", zap.String("family", string(fam)), zap.String("chain", inputChain), zap.Int("count", removed))
 	}
+	return removed, nil
+}
 
-	// 2. Any other rule in INPUT that references the chain (someone added
+// cleanUpFamily removes what is left of the block in fam once the jumps are
+// gone (removed of them), and verifies that nothing is.
+func (f *Firewall) cleanUpFamily(ctx context.Context, fam Family, t Tables, removed int) error {
+	log := f.log.With(zap.String("family", string(fam)))
+
+	// Any other rule in INPUT that references the chain (someone added
 	// matches to it), or the chain could not be deleted.
 	in, err := f.listRules(ctx, fam, t, inputChain)
 	if err != nil {
@@ -376,7 +395,7 @@ func (f *Firewall) unblockFamily(ctx context.Context, fam Family, t Tables) erro
 		}
 	}
 
-	// 3. The chain.
+	// The chain.
 	exists, err := f.chainExists(ctx, fam, t)
 	if err != nil {
 		return err
@@ -389,7 +408,7 @@ func (f *Firewall) unblockFamily(ctx context.Context, fam Family, t Tables) erro
 		log.Info("chain deleted", zap.String("chain", Chain))
 	}
 
-	// 4. Verify.
+	// Verify.
 	st, err := f.familyStatus(ctx, fam, t)
 	if err != nil {
 		return err

@@ -488,6 +488,30 @@ func TestUnblock(t *testing.T) {
 	}
 }
 
+func TestUnblockRemovesEveryFamilysJumpBeforeCleaningUp(t *testing.T) {
+	// Clients of both families get back in as soon as possible: IPv6's jump
+	// goes before IPv4's chain is flushed, deleted and verified.
+	fw, fakes := newFakeFirewall(t, fwReject443, fwBothFamilies...)
+	if err := fw.Block(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	checked := false
+	fakes[IPv4].before = func(args string) {
+		if strings.Contains(args, "-F "+Chain) && !checked {
+			checked = true
+			if r := fakes[IPv6].rules("INPUT"); slices.Contains(r, fwJump) {
+				t.Errorf("ipv4 chain flushed while ipv6 INPUT still jumps to it: %q", r)
+			}
+		}
+	}
+	if err := fw.Unblock(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if !checked {
+		t.Fatal("ipv4 chain never flushed")
+	}
+}
+
 func TestBlockUnblockRoundTrip(t *testing.T) {
 	fw, fakes := newFakeFirewall(t, Rules{Ports: []uint16{443, 8443}, Action: Drop}, fwBothFamilies...)
 	for _, ft := range fakes {
