@@ -95,8 +95,8 @@ type Agent struct {
 	// listenWait bounds the wait for the app's ports to be released.
 	listenWait time.Duration
 	// stableEvery is how often exit asks pm2 about the app while waiting,
-	// pidEvery how often it reads pm2's pid files, settle how long the pids
-	// must hold after the health check passed.
+	// pidEvery how often it reads pm2's pid files, settle how long the app
+	// must have been up, unrestarted, when the health check has passed.
 	stableEvery, pidEvery, settle time.Duration
 }
 
@@ -109,7 +109,7 @@ func New(cfg Config, d Deps) *Agent {
 	if d.Progress == nil {
 		d.Progress = io.Discard
 	}
-	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent"), listenWait: defaultListenWait, stableEvery: time.Second, pidEvery: 20 * time.Millisecond, settle: 200 * time.Millisecond}
+	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent"), listenWait: defaultListenWait, stableEvery: 250 * time.Millisecond, pidEvery: 20 * time.Millisecond, settle: 200 * time.Millisecond}
 }
 
 // RunOptions modify one phase run.

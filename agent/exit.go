@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -207,8 +208,9 @@ func (a *Agent) startApp(ctx context.Context) (string, []int, error) {
 // restart: a crash loop shows "online" between crashes and may never reach
 // "errored"), and pm2's own view about once a second (an instance errored
 // or stopped). Two restarts, or one after the health check passed, end the
-// wait at once. After the check passes the app must keep its pids for
-// a.settle, so a crash-looping app answering in a lucky moment is caught.
+// wait at once. After the check passes the app must have been up, without a
+// restart, for a.settle, so a crash-looping app answering in a lucky moment
+// is caught.
 func (a *Agent) waitHealthyAndStable(parent context.Context, ids []int) (healthcheck.Outcome, error) {
 	if ids == nil {
 		procs, err := a.d.App.Processes(parent, a.cfg.App.Name)
@@ -232,9 +234,12 @@ func (a *Agent) waitHealthyAndStable(parent context.Context, ids []int) (healthc
 	if err == nil {
 		// Settle: the watcher keeps going; any restart now fails.
 		w.healthy()
-		select {
-		case <-ctx.Done():
-		case <-time.After(a.settle):
+		if d := a.settleLeft(ctx, ids); d > 0 {
+			a.progress("stable: waiting %s until the app has been up %s", d.Round(10*time.Millisecond), a.settle)
+			select {
+			case <-ctx.Done():
+			case <-time.After(d):
+			}
 		}
 	}
 	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && ctx.Err() != nil {
@@ -253,6 +258,33 @@ func (a *Agent) waitHealthyAndStable(parent context.Context, ids []int) (healthc
 		}
 	}
 	return out, nil
+}
+
+// settleLeft is how much longer the youngest of the instances ids must stay
+// up to have run a.settle since pm2 last started it: nothing for an app that
+// has been up that long already (resurrected at boot, or slow to answer),
+// all of a.settle when pm2 does not say.
+func (a *Agent) settleLeft(ctx context.Context, ids []int) time.Duration {
+	procs, err := a.d.App.Processes(ctx, a.cfg.App.Name)
+	if err != nil {
+		return a.settle // the watcher reports what is wrong
+	}
+	var youngest time.Time
+	for _, p := range procs {
+		if !slices.Contains(ids, p.ID) {
+			continue
+		}
+		if p.Started.IsZero() {
+			return a.settle
+		}
+		if p.Started.After(youngest) {
+			youngest = p.Started
+		}
+	}
+	if youngest.IsZero() {
+		return a.settle
+	}
+	return a.settle - time.Since(youngest)
 }
 
 // stability follows the app's instances during exit's health wait.

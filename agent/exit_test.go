@@ -50,6 +50,40 @@ func TestExitAfterPreStartsChecksUnblocksAndClosesTheCycle(t *testing.T) {
 	}
 }
 
+func TestExitSettlesOnlyAFreshlyStartedApp(t *testing.T) {
+	// After the health check passes, the app must have been up for the
+	// settle time: a just-started app is held for the rest of it, an app
+	// pm2 started long ago (resurrected at boot) is not held at all.
+	const settle = 400 * time.Millisecond
+	for _, tt := range []struct {
+		name     string
+		started  time.Duration // before exit, 0: exit starts it
+		min, max time.Duration
+	}{
+		{"started by exit: held", 0, settle, 5 * settle},
+		{"up for a minute: not held", time.Minute, 0, settle / 2},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			afterPre(t, e)
+			if tt.started > 0 {
+				e.app.procs[0].Status, e.app.procs[0].PID, e.app.procs[0].Started = hooks.StatusOnline, os.Getpid(), time.Now().Add(-tt.started)
+			}
+			a := e.agent(t)
+			a.settle = settle
+			t0 := time.Now()
+			rep := a.Exit(context.Background(), RunOptions{})
+			took := time.Since(t0)
+			if rep.ExitCode != 0 {
+				t.Fatal(rep.Text())
+			}
+			if took < tt.min || took > tt.max {
+				t.Errorf("exit took %s, want within [%s, %s]", took, tt.min, tt.max)
+			}
+		})
+	}
+}
+
 func TestExitAfterRebootReblocksBeforeAnyCheck(t *testing.T) {
 	e := newTestEnv(t)
 	afterPre(t, e)
