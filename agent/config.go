@@ -69,8 +69,14 @@ type TrafficConfig struct {
 type DrainConfig struct {
 	// Give up waiting and go on with a warning after this long (default 30s).
 	Timeout Duration `yaml:"timeout"`
-	// A connection counts as drained once idle this long (default 1s).
+	// A connection that has not sent a request yet, or that the drain has
+	// seen nothing on, counts as drained once idle this long (default 1s).
 	Idle Duration `yaml:"idle"`
+	// A keep-alive connection on which the drain saw a request answered
+	// counts as drained once idle this long (default 100ms). Go's and
+	// Node's servers close such a connection at once in a graceful
+	// shutdown; keep it above the clients' round-trip time.
+	KeepAliveIdle Duration `yaml:"keepalive_idle"`
 	// Keep draining at least this long after the block: behind a load
 	// balancer, its health-check interval x unhealthy threshold (default 0s).
 	MinWait Duration `yaml:"min_wait"`
@@ -178,7 +184,7 @@ type DaemonConfig struct {
 func DefaultConfig() Config {
 	return Config{
 		Traffic: TrafficConfig{Ports: []int{443}, Action: "reject", IPv6: true, LockWait: Duration(5 * time.Second)},
-		Drain:   DrainConfig{Timeout: Duration(30 * time.Second), Idle: Duration(time.Second), Interval: Duration(200 * time.Millisecond)},
+		Drain:   DrainConfig{Timeout: Duration(30 * time.Second), Idle: Duration(time.Second), KeepAliveIdle: Duration(100 * time.Millisecond), Interval: Duration(200 * time.Millisecond)},
 		Health: HealthConfig{
 			URL:          "http://localhost:443/health-check",
 			Timeout:      Duration(10 * time.Second),
@@ -616,6 +622,11 @@ func (c Config) Validate() []Problem {
 	positive("drain.timeout", c.Drain.Timeout)
 	positive("drain.idle", c.Drain.Idle)
 	positive("drain.interval", c.Drain.Interval)
+	if c.Drain.KeepAliveIdle < 0 {
+		bad("drain.keepalive_idle", "must not be negative, got %s", c.Drain.KeepAliveIdle)
+	} else if c.Drain.KeepAliveIdle > c.Drain.Idle {
+		bad("drain.keepalive_idle", "%s is longer than drain.idle %s", c.Drain.KeepAliveIdle, c.Drain.Idle)
+	}
 	if c.Drain.MinWait < 0 {
 		bad("drain.min_wait", "must not be negative, got %s", c.Drain.MinWait)
 	} else if c.Drain.MinWait > c.Drain.Timeout {

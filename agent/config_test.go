@@ -91,6 +91,8 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 		{"bad duration", "app: {name: a}\ndrain:\n  idle: 1x\n", []string{"line 3: drain.idle: want a duration like \"30s\""}},
 		{"zero timeout", "app: {name: a}\ndrain:\n  timeout: 0s\n", []string{"line 3: drain.timeout: must be greater than 0"}},
 		{"negative min_wait", "app: {name: a}\ndrain:\n  min_wait: -1s\n", []string{"line 3: drain.min_wait: must not be negative"}},
+		{"negative keepalive_idle", "app: {name: a}\ndrain:\n  keepalive_idle: -1s\n", []string{"line 3: drain.keepalive_idle: must not be negative"}},
+		{"keepalive_idle over idle", "app: {name: a}\ndrain:\n  idle: 500ms\n  keepalive_idle: 2s\n", []string{"line 4: drain.keepalive_idle: 2s is longer than drain.idle 500ms"}},
 		{"port out of range", "app: {name: a}\ntraffic:\n  ports: [0, 65536]\n", []string{"traffic.ports[0]: 0 is not a TCP port", "traffic.ports[1]: 65536 is not a TCP port"}},
 		{"ssh port", "app: {name: a}\ntraffic:\n  ports: [22]\n", []string{"traffic.ports[0]: 22 is SSH"}},
 		{"duplicate port", "app: {name: a}\ntraffic:\n  ports: [443, 443]\n", []string{"traffic.ports[1]: 443 is listed twice"}},

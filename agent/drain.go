@@ -26,7 +26,8 @@ type DrainResult struct {
 }
 
 // drain waits until no non-loopback connection to the ports is busy and
-// every remaining one has been idle for drain.idle, but at least
+// every remaining one has been idle for drain.idle (drain.keepalive_idle for
+// one that answered a request during the drain), but at least
 // drain.min_wait after blockedAt, and at most drain.timeout. A time-out is
 // not an error: the result says how many were still busy.
 func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, error) {
@@ -44,7 +45,7 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 			return r, fmt.Errorf("reading connections to %v: %w", a.cfg.Traffic.Ports, err)
 		}
 		r.Polls++
-		s := track.Summarize(conns, c.Idle.D())
+		s := track.Summarize(conns, c.Idle.D(), c.KeepAliveIdle.D())
 		r.Seen = max(r.Seen, s.Total)
 		r.Remaining, r.Active, r.Busy = s.Total, s.Total-s.Idle, s.Busy
 		now := a.d.Now()

@@ -118,10 +118,12 @@ type Summary struct {
 // Summarize classifies conns: a non-loopback connection is busy, or idle
 // for at least idle, or neither yet.
 func Summarize(conns []Conn, idle time.Duration) Summary {
-	return summarize(conns, idle, nil)
+	return summarize(conns, func(int) (bool, time.Duration) { return false, idle })
 }
 
-func summarize(conns []Conn, idle time.Duration, pending func(i int) bool) Summary {
+// summarize classifies conns; rule gives, for conns[i], whether it carries a
+// request Conn.Busy cannot see and how long it must be idle to count.
+func summarize(conns []Conn, rule func(i int) (pending bool, idle time.Duration)) Summary {
 	var s Summary
 	seen := false
 	for i := range conns {
@@ -131,7 +133,8 @@ func summarize(conns []Conn, idle time.Duration, pending func(i int) bool) Summa
 			continue
 		}
 		s.Total++
-		if c.Busy() || (pending != nil && pending(i)) {
+		pending, idle := rule(i)
+		if c.Busy() || pending {
 			s.Busy++
 			continue
 		}
@@ -167,16 +170,23 @@ type connKey struct{ local, remote netip.AddrPort }
 type connMark struct {
 	recv, acked uint64
 	pending     bool
+	// answered: bytes of ours were acknowledged since the Tracker first saw
+	// the connection, so it carried a request and its answer meanwhile.
+	answered bool
 }
 
 // NewTracker returns a Tracker that has seen nothing yet.
 func NewTracker() *Tracker { return &Tracker{seen: map[connKey]connMark{}} }
 
 // Summarize classifies conns like the package's Summarize, plus the
-// requests the Tracker saw arrive since the previous polls.
-func (t *Tracker) Summarize(conns []Conn, idle time.Duration) Summary {
+// requests the Tracker saw arrive since the previous polls. A connection
+// that answered a request while tracked counts as idle after answeredIdle
+// (a keep-alive connection between requests, which servers close at once in
+// a graceful shutdown), any other after idle (a client that connected and
+// has not sent its request yet, or one the Tracker knows nothing about).
+func (t *Tracker) Summarize(conns []Conn, idle, answeredIdle time.Duration) Summary {
 	next := make(map[connKey]connMark, len(conns))
-	pending := make([]bool, len(conns))
+	marks := make([]connMark, len(conns))
 	for i := range conns {
 		c := &conns[i]
 		if !c.HasInfo {
@@ -184,13 +194,21 @@ func (t *Tracker) Summarize(conns []Conn, idle time.Duration) Summary {
 		}
 		k := connKey{c.Local, c.Remote}
 		m := connMark{recv: c.BytesReceived, acked: c.BytesAcked}
-		if prev, ok := t.seen[k]; ok && c.BytesAcked == prev.acked {
-			m.pending = prev.pending || c.BytesReceived > prev.recv
+		if prev, ok := t.seen[k]; ok {
+			m.answered = prev.answered || c.BytesAcked > prev.acked
+			if c.BytesAcked == prev.acked {
+				m.pending = prev.pending || c.BytesReceived > prev.recv
+			}
 		}
-		next[k], pending[i] = m, m.pending
+		next[k], marks[i] = m, m
 	}
 	t.seen = next
-	return summarize(conns, idle, func(i int) bool { return pending[i] })
+	return summarize(conns, func(i int) (bool, time.Duration) {
+		if marks[i].answered {
+			return marks[i].pending, answeredIdle
+		}
+		return marks[i].pending, idle
+	})
 }
 
 // connPortSet is a small set of local ports; an empty set matches all.

@@ -707,6 +707,40 @@ func TestBusyFirstRequestInTheHandshakeTick(t *testing.T) {
 	}
 }
 
+func TestTrackerKeepAliveConnectionsAnsweredDuringTheDrain(t *testing.T) {
+	const ms = time.Millisecond
+	local := netip.MustParseAddrPort("192.0.2.1:443")
+	conn := func(port uint16, recv, acked uint64, sent, rcvd time.Duration) Conn {
+		return Conn{Local: local, Remote: netip.AddrPortFrom(netip.MustParseAddr("192.0.2.2"), port), HasInfo: true,
+			LastDataSent: sent, LastDataRecv: rcvd, BytesReceived: recv, BytesAcked: acked}
+	}
+	const idle, keepAlive = time.Second, 100 * time.Millisecond
+	tr := NewTracker()
+	steps := []struct {
+		name           string
+		conns          []Conn
+		wantBusy, want int // busy, idle enough
+	}{
+		// A keep-alive connection idle 300ms when first seen: nothing known
+		// about it, so the long rule. A fresh one, no request yet: long rule.
+		{"first poll", []Conn{conn(1, 100, 500, 300*ms, 300*ms), conn(2, 0, 0, 500*ms, 500*ms)}, 0, 0},
+		// A request arrives on the first: busy.
+		{"request", []Conn{conn(1, 180, 500, 400*ms, 10*ms), conn(2, 0, 0, 600*ms, 600*ms)}, 1, 0},
+		// Answered and acknowledged, idle 50ms: not yet.
+		{"answered", []Conn{conn(1, 180, 900, 50*ms, 60*ms), conn(2, 0, 0, 700*ms, 700*ms)}, 0, 0},
+		// Idle 150ms after its answer: drained; the fresh one is not.
+		{"keep-alive idle", []Conn{conn(1, 180, 900, 150*ms, 160*ms), conn(2, 0, 0, 800*ms, 800*ms)}, 0, 1},
+		// The fresh one reaches drain.idle.
+		{"fresh idle", []Conn{conn(1, 180, 900, 350*ms, 360*ms), conn(2, 0, 0, 1100*ms, 1100*ms)}, 0, 2},
+	}
+	for _, st := range steps {
+		s := tr.Summarize(st.conns, idle, keepAlive)
+		if s.Busy != st.wantBusy || s.Idle != st.want {
+			t.Fatalf("%s: busy %d idle %d, want %d and %d (%+v)", st.name, s.Busy, s.Idle, st.wantBusy, st.want, s)
+		}
+	}
+}
+
 func TestTrackerSeesARequestWhoseTimestampsTie(t *testing.T) {
 	local, remote := netip.MustParseAddrPort("192.0.2.1:443"), netip.MustParseAddrPort("192.0.2.2:5000")
 	idleConn := func(recv, acked uint64, d time.Duration) Conn {
@@ -723,7 +757,7 @@ func TestTrackerSeesARequestWhoseTimestampsTie(t *testing.T) {
 		{idleConn(180, 900, 2*time.Second), 0},         // answered and acknowledged
 	}
 	for i, st := range steps {
-		s := tr.Summarize([]Conn{st.c}, time.Second)
+		s := tr.Summarize([]Conn{st.c}, time.Second, time.Second)
 		if s.Busy != st.wantBusy {
 			t.Fatalf("poll %d: busy %d, want %d (%+v)", i, s.Busy, st.wantBusy, s)
 		}
@@ -733,7 +767,7 @@ func TestTrackerSeesARequestWhoseTimestampsTie(t *testing.T) {
 		t.Fatalf("stateless summarize: %+v", s)
 	}
 	// A connection that disappeared is forgotten.
-	tr.Summarize(nil, time.Second)
+	tr.Summarize(nil, time.Second, time.Second)
 	if len(tr.seen) != 0 {
 		t.Fatalf("tracker kept %d closed connections", len(tr.seen))
 	}

@@ -5,6 +5,7 @@ package e2e
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -94,6 +95,56 @@ func TestPreDrainsInFlightRequestAndIgnoresIdleKeepAlives(t *testing.T) {
 	// pre again converges: still exactly one jump and one rule per family.
 	if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 || !strings.HasPrefix(r.stdout, "patchagent pre: ok in ") {
 		t.Fatalf("second pre: exit %d", r.code)
+	}
+	assertBlocked(t, n)
+}
+
+func TestPreServesAKeepAliveBurstAndEndsSoonAfter(t *testing.T) {
+	// A keep-alive client in a burst (a request every 30ms on one
+	// connection, begun before the block) is served to the end: the drain
+	// waits while its gaps are shorter than drain.keepalive_idle (100ms by
+	// default), and ends about that long after the burst, not drain.idle.
+	n := setupNode(t, "pa-e2k", map[string]string{"KEEPALIVE_MS": "60000"})
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "")
+	ctx := context.Background()
+	c := n.Client(false)
+	if code, err := get(ctx, c, n.URL("/", false)); err != nil || code != 200 {
+		t.Fatalf("warm-up: %d %v", code, err)
+	}
+	type burst struct {
+		ok, failed int
+		lastErr    error
+		end        time.Time
+	}
+	done := make(chan burst, 1)
+	go func() {
+		var b burst
+		for until := time.Now().Add(1500 * time.Millisecond); time.Now().Before(until); {
+			if code, err := get(ctx, c, n.URL("/slow?ms=20", false)); err != nil || code != 200 {
+				b.failed, b.lastErr = b.failed+1, fmt.Errorf("%d %v", code, err)
+			} else {
+				b.ok++
+			}
+			time.Sleep(30 * time.Millisecond)
+		}
+		b.end = time.Now()
+		done <- b
+	}()
+	time.Sleep(200 * time.Millisecond)
+	r := patchagent(t, n, "pre", "--config", cfg, "--output", "json")
+	b := <-done
+	if r.code != 0 {
+		t.Fatalf("pre exit %d", r.code)
+	}
+	if b.failed > 0 || b.ok < 10 {
+		t.Fatalf("burst: %d ok, %d failed (last: %v)", b.ok, b.failed, b.lastErr)
+	}
+	if !r.ended.After(b.end) {
+		t.Fatalf("pre ended %s before the burst did", b.end.Sub(r.ended))
+	}
+	// ~0.1s keep-alive idle + up to a 0.2s poll + the stop (~0.15s).
+	if after := r.ended.Sub(b.end); after > 800*time.Millisecond {
+		t.Fatalf("pre ended %s after the burst, want well under drain.idle (1s) plus the stop", after)
 	}
 	assertBlocked(t, n)
 }
