@@ -51,7 +51,8 @@ func stopDaemon(t *testing.T, d *sandbox.Daemon) {
 
 func TestDaemonRunsPhasesThatOutliveTheirCLI(t *testing.T) {
 	n := setupNode(t, "pa-e2dm", map[string]string{"KEEPALIVE_MS": "60000"})
-	cfg, _ := bootConfig(t, n, "  metrics_listen: 127.0.0.1:18741\ndrain:\n  idle: 300ms\n")
+	// A short loop period, so that the watchdog is pinged within the test.
+	cfg, _ := bootConfig(t, n, "  metrics_listen: 127.0.0.1:18741\n  watch_interval: 500ms\ndrain:\n  idle: 300ms\n")
 	d := startDaemon(t, n, cfg)
 
 	// A 3 s request in flight, then pre whose CLI is SIGKILLed mid-drain.

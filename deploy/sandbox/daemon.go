@@ -59,9 +59,14 @@ func (n *Node) StartDaemon(bin, cfg, dir string) (*Daemon, error) {
 		conn.Close()
 		return nil, fmt.Errorf("starting the daemon: %w", err)
 	}
-	go d.read()
+	readDone := make(chan struct{})
+	go func() { defer close(readDone); d.read() }()
 	go func() {
 		d.err = d.cmd.Wait()
+		// Messages sent just before the exit (STOPPING=1) are queued on the
+		// socket: read them before closing it.
+		conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		<-readDone
 		conn.Close()
 		os.Remove(sock)
 		close(d.done)
