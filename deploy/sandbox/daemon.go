@@ -65,7 +65,7 @@ func (n *Node) StartDaemon(bin, cfg, dir string) (*Daemon, error) {
 		d.err = d.cmd.Wait()
 		// Messages sent just before the exit (STOPPING=1) are queued on the
 		// socket: read them before closing it.
-		conn.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		conn.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 		<-readDone
 		conn.Close()
 		os.Remove(sock)
