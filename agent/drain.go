@@ -37,8 +37,8 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 	var last firewall.Summary
 	lastPrint := time.Time{}
 	track := firewall.NewTracker()
-	tick := time.NewTicker(c.Interval.D())
-	defer tick.Stop()
+	timer := time.NewTimer(0)
+	defer timer.Stop()
 	for {
 		conns, err := a.d.Conns.Established(ctx, ports)
 		if err != nil {
@@ -67,10 +67,17 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 				zap.Duration("timeout", c.Timeout.D()))
 			return r, nil
 		}
+		// Poll every drain.interval, or sooner when a connection is due to
+		// become idle enough before that.
+		wait := c.Interval.D()
+		if s.NextIdle > 0 {
+			wait = min(wait, s.NextIdle+time.Millisecond)
+		}
+		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return r, fmt.Errorf("draining: %w", ctx.Err())
-		case <-tick.C:
+		case <-timer.C:
 		}
 	}
 }

@@ -19,6 +19,22 @@ import (
 	"github.com/patchagent/patchagent/hooks"
 )
 
+func TestPreDrainPollsWhenAConnectionIsDueToBeIdle(t *testing.T) {
+	// A 10s poll interval, a connection 900ms into the 1s drain.idle: the
+	// next poll comes when it is due (100ms), not 10s later.
+	e := newTestEnv(t)
+	e.cfg.Drain.Interval, e.cfg.Drain.Idle, e.cfg.Drain.Timeout = Duration(10*time.Second), Duration(time.Second), Duration(time.Minute)
+	e.conns.snaps = [][]firewall.Conn{{conn(false, 900*time.Millisecond)}, {conn(false, 1001*time.Millisecond)}}
+	start := time.Now()
+	rep := e.agent(t).Pre(context.Background(), RunOptions{})
+	if rep.ExitCode != ExitOK {
+		t.Fatalf("exit %d: %s", rep.ExitCode, rep.Text())
+	}
+	if took := time.Since(start); took < 100*time.Millisecond || took > 3*time.Second || e.conns.polls != 2 {
+		t.Fatalf("pre took %s with %d polls, want about 100ms and 2", took, e.conns.polls)
+	}
+}
+
 func TestPreBlocksDrainsStopsInOrderWithIntentFirst(t *testing.T) {
 	e := newTestEnv(t)
 	// Two connections: one busy for two polls, then both idle long enough.

@@ -108,9 +108,13 @@ type Summary struct {
 	// Idle counts those not busy and idle for at least the idle period.
 	Idle int
 	// MinIdle is the smallest IdleFor among the non-busy non-loopback
-	// connections, 0 if there is none. The first of them becomes idle
-	// enough after idle-MinIdle.
+	// connections, 0 if there is none.
 	MinIdle time.Duration
+	// NextIdle is how long until the first of the non-busy connections
+	// that are not idle enough yet becomes so, if none of them carries
+	// data meanwhile; 0 if there is none (a connection without tcp_info
+	// never becomes idle).
+	NextIdle time.Duration
 	// Loopback is the number of connections from loopback peers.
 	Loopback int
 }
@@ -144,6 +148,8 @@ func summarize(conns []Conn, rule func(i int) (pending bool, idle time.Duration)
 		}
 		if d >= idle {
 			s.Idle++
+		} else if w := idle - d; c.HasInfo && (s.NextIdle == 0 || w < s.NextIdle) {
+			s.NextIdle = w
 		}
 	}
 	return s

@@ -60,7 +60,7 @@ func TestSummarize(t *testing.T) {
 	lo4 := netip.MustParseAddrPort("[::ffff:127.0.0.1]:40000")
 	lo6 := netip.MustParseAddrPort("[::1]:40000")
 	idle := func(d time.Duration) Conn {
-		return Conn{Remote: peer, LastDataSent: d, LastDataRecv: d + 5*time.Millisecond}
+		return Conn{Remote: peer, HasInfo: true, LastDataSent: d, LastDataRecv: d + 5*time.Millisecond, BytesAcked: 100, BytesReceived: 50}
 	}
 	busy := Conn{Remote: peer, LastDataSent: 3000 * time.Millisecond, LastDataRecv: 10 * time.Millisecond}
 	tests := []struct {
@@ -75,7 +75,7 @@ func TestSummarize(t *testing.T) {
 		{"all idle long enough", []Conn{idle(2 * time.Second), idle(1 * time.Second)}, time.Second,
 			Summary{Total: 2, Idle: 2, MinIdle: time.Second}, true},
 		{"one not idle long enough", []Conn{idle(2 * time.Second), idle(300 * time.Millisecond)}, time.Second,
-			Summary{Total: 2, Idle: 1, MinIdle: 300 * time.Millisecond}, false},
+			Summary{Total: 2, Idle: 1, MinIdle: 300 * time.Millisecond, NextIdle: 700 * time.Millisecond}, false},
 		{"one busy", []Conn{idle(2 * time.Second), busy, {Remote: lo4}}, time.Second,
 			Summary{Total: 2, Busy: 1, Idle: 1, MinIdle: 2 * time.Second, Loopback: 1}, false},
 		{"all busy", []Conn{busy, busy}, time.Second, Summary{Total: 2, Busy: 2}, false},
@@ -735,6 +735,9 @@ func TestTrackerKeepAliveConnectionsAnsweredDuringTheDrain(t *testing.T) {
 	}
 	for _, st := range steps {
 		s := tr.Summarize(st.conns, idle, keepAlive)
+		if st.name == "answered" && s.NextIdle != 50*ms {
+			t.Errorf("answered: NextIdle %s, want 50ms (the keep-alive one's)", s.NextIdle)
+		}
 		if s.Busy != st.wantBusy || s.Idle != st.want {
 			t.Fatalf("%s: busy %d idle %d, want %d and %d (%+v)", st.name, s.Busy, s.Idle, st.wantBusy, st.want, s)
 		}
