@@ -287,9 +287,12 @@ func TestStop(t *testing.T) {
 			}
 			other := inst{name: "worker", id: 9, pid: 1, status: "online"}
 			g := newGod(t, append(slices.Clone(before), other)...)
-			// pm2 kills the instance; it stays a zombie (nobody has waited
-			// for it yet), which counts as gone.
-			g.onStop = func(in inst) { sleepers[in.id].Process.Signal(syscall.SIGINT) }
+			// pm2 kills the instance and replies once it is dead; it stays a
+			// zombie (nobody has waited for it yet), which counts as gone.
+			g.onStop = func(in inst) {
+				sleepers[in.id].Process.Signal(syscall.SIGINT)
+				waitZombie(t, sleepers[in.id].Process.Pid)
+			}
 			f := &hookstest.FakeRunner{}
 			got, err := newPM2(t, f, g.home).Stop(t.Context(), "web")
 			if err != nil {

@@ -190,10 +190,12 @@ func readAMP(r io.Reader) ([][]byte, error) {
 		if n > maxRPCArg {
 			return nil, fmt.Errorf("%w: frame argument of %d bytes (limit %d)", ErrPM2RPC, n, maxRPCArg)
 		}
-		args[i] = make([]byte, n)
-		if _, err := io.ReadFull(r, args[i]); err != nil {
+		// Grown as the bytes arrive: a bogus length allocates nothing.
+		var b bytes.Buffer
+		if _, err := io.CopyN(&b, r, int64(n)); err != nil {
 			return nil, truncated(err)
 		}
+		args[i] = b.Bytes()
 	}
 	return args, nil
 }
