@@ -170,13 +170,20 @@ func renderMarkdown(res Results) string {
 		p("\n")
 	}
 	c := res.Cost
+	const procTick = 0.01 // s: USER_HZ 100
 	p("## Agent cost\n\n| figure | value |\n|---|---|\n")
 	p("| daemon idle RSS | %.1f MiB |\n", float64(c.IdleRSSKiB)/1024)
 	cpu := 0.0
 	if c.IdleWindow > 0 {
 		cpu = 100 * c.IdleCPUSeconds / c.IdleWindow
 	}
-	p("| daemon idle CPU over %.0f s | %.2f s (%.3f %% of one core) |\n", c.IdleWindow, c.IdleCPUSeconds, cpu)
+	if c.IdleCPUSeconds < procTick && c.IdleWindow > 0 {
+		// /proc counts CPU time in clock ticks: less than one shows as 0.
+		p("| daemon idle CPU over %.0f s | < %.2f s (under one %.0f ms clock tick; < %.3f %% of one core) |\n",
+			c.IdleWindow, procTick, procTick*1000, 100*procTick/c.IdleWindow)
+	} else {
+		p("| daemon idle CPU over %.0f s | %.2f s (%.3f %% of one core) |\n", c.IdleWindow, c.IdleCPUSeconds, cpu)
+	}
 	p("| binary size (stripped, static) | %.1f MiB (%d bytes) |\n", float64(c.BinaryBytes)/(1<<20), c.BinaryBytes)
 	p("| CLI round trip of a nothing-to-do `patchagent reconcile` through the daemon | %.0f ms (median of %d) |\n", c.ReconcileMedian*1000, c.ReconcileSamples)
 	p("\nConnection counting (`go test -tags integration -run '^$' -bench BenchmarkConns -benchtime 10x ./firewall/`):\n\n```\n")

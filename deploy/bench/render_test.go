@@ -57,6 +57,11 @@ func TestRenderMarkdown(t *testing.T) {
 	if strings.Index(md, "no-reboot") > strings.Index(md, "reboot+long-requests") {
 		t.Error("scenarios out of order")
 	}
+	// Less than one clock tick of CPU is not shown as zero.
+	res.Cost.IdleCPUSeconds = 0
+	if md := renderMarkdown(res); !strings.Contains(md, "| daemon idle CPU over 30 s | < 0.01 s (under one 10 ms clock tick; < 0.033 % of one core) |\n") {
+		t.Errorf("markdown for no measurable CPU:\n%s", md)
+	}
 }
 
 func TestConnsLines(t *testing.T) {
