@@ -48,7 +48,8 @@ type PM2Config struct {
 	Home string
 	// Path is the PATH pm2 runs with; it must find node (default DefaultPM2Path).
 	Path string
-	// CallTimeout bounds each pm2 invocation (default DefaultPM2CallTimeout).
+	// CallTimeout bounds each pm2 operation: a listing, a stop or a start
+	// with the RPCs it takes (default DefaultPM2CallTimeout).
 	CallTimeout time.Duration
 	// StopWait bounds how long Stop waits, after pm2 stop, for the app's
 	// processes to be gone (default DefaultPM2StopWait).
@@ -192,7 +193,11 @@ func (p *PM2) list(ctx context.Context) ([]Process, error) {
 // stopped and that every process that was running is gone. It returns the
 // instances as they were before the stop.
 func (p *PM2) Stop(ctx context.Context, app string) ([]Process, error) {
-	before, err := p.Processes(ctx, app)
+	// The listing and the stops share one CallTimeout, as one `pm2 stop`
+	// did; the verification has StopWait.
+	cctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
+	before, err := p.Processes(cctx, app)
 	if err != nil {
 		return nil, err
 	}
@@ -205,13 +210,13 @@ func (p *PM2) Stop(ctx context.Context, app string) ([]Process, error) {
 		if pr.Status == StatusStopped {
 			continue
 		}
-		if err := p.call(ctx, "stopWatch", []any{"stopProcessId", pr.ID}); err != nil {
+		if err := p.call(cctx, "stopWatch", []any{"stopProcessId", pr.ID}); err != nil {
 			return nil, fmt.Errorf("stopping pm2 app %q (pm_id %d): %w", app, pr.ID, err)
 		}
-		if err := p.call(ctx, "stopProcessId", []any{pr.ID}); err != nil {
+		if err := p.call(cctx, "stopProcessId", []any{pr.ID}); err != nil {
 			return nil, fmt.Errorf("stopping pm2 app %q (pm_id %d): %w", app, pr.ID, err)
 		}
-		p.notify(ctx, "stop", pr.ID)
+		p.notify(cctx, "stop", pr.ID)
 	}
 	if err := p.verifyStopped(ctx, app, pids); err != nil {
 		return nil, fmt.Errorf("stopping pm2 app %q: %w", app, err)
@@ -237,15 +242,31 @@ func (p *PM2) verifyStopped(ctx context.Context, app string, pids []int) error {
 	defer cancel()
 	tick := time.NewTicker(p.cfg.Poll)
 	defer tick.Stop()
+	var notStopped []Process
+	var alive []int
+	timedOut := func() error {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("verifying: %w", err)
+		}
+		if len(notStopped) > 0 {
+			return fmt.Errorf("pm2 stop returned but after %s pm2 shows %s", p.cfg.StopWait, describe(notStopped))
+		}
+		return fmt.Errorf("pm2 shows the app stopped but pid(s) %v still alive after %s", alive, p.cfg.StopWait)
+	}
 	for {
-		now, err := p.Processes(ctx, app)
+		now, err := p.Processes(wctx, app)
 		if err != nil {
+			// StopWait ran out during the listing (the I/O deadline can
+			// fire a hair before the context says so).
+			if notStopped != nil && ctx.Err() == nil && (wctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)) {
+				return timedOut()
+			}
 			return fmt.Errorf("verifying: %w", err)
 		}
 		// An errored instance (pm2 gave up restarting it) is not running
 		// either.
-		notStopped := notIn(notIn(now, StatusStopped), StatusErrored)
-		var alive []int
+		notStopped = notIn(notIn(now, StatusStopped), StatusErrored)
+		alive = alive[:0]
 		for _, pid := range pids {
 			if pidAlive(pid) {
 				alive = append(alive, pid)
@@ -254,15 +275,12 @@ func (p *PM2) verifyStopped(ctx context.Context, app string, pids []int) error {
 		if len(notStopped) == 0 && len(alive) == 0 {
 			return nil
 		}
+		if notStopped == nil {
+			notStopped = []Process{} // seen once: a later time-out reports it
+		}
 		select {
 		case <-wctx.Done():
-			if err := ctx.Err(); err != nil {
-				return fmt.Errorf("verifying: %w", err)
-			}
-			if len(notStopped) > 0 {
-				return fmt.Errorf("pm2 stop returned but after %s pm2 shows %s", p.cfg.StopWait, describe(notStopped))
-			}
-			return fmt.Errorf("pm2 shows the app stopped but pid(s) %v still alive after %s", alive, p.cfg.StopWait)
+			return timedOut()
 		case <-tick.C:
 		}
 	}
@@ -273,6 +291,10 @@ func (p *PM2) verifyStopped(ctx context.Context, app string, pids []int) error {
 // environment change, which also resets pm2's unstable-restart count). An
 // online instance is never restarted.
 func (p *PM2) Start(ctx context.Context, app string) error {
+	// The listing and the starts share one CallTimeout, as one `pm2 start`
+	// did.
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
 	procs, err := p.Processes(ctx, app)
 	if err != nil {
 		return err

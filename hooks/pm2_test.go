@@ -223,7 +223,19 @@ func TestEachCallHasItsOwnDeadline(t *testing.T) {
 	if took := time.Since(start); took < 200*time.Millisecond || took > 2*time.Second {
 		t.Errorf("a hanging daemon held the call %s, want about the 200ms CallTimeout", took)
 	}
+	// A stop's RPCs share one CallTimeout: a daemon that never answers the
+	// stop holds Stop that long, not once per RPC.
+	delete(g.reply, "getMonitorData")
+	g.reply["stopProcessId"] = func([]json.RawMessage) any { return errHang }
+	start = time.Now()
+	if _, err := p.Stop(t.Context(), "web"); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Stop err = %v, want the deadline", err)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("Stop with a hanging daemon took %s, want about the 200ms CallTimeout", took)
+	}
 	// The caller's cancellation ends a call too.
+	g.reply["getMonitorData"] = func([]json.RawMessage) any { return errHang }
 	ctx, cancel := context.WithCancel(t.Context())
 	time.AfterFunc(50*time.Millisecond, cancel)
 	if _, err := p.Processes(ctx, "web"); !errors.Is(err, context.Canceled) {

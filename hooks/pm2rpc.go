@@ -71,7 +71,7 @@ func pm2Call(ctx context.Context, sock, method string, args []any, out ...any) e
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", sock)
 	if err != nil {
-		return fmt.Errorf("pm2 %s: connecting to %s: %w", method, sock, err)
+		return fmt.Errorf("pm2 %s: connecting to %s: %w", method, sock, ctxErr(ctx, err))
 	}
 	defer conn.Close()
 	// The context's end unblocks any read or write (and ctx.Err is set by
@@ -102,6 +102,9 @@ func pm2Call(ctx context.Context, sock, method string, args []any, out ...any) e
 func ctxErr(ctx context.Context, err error) error {
 	if cerr := ctx.Err(); cerr != nil {
 		return cerr
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded // the timer has not told ctx yet
 	}
 	return err
 }
