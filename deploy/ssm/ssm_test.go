@@ -61,9 +61,8 @@ func load(t *testing.T, file string) ([]byte, document) {
 // Fixed waits of patchagent that are not in its config (see agent/wire.go,
 // agent/pre.go, hooks/npm.go).
 const (
-	phaseLockWait = 5 * time.Second  // agent.Deps.LockWait as wired
-	listenWait    = 5 * time.Second  // pre: the ports must close within it
-	npmVersion    = 30 * time.Second // post: npm --version
+	phaseLockWait = 5 * time.Second // agent.Deps.LockWait as wired
+	listenWait    = 5 * time.Second // pre: the ports must close within it
 )
 
 // budget is patchagent's own worst case for a phase with cfg, before any
@@ -74,7 +73,7 @@ func budget(phase string, cfg agent.Config) time.Duration {
 		return phaseLockWait + cfg.Traffic.LockWait.D() + cfg.Drain.Timeout.D() +
 			hooks.DefaultPM2CallTimeout + hooks.DefaultPM2StopWait + listenWait
 	case "post":
-		return phaseLockWait + cfg.Post.NPM.Timeout.D() + npmVersion
+		return phaseLockWait + cfg.Post.NPM.Timeout.D()
 	case "exit":
 		// start, health wait; rollback: restart, second health wait; unblock.
 		return phaseLockWait + 2*hooks.DefaultPM2CallTimeout + 2*cfg.Health.Deadline.D() + cfg.Traffic.LockWait.D()
