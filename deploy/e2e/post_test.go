@@ -255,4 +255,26 @@ func TestPostClearErrorsChangeNothing(t *testing.T) {
 			}
 		})
 	}
+
+	// An npm that no longer runs (broken by the OS update): the check does
+	// not run npm, the update fails with npm's own message, the snapshot is
+	// restored, the app dir is as it was.
+	t.Run("npm broken", func(t *testing.T) {
+		dir, err := os.MkdirTemp("", "pa-npm-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		os.Chmod(dir, 0o755)
+		broken := filepath.Join(dir, "npm")
+		os.WriteFile(broken, []byte("#!/bin/sh\necho \"Error: Cannot find module 'semver'\" >&2\nexit 1\n"), 0o755)
+		before, _ := sandbox.TreeHash(n.AppDir)
+		r := patchagent(t, n, "post", "--config", appConfigIn(t, n, state, "  npm: "+broken+"\n", ""))
+		if r.code == 0 || !strings.Contains(r.stdout, "Cannot find module 'semver'") {
+			t.Fatalf("post %d:\n%s", r.code, r.stdout)
+		}
+		if after, _ := sandbox.TreeHash(n.AppDir); after != before {
+			t.Fatal("the app dir changed")
+		}
+	})
 }
