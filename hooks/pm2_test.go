@@ -175,7 +175,7 @@ func TestProcesses(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			g := newGod(t, tt.procs...)
 			if tt.reply != nil {
-				g.reply["getMonitorData"] = tt.reply
+				g.on("getMonitorData", tt.reply)
 			}
 			f := &hookstest.FakeRunner{}
 			got, err := newPM2(t, f, g.home).Processes(t.Context(), "web")
@@ -211,7 +211,7 @@ func TestProcesses(t *testing.T) {
 
 func TestEachCallHasItsOwnDeadline(t *testing.T) {
 	g := newGod(t, inst{name: "web", status: "online", pid: 1})
-	g.reply["getMonitorData"] = func([]json.RawMessage) any { return errHang }
+	g.on("getMonitorData", func([]json.RawMessage) any { return errHang })
 	p := hooks.NewPM2(zaptest.NewLogger(t), &hookstest.FakeRunner{}, hooks.PM2Config{
 		Bin: bin, User: appUser, Home: g.home, Path: binPath, CallTimeout: 200 * time.Millisecond,
 	})
@@ -225,8 +225,8 @@ func TestEachCallHasItsOwnDeadline(t *testing.T) {
 	}
 	// A stop's RPCs share one CallTimeout: a daemon that never answers the
 	// stop holds Stop that long, not once per RPC.
-	delete(g.reply, "getMonitorData")
-	g.reply["stopProcessId"] = func([]json.RawMessage) any { return errHang }
+	g.on("getMonitorData", nil)
+	g.on("stopProcessId", func([]json.RawMessage) any { return errHang })
 	start = time.Now()
 	if _, err := p.Stop(t.Context(), "web"); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Stop err = %v, want the deadline", err)
@@ -235,7 +235,7 @@ func TestEachCallHasItsOwnDeadline(t *testing.T) {
 		t.Errorf("Stop with a hanging daemon took %s, want about the 200ms CallTimeout", took)
 	}
 	// The caller's cancellation ends a call too.
-	g.reply["getMonitorData"] = func([]json.RawMessage) any { return errHang }
+	g.on("getMonitorData", func([]json.RawMessage) any { return errHang })
 	ctx, cancel := context.WithCancel(t.Context())
 	time.AfterFunc(50*time.Millisecond, cancel)
 	if _, err := p.Processes(ctx, "web"); !errors.Is(err, context.Canceled) {
@@ -363,7 +363,7 @@ func TestStopFailures(t *testing.T) {
 		{
 			name: "pm2 refuses the stop",
 			setup: func(g *god, _ int) {
-				g.reply["stopProcessId"] = func([]json.RawMessage) any { return map[string]any{"error": "0 : id unknown"} }
+				g.on("stopProcessId", func([]json.RawMessage) any { return map[string]any{"error": "0 : id unknown"} })
 			},
 			errHas: func(int) string { return `stopping pm2 app "web" (pm_id 0): pm2 stopProcessId: 0 : id unknown` },
 		},
@@ -424,10 +424,10 @@ func TestNoPM2WithoutDaemon(t *testing.T) {
 func TestStopDaemonDiesMidway(t *testing.T) {
 	web := inst{name: "web", pid: os.Getpid(), status: "online"}
 	g := newGod(t, web)
-	g.reply["getMonitorData"] = func([]json.RawMessage) any {
+	g.on("getMonitorData", func([]json.RawMessage) any {
 		os.Remove(filepath.Join(g.home, "pm2.pid"))
 		return map[string]any{"args": []any{json.RawMessage(jlist(web))}}
-	}
+	})
 	_, err := newPM2(t, &hookstest.FakeRunner{}, g.home).Stop(t.Context(), "web")
 	if !errors.Is(err, hooks.ErrDaemonNotRunning) {
 		t.Errorf("err = %v, want ErrDaemonNotRunning", err)
@@ -582,7 +582,7 @@ func TestStart(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			g := newGod(t, tt.procs...)
 			if tt.failStart {
-				g.reply["restartProcessId"] = func([]json.RawMessage) any { return map[string]any{"error": "Script not found"} }
+				g.on("restartProcessId", func([]json.RawMessage) any { return map[string]any{"error": "Script not found"} })
 			}
 			f := &hookstest.FakeRunner{}
 			err := newPM2(t, f, g.home).Start(t.Context(), "web")

@@ -178,6 +178,17 @@ func (g *god) Calls() []string {
 	return slices.Clone(g.calls)
 }
 
+// on sets how method is answered (nil: as pm2 would).
+func (g *god) on(method string, f func(args []json.RawMessage) any) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if f == nil {
+		delete(g.reply, method)
+		return
+	}
+	g.reply[method] = f
+}
+
 func (g *god) set(procs ...inst) {
 	g.mu.Lock()
 	g.procs = procs
