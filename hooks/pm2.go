@@ -538,9 +538,6 @@ func (p *PM2) StartFrom(ctx context.Context, app, source string) error {
 	return nil
 }
 
-// ProcessAlive reports whether pid names a live process (a zombie is gone).
-func ProcessAlive(pid int) bool { return pidAlive(pid) }
-
 // PIDs reads, without running pm2, the pid of each instance id of app from
 // the pid files pm2 keeps ($PM2_HOME/pids/<app>-<id>.pid, rewritten at every
 // start and restart, removed at stop). An instance with no file, an empty
