@@ -58,7 +58,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 			rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
 		}
 		rep.Plan = append(rep.Plan,
-			fmt.Sprintf("as user %s: pm2 start %s unless it is online (from %s if pm2 no longer knows it)", a.d.AppUser, app, orNone(a.cfg.App.Ecosystem)),
+			fmt.Sprintf("pm2 start %s, through the pm2 daemon of user %s, unless it is online (from %s with the pm2 CLI as that user if pm2 no longer knows it)", app, a.d.AppUser, orNone(a.cfg.App.Ecosystem)),
 			fmt.Sprintf("wait until %s passes %d time(s) in a row (at most %s), the app staying online without restarts", a.d.HealthName, a.cfg.Health.Successes, a.cfg.Health.Deadline),
 			fmt.Sprintf("remove chain %s and its jump from INPUT (%s)", "PATCHAGENT-BLOCK", famShort(a.d.Firewall.Families())))
 		for _, u := range a.cfg.Steps.StopUnits {

@@ -292,7 +292,7 @@ func TestExitDryRunChangesNothing(t *testing.T) {
 	if rep.ExitCode != 0 || len(e.ev.all()) != 0 || e.health.probes() != 0 || string(before) != string(after) {
 		t.Fatalf("dry run acted: %v\n%s", e.ev.all(), rep.Text())
 	}
-	if !strings.Contains(rep.Text(), "would: as user node: pm2 start web unless it is online") {
+	if !strings.Contains(rep.Text(), "would: pm2 start web, through the pm2 daemon of user node, unless it is online") {
 		t.Fatal(rep.Text())
 	}
 }

@@ -56,10 +56,10 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 	if opt.DryRun {
 		rep.Result = ResultDryRun
 		rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
-		rep.Plan = append(rep.Plan, fmt.Sprintf("drain: wait until no connection to port(s) %s from outside loopback is busy and every one is idle for %s (at least %s after the block, at most %s)",
-			portList(a.cfg.Traffic.Ports), a.cfg.Drain.Idle, a.cfg.Drain.MinWait, a.cfg.Drain.Timeout))
-		rep.Plan = append(rep.Plan, fmt.Sprintf("as user %s: pm2 stop %s, then check pid(s) %v are gone and port(s) %s are no longer listened on",
-			a.d.AppUser, app, pids, portList(a.cfg.Traffic.Ports)))
+		rep.Plan = append(rep.Plan, fmt.Sprintf("drain: wait until no connection to port(s) %s from outside loopback is busy and every one is idle for %s (%s for a keep-alive one that answered a request; at least %s after the block, at most %s)",
+			portList(a.cfg.Traffic.Ports), a.cfg.Drain.Idle, a.cfg.Drain.KeepAliveIdle, a.cfg.Drain.MinWait, a.cfg.Drain.Timeout))
+		rep.Plan = append(rep.Plan, fmt.Sprintf("pm2 stop %s, through the pm2 daemon of user %s, then check pid(s) %v are gone and port(s) %s are no longer listened on",
+			app, a.d.AppUser, pids, portList(a.cfg.Traffic.Ports)))
 		for _, u := range a.cfg.Steps.StopUnits {
 			rep.Plan = append(rep.Plan, "systemctl stop "+u)
 		}
@@ -128,7 +128,7 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 		return fail(err)
 	}
 	t = time.Now()
-	a.progress("stop: pm2 stop %s as %s", app, a.d.AppUser)
+	a.progress("stop: pm2 stop %s, through the pm2 daemon of user %s", app, a.d.AppUser)
 	if _, err := a.d.App.Stop(ctx, app); err != nil {
 		rep.addStep("stop", ResultFailed, time.Since(t), "")
 		return fail(err)

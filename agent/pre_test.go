@@ -223,7 +223,7 @@ func TestPreDryRunChangesNothing(t *testing.T) {
 	}
 	text := rep.Text()
 	for _, w := range []string{"patchagent pre: dry run, nothing changed (4 planned actions)", "would: iptables -t filter -N PATCHAGENT-BLOCK",
-		"would: drain: wait until no connection to port(s) 443", "would: as user node: pm2 stop web, then check pid(s) [" + strconv.Itoa(os.Getpid()) + "] are gone"} {
+		"would: drain: wait until no connection to port(s) 443", "would: pm2 stop web, through the pm2 daemon of user node, then check pid(s) [" + strconv.Itoa(os.Getpid()) + "] are gone"} {
 		if !strings.Contains(text, w) {
 			t.Fatalf("dry run output lacks %q:\n%s", w, text)
 		}
