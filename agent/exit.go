@@ -206,8 +206,8 @@ func (a *Agent) startApp(ctx context.Context) (string, []int, error) {
 // waitHealthyAndStable probes the health check until it passes while
 // watching the app: pm2's pid files every few milliseconds (a new pid is a
 // restart: a crash loop shows "online" between crashes and may never reach
-// "errored"), and pm2's own view about once a second (an instance errored
-// or stopped). Two restarts, or one after the health check passed, end the
+// "errored"), and pm2's own view every stableEvery (an instance errored or
+// stopped). Two restarts, or one after the health check passed, end the
 // wait at once. After the check passes the app must have been up, without a
 // restart, for a.settle, so a crash-looping app answering in a lucky moment
 // is caught.

@@ -118,11 +118,7 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 
 	// stop
 	if st.Stopped == nil || st.Stopped.App != app || len(pids) > 0 {
-		ids := make([]int, len(procs))
-		for i, p := range procs {
-			ids[i] = p.ID
-		}
-		st.Stopped = &StopRecord{App: app, User: a.d.AppUser, WasOnline: pids, IDs: ids, At: time.Now().UTC()}
+		st.Stopped = &StopRecord{App: app, User: a.d.AppUser, WasOnline: pids, At: time.Now().UTC()}
 	}
 	if err := a.save(st, "stop"); err != nil {
 		return fail(err)

@@ -80,12 +80,10 @@ type BlockRecord struct {
 
 // StopRecord describes the app pre stops, so exit knows what to start.
 type StopRecord struct {
-	App       string `json:"app"`
-	User      string `json:"user"`
-	WasOnline []int  `json:"was_online_pids,omitempty"`
-	// IDs are the app's pm2 instance ids.
-	IDs []int     `json:"pm2_ids,omitempty"`
-	At  time.Time `json:"at"`
+	App       string    `json:"app"`
+	User      string    `json:"user"`
+	WasOnline []int     `json:"was_online_pids,omitempty"`
+	At        time.Time `json:"at"`
 }
 
 // PostRecord describes post's dependency update, so that a crash can be
