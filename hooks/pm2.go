@@ -144,6 +144,13 @@ func (p *PM2) DaemonAlive() error {
 // Processes lists every pm2 instance named app. If pm2 lists none, the error
 // wraps ErrUnknownApp.
 func (p *PM2) Processes(ctx context.Context, app string) ([]Process, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
+	defer cancel()
+	return p.processes(ctx, app)
+}
+
+// processes is Processes within the caller's deadline.
+func (p *PM2) processes(ctx context.Context, app string) ([]Process, error) {
 	if err := checkApp(app); err != nil {
 		return nil, err
 	}
@@ -197,7 +204,7 @@ func (p *PM2) Stop(ctx context.Context, app string) ([]Process, error) {
 	// did; the verification has StopWait.
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
 	defer cancel()
-	before, err := p.Processes(cctx, app)
+	before, err := p.processes(cctx, app)
 	if err != nil {
 		return nil, err
 	}
@@ -254,11 +261,10 @@ func (p *PM2) verifyStopped(ctx context.Context, app string, pids []int) error {
 		return fmt.Errorf("pm2 shows the app stopped but pid(s) %v still alive after %s", alive, p.cfg.StopWait)
 	}
 	for {
-		now, err := p.Processes(wctx, app)
+		now, err := p.processes(wctx, app)
 		if err != nil {
-			// StopWait ran out during the listing (the I/O deadline can
-			// fire a hair before the context says so).
-			if notStopped != nil && ctx.Err() == nil && (wctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)) {
+			// StopWait ran out during the listing.
+			if notStopped != nil && ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 				return timedOut()
 			}
 			return fmt.Errorf("verifying: %w", err)
@@ -295,7 +301,7 @@ func (p *PM2) Start(ctx context.Context, app string) error {
 	// did.
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
 	defer cancel()
-	procs, err := p.Processes(ctx, app)
+	procs, err := p.processes(ctx, app)
 	if err != nil {
 		return err
 	}
@@ -318,15 +324,14 @@ func (p *PM2) Start(ctx context.Context, app string) error {
 }
 
 // call makes one RPC to the user's pm2 daemon, after checking that it is
-// alive, with its own deadline.
+// alive. The caller's deadline bounds it: each operation (a listing, a stop,
+// a start) gives all its RPCs one CallTimeout.
 func (p *PM2) call(ctx context.Context, method string, args []any, out ...any) error {
 	if err := p.DaemonAlive(); err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
-	defer cancel()
 	start := time.Now()
-	err := pm2Call(cctx, filepath.Join(p.p2h, "rpc.sock"), method, args, out...)
+	err := pm2Call(ctx, filepath.Join(p.p2h, "rpc.sock"), method, args, out...)
 	p.log.Debug("pm2 rpc", zap.String("method", method), zap.Duration("took", time.Since(start)), zap.Error(err))
 	return err
 }

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/patchagent/patchagent/hooks"
 )
@@ -30,6 +31,8 @@ type god struct {
 	onStop func(in inst)
 	// stopLeaves, when set, makes stopProcessId leave the instance as it is.
 	stopLeaves bool
+	// delay holds every answer back this long (see slow).
+	delay time.Duration
 	// reply overrides the answer to a method: its result is sent as the
 	// reply's JSON body ({"args":[...]} or {"error":...}); a []byte result
 	// is sent as the whole first frame argument; errHang never replies;
@@ -88,6 +91,14 @@ func (g *god) serve(c net.Conn, done <-chan struct{}) {
 			Args         []json.RawMessage
 		}
 		if json.Unmarshal(msg[0][2:], &req) != nil || req.Type != "call" {
+			return
+		}
+		g.mu.Lock()
+		delay := g.delay
+		g.mu.Unlock()
+		select {
+		case <-time.After(delay):
+		case <-done:
 			return
 		}
 		out := g.handle(req.Method, req.Args)
@@ -187,6 +198,13 @@ func (g *god) on(method string, f func(args []json.RawMessage) any) {
 		return
 	}
 	g.reply[method] = f
+}
+
+// slow makes the daemon take d to answer each RPC from now on.
+func (g *god) slow(d time.Duration) {
+	g.mu.Lock()
+	g.delay = d
+	g.mu.Unlock()
 }
 
 func (g *god) set(procs ...inst) {
