@@ -107,9 +107,6 @@ type Summary struct {
 	Busy int
 	// Idle counts those not busy and idle for at least the idle period.
 	Idle int
-	// MinIdle is the smallest IdleFor among the non-busy non-loopback
-	// connections, 0 if there is none.
-	MinIdle time.Duration
 	// NextIdle is how long until the first of the non-busy connections
 	// that are not idle enough yet becomes so, if none of them carries
 	// data meanwhile; 0 if there is none (a connection without tcp_info
@@ -129,7 +126,6 @@ func Summarize(conns []Conn, idle time.Duration) Summary {
 // request Conn.Busy cannot see and how long it must be idle to count.
 func summarize(conns []Conn, rule func(i int) (pending bool, idle time.Duration)) Summary {
 	var s Summary
-	seen := false
 	for i := range conns {
 		c := &conns[i]
 		if c.Loopback() {
@@ -143,9 +139,6 @@ func summarize(conns []Conn, rule func(i int) (pending bool, idle time.Duration)
 			continue
 		}
 		d := min(c.LastDataSent, c.LastDataRecv)
-		if !seen || d < s.MinIdle {
-			s.MinIdle, seen = d, true
-		}
 		if d >= idle {
 			s.Idle++
 		} else if w := idle - d; c.HasInfo && (s.NextIdle == 0 || w < s.NextIdle) {
