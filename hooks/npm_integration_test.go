@@ -24,29 +24,6 @@ import (
 	"github.com/patchagent/patchagent/hooks"
 )
 
-// tgz writes an npm package tarball (package/package.json, package/index.js)
-// without npm pack.
-func tgz(t *testing.T, path, name, version string) {
-	t.Helper()
-	var buf bytes.Buffer
-	zw := gzip.NewWriter(&buf)
-	tw := tar.NewWriter(zw)
-	for file, body := range map[string]string{
-		"package/package.json": `{"name":"` + name + `","version":"` + version + `","main":"index.js"}`,
-		"package/index.js":     `module.exports = "` + name + `@` + version + `";` + "\n",
-	} {
-		if err := tw.WriteHeader(&tar.Header{Name: file, Mode: 0o644, Size: int64(len(body)), ModTime: time.Unix(1e9, 0)}); err != nil {
-			t.Fatal(err)
-		}
-		tw.Write([]byte(body))
-	}
-	tw.Close()
-	zw.Close()
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestNPMIntegration runs the real npm as nobody on an app whose only
 // dependency is a local tarball (file: spec; the registry is a closed
 // loopback port, so nothing can reach the internet): Check, a snapshot,
@@ -85,7 +62,7 @@ func TestNPMIntegration(t *testing.T) {
 	if err := n.Check(ctx); err != nil {
 		t.Fatalf("Check: %v", err)
 	}
-	orig := treeOf(t, app)
+	orig := fullTreeOf(t, app)
 	before, _ := os.ReadFile(filepath.Join(app, "package-lock.json"))
 	s, st, err := hooks.TakeSnapshot(app, filepath.Join(base, "snaps", "1"))
 	if err != nil {
@@ -119,7 +96,7 @@ func TestNPMIntegration(t *testing.T) {
 	if err := s.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	if got := treeOf(t, app); got != orig {
+	if got := fullTreeOf(t, app); got != orig {
 		t.Errorf("after Restore:\n%s\nwant:\n%s", got, orig)
 	}
 	// Again: npm on the restored (hardlinked back) tree must not damage the
@@ -134,7 +111,7 @@ func TestNPMIntegration(t *testing.T) {
 	if err := s.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	if got := treeOf(t, app); got != orig {
+	if got := fullTreeOf(t, app); got != orig {
 		t.Errorf("after the second Restore:\n%s\nwant:\n%s", got, orig)
 	}
 	if err := n.Check(ctx); err != nil {
@@ -154,32 +131,6 @@ func write(t *testing.T, p, body string) {
 	if err := os.Chown(p, 65534, 65534); err != nil {
 		t.Fatal(err)
 	}
-}
-
-// treeOf lists path, mode, owner, size and content of npm's state in app.
-func treeOf(t *testing.T, app string) string {
-	t.Helper()
-	var b strings.Builder
-	err := filepath.Walk(app, func(p string, fi os.FileInfo, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(app, p)
-		if rel == "pkgs" {
-			return filepath.SkipDir
-		}
-		fmt.Fprintf(&b, "%s %v uid=%d", rel, fi.Mode(), statUID(fi))
-		if fi.Mode().IsRegular() {
-			c, _ := os.ReadFile(p)
-			fmt.Fprintf(&b, " %s %q", fi.ModTime(), c)
-		}
-		b.WriteString("\n")
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
 }
 
 func statUID(fi os.FileInfo) uint32 { return fi.Sys().(*syscall.Stat_t).Uid }
@@ -218,12 +169,12 @@ func TestNPMIntegrationDiskFullRestore(t *testing.T) {
 	if _, err := rand.Read(noise); err != nil { // incompressible
 		t.Fatal(err)
 	}
-	tgzWith(t, filepath.Join(app, "pkgs", "a-1.0.0.tgz"), "a", "1.0.0", tarFile{"package/data.bin", noise[:1<<20]})
+	tgz(t, filepath.Join(app, "pkgs", "a-1.0.0.tgz"), "a", "1.0.0", tarFile{"package/data.bin", noise[:1<<20]})
 	// big's data comes before its package.json. npm (11.19) only warns
 	// about a file it could not write (TAR_ENTRY_ERROR ENOSPC): with
 	// package.json first it exits 0, leaving data.bin truncated (measured);
 	// with package.json unwritten (empty) it fails with EJSONPARSE.
-	tgzWith(t, filepath.Join(app, "pkgs", "big-1.0.0.tgz"), "big", "1.0.0", tarFile{"package/data.bin", noise[1<<20:]})
+	tgz(t, filepath.Join(app, "pkgs", "big-1.0.0.tgz"), "big", "1.0.0", tarFile{"package/data.bin", noise[1<<20:]})
 	pkg := "{\n  \"name\": \"app\",\n  \"version\": \"1.0.0\",\n  \"dependencies\": {\n    \"a\": \"file:pkgs/a-1.0.0.tgz\"\n  }\n}\n"
 	write(t, filepath.Join(app, "package.json"), pkg)
 	write(t, filepath.Join(app, ".npmrc"), "registry=http://127.0.0.1:9/\n")
@@ -307,9 +258,9 @@ func TestNPMIntegrationDiskFullRestore(t *testing.T) {
 	}
 }
 
-// tgzWith writes a package tarball like tgz, with the extra files first
-// (in the given order), then package.json and index.js.
-func tgzWith(t *testing.T, path, name, version string, extra ...tarFile) {
+// tgz writes an npm package tarball for name@version: the extra files
+// first (in the given order), then package.json and index.js.
+func tgz(t *testing.T, path, name, version string, extra ...tarFile) {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := gzip.NewWriter(&buf)
