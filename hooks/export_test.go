@@ -12,3 +12,6 @@ var (
 	EncodeAMP = encodeAMP
 	ReadAMP   = readAMP
 )
+
+// TreeHash describes a tree for before/after comparisons (snapshot_test.go).
+var TreeHash = treeHash

@@ -7,10 +7,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/rand"
-	"crypto/sha256"
 	"errors"
-	"fmt"
-	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/patchagent/patchagent/hooks"
@@ -62,7 +60,7 @@ func TestNPMIntegration(t *testing.T) {
 	if err := n.Check(ctx); err != nil {
 		t.Fatalf("Check: %v", err)
 	}
-	orig := fullTreeOf(t, app)
+	orig := hooks.TreeHash(t, app)
 	before, _ := os.ReadFile(filepath.Join(app, "package-lock.json"))
 	s, st, err := hooks.TakeSnapshot(app, filepath.Join(base, "snaps", "1"))
 	if err != nil {
@@ -96,8 +94,8 @@ func TestNPMIntegration(t *testing.T) {
 	if err := s.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	if got := fullTreeOf(t, app); got != orig {
-		t.Errorf("after Restore:\n%s\nwant:\n%s", got, orig)
+	if d := cmp.Diff(orig, hooks.TreeHash(t, app)); d != "" {
+		t.Errorf("after Restore (-want +got):\n%s", d)
 	}
 	// Again: npm on the restored (hardlinked back) tree must not damage the
 	// snapshot, which can be restored a second time.
@@ -111,8 +109,8 @@ func TestNPMIntegration(t *testing.T) {
 	if err := s.Restore(); err != nil {
 		t.Fatal(err)
 	}
-	if got := fullTreeOf(t, app); got != orig {
-		t.Errorf("after the second Restore:\n%s\nwant:\n%s", got, orig)
+	if d := cmp.Diff(orig, hooks.TreeHash(t, app)); d != "" {
+		t.Errorf("after the second Restore (-want +got):\n%s", d)
 	}
 	if err := n.Check(ctx); err != nil {
 		t.Errorf("Check after Restore: %v", err)
@@ -205,7 +203,7 @@ func TestNPMIntegrationDiskFullRestore(t *testing.T) {
 	if !st.Hardlinked {
 		t.Fatalf("snapshot on the app's filesystem not hardlinked: %+v", st)
 	}
-	orig := fullTreeOf(t, app)
+	orig := hooks.TreeHash(t, app)
 
 	// Fill the disk, leaving about 200 KB.
 	const leave = 200 << 10
@@ -247,8 +245,8 @@ func TestNPMIntegrationDiskFullRestore(t *testing.T) {
 	if err := s.Restore(); err != nil {
 		t.Fatalf("Restore on a full disk: %v", err)
 	}
-	if got := fullTreeOf(t, app); got != orig {
-		t.Errorf("after Restore:\n%s\nwant:\n%s", got, orig)
+	if d := cmp.Diff(orig, hooks.TreeHash(t, app)); d != "" {
+		t.Errorf("after Restore (-want +got):\n%s", d)
 	}
 	if err := s.Verify(); err != nil {
 		t.Errorf("Verify after Restore: %v", err)
@@ -290,49 +288,6 @@ func tgz(t *testing.T, path, name, version string, extra ...tarFile) {
 type tarFile struct {
 	name string
 	body []byte
-}
-
-// fullTreeOf describes every entry under root (root itself excluded), in
-// walk order: path, type and mode, uid, gid, mtime, and size + content hash
-// for regular files or the target for symlinks.
-func fullTreeOf(t *testing.T, root string) string {
-	t.Helper()
-	var b strings.Builder
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		if rel == "." {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		fmt.Fprintf(&b, "%s %v uid=%d gid=%d mtime=%d", rel, fi.Mode(), st.Uid, st.Gid, fi.ModTime().UnixNano())
-		switch {
-		case fi.Mode().IsRegular():
-			c, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(&b, " size=%d sha256=%x", fi.Size(), sha256.Sum256(c))
-		case fi.Mode()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			b.WriteString(" -> " + target)
-		}
-		b.WriteString("\n")
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b.String()
 }
 
 // freeBytes is the space left on the filesystem holding path.
