@@ -199,17 +199,6 @@ func (r *daemonRig) start(t *testing.T) (stop func() (time.Duration, error)) {
 	return stop
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 // openCycle records a cycle pre left open, last active at updated.
 func openCycle(t *testing.T, e *testEnv, boot string, updated time.Time) {
 	t.Helper()
@@ -225,7 +214,7 @@ func TestDaemonBootReblocksBeforeReady(t *testing.T) {
 	r := newDaemonRig(t)
 	openCycle(t, r.e, "boot-0", time.Now()) // rebooted: rules gone
 	r.start(t)
-	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
 	evs := r.e.ev.all()
 	iBlock := slices.Index(evs, "block")
 	iReady := slices.IndexFunc(evs, func(s string) bool { return strings.HasPrefix(s, "notify READY=1") })
@@ -261,11 +250,11 @@ func TestDaemonRemovesLeftoverBlockOnceHealthy(t *testing.T) {
 	r := newDaemonRig(t)
 	r.fw.set(true) // no cycle open
 	r.start(t)
-	waitFor(t, "leftover block removed", func() bool { b, _ := r.fw.get(); return !b })
+	eventually(t, "leftover block removed", func() bool { b, _ := r.fw.get(); return !b })
 	if r.e.health.probes() == 0 {
 		t.Fatal("unblocked without a health check")
 	}
-	waitFor(t, "idle status", func() bool { return r.n.count("STATUS=idle") == 1 })
+	eventually(t, "idle status", func() bool { return r.n.count("STATUS=idle") == 1 })
 }
 
 func TestDaemonReappliesBlockRemovedByHand(t *testing.T) {
@@ -273,11 +262,11 @@ func TestDaemonReappliesBlockRemovedByHand(t *testing.T) {
 	openCycle(t, r.e, "boot-1", time.Now())
 	r.fw.set(true)
 	r.start(t)
-	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
 
 	// A phase of the socket is at work: the firewall is its business.
 	r.srv.setPhase("exit")
-	waitFor(t, "running status", func() bool { return r.n.count("STATUS=running exit") == 1 })
+	eventually(t, "running status", func() bool { return r.n.count("STATUS=running exit") == 1 })
 	r.fw.set(false)
 	time.Sleep(100 * time.Millisecond)
 	// A phase run without the daemon holds the lock: same.
@@ -292,7 +281,7 @@ func TestDaemonReappliesBlockRemovedByHand(t *testing.T) {
 	}
 	release()
 
-	waitFor(t, "block re-applied", func() bool { b, _ := r.fw.get(); return b })
+	eventually(t, "block re-applied", func() bool { b, _ := r.fw.get(); return b })
 	if got := testutil.ToFloat64(r.m.BlockReapplied); got != 1 {
 		t.Fatalf("patchagent_block_reapplied_total %v, want 1", got)
 	}
@@ -312,7 +301,7 @@ func TestDaemonDeadmanAutoRecoverHealthy(t *testing.T) {
 	openCycle(t, r.e, "boot-1", time.Now().Add(-time.Hour))
 	r.fw.set(true)
 	r.start(t)
-	waitFor(t, "node back in service", func() bool {
+	eventually(t, "node back in service", func() bool {
 		st, _ := r.e.state.Load()
 		b, _ := r.fw.get()
 		return !b && !st.Open
@@ -320,7 +309,7 @@ func TestDaemonDeadmanAutoRecoverHealthy(t *testing.T) {
 	if got := testutil.ToFloat64(r.m.Deadman); got != 1 {
 		t.Fatalf("patchagent_deadman_triggered_total %v, want 1", got)
 	}
-	waitFor(t, "idle status", func() bool { return r.n.count("STATUS=idle") == 1 })
+	eventually(t, "idle status", func() bool { return r.n.count("STATUS=idle") == 1 })
 }
 
 func TestDaemonDeadmanAutoRecoverUnhealthyStaysBlocked(t *testing.T) {
@@ -332,7 +321,7 @@ func TestDaemonDeadmanAutoRecoverUnhealthyStaysBlocked(t *testing.T) {
 	r.fw.set(true)
 	r.start(t)
 	// Each exit waits out the health deadline (500 ms); wait for a retry.
-	waitFor(t, "two exit attempts", func() bool {
+	eventually(t, "two exit attempts", func() bool {
 		st, _ := r.e.state.Load()
 		return st.Phase == "exit" && st.Attempts >= 2
 	})
@@ -354,7 +343,7 @@ func TestDaemonDeadmanWithoutAutoRecoverOnlyReports(t *testing.T) {
 	openCycle(t, r.e, "boot-1", time.Now().Add(-time.Hour))
 	r.fw.set(true)
 	r.start(t)
-	waitFor(t, "dead-man", func() bool { return testutil.ToFloat64(r.m.Deadman) == 1 })
+	eventually(t, "dead-man", func() bool { return testutil.ToFloat64(r.m.Deadman) == 1 })
 	time.Sleep(150 * time.Millisecond)
 	if got := testutil.ToFloat64(r.m.Deadman); got != 1 {
 		t.Fatalf("patchagent_deadman_triggered_total %v, want 1", got)
@@ -370,7 +359,7 @@ func TestDaemonDeadmanWithoutAutoRecoverOnlyReports(t *testing.T) {
 func TestDaemonWatchdogOnlyAfterCompletedIterations(t *testing.T) {
 	r := newDaemonRig(t)
 	r.start(t)
-	waitFor(t, "watchdog pings", func() bool { return r.n.count("WATCHDOG=1") >= 5 })
+	eventually(t, "watchdog pings", func() bool { return r.n.count("WATCHDOG=1") >= 5 })
 
 	hang, hung := make(chan struct{}), make(chan struct{})
 	r.fw.mu.Lock()
@@ -390,7 +379,7 @@ func TestDaemonWatchdogOnlyAfterCompletedIterations(t *testing.T) {
 	r.fw.hang = nil
 	r.fw.mu.Unlock()
 	close(hang)
-	waitFor(t, "pings again", func() bool { return r.n.count("WATCHDOG=1") >= before+3 })
+	eventually(t, "pings again", func() bool { return r.n.count("WATCHDOG=1") >= before+3 })
 	// STATUS= only on change: READY carried "idle", nothing changed since.
 	if n := r.n.count("STATUS="); n != 0 {
 		t.Fatalf("%d STATUS= messages without a change", n)
@@ -400,13 +389,13 @@ func TestDaemonWatchdogOnlyAfterCompletedIterations(t *testing.T) {
 func TestDaemonStatusFollowsThePhase(t *testing.T) {
 	r := newDaemonRig(t)
 	r.start(t)
-	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1\nSTATUS=idle") == 1 })
+	eventually(t, "READY=1", func() bool { return r.n.count("READY=1\nSTATUS=idle") == 1 })
 	r.srv.setPhase("pre")
 	st := State{CycleID: "c2", Open: true, Phase: "pre", Status: StatusRunning, Step: "drain", UpdatedAt: time.Now()}
 	if err := r.e.state.Save(st); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "running status", func() bool { return r.n.count("STATUS=running pre (step drain)") == 1 })
+	eventually(t, "running status", func() bool { return r.n.count("STATUS=running pre (step drain)") == 1 })
 	time.Sleep(50 * time.Millisecond)
 	if n := r.n.count("STATUS=running pre (step drain)"); n != 1 {
 		t.Fatalf("STATUS= sent %d times: %q", n, r.n.msgs)
@@ -419,7 +408,7 @@ func TestDaemonStopAbandonsAPhaseAfterStopTimeout(t *testing.T) {
 	r.srv.end = make(chan struct{}) // never ends
 	r.srv.setPhase("pre")
 	stop := r.start(t)
-	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
 	took, err := stop()
 	if err != nil {
 		t.Fatal(err)
@@ -440,7 +429,7 @@ func TestDaemonStopWaitsForAPhaseThatEnds(t *testing.T) {
 	r.srv.end = make(chan struct{})
 	r.srv.setPhase("exit")
 	stop := r.start(t)
-	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
 	time.AfterFunc(100*time.Millisecond, func() { close(r.srv.end) })
 	took, err := stop()
 	if err != nil || took > 2*time.Second {
@@ -460,7 +449,7 @@ func TestDaemonReadyWithoutWatchdogSendsNoPings(t *testing.T) {
 	r := newDaemonRig(t)
 	r.o.Watchdog = 0
 	r.start(t)
-	waitFor(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
 	time.Sleep(50 * time.Millisecond)
 	if n := r.n.count("WATCHDOG=1"); n != 0 {
 		t.Fatalf("%d pings with the watchdog off", n)
