@@ -448,16 +448,19 @@ func TestHTTPProbeOpensAFreshConnectionEachAttempt(t *testing.T) {
 	}
 }
 
-func TestHTTPProbeTimesOutAtItsTimeout(t *testing.T) {
-	const timeout = 300 * time.Millisecond
-	hang := func(release <-chan struct{}) http.HandlerFunc {
-		return func(w http.ResponseWriter, r *http.Request) {
-			select {
-			case <-r.Context().Done():
-			case <-release:
-			}
+// hang is a handler that never answers: it returns when the client goes
+// away or release is closed.
+func hang(release <-chan struct{}) http.HandlerFunc {
+	return func(_ http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
 		}
 	}
+}
+
+func TestHTTPProbeTimesOutAtItsTimeout(t *testing.T) {
+	const timeout = 300 * time.Millisecond
 	tests := []struct {
 		name       string
 		start      func(t *testing.T, release <-chan struct{}) string // returns the URL

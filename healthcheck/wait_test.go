@@ -228,12 +228,7 @@ func TestWaitHealthyReturnsPromptlyOnCancel(t *testing.T) {
 			name: "during a hanging attempt",
 			p: func(t *testing.T) Prober {
 				release := make(chan struct{})
-				srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
-					select {
-					case <-r.Context().Done():
-					case <-release:
-					}
-				}))
+				srv := httptest.NewServer(hang(release))
 				t.Cleanup(srv.Close)
 				t.Cleanup(func() { close(release) })
 				return newProbe(t, HTTPOptions{URL: srv.URL, Timeout: 5 * time.Second})
@@ -269,12 +264,7 @@ func TestWaitHealthyReturnsPromptlyOnCancel(t *testing.T) {
 func TestWaitHealthyCutsAnAttemptAtTheDeadline(t *testing.T) {
 	const deadline = 300 * time.Millisecond
 	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(_ http.ResponseWriter, r *http.Request) {
-		select {
-		case <-r.Context().Done():
-		case <-release:
-		}
-	}))
+	srv := httptest.NewServer(hang(release))
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() { close(release) })
 	h := newProbe(t, HTTPOptions{URL: srv.URL, Timeout: 10 * time.Second})
