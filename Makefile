@@ -6,7 +6,12 @@ BIN         := bin/patchagent
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
 STATICCHECK := $(CURDIR)/.cache/bin/staticcheck
-FUZZTIME    ?= 10s
+# Fuzz budgets are execution counts, about 10 s each here: a duration races
+# the fuzz coordinator's own deadline in Go 1.26 and can fail a clean run with
+# "context deadline exceeded" (go.dev/issue/75804, fixed in Go 1.27).
+FUZZ_CONFIG  ?= 80000x
+FUZZ_DIAG    ?= 300000x
+FUZZ_REQUEST ?= 120000x
 
 .PHONY: all build setup lint unit integration fuzz test demo bench clean package distributor
 
@@ -43,9 +48,9 @@ integration: package
 	PATCHAGENT_E2E=1 $(GO) test -tags integration -count=1 -p 1 -timeout 25m ./...
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZTIME) ./agent/
-	$(GO) test -run '^$$' -fuzz '^FuzzParseDiag$$' -fuzztime $(FUZZTIME) ./firewall/
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) ./agent/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseConfig$$' -fuzztime $(FUZZ_CONFIG) ./agent/
+	$(GO) test -run '^$$' -fuzz '^FuzzParseDiag$$' -fuzztime $(FUZZ_DIAG) ./firewall/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZ_REQUEST) ./agent/
 
 test: setup lint unit integration fuzz
 
