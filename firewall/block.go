@@ -139,8 +139,8 @@ func (f *Firewall) Plan() []string {
 	for _, fam := range f.families {
 		cmd := fam.Command() + " -t " + filterTable + " "
 		out = append(out, cmd+"-N "+Chain)
-		for _, spec := range f.specs {
-			out = append(out, cmd+ruleLine(Chain, spec))
+		for _, line := range f.lines {
+			out = append(out, cmd+line)
 		}
 		out = append(out, cmd+"-I "+inputChain+" 1 "+strings.Join(jumpSpec(), " "))
 	}
@@ -223,24 +223,25 @@ func (f *Firewall) blockFamily(ctx context.Context, fam Family, t Tables) error 
 			return fmt.Errorf("deleting stale rule from %s/%s (%s): %w", filterTable, Chain, fam, err)
 		}
 		op := fmt.Sprintf("deleting stale rule %q from %s/%s", line, filterTable, Chain)
-		err = f.call(ctx, fam, op, func() error { return t.Delete(filterTable, Chain, spec...) })
+		deleted, err := f.deleteRule(ctx, fam, t, Chain, op, spec)
 		switch {
-		case err == nil:
+		case err != nil:
+			return err
+		case deleted:
 			log.Info("stale rule deleted", zap.String("rule", line))
 			changed = true
-		case isNotExist(err):
-			log.Info("stale rule already gone", zap.String("rule", line))
 		default:
-			return err
+			log.Info("stale rule already gone", zap.String("rule", line))
 		}
 	}
 
 	// 3. The jump, last, and only if absent; extra copies (from a crash or a
 	// race) are removed, keeping one.
-	jumps, err := f.countJumps(ctx, fam, t)
+	in, err := f.listRules(ctx, fam, t, inputChain)
 	if err != nil {
 		return err
 	}
+	jumps, _, _ := countJumps(in)
 	if jumps == 0 {
 		op := fmt.Sprintf("inserting jump to %s in %s/%s", Chain, filterTable, inputChain)
 		if err := f.call(ctx, fam, op, func() error { return t.Insert(filterTable, inputChain, 1, jumpSpec()...) }); err != nil {
@@ -251,11 +252,11 @@ func (f *Firewall) blockFamily(ctx context.Context, fam Family, t Tables) error 
 	}
 	for i := 1; i < jumps; i++ {
 		op := fmt.Sprintf("deleting duplicate jump to %s from %s/%s", Chain, filterTable, inputChain)
-		err := f.call(ctx, fam, op, func() error { return t.Delete(filterTable, inputChain, jumpSpec()...) })
-		if err != nil && !isNotExist(err) {
+		deleted, err := f.deleteRule(ctx, fam, t, inputChain, op, jumpSpec())
+		if err != nil {
 			return err
 		}
-		if err == nil {
+		if deleted {
 			log.Info("duplicate jump removed", zap.String("chain", inputChain))
 			changed = true
 		}
@@ -281,24 +282,32 @@ func (f *Firewall) blockFamily(ctx context.Context, fam Family, t Tables) error 
 	return nil
 }
 
+// ruleProblems says how rules differ from the desired ones, each exactly
+// once (in any order), one item each.
+func (f *Firewall) ruleProblems(rules []string) []string {
+	var p []string
+	seen := make(map[string]bool, len(rules))
+	for _, r := range rules {
+		if !slices.Contains(f.lines, r) || seen[r] {
+			p = append(p, fmt.Sprintf("unexpected rule %q", r))
+		}
+		seen[r] = true
+	}
+	for _, want := range f.lines {
+		if !seen[want] {
+			p = append(p, fmt.Sprintf("missing rule %q", want))
+		}
+	}
+	return p
+}
+
 // blockProblems says how st differs from a complete block, one item each.
 func (f *Firewall) blockProblems(st FamilyStatus) []string {
 	var p []string
 	if !st.Chain {
 		p = append(p, fmt.Sprintf("chain %s/%s missing", filterTable, Chain))
 	} else {
-		seen := make(map[string]bool, len(st.Rules))
-		for _, r := range st.Rules {
-			if !slices.Contains(f.lines, r) || seen[r] {
-				p = append(p, fmt.Sprintf("unexpected rule %q", r))
-			}
-			seen[r] = true
-		}
-		for _, want := range f.lines {
-			if !seen[want] {
-				p = append(p, fmt.Sprintf("missing rule %q", want))
-			}
-		}
+		p = f.ruleProblems(st.Rules)
 	}
 	if st.Jumps != 1 {
 		p = append(p, fmt.Sprintf("%d jumps to %s in %s/%s, want 1", st.Jumps, Chain, filterTable, inputChain))
@@ -320,22 +329,15 @@ func (f *Firewall) Unblock(ctx context.Context) error {
 	// kept waiting while IPv4's chain is cleaned up and verified.
 	errs := make([]error, len(f.families))
 	removed := make([]int, len(f.families))
+	// A cancelled ctx fails each family's first iptables call (f.call),
+	// which runs nothing.
 	for i, fam := range f.families {
-		if err := ctx.Err(); err != nil {
-			errs[i] = fmt.Errorf("unblocking (%s): %w", fam, err)
-			continue
-		}
 		removed[i], errs[i] = f.removeJumps(ctx, fam, f.tables[fam])
 	}
 	for i, fam := range f.families {
-		if errs[i] != nil {
-			continue
+		if errs[i] == nil {
+			errs[i] = f.cleanUpFamily(ctx, fam, f.tables[fam], removed[i])
 		}
-		if err := ctx.Err(); err != nil {
-			errs[i] = fmt.Errorf("unblocking (%s): %w", fam, err)
-			continue
-		}
-		errs[i] = f.cleanUpFamily(ctx, fam, f.tables[fam], removed[i])
 	}
 	return errors.Join(errs...)
 }
@@ -350,15 +352,14 @@ func (f *Firewall) removeJumps(ctx context.Context, fam Family, t Tables) (int, 
 				Chain, filterTable, inputChain, fam, removed)
 		}
 		op := fmt.Sprintf("deleting jump to %s from %s/%s", Chain, filterTable, inputChain)
-		err := f.call(ctx, fam, op, func() error { return t.Delete(filterTable, inputChain, jumpSpec()...) })
-		if err == nil {
-			removed++
-			continue
+		deleted, err := f.deleteRule(ctx, fam, t, inputChain, op, jumpSpec())
+		if err != nil {
+			return removed, err
 		}
-		if isNotExist(err) {
+		if !deleted {
 			break
 		}
-		return removed, err
+		removed++
 	}
 	if removed > 0 {
 		f.log.Info("jumps removed", zap.String("family", string(fam)), zap.String("chain", inputChain), zap.Int("count", removed))
@@ -386,11 +387,11 @@ func (f *Firewall) cleanUpFamily(ctx context.Context, fam Family, t Tables, remo
 			return fmt.Errorf("deleting rule from %s/%s (%s): %w", filterTable, inputChain, fam, err)
 		}
 		op := fmt.Sprintf("deleting rule %q from %s/%s", line, filterTable, inputChain)
-		err = f.call(ctx, fam, op, func() error { return t.Delete(filterTable, inputChain, spec...) })
-		if err != nil && !isNotExist(err) {
+		deleted, err := f.deleteRule(ctx, fam, t, inputChain, op, spec)
+		if err != nil {
 			return err
 		}
-		if err == nil {
+		if deleted {
 			log.Warn("non-standard jump removed", zap.String("rule", line))
 		}
 	}
@@ -514,40 +515,40 @@ func (f *Firewall) familyStatus(ctx context.Context, fam Family, t Tables) (Fami
 		if st.Rules, err = f.listRules(ctx, fam, t, Chain); err != nil {
 			return st, err
 		}
-		st.RulesOK = f.rulesExact(st.Rules)
+		st.RulesOK = len(f.ruleProblems(st.Rules)) == 0
 	}
 	in, err := f.listRules(ctx, fam, t, inputChain)
 	if err != nil {
 		return st, err
 	}
+	st.Jumps, st.OtherJumps, st.JumpFirst = countJumps(in)
+	return st, nil
+}
+
+// countJumps reads INPUT's rules: how many are the bare jump to our chain,
+// how many other rules jump to it, and whether the first rule is the jump.
+func countJumps(in []string) (jumps, others int, first bool) {
 	jump := ruleLine(inputChain, jumpSpec())
 	for i, line := range in {
 		switch {
 		case line == jump:
-			st.Jumps++
-			if i == 0 {
-				st.JumpFirst = true
-			}
+			jumps++
+			first = first || i == 0
 		case jumpsTo(line, Chain):
-			st.OtherJumps++
+			others++
 		}
 	}
-	return st, nil
+	return jumps, others, first
 }
 
-// rulesExact reports whether rules are the desired ones, each exactly once.
-func (f *Firewall) rulesExact(rules []string) bool {
-	if len(rules) != len(f.lines) {
-		return false
+// deleteRule deletes spec from chain; a rule already gone is not an error
+// (deleted is then false).
+func (f *Firewall) deleteRule(ctx context.Context, fam Family, t Tables, chain, op string, spec []string) (deleted bool, err error) {
+	err = f.call(ctx, fam, op, func() error { return t.Delete(filterTable, chain, spec...) })
+	if isNotExist(err) {
+		return false, nil
 	}
-	seen := make(map[string]bool, len(rules))
-	for _, r := range rules {
-		if seen[r] || !slices.Contains(f.lines, r) {
-			return false
-		}
-		seen[r] = true
-	}
-	return true
+	return err == nil, err
 }
 
 func (f *Firewall) chainExists(ctx context.Context, fam Family, t Tables) (bool, error) {
@@ -603,22 +604,6 @@ func (f *Firewall) call(ctx context.Context, fam Family, op string, fn func() er
 		}
 		delay = min(2*delay, f.retry.max)
 	}
-}
-
-// countJumps counts the rules "-A INPUT -j PATCHAGENT-BLOCK".
-func (f *Firewall) countJumps(ctx context.Context, fam Family, t Tables) (int, error) {
-	in, err := f.listRules(ctx, fam, t, inputChain)
-	if err != nil {
-		return 0, err
-	}
-	jump := ruleLine(inputChain, jumpSpec())
-	n := 0
-	for _, line := range in {
-		if line == jump {
-			n++
-		}
-	}
-	return n, nil
 }
 
 func familyNames(fams []Family) []string {

@@ -116,12 +116,6 @@ type Summary struct {
 	Loopback int
 }
 
-// Summarize classifies conns: a non-loopback connection is busy, or idle
-// for at least idle, or neither yet.
-func Summarize(conns []Conn, idle time.Duration) Summary {
-	return summarize(conns, func(int) (bool, time.Duration) { return false, idle })
-}
-
 // summarize classifies conns; rule gives, for conns[i], whether it carries a
 // request Conn.Busy cannot see and how long it must be idle to count.
 func summarize(conns []Conn, rule func(i int) (pending bool, idle time.Duration)) Summary {
@@ -138,7 +132,7 @@ func summarize(conns []Conn, rule func(i int) (pending bool, idle time.Duration)
 			s.Busy++
 			continue
 		}
-		d := min(c.LastDataSent, c.LastDataRecv)
+		d := c.IdleFor()
 		if d >= idle {
 			s.Idle++
 		} else if w := idle - d; c.HasInfo && (s.NextIdle == 0 || w < s.NextIdle) {
@@ -177,8 +171,9 @@ type connMark struct {
 // NewTracker returns a Tracker that has seen nothing yet.
 func NewTracker() *Tracker { return &Tracker{seen: map[connKey]connMark{}} }
 
-// Summarize classifies conns like the package's Summarize, plus the
-// requests the Tracker saw arrive since the previous polls. A connection
+// Summarize classifies conns: a non-loopback connection is busy (Conn.Busy,
+// or a request the Tracker saw arrive since the previous polls and not yet
+// answered), or idle long enough, or neither yet. A connection
 // that answered a request while tracked counts as idle after answeredIdle
 // (a keep-alive connection between requests, which servers close at once in
 // a graceful shutdown), any other after idle (a client that connected and

@@ -23,6 +23,20 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// Count returns the number of ESTABLISHED TCP sockets, IPv4 and IPv6, whose
+// local port is in ports (every port if ports is empty), loopback peers
+// included: the benchmark's "count only" row. It asks for no tcp_info.
+func (s *SockDiag) Count(ctx context.Context, ports []uint16) (int, error) {
+	n := 0
+	err := s.dump(ctx, diagQuery{states: 1 << diagTCPEstablished, ports: ports},
+		func() { n = 0 },
+		func(*diagMsg) { n++ })
+	if err != nil {
+		return 0, fmt.Errorf("counting established connections: %w", err)
+	}
+	return n, nil
+}
+
 // Benchmark setup: in netns pa-cn-bench, connBenchConns connections to a
 // dual-stack [::]:443 (half over IPv4, arriving v4-mapped, half over IPv6),
 // from non-loopback addresses, that is 2×connBenchConns ESTABLISHED sockets
@@ -339,7 +353,7 @@ func BenchmarkConns(b *testing.B) {
 			if err != nil {
 				return 0, err
 			}
-			s := Summarize(conns, time.Millisecond)
+			s := NewTracker().Summarize(conns, time.Millisecond, time.Millisecond)
 			if s.Busy != wantBusy || s.Idle != wantIdle || s.Loopback != 0 {
 				return 0, fmt.Errorf("summary %+v, want %d busy, %d idle", s, wantBusy, wantIdle)
 			}

@@ -264,12 +264,14 @@ func TestConnsSockDiagAndProcNet(t *testing.T) {
 		return Conn{}, false
 	}
 
+	// One Tracker across the polls, as the drain uses it.
+	tr := NewTracker()
 	t.Run("fresh: busy ones found, idle ones not idle yet", func(t *testing.T) {
 		conns := query()
 		if len(conns) != wantTotal {
 			t.Fatalf("got %d conns, want %d: %+v", len(conns), wantTotal, conns)
 		}
-		s := Summarize(conns, idle)
+		s := tr.Summarize(conns, idle, idle)
 		if s.Total != wantTotal-2 || s.Loopback != 2 || s.Busy != 2 || s.Idle != 0 || s.Drained() {
 			t.Errorf("Summarize = %+v, want Total %d, Loopback 2, Busy 2, Idle 0, not drained", s, wantTotal-2)
 		}
@@ -303,7 +305,7 @@ func TestConnsSockDiagAndProcNet(t *testing.T) {
 		if v4 != nIdle4+1 {
 			t.Errorf("found %d IPv4 peers on the dual-stack listener, want %d", v4, nIdle4+1)
 		}
-		s := Summarize(conns, idle)
+		s := tr.Summarize(conns, idle, idle)
 		// Every non-busy one idle long enough: none still to come (NextIdle 0).
 		want := Summary{Total: wantTotal - 2, Busy: 2, Idle: nIdle4 + nIdle6, Loopback: 2}
 		if s != want || s.Drained() {
@@ -438,7 +440,7 @@ func TestConnsSockDiagAndProcNet(t *testing.T) {
 		noread.Close()
 		deadline := time.Now().Add(5 * time.Second)
 		for {
-			s := Summarize(query(), idle)
+			s := tr.Summarize(query(), idle, idle)
 			if s.Drained() {
 				if s.Total != nIdle4+nIdle6 || s.Busy != 0 {
 					t.Errorf("drained summary = %+v", s)

@@ -84,7 +84,7 @@ func TestSummarize(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := Summarize(tt.conns, tt.idle)
+			got := NewTracker().Summarize(tt.conns, tt.idle, tt.idle)
 			if got != tt.want {
 				t.Errorf("Summarize() = %+v, want %+v", got, tt.want)
 			}
@@ -209,11 +209,7 @@ func diagTestError(seq uint32, errno unix.Errno) []byte {
 
 func diagTestCollect(b []byte, seq uint32) ([]Conn, bool, bool, error) {
 	var conns []Conn
-	done, intr, err := diagParse(b, seq, func(m *diagMsg) {
-		c := Conn{Local: m.local, Remote: m.remote, RecvQ: m.rqueue, SendQ: m.wqueue}
-		diagFillInfo(&c, m.info)
-		conns = append(conns, c)
-	})
+	done, intr, err := diagParse(b, seq, func(m *diagMsg) { conns = append(conns, m.conn()) })
 	return conns, done, intr, err
 }
 
@@ -336,7 +332,7 @@ func TestDiagParseListener(t *testing.T) {
 	in := diagTestConcat(diagTestMsg(diagTestSock{family: unix.AF_INET6, state: 10, src: "::", dst: "::", sport: 443, uid: 1000, inode: 4242}),
 		diagTestDone(1))
 	var got []Listener
-	done, _, err := diagParse(in, 1, func(m *diagMsg) { got = append(got, Listener{Local: m.local, Inode: m.inode, UID: m.uid}) })
+	done, _, err := diagParse(in, 1, func(m *diagMsg) { got = append(got, m.listener()) })
 	if err != nil || !done {
 		t.Fatalf("diagParse: done=%v err=%v", done, err)
 	}
@@ -586,7 +582,7 @@ func TestProcNet(t *testing.T) {
 		if !reflect.DeepEqual(got, want) {
 			t.Errorf("got\n%+v\nwant\n%+v", got, want)
 		}
-		s := Summarize(got, time.Second)
+		s := NewTracker().Summarize(got, time.Second, time.Second)
 		if want := (Summary{Total: 3, Busy: 2, Loopback: 3}); s != want {
 			t.Errorf("Summarize = %+v, want %+v", s, want)
 		}
@@ -765,9 +761,9 @@ func TestTrackerSeesARequestWhoseTimestampsTie(t *testing.T) {
 			t.Fatalf("poll %d: busy %d, want %d (%+v)", i, s.Busy, st.wantBusy, s)
 		}
 	}
-	// The stateless Summarize cannot see it.
-	if s := Summarize([]Conn{idleConn(180, 500, 3*time.Second)}, time.Second); s.Busy != 0 {
-		t.Fatalf("stateless summarize: %+v", s)
+	// A Tracker that did not see the request arrive cannot tell.
+	if s := NewTracker().Summarize([]Conn{idleConn(180, 500, 3*time.Second)}, time.Second, time.Second); s.Busy != 0 {
+		t.Fatalf("fresh tracker: %+v", s)
 	}
 	// A connection that disappeared is forgotten.
 	tr.Summarize(nil, time.Second, time.Second)

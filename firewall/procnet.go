@@ -91,7 +91,6 @@ func (p *ProcNet) scan(ctx context.Context, state uint8, ports []uint16, fn func
 // procnetEntry is one parsed line of /proc/net/tcp{,6}.
 type procnetEntry struct {
 	local, remote    netip.AddrPort
-	state            uint8
 	txQueue, rxQueue uint32
 	uid, inode       uint32
 }
@@ -145,7 +144,7 @@ func procnetParse(ctx context.Context, r io.Reader, state uint8, ports connPortS
 		if !ok1 || !ok2 {
 			return fmt.Errorf("line %d: bad uid %q or inode %q", line, f[7], f[9])
 		}
-		e = procnetEntry{local: local, remote: remote, state: uint8(st), txQueue: txq, rxQueue: rxq, uid: uid, inode: inode}
+		e = procnetEntry{local: local, remote: remote, txQueue: txq, rxQueue: rxq, uid: uid, inode: inode}
 		fn(&e)
 	}
 	if err := sc.Err(); err != nil {

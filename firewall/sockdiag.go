@@ -90,31 +90,12 @@ func (s *SockDiag) Established(ctx context.Context, ports []uint16) ([]Conn, err
 	conns := make([]Conn, 0, s.connHint.Load()*9/8)
 	err := s.dump(ctx, diagQuery{states: 1 << diagTCPEstablished, ext: 1 << (diagAttrInfo - 1), ports: ports},
 		func() { conns = conns[:0] },
-		func(m *diagMsg) {
-			c := Conn{Local: m.local, Remote: m.remote, RecvQ: m.rqueue, SendQ: m.wqueue}
-			diagFillInfo(&c, m.info)
-			conns = append(conns, c)
-		})
+		func(m *diagMsg) { conns = append(conns, m.conn()) })
 	if err != nil {
 		return nil, fmt.Errorf("listing established connections: %w", err)
 	}
 	s.connHint.Store(int64(len(conns)))
 	return conns, nil
-}
-
-// Count returns the number of ESTABLISHED TCP sockets, IPv4 and IPv6, whose
-// local port is in ports (every port if ports is empty), loopback peers
-// included. It asks for no tcp_info, which makes it about twice as fast as
-// Established.
-func (s *SockDiag) Count(ctx context.Context, ports []uint16) (int, error) {
-	n := 0
-	err := s.dump(ctx, diagQuery{states: 1 << diagTCPEstablished, ports: ports},
-		func() { n = 0 },
-		func(*diagMsg) { n++ })
-	if err != nil {
-		return 0, fmt.Errorf("counting established connections: %w", err)
-	}
-	return n, nil
 }
 
 // Listening returns the LISTEN TCP sockets, IPv4 and IPv6, whose local port
@@ -124,7 +105,7 @@ func (s *SockDiag) Listening(ctx context.Context, ports []uint16) ([]Listener, e
 	var ls []Listener
 	err := s.dump(ctx, diagQuery{states: 1 << diagTCPListen, ports: ports},
 		func() { ls = ls[:0] },
-		func(m *diagMsg) { ls = append(ls, Listener{Local: m.local, Inode: m.inode, UID: m.uid}) })
+		func(m *diagMsg) { ls = append(ls, m.listener()) })
 	if err != nil {
 		return nil, fmt.Errorf("listing listening sockets: %w", err)
 	}
@@ -374,7 +355,7 @@ func diagClassify(err error) error {
 
 // diagMsg is one parsed inet_diag_msg with its INET_DIAG_INFO payload.
 type diagMsg struct {
-	family, state  uint8
+	family         uint8
 	local, remote  netip.AddrPort
 	rqueue, wqueue uint32
 	uid, inode     uint32
@@ -443,12 +424,24 @@ func diagParse(b []byte, seq uint32, fn func(*diagMsg)) (done, interrupted bool,
 	return done, interrupted, nil
 }
 
+// conn is the established connection m describes.
+func (m *diagMsg) conn() Conn {
+	c := Conn{Local: m.local, Remote: m.remote, RecvQ: m.rqueue, SendQ: m.wqueue}
+	diagFillInfo(&c, m.info)
+	return c
+}
+
+// listener is the listening socket m describes.
+func (m *diagMsg) listener() Listener {
+	return Listener{Local: m.local, Inode: m.inode, UID: m.uid}
+}
+
 // diagParseMsg decodes an inet_diag_msg and its attributes into m.
 func diagParseMsg(p []byte, m *diagMsg) error {
 	if len(p) < diagMsgLen {
 		return fmt.Errorf("truncated inet_diag_msg: %d bytes", len(p))
 	}
-	m.family, m.state = p[0], p[1]
+	m.family = p[0]
 	sport := binary.BigEndian.Uint16(p[4:])
 	dport := binary.BigEndian.Uint16(p[6:])
 	var src, dst netip.Addr
