@@ -19,7 +19,8 @@ type Packages interface {
 	Update(ctx context.Context) error
 	// UpgradeMajor moves declared ranges across major versions and installs.
 	UpgradeMajor(ctx context.Context) ([]string, error)
-	// Lockfile returns the app's package-lock.json.
+	// Lockfile returns the lockfile npm uses (npm-shrinkwrap.json, else
+	// package-lock.json).
 	Lockfile() ([]byte, error)
 	// Snapshot saves the dependency state into dst, replacing what an
 	// earlier, failed post of the cycle left there; Restore puts it back.

@@ -105,9 +105,7 @@ func (p *npmPackages) UpgradeMajor(ctx context.Context) ([]string, error) {
 	return p.npm.UpgradeMajor(ctx)
 }
 
-func (p *npmPackages) Lockfile() ([]byte, error) {
-	return os.ReadFile(filepath.Join(p.dir, "package-lock.json"))
-}
+func (p *npmPackages) Lockfile() ([]byte, error) { return p.npm.Lockfile() }
 
 func (p *npmPackages) Snapshot(dst string) (SnapshotInfo, error) {
 	if err := os.RemoveAll(dst); err != nil {

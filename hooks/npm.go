@@ -388,6 +388,30 @@ func readManifest(dir string) ([]byte, os.FileInfo, manifest, error) {
 	return b, fi, m, nil
 }
 
+// Lockfile returns the lockfile npm uses in the app dir:
+// npm-shrinkwrap.json if there is one, else package-lock.json.
+func (n *NPM) Lockfile() ([]byte, error) {
+	_, b, err := readLockfile(n.cfg.Dir)
+	return b, err
+}
+
+// readLockfile reads the lockfile npm uses in dir, and names it.
+func readLockfile(dir string) (name string, b []byte, err error) {
+	name = npmShrinkwrap // npm prefers it to package-lock.json
+	b, _, err = readRegular(dir, name)
+	if errors.Is(err, fs.ErrNotExist) {
+		name = packageLock
+		b, _, err = readRegular(dir, name)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return name, nil, fmt.Errorf("%w in %s (an update could be neither diffed nor undone; run npm install once)", ErrNoLockfile, dir)
+	}
+	if err != nil {
+		return name, nil, fmt.Errorf("reading %s: %w", name, err)
+	}
+	return name, b, nil
+}
+
 // checkLockSync compares package.json's declared dependencies with the
 // lockfile's root entry.
 func checkLockSync(dir string) error {
@@ -395,17 +419,9 @@ func checkLockSync(dir string) error {
 	if err != nil {
 		return err
 	}
-	name := npmShrinkwrap // npm prefers it to package-lock.json
-	b, _, err := readRegular(dir, name)
-	if errors.Is(err, fs.ErrNotExist) {
-		name = packageLock
-		b, _, err = readRegular(dir, name)
-	}
-	if errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("%w in %s (an update could be neither diffed nor undone; run npm install once)", ErrNoLockfile, dir)
-	}
+	name, b, err := readLockfile(dir)
 	if err != nil {
-		return fmt.Errorf("reading %s: %w", name, err)
+		return err
 	}
 	lf, err := parseLockfile(b)
 	if err != nil {

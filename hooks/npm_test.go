@@ -509,6 +509,32 @@ func TestNPMCheck(t *testing.T) {
 	}
 }
 
+// TestNPMLockfile checks that post diffs the lockfile npm itself uses:
+// npm-shrinkwrap.json over package-lock.json.
+func TestNPMLockfile(t *testing.T) {
+	shrink, lock := `{"lockfileVersion": 3, "name": "shrinkwrap"}`, `{"lockfileVersion": 3, "name": "lock"}`
+	tests := []struct {
+		name  string
+		files map[string]string
+		want  string
+		is    error
+	}{
+		{"package-lock.json", map[string]string{"package-lock.json": lock}, lock, nil},
+		{"npm-shrinkwrap.json only", map[string]string{"npm-shrinkwrap.json": shrink}, shrink, nil},
+		{"both: the shrinkwrap", map[string]string{"npm-shrinkwrap.json": shrink, "package-lock.json": lock}, shrink, nil},
+		{"none", map[string]string{"package.json": pkgJSON}, "", hooks.ErrNoLockfile},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, _ := newNPM(t, &hookstest.FakeRunner{}, appDir(t, tt.files), nil)
+			got, err := n.Lockfile()
+			if !errors.Is(err, tt.is) || string(got) != tt.want {
+				t.Errorf("Lockfile() = %q, %v; want %q, %v", got, err, tt.want, tt.is)
+			}
+		})
+	}
+}
+
 // TestNPMCheckRealRunnerMissingBinary checks that ExecRunner's own error for
 // a missing executable maps to ErrNPMNotFound.
 func TestNPMCheckRealRunnerMissingBinary(t *testing.T) {
