@@ -219,9 +219,8 @@ func (b *bench) writeConfig(name string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	body := b.n.PatchagentConfig(filepath.Join(dir, "state"),
-		"  boot_id_file: "+b.n.BootIDPath()+"\n  metrics_listen: 127.0.0.1:18749\npost:\n  npm:\n    fetch_timeout: 10s\n")
-	body = strings.Replace(body, "app:\n", "app:\n  dir: "+b.n.AppDir+"\n", 1)
+	body := b.n.PatchagentConfig(filepath.Join(dir, "state"), "  dir: "+b.n.AppDir+"\n",
+		"  metrics_listen: 127.0.0.1:18749\npost:\n  npm:\n    fetch_timeout: 10s\n")
 	b.cfg = filepath.Join(dir, "config.yaml")
 	return os.WriteFile(b.cfg, []byte(body), 0o600)
 }

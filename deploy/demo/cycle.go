@@ -278,12 +278,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 
 // writeConfig writes the root-owned 0600 config for the node into dir.
 func writeConfig(n *sandbox.Node, dir string) (string, error) {
-	extra := "  boot_id_file: " + n.BootIDPath() + "\n" +
-		"  watch_interval: 250ms\n" +
+	extra := "  watch_interval: 250ms\n" +
 		"drain:\n  idle: 500ms\n" +
 		"post:\n  npm:\n    enabled: false\n"
 	path := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(path, []byte(n.PatchagentConfig(filepath.Join(dir, "state"), extra)), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(n.PatchagentConfig(filepath.Join(dir, "state"), "", extra)), 0o600); err != nil {
 		return "", err
 	}
 	return path, nil

@@ -52,7 +52,7 @@ func stopDaemon(t *testing.T, d *sandbox.Daemon) {
 func TestDaemonRunsPhasesThatOutliveTheirCLI(t *testing.T) {
 	n := setupNode(t, "pa-e2dm", map[string]string{"KEEPALIVE_MS": "60000"})
 	// A short loop period, so that the watchdog is pinged within the test.
-	cfg, _ := bootConfig(t, n, "  metrics_listen: 127.0.0.1:18741\n  watch_interval: 500ms\ndrain:\n  idle: 300ms\n")
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18741\n  watch_interval: 500ms\ndrain:\n  idle: 300ms\n")
 	d := startDaemon(t, n, cfg)
 
 	// A 3 s request in flight, then pre whose CLI is SIGKILLed mid-drain.
@@ -158,7 +158,7 @@ func scrape(t *testing.T, n *sandbox.Node, url string) string {
 
 func TestDaemonReblocksAtBootAndRemovesLeftovers(t *testing.T) {
 	n := setupNode(t, "pa-e2db", nil)
-	cfg, _ := bootConfig(t, n, "  watch_interval: 200ms\n  metrics_listen: 127.0.0.1:18742\ndrain:\n  idle: 200ms\n")
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  watch_interval: 200ms\n  metrics_listen: 127.0.0.1:18742\ndrain:\n  idle: 200ms\n")
 	if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 {
 		t.Fatalf("pre %d", r.code)
 	}
@@ -219,7 +219,7 @@ func TestDaemonDeadmanAutoRecover(t *testing.T) {
 		{"unhealthy app stays out of service", map[string]string{"HEALTH_MODE": "500"}, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, _ := bootConfig(t, n, "  watch_interval: 200ms\n  max_out_of_service: 2s\n  auto_recover: true\n  metrics_listen: 127.0.0.1:18743\ndrain:\n  idle: 200ms\nhealth:\n  deadline: 3s\n")
+			cfg, _ := writeConfig(t, n, n.Opts.AppName, "  watch_interval: 200ms\n  max_out_of_service: 2s\n  auto_recover: true\n  metrics_listen: 127.0.0.1:18743\ndrain:\n  idle: 200ms\nhealth:\n  deadline: 3s\n")
 			if err := n.SetAppEnv(ctx, nil); err != nil {
 				t.Fatal(err)
 			}

@@ -15,13 +15,6 @@ import (
 	"github.com/patchagent/patchagent/deploy/sandbox"
 )
 
-// bootConfig is a config whose boot id comes from the sandbox's own file, so
-// a simulated reboot is seen as one.
-func bootConfig(t *testing.T, n *sandbox.Node, extra string) (cfgPath, stateDir string) {
-	t.Helper()
-	return writeConfig(t, n, n.Opts.AppName, "  boot_id_file: "+n.BootIDPath()+"\n"+extra)
-}
-
 // assertInService checks the node is back: nothing of ours in the rules, the
 // app online, new connections from outside answered over IPv4 and IPv6.
 func assertInService(t *testing.T, n *sandbox.Node) {
@@ -38,7 +31,7 @@ func firstLine(s string) string { l, _, _ := strings.Cut(s, "\n"); return l }
 
 func TestFullCycleWithRebootUnderLoad(t *testing.T) {
 	n := setupNode(t, "pa-e2r", nil)
-	cfg, _ := bootConfig(t, n, "drain:\n  idle: 300ms\nhealth:\n  interval: 50ms\n")
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "drain:\n  idle: 300ms\nhealth:\n  interval: 50ms\n")
 	ctx := context.Background()
 	load := n.Load(ctx, sandbox.LoadOptions{Workers: 2, Path: "/", Interval: 20 * time.Millisecond})
 	defer load.Stop()
@@ -112,7 +105,7 @@ func TestFullCycleWithRebootUnderLoad(t *testing.T) {
 
 func TestExitWithoutRebootReturnsTheNode(t *testing.T) {
 	n := setupNode(t, "pa-e2n", nil)
-	cfg, stateDir := bootConfig(t, n, "drain:\n  idle: 200ms\n")
+	cfg, stateDir := writeConfig(t, n, n.Opts.AppName, "drain:\n  idle: 200ms\n")
 	if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 {
 		t.Fatalf("pre exit %d", r.code)
 	}
@@ -142,7 +135,7 @@ func TestExitWithoutRebootReturnsTheNode(t *testing.T) {
 
 func TestExitWithoutPreChangesNothing(t *testing.T) {
 	n := setupNode(t, "pa-e2x", nil)
-	cfg, _ := bootConfig(t, n, "")
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "")
 	info, _, _ := n.App(context.Background())
 	r := patchagent(t, n, "exit", "--config", cfg)
 	if r.code != 0 || !strings.Contains(firstLine(r.stdout), "nothing to do: no patch cycle open, app healthy") || r.took > 3*time.Second {
@@ -156,7 +149,7 @@ func TestExitWithoutPreChangesNothing(t *testing.T) {
 
 func TestExitAfterPreKilledAtEachStep(t *testing.T) {
 	n := setupNode(t, "pa-e2k", nil)
-	cfg, _ := bootConfig(t, n, "drain:\n  idle: 200ms\n")
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "drain:\n  idle: 200ms\n")
 	for _, step := range []string{"block", "drain", "stop", "done"} {
 		t.Run(step, func(t *testing.T) {
 			cmd := exec.Command("ip", "netns", "exec", n.ServerNS, binary, "pre", "--config", cfg)
@@ -215,7 +208,7 @@ func TestExitWithBadHealthEndpoints(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			cfg, _ := bootConfig(t, n, "health:\n  interval: 100ms\n"+tt.health)
+			cfg, _ := writeConfig(t, n, n.Opts.AppName, "health:\n  interval: 100ms\n"+tt.health)
 			// pre with the app healthy, then the app comes back bad.
 			if err := n.SetAppEnv(ctx, nil); err != nil {
 				t.Fatal(err)
@@ -242,7 +235,7 @@ func TestExitWithBadHealthEndpoints(t *testing.T) {
 				if err := n.SetAppEnv(ctx, nil); err != nil {
 					t.Fatal(err)
 				}
-				cfg, _ := bootConfig(t, n, "")
+				cfg, _ := writeConfig(t, n, n.Opts.AppName, "")
 				if r := patchagent(t, n, "exit", "--config", cfg); r.code != 0 {
 					t.Fatalf("exit with the app fixed: %d", r.code)
 				}

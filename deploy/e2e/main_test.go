@@ -64,14 +64,23 @@ func setupNode(t testing.TB, prefix string, env map[string]string) *sandbox.Node
 	return n
 }
 
-// writeConfig writes a root-owned 0600 config for the sandbox's app with
-// extra YAML sections appended, and returns its path and the state dir.
+// writeConfig writes a root-owned 0600 config for the sandbox's app, named
+// appName, with extra YAML appended after the daemon section (see
+// sandbox.PatchagentConfig: the boot id comes from the sandbox's own file,
+// so a simulated reboot is seen as one), and returns its path and the state
+// dir.
 func writeConfig(t testing.TB, n *sandbox.Node, appName, extra string) (cfgPath, stateDir string) {
 	t.Helper()
 	dir := t.TempDir()
 	stateDir = filepath.Join(dir, "state")
-	cfg := n.PatchagentConfig(stateDir, extra)
-	cfg = strings.Replace(cfg, "  name: "+n.Opts.AppName+"\n", "  name: "+appName+"\n", 1)
+	cfg := n.PatchagentConfig(stateDir, "", extra)
+	if appName != n.Opts.AppName {
+		renamed := strings.Replace(cfg, "  name: "+n.Opts.AppName+"\n", "  name: "+appName+"\n", 1)
+		if renamed == cfg {
+			t.Fatalf("no app name line to replace in the sandbox config:\n%s", cfg)
+		}
+		cfg = renamed
+	}
 	cfgPath = filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

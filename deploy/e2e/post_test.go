@@ -49,7 +49,7 @@ func publish(t *testing.T, reg *sandbox.Registry, version, body string) {
 func strconvQuote(s string) string { b, _ := json.Marshal(s); return string(b) }
 
 // appConfig writes a config with app.dir set (the sandbox's template has
-// none) and the sandbox's boot id file, with a state dir of its own.
+// none), with a state dir of its own.
 func appConfig(t *testing.T, n *sandbox.Node, extra string) string {
 	t.Helper()
 	return appConfigIn(t, n, filepath.Join(t.TempDir(), "state"), "", extra)
@@ -59,8 +59,7 @@ func appConfig(t *testing.T, n *sandbox.Node, extra string) string {
 // configs), with appExtra added under app:.
 func appConfigIn(t testing.TB, n *sandbox.Node, stateDir, appExtra, extra string) string {
 	t.Helper()
-	body := n.PatchagentConfig(stateDir, "  boot_id_file: "+n.BootIDPath()+"\n"+extra)
-	body = strings.Replace(body, "app:\n", "app:\n  dir: "+n.AppDir+"\n"+appExtra, 1)
+	body := n.PatchagentConfig(stateDir, "  dir: "+n.AppDir+"\n"+appExtra, extra)
 	p := filepath.Join(t.TempDir(), "config.yaml")
 	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 		t.Fatal(err)

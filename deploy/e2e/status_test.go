@@ -13,7 +13,7 @@ import (
 func TestStatusAndTextfileMetricsOverACycle(t *testing.T) {
 	n := setupNode(t, "pa-e2s", nil)
 	textfiles := t.TempDir()
-	cfg, _ := bootConfig(t, n, "  textfile_dir: "+textfiles+"\ndrain:\n  idle: 200ms\n")
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  textfile_dir: "+textfiles+"\ndrain:\n  idle: 200ms\n")
 	prom := filepath.Join(textfiles, "patchagent.prom")
 
 	status := func() map[string]any {

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 func TestWithDefaults(t *testing.T) {
@@ -185,11 +187,27 @@ func TestPatchagentConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := n.PatchagentConfig("/st", "drain:\n  idle: 1s\n")
+	got := n.PatchagentConfig("/st", "", "drain:\n  idle: 1s\n")
 	want := "app:\n  name: web\n  user: u1\n  pm2: /p/node_modules/pm2/bin/pm2\n  pm2_home: /s/home/.pm2\n" +
-		"traffic:\n  ports: [8443]\ndaemon:\n  state_dir: /st\n  socket: /run/patchagent-sandbox/pa-u.sock\ndrain:\n  idle: 1s\n"
+		"traffic:\n  ports: [8443]\ndaemon:\n  state_dir: /st\n  socket: /run/patchagent-sandbox/pa-u.sock\n  boot_id_file: /s/boot_id\n" +
+		"drain:\n  idle: 1s\n"
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("PatchagentConfig (-want +got):\n%s", diff)
+	}
+	got = n.PatchagentConfig("/st", "  dir: /s/app\n", "  watch_interval: 1s\n")
+	want = "app:\n  name: web\n  user: u1\n  pm2: /p/node_modules/pm2/bin/pm2\n  pm2_home: /s/home/.pm2\n  dir: /s/app\n" +
+		"traffic:\n  ports: [8443]\ndaemon:\n  state_dir: /st\n  socket: /run/patchagent-sandbox/pa-u.sock\n  boot_id_file: /s/boot_id\n" +
+		"  watch_interval: 1s\n"
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("PatchagentConfig with app lines (-want +got):\n%s", diff)
+	}
+	// The lines land in their sections of a valid config.
+	cfg, err := agent.ParseConfig("sandbox", []byte(got))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.App.Dir != "/s/app" || cfg.Daemon.BootIDFile != "/s/boot_id" || cfg.Daemon.WatchInterval.D() != time.Second {
+		t.Errorf("parsed: app.dir %q, daemon.boot_id_file %q, daemon.watch_interval %s", cfg.App.Dir, cfg.Daemon.BootIDFile, cfg.Daemon.WatchInterval)
 	}
 }
 
