@@ -195,15 +195,7 @@ func decodeJSON(b []byte, v any) error { return json.Unmarshal(b, v) }
 // startDaemon starts the daemon as systemd would and waits for READY=1 (the
 // daemon re-applies an open cycle's block before it).
 func (b *bench) startDaemon(ctx context.Context) (*sandbox.Daemon, error) {
-	d, err := b.n.StartDaemon(b.binary, b.cfg, b.work)
-	if err != nil {
-		return nil, err
-	}
-	if err := d.WaitReady(ctx, 30*time.Second); err != nil {
-		_ = d.Stop()
-		return nil, err
-	}
-	return d, nil
+	return b.n.StartDaemon(ctx, b.binary, b.cfg, b.work, 30*time.Second)
 }
 
 // stopDaemon stops d (systemctl stop), if there is one.

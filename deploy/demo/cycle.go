@@ -55,14 +55,15 @@ func (c *cycle) setDaemon(d *sandbox.Daemon) {
 	c.d = d
 }
 
-// startDaemon starts a daemon and waits for READY=1.
+// startDaemon starts a daemon and waits for READY=1; without it the daemon
+// is stopped and none is recorded.
 func (c *cycle) startDaemon(ctx context.Context) error {
-	d, err := c.n.StartDaemon(c.bin, c.cfg, c.dir)
+	d, err := c.n.StartDaemon(ctx, c.bin, c.cfg, c.dir, 30*time.Second)
 	if err != nil {
 		return err
 	}
 	c.setDaemon(d)
-	return d.WaitReady(ctx, 30*time.Second)
+	return nil
 }
 
 // stopDaemon sends SIGTERM to the running daemon, if any.

@@ -26,7 +26,8 @@ func startDaemon(t *testing.T, n *sandbox.Node, cfg string) *sandbox.Daemon {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := n.StartDaemon(binary, cfg, dir)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	d, err := n.StartDaemon(context.Background(), binary, cfg, dir, 20*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,11 +36,7 @@ func startDaemon(t *testing.T, n *sandbox.Node, cfg string) *sandbox.Daemon {
 		if t.Failed() {
 			t.Logf("daemon log:\n%s", d.LogTail())
 		}
-		os.RemoveAll(dir)
 	})
-	if err := d.WaitReady(context.Background(), 20*time.Second); err != nil {
-		t.Fatal(err)
-	}
 	return d
 }
 

@@ -34,10 +34,27 @@ type Daemon struct {
 	notes  []string
 }
 
-// StartDaemon starts bin's daemon with config cfg in the node's netns; dir
-// (keep its path short: unix socket paths are limited) holds its notify
-// socket and log.
-func (n *Node) StartDaemon(bin, cfg, dir string) (*Daemon, error) {
+// StartDaemon starts bin's daemon with config cfg in the node's netns and
+// waits at most ready for its READY=1 (an open cycle's block is re-applied
+// before it); dir (keep its path short: unix socket paths are limited)
+// holds its notify socket and log. If READY=1 does not come, it stops the
+// daemon (Stop) and returns an error quoting the end of its log.
+func (n *Node) StartDaemon(ctx context.Context, bin, cfg, dir string, ready time.Duration) (*Daemon, error) {
+	d, err := n.startDaemon(bin, cfg, dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.waitReady(ctx, ready); err != nil {
+		if serr := d.Stop(); serr != nil {
+			err = errors.Join(err, fmt.Errorf("stopping it: %w", serr))
+		}
+		return nil, err
+	}
+	return d, nil
+}
+
+// startDaemon starts the daemon (see StartDaemon) without waiting for it.
+func (n *Node) startDaemon(bin, cfg, dir string) (*Daemon, error) {
 	ns := n.ServerNS
 	sock := filepath.Join(dir, fmt.Sprintf("notify-%d", time.Now().UnixNano()))
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
@@ -96,8 +113,8 @@ func (d *Daemon) read() {
 	}
 }
 
-// WaitReady waits for READY=1.
-func (d *Daemon) WaitReady(ctx context.Context, max time.Duration) error {
+// waitReady waits for READY=1.
+func (d *Daemon) waitReady(ctx context.Context, max time.Duration) error {
 	t := time.NewTimer(max)
 	defer t.Stop()
 	select {
