@@ -163,12 +163,12 @@ func exitCode(err error) int {
 }
 
 // patchagent runs `patchagent <args> --config cfg` inside the node's netns
-// as SSM would (root, no HOME, SSM's PATH); with json it decodes the report.
-func (b *bench) patchagent(ctx context.Context, json bool, args ...string) phaseResult {
+// as SSM would (root, no HOME, SSM's PATH); with asJSON it decodes the report.
+func (b *bench) patchagent(ctx context.Context, asJSON bool, args ...string) phaseResult {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	args = append(args, "--config", b.cfg)
-	if json {
+	if asJSON {
 		args = append(args, "--output", "json")
 	}
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", b.n.ServerNS, b.binary}, args...)...)
@@ -181,16 +181,14 @@ func (b *bench) patchagent(ctx context.Context, json bool, args ...string) phase
 	r.End = time.Now()
 	r.Code = exitCode(err)
 	r.Output = stdout.String() + stderr.String()
-	if json {
+	if asJSON {
 		var rep agent.Report
-		if jerr := decodeJSON(stdout.Bytes(), &rep); jerr == nil {
+		if jerr := json.Unmarshal(stdout.Bytes(), &rep); jerr == nil {
 			r.Report = &rep
 		}
 	}
 	return r
 }
-
-func decodeJSON(b []byte, v any) error { return json.Unmarshal(b, v) }
 
 // startDaemon starts the daemon as systemd would and waits for READY=1 (the
 // daemon re-applies an open cycle's block before it).
