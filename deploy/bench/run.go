@@ -20,9 +20,6 @@ import (
 	"github.com/patchagent/patchagent/deploy/sandbox"
 )
 
-// ssmPATH is the PATH SSM runs hooks with (and there is no HOME).
-const ssmPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
-
 // Variants and scenarios.
 const (
 	vTutorial   = "tutorial"
@@ -103,7 +100,7 @@ func (b *bench) runScript(ctx context.Context, script string) phaseResult {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", b.n.ServerNS, "sh", "-xc", script)
-	cmd.Env = []string{"PATH=" + ssmPATH}
+	cmd.Env = []string{"PATH=" + sandbox.SSMPath}
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
@@ -172,7 +169,7 @@ func (b *bench) patchagent(ctx context.Context, asJSON bool, args ...string) pha
 		args = append(args, "--output", "json")
 	}
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", b.n.ServerNS, b.binary}, args...)...)
-	cmd.Env = []string{"PATH=" + ssmPATH}
+	cmd.Env = []string{"PATH=" + sandbox.SSMPath}
 	cmd.Dir = "/"
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

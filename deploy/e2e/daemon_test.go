@@ -60,7 +60,7 @@ func TestDaemonRunsPhasesThatOutliveTheirCLI(t *testing.T) {
 	}()
 	time.Sleep(300 * time.Millisecond)
 	cli := exec.Command("ip", "netns", "exec", n.ServerNS, binary, "pre", "--config", cfg)
-	cli.Env = []string{"PATH=" + ssmPATH}
+	cli.Env = []string{"PATH=" + sandbox.SSMPath}
 	stderr, _ := cli.StderrPipe()
 	if err := cli.Start(); err != nil {
 		t.Fatal(err)

@@ -153,7 +153,7 @@ func TestExitAfterPreKilledAtEachStep(t *testing.T) {
 	for _, step := range []string{"block", "drain", "stop", "done"} {
 		t.Run(step, func(t *testing.T) {
 			cmd := exec.Command("ip", "netns", "exec", n.ServerNS, binary, "pre", "--config", cfg)
-			cmd.Env = []string{"PATH=" + ssmPATH, "PATCHAGENT_TEST_CRASH_AFTER=" + step}
+			cmd.Env = []string{"PATH=" + sandbox.SSMPath, "PATCHAGENT_TEST_CRASH_AFTER=" + step}
 			err := cmd.Run()
 			ee, ok := err.(*exec.ExitError)
 			if !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL && ee.ExitCode() != 137 {

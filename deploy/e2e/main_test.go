@@ -41,9 +41,6 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// ssmPATH is the PATH SSM runs hooks with (and there is no HOME).
-const ssmPATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
-
 // setupNode brings up the sandbox with the app online; the test ends with it
 // torn down.
 func setupNode(t testing.TB, prefix string, env map[string]string) *sandbox.Node {
@@ -104,7 +101,7 @@ func patchagent(t testing.TB, n *sandbox.Node, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.ServerNS, binary}, args...)...)
-	cmd.Env = []string{"PATH=" + ssmPATH}
+	cmd.Env = []string{"PATH=" + sandbox.SSMPath}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	start := time.Now()

@@ -28,7 +28,6 @@ import (
 const (
 	srvNS, cliNS   = "pa-nd-srv", "pa-nd-cli"
 	srvIP, cliIP   = "192.0.2.1", "192.0.2.2"
-	ssmPATH        = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"
 	pm2Bin         = "/opt/pm2/node_modules/pm2/bin/pm2"
 	nodeConfigYAML = `app:
   name: sample-app
@@ -337,7 +336,7 @@ func TestRealNodePatchCycle(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	hook := func(m *Machine, file string) string {
 		t.Helper()
-		c, err := m.Command(ctx, []string{ssmPATH}, "sh", "-c", hookScript(t, file))
+		c, err := m.Command(ctx, []string{"PATH=" + sandbox.SSMPath}, "sh", "-c", hookScript(t, file))
 		must(t, err)
 		var stdout, stderr strings.Builder
 		c.Stdout, c.Stderr = &stdout, &stderr
