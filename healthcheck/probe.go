@@ -19,7 +19,7 @@ import (
 	"time"
 )
 
-// Defaults for HTTPOptions and TCP.
+// Defaults for HTTPOptions.
 const (
 	DefaultTimeout  = 10 * time.Second // curl -m 10 in the tutorial
 	DefaultMaxBody  = 64 << 10
@@ -50,7 +50,7 @@ func (s Status) String() string {
 // Result is the outcome of one probe attempt.
 type Result struct {
 	Status Status
-	// Code is the HTTP status received, 0 for TCP or when none was received.
+	// Code is the HTTP status received, 0 when none was received.
 	Code int
 	// Reason says why the attempt failed, short and specific ("status 500",
 	// "timeout after 10s (waiting for response)"). It never contains the
@@ -121,10 +121,7 @@ type HTTP struct {
 	client     *http.Client
 }
 
-var (
-	_ Prober = (*HTTP)(nil)
-	_ Prober = (*TCP)(nil)
-)
+var _ Prober = (*HTTP)(nil)
 
 // NewHTTP validates o, reads o.CAFile, and builds the probe's client: no proxy
 // (whatever the environment says), no keep-alive, its own dialer, and TLS

@@ -361,6 +361,9 @@ func TestHTTPProbeSendsUserAgentOnlyWhenSet(t *testing.T) {
 			}
 			mu.Lock()
 			defer mu.Unlock()
+			if want := map[bool]int{false: 1, true: 2}[tt.follow]; len(seen) != want {
+				t.Fatalf("the server saw %d requests, want %d", len(seen), want)
+			}
 			for i, got := range seen {
 				if fmt.Sprint(got) != fmt.Sprint(tt.want) {
 					t.Errorf("request %d: User-Agent %q, want %q", i, got, tt.want)
@@ -635,63 +638,5 @@ func TestHTTPProbeCancelledContext(t *testing.T) {
 	r, err := newProbe(t, HTTPOptions{URL: srv.URL}).Probe(ctx)
 	if err != nil || r.Status != Failure || !strings.Contains(r.Reason, "context canceled") {
 		t.Errorf("got %v (%q), err %v; want failure naming the cancellation", r.Status, r.Reason, err)
-	}
-}
-
-func TestTCPProbe(t *testing.T) {
-	open, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { open.Close() })
-	closed := closedAddr(t)
-	tests := []struct {
-		name       string
-		addr       string
-		wantStatus Status
-		wantReason string
-	}{
-		{name: "listener accepts", addr: open.Addr().String(), wantStatus: Success},
-		{name: "closed port refuses", addr: closed, wantStatus: Failure, wantReason: "dial tcp " + closed + ": connect: connection refused"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			p, err := NewTCP(tt.addr, time.Second)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if p.String() != "tcp "+tt.addr {
-				t.Errorf("String() = %q", p.String())
-			}
-			r := probeOnce(t, p)
-			if r.Status != tt.wantStatus || r.Reason != tt.wantReason || r.Code != 0 || r.Refused != (tt.addr == closed) {
-				t.Errorf("got %+v, want %v (%q)", r, tt.wantStatus, tt.wantReason)
-			}
-		})
-	}
-}
-
-func TestNewTCPRejectsBadOptions(t *testing.T) {
-	tests := []struct {
-		name    string
-		addr    string
-		timeout time.Duration
-		wantErr string
-	}{
-		{name: "no port", addr: "127.0.0.1", wantErr: "addr"},
-		{name: "empty port", addr: "127.0.0.1:", wantErr: "no port"},
-		{name: "negative timeout", addr: "127.0.0.1:443", timeout: -time.Second, wantErr: "timeout"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := NewTCP(tt.addr, tt.timeout)
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Errorf("NewTCP(%q, %v) error %v, want one containing %q", tt.addr, tt.timeout, err, tt.wantErr)
-			}
-		})
-	}
-	p, err := NewTCP("127.0.0.1:443", 0)
-	if err != nil || p.Timeout != DefaultTimeout {
-		t.Errorf("NewTCP with zero timeout = %+v, %v; want the default %v", p, err, DefaultTimeout)
 	}
 }

@@ -32,9 +32,6 @@ type Policy struct {
 	// Successes is how many consecutive successes make the target healthy
 	// (default 1). A failure resets the count.
 	Successes int
-	// Fails, when positive, gives up after that many consecutive failures
-	// without waiting for the deadline (default 0: only the deadline).
-	Fails int
 }
 
 func (p Policy) withDefaults() (Policy, error) {
@@ -50,9 +47,6 @@ func (p Policy) withDefaults() (Policy, error) {
 	}
 	if p.Successes < 0 {
 		errs = append(errs, fmt.Errorf("successes: %d must not be negative", p.Successes))
-	}
-	if p.Fails < 0 {
-		errs = append(errs, fmt.Errorf("fails: %d must not be negative", p.Fails))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return p, fmt.Errorf("health-check policy: %w", err)
@@ -77,12 +71,8 @@ func (p Policy) withDefaults() (Policy, error) {
 type Outcome struct {
 	Healthy  bool
 	Attempts int
-	Failures int           // failed attempts, in total
 	Elapsed  time.Duration // since the wait began
 	Last     Result        // the last attempt's result
-	// FirstSuccess is when the first successful attempt ended, since the
-	// wait began; 0 if none did.
-	FirstSuccess time.Duration
 }
 
 // ErrUnhealthy is wrapped by WaitHealthy's error when the target did not
@@ -132,10 +122,10 @@ func WaitHealthy(ctx context.Context, p Prober, pol Policy, progress func(attemp
 	timer.Stop() // armed after each attempt
 	defer timer.Stop()
 
-	passes, fails := 0, 0
+	passes := 0
 	for {
 		if wctx.Err() != nil {
-			return out, unhealthy(ctx, p, &out, start, "")
+			return out, unhealthy(ctx, p, &out, start)
 		}
 		r, err := p.Probe(wctx)
 		if err != nil {
@@ -145,18 +135,14 @@ func WaitHealthy(ctx context.Context, p Prober, pol Policy, progress func(attemp
 		if r.Status != Success && wctx.Err() != nil && ctx.Err() == nil && out.Attempts > 0 {
 			// Cut short by the overall deadline: it says nothing about the
 			// app; the previous attempt's answer does.
-			return out, unhealthy(ctx, p, &out, start, "")
+			return out, unhealthy(ctx, p, &out, start)
 		}
 		out.Attempts++
 		out.Last = r
 		if r.Status == Success {
-			passes, fails = passes+1, 0
-			if out.FirstSuccess == 0 {
-				out.FirstSuccess = time.Since(start)
-			}
+			passes++
 		} else {
-			passes, fails = 0, fails+1
-			out.Failures++
+			passes = 0
 		}
 		if progress != nil {
 			progress(out.Attempts, r)
@@ -166,9 +152,6 @@ func WaitHealthy(ctx context.Context, p Prober, pol Policy, progress func(attemp
 			out.Elapsed = time.Since(start)
 			return out, nil
 		}
-		if pol.Fails > 0 && fails >= pol.Fails {
-			return out, unhealthy(ctx, p, &out, start, fmt.Sprintf(" (%d consecutive failures)", fails))
-		}
 		pause := pol.Interval
 		if r.Refused {
 			pause = pol.RefusedInterval
@@ -176,13 +159,13 @@ func WaitHealthy(ctx context.Context, p Prober, pol Policy, progress func(attemp
 		timer.Reset(pause)
 		select {
 		case <-wctx.Done():
-			return out, unhealthy(ctx, p, &out, start, "")
+			return out, unhealthy(ctx, p, &out, start)
 		case <-timer.C:
 		}
 	}
 }
 
-func unhealthy(ctx context.Context, p Prober, out *Outcome, start time.Time, note string) error {
+func unhealthy(ctx context.Context, p Prober, out *Outcome, start time.Time) error {
 	out.Elapsed = time.Since(start)
 	last := "no attempt made"
 	if out.Attempts > 0 {
@@ -191,8 +174,8 @@ func unhealthy(ctx context.Context, p Prober, out *Outcome, start time.Time, not
 			last = "not enough consecutive successes"
 		}
 	}
-	msg := fmt.Sprintf("health-check %s: %s after %d %s in %s%s",
-		name(p), last, out.Attempts, plural(out.Attempts, "attempt"), roundDuration(out.Elapsed), note)
+	msg := fmt.Sprintf("health-check %s: %s after %d %s in %s",
+		name(p), last, out.Attempts, plural(out.Attempts, "attempt"), roundDuration(out.Elapsed))
 	e := &unhealthyError{msg: msg}
 	if err := ctx.Err(); err != nil { // the caller's context, not our deadline
 		e.cause = err
