@@ -216,15 +216,8 @@ func (b *bench) writeConfig(name string) error {
 // filter table emptied (never the host's), the app dir owned by the app user
 // again (the tutorial's npm update runs as root), the app online and healthy.
 func (b *bench) reset(ctx context.Context) error {
-	if !sandbox.NetnsExists(b.n.ServerNS) {
-		return fmt.Errorf("netns %s missing", b.n.ServerNS)
-	}
-	for _, bin := range []string{"iptables", "ip6tables"} {
-		for _, a := range [][]string{{"-F"}, {"-X"}} {
-			if out, err := sandbox.NetnsCommand(b.n.ServerNS, append([]string{bin, "-w", "5", "-t", "filter"}, a...)...).CombinedOutput(); err != nil {
-				return fmt.Errorf("%s %v in %s: %v: %s", bin, a, b.n.ServerNS, err, out)
-			}
-		}
+	if err := b.n.FlushFirewall(ctx); err != nil {
+		return err
 	}
 	if out, err := exec.CommandContext(ctx, "chown", "-R", fmt.Sprintf("%d:%d", b.n.UID, b.n.GID), b.n.AppDir).CombinedOutput(); err != nil {
 		return fmt.Errorf("chown %s: %v: %s", b.n.AppDir, err, out)

@@ -160,12 +160,8 @@ func TestDaemonReblocksAtBootAndRemovesLeftovers(t *testing.T) {
 		t.Fatalf("pre %d", r.code)
 	}
 	// The rules vanish (a reboot, a flush) while the cycle is open.
-	for _, b := range []string{"iptables", "ip6tables"} {
-		for _, args := range [][]string{{"-F"}, {"-X"}} {
-			if out, err := sandbox.NetnsCommand(n.ServerNS, append([]string{b, "-w", "5"}, args...)...).CombinedOutput(); err != nil {
-				t.Fatalf("%s %v: %v %s", b, args, err, out)
-			}
-		}
+	if err := n.FlushFirewall(context.Background()); err != nil {
+		t.Fatal(err)
 	}
 	assertNotBlocked(t, n)
 	d := startDaemon(t, n, cfg)

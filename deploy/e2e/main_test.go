@@ -123,16 +123,20 @@ func patchagent(t testing.TB, n *sandbox.Node, args ...string) result {
 	return r
 }
 
-// iptablesS returns `iptables -S` and `ip6tables -S` inside the server netns.
+// iptablesS returns `iptables -S` and `ip6tables -S` of table filter in the
+// server netns (sandbox's ServerFirewall), each after a header line.
 func iptablesS(t *testing.T, n *sandbox.Node) string {
 	t.Helper()
 	var all strings.Builder
-	for _, bin := range []string{"iptables", "ip6tables"} {
-		out, err := sandbox.NetnsCommand(n.ServerNS, bin, "-w", "5", "-S").CombinedOutput()
+	for _, fam := range []struct {
+		bin string
+		v6  bool
+	}{{"iptables", false}, {"ip6tables", true}} {
+		out, err := n.ServerFirewall(context.Background(), fam.v6)
 		if err != nil {
-			t.Fatalf("%s -S: %v\n%s", bin, err, out)
+			t.Fatal(err)
 		}
-		all.WriteString(bin + ":\n" + string(out))
+		all.WriteString(fam.bin + ":\n" + out)
 	}
 	return all.String()
 }

@@ -117,7 +117,7 @@ func (n *Node) Reboot(ctx context.Context, beforePM2 func() error) error {
 	if err := n.KillPM2(ctx); err != nil {
 		return fmt.Errorf("rebooting sandbox: %w", err)
 	}
-	if err := n.flushFirewall(ctx); err != nil {
+	if err := n.FlushFirewall(ctx); err != nil {
 		return fmt.Errorf("rebooting sandbox: %w", err)
 	}
 	if err := n.writeBootID(); err != nil {
@@ -137,9 +137,10 @@ func (n *Node) Reboot(ctx context.Context, beforePM2 func() error) error {
 	return nil
 }
 
-// flushFirewall empties table filter in the server netns, IPv4 and IPv6:
-// policies ACCEPT, rules flushed, user chains deleted.
-func (n *Node) flushFirewall(ctx context.Context) error {
+// FlushFirewall empties table filter in the server netns (never the
+// host's), IPv4 and IPv6: policies ACCEPT, rules flushed, user chains
+// deleted. It is what a reboot does to the rules (see Reboot).
+func (n *Node) FlushFirewall(ctx context.Context) error {
 	var errs []error
 	for _, bin := range []string{"iptables", "ip6tables"} {
 		cmds := [][]string{
