@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchagent/patchagent/deploy/prometheus/promcheck"
 	"github.com/patchagent/patchagent/deploy/sandbox"
 )
 
@@ -123,7 +124,7 @@ func TestDaemonRunsPhasesThatOutliveTheirCLI(t *testing.T) {
 			t.Fatalf("metrics lack %q:\n%s", want, body)
 		}
 	}
-	if promtool := findPromtool(); promtool != "" {
+	if promtool := promcheck.Promtool(); promtool != "" {
 		cmd := exec.Command(promtool, "check", "metrics")
 		cmd.Stdin = strings.NewReader(body)
 		if out, err := cmd.CombinedOutput(); err != nil {

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/patchagent/patchagent/deploy/prometheus/promcheck"
 )
 
 func TestStatusAndTextfileMetricsOverACycle(t *testing.T) {
@@ -46,7 +48,7 @@ func TestStatusAndTextfileMetricsOverACycle(t *testing.T) {
 	if b, _ := os.ReadFile(prom); strings.Contains(string(b), "go_goroutines") || strings.Contains(string(b), "process_") {
 		t.Fatalf("the textfile carries go_*/process_* series that clash with node_exporter's own:\n%s", b)
 	}
-	if promtool := findPromtool(); promtool != "" {
+	if promtool := promcheck.Promtool(); promtool != "" {
 		f, _ := os.Open(prom)
 		cmd := exec.Command(promtool, "check", "metrics")
 		cmd.Stdin = f
@@ -77,17 +79,4 @@ func TestStatusAndTextfileMetricsOverACycle(t *testing.T) {
 	if !strings.HasPrefix(r.stdout, "patchagent status: in service (no patch cycle open)") {
 		t.Fatalf("status text: %s", r.stdout)
 	}
-}
-
-// findPromtool finds promtool on PATH or where `make setup` puts it.
-func findPromtool() string {
-	if p, err := exec.LookPath("promtool"); err == nil {
-		return p
-	}
-	wd, _ := os.Getwd()
-	p := filepath.Join(wd, "..", "..", ".cache", "bin", "promtool")
-	if _, err := os.Stat(p); err == nil {
-		return p
-	}
-	return ""
 }
