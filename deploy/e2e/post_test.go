@@ -4,10 +4,10 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -38,15 +38,13 @@ func npmNode(t *testing.T, prefix string) (*sandbox.Node, *sandbox.Registry) {
 func publish(t *testing.T, reg *sandbox.Registry, version, body string) {
 	t.Helper()
 	if body == "" {
-		body = "module.exports = " + strconvQuote(version) + ";\n"
+		body = "module.exports = " + strconv.Quote(version) + ";\n"
 	}
 	err := reg.Publish(context.Background(), sandbox.Package{Name: "dep-a", Version: version, Files: map[string]string{"index.js": body}})
 	if err != nil {
 		t.Fatal(err)
 	}
 }
-
-func strconvQuote(s string) string { b, _ := json.Marshal(s); return string(b) }
 
 // appConfig writes a config with app.dir set (the sandbox's template has
 // none), with a state dir of its own.
