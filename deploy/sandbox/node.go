@@ -362,15 +362,25 @@ func (n *Node) PM2(ctx context.Context, args ...string) ([]byte, error) {
 
 func (n *Node) pm2(ctx context.Context, extraEnv []string, args ...string) ([]byte, error) {
 	what := "pm2 " + strings.Join(args, " ")
-	switch {
-	case !n.userKnown || n.UID == 0:
-		return nil, fmt.Errorf("running %s: app user %s does not exist", what, n.AppUser)
-	case n.NodeBin == "":
-		return nil, fmt.Errorf("running %s: node not found in PATH", what)
-	case !NetnsExists(n.ServerNS):
-		return nil, fmt.Errorf("running %s: netns %s does not exist", what, n.ServerNS)
+	if err := n.canRunAsUser(); err != nil {
+		return nil, fmt.Errorf("running %s: %w", what, err)
 	}
 	return n.runAsUser(ctx, pm2Timeout, what, n.PM2Bin, n.Home, n.pm2Env(extraEnv...), args)
+}
+
+// canRunAsUser reports what is missing to run node programs (pm2, npm,
+// verdaccio) as the app user inside the server netns: the user, node, the
+// netns.
+func (n *Node) canRunAsUser() error {
+	switch {
+	case !n.userKnown || n.UID == 0:
+		return fmt.Errorf("app user %s does not exist", n.AppUser)
+	case n.NodeBin == "":
+		return errors.New("node not found in PATH")
+	case !NetnsExists(n.ServerNS):
+		return fmt.Errorf("netns %s does not exist", n.ServerNS)
+	}
+	return nil
 }
 
 // runAsUser runs bin with args as the app user inside the server netns, in

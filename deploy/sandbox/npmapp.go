@@ -33,7 +33,7 @@ func (n *Node) NPMBin() string {
 // group.
 func (n *Node) NPM(ctx context.Context, args ...string) ([]byte, error) {
 	what := "npm " + strings.Join(args, " ")
-	if err := n.registryPrecheck(); err != nil {
+	if err := n.canRunAsUser(); err != nil {
 		return nil, fmt.Errorf("running %s: %w", what, err)
 	}
 	return n.runAsUser(ctx, npmRunTimeout, what, n.NPMBin(), n.AppDir, n.userEnv(), args)
@@ -57,7 +57,7 @@ func (n *Node) SetupNPMApp(ctx context.Context, registryURL string, deps map[str
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("setting up the npm app: registry URL %q is not an absolute http(s) URL", registryURL)
 	}
-	if err := n.registryPrecheck(); err != nil {
+	if err := n.canRunAsUser(); err != nil {
 		return fmt.Errorf("setting up the npm app: %w", err)
 	}
 	if deps == nil {

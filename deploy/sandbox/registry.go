@@ -95,7 +95,7 @@ web:
 // returns once verdaccio answers /-/ping. Stop the registry with Stop or
 // Teardown.
 func (n *Node) StartRegistry(ctx context.Context) (_ *Registry, err error) {
-	if err := n.registryPrecheck(); err != nil {
+	if err := n.canRunAsUser(); err != nil {
 		return nil, fmt.Errorf("starting registry: %w", err)
 	}
 	bin, err := EnsureVerdaccio(ctx, n.Opts.VerdaccioDir)
@@ -178,18 +178,6 @@ func (n *Node) ClearNPMCache() error {
 	d := filepath.Join(n.Home, ".npm", "_cacache")
 	if err := os.RemoveAll(d); err != nil {
 		return fmt.Errorf("clearing the npm cache %s: %w", d, err)
-	}
-	return nil
-}
-
-func (n *Node) registryPrecheck() error {
-	switch {
-	case !n.userKnown || n.UID == 0:
-		return fmt.Errorf("app user %s does not exist", n.AppUser)
-	case n.NodeBin == "":
-		return errors.New("node not found in PATH")
-	case !NetnsExists(n.ServerNS):
-		return fmt.Errorf("netns %s does not exist", n.ServerNS)
 	}
 	return nil
 }
