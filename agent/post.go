@@ -141,8 +141,9 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 	uctx, cancel := context.WithTimeout(ctx, a.cfg.Post.NPM.Timeout.D())
 	defer cancel()
 	a.progress("update: npm update in %s as %s (deadline %s)", a.cfg.App.Dir, a.d.AppUser, a.cfg.Post.NPM.Timeout)
+	var raised []string // package.json ranges moved to a new major
 	if a.cfg.Post.NPM.Major {
-		if _, err := a.d.Packages.UpgradeMajor(uctx); err != nil {
+		if raised, err = a.d.Packages.UpgradeMajor(uctx); err != nil {
 			rep.addStep("update", ResultFailed, time.Since(t), "")
 			return a.postFailed(ctx, r, deadlineErr(uctx, a.cfg.Post.NPM.Timeout, err))
 		}
@@ -160,7 +161,11 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 		return a.postFailed(ctx, r, fmt.Errorf("comparing the lockfiles: %w", err))
 	}
 	lines := ch.Lines()
-	rep.addStep("update", ResultOK, time.Since(t), fmt.Sprintf("%d updated, %d added, %d removed", len(ch.Updated), len(ch.Added), len(ch.Removed)))
+	detail := fmt.Sprintf("%d updated, %d added, %d removed", len(ch.Updated), len(ch.Added), len(ch.Removed))
+	if len(raised) > 0 {
+		detail += "; package.json ranges raised: " + strings.Join(raised, ", ")
+	}
+	rep.addStep("update", ResultOK, time.Since(t), detail)
 	rep.Summary = append(rep.Summary, changeCount(len(lines)))
 	rep.Changes = lines
 	r.st.Post.Status, r.st.Post.Changes = StatusOK, lines

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -34,7 +35,9 @@ type fakePackages struct {
 	checkErr  error
 	updateErr error
 	// hang makes Update wait for its deadline.
-	hang      bool
+	hang bool
+	// raised is what UpgradeMajor says it changed in package.json.
+	raised    []string
 	snapshots map[string][]byte
 	restored  int
 }
@@ -59,7 +62,7 @@ func (p *fakePackages) Update(ctx context.Context) error {
 }
 func (p *fakePackages) UpgradeMajor(ctx context.Context) ([]string, error) {
 	p.ev.add("upgrade major")
-	return nil, nil
+	return p.raised, nil
 }
 func (p *fakePackages) Lockfile() ([]byte, error) {
 	p.mu.Lock()
@@ -134,6 +137,29 @@ func TestPostSnapshotsUpdatesAndReportsTheChanges(t *testing.T) {
 		t.Fatalf("%v %s", e.ev.all(), rep.Verdict())
 	}
 	_ = p
+}
+
+func TestPostReportsTheRangesRaisedToANewMajor(t *testing.T) {
+	e := newTestEnv(t)
+	p := withPackages(t, e)
+	p.raised = []string{"dep-a: ^1.0.0 -> ^2.0.0", "dep-b: ~3.1.0 -> ^4.0.1"}
+	e.cfg.Post.NPM.Major = true
+	afterPre(t, e)
+	rep := e.agent(t).Post(context.Background(), RunOptions{})
+	if rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	if diff := cmp.Diff([]string{"snapshot", "upgrade major", "npm update"}, e.ev.all()); diff != "" {
+		t.Fatal(diff)
+	}
+	want := "1 updated, 1 added, 0 removed; package.json ranges raised: dep-a: ^1.0.0 -> ^2.0.0, dep-b: ~3.1.0 -> ^4.0.1"
+	i := slices.IndexFunc(rep.Steps, func(s StepReport) bool { return s.Name == "update" })
+	if i < 0 || rep.Steps[i].Detail != want {
+		t.Errorf("steps %+v, want an update step with detail %q", rep.Steps, want)
+	}
+	if !strings.Contains(rep.Text(), "dep-b: ~3.1.0 -> ^4.0.1") {
+		t.Errorf("the report does not show the raised ranges:\n%s", rep.Text())
+	}
 }
 
 func TestPostFailureRestoresTheSnapshot(t *testing.T) {
