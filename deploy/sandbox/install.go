@@ -23,21 +23,14 @@ import (
 //go:embed verdaccio/package.json verdaccio/package-lock.json
 var assets embed.FS
 
-// PM2Version is the pm2 release pinned in pm2/package.json.
-const PM2Version = "7.0.4"
-
-// VerdaccioVersion is the verdaccio release pinned in verdaccio/package.json
-// (the last that installs on Node 20, with node-fetch overridden to 2.7.0).
-const VerdaccioVersion = "6.8.0"
-
 const (
 	lockHashFile   = ".patchagent-lock.sha256"
 	npmTimeout     = 5 * time.Minute
 	installLockTTL = npmTimeout + time.Minute
 )
 
-// PM2BinIn returns the pm2 CLI path inside an EnsurePM2 install dir.
-func PM2BinIn(dir string) string {
+// pm2BinIn returns the pm2 CLI path inside an EnsurePM2 install dir.
+func pm2BinIn(dir string) string {
 	return filepath.Join(dir, "node_modules", "pm2", "bin", "pm2")
 }
 
@@ -53,7 +46,7 @@ func EnsurePM2(ctx context.Context, dir string) (string, error) {
 	if dir == "" {
 		dir = DefaultPM2Dir
 	}
-	return ensurePinned(ctx, "pm2", dir, PM2BinIn(dir))
+	return ensurePinned(ctx, "pm2", dir, pm2BinIn(dir))
 }
 
 // EnsureVerdaccio installs the pinned verdaccio into dir

@@ -74,7 +74,7 @@ func newNode(o Options) (*Node, error) {
 		AppUser: o.AppUser,
 		Home:    filepath.Join(o.Dir, "home"),
 		AppDir:  filepath.Join(o.Dir, "app"),
-		PM2Bin:  PM2BinIn(o.PM2Dir),
+		PM2Bin:  pm2BinIn(o.PM2Dir),
 		srvLink: o.Prefix + "-s",
 		cliLink: o.Prefix + "-c",
 	}
@@ -412,9 +412,9 @@ func (n *Node) runAsUser(ctx context.Context, timeout time.Duration, what, bin, 
 	return stdout.Bytes(), nil
 }
 
-// Apps lists the pm2 apps (`pm2 jlist`). Like every pm2 command it spawns
+// apps lists the pm2 apps (`pm2 jlist`). Like every pm2 command it spawns
 // the daemon if none runs.
-func (n *Node) Apps(ctx context.Context) ([]AppInfo, error) {
+func (n *Node) apps(ctx context.Context) ([]AppInfo, error) {
 	out, err := n.PM2(ctx, "jlist")
 	if err != nil {
 		return nil, err
@@ -453,7 +453,7 @@ func parseJlist(out []byte) ([]AppInfo, error) {
 
 // App returns the sandbox app's pm2 entry; ok is false if pm2 does not know it.
 func (n *Node) App(ctx context.Context) (info AppInfo, ok bool, err error) {
-	apps, err := n.Apps(ctx)
+	apps, err := n.apps(ctx)
 	if err != nil {
 		return AppInfo{}, false, err
 	}
@@ -503,7 +503,7 @@ func (n *Node) StartApp(ctx context.Context) error {
 	if err := n.WaitHealthy(ctx, healthTimeout); err != nil {
 		return fmt.Errorf("starting app: %w", err)
 	}
-	if _, err := os.Stat(n.DumpPath()); started || err != nil {
+	if _, err := os.Stat(n.dumpPath()); started || err != nil {
 		if _, err := n.PM2(ctx, "save"); err != nil {
 			return fmt.Errorf("starting app: %w", err)
 		}
@@ -511,9 +511,9 @@ func (n *Node) StartApp(ctx context.Context) error {
 	return nil
 }
 
-// DumpPath is pm2's dump file (PM2Home/dump.pm2), written by `pm2 save` and
+// dumpPath is pm2's dump file (PM2Home/dump.pm2), written by `pm2 save` and
 // read by `pm2 resurrect`.
-func (n *Node) DumpPath() string { return filepath.Join(n.PM2Home, "dump.pm2") }
+func (n *Node) dumpPath() string { return filepath.Join(n.PM2Home, "dump.pm2") }
 
 // KillPM2 runs `pm2 kill` as the user, which stops the app and the daemon
 // (what a reboot does to pm2), and waits until the daemon is gone. It does

@@ -19,8 +19,8 @@ import (
 // npmRunTimeout bounds one npm command run by NPM.
 const npmRunTimeout = 5 * time.Minute
 
-// NPMBin is the npm CLI next to NodeBin ("" if node is not in PATH).
-func (n *Node) NPMBin() string {
+// npmBin is the npm CLI next to NodeBin ("" if node is not in PATH).
+func (n *Node) npmBin() string {
 	if n.NodeBin == "" {
 		return ""
 	}
@@ -36,7 +36,7 @@ func (n *Node) NPM(ctx context.Context, args ...string) ([]byte, error) {
 	if err := n.canRunAsUser(); err != nil {
 		return nil, fmt.Errorf("running %s: %w", what, err)
 	}
-	return n.runAsUser(ctx, npmRunTimeout, what, n.NPMBin(), n.AppDir, n.userEnv(), args)
+	return n.runAsUser(ctx, npmRunTimeout, what, n.npmBin(), n.AppDir, n.userEnv(), args)
 }
 
 // npmrc is the app's .npmrc: the sandbox registry, and nothing that would

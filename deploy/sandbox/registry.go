@@ -53,15 +53,15 @@ type Registry struct {
 	stopErr  error
 }
 
-// RegistryDir is where StartRegistry keeps verdaccio's config, storage, log
+// registryDir is where StartRegistry keeps verdaccio's config, storage, log
 // and pid file (Dir/registry).
-func (n *Node) RegistryDir() string { return filepath.Join(n.Opts.Dir, "registry") }
+func (n *Node) registryDir() string { return filepath.Join(n.Opts.Dir, "registry") }
 
-func (n *Node) registryConfigPath() string { return filepath.Join(n.RegistryDir(), "config.yaml") }
-func (n *Node) registryPIDPath() string    { return filepath.Join(n.RegistryDir(), "verdaccio.pid") }
+func (n *Node) registryConfigPath() string { return filepath.Join(n.registryDir(), "config.yaml") }
+func (n *Node) registryPIDPath() string    { return filepath.Join(n.registryDir(), "verdaccio.pid") }
 
-// RegistryLogPath is verdaccio's stdout and stderr (level warn).
-func (n *Node) RegistryLogPath() string { return filepath.Join(n.RegistryDir(), "verdaccio.log") }
+// registryLogPath is verdaccio's stdout and stderr (level warn).
+func (n *Node) registryLogPath() string { return filepath.Join(n.registryDir(), "verdaccio.log") }
 
 // verdaccioConfig has no uplinks, so a package it does not hold is a 404
 // and it never reaches for the public registry; anyone may read, publish
@@ -90,7 +90,7 @@ web:
 // Options.VerdaccioDir) and runs it as the app user inside the server netns
 // on 127.0.0.1:RegistryPort, with no uplinks and anonymous access, publish
 // and unpublish. Each start is fresh: a verdaccio left by an earlier start
-// is stopped, and RegistryDir (config, storage, log) and the app user's npm
+// is stopped, and registryDir (config, storage, log) and the app user's npm
 // cache (Home/.npm/_cacache) are emptied. It
 // returns once verdaccio answers /-/ping. Stop the registry with Stop or
 // Teardown.
@@ -105,10 +105,10 @@ func (n *Node) StartRegistry(ctx context.Context) (_ *Registry, err error) {
 	if err := n.stopLeftoverVerdaccio(ctx); err != nil {
 		return nil, fmt.Errorf("starting registry: %w", err)
 	}
-	dir := n.RegistryDir()
+	dir := n.registryDir()
 	storage := filepath.Join(dir, "storage")
 	// The app user's npm cache may hold what an earlier registry served.
-	if err := n.ClearNPMCache(); err != nil {
+	if err := n.clearNPMCache(); err != nil {
 		return nil, fmt.Errorf("starting registry: %w", err)
 	}
 	if err := os.RemoveAll(dir); err != nil {
@@ -126,7 +126,7 @@ func (n *Node) StartRegistry(ctx context.Context) (_ *Registry, err error) {
 	if err := writeFileAtomic(n.registryConfigPath(), []byte(cfg), 0o644, 0, 0); err != nil {
 		return nil, fmt.Errorf("starting registry: writing config: %w", err)
 	}
-	logf, err := os.OpenFile(n.RegistryLogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(n.registryLogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("starting registry: %w", err)
 	}
@@ -170,11 +170,11 @@ func (n *Node) StartRegistry(ctx context.Context) (_ *Registry, err error) {
 	return r, nil
 }
 
-// ClearNPMCache removes the app user's npm cache (Home/.npm/_cacache).
+// clearNPMCache removes the app user's npm cache (Home/.npm/_cacache).
 // npm falls back to that cache when the registry is unreachable: with a
 // warm cache, `npm update` against a stopped registry exits 0 ("up to
 // date") instead of failing.
-func (n *Node) ClearNPMCache() error {
+func (n *Node) clearNPMCache() error {
 	d := filepath.Join(n.Home, ".npm", "_cacache")
 	if err := os.RemoveAll(d); err != nil {
 		return fmt.Errorf("clearing the npm cache %s: %w", d, err)
@@ -203,7 +203,7 @@ func (r *Registry) waitUp(ctx context.Context) error {
 		}
 		select {
 		case <-r.exited:
-			log, _ := os.ReadFile(r.n.RegistryLogPath())
+			log, _ := os.ReadFile(r.n.registryLogPath())
 			return fmt.Errorf("verdaccio (pid %d) exited: %s", r.pid, tail(log))
 		case <-ctx.Done():
 			return fmt.Errorf("waiting for verdaccio at %s: %w (last: %w)", r.URL, ctx.Err(), last)
@@ -364,7 +364,7 @@ func (n *Node) stopRegistries(ctx context.Context) error {
 
 // stopLeftoverVerdaccio SIGKILLs the process group of the verdaccio named
 // by the pid file, if that process is alive, runs as the app user and has
-// RegistryDir as its working directory, and waits until it is gone.
+// registryDir as its working directory, and waits until it is gone.
 func (n *Node) stopLeftoverVerdaccio(ctx context.Context) error {
 	b, err := os.ReadFile(n.registryPIDPath())
 	if errors.Is(err, os.ErrNotExist) {
@@ -378,7 +378,7 @@ func (n *Node) stopLeftoverVerdaccio(ctx context.Context) error {
 	}
 	// verdaccio rewrites its cmdline (process.title): know it by its cwd.
 	cwd, _ := os.Readlink("/proc/" + strconv.Itoa(pid) + "/cwd")
-	if uid, ok := procUID(pid); ok && n.userKnown && uid == n.UID && procAlive(pid) && cwd == n.RegistryDir() {
+	if uid, ok := procUID(pid); ok && n.userKnown && uid == n.UID && procAlive(pid) && cwd == n.registryDir() {
 		pids := append([]int{pid}, descendants(pid)...)
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 		for _, p := range pids {
