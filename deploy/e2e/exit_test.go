@@ -29,6 +29,26 @@ func assertInService(t *testing.T, n *sandbox.Node) {
 
 func firstLine(s string) string { l, _, _ := strings.Cut(s, "\n"); return l }
 
+// preThenAppEnv runs pre with the app healthy on its default env, then
+// relaunches the app with env (sandbox's SetAppEnv) without waiting for its
+// health: what the app comes back as after the patch.
+func preThenAppEnv(t *testing.T, n *sandbox.Node, cfg string, env map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	if err := n.SetAppEnv(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.WaitHealthy(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 {
+		t.Fatalf("pre exit %d", r.code)
+	}
+	if err := n.SetAppEnv(ctx, env); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestFullCycleWithRebootUnderLoad(t *testing.T) {
 	n := setupNode(t, "pa-e2r", nil)
 	cfg, _ := writeConfig(t, n, n.Opts.AppName, "drain:\n  idle: 300ms\nhealth:\n  interval: 50ms\n")
@@ -210,18 +230,7 @@ func TestExitWithBadHealthEndpoints(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg, _ := writeConfig(t, n, n.Opts.AppName, "health:\n  interval: 100ms\n"+tt.health)
 			// pre with the app healthy, then the app comes back bad.
-			if err := n.SetAppEnv(ctx, nil); err != nil {
-				t.Fatal(err)
-			}
-			if err := n.WaitHealthy(ctx, 10*time.Second); err != nil {
-				t.Fatal(err)
-			}
-			if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 {
-				t.Fatalf("pre exit %d", r.code)
-			}
-			if err := n.SetAppEnv(ctx, tt.env); err != nil {
-				t.Fatal(err)
-			}
+			preThenAppEnv(t, n, cfg, tt.env)
 			r := patchagent(t, n, "exit", "--config", cfg)
 			if r.code != tt.wantCode || !tt.wantLine.MatchString(firstLine(r.stdout)) {
 				t.Fatalf("exit %d (want %d): %q", r.code, tt.wantCode, firstLine(r.stdout))
