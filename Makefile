@@ -61,12 +61,12 @@ demo: setup build
 # own start-to-healthy time vs exit's start-to-service time; snapshot and
 # restore vs a plain copy of a 100 MB tree; post vs a bare npm update; then
 # patchagent vs the tutorial's scripts under load (bench-results/results.md).
-bench: setup
+bench: setup build
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 20x -timeout 20m ./firewall/
 	$(GO) test -run '^$$' -bench BenchmarkSnapshot -benchtime 3x -timeout 20m ./hooks/
 	$(GO) test -tags integration -run '^$$' -bench BenchmarkExitToService -benchtime 5x -timeout 20m ./deploy/e2e/
 	$(GO) test -tags integration -run '^$$' -bench BenchmarkPostOverhead -benchtime 3x -timeout 20m ./deploy/e2e/
-	$(GO) run ./deploy/bench -n 3 -out bench-results
+	$(GO) run ./deploy/bench -n 3 -out bench-results -patchagent $(BIN)
 
 # dist/patchagent_<version>_amd64.deb and dist/patchagent-<version>.x86_64.rpm
 # from packaging/nfpm.yaml (nfpm v2.45.2, installed into .cache/bin when

@@ -1,8 +1,10 @@
 // Command bench compares patchagent with the three scripts of AWS's
 // AWS-RunPatchBaselineWithHooks tutorial on the sandbox node, under the same
-// client load: `go run ./deploy/bench -n 3 -out bench-results` as root.
-// It writes results.md, results.json and one timeline SVG per variant x
-// scenario into -out, and prints results.md.
+// client load: `go run ./deploy/bench -n 3 -out bench-results` as root,
+// with the patchagent binary -patchagent (default bin/patchagent: `make
+// bench` builds it with the Makefile's flags first). It writes results.md,
+// results.json and one timeline SVG per variant x scenario into -out, and
+// prints results.md.
 package main
 
 import (
@@ -28,7 +30,7 @@ func main() {
 	n := flag.Int("n", 3, "runs per variant x scenario")
 	out := flag.String("out", "bench-results", "output directory")
 	prefix := flag.String("prefix", "pa-bn", "sandbox namespace prefix")
-	binary := flag.String("patchagent", "", "patchagent binary (default: built with the Makefile's flags into a temp dir)")
+	binary := flag.String("patchagent", "bin/patchagent", "the patchagent binary (make build)")
 	variants := flag.String("variants", strings.Join(allVariants, ","), "variants to run")
 	scenarios := flag.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run")
 	noCost := flag.Bool("skip-cost", false, "skip the agent cost figures")
@@ -77,16 +79,13 @@ func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string,
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return err
 	}
-	if binary == "" {
-		binary = filepath.Join(work, "patchagent")
-		cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", binary, "./cmd/patchagent")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("building patchagent: %v\n%s", err, out)
-		}
-	}
 	if binary, err = filepath.Abs(binary); err != nil {
 		return err
+	}
+	if st, err := os.Stat(binary); err != nil {
+		return fmt.Errorf("the patchagent binary (make build, or -patchagent): %w", err)
+	} else if !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+		return fmt.Errorf("the patchagent binary %s is not an executable file (make build, or -patchagent)", binary)
 	}
 
 	status("setting up the sandbox %s", prefix)
