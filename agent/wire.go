@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
@@ -33,11 +32,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	if err != nil {
 		return nil, configError(fmt.Errorf("app.pm2: %w", err))
 	}
-	home := cfg.App.PM2Home
-	if home == "" {
-		home = filepath.Join(u.Home, ".pm2")
-	}
-	pm2 := hooks.NewPM2(log, &hooks.ExecRunner{}, hooks.PM2Config{Bin: bin, User: u, Home: home, Path: path})
+	pm2 := hooks.NewPM2(log, &hooks.ExecRunner{}, hooks.PM2Config{Bin: bin, User: u, Home: cfg.App.PM2Home, Path: path})
 
 	fams := []firewall.Family{firewall.IPv4}
 	if cfg.Traffic.IPv6 {

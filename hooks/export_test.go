@@ -15,3 +15,14 @@ var (
 
 // TreeHash describes a tree for before/after comparisons (snapshot_test.go).
 var TreeHash = treeHash
+
+// InstallArgs is the argv of the install UpgradeMajor runs, for the tests
+// that install an app with npm's own flags.
+func (n *NPM) InstallArgs() []string { return n.reifyArgs("install") }
+
+// Verify is verify without the manifest, for the tests that check a
+// snapshot is intact.
+func (s Snapshot) Verify() error {
+	_, err := s.verify()
+	return err
+}

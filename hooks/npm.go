@@ -96,10 +96,9 @@ type Outdated struct{ Current, Wanted, Latest string }
 // app's own .npmrc in Dir is read by npm as usual) and bounded network
 // waits.
 type NPM struct {
-	log  *zap.Logger
-	run  Runner
-	cfg  NPMConfig
-	home string
+	log *zap.Logger
+	run Runner
+	cfg NPMConfig // defaults filled in
 }
 
 // NewNPM returns an NPM for c, with defaults filled in. It checks nothing:
@@ -129,31 +128,18 @@ func NewNPM(log *zap.Logger, run Runner, c NPMConfig) *NPM {
 	if c.CallTimeout <= 0 {
 		c.CallTimeout = DefaultNPMCallTimeout
 	}
-	home := c.User.Home
-	if home == "" {
-		home = "/"
-	}
-	return &NPM{log: log.Named("npm"), run: run, cfg: c, home: home}
+	return &NPM{log: log.Named("npm"), run: run, cfg: c}
 }
 
 // findNPM is npm next to the first node on path, else DefaultNPMBin.
 func findNPM(path string) string {
-	for _, d := range filepath.SplitList(path) {
-		if d == "" || !filepath.IsAbs(d) {
-			continue
-		}
-		if isExecutable(filepath.Join(d, "node")) == nil {
-			if c := filepath.Join(d, "npm"); isExecutable(c) == nil {
-				return c
-			}
-			break
+	if node, err := lookPath("node", []string{"PATH=" + path}); err == nil {
+		if c := filepath.Join(filepath.Dir(node), "npm"); isExecutable(c) == nil {
+			return c
 		}
 	}
 	return DefaultNPMBin
 }
-
-// Bin is the npm executable NPM runs.
-func (n *NPM) Bin() string { return n.cfg.Bin }
 
 // fetchArgs are the flags bounding npm's network waits.
 func (n *NPM) fetchArgs() []string {
@@ -165,18 +151,14 @@ func (n *NPM) fetchArgs() []string {
 	}
 }
 
-// UpdateArgs is the argv (after the program) of Update.
+// reifyArgs is the argv (after the program) of Update (verb "update") and
+// of the install UpgradeMajor runs ("install").
 //
 // --loglevel=http makes npm say when a registry request failed and it fell
 // back to stale cached metadata, which it otherwise does silently, exiting 0
 // with nothing updated (see staleFallback).
-func (n *NPM) UpdateArgs() []string {
-	return append([]string{"update", "--no-audit", "--no-fund", "--loglevel=http"}, n.fetchArgs()...)
-}
-
-// InstallArgs is the argv of the install UpgradeMajor runs.
-func (n *NPM) InstallArgs() []string {
-	return append([]string{"install", "--no-audit", "--no-fund", "--loglevel=http"}, n.fetchArgs()...)
+func (n *NPM) reifyArgs(verb string) []string {
+	return append([]string{verb, "--no-audit", "--no-fund", "--loglevel=http"}, n.fetchArgs()...)
 }
 
 // ErrRegistryUnreachable means npm could not reach the registry and used
@@ -237,15 +219,15 @@ func redactURLs(s string) string {
 	return strings.Join(f, " ")
 }
 
-// OutdatedArgs is the argv of Outdated. The fetch flags are there because
+// outdatedArgs is the argv of Outdated. The fetch flags are there because
 // npm outdated asks the registry too.
-func (n *NPM) OutdatedArgs() []string {
+func (n *NPM) outdatedArgs() []string {
 	return append([]string{"outdated", "--json"}, n.fetchArgs()...)
 }
 
 // Env is npm's whole environment.
 func (n *NPM) Env() []string {
-	return []string{"HOME=" + n.home, "PATH=" + n.cfg.Path, npmNoUpdateNotifier}
+	return []string{"HOME=" + n.cfg.User.home(), "PATH=" + n.cfg.Path, npmNoUpdateNotifier}
 }
 
 func (n *NPM) checkUser() error {
@@ -473,15 +455,22 @@ func (n *NPM) Update(ctx context.Context) error {
 	if err := n.checkUser(); err != nil {
 		return err
 	}
+	return n.reify(ctx, "update", "running npm update in "+n.cfg.Dir)
+}
+
+// reify runs `npm update` or `npm install` (verb) in Dir as the user, and
+// fails (what: what was being done) when npm fails or its log says the
+// install is not what it claims (npmOutcome).
+func (n *NPM) reify(ctx context.Context, verb, what string) error {
 	start := time.Now()
-	res, err := n.npm(ctx, n.cfg.Dir, n.UpdateArgs())
+	res, err := n.npm(ctx, n.cfg.Dir, n.reifyArgs(verb))
 	if err != nil {
-		return fmt.Errorf("running npm update in %s: %w", n.cfg.Dir, err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
-	if err := npmOutcome("running npm update in "+n.cfg.Dir, res.Stderr); err != nil {
+	if err := npmOutcome(what, res.Stderr); err != nil {
 		return err
 	}
-	n.log.Info("npm update finished", zap.String("dir", n.cfg.Dir), zap.Duration("took", time.Since(start)))
+	n.log.Info("npm "+verb+" finished", zap.String("dir", n.cfg.Dir), zap.Duration("took", time.Since(start)))
 	return nil
 }
 
@@ -495,7 +484,7 @@ func (n *NPM) Outdated(ctx context.Context) (map[string]Outdated, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.CallTimeout)
 	defer cancel()
-	res, err := n.npm(ctx, n.cfg.Dir, n.OutdatedArgs())
+	res, err := n.npm(ctx, n.cfg.Dir, n.outdatedArgs())
 	if err != nil {
 		var xe *ExitError
 		if !errors.As(err, &xe) || xe.ExitCode != npmOutdatedExitCode {
@@ -602,16 +591,7 @@ func (n *NPM) UpgradeMajor(ctx context.Context) ([]string, error) {
 		return nil, err
 	}
 	n.log.Info("package.json ranges raised", zap.Strings("changes", lines))
-	start := time.Now()
-	res, err := n.npm(ctx, n.cfg.Dir, n.InstallArgs())
-	if err != nil {
-		return lines, fmt.Errorf("running npm install in %s after raising %d ranges: %w", n.cfg.Dir, len(lines), err)
-	}
-	if err := npmOutcome(fmt.Sprintf("running npm install in %s after raising %d ranges", n.cfg.Dir, len(lines)), res.Stderr); err != nil {
-		return lines, err
-	}
-	n.log.Info("npm install finished", zap.String("dir", n.cfg.Dir), zap.Duration("took", time.Since(start)))
-	return lines, nil
+	return lines, n.reify(ctx, "install", fmt.Sprintf("running npm install in %s after raising %d ranges", n.cfg.Dir, len(lines)))
 }
 
 // depSpan is where one dependency's range sits in package.json's bytes.

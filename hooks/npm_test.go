@@ -190,12 +190,20 @@ func TestNPMDefaultBin(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	log := zaptest.NewLogger(t)
-	if got := hooks.NewNPM(log, nil, hooks.NPMConfig{Path: filepath.Join(dir, "empty") + ":" + nodeDir + ":/usr/bin"}).Bin(); got != filepath.Join(nodeDir, "npm") {
-		t.Errorf("Bin() = %s, want npm next to node", got)
+	// The npm Update runs, with no Bin configured.
+	ran := func(path string) string {
+		f := (&hookstest.FakeRunner{}).Then(hookstest.OK(""))
+		n := hooks.NewNPM(zaptest.NewLogger(t), f, hooks.NPMConfig{User: testUser(t), AllowRoot: true, Dir: dir, Path: path})
+		if err := n.Update(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+		return f.Cmds()[0].Name
 	}
-	if got := hooks.NewNPM(log, nil, hooks.NPMConfig{Path: filepath.Join(dir, "empty")}).Bin(); got != hooks.DefaultNPMBin {
-		t.Errorf("Bin() = %s, want %s", got, hooks.DefaultNPMBin)
+	if got := ran(filepath.Join(dir, "empty") + ":" + nodeDir + ":/usr/bin"); got != filepath.Join(nodeDir, "npm") {
+		t.Errorf("ran %s, want npm next to node", got)
+	}
+	if got := ran(filepath.Join(dir, "empty")); got != hooks.DefaultNPMBin {
+		t.Errorf("ran %s, want %s", got, hooks.DefaultNPMBin)
 	}
 }
 
@@ -567,24 +575,53 @@ func snapshotFiles(t *testing.T, dir string) map[string]string {
 	return out
 }
 
-func TestStaleCacheFallbackIsAFailure(t *testing.T) {
-	stderr := "npm http fetch GET http://127.0.0.1:4873/dep-a attempt 1 failed with ECONNREFUSED\n" +
-		"npm http fetch GET 200 http://user:s3cret@127.0.0.1:4873/dep-a 20ms (cache stale)\n\nup to date in 286ms\n"
-	line := hooks.StaleFallbackForTest([]byte(stderr))
-	if line == "" || strings.Contains(line, "s3cret") || !strings.Contains(line, "(cache stale)") {
-		t.Fatalf("line %q", line)
+// TestNPMWarningsThatMeanNothingHappened checks that an npm run exiting 0
+// fails when npm's own log says the work did not happen: stale cached
+// metadata instead of the registry (update), files not written (update, and
+// the install UpgradeMajor runs).
+func TestNPMWarningsThatMeanNothingHappened(t *testing.T) {
+	const (
+		stale       = "npm http fetch GET http://127.0.0.1:4873/dep-a attempt 1 failed with ECONNREFUSED\nnpm http fetch GET 200 http://user:s3cret@127.0.0.1:4873/dep-a 20ms (cache stale)\n\nup to date in 286ms\n"
+		revalidated = "npm http fetch GET 200 http://127.0.0.1:4873/dep-a 12ms (cache revalidated)\n\nchanged 1 package in 1s\n"
+		enospc      = "npm warn tar TAR_ENTRY_ERROR ENOSPC: no space left on device, write\n\nchanged 1 package in 1s\n"
+	)
+	outdated := hookstest.Reply{
+		Result: hooks.Result{ExitCode: 1, Stdout: []byte(`{"express": {"current": "4.18.2", "wanted": "4.21.2", "latest": "5.0.0"}}`)},
+		Err:    &hooks.ExitError{Name: npmBin, ExitCode: 1},
 	}
-	if hooks.StaleFallbackForTest([]byte("npm http fetch GET 200 http://127.0.0.1:4873/dep-a 12ms (cache revalidated)\n")) != "" {
-		t.Fatal("a revalidated cache hit counted as a failure")
+	tests := []struct {
+		name, verb, stderr string
+		is                 error
+		want               string
+	}{
+		{"update from stale cache", "update", stale, hooks.ErrRegistryUnreachable, "(cache stale)"},
+		{"update with a revalidated cache", "update", revalidated, nil, ""},
+		{"update that could not write", "update", enospc, hooks.ErrIncompleteInstall, "TAR_ENTRY_ERROR ENOSPC"},
+		{"major install that could not write", "install", enospc, hooks.ErrIncompleteInstall, "TAR_ENTRY_ERROR ENOSPC"},
+		{"major install, clean", "install", revalidated, nil, ""},
 	}
-}
-
-func TestIncompleteInstallIsAFailure(t *testing.T) {
-	stderr := "npm warn tar TAR_ENTRY_ERROR ENOSPC: no space left on device, write\n\nchanged 1 package in 1s\n"
-	if line := hooks.IncompleteInstallForTest([]byte(stderr)); !strings.Contains(line, "TAR_ENTRY_ERROR ENOSPC") {
-		t.Fatalf("line %q", line)
-	}
-	if hooks.IncompleteInstallForTest([]byte("changed 1 package in 1s\n")) != "" {
-		t.Fatal("a clean install counted as incomplete")
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := appDir(t, map[string]string{"package.json": pkgJSON, "package-lock.json": pkgLock})
+			f := (&hookstest.FakeRunner{}).
+				On(npmBin, "outdated", outdated).
+				On(npmBin, tt.verb, hookstest.Reply{Result: hooks.Result{Stderr: []byte(tt.stderr)}})
+			n, _ := newNPM(t, f, dir, nil)
+			var err error
+			if tt.verb == "update" {
+				err = n.Update(t.Context())
+			} else {
+				_, err = n.UpgradeMajor(t.Context())
+			}
+			if !errors.Is(err, tt.is) || (tt.is != nil && !strings.Contains(err.Error(), tt.want)) {
+				t.Fatalf("err = %v, want %v naming %q", err, tt.is, tt.want)
+			}
+			if err != nil && strings.Contains(err.Error(), "s3cret") {
+				t.Errorf("the error shows the registry password: %v", err)
+			}
+			if last := f.Argvs()[len(f.Argvs())-1]; !strings.HasPrefix(last, npmBin+" "+tt.verb+" ") {
+				t.Errorf("last command %q, want npm %s", last, tt.verb)
+			}
+		})
 	}
 }

@@ -74,12 +74,8 @@ type Process struct {
 type PM2 struct {
 	log  *zap.Logger
 	run  Runner
-	bin  string
-	home string // HOME and working directory
-	p2h  string // PM2_HOME
-	path string
 	cred *Credential
-	cfg  PM2Config
+	cfg  PM2Config // defaults filled in
 }
 
 // NewPM2 returns a PM2 for c. It does not check anything yet.
@@ -99,20 +95,7 @@ func NewPM2(log *zap.Logger, run Runner, c PM2Config) *PM2 {
 	if c.Poll <= 0 {
 		c.Poll = DefaultPM2Poll
 	}
-	home := c.User.Home
-	if home == "" {
-		home = "/"
-	}
-	return &PM2{
-		log:  log.Named("pm2"),
-		run:  run,
-		bin:  c.Bin,
-		home: home,
-		p2h:  c.Home,
-		path: c.Path,
-		cred: c.User.Credential(),
-		cfg:  c,
-	}
+	return &PM2{log: log.Named("pm2"), run: run, cred: c.User.Credential(), cfg: c}
 }
 
 // DaemonAlive reports whether the user's pm2 daemon is running, without
@@ -120,22 +103,22 @@ func NewPM2(log *zap.Logger, run Runner, c PM2Config) *PM2 {
 // and $PM2_HOME/rpc.sock accepts a connection. Otherwise it returns an error
 // wrapping ErrDaemonNotRunning.
 func (p *PM2) DaemonAlive() error {
-	pidFile := filepath.Join(p.p2h, "pm2.pid")
+	pidFile := filepath.Join(p.cfg.Home, "pm2.pid")
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
-		return fmt.Errorf("%w (PM2_HOME=%s): reading pm2.pid: %w", ErrDaemonNotRunning, p.p2h, err)
+		return fmt.Errorf("%w (PM2_HOME=%s): reading pm2.pid: %w", ErrDaemonNotRunning, p.cfg.Home, err)
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || pid <= 0 {
-		return fmt.Errorf("%w (PM2_HOME=%s): pm2.pid holds no pid", ErrDaemonNotRunning, p.p2h)
+		return fmt.Errorf("%w (PM2_HOME=%s): pm2.pid holds no pid", ErrDaemonNotRunning, p.cfg.Home)
 	}
 	if !pidAlive(pid) {
-		return fmt.Errorf("%w (PM2_HOME=%s): pid %d from pm2.pid is gone (stale pid file)", ErrDaemonNotRunning, p.p2h, pid)
+		return fmt.Errorf("%w (PM2_HOME=%s): pid %d from pm2.pid is gone (stale pid file)", ErrDaemonNotRunning, p.cfg.Home, pid)
 	}
-	sock := filepath.Join(p.p2h, "rpc.sock")
+	sock := filepath.Join(p.cfg.Home, "rpc.sock")
 	conn, err := net.DialTimeout("unix", sock, time.Second)
 	if err != nil {
-		return fmt.Errorf("%w (PM2_HOME=%s): pid %d is alive but rpc.sock accepts no connection: %w", ErrDaemonNotRunning, p.p2h, pid, err)
+		return fmt.Errorf("%w (PM2_HOME=%s): pid %d is alive but rpc.sock accepts no connection: %w", ErrDaemonNotRunning, p.cfg.Home, pid, err)
 	}
 	conn.Close()
 	return nil
@@ -165,7 +148,7 @@ func (p *PM2) processes(ctx context.Context, app string) ([]Process, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("%w %q: pm2 (PM2_HOME=%s) lists %d other process(es)", ErrUnknownApp, app, p.p2h, len(all))
+		return nil, fmt.Errorf("%w %q: pm2 (PM2_HOME=%s) lists %d other process(es)", ErrUnknownApp, app, p.cfg.Home, len(all))
 	}
 	return out, nil
 }
@@ -331,7 +314,7 @@ func (p *PM2) call(ctx context.Context, method string, args []any, out ...any) e
 		return err
 	}
 	start := time.Now()
-	err := pm2Call(ctx, filepath.Join(p.p2h, "rpc.sock"), method, args, out...)
+	err := pm2Call(ctx, filepath.Join(p.cfg.Home, "rpc.sock"), method, args, out...)
 	p.log.Debug("pm2 rpc", zap.String("method", method), zap.Duration("took", time.Since(start)), zap.Error(err))
 	return err
 }
@@ -347,10 +330,10 @@ func (p *PM2) pm2(ctx context.Context, args []string) (Result, error) {
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.CallTimeout)
 	defer cancel()
 	c := Cmd{
-		Name: p.bin,
+		Name: p.cfg.Bin,
 		Args: args,
-		Dir:  p.home,
-		Env:  []string{"HOME=" + p.home, "PM2_HOME=" + p.p2h, "PATH=" + p.path},
+		Dir:  p.cfg.User.home(),
+		Env:  []string{"HOME=" + p.cfg.User.home(), "PM2_HOME=" + p.cfg.Home, "PATH=" + p.cfg.Path},
 		Cred: p.cred,
 	}
 	start := time.Now()
@@ -550,7 +533,7 @@ func (p *PM2) StartFrom(ctx context.Context, app, source string) error {
 func (p *PM2) PIDs(app string, ids []int) map[int]int {
 	out := make(map[int]int, len(ids))
 	for _, id := range ids {
-		b, err := os.ReadFile(filepath.Join(p.p2h, "pids", app+"-"+strconv.Itoa(id)+".pid"))
+		b, err := os.ReadFile(filepath.Join(p.cfg.Home, "pids", app+"-"+strconv.Itoa(id)+".pid"))
 		if err != nil {
 			out[id] = 0
 			continue

@@ -193,7 +193,7 @@ func lookPath(name string, env []string) (string, error) {
 			continue
 		}
 		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+		if isExecutable(p) == nil {
 			return p, nil
 		}
 	}

@@ -517,15 +517,10 @@ func readSnapManifest(dir string) (snapManifest, error) {
 	return m, nil
 }
 
-// Verify checks that the snapshot is intact: every path of the manifest is
+// verify checks that the snapshot is intact: every path of the manifest is
 // on disk with the recorded type, mode, owner, size, mtime and inode (and
 // symlink target; and content hash for the top-level files), and
-// node_modules holds nothing else.
-func (s Snapshot) Verify() error {
-	_, err := s.verify()
-	return err
-}
-
+// node_modules holds nothing else. It returns the manifest.
 func (s Snapshot) verify() (snapManifest, error) {
 	m, err := readSnapManifest(s.Dir)
 	if err != nil {
@@ -720,10 +715,11 @@ func (s Snapshot) Restore() error {
 			return fmt.Errorf("restoring %s: %w", app, err)
 		}
 	}
+	// syncfs covers the app dir's own entries too.
 	if err := syncFS(app); err != nil {
 		return fmt.Errorf("restoring %s: %w", app, err)
 	}
-	return syncDir(app)
+	return nil
 }
 
 // PruneSnapshots keeps the newest keep snapshots under root (by the time in

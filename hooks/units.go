@@ -36,21 +36,8 @@ func NewUnits(log *zap.Logger, run Runner, bin string, timeout time.Duration) *U
 	return &Units{log: log.Named("units"), run: run, bin: bin, timeout: timeout}
 }
 
-// UnitArgs is the argv that applies verb (stop, start, is-active) to unit.
-func UnitArgs(verb, unit string) []string { return []string{verb, "--no-ask-password", "--", unit} }
-
-// Active reports whether unit is active.
-func (u *Units) Active(ctx context.Context, unit string) (bool, error) {
-	res, err := u.call(ctx, "is-active", unit)
-	if err == nil {
-		return true, nil
-	}
-	// is-active exits 3 (inactive) or 4 (no such unit) and prints the state.
-	if res.ExitCode > 0 {
-		return false, nil
-	}
-	return false, err
-}
+// unitArgs is the argv that applies verb (stop, start) to unit.
+func unitArgs(verb, unit string) []string { return []string{verb, "--no-ask-password", "--", unit} }
 
 // Stop stops unit.
 func (u *Units) Stop(ctx context.Context, unit string) error {
@@ -76,7 +63,7 @@ func (u *Units) call(ctx context.Context, verb, unit string) (Result, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, u.timeout)
 	defer cancel()
-	return u.run.Run(ctx, Cmd{Name: u.bin, Args: UnitArgs(verb, unit), Env: []string{"PATH=" + SafePath}, Dir: "/"})
+	return u.run.Run(ctx, Cmd{Name: u.bin, Args: unitArgs(verb, unit), Env: []string{"PATH=" + SafePath}, Dir: "/"})
 }
 
 // Commands runs the operator's argv lists (the tutorial's "detach from a

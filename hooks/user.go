@@ -17,6 +17,15 @@ type AppUser struct {
 	Home     string
 }
 
+// home is the user's HOME for the commands run as the user ("/" when the
+// account has none).
+func (u AppUser) home() string {
+	if u.Home == "" {
+		return "/"
+	}
+	return u.Home
+}
+
 // LookupUser looks up a user by name (or, failing that, by a numeric uid)
 // with its supplementary groups. Root is returned like any other user; the
 // caller decides whether to warn.
