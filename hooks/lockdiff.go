@@ -52,13 +52,13 @@ type lockfile struct {
 	Packages        map[string]lockEntry `json:"packages"`
 }
 
+// lockEntry is one entry of "packages"; the root one ("") declares the
+// same dependency sections as package.json.
 type lockEntry struct {
-	Version              string            `json:"version"`
-	Resolved             string            `json:"resolved"`
-	Link                 bool              `json:"link"`
-	Dependencies         map[string]string `json:"dependencies"`
-	DevDependencies      map[string]string `json:"devDependencies"`
-	OptionalDependencies map[string]string `json:"optionalDependencies"`
+	Version  string `json:"version"`
+	Resolved string `json:"resolved"`
+	Link     bool   `json:"link"`
+	manifest
 }
 
 // parseLockfile decodes a lockfile of version 2 or 3 (npm 7 and later).

@@ -409,9 +409,7 @@ func checkLockSync(dir string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", filepath.Join(dir, name), err)
 	}
-	root := lf.Packages[""]
-	lm := manifest{Dependencies: root.Dependencies, DevDependencies: root.DevDependencies, OptionalDependencies: root.OptionalDependencies}
-	if d := firstDiff(m, lm, name); d != "" {
+	if d := firstDiff(m, lf.Packages[""].manifest, name); d != "" {
 		return fmt.Errorf("%w: %s", ErrLockfileOutOfSync, d)
 	}
 	return nil
@@ -603,32 +601,28 @@ type depSpan struct {
 // depSpans finds, without re-encoding anything, the byte span of every
 // string range in package.json's dependency sections.
 func depSpans(raw []byte) ([]depSpan, error) {
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
-		return nil, errors.New("package.json is not a JSON object")
+	top, err := members(raw)
+	if err != nil {
+		return nil, fmt.Errorf("package.json: %w", err)
 	}
 	var spans []depSpan
-	for dec.More() {
-		t, err := dec.Token()
-		if err != nil {
-			return nil, err
-		}
-		key, _ := t.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, err
-		}
-		if !isDepKind(key) || len(v) == 0 || v[0] != '{' {
+	for _, sec := range top {
+		if !isDepKind(sec.key) || sec.raw[0] != '{' {
 			continue
 		}
-		base := int(dec.InputOffset()) - len(v)
-		inner, err := objectSpans(v)
+		deps, err := members(sec.raw)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", key, err)
+			return nil, fmt.Errorf("%s: %w", sec.key, err)
 		}
-		for _, s := range inner {
-			s.kind, s.start, s.end = key, s.start+base, s.end+base
-			spans = append(spans, s)
+		for _, d := range deps {
+			if d.raw[0] != '"' {
+				continue
+			}
+			var v string
+			if err := json.Unmarshal(d.raw, &v); err != nil {
+				return nil, fmt.Errorf("%s.%s: %w", sec.key, d.key, err)
+			}
+			spans = append(spans, depSpan{kind: sec.key, name: d.key, value: v, start: sec.start + d.start, end: sec.start + d.end})
 		}
 	}
 	return spans, nil
@@ -643,36 +637,39 @@ func isDepKind(k string) bool {
 	return false
 }
 
-// objectSpans lists the string members of the JSON object obj with their
-// byte spans in obj.
-func objectSpans(obj []byte) ([]depSpan, error) {
+// member is one member of a JSON object: its key, its value as written,
+// and the value's byte span in the object.
+type member struct {
+	key        string
+	raw        json.RawMessage
+	start, end int
+}
+
+// members lists the members of the JSON object obj, in order.
+func members(obj []byte) ([]member, error) {
 	dec := json.NewDecoder(bytes.NewReader(obj))
-	if _, err := dec.Token(); err != nil {
-		return nil, err
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, errors.New("not a JSON object")
 	}
-	var spans []depSpan
+	var ms []member
 	for dec.More() {
 		t, err := dec.Token()
 		if err != nil {
 			return nil, err
 		}
-		name, _ := t.(string)
+		key, _ := t.(string)
 		var v json.RawMessage
 		if err := dec.Decode(&v); err != nil {
 			return nil, err
 		}
 		end := int(dec.InputOffset())
 		start := end - len(v)
-		if len(v) == 0 || v[0] != '"' || start < 0 || !bytes.Equal(obj[start:end], v) {
-			continue
+		if len(v) == 0 || start < 0 || !bytes.Equal(obj[start:end], v) {
+			return nil, fmt.Errorf("%s: value not found at the decoder's offset", key)
 		}
-		var s string
-		if err := json.Unmarshal(v, &s); err != nil {
-			return nil, err
-		}
-		spans = append(spans, depSpan{name: name, value: s, start: start, end: end})
+		ms = append(ms, member{key: key, raw: v, start: start, end: end})
 	}
-	return spans, nil
+	return ms, nil
 }
 
 // planMajor returns package.json with the ranges of dependencies that have
