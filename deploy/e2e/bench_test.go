@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"testing"
 	"time"
 
@@ -26,14 +25,7 @@ func BenchmarkExitToService(b *testing.B) {
 	var appTotal, exitTotal time.Duration
 	for i := 0; i < b.N; i++ {
 		// The app's own start-to-healthy, unblocked, measured from outside.
-		if _, err := n.PM2(ctx, "stop", n.Opts.AppName); err != nil {
-			b.Fatal(err)
-		}
-		t0 := time.Now()
-		if _, err := n.PM2(ctx, "start", n.Opts.AppName); err != nil {
-			b.Fatal(err)
-		}
-		appStart, err := firstAnswer(ctx, n, t0)
+		appStart, err := n.AppStartTime(ctx, 30*time.Second)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -42,7 +34,7 @@ func BenchmarkExitToService(b *testing.B) {
 			b.Fatalf("pre exit %d", r.code)
 		}
 		watch := n.Probe(ctx, sandbox.ProbeOptions{Interval: 5 * time.Millisecond})
-		t0 = time.Now()
+		t0 := time.Now()
 		r := patchagent(b, n, "exit", "--config", cfg)
 		attempts := watch.Stop()
 		if r.code != 0 {
@@ -65,21 +57,4 @@ func BenchmarkExitToService(b *testing.B) {
 	b.ReportMetric((appTotal / time.Duration(b.N)).Seconds(), "app-start-to-healthy-s")
 	b.ReportMetric((exitTotal / time.Duration(b.N)).Seconds(), "exit-to-service-s")
 	b.ReportMetric(((exitTotal - appTotal) / time.Duration(b.N)).Seconds(), "exit-overhead-s")
-}
-
-// firstAnswer polls GET /health-check from the client netns every 5 ms and
-// returns the time from t0 to the first 200.
-func firstAnswer(ctx context.Context, n *sandbox.Node, t0 time.Time) (time.Duration, error) {
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	for {
-		if n.Health(ctx, false) == nil {
-			return time.Since(t0), nil
-		}
-		select {
-		case <-ctx.Done():
-			return 0, fmt.Errorf("app never healthy: %w", ctx.Err())
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
 }

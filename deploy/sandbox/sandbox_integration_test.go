@@ -510,6 +510,17 @@ func TestSandboxBadApps(t *testing.T) {
 		if firstOK.IsZero() || lastRefused.Sub(firstRefused) < 1400*time.Millisecond {
 			t.Errorf("refused from %s to %s, first 200 at %s: want ≥1.5s refused", firstRefused, lastRefused, firstOK)
 		}
+		// AppStartTime (pm2 stop, pm2 start, the first 200) sees the delay.
+		d, err := n.AppStartTime(t.Context(), 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d < 1500*time.Millisecond {
+			t.Errorf("AppStartTime = %s with START_DELAY_MS 1500", d)
+		}
+		if info, ok, err := n.App(t.Context()); err != nil || !ok || info.Status != "online" {
+			t.Errorf("app after AppStartTime: %+v %v %v", info, ok, err)
+		}
 	})
 
 	t.Run("crash loop", func(t *testing.T) {
