@@ -219,33 +219,6 @@ func exprs(t *testing.T) []expr {
 	return out
 }
 
-func recordingRules(t *testing.T) map[string]bool {
-	t.Helper()
-	b, err := os.ReadFile(rulesFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rf struct {
-		Groups []struct {
-			Rules []struct {
-				Record string `yaml:"record"`
-			} `yaml:"rules"`
-		} `yaml:"groups"`
-	}
-	if err := yaml.Unmarshal(b, &rf); err != nil {
-		t.Fatal(err)
-	}
-	rec := map[string]bool{}
-	for _, g := range rf.Groups {
-		for _, r := range g.Rules {
-			if r.Record != "" {
-				rec[r.Record] = true
-			}
-		}
-	}
-	return rec
-}
-
 var selector = regexp.MustCompile(`([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}`)
 
 // TestDashboardMetrics: every series a query selects is one patchagent
@@ -253,11 +226,10 @@ var selector = regexp.MustCompile(`([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{([^}]*)\}`)
 // rule of the rules file; each selector filters on $job and $instance; and
 // every metric agent.Metrics declares has a panel.
 func TestDashboardMetrics(t *testing.T) {
-	known, err := promcheck.MetricNames()
+	known, err := promcheck.LoadKnown(rulesFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	recorded := recordingRules(t)
 	usedNames := map[string]bool{}
 	for _, e := range exprs(t) {
 		where := fmt.Sprintf("panel %q target %s", e.panel, e.ref)
@@ -271,12 +243,8 @@ func TestDashboardMetrics(t *testing.T) {
 		}
 		for _, n := range names {
 			usedNames[n] = true
-			switch {
-			case known[n], promcheck.External[n], recorded[n]:
-			case strings.HasPrefix(n, "patchagent_"):
-				t.Errorf("%s: %s is not a metric agent/metrics.go registers", where, n)
-			default:
-				t.Errorf("%s: %s is neither patchagent's, in promcheck.External nor a recording rule", where, n)
+			if err := known.Check(n); err != nil {
+				t.Errorf("%s: %v", where, err)
 			}
 		}
 		sels := selector.FindAllStringSubmatch(e.expr, -1)

@@ -240,24 +240,14 @@ var seriesName = regexp.MustCompile(`^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*\{`)
 // exports, one of promcheck.External or a recording rule of the file; so is
 // every input series of the unit tests.
 func TestRulesMetricNames(t *testing.T) {
-	known, err := promcheck.MetricNames()
+	known, err := promcheck.LoadKnown(rulesFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	rules := loadRules(t)
-	recorded := map[string]bool{}
-	for _, r := range rules {
-		if r.Record != "" {
-			recorded[r.Record] = true
-		}
-	}
 	check := func(where, name string) {
-		switch {
-		case known[name], promcheck.External[name], recorded[name]:
-		case strings.HasPrefix(name, "patchagent_"):
-			t.Errorf("%s: %s is not a metric agent/metrics.go registers", where, name)
-		default:
-			t.Errorf("%s: %s is neither patchagent's nor in promcheck.External", where, name)
+		if err := known.Check(name); err != nil {
+			t.Errorf("%s: %v", where, err)
 		}
 	}
 	used := map[string]bool{}

@@ -1,6 +1,7 @@
 // Package promcheck holds what the tests of deploy/prometheus and
 // deploy/grafana share: finding promtool, the metric names patchagent
-// exports, and the metric names a PromQL expression uses.
+// exports, the metric names a PromQL expression uses, and which names the
+// rules and the dashboard may use (Known).
 package promcheck
 
 import (
@@ -19,6 +20,7 @@ import (
 	"github.com/patchagent/patchagent/agent"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"go.yaml.in/yaml/v3"
 )
 
 // Module is the module whose go.mod marks the repository root.
@@ -298,4 +300,57 @@ var External = map[string]bool{
 	"up":                          true,
 	"node_textfile_mtime_seconds": true,
 	"node_textfile_scrape_error":  true,
+}
+
+// Known is the set of series names the rules and the dashboard may use:
+// patchagent's own (MetricNames), External, and the recording rules of the
+// rules file.
+type Known struct {
+	own, recorded map[string]bool
+	rulesPath     string
+}
+
+// LoadKnown reads the recording rules of the rules file at rulesPath (a
+// Prometheus rule file: groups of rules, those with a record name) and
+// gathers patchagent's metric names.
+func LoadKnown(rulesPath string) (*Known, error) {
+	own, err := MetricNames()
+	if err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(rulesPath)
+	if err != nil {
+		return nil, err
+	}
+	var rf struct {
+		Groups []struct {
+			Rules []struct {
+				Record string `yaml:"record"`
+			} `yaml:"rules"`
+		} `yaml:"groups"`
+	}
+	if err := yaml.Unmarshal(b, &rf); err != nil {
+		return nil, fmt.Errorf("%s: %w", rulesPath, err)
+	}
+	k := &Known{own: own, recorded: map[string]bool{}, rulesPath: rulesPath}
+	for _, g := range rf.Groups {
+		for _, r := range g.Rules {
+			if r.Record != "" {
+				k.recorded[r.Record] = true
+			}
+		}
+	}
+	return k, nil
+}
+
+// Check returns nil if name is known, else an error saying why it is not.
+func (k *Known) Check(name string) error {
+	switch {
+	case k.own[name], External[name], k.recorded[name]:
+		return nil
+	case strings.HasPrefix(name, "patchagent_"):
+		return fmt.Errorf("%s is not a metric agent/metrics.go registers nor a recording rule of %s", name, filepath.Base(k.rulesPath))
+	default:
+		return fmt.Errorf("%s is neither patchagent's, in promcheck.External nor a recording rule of %s", name, filepath.Base(k.rulesPath))
+	}
 }
