@@ -3,11 +3,14 @@
 package hooks_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -213,6 +216,52 @@ func TestPM2Real(t *testing.T) {
 		}
 		if got := run.cmds[calls:]; len(got) != 0 {
 			t.Errorf("ran the pm2 CLI %q, want only RPCs", got)
+		}
+	})
+
+	t.Run("start from the ecosystem file after pm2 forgot the app", func(t *testing.T) {
+		if _, err := n.PM2(ctx, "delete", app); err != nil {
+			t.Fatal(err)
+		}
+		eco := filepath.Join(n.AppDir, "ecosystem.config.js")
+		js := fmt.Sprintf("module.exports = {apps: [{name: %q, script: \"server.js\", cwd: %q, env: {PORT: \"%d\"}}, {name: \"pa-other\", script: \"server.js\"}]};\n", app, n.AppDir, n.Opts.Port)
+		if err := os.WriteFile(eco, []byte(js), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(eco, int(n.UID), int(n.GID)); err != nil {
+			t.Fatal(err)
+		}
+		calls := run.count()
+		if err := p.StartFrom(ctx, app, eco); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := run.cmds[calls:], [][]string{{"start", eco, "--only", app, "--no-color"}}; !reflect.DeepEqual(got, want) {
+			t.Errorf("ran the pm2 CLI %q, want %q", got, want)
+		}
+		procs, err := p.Processes(ctx, app)
+		if err != nil || len(procs) != 1 || procs[0].Status != hooks.StatusOnline || !hooks.PidAlive(procs[0].PID) {
+			t.Fatalf("after StartFrom: %+v, %v; want one online instance", procs, err)
+		}
+		if uid := procUID(t, procs[0].PID); uid != n.UID {
+			t.Errorf("app pid %d runs as uid %d, want %d", procs[0].PID, uid, n.UID)
+		}
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", procs[0].PID))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(env, []byte("NOTIFY_SOCKET=")) {
+			t.Error("the app inherited our NOTIFY_SOCKET")
+		}
+		if _, err := p.Processes(ctx, "pa-other"); !errors.Is(err, hooks.ErrUnknownApp) {
+			t.Errorf("the ecosystem's other app: %v, want it not started (--only)", err)
+		}
+		if err := p.StartFrom(ctx, app, eco); err == nil || !strings.Contains(err.Error(), "pm2 knows it already") {
+			t.Errorf("StartFrom of a known app: %v", err)
+		}
+		assertSameDaemon(t, n, daemon)
+		assertOwnedByUser(t, n)
+		if err := n.WaitHealthy(ctx, 10*time.Second); err != nil {
+			t.Errorf("app started from its ecosystem file is not healthy: %v", err)
 		}
 	})
 
