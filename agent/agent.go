@@ -174,14 +174,6 @@ func ports16(ps []int) []uint16 {
 	return out
 }
 
-func familyNames(fs []firewall.Family) []string {
-	out := make([]string, len(fs))
-	for i, f := range fs {
-		out[i] = string(f)
-	}
-	return out
-}
-
 // WithProgress returns an Agent whose phases write their progress lines to w
 // (each control-socket request gets its own).
 func (a *Agent) WithProgress(w io.Writer) *Agent {

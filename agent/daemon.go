@@ -201,7 +201,7 @@ func (d *daemonLoop) initialStatus(ctx context.Context) string {
 	kernel := kernelUnknown
 	if fw, err := d.a.d.Firewall.Status(sctx); err == nil {
 		kernel = kernelWord(fw.Blocked(), fw.Partial())
-		d.m.ObserveBlock(fw.Blocked() || fw.Partial())
+		d.m.ObserveBlock(fw.Present())
 	}
 	return d.describe(st, "", false, "", kernel)
 }
@@ -254,7 +254,7 @@ func (d *daemonLoop) watch(ctx context.Context, st State) string {
 	if d.logErr("firewall", "reading the firewall", err) {
 		return kernelUnknown
 	}
-	ours := fw.Blocked() || fw.Partial()
+	ours := fw.Present()
 	d.m.ObserveBlock(ours)
 	switch {
 	case st.Open && !fw.Blocked():

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/patchagent/patchagent/firewall"
 	"github.com/patchagent/patchagent/healthcheck"
 	"github.com/patchagent/patchagent/hooks"
 )
@@ -37,7 +38,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		rep.addStep("check", ResultFailed, time.Since(t), "")
 		return fmt.Errorf("reading the firewall: %w", err)
 	}
-	blocked := fw.Blocked() || fw.Partial()
+	blocked := fw.Present()
 	fwState := map[bool]string{true: "blocked", false: "not blocked"}[blocked]
 	if r.rebooted() {
 		fwState += fmt.Sprintf(" (node rebooted since %s)", orNone(r.st.Phase))
@@ -60,7 +61,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		rep.Plan = append(rep.Plan,
 			fmt.Sprintf("pm2 start %s, through the pm2 daemon of user %s, unless it is online (from %s with the pm2 CLI as that user if pm2 no longer knows it)", app, a.d.AppUser, orNone(a.cfg.App.Ecosystem)),
 			fmt.Sprintf("wait until %s passes %d time(s) in a row (at most %s), the app staying online without restarts", a.d.HealthName, a.cfg.Health.Successes, a.cfg.Health.Deadline),
-			fmt.Sprintf("remove chain %s and its jump from INPUT (%s)", "PATCHAGENT-BLOCK", famShort(a.d.Firewall.Families())))
+			fmt.Sprintf("remove chain %s and its jump from INPUT (%s)", firewall.Chain, famShort(a.d.Firewall.Families())))
 		for _, u := range a.cfg.Steps.StopUnits {
 			rep.Plan = append(rep.Plan, "systemctl start "+u)
 		}

@@ -4,12 +4,14 @@ import (
 	"context"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/patchagent/patchagent/firewall"
 	"github.com/patchagent/patchagent/healthcheck"
 	"github.com/patchagent/patchagent/hooks"
 )
@@ -292,8 +294,16 @@ func TestExitDryRunChangesNothing(t *testing.T) {
 	if rep.ExitCode != 0 || len(e.ev.all()) != 0 || e.health.probes() != 0 || string(before) != string(after) {
 		t.Fatalf("dry run acted: %v\n%s", e.ev.all(), rep.Text())
 	}
-	if !strings.Contains(rep.Text(), "would: pm2 start web, through the pm2 daemon of user node, unless it is online") {
+	if !strings.Contains(rep.Text(), "would: pm2 start web, through the pm2 daemon of user node, unless it is online") ||
+		!slices.Contains(rep.Plan, "remove chain PATCHAGENT-BLOCK and its jump from INPUT (v4+v6)") ||
+		slices.Contains(rep.Plan, "re-apply the block first (the cycle is open but the rules are gone):") {
 		t.Fatal(rep.Text())
+	}
+	// The rules gone (a reboot): the plan puts them back first.
+	e.fw.blocked = false
+	rep = e.agent(t).Exit(context.Background(), RunOptions{DryRun: true})
+	if len(rep.Plan) < 2 || rep.Plan[0] != "re-apply the block first (the cycle is open but the rules are gone):" || rep.Plan[1] != "iptables -t filter -N PATCHAGENT-BLOCK" || len(e.ev.all()) != 0 {
+		t.Fatalf("dry run with the rules gone: %v\n%s", e.ev.all(), rep.Text())
 	}
 }
 
@@ -354,7 +364,8 @@ func TestStatusTellsCycleKernelAndApp(t *testing.T) {
 	afterPre(t, e)
 	s, _ = e.agent(t).Status(context.Background())
 	if !s.Cycle.Open || s.Block.Kernel != "blocked" || !s.Block.Recorded || !s.Consistent || s.Phases["pre"].Result != ResultOK ||
-		len(s.App.Instances) != 1 || s.App.Instances[0].Status != hooks.StatusStopped || !strings.HasPrefix(s.Text(), "patchagent status: OUT OF SERVICE") {
+		len(s.App.Instances) != 1 || s.App.Instances[0].Status != hooks.StatusStopped || !strings.HasPrefix(s.Text(), "patchagent status: OUT OF SERVICE") ||
+		!slices.Equal(s.Block.Families, []string{"ipv4", "ipv6"}) {
 		t.Fatalf("%+v\n%s", s, s.Text())
 	}
 	// A reboot: the kernel lost the rules the state file still records.
@@ -362,6 +373,12 @@ func TestStatusTellsCycleKernelAndApp(t *testing.T) {
 	s, _ = e.agent(t).Status(context.Background())
 	if s.Consistent || !s.Rebooted || !strings.Contains(s.Text(), "open but the block is none in the kernel") {
 		t.Fatalf("%+v\n%s", s, s.Text())
+	}
+	// Only a stray rule jumping to the chain, in IPv6: partial, and named.
+	e.fw.kernel = map[firewall.Family]firewall.FamilyStatus{firewall.IPv4: {}, firewall.IPv6: {OtherJumps: 1}}
+	s, _ = e.agent(t).Status(context.Background())
+	if s.Block.Kernel != "partial" || !slices.Equal(s.Block.Families, []string{"ipv6"}) {
+		t.Fatalf("stray jump: kernel %q, families %q\n%s", s.Block.Kernel, s.Block.Families, s.Text())
 	}
 	if len(e.ev.all()) != 0 {
 		t.Fatalf("status acted: %v", e.ev.all())

@@ -35,6 +35,8 @@ type fakeFirewall struct {
 	state    *StateStore // to check that intent was recorded before acting
 	blocked  bool
 	blockErr error
+	// kernel, if set, is what Status reads instead of the block or nothing.
+	kernel map[firewall.Family]firewall.FamilyStatus
 }
 
 func (f *fakeFirewall) Families() []firewall.Family {
@@ -58,6 +60,9 @@ func (f *fakeFirewall) Unblock(ctx context.Context) error {
 	return nil
 }
 func (f *fakeFirewall) Status(ctx context.Context) (firewall.Status, error) {
+	if f.kernel != nil {
+		return firewall.Status{Families: f.kernel}, nil
+	}
 	fs := firewall.FamilyStatus{}
 	if f.blocked {
 		fs = firewall.FamilyStatus{Chain: true, Jumps: 1, RulesOK: true}

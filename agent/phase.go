@@ -59,7 +59,7 @@ func (a *Agent) runPhase(ctx context.Context, name string, opt RunOptions, body 
 		st, _ := a.d.State.Load()
 		a.d.Metrics.ObservePhase(rep, st, time.Now())
 		if fw, err := a.d.Firewall.Status(ctx); err == nil {
-			a.d.Metrics.ObserveBlock(fw.Blocked() || fw.Partial())
+			a.d.Metrics.ObserveBlock(fw.Present())
 		}
 	}
 	return rep

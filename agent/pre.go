@@ -72,7 +72,7 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 	fams := a.d.Firewall.Families()
 	a.begin(r)
 	r.st.Block = &BlockRecord{Chain: firewall.Chain, Ports: ports16(a.cfg.Traffic.Ports), Action: a.cfg.Traffic.Action,
-		Families: familyNames(fams), BootID: r.boot, Since: time.Now().UTC()}
+		Families: fams, BootID: r.boot, Since: time.Now().UTC()}
 	if err := a.save(&r.st, "block"); err != nil {
 		return fmt.Errorf("nothing was blocked: %w", err)
 	}

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/patchagent/patchagent/firewall"
 )
 
 // StateVersion is the state file's schema version.
@@ -70,12 +72,12 @@ type PhaseResult struct {
 
 // BlockRecord describes the block pre installs.
 type BlockRecord struct {
-	Chain    string    `json:"chain"`
-	Ports    []uint16  `json:"ports"`
-	Action   string    `json:"action"`
-	Families []string  `json:"families"`
-	BootID   string    `json:"boot_id"`
-	Since    time.Time `json:"since"`
+	Chain    string            `json:"chain"`
+	Ports    []uint16          `json:"ports"`
+	Action   string            `json:"action"`
+	Families []firewall.Family `json:"families"`
+	BootID   string            `json:"boot_id"`
+	Since    time.Time         `json:"since"`
 }
 
 // StopRecord describes the app pre stops, so exit knows what to start.

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/patchagent/patchagent/firewall"
 )
 
 func TestStateStoreRoundTripAndMissing(t *testing.T) {
@@ -19,7 +20,7 @@ func TestStateStoreRoundTripAndMissing(t *testing.T) {
 		t.Fatalf("missing file: %+v, %v", st, err)
 	}
 	want := State{Version: StateVersion, CycleID: "c1", Open: true, BootID: "b", Phase: "pre", Step: "drain", Status: StatusRunning,
-		Block:          &BlockRecord{Chain: "PATCHAGENT-BLOCK", Ports: []uint16{443}, Action: "reject", Families: []string{"ipv4"}, BootID: "b", Since: time.Unix(10, 0).UTC()},
+		Block:          &BlockRecord{Chain: "PATCHAGENT-BLOCK", Ports: []uint16{443}, Action: "reject", Families: []firewall.Family{firewall.IPv4}, BootID: "b", Since: time.Unix(10, 0).UTC()},
 		CycleStartedAt: time.Unix(5, 0).UTC()}
 	if err := s.Save(want); err != nil {
 		t.Fatal(err)
@@ -80,6 +81,35 @@ func TestStateStoreFailedSaveKeepsPrevious(t *testing.T) {
 	got, _ := s.Load()
 	if got.CycleID != "old" {
 		t.Fatalf("previous state lost: %+v", got)
+	}
+}
+
+// TestStateStoreSaveNeverWritesInPlace checks, as any user, that Save
+// replaces the file rather than rewriting it: a reader holding the old file
+// (a link to it here) still sees the whole previous state, and no temporary
+// file is left.
+func TestStateStoreSaveNeverWritesInPlace(t *testing.T) {
+	dir := t.TempDir()
+	s := NewStateStore(dir)
+	if err := s.Save(State{CycleID: "old"}); err != nil {
+		t.Fatal(err)
+	}
+	keep := filepath.Join(t.TempDir(), "old.json")
+	if err := os.Link(s.Path, keep); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Save(State{CycleID: "new", Open: true}); err != nil {
+		t.Fatal(err)
+	}
+	old, err := (&StateStore{Path: keep}).Load()
+	if err != nil || old.CycleID != "old" || old.Open {
+		t.Fatalf("the previous file now reads %+v, %v; want the old state", old, err)
+	}
+	if got, err := s.Load(); err != nil || got.CycleID != "new" || !got.Open {
+		t.Fatalf("Load = %+v, %v; want the new state", got, err)
+	}
+	if tmp, _ := filepath.Glob(filepath.Join(filepath.Dir(s.Path), ".state-*")); len(tmp) != 0 {
+		t.Fatalf("temporary files left: %v", tmp)
 	}
 }
 

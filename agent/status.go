@@ -87,7 +87,7 @@ func (a *Agent) Status(ctx context.Context) (*NodeStatus, error) {
 		s.Block.Kernel = "none"
 	}
 	for f, fs := range fw.Families {
-		if fs.Chain || fs.Jumps > 0 {
+		if fs.Present() {
 			s.Block.Families = append(s.Block.Families, string(f))
 		}
 	}

@@ -414,7 +414,7 @@ func (f *Firewall) cleanUpFamily(ctx context.Context, fam Family, t Tables, remo
 	if err != nil {
 		return err
 	}
-	if st.present() {
+	if st.Present() {
 		var p []string
 		if st.Chain {
 			p = append(p, fmt.Sprintf("chain %s/%s still exists with %d rules", filterTable, Chain, len(st.Rules)))
@@ -450,7 +450,9 @@ type FamilyStatus struct {
 	OtherJumps int
 }
 
-func (s FamilyStatus) present() bool { return s.Chain || s.Jumps > 0 || s.OtherJumps > 0 }
+// Present reports whether anything of ours is in the family: the chain, or
+// a rule in INPUT jumping to it.
+func (s FamilyStatus) Present() bool { return s.Chain || s.Jumps > 0 || s.OtherJumps > 0 }
 
 func (s FamilyStatus) blocked() bool { return s.Chain && s.Jumps == 1 && s.RulesOK }
 
@@ -480,8 +482,14 @@ func (s Status) Partial() bool {
 	if s.Blocked() {
 		return false
 	}
+	return s.Present()
+}
+
+// Present reports whether anything of ours is in any family (a complete
+// block or a partial one).
+func (s Status) Present() bool {
 	for _, fs := range s.Families {
-		if fs.present() {
+		if fs.Present() {
 			return true
 		}
 	}
