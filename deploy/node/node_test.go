@@ -5,17 +5,12 @@ package node
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,8 +21,9 @@ import (
 )
 
 const (
-	srvNS, cliNS   = "pa-nd-srv", "pa-nd-cli"
-	srvIP, cliIP   = "192.0.2.1", "192.0.2.2"
+	// prefix names the sandbox network the node boots in (netns pa-nd-srv,
+	// clients in pa-nd-cli).
+	prefix         = "pa-nd"
 	pm2Bin         = "/opt/pm2/node_modules/pm2/bin/pm2"
 	nodeConfigYAML = `app:
   name: sample-app
@@ -79,28 +75,29 @@ func hookScript(t *testing.T, file string) string {
 	return script
 }
 
-func setupNetns(t *testing.T) {
+// setupNetwork builds the sandbox's network alone (no app, no pm2): a
+// server netns for the machine, a client netns joined to it by a veth pair,
+// low ports bindable by the app user in the node (production: a capability
+// or a redirect). The sandbox's Client, Health and Probe watch the node's
+// app from the client netns. The namespaces go at the end of the test.
+func setupNetwork(t *testing.T) *sandbox.Node {
 	t.Helper()
-	cleanup := func() {
-		_ = sandbox.DeleteNetns(srvNS)
-		_ = sandbox.DeleteNetns(cliNS)
-	}
-	cleanup()
-	t.Cleanup(cleanup)
-	must(t, sandbox.CreateNetns(srvNS))
-	must(t, sandbox.CreateNetns(cliNS))
 	ctx := context.Background()
-	for _, argv := range [][]string{
-		{"ip", "link", "add", "pa-nd-s", "netns", srvNS, "type", "veth", "peer", "name", "pa-nd-c", "netns", cliNS},
-		{"ip", "-n", srvNS, "addr", "add", srvIP + "/24", "dev", "pa-nd-s"},
-		{"ip", "-n", cliNS, "addr", "add", cliIP + "/24", "dev", "pa-nd-c"},
-		{"ip", "-n", srvNS, "link", "set", "pa-nd-s", "up"},
-		{"ip", "-n", cliNS, "link", "set", "pa-nd-c", "up"},
-		// The app user binds 443 in the node (production: a capability or a redirect).
-		{"ip", "netns", "exec", srvNS, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"},
-	} {
-		must(t, run(ctx, argv[0], argv[1:]...))
+	n, err := sandbox.Attach(sandbox.Options{Prefix: prefix})
+	must(t, err)
+	teardown := func() error {
+		tctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		return n.Teardown(tctx)
 	}
+	must(t, teardown()) // a leftover of an earlier run
+	t.Cleanup(func() {
+		if err := teardown(); err != nil {
+			t.Error(err)
+		}
+	})
+	must(t, n.SetupNetwork(ctx))
+	return n
 }
 
 // buildRoot makes this test's node from the cached base.
@@ -135,63 +132,6 @@ func buildRoot(t *testing.T, deb string) string {
 	return dir
 }
 
-// client does GETs from the client netns with a new connection each.
-func client() *http.Client {
-	d := &net.Dialer{Timeout: 2 * time.Second}
-	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-		Proxy: nil, DisableKeepAlives: true,
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var c net.Conn
-			err := sandbox.InNetns(cliNS, func() error {
-				var err error
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		},
-	}}
-}
-
-type outcome struct {
-	at      time.Time
-	ok      bool
-	refused bool
-	err     string
-}
-
-// watch sends GET / every 25 ms until stop is closed.
-func watch(stop chan struct{}) func() []outcome {
-	var mu sync.Mutex
-	var out []outcome
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		c := client()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(25 * time.Millisecond):
-			}
-			at := time.Now()
-			resp, err := c.Get("http://" + srvIP + ":443/")
-			o := outcome{at: at}
-			if err != nil {
-				o.refused = errors.Is(err, syscall.ECONNREFUSED)
-				o.err = err.Error()
-			} else {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				o.ok = resp.StatusCode == 200
-			}
-			mu.Lock()
-			out = append(out, o)
-			mu.Unlock()
-		}
-	}()
-	return func() []outcome { <-done; mu.Lock(); defer mu.Unlock(); return out }
-}
-
 func waitFor(t *testing.T, what string, max time.Duration, f func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(max)
@@ -203,18 +143,9 @@ func waitFor(t *testing.T, what string, max time.Duration, f func() bool) {
 	}
 }
 
-func healthy() bool {
-	resp, err := client().Get("http://" + srvIP + ":443/health-check")
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == 200
-}
-
 // prometheus runs Debian's Prometheus in the client netns scraping the
 // node's daemon.
-func prometheus(t *testing.T) (query func(q string) []float64) {
+func prometheus(t *testing.T, n *sandbox.Node) (query func(q string) []float64) {
 	t.Helper()
 	bin, err := exec.LookPath("prometheus")
 	if err != nil {
@@ -224,16 +155,17 @@ func prometheus(t *testing.T) (query func(q string) []float64) {
 		t.Fatalf("prometheus not installed (make setup puts it in .cache/bin): %v", err)
 	}
 	dir := t.TempDir()
-	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: patchagent\n    static_configs:\n      - targets: ['%s:8741']\n", srvIP)
+	cfg := fmt.Sprintf("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: patchagent\n    static_configs:\n      - targets: ['%s:8741']\n", n.ServerV4)
 	must(t, os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644))
-	cmd := exec.Command("ip", "netns", "exec", cliNS, bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
+	cmd := exec.Command("ip", "netns", "exec", n.ClientNS, bin, "--config.file="+filepath.Join(dir, "prometheus.yml"),
 		"--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address=127.0.0.1:19090")
 	logf, _ := os.Create(filepath.Join(dir, "prometheus.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	must(t, cmd.Start())
 	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); _ = cmd.Wait() })
-	c := client()
+	c := n.Client(false)
+	c.Timeout = 10 * time.Second
 	return func(q string) []float64 {
 		resp, err := c.Get("http://127.0.0.1:19090/api/v1/query?query=" + url.QueryEscape(q))
 		if err != nil {
@@ -268,9 +200,10 @@ func TestRealNodePatchCycle(t *testing.T) {
 	}
 	ctx := context.Background()
 	dir := buildRoot(t, debs[len(debs)-1])
-	setupNetns(t)
+	n := setupNetwork(t)
+	healthy := func() bool { return n.Health(ctx, false) == nil }
 	logPath := filepath.Join(t.TempDir(), "nspawn.log")
-	m, err := Boot(ctx, dir, srvNS, logPath)
+	m, err := Boot(ctx, dir, n.ServerNS, logPath)
 	must(t, err)
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -317,21 +250,17 @@ func TestRealNodePatchCycle(t *testing.T) {
 		out, _ := m.Output(ctx, "systemctl", "show", "patchagent.service", "-p", "ActiveState", "-p", "StatusText")
 		return strings.Contains(out, "ActiveState=active") && strings.Contains(out, "StatusText=") && !strings.Contains(out, "StatusText=\n")
 	})
-	query := prometheus(t)
+	query := prometheus(t, n)
 	waitFor(t, "prometheus scraping the daemon", 30*time.Second, func() bool { return len(query(`up{job="patchagent"} == 1`)) == 1 })
 
-	stop := make(chan struct{})
-	outcomes := watch(stop)
+	// A new outside connection with GET / every 25 ms.
+	watch := n.Probe(ctx, sandbox.ProbeOptions{Interval: 25 * time.Millisecond, Path: "/"})
 	inflight := make(chan int, 1)
 	go func() {
-		resp, err := client().Get("http://" + srvIP + ":443/slow?ms=3000")
-		if err != nil {
-			inflight <- 0
-			return
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		inflight <- resp.StatusCode
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		code, _ := sandbox.Get(rctx, n.Client(false), n.URL("/slow?ms=3000", false))
+		inflight <- code
 	}()
 	time.Sleep(300 * time.Millisecond)
 	hook := func(m *Machine, file string) string {
@@ -376,24 +305,23 @@ func TestRealNodePatchCycle(t *testing.T) {
 	exitEnd := time.Now()
 	waitFor(t, "node back in service", 10*time.Second, healthy)
 	time.Sleep(300 * time.Millisecond)
-	close(stop)
-	var okAfterBoot, refusedAfterBoot int
-	for _, o := range outcomes() {
-		if o.at.After(rebootAt) {
-			if o.ok {
-				okAfterBoot++
-				if o.at.Before(exitStart) {
-					t.Fatalf("an outside request was answered at %s after the reboot, before the on-exit hook ran at %s", o.at.Format(time.StampMilli), exitStart.Format(time.StampMilli))
+	var answeredAfterBoot, refusedAfterBoot int
+	for _, a := range watch.Stop() {
+		if a.At.After(rebootAt) {
+			if a.Status != 0 {
+				answeredAfterBoot++
+				if a.At.Before(exitStart) {
+					t.Fatalf("an outside request was answered at %s after the reboot, before the on-exit hook ran at %s", a.At.Format(time.StampMilli), exitStart.Format(time.StampMilli))
 				}
 			}
-			if o.refused {
+			if a.Refused {
 				refusedAfterBoot++
 			}
 		}
 	}
-	t.Logf("after the reboot: %d refused, %d answered (all after exit started at %s, ended %s)", refusedAfterBoot, okAfterBoot, exitStart.Format(time.StampMilli), exitEnd.Format(time.StampMilli))
-	if okAfterBoot == 0 || refusedAfterBoot == 0 {
-		t.Fatalf("after the reboot: %d answered, %d refused: want both", okAfterBoot, refusedAfterBoot)
+	t.Logf("after the reboot: %d refused, %d answered (all after exit started at %s, ended %s)", refusedAfterBoot, answeredAfterBoot, exitStart.Format(time.StampMilli), exitEnd.Format(time.StampMilli))
+	if answeredAfterBoot == 0 || refusedAfterBoot == 0 {
+		t.Fatalf("after the reboot: %d answered, %d refused: want both", answeredAfterBoot, refusedAfterBoot)
 	}
 	// Prometheus saw the cycle.
 	waitFor(t, "prometheus saw the cycle open and the exit", 30*time.Second, func() bool {

@@ -197,6 +197,21 @@ func Setup(ctx context.Context, o Options) (_ *Node, err error) {
 	return n, nil
 }
 
+// SetupNetwork is Setup's network alone, for a server netns that runs
+// something else than the sandbox's app (deploy/node boots a machine in
+// it): it creates the two namespaces and the veth pair between them if
+// missing, assigns the addresses and lets unprivileged users bind low ports
+// inside the server netns. Client, Health, Probe and Load then work from
+// the client netns; Teardown deletes the namespaces.
+func (n *Node) SetupNetwork(ctx context.Context) error {
+	for _, ns := range []string{n.ServerNS, n.ClientNS} {
+		if err := CreateNetns(ns); err != nil {
+			return fmt.Errorf("setting up sandbox: %w", err)
+		}
+	}
+	return n.setupNetwork(ctx)
+}
+
 // setupNetwork creates the veth pair if missing, assigns the addresses and
 // lets unprivileged users bind low ports inside the server netns.
 func (n *Node) setupNetwork(ctx context.Context) error {
