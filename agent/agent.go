@@ -27,7 +27,6 @@ type Firewall interface {
 
 // AppManager starts and stops the app's processes (hooks.PM2).
 type AppManager interface {
-	DaemonAlive() error
 	Processes(ctx context.Context, app string) ([]hooks.Process, error)
 	Stop(ctx context.Context, app string) ([]hooks.Process, error)
 	Start(ctx context.Context, app string) error
@@ -182,7 +181,10 @@ func (a *Agent) WithProgress(w io.Writer) *Agent {
 	return &b
 }
 
-// RunPhase runs the named phase (pre, post, exit, reconcile).
+// Phases are the phases a hook (or the daemon at boot, reconcile) runs.
+var Phases = []string{"pre", "post", "exit", "reconcile"}
+
+// RunPhase runs the named phase (one of Phases).
 func (a *Agent) RunPhase(ctx context.Context, phase string, opt RunOptions) *Report {
 	switch phase {
 	case "pre":

@@ -106,7 +106,6 @@ type fakeApp struct {
 	unknown  bool // pm2 no longer knows the app
 }
 
-func (a *fakeApp) DaemonAlive() error { return a.listErr }
 func (a *fakeApp) Processes(ctx context.Context, app string) ([]hooks.Process, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

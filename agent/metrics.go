@@ -16,10 +16,6 @@ import (
 // collector directory.
 const TextfileName = "patchagent.prom"
 
-// metricPhases are the phases whose run counters exist from the start, so
-// that rate() and increase() see the first failure.
-var metricPhases = []string{"pre", "post", "exit", "reconcile"}
-
 // phaseBuckets span 0.05 s (a no-op phase) to 30 min (a slow drain, npm
 // update or health wait).
 var phaseBuckets = []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800}
@@ -133,7 +129,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Help: "Times the dead-man timer fired: the node stayed out of service too long.",
 		}),
 	}
-	for _, p := range metricPhases {
+	for _, p := range Phases { // counters exist from the start: rate() sees the first failure
 		m.PhaseRuns.WithLabelValues(p, ResultOK)
 		m.PhaseRuns.WithLabelValues(p, ResultFailed)
 	}

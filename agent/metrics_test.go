@@ -333,7 +333,7 @@ func TestMetricsLabels(t *testing.T) {
 		t.Fatal(err)
 	}
 	allowed := map[string][]string{
-		"phase":  metricPhases,
+		"phase":  Phases,
 		"step":   {"block", "drain", "update", "health"},
 		"result": {ResultOK, ResultFailed, ResultDryRun, "success", "failure"},
 		"state":  {"busy", "idle"},

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -69,15 +70,6 @@ type Message struct {
 	Joined   bool    `json:"joined,omitempty"`
 	Report   *Report `json:"report,omitempty"`
 	Error    string  `json:"error,omitempty"`
-}
-
-// validPhase tells the phases a client may ask for.
-func validPhase(p string) bool {
-	switch p {
-	case "pre", "post", "exit", "reconcile":
-		return true
-	}
-	return false
 }
 
 // ListenControl makes the control socket at path: its directory is created
@@ -260,15 +252,8 @@ func (s *Server) stopAccepting() {
 // first, the remaining connections are closed and ctx's error returned.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopAccepting()
-	done := make(chan struct{})
-	go func() {
-		s.handlers.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
+	if waitGroup(ctx, &s.handlers) {
 		return nil
-	case <-ctx.Done():
 	}
 	s.forceOnce.Do(func() { close(s.force) })
 	s.mu.Lock()
@@ -492,7 +477,7 @@ func decodeRequest(line []byte) (Request, error) {
 	if err != nil {
 		return Request{}, err
 	}
-	if !validPhase(req.Phase) {
+	if !slices.Contains(Phases, req.Phase) {
 		return Request{}, fmt.Errorf("unknown phase %q: want pre, post, exit or reconcile", req.Phase)
 	}
 	return req, nil

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -436,7 +437,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			}
 			return
 		}
-		if !validPhase(req.Phase) {
+		if !slices.Contains(Phases, req.Phase) {
 			t.Fatalf("accepted phase %q", req.Phase)
 		}
 		// What is accepted is exactly what the standard decoder sees.

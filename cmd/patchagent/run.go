@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -54,9 +55,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return agent.ExitUsage
 	}
 	cmd, rest := args[0], args[1:]
-	switch cmd {
-	case "pre", "post", "exit", "reconcile":
+	if slices.Contains(agent.Phases, cmd) {
 		return runPhase(ctx, cmd, rest, stdout, stderr)
+	}
+	switch cmd {
 	case "status":
 		return runStatus(ctx, rest, stdout, stderr)
 	case "daemon":
