@@ -196,7 +196,14 @@ func (a *Agent) RunPhase(ctx context.Context, phase string, opt RunOptions) *Rep
 	case "reconcile":
 		return a.Reconcile(ctx, opt)
 	}
-	rep := &Report{Phase: phase, Steps: []StepReport{}}
-	rep.finish(0, configError(fmt.Errorf("unknown phase %q", phase)), ExitUsage)
-	return rep
+	return FailedReport(phase, 0, configError(fmt.Errorf("unknown phase %q", phase)))
+}
+
+// FailedReport is the report of a phase that failed as a whole after d (it
+// could not start, or its run was lost), with err's exit code: a
+// configuration error's 2, a held lock's, else 1.
+func FailedReport(phase string, d time.Duration, err error) *Report {
+	r := &Report{Phase: phase, Steps: []StepReport{}}
+	r.finish(d, err, exitCode(err))
+	return r
 }

@@ -315,8 +315,13 @@ func (e *ConfigError) Error() string {
 // LoadConfig reads, checks and validates the config file at path. It
 // refuses a file that is not owned by root or is group/world-writable: the
 // config names commands that run as root.
+// Its errors are configuration errors (exit code 2 in a FailedReport).
 func LoadConfig(path string) (Config, error) {
-	return loadConfig(path, 0)
+	cfg, err := loadConfig(path, 0)
+	if err != nil {
+		return Config{}, configError(err)
+	}
+	return cfg, nil
 }
 
 func loadConfig(path string, ownerUID uint32) (Config, error) {

@@ -583,20 +583,15 @@ func (s *Server) runSafely(ctx context.Context, p *phaseExec) (rep *Report) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.log.Error("phase runner panicked", zap.String("phase", p.phase), zap.Any("panic", v), zap.StackSkip("stack", 1))
-			rep = internalErrorReport(p, fmt.Sprintf("internal error: the phase panicked: %v (see the daemon's journal)", v))
+			rep = FailedReport(p.phase, time.Since(p.since), fmt.Errorf("internal error: the phase panicked: %v (see the daemon's journal)", v))
 		}
 	}()
 	rep = s.run(ctx, p.phase, p.opt, p)
 	if rep == nil {
 		s.log.Error("phase runner returned no report", zap.String("phase", p.phase))
-		rep = internalErrorReport(p, "internal error: the phase returned no report")
+		rep = FailedReport(p.phase, time.Since(p.since), errors.New("internal error: the phase returned no report"))
 	}
 	return rep
-}
-
-func internalErrorReport(p *phaseExec, msg string) *Report {
-	d := time.Since(p.since)
-	return &Report{Phase: p.phase, Result: ResultFailed, ExitCode: ExitFailed, Error: msg, Duration: d, Seconds: d.Seconds(), Steps: []StepReport{}}
 }
 
 // phaseExec is one run of a phase: the progress writer its runner gets, and

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -20,9 +19,7 @@ import (
 // phases (the hook commands hand them over through the control socket),
 // re-establishes the block at boot, watches it and serves /metrics.
 func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
-	fs := flag.NewFlagSet("patchagent daemon", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", agent.DefaultConfigPath, "config file")
+	fs, path := newFlags("daemon", stderr)
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return agent.ExitUsage

@@ -76,6 +76,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return agent.ExitUsage
 }
 
+// newFlags is the flag set of `patchagent <command>`, with the --config
+// flag every command has.
+func newFlags(command string, stderr io.Writer) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet("patchagent "+command, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs, fs.String("config", agent.DefaultConfigPath, "config file")
+}
+
 type phaseFlags struct {
 	config, output, logLevel string
 	dryRun                   bool
@@ -83,15 +91,14 @@ type phaseFlags struct {
 
 func parsePhaseFlags(name string, args []string, stderr io.Writer) (phaseFlags, error) {
 	var f phaseFlags
-	fs := flag.NewFlagSet("patchagent "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&f.config, "config", agent.DefaultConfigPath, "config file")
+	fs, config := newFlags(name, stderr)
 	fs.StringVar(&f.output, "output", "text", "output format: text or json")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print the plan and change nothing")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
+	f.config = *config
 	if fs.NArg() > 0 {
 		return f, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
@@ -115,7 +122,7 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 	defer func() { _ = log.Sync() }()
 	cfg, err := agent.LoadConfig(f.config)
 	if err != nil {
-		return report(stdout, f.output, failedBeforeStart(phase, err, agent.ExitUsage))
+		return report(stdout, f.output, agent.FailedReport(phase, 0, err))
 	}
 	// The daemon, when it answers, runs the phase: a SIGKILL of this
 	// process (an SSM timeout) then does not stop it.
@@ -130,18 +137,13 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 			fmt.Fprintf(stderr, "patchagent %s: interrupted; the phase goes on in the daemon (see patchagent status)\n", phase)
 			return agent.ExitFailed
 		default:
-			return report(stdout, f.output, failedBeforeStart(phase, err, agent.ExitFailed))
+			return report(stdout, f.output, agent.FailedReport(phase, 0, err))
 		}
 	}
 	reg, metrics := agent.NewTextfileRegistry(version)
 	a, err := agent.Build(cfg, log, stderr, crashAfter(os.Getenv(crashEnv)), metrics)
 	if err != nil {
-		code := agent.ExitFailed
-		var pe *agent.PhaseError
-		if errors.As(err, &pe) {
-			code = pe.Code
-		}
-		return report(stdout, f.output, failedBeforeStart(phase, err, code))
+		return report(stdout, f.output, agent.FailedReport(phase, 0, err))
 	}
 	rep := a.RunPhase(ctx, phase, agent.RunOptions{DryRun: f.dryRun})
 	// Run without the daemon, the run's metrics go to node_exporter's
@@ -170,11 +172,6 @@ func crashAfter(step string) func(string) {
 	}
 }
 
-// failedBeforeStart is the report of a phase that could not start.
-func failedBeforeStart(phase string, err error, code int) *agent.Report {
-	return &agent.Report{Phase: phase, Result: agent.ResultFailed, Error: err.Error(), ExitCode: code, Steps: []agent.StepReport{}}
-}
-
 func report(w io.Writer, format string, r *agent.Report) int {
 	if format == "json" {
 		w.Write(r.JSON())
@@ -185,9 +182,7 @@ func report(w io.Writer, format string, r *agent.Report) int {
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("patchagent status", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", agent.DefaultConfigPath, "config file")
+	fs, path := newFlags("status", stderr)
 	output := fs.String("output", "text", "output format: text or json")
 	if err := fs.Parse(args); err != nil {
 		return agent.ExitUsage
@@ -222,9 +217,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 }
 
 func runCheckConfig(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("patchagent check-config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	path := fs.String("config", agent.DefaultConfigPath, "config file")
+	fs, path := newFlags("check-config", stderr)
 	if err := fs.Parse(args); err != nil {
 		return agent.ExitUsage
 	}
