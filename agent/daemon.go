@@ -80,9 +80,10 @@ var _ phaseServer = (*Server)(nil)
 //
 // The caller runs srv.Serve; RunDaemon first sets srv's phase context. The
 // daemon's own exits call a.Exit directly and take the same phase lock as
-// the socket's phases. m may be nil (metrics not kept).
-func (a *Agent) RunDaemon(ctx context.Context, srv phaseServer, n Notifier, m *Metrics, o DaemonOptions) error {
-	d := newDaemonLoop(a, srv, n, m, o)
+// the socket's phases. It keeps its metrics in the Agent's (Deps.Metrics;
+// none kept if nil).
+func (a *Agent) RunDaemon(ctx context.Context, srv phaseServer, n Notifier, o DaemonOptions) error {
+	d := newDaemonLoop(a, srv, n, o)
 	phaseCtx, abandon := context.WithCancel(context.WithoutCancel(ctx))
 	defer abandon()
 	d.phaseCtx = phaseCtx
@@ -151,7 +152,7 @@ func (r *recovery) state() (why string, ended time.Time) {
 	return r.why, r.ended
 }
 
-func newDaemonLoop(a *Agent, srv phaseServer, n Notifier, m *Metrics, o DaemonOptions) *daemonLoop {
+func newDaemonLoop(a *Agent, srv phaseServer, n Notifier, o DaemonOptions) *daemonLoop {
 	if o.Tick <= 0 {
 		o.Tick = defaultTick
 	}
@@ -168,6 +169,7 @@ func newDaemonLoop(a *Agent, srv phaseServer, n Notifier, m *Metrics, o DaemonOp
 	if n == nil {
 		n = nopNotifier{}
 	}
+	m := a.d.Metrics
 	if m == nil {
 		m = NewMetrics(prometheus.NewRegistry(), "")
 	}

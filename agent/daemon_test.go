@@ -175,10 +175,10 @@ func newDaemonRig(t *testing.T) *daemonRig {
 func (r *daemonRig) start(t *testing.T) (stop func() (time.Duration, error)) {
 	t.Helper()
 	r.a = r.e.agent(t)
-	r.a.d.Firewall = r.fw
+	r.a.d.Firewall, r.a.d.Metrics = r.fw, r.m
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan error, 1)
-	go func() { ch <- r.a.RunDaemon(ctx, r.srv, r.n, r.m, r.o) }()
+	go func() { ch <- r.a.RunDaemon(ctx, r.srv, r.n, r.o) }()
 	var once sync.Once
 	var err error
 	var took time.Duration
@@ -237,7 +237,7 @@ func TestDaemonBootReconcileFailureIsNotReady(t *testing.T) {
 	a.d.Firewall = r.fw
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := a.RunDaemon(ctx, r.srv, r.n, r.m, r.o)
+	err := a.RunDaemon(ctx, r.srv, r.n, r.o)
 	if err == nil || !strings.Contains(err.Error(), "boom") || ctx.Err() != nil {
 		t.Fatalf("want the reconciliation's error at once, got %v", err)
 	}

@@ -81,7 +81,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx) }()
 	log.Info("daemon started", zap.String("socket", cfg.Daemon.Socket), zap.String("metrics", mln.Addr().String()), zap.Duration("watchdog", watchdog))
-	if err := a.RunDaemon(ctx, srv, notifier, metrics, agent.DaemonOptions{Watchdog: watchdog, Tick: cfg.Daemon.WatchInterval.D()}); err != nil {
+	if err := a.RunDaemon(ctx, srv, notifier, agent.DaemonOptions{Watchdog: watchdog, Tick: cfg.Daemon.WatchInterval.D()}); err != nil {
 		log.Error("daemon stopped", zap.Error(err))
 		return agent.ExitFailed
 	}
