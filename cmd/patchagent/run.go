@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -124,35 +123,9 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 	if err != nil {
 		return report(stdout, f.output, agent.FailedReport(phase, 0, err))
 	}
-	// The daemon, when it answers, runs the phase: a SIGKILL of this
-	// process (an SSM timeout) then does not stop it.
-	if os.Getenv(crashEnv) == "" {
-		rep, err := agent.Call(ctx, cfg.Daemon.Socket, agent.Request{Phase: phase, DryRun: f.dryRun}, stderr)
-		switch {
-		case err == nil:
-			return report(stdout, f.output, rep)
-		case errors.Is(err, agent.ErrNoDaemon):
-			fmt.Fprintf(stderr, "patchagent %s: no daemon answering on %s: running the phase in this process\n", phase, cfg.Daemon.Socket)
-		case ctx.Err() != nil:
-			fmt.Fprintf(stderr, "patchagent %s: interrupted; the phase goes on in the daemon (see patchagent status)\n", phase)
-			return agent.ExitFailed
-		default:
-			return report(stdout, f.output, agent.FailedReport(phase, 0, err))
-		}
-	}
-	reg, metrics := agent.NewTextfileRegistry(version)
-	a, err := agent.Build(cfg, log, stderr, crashAfter(os.Getenv(crashEnv)), metrics)
-	if err != nil {
-		return report(stdout, f.output, agent.FailedReport(phase, 0, err))
-	}
-	rep := a.RunPhase(ctx, phase, agent.RunOptions{DryRun: f.dryRun})
-	// Run without the daemon, the run's metrics go to node_exporter's
-	// textfile collector; a node without it just has no such directory.
-	if !f.dryRun {
-		if err := agent.WriteTextfile(cfg.Daemon.TextfileDir, reg); err != nil {
-			log.Info("metrics not written for node_exporter", zap.Error(err))
-		}
-	}
+	rep := agent.RunHook(ctx, cfg, phase, agent.HookOptions{
+		DryRun: f.dryRun, Log: log, Progress: stderr, AfterSave: crashAfter(os.Getenv(crashEnv)), Version: version,
+	})
 	return report(stdout, f.output, rep)
 }
 

@@ -1,0 +1,61 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"go.uber.org/zap"
+)
+
+// HookOptions is what a hook command (patchagent pre, post, exit or
+// reconcile) gives RunHook besides the configuration.
+type HookOptions struct {
+	DryRun bool
+	Log    *zap.Logger
+	// Progress gets the live progress lines (the command's stderr).
+	Progress io.Writer
+	// AfterSave, if set, runs the phase in this process even when a daemon
+	// answers, and is called after each recorded intent (Build's
+	// afterSave: the crash tests kill the process there).
+	AfterSave func(step string)
+	// Version labels the metrics written for node_exporter.
+	Version string
+}
+
+// RunHook runs phase for a hook command. When a daemon answers on
+// cfg.Daemon.Socket the daemon runs it, so that a SIGKILL of the command
+// (an SSM timeout) does not stop the phase. With no daemon the phase runs
+// in this process, and its metrics go to node_exporter's textfile
+// collector (a node without one just has no such directory).
+func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Report {
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	if o.AfterSave == nil {
+		rep, err := Call(ctx, cfg.Daemon.Socket, Request{Phase: phase, DryRun: o.DryRun}, o.Progress)
+		switch {
+		case err == nil:
+			return rep
+		case errors.Is(err, ErrNoDaemon):
+			fmt.Fprintf(o.Progress, "patchagent %s: no daemon answering on %s: running the phase in this process\n", phase, cfg.Daemon.Socket)
+		case ctx.Err() != nil:
+			return FailedReport(phase, 0, fmt.Errorf("interrupted (%w); the phase goes on in the daemon (see patchagent status)", ctx.Err()))
+		default:
+			return FailedReport(phase, 0, err)
+		}
+	}
+	reg, metrics := NewTextfileRegistry(o.Version)
+	a, err := Build(cfg, o.Log, o.Progress, o.AfterSave, metrics)
+	if err != nil {
+		return FailedReport(phase, 0, err)
+	}
+	rep := a.RunPhase(ctx, phase, RunOptions{DryRun: o.DryRun})
+	if !o.DryRun {
+		if err := WriteTextfile(cfg.Daemon.TextfileDir, reg); err != nil {
+			o.Log.Info("metrics not written for node_exporter", zap.Error(err))
+		}
+	}
+	return rep
+}
