@@ -68,6 +68,15 @@ func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string,
 			return fmt.Errorf("unknown scenario %q (want %v)", s, allScenarios)
 		}
 	}
+	binary, err := filepath.Abs(binary)
+	if err != nil {
+		return err
+	}
+	if st, err := os.Stat(binary); err != nil {
+		return fmt.Errorf("the patchagent binary (make build, or -patchagent): %w", err)
+	} else if !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+		return fmt.Errorf("the patchagent binary %s is not an executable file (make build, or -patchagent)", binary)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	work, err := os.MkdirTemp("", "patchagent-bench-")
@@ -78,14 +87,6 @@ func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string,
 	logDir := filepath.Join(outDir, "logs")
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return err
-	}
-	if binary, err = filepath.Abs(binary); err != nil {
-		return err
-	}
-	if st, err := os.Stat(binary); err != nil {
-		return fmt.Errorf("the patchagent binary (make build, or -patchagent): %w", err)
-	} else if !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
-		return fmt.Errorf("the patchagent binary %s is not an executable file (make build, or -patchagent)", binary)
 	}
 
 	status("setting up the sandbox %s", prefix)
