@@ -66,7 +66,6 @@ func Call(ctx context.Context, path string, req Request, progress io.Writer) (*R
 		case m.Error != "":
 			return nil, fmt.Errorf("daemon refused the %s request: %s", req.Phase, m.Error)
 		case m.Report != nil:
-			restoreDurations(m.Report)
 			return m.Report, nil
 		case m.Joined:
 			fmt.Fprintf(progress, "joined the %s already running in the patchagent daemon\n", req.Phase)
@@ -94,12 +93,4 @@ func dialError(path string, err error) error {
 		return fmt.Errorf("connecting to %s: the control socket is root-only, run patchagent as root: %w", path, err)
 	}
 	return fmt.Errorf("connecting to %s: %w", path, err)
-}
-
-// restoreDurations sets the durations JSON does not carry, for Text.
-func restoreDurations(r *Report) {
-	r.Duration = time.Duration(r.Seconds * float64(time.Second))
-	for i := range r.Steps {
-		r.Steps[i].Dur = time.Duration(r.Steps[i].Seconds * float64(time.Second))
-	}
 }

@@ -20,8 +20,7 @@ type DrainResult struct {
 	Active    int           `json:"active"`
 	Busy      int           `json:"busy"`
 	TimedOut  bool          `json:"timed_out"`
-	Waited    time.Duration `json:"-"`
-	Seconds   float64       `json:"duration_seconds"`
+	Waited    time.Duration `json:"-"` // JSON: duration_seconds
 	Polls     int           `json:"polls"`
 }
 
@@ -50,7 +49,6 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 		r.Remaining, r.Active, r.Busy = s.Total, s.Total-s.Idle, s.Busy
 		now := a.d.Now()
 		r.Waited = now.Sub(blockedAt)
-		r.Seconds = r.Waited.Seconds()
 		if s.Total != last.Total || s.Busy != last.Busy || s.Idle != last.Idle || now.Sub(lastPrint) >= time.Second {
 			a.progress("drain: %d connection(s), %d busy, %d idle >= %s, after %s",
 				s.Total, s.Busy, s.Idle, c.Idle, r.Waited.Round(10*time.Millisecond))

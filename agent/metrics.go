@@ -169,9 +169,9 @@ func (m *Metrics) ObservePhase(rep *Report, st State, now time.Time) {
 		return
 	}
 	ts := timestamp(now)
-	m.PhaseDuration.WithLabelValues(rep.Phase).Observe(phaseSeconds(rep))
+	m.PhaseDuration.WithLabelValues(rep.Phase).Observe(rep.Duration.Seconds())
 	for _, s := range rep.Steps {
-		m.StepDuration.WithLabelValues(rep.Phase, s.Name).Observe(stepSeconds(s))
+		m.StepDuration.WithLabelValues(rep.Phase, s.Name).Observe(s.Dur.Seconds())
 	}
 	m.LastRun.WithLabelValues(rep.Phase).Set(ts)
 	if rep.Result == ResultOK {
@@ -183,7 +183,7 @@ func (m *Metrics) ObservePhase(rep *Report, st State, now time.Time) {
 	if d := rep.Drain; d != nil {
 		m.DrainConns.WithLabelValues("busy").Set(float64(d.Active))
 		m.DrainConns.WithLabelValues("idle").Set(float64(d.Remaining - d.Active))
-		m.DrainDuration.Set(d.Seconds)
+		m.DrainDuration.Set(d.Waited.Seconds())
 		if d.TimedOut {
 			m.DrainTimeouts.Inc()
 		}
@@ -260,20 +260,6 @@ func updated(rep *Report) bool {
 		}
 	}
 	return false
-}
-
-func phaseSeconds(rep *Report) float64 {
-	if rep.Duration != 0 {
-		return rep.Duration.Seconds()
-	}
-	return rep.Seconds
-}
-
-func stepSeconds(s StepReport) float64 {
-	if s.Dur != 0 {
-		return s.Dur.Seconds()
-	}
-	return s.Seconds
 }
 
 func timestamp(t time.Time) float64 {

@@ -67,7 +67,7 @@ func TestMetricsPreWithDrain(t *testing.T) {
 			{Name: "block", Result: ResultOK, Dur: 40 * time.Millisecond},
 			{Name: "drain", Result: ResultOK, Dur: 11 * time.Second},
 		},
-		Drain: &DrainResult{Seen: 9, Remaining: 5, Active: 2, Busy: 1, TimedOut: true, Seconds: 11.5},
+		Drain: &DrainResult{Seen: 9, Remaining: 5, Active: 2, Busy: 1, TimedOut: true, Waited: 11500 * time.Millisecond},
 	}
 	m.ObservePhase(rep, openState(t0), t1)
 
@@ -121,8 +121,8 @@ patchagent_phase_duration_seconds_count{phase="pre"} 1
 
 func TestMetricsStepDuration(t *testing.T) {
 	reg, m := newTestMetrics(t)
-	m.ObservePhase(&Report{Phase: "pre", Result: ResultOK, Seconds: 1,
-		Steps: []StepReport{{Name: "block", Result: ResultOK, Dur: 40 * time.Millisecond}, {Name: "stop", Result: ResultOK, Seconds: 0.5}}},
+	m.ObservePhase(&Report{Phase: "pre", Result: ResultOK, Duration: time.Second,
+		Steps: []StepReport{{Name: "block", Result: ResultOK, Dur: 40 * time.Millisecond}, {Name: "stop", Result: ResultOK, Dur: 500 * time.Millisecond}}},
 		State{}, t0)
 	mfs, err := reg.Gather()
 	if err != nil {
@@ -309,7 +309,7 @@ func observeAll(m *Metrics) {
 	text := "dial tcp 10.0.0.1:443: connection refused (https://app.example/health?x=1)"
 	m.ObservePhase(&Report{Phase: "pre", Result: ResultOK, Duration: 3 * time.Second, Summary: []string{text}, Warnings: []string{text},
 		Steps: []StepReport{{Name: "block", Result: ResultOK, Dur: time.Millisecond, Detail: text}, {Name: "drain", Result: ResultOK, Dur: 2 * time.Second}},
-		Drain: &DrainResult{Remaining: 3, Active: 1, Seconds: 2}}, openState(t0), t0)
+		Drain: &DrainResult{Remaining: 3, Active: 1, Waited: 2 * time.Second}}, openState(t0), t0)
 	m.ObservePhase(&Report{Phase: "post", Result: ResultOK, Duration: time.Minute,
 		Steps: []StepReport{{Name: "update", Result: ResultOK, Dur: time.Minute, Detail: text}}, Changes: []string{text, text}}, openState(t0), t1)
 	m.ObservePhase(&Report{Phase: "exit", Result: ResultFailed, Error: text, RolledBack: 2, Reblocked: true,

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"time"
 )
@@ -57,8 +58,7 @@ type Report struct {
 	App      string        `json:"app,omitempty"`
 	Result   string        `json:"result"`
 	ExitCode int           `json:"exit_code"`
-	Duration time.Duration `json:"-"`
-	Seconds  float64       `json:"duration_seconds"`
+	Duration time.Duration `json:"-"` // JSON: duration_seconds
 	// Summary is the short list of what was done, shown in the verdict.
 	Summary  []string     `json:"summary,omitempty"`
 	Error    string       `json:"error,omitempty"`
@@ -94,15 +94,85 @@ type HealthSummary struct {
 
 // StepReport is one step of a phase.
 type StepReport struct {
-	Name    string        `json:"name"`
-	Result  string        `json:"result"`
-	Dur     time.Duration `json:"-"`
-	Seconds float64       `json:"duration_seconds"`
-	Detail  string        `json:"detail,omitempty"`
+	Name   string        `json:"name"`
+	Result string        `json:"result"`
+	Dur    time.Duration `json:"-"` // JSON: duration_seconds
+	Detail string        `json:"detail,omitempty"`
 }
 
+// Reports keep their durations as time.Duration; JSON carries them as
+// seconds, in "duration_seconds".
+
+type (
+	reportJSON      Report
+	stepReportJSON  StepReport
+	drainResultJSON DrainResult
+)
+
+func (r Report) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		reportJSON
+		Seconds float64 `json:"duration_seconds"`
+	}{reportJSON(r), r.Duration.Seconds()})
+}
+
+func (r *Report) UnmarshalJSON(b []byte) error {
+	var v struct {
+		reportJSON
+		Seconds float64 `json:"duration_seconds"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*r = Report(v.reportJSON)
+	r.Duration = fromSeconds(v.Seconds)
+	return nil
+}
+
+func (s StepReport) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		stepReportJSON
+		Seconds float64 `json:"duration_seconds"`
+	}{stepReportJSON(s), s.Dur.Seconds()})
+}
+
+func (s *StepReport) UnmarshalJSON(b []byte) error {
+	var v struct {
+		stepReportJSON
+		Seconds float64 `json:"duration_seconds"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*s = StepReport(v.stepReportJSON)
+	s.Dur = fromSeconds(v.Seconds)
+	return nil
+}
+
+func (d DrainResult) MarshalJSON() ([]byte, error) {
+	return json.Marshal(struct {
+		drainResultJSON
+		Seconds float64 `json:"duration_seconds"`
+	}{drainResultJSON(d), d.Waited.Seconds()})
+}
+
+func (d *DrainResult) UnmarshalJSON(b []byte) error {
+	var v struct {
+		drainResultJSON
+		Seconds float64 `json:"duration_seconds"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	*d = DrainResult(v.drainResultJSON)
+	d.Waited = fromSeconds(v.Seconds)
+	return nil
+}
+
+func fromSeconds(s float64) time.Duration { return time.Duration(math.Round(s * float64(time.Second))) }
+
 func (r *Report) addStep(name, result string, d time.Duration, detail string) {
-	r.Steps = append(r.Steps, StepReport{Name: name, Result: result, Dur: d, Seconds: d.Seconds(), Detail: detail})
+	r.Steps = append(r.Steps, StepReport{Name: name, Result: result, Dur: d, Detail: detail})
 }
 
 func (r *Report) warn(format string, args ...any) {
@@ -111,7 +181,7 @@ func (r *Report) warn(format string, args ...any) {
 
 // finish sets the verdict fields.
 func (r *Report) finish(d time.Duration, err error, code int) {
-	r.Duration, r.Seconds = d, d.Seconds()
+	r.Duration = d
 	switch {
 	case r.Result == ResultDryRun:
 		r.ExitCode = ExitOK
@@ -162,7 +232,7 @@ func (r *Report) Text() string {
 		rest = append(rest, "warning: "+w)
 	}
 	for _, s := range r.Steps {
-		line := fmt.Sprintf("  %-6s %-7s %6.2fs", s.Result, s.Name, s.Seconds)
+		line := fmt.Sprintf("  %-6s %-7s %6.2fs", s.Result, s.Name, s.Dur.Seconds())
 		if s.Detail != "" {
 			line += "  " + s.Detail
 		}

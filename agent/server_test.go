@@ -92,8 +92,8 @@ func testCtx(t *testing.T) context.Context {
 }
 
 func okReport(phase string) *Report {
-	return &Report{Phase: phase, App: "app", Result: ResultOK, ExitCode: ExitOK, Seconds: 1.5, Duration: 1500 * time.Millisecond,
-		Summary: []string{"did " + phase}, Steps: []StepReport{{Name: "block", Result: ResultOK, Seconds: 0.25, Dur: 250 * time.Millisecond}}}
+	return &Report{Phase: phase, App: "app", Result: ResultOK, ExitCode: ExitOK, Duration: 1500 * time.Millisecond,
+		Summary: []string{"did " + phase}, Steps: []StepReport{{Name: "block", Result: ResultOK, Dur: 250 * time.Millisecond}}}
 }
 
 func sameJSON(t *testing.T, got, want *Report) {

@@ -75,7 +75,7 @@ func (p phaseResult) steps() []step {
 	}
 	var s []step
 	for _, st := range p.Report.Steps {
-		s = append(s, step{st.Name, time.Duration(st.Seconds * float64(time.Second))})
+		s = append(s, step{st.Name, st.Dur})
 	}
 	return s
 }

@@ -254,10 +254,6 @@ func (c *cycle) phase(ctx context.Context, name string) (phaseRun, error) {
 	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
 		return pr, fmt.Errorf("patchagent %s (%v) printed no JSON report: %v\n%s\n%s", name, werr, err, stdout.String(), strings.Join(errLines, "\n"))
 	}
-	rep.Duration = seconds(rep.Seconds)
-	for i := range rep.Steps {
-		rep.Steps[i].Dur = seconds(rep.Steps[i].Seconds)
-	}
 	pr.Rep = &rep
 	c.out.say("   %s", rep.Verdict())
 	if werr != nil || rep.ExitCode != 0 {

@@ -30,7 +30,7 @@ func (p phaseRun) stepEnd(step string) (time.Time, bool) {
 	}
 	var d time.Duration
 	for _, s := range p.Rep.Steps {
-		d += seconds(s.Seconds)
+		d += s.Dur
 		if s.Name == step {
 			return p.Start.Add(d), true
 		}
@@ -58,7 +58,7 @@ func (p phaseRun) step(name string) time.Duration {
 	var d time.Duration
 	for _, s := range p.Rep.Steps {
 		if s.Name == name {
-			d += seconds(s.Seconds)
+			d += s.Dur
 		}
 	}
 	return d
@@ -187,7 +187,7 @@ func writeReport(say func(string, ...any), r demoResult) error {
 	for _, p := range []phaseRun{r.Pre, r.Post, r.Exit} {
 		say("   %s", p.Rep.Verdict())
 		for _, st := range p.Rep.Steps {
-			say("      %-6s %-7s %6.2fs  %s", st.Result, st.Name, st.Seconds, st.Detail)
+			say("      %-6s %-7s %6.2fs  %s", st.Result, st.Name, st.Dur.Seconds(), st.Detail)
 		}
 	}
 	say("   simulated patch %.2fs, simulated reboot %.2fs", r.Patch.dur().Seconds(), r.Reboot.dur().Seconds())

@@ -13,7 +13,7 @@ func rep(phase string, steps ...agent.StepReport) *agent.Report {
 }
 
 func st(name string, secs float64) agent.StepReport {
-	return agent.StepReport{Name: name, Result: "ok", Seconds: secs, Detail: name + " detail"}
+	return agent.StepReport{Name: name, Result: "ok", Dur: seconds(secs), Detail: name + " detail"}
 }
 
 func TestComputeOutage(t *testing.T) {

@@ -144,7 +144,7 @@ func feed(m *agent.Metrics) {
 	open := agent.State{Open: true, CycleID: "c1", Block: &agent.BlockRecord{Since: now}}
 	m.ObservePhase(&agent.Report{Phase: "pre", Result: agent.ResultOK, Duration: 3 * time.Second,
 		Steps: []agent.StepReport{{Name: "block", Result: agent.ResultOK, Dur: time.Millisecond}, {Name: "drain", Result: agent.ResultOK, Dur: 2 * time.Second}},
-		Drain: &agent.DrainResult{Remaining: 3, Active: 1, Seconds: 2, TimedOut: true}}, open, now)
+		Drain: &agent.DrainResult{Remaining: 3, Active: 1, Waited: 2 * time.Second, TimedOut: true}}, open, now)
 	m.ObservePhase(&agent.Report{Phase: "post", Result: agent.ResultOK, Duration: time.Minute,
 		Steps: []agent.StepReport{{Name: "update", Result: agent.ResultOK, Dur: time.Minute}}, Changes: []string{"a"}}, open, now)
 	m.ObservePhase(&agent.Report{Phase: "exit", Result: agent.ResultFailed, RolledBack: 1, Reblocked: true,

@@ -1,0 +1,41 @@
+package agent
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// TestReportJSONCarriesDurationsInSeconds checks the JSON form of a
+// report's durations (what SSM's output, --output json and the daemon's
+// answers carry) and that decoding restores them.
+func TestReportJSONCarriesDurationsInSeconds(t *testing.T) {
+	rep := &Report{Phase: "pre", Result: ResultOK, Duration: 1500 * time.Millisecond,
+		Steps: []StepReport{{Name: "drain", Result: ResultOK, Dur: 250 * time.Millisecond, Detail: "3 polls"}},
+		Drain: &DrainResult{Seen: 2, Waited: 2250 * time.Millisecond, Polls: 3}}
+	b := rep.JSON()
+	var raw struct {
+		Seconds float64 `json:"duration_seconds"`
+		Steps   []struct {
+			Seconds float64 `json:"duration_seconds"`
+		} `json:"steps"`
+		Drain struct {
+			Seconds float64 `json:"duration_seconds"`
+		} `json:"drain"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	if raw.Seconds != 1.5 || len(raw.Steps) != 1 || raw.Steps[0].Seconds != 0.25 || raw.Drain.Seconds != 2.25 {
+		t.Fatalf("JSON %s", b)
+	}
+	var back Report
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff(rep, &back); d != "" {
+		t.Fatalf("decoded report differs (-sent +decoded):\n%s", d)
+	}
+}
