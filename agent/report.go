@@ -175,6 +175,19 @@ func (r *Report) addStep(name, result string, d time.Duration, detail string) {
 	r.Steps = append(r.Steps, StepReport{Name: name, Result: result, Dur: d, Detail: detail})
 }
 
+// StepSpan is when the step named name began and ended, as offsets from
+// the phase's start (its steps run one after another, in order); ok is
+// false if the report has no such step.
+func (r *Report) StepSpan(name string) (start, end time.Duration, ok bool) {
+	for _, s := range r.Steps {
+		if s.Name == name {
+			return start, start + s.Dur, true
+		}
+		start += s.Dur
+	}
+	return 0, 0, false
+}
+
 func (r *Report) warn(format string, args ...any) {
 	r.Warnings = append(r.Warnings, fmt.Sprintf(format, args...))
 }

@@ -39,3 +39,23 @@ func TestReportJSONCarriesDurationsInSeconds(t *testing.T) {
 		t.Fatalf("decoded report differs (-sent +decoded):\n%s", d)
 	}
 }
+
+func TestReportStepSpan(t *testing.T) {
+	r := &Report{Steps: []StepReport{{Name: "check", Dur: 100 * time.Millisecond}, {Name: "start", Dur: 2 * time.Second},
+		{Name: "health", Dur: 500 * time.Millisecond}, {Name: "unblock", Dur: 50 * time.Millisecond}}}
+	for _, tt := range []struct {
+		name       string
+		start, end time.Duration
+	}{
+		{"check", 0, 100 * time.Millisecond},
+		{"health", 2100 * time.Millisecond, 2600 * time.Millisecond},
+		{"unblock", 2600 * time.Millisecond, 2650 * time.Millisecond},
+	} {
+		if start, end, ok := r.StepSpan(tt.name); !ok || start != tt.start || end != tt.end {
+			t.Errorf("StepSpan(%s) = %v, %v, %v; want %v, %v", tt.name, start, end, ok, tt.start, tt.end)
+		}
+	}
+	if _, _, ok := r.StepSpan("block"); ok {
+		t.Error("found a missing step")
+	}
+}

@@ -131,23 +131,3 @@ func acceptedEarly(attempts []sandbox.Attempt, tl []sandbox.Bucket, loadStart, f
 	}
 	return probe, load
 }
-
-// stepStart returns the start of step name within a phase that started at
-// start and ran steps (name, duration) in order: start plus the durations
-// of the steps before it. ok is false if there is no such step.
-func stepStart(start time.Time, steps []step, name string) (time.Time, bool) {
-	t := start
-	for _, s := range steps {
-		if s.Name == name {
-			return t, true
-		}
-		t = t.Add(s.Dur)
-	}
-	return time.Time{}, false
-}
-
-// step is one step of a patchagent phase report.
-type step struct {
-	Name string
-	Dur  time.Duration
-}

@@ -145,20 +145,6 @@ func TestAcceptedEarly(t *testing.T) {
 	}
 }
 
-func TestStepStart(t *testing.T) {
-	steps := []step{{"check", 100 * time.Millisecond}, {"start", 2 * time.Second}, {"health", 500 * time.Millisecond}, {"unblock", 50 * time.Millisecond}}
-	got, ok := stepStart(at(1000), steps, "unblock")
-	if !ok || !got.Equal(at(3600)) {
-		t.Fatalf("unblock at %v %v", got.Sub(t0), ok)
-	}
-	if got, ok := stepStart(at(1000), steps, "check"); !ok || !got.Equal(at(1000)) {
-		t.Fatalf("check at %v", got.Sub(t0))
-	}
-	if _, ok := stepStart(at(0), steps, "block"); ok {
-		t.Fatal("found a missing step")
-	}
-}
-
 func TestParseStatCPU(t *testing.T) {
 	stat := "1234 (patch agent) S 1 1234 1234 0 -1 4194560 500 0 0 0 250 130 0 0 20 0 8 0 100 0 0"
 	got, err := parseStatCPU(stat, 100)

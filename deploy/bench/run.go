@@ -69,15 +69,14 @@ func (p phaseResult) traceAt(prefix string) (time.Time, bool) {
 }
 
 // steps returns the report's steps.
-func (p phaseResult) steps() []step {
+// step is when the report's step name began and ended: the CLI's start
+// plus the offsets in the report.
+func (p phaseResult) step(name string) (start, end time.Time, ok bool) {
 	if p.Report == nil {
-		return nil
+		return time.Time{}, time.Time{}, false
 	}
-	var s []step
-	for _, st := range p.Report.Steps {
-		s = append(s, step{st.Name, st.Dur})
-	}
-	return s
+	s, e, ok := p.Report.StepSpan(name)
+	return p.Start.Add(s), p.Start.Add(e), ok
 }
 
 // bench holds what every run shares.
@@ -424,12 +423,12 @@ func (b *bench) run(ctx context.Context, variant, scenario string, iter int) (r 
 	block := pr.Start
 	if t, ok := pr.traceAt("iptables -I"); ok {
 		block = t
-	} else if t, ok := stepStart(pr.Start, pr.steps(), "block"); ok {
+	} else if t, _, ok := pr.step("block"); ok {
 		block = t
 	}
 	healthPassed := ex.End // the scripts' curl never ran: no check before the end
 	if variant == vPatchagent {
-		if t, ok := stepStart(ex.Start, ex.steps(), "unblock"); ok && ex.Code == 0 {
+		if t, _, ok := ex.step("unblock"); ok && ex.Code == 0 {
 			healthPassed = t
 		}
 	} else if t, ok := ex.traceAt("/usr/bin/curl"); ok {
@@ -440,10 +439,8 @@ func (b *bench) run(ctx context.Context, variant, scenario string, iter int) (r 
 	ov.NPM = po.End.Sub(po.Start)
 	if variant == vPatchagent {
 		ov.NPM = 0
-		for _, s := range po.steps() {
-			if s.Name == "update" {
-				ov.NPM = s.Dur
-			}
+		if s, e, ok := po.step("update"); ok {
+			ov.NPM = e.Sub(s)
 		}
 	}
 	if !rebootStart.IsZero() {

@@ -28,14 +28,8 @@ func (p phaseRun) stepEnd(step string) (time.Time, bool) {
 	if p.Rep == nil {
 		return time.Time{}, false
 	}
-	var d time.Duration
-	for _, s := range p.Rep.Steps {
-		d += s.Dur
-		if s.Name == step {
-			return p.Start.Add(d), true
-		}
-	}
-	return time.Time{}, false
+	_, end, ok := p.Rep.StepSpan(step)
+	return p.Start.Add(end), ok
 }
 
 // detail is the detail of a step of the report, or def if it has none.

@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"regexp"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/patchagent/patchagent/agent"
 	"github.com/patchagent/patchagent/deploy/sandbox"
 )
 
@@ -92,14 +94,15 @@ func TestFullCycleWithRebootUnderLoad(t *testing.T) {
 		t.Fatalf("exit %d", r.code)
 	}
 	// When did exit's health check pass? The steps before unblock.
-	passed := exitStart
-	for _, s := range r.report["steps"].([]any) {
-		step := s.(map[string]any)
-		if step["name"] == "unblock" {
-			break
-		}
-		passed = passed.Add(time.Duration(step["duration_seconds"].(float64) * float64(time.Second)))
+	var rep agent.Report
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatal(err)
 	}
+	unblock, _, ok := rep.StepSpan("unblock")
+	if !ok {
+		t.Fatalf("exit's report has no unblock step: %s", r.stdout)
+	}
+	passed := exitStart.Add(unblock)
 	var refused, accepted int
 	for _, a := range attempts {
 		switch {
