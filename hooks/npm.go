@@ -22,7 +22,7 @@ import (
 // Defaults for NPMConfig's zero values.
 const (
 	DefaultNPMBin           = "/usr/bin/npm"
-	DefaultNPMPath          = "/usr/local/bin:/usr/bin:/bin"
+	DefaultNPMPath          = DefaultPM2Path // the same user environment
 	DefaultNPMFetchTimeout  = 30 * time.Second
 	DefaultNPMFetchRetries  = 1
 	DefaultNPMFetchRetryMin = 2 * time.Second
