@@ -155,9 +155,11 @@ func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string,
 	}
 	if cost {
 		status("measuring the agent's cost")
-		if res.Cost, err = b.agentCost(ctx); err != nil {
+		c, err := b.agentCost(ctx)
+		if err != nil {
 			return err
 		}
+		res.Cost = &c
 	}
 	md := renderMarkdown(res)
 	js, err := json.MarshalIndent(res, "", "  ")

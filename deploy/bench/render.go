@@ -92,14 +92,14 @@ type AgentCost struct {
 
 // Results is everything one bench invocation produced.
 type Results struct {
-	Started   time.Time `json:"started"`
-	N         int       `json:"n"`
-	AppStart  float64   `json:"app_start_to_healthy_s"`
-	NPMMode   string    `json:"npm_mode"`
-	Load      string    `json:"load"`
-	Summaries []Summary `json:"summaries"`
-	Cost      AgentCost `json:"agent_cost"`
-	Runs      []Run     `json:"runs"`
+	Started   time.Time  `json:"started"`
+	N         int        `json:"n"`
+	AppStart  float64    `json:"app_start_to_healthy_s"`
+	NPMMode   string     `json:"npm_mode"`
+	Load      string     `json:"load"`
+	Summaries []Summary  `json:"summaries"`
+	Cost      *AgentCost `json:"agent_cost,omitempty"` // nil: not measured (-skip-cost)
+	Runs      []Run      `json:"runs"`
 }
 
 // formulas documents every figure.
@@ -169,9 +169,14 @@ func renderMarkdown(res Results) string {
 		}
 		p("\n")
 	}
-	c := res.Cost
+	p("## Agent cost\n\n")
+	if res.Cost == nil {
+		p("Not measured (-skip-cost).\n\n%s", formulas)
+		return b.String()
+	}
+	c := *res.Cost
 	const procTick = 0.01 // s: USER_HZ 100
-	p("## Agent cost\n\n| figure | value |\n|---|---|\n")
+	p("| figure | value |\n|---|---|\n")
 	p("| daemon idle RSS | %.1f MiB |\n", float64(c.IdleRSSKiB)/1024)
 	cpu := 0.0
 	if c.IdleWindow > 0 {

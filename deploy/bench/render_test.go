@@ -33,7 +33,7 @@ func TestRenderMarkdown(t *testing.T) {
 			{Variant: vPatchagent, Scenario: sNoReboot, Runs: 1, Codes: []string{"0/0/0"}, Back: 1, OutOfService: 4.26, DeadTime: 0.9, LoadRefused: 700},
 			{Variant: vPatchagent, Scenario: sLong, Runs: 2, Codes: []string{"0/0/0"}, Back: 2, OutOfService: 11, DeadTime: 1, LongOK: 3, Early: 0.5},
 		},
-		Cost: AgentCost{IdleRSSKiB: 10240, IdleCPUSeconds: 0.03, IdleWindow: 30, BinaryBytes: 7 << 20, ReconcileMedian: 0.012, ReconcileSamples: 10,
+		Cost: &AgentCost{IdleRSSKiB: 10240, IdleCPUSeconds: 0.03, IdleWindow: 30, BinaryBytes: 7 << 20, ReconcileMedian: 0.012, ReconcileSamples: 10,
 			ConnsLines: []string{"BenchmarkConns/SockDiag-8  10  1000 ns/op"}},
 	}
 	md := renderMarkdown(res)
@@ -61,6 +61,11 @@ func TestRenderMarkdown(t *testing.T) {
 	res.Cost.IdleCPUSeconds = 0
 	if md := renderMarkdown(res); !strings.Contains(md, "| daemon idle CPU over 30 s | < 0.01 s (under one 10 ms clock tick; < 0.033 % of one core) |\n") {
 		t.Errorf("markdown for no measurable CPU:\n%s", md)
+	}
+	// Skipped (-skip-cost): said so, no zeros shown as figures.
+	res.Cost = nil
+	if md := renderMarkdown(res); !strings.Contains(md, "## Agent cost\n\nNot measured (-skip-cost).") || strings.Contains(md, "daemon idle RSS") {
+		t.Errorf("markdown without the cost:\n%s", md)
 	}
 }
 
