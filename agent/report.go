@@ -109,63 +109,55 @@ type (
 	drainResultJSON DrainResult
 )
 
-func (r Report) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		reportJSON
-		Seconds float64 `json:"duration_seconds"`
-	}{reportJSON(r), r.Duration.Seconds()})
-}
+func (r Report) MarshalJSON() ([]byte, error) { return withSeconds(reportJSON(r), r.Duration) }
 
 func (r *Report) UnmarshalJSON(b []byte) error {
-	var v struct {
-		reportJSON
-		Seconds float64 `json:"duration_seconds"`
-	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	*r = Report(v.reportJSON)
-	r.Duration = fromSeconds(v.Seconds)
-	return nil
+	return unmarshalWithSeconds(b, (*reportJSON)(r), &r.Duration)
 }
 
-func (s StepReport) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		stepReportJSON
-		Seconds float64 `json:"duration_seconds"`
-	}{stepReportJSON(s), s.Dur.Seconds()})
-}
+func (s StepReport) MarshalJSON() ([]byte, error) { return withSeconds(stepReportJSON(s), s.Dur) }
 
 func (s *StepReport) UnmarshalJSON(b []byte) error {
-	var v struct {
-		stepReportJSON
-		Seconds float64 `json:"duration_seconds"`
-	}
-	if err := json.Unmarshal(b, &v); err != nil {
-		return err
-	}
-	*s = StepReport(v.stepReportJSON)
-	s.Dur = fromSeconds(v.Seconds)
-	return nil
+	return unmarshalWithSeconds(b, (*stepReportJSON)(s), &s.Dur)
 }
 
-func (d DrainResult) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		drainResultJSON
-		Seconds float64 `json:"duration_seconds"`
-	}{drainResultJSON(d), d.Waited.Seconds()})
-}
+func (d DrainResult) MarshalJSON() ([]byte, error) { return withSeconds(drainResultJSON(d), d.Waited) }
 
 func (d *DrainResult) UnmarshalJSON(b []byte) error {
+	return unmarshalWithSeconds(b, (*drainResultJSON)(d), &d.Waited)
+}
+
+// withSeconds is plain's JSON object with "duration_seconds": d added.
+func withSeconds(plain any, d time.Duration) ([]byte, error) {
+	b, err := json.Marshal(plain)
+	if err != nil {
+		return nil, err
+	}
+	secs, err := json.Marshal(d.Seconds())
+	if err != nil {
+		return nil, err
+	}
+	b = b[:len(b)-1] // the closing brace
+	if len(b) > 1 {
+		b = append(b, ',')
+	}
+	b = append(append(b, `"duration_seconds":`...), secs...)
+	return append(b, '}'), nil
+}
+
+// unmarshalWithSeconds decodes b into plain and its "duration_seconds"
+// into d.
+func unmarshalWithSeconds(b []byte, plain any, d *time.Duration) error {
 	var v struct {
-		drainResultJSON
 		Seconds float64 `json:"duration_seconds"`
 	}
 	if err := json.Unmarshal(b, &v); err != nil {
 		return err
 	}
-	*d = DrainResult(v.drainResultJSON)
-	d.Waited = fromSeconds(v.Seconds)
+	if err := json.Unmarshal(b, plain); err != nil {
+		return err
+	}
+	*d = fromSeconds(v.Seconds)
 	return nil
 }
 
