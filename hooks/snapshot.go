@@ -53,7 +53,11 @@ const (
 	snapMarkerName   = ".patchagent-snapshot" // written first: a dir with it but no manifest is a crashed TakeSnapshot
 	snapFilesDir     = "files"
 	snapVersion      = 1
-	restoreSuffix    = ".patchagent-restore"
+	// restoreStaging is Restore's staging dir in the app dir (root's,
+	// 0700); legacyRestoreDir is where versions before it built
+	// node_modules, removed if a crash left it.
+	restoreStaging   = ".patchagent-restore"
+	legacyRestoreDir = "node_modules.patchagent-restore"
 	// hiddenLockfile is always copied, never hardlinked: npm updates it in
 	// place (at least its mtime) at every reify, which would change the
 	// snapshot's copy through a shared inode.
@@ -69,9 +73,9 @@ type Snapshot struct {
 	Dir string // where it lives
 	App string // the app dir it was taken from
 
-	// link makes hardlinks (nil: os.Link); tests replace it to force the
+	// link makes hardlinks (nil: linkAt); tests replace it to force the
 	// copy fallback.
-	link func(oldname, newname string) error
+	link linkFunc
 }
 
 // SnapshotStats describes what TakeSnapshot did.
@@ -94,7 +98,10 @@ type snapManifest struct {
 	Hardlinked bool        `json:"hardlinked"`
 	Top        []snapEntry `json:"top"`          // saved top-level files, relative to files/
 	HasNM      bool        `json:"node_modules"` // whether the app had node_modules
-	Entries    []snapEntry `json:"entries"`      // node_modules, relative to the snapshot dir
+	// AppUID owns the app dir; Restore refuses a dir owned by another
+	// (absent in snapshots of earlier versions).
+	AppUID  *uint32     `json:"app_uid,omitempty"`
+	Entries []snapEntry `json:"entries"` // node_modules, relative to the snapshot dir
 }
 
 type snapEntry struct {
@@ -113,11 +120,29 @@ type snapEntry struct {
 // TakeSnapshot saves appDir's npm state into dst, which must not exist (its
 // parent is created 0700 if missing). See the package comment above for
 // what is saved and how.
+//
+// appDir belongs to the app user, who may be changing it while root reads
+// it (see dirfd.go): it is opened with openDirPath, node_modules is walked
+// through directory fds without following a symlink, files are opened
+// O_NOFOLLOW|O_NONBLOCK and what is recorded comes from fstat on the open
+// fd (a name swapped after a check cannot make root copy another file under
+// the checked file's owner), and hardlinks are made with linkat between
+// verified directory fds, recorded from the link made (in the snapshot,
+// which only root can write), so a swapped name links only the user's own
+// inodes.
 func TakeSnapshot(appDir, dst string) (Snapshot, SnapshotStats, error) {
-	return takeSnapshot(appDir, dst, os.Link)
+	return takeSnapshot(appDir, dst, linkAt)
 }
 
-func takeSnapshot(appDir, dst string, link func(string, string) error) (Snapshot, SnapshotStats, error) {
+// linkFunc makes a hardlink of oldname in olddir as newname in newdir,
+// never following a symlink (linkat without AT_SYMLINK_FOLLOW).
+type linkFunc func(olddir int, oldname string, newdir int, newname string) error
+
+func linkAt(olddir int, oldname string, newdir int, newname string) error {
+	return unix.Linkat(olddir, oldname, newdir, newname, 0)
+}
+
+func takeSnapshot(appDir, dst string, link linkFunc) (Snapshot, SnapshotStats, error) {
 	start := time.Now()
 	var st SnapshotStats
 	app, err := filepath.Abs(appDir)
@@ -128,35 +153,57 @@ func takeSnapshot(appDir, dst string, link func(string, string) error) (Snapshot
 	if err != nil {
 		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", appDir, err)
 	}
-	s := Snapshot{Dir: dir, App: app, link: link}
-	if _, err := os.Lstat(filepath.Join(app, packageJSON)); err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, ErrNoPackageJSON)
-		}
+	fail := func(err error) (Snapshot, SnapshotStats, error) {
 		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, err)
 	}
+	appD, err := openDirPath(app)
+	if err != nil {
+		return fail(err)
+	}
+	defer appD.Close()
+	var appSt unix.Stat_t
+	if err := unix.Fstat(appD.fd(), &appSt); err != nil {
+		return fail(err)
+	}
+	if _, err := appD.stat(packageJSON); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fail(ErrNoPackageJSON)
+		}
+		return fail(err)
+	}
+	// dst is in root's own state dir: paths are safe there.
 	if _, err := os.Lstat(dir); err == nil {
-		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %s already exists", app, dir)
+		return fail(fmt.Errorf("%s already exists", dir))
 	}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, err)
+		return fail(err)
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil {
-		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, err)
+		return fail(err)
 	}
 	if err := os.WriteFile(filepath.Join(dir, snapMarkerName), nil, 0o600); err != nil {
-		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, err)
+		return fail(err)
 	}
-	m := snapManifest{Version: snapVersion, Created: time.Now().UTC(), App: app}
+	if err := os.Mkdir(filepath.Join(dir, snapFilesDir), 0o700); err != nil {
+		return fail(err)
+	}
+	snapD, err := openDirPath(dir)
+	if err != nil {
+		return fail(err)
+	}
+	defer snapD.Close()
+	filesD, err := snapD.sub(snapFilesDir)
+	if err != nil {
+		return fail(err)
+	}
+	defer filesD.Close()
+	uid := appSt.Uid
+	m := snapManifest{Version: snapVersion, Created: time.Now().UTC(), App: app, AppUID: &uid}
 
-	files := filepath.Join(dir, snapFilesDir)
-	if err := os.Mkdir(files, 0o700); err != nil {
-		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, err)
-	}
 	for _, name := range snapTopFiles {
-		e, ok, err := saveTopFile(filepath.Join(app, name), filepath.Join(files, name), name)
+		e, ok, err := saveTopFile(appD, filesD, name)
 		if err != nil {
-			return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, err)
+			return fail(err)
 		}
 		if !ok {
 			continue
@@ -171,19 +218,18 @@ func takeSnapshot(appDir, dst string, link func(string, string) error) (Snapshot
 		}
 	}
 
-	nm := filepath.Join(app, nodeModules)
-	fi, err := os.Lstat(nm)
+	nmSt, err := appD.stat(nodeModules)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 	case err != nil:
-		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, err)
-	case !fi.IsDir():
-		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %s is not a directory (a symlinked node_modules is not supported)", app, nm)
+		return fail(err)
+	case nmSt.Mode&unix.S_IFMT != unix.S_IFDIR:
+		return fail(fmt.Errorf("%s is not a directory (a symlinked node_modules is not supported)", appD.join(nodeModules)))
 	default:
 		m.HasNM = true
 		c := cloner{link: link}
-		if err := c.clone(nm, filepath.Join(dir, nodeModules), nodeModules); err != nil {
-			return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, err)
+		if err := c.cloneDir(appD, snapD, nodeModules, nodeModules); err != nil {
+			return fail(err)
 		}
 		m.Entries = c.entries
 		m.Hardlinked = c.linked > 0 && !c.noLink
@@ -194,175 +240,163 @@ func takeSnapshot(appDir, dst string, link func(string, string) error) (Snapshot
 	}
 	st.Hardlinked = m.Hardlinked
 	if err := writeManifest(dir, m); err != nil {
-		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, err)
+		return fail(err)
 	}
 	st.Took = time.Since(start)
-	return s, st, nil
+	return Snapshot{Dir: dir, App: app, link: link}, st, nil
 }
 
-// saveTopFile copies one top-level file (or symlink) from src to dst with
-// its attributes; ok is false when src does not exist.
-func saveTopFile(src, dst, name string) (snapEntry, bool, error) {
-	fi, err := os.Lstat(src)
+// saveTopFile copies the top-level file name (or symlink) of the app dir
+// into files with its attributes; ok is false when there is none.
+func saveTopFile(app, files *dirFD, name string) (snapEntry, bool, error) {
+	st, err := app.stat(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return snapEntry{}, false, nil
 	}
 	if err != nil {
 		return snapEntry{}, false, err
 	}
-	e, err := copyEntry(src, dst, fi, name, true)
+	e, err := copyEntryAt(app, files, name, name, &st, true)
 	if err != nil {
 		return snapEntry{}, false, err
 	}
 	return e, true, nil
 }
 
-// copyEntry copies a regular file or a symlink with owner, mode and times
-// and returns its entry (the inode of the copy; sha256 when hash is set).
-func copyEntry(src, dst string, fi fs.FileInfo, rel string, hash bool) (snapEntry, error) {
-	e := entryOf(rel, fi)
-	switch {
-	case fi.Mode()&fs.ModeSymlink != 0:
-		target, err := copySymlink(src, dst, fi)
-		e.Target = target
-		return e, err
-	case fi.Mode().IsRegular():
-		ino, sum, _, err := copyFile(src, dst, fi, hash)
-		if err != nil {
-			return e, err
-		}
-		e.Ino, e.SHA256 = ino, sum
-		return e, nil
+// copyEntryAt copies the regular file or symlink name from src to dst (a
+// directory only root can write) with owner, mode and times, and returns
+// its entry under rel (the inode of the copy; sha256 when hash is set). st
+// is what an fstatat of name said: it picks the type; a regular file's
+// entry comes from fstat on the file opened.
+func copyEntryAt(src, dst *dirFD, name, rel string, st *unix.Stat_t, hash bool) (snapEntry, error) {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFLNK:
+		return copySymlinkAt(src, dst, name, rel, st)
+	case unix.S_IFREG:
+		return copyFileAt(src, dst, name, rel, hash)
 	}
-	return e, fmt.Errorf("%s: unsupported file type %s", src, fi.Mode().Type())
+	return snapEntry{}, fmt.Errorf("%s: unsupported file type %s", src.join(name), modeOf(st).Type())
 }
 
-func entryOf(rel string, fi fs.FileInfo) snapEntry {
-	e := snapEntry{Path: rel, Mode: uint32(fi.Mode()), MTime: fi.ModTime().UnixNano()}
-	switch {
-	case fi.IsDir():
+func entryOfStat(rel string, st *unix.Stat_t) snapEntry {
+	e := snapEntry{Path: rel, Mode: uint32(modeOf(st)), MTime: st.Mtim.Nano(), UID: st.Uid, GID: st.Gid}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
 		e.Type = "d"
-	case fi.Mode()&fs.ModeSymlink != 0:
+	case unix.S_IFLNK:
 		e.Type = "l"
 	default:
 		e.Type = "f"
-		e.Size = fi.Size()
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		e.UID, e.GID = st.Uid, st.Gid
-		if e.Type == "f" {
-			e.Ino = st.Ino // directories and symlinks are recreated: new inodes
-		}
+		e.Size = st.Size
+		e.Ino = st.Ino // directories and symlinks are recreated: new inodes
 	}
 	return e
 }
 
-// chmodBits is what chmod sets out of a FileMode.
-func chmodBits(m fs.FileMode) fs.FileMode {
-	return m & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-}
+// unixPerm is what chmod sets out of a stat's mode: permissions and the
+// set-id and sticky bits.
+func unixPerm(st *unix.Stat_t) uint32 { return st.Mode & 0o7777 }
 
-func statTimes(fi fs.FileInfo) (atime, mtime time.Time) {
-	mtime = fi.ModTime()
-	atime = mtime
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		atime = time.Unix(st.Atim.Sec, st.Atim.Nsec)
-	}
-	return atime, mtime
-}
-
-func ownerOf(fi fs.FileInfo) (uid, gid int) {
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return int(st.Uid), int(st.Gid)
-	}
-	return -1, -1
-}
-
-// copyFile copies a regular file's content (copy_file_range where the
-// kernel can), then owner, mode (after chown, which clears set-id bits) and
-// times. It returns the copy's inode and, if hash, the content's sha256.
-func copyFile(src, dst string, fi fs.FileInfo, hash bool) (ino uint64, sum string, n int64, err error) {
-	in, err := os.Open(src)
+// copyFileAt copies the regular file name from src into dst: opened with
+// openRegular (no symlink, no FIFO, fstat-checked), content copied
+// (copy_file_range where the kernel can), then owner, mode (after chown,
+// which clears set-id bits) and times set through the new file's fd. The
+// entry is the source's fstat, with the copy's inode.
+func copyFileAt(src, dst *dirFD, name, rel string, hash bool) (snapEntry, error) {
+	in, st, err := src.openRegular(name)
 	if err != nil {
-		return 0, "", 0, err
+		return snapEntry{}, err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	e := entryOfStat(rel, &st)
+	fd, err := unix.Openat(dst.fd(), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return 0, "", 0, err
+		return e, dst.pathErr("create", name, err)
 	}
+	out := os.NewFile(uintptr(fd), dst.join(name))
 	defer func() {
 		if out != nil {
 			out.Close()
 		}
 	}()
+	var n int64
 	if hash {
 		h := sha256.New()
 		n, err = io.Copy(io.MultiWriter(out, h), in)
-		sum = hex.EncodeToString(h.Sum(nil))
+		e.SHA256 = hex.EncodeToString(h.Sum(nil))
 	} else {
 		n, err = io.Copy(out, in)
 	}
+	if err == nil && n != st.Size {
+		err = fmt.Errorf("%d bytes read, the file has %d (changed while copied)", n, st.Size)
+	}
 	if err != nil {
-		return 0, "", n, fmt.Errorf("copying %s: %w", src, err)
+		return e, fmt.Errorf("copying %s: %w", src.join(name), err)
 	}
-	uid, gid := ownerOf(fi)
-	if err := out.Chown(uid, gid); err != nil {
-		return 0, "", n, fmt.Errorf("copying %s: %w", src, err)
+	if err := setAttrsFD(int(out.Fd()), &st); err != nil {
+		return e, fmt.Errorf("copying %s: %w", src.join(name), err)
 	}
-	if err := out.Chmod(chmodBits(fi.Mode())); err != nil {
-		return 0, "", n, fmt.Errorf("copying %s: %w", src, err)
+	var ost unix.Stat_t
+	if err := unix.Fstat(int(out.Fd()), &ost); err != nil {
+		return e, err
 	}
-	ofi, err := out.Stat()
-	if err != nil {
-		return 0, "", n, err
-	}
-	if st, ok := ofi.Sys().(*syscall.Stat_t); ok {
-		ino = st.Ino
-	}
+	e.Ino = ost.Ino
 	err = out.Close()
 	out = nil
 	if err != nil {
-		return 0, "", n, fmt.Errorf("copying %s: %w", src, err)
+		return e, fmt.Errorf("copying %s: %w", src.join(name), err)
 	}
-	at, mt := statTimes(fi)
-	if err := os.Chtimes(dst, at, mt); err != nil {
-		return 0, "", n, err
-	}
-	return ino, sum, n, nil
+	return e, nil
 }
 
-// copySymlink recreates the symlink src at dst with owner and times, and
-// returns its target.
-func copySymlink(src, dst string, fi fs.FileInfo) (string, error) {
-	target, err := os.Readlink(src)
-	if err != nil {
-		return "", err
+// setAttrsFD gives the file fd holds the owner, mode and times of st (mode
+// after owner: chown clears set-id bits).
+func setAttrsFD(fd int, st *unix.Stat_t) error {
+	if err := unix.Fchown(fd, int(st.Uid), int(st.Gid)); err != nil {
+		return fmt.Errorf("chown: %w", err)
 	}
-	if err := os.Symlink(target, dst); err != nil {
-		return target, err
+	if err := unix.Fchmod(fd, unixPerm(st)); err != nil {
+		return fmt.Errorf("chmod: %w", err)
 	}
-	uid, gid := ownerOf(fi)
-	if err := os.Lchown(dst, uid, gid); err != nil {
-		return target, err
-	}
-	return target, setSymlinkTimes(dst, fi)
-}
-
-func setSymlinkTimes(path string, fi fs.FileInfo) error {
-	at, mt := statTimes(fi)
-	ts := []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(mt.UnixNano())}
-	if err := unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
-		return fmt.Errorf("setting the times of %s: %w", path, err)
+	at, mt := statTimesOf(st)
+	if err := setFDTimes(fd, at, mt); err != nil {
+		return fmt.Errorf("setting times: %w", err)
 	}
 	return nil
 }
 
+// copySymlinkAt recreates the symlink name of src in dst (a directory only
+// root can write, so setting its owner and times by name there is safe).
+// st is the fstatat of the link; the target is read again (a link swapped
+// in between gives the newer target, still the user's own link).
+func copySymlinkAt(src, dst *dirFD, name, rel string, st *unix.Stat_t) (snapEntry, error) {
+	e := entryOfStat(rel, st)
+	target, err := readlinkAt(src.fd(), name)
+	if err != nil {
+		return e, src.pathErr("readlink", name, err)
+	}
+	e.Target = target
+	if err := unix.Symlinkat(target, dst.fd(), name); err != nil {
+		return e, dst.pathErr("symlink", name, err)
+	}
+	if err := unix.Fchownat(dst.fd(), name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return e, dst.pathErr("lchown", name, err)
+	}
+	at, mt := statTimesOf(st)
+	ts := []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(mt.UnixNano())}
+	if err := unix.UtimesNanoAt(dst.fd(), name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return e, dst.pathErr("setting the times of", name, err)
+	}
+	return e, nil
+}
+
 // cloner recreates a directory tree: directories and symlinks made anew,
 // regular files hardlinked (falling back to copies for good after the first
-// link that cannot be made), attributes preserved.
+// link that cannot be made), attributes preserved. It works only through
+// directory fds (see dirfd.go): the source may be the app user's, the
+// destination is a directory only root can write until it is finished.
 type cloner struct {
-	link    func(oldname, newname string) error
+	link    linkFunc
 	noLink  bool
 	entries []snapEntry
 
@@ -380,92 +414,125 @@ func linkFallback(err error) bool {
 	return false
 }
 
-// clone copies the tree src to dst (which must not exist), recording each
-// entry under the relative path rel.
-func (c *cloner) clone(src, dst, rel string) error {
-	type dirFix struct {
-		path string
-		fi   fs.FileInfo
+// cloneDir copies the directory name of srcParent to the same name in
+// dstParent (which must not have it, and which only root can write),
+// recording each entry under rel.
+func (c *cloner) cloneDir(srcParent, dstParent *dirFD, name, rel string) error {
+	src, err := srcParent.sub(name)
+	if err != nil {
+		return err
 	}
-	var dirs []dirFix
-	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		sub, err := filepath.Rel(src, p)
-		if err != nil {
-			return err
-		}
-		to, r := dst, rel
-		if sub != "." {
-			to, r = filepath.Join(dst, sub), rel+"/"+filepath.ToSlash(sub)
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case fi.IsDir():
-			if err := os.Mkdir(to, 0o700); err != nil {
+	defer src.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(src.fd(), &st); err != nil {
+		return srcParent.pathErr("stat", name, err)
+	}
+	if err := unix.Mkdirat(dstParent.fd(), name, 0o700); err != nil {
+		return dstParent.pathErr("mkdir", name, err)
+	}
+	dst, err := dstParent.sub(name)
+	if err != nil {
+		return err
+	}
+	defer dst.Close()
+	c.entries = append(c.entries, entryOfStat(rel, &st))
+	c.dirs++
+	if err := c.fill(src, dst, rel); err != nil {
+		return err
+	}
+	// The directory's own attributes last: populating it changes its mtime,
+	// and a read-only one could not be populated. Through its fd: the name
+	// may be the user's to swap by now (the top directory of a restore).
+	if err := setAttrsFD(dst.fd(), &st); err != nil {
+		return fmt.Errorf("%s: %w", dst.path, err)
+	}
+	return nil
+}
+
+// fill clones every entry of src into dst.
+func (c *cloner) fill(src, dst *dirFD, rel string) error {
+	ents, err := src.entries()
+	if err != nil {
+		return err
+	}
+	for _, de := range ents {
+		r := rel + "/" + de.name
+		typ := de.typ
+		var st unix.Stat_t
+		if typ == unix.DT_UNKNOWN || typ == unix.DT_LNK {
+			if st, err = src.stat(de.name); err != nil {
 				return err
 			}
-			dirs = append(dirs, dirFix{to, fi})
-			c.entries = append(c.entries, entryOf(r, fi))
-			c.dirs++
-			return nil
-		case fi.Mode()&fs.ModeSymlink != 0:
-			e, err := copyEntry(p, to, fi, r, false)
+			typ = dtype(&st)
+		}
+		switch typ {
+		case unix.DT_DIR:
+			if err := c.cloneDir(src, dst, de.name, r); err != nil {
+				return err
+			}
+		case unix.DT_LNK:
+			e, err := copySymlinkAt(src, dst, de.name, r, &st)
 			if err != nil {
 				return err
 			}
 			c.entries = append(c.entries, e)
 			c.symlinks++
-			return nil
-		case !fi.Mode().IsRegular():
-			return fmt.Errorf("%s: unsupported file type %s", p, fi.Mode().Type())
-		}
-		c.bytes += fi.Size()
-		if !c.noLink && r != hiddenLockfile {
-			err := c.link(p, to)
-			if err == nil {
-				c.entries = append(c.entries, entryOf(r, fi))
-				c.linked++
-				return nil
-			}
-			if !linkFallback(err) {
+		case unix.DT_REG:
+			if err := c.file(src, dst, de.name, r); err != nil {
 				return err
 			}
-			c.noLink = true
-		}
-		e, err := copyEntry(p, to, fi, r, false)
-		if err != nil {
-			return err
-		}
-		c.entries = append(c.entries, e)
-		c.copied++
-		c.copiedBytes += fi.Size()
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cloning %s: %w", src, err)
-	}
-	// Directories last, deepest first: populating a directory changes its
-	// mtime, and a read-only one could not be populated.
-	for i := len(dirs) - 1; i >= 0; i-- {
-		d := dirs[i]
-		uid, gid := ownerOf(d.fi)
-		if err := os.Lchown(d.path, uid, gid); err != nil {
-			return fmt.Errorf("cloning %s: %w", src, err)
-		}
-		if err := os.Chmod(d.path, chmodBits(d.fi.Mode())); err != nil {
-			return fmt.Errorf("cloning %s: %w", src, err)
-		}
-		at, mt := statTimes(d.fi)
-		if err := os.Chtimes(d.path, at, mt); err != nil {
-			return fmt.Errorf("cloning %s: %w", src, err)
+		default:
+			return fmt.Errorf("%s: unsupported file type (d_type %d)", src.join(de.name), typ)
 		}
 	}
 	return nil
+}
+
+// file hardlinks (or copies) the regular file name of src into dst.
+func (c *cloner) file(src, dst *dirFD, name, rel string) error {
+	if !c.noLink && rel != hiddenLockfile {
+		err := c.link(src.fd(), name, dst.fd(), name)
+		if err == nil {
+			// Recorded from the link made, in a directory only root can
+			// write: what the name pointed to when linkat ran.
+			st, err := dst.stat(name)
+			if err != nil {
+				return err
+			}
+			if st.Mode&unix.S_IFMT != unix.S_IFREG {
+				return fmt.Errorf("%s changed while snapshotted: no longer a regular file", src.join(name))
+			}
+			c.entries = append(c.entries, entryOfStat(rel, &st))
+			c.linked++
+			c.bytes += st.Size
+			return nil
+		}
+		if !linkFallback(err) {
+			return &os.LinkError{Op: "link", Old: src.join(name), New: dst.join(name), Err: err}
+		}
+		c.noLink = true
+	}
+	e, err := copyFileAt(src, dst, name, rel, false)
+	if err != nil {
+		return err
+	}
+	c.entries = append(c.entries, e)
+	c.copied++
+	c.bytes += e.Size
+	c.copiedBytes += e.Size
+	return nil
+}
+
+func dtype(st *unix.Stat_t) uint8 {
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		return unix.DT_DIR
+	case unix.S_IFLNK:
+		return unix.DT_LNK
+	case unix.S_IFREG:
+		return unix.DT_REG
+	}
+	return unix.DT_UNKNOWN
 }
 
 // writeManifest makes everything written so far durable (syncfs), then
@@ -496,8 +563,12 @@ func syncFS(path string) error {
 		return fmt.Errorf("syncing the filesystem of %s: %w", path, err)
 	}
 	defer f.Close()
+	return syncFSOf(f)
+}
+
+func syncFSOf(f *os.File) error {
 	if err := unix.Syncfs(int(f.Fd())); err != nil {
-		return fmt.Errorf("syncing the filesystem of %s: %w", path, err)
+		return fmt.Errorf("syncing the filesystem of %s: %w", f.Name(), err)
 	}
 	return nil
 }
@@ -520,26 +591,39 @@ func readSnapManifest(dir string) (snapManifest, error) {
 // verify checks that the snapshot is intact: every path of the manifest is
 // on disk with the recorded type, mode, owner, size, mtime and inode (and
 // symlink target; and content hash for the top-level files), and
-// node_modules holds nothing else. It returns the manifest.
+// node_modules holds nothing else. It returns the manifest. The snapshot is
+// root's, but it is read the same way as the app dir (no symlink followed).
 func (s Snapshot) verify() (snapManifest, error) {
 	m, err := readSnapManifest(s.Dir)
 	if err != nil {
 		return m, err
 	}
+	damaged := func(err error) (snapManifest, error) {
+		return m, fmt.Errorf("snapshot %s damaged: %w", s.Dir, err)
+	}
+	snapD, err := openDirPath(s.Dir)
+	if err != nil {
+		return damaged(err)
+	}
+	defer snapD.Close()
+	filesD, err := snapD.sub(snapFilesDir)
+	if err != nil {
+		return damaged(err)
+	}
+	defer filesD.Close()
 	for _, e := range m.Top {
-		p := filepath.Join(s.Dir, snapFilesDir, e.Path)
-		if err := checkEntry(p, e); err != nil {
-			return m, fmt.Errorf("snapshot %s damaged: %w", s.Dir, err)
+		if err := checkEntryAt(filesD, e.Path, e); err != nil {
+			return damaged(err)
 		}
 		if e.SHA256 == "" {
 			continue
 		}
-		b, err := os.ReadFile(p)
+		b, _, err := filesD.readRegular(e.Path, 1<<30)
 		if err != nil {
-			return m, fmt.Errorf("snapshot %s damaged: %w", s.Dir, err)
+			return damaged(err)
 		}
 		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != e.SHA256 {
-			return m, fmt.Errorf("snapshot %s damaged: %s: content changed", s.Dir, e.Path)
+			return damaged(fmt.Errorf("%s: content changed", e.Path))
 		}
 	}
 	want := make(map[string]int, len(m.Entries))
@@ -547,51 +631,54 @@ func (s Snapshot) verify() (snapManifest, error) {
 		want[e.Path] = i
 	}
 	seen := 0
-	root := filepath.Join(s.Dir, nodeModules)
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if !m.HasNM && p == root && errors.Is(err, fs.ErrNotExist) {
-				return nil
-			}
-			return err
-		}
-		rel, err := filepath.Rel(s.Dir, p)
-		if err != nil {
-			return err
-		}
-		rel = filepath.ToSlash(rel)
+	var walk func(parent *dirFD, name, rel string) error
+	walk = func(parent *dirFD, name, rel string) error {
 		i, ok := want[rel]
 		if !ok {
 			return fmt.Errorf("%s: not in the manifest", rel)
 		}
 		seen++
-		fi, err := d.Info()
+		if err := checkEntryAt(parent, name, m.Entries[i]); err != nil {
+			return err
+		}
+		if m.Entries[i].Type != "d" {
+			return nil
+		}
+		d, err := parent.sub(name)
 		if err != nil {
 			return err
 		}
-		return compareEntry(p, rel, fi, m.Entries[i])
-	})
-	if err != nil {
-		return m, fmt.Errorf("snapshot %s damaged: %w", s.Dir, err)
+		defer d.Close()
+		ents, err := d.entries()
+		if err != nil {
+			return err
+		}
+		for _, de := range ents {
+			if err := walk(d, de.name, rel+"/"+de.name); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if _, err := snapD.stat(nodeModules); err == nil || m.HasNM {
+		if err := walk(snapD, nodeModules, nodeModules); err != nil {
+			return damaged(err)
+		}
 	}
 	if seen != len(m.Entries) {
-		return m, fmt.Errorf("snapshot %s damaged: %d of %d node_modules entries missing", s.Dir, len(m.Entries)-seen, len(m.Entries))
+		return damaged(fmt.Errorf("%d of %d node_modules entries missing", len(m.Entries)-seen, len(m.Entries)))
 	}
 	return m, nil
 }
 
-func checkEntry(p string, e snapEntry) error {
-	fi, err := os.Lstat(p)
+// checkEntryAt compares the entry name of d with its manifest entry.
+func checkEntryAt(d *dirFD, name string, want snapEntry) error {
+	st, err := d.stat(name)
 	if err != nil {
 		return err
 	}
-	return compareEntry(p, e.Path, fi, e)
-}
-
-// compareEntry compares what is at p (relative name rel, Lstat fi) with
-// its manifest entry.
-func compareEntry(p, rel string, fi fs.FileInfo, want snapEntry) error {
-	got := entryOf(rel, fi)
+	got := entryOfStat(want.Path, &st)
+	rel := want.Path
 	switch {
 	case got.Type != want.Type:
 		return fmt.Errorf("%s: type %s, want %s", rel, got.Type, want.Type)
@@ -607,9 +694,9 @@ func compareEntry(p, rel string, fi fs.FileInfo, want snapEntry) error {
 		return fmt.Errorf("%s: inode %d, want %d (replaced)", rel, got.Ino, want.Ino)
 	}
 	if want.Type == "l" {
-		target, err := os.Readlink(p)
+		target, err := readlinkAt(d.fd(), name)
 		if err != nil {
-			return err
+			return d.pathErr("readlink", name, err)
 		}
 		if target != want.Target {
 			return fmt.Errorf("%s: symlink to %q, want %q", rel, target, want.Target)
@@ -624,12 +711,21 @@ func compareEntry(p, rel string, fi fs.FileInfo, want snapEntry) error {
 // nothing if that fails. Files not part of npm's state (the app's own
 // source) are not touched.
 //
+// The app dir is the app user's (see dirfd.go), so root builds nothing in
+// it by name: everything is first made in a staging directory,
+// .patchagent-restore in the app dir, created 0700 by root (mkdirPrivate:
+// only root can write into it, whatever the user renames around it), where
+// owners, modes and times are set; each finished entry is then moved into
+// the app dir with one renameat out of the staging dir's fd. What the user
+// can swap in the app dir while this runs are names, and a rename only
+// moves the entry root made, never follows one.
+//
 // Order, safe to rerun after a crash at any point: node_modules is rebuilt
-// beside the live one as node_modules.patchagent-restore (hardlinked from
-// the snapshot, or copied when that fails), the live one is renamed to
-// node_modules.patchagent-old, the rebuilt one renamed into place, the old
-// one deleted; then each saved top-level file is copied beside its target
-// and renamed over it, and each top-level file that did not exist at
+// in the staging dir (hardlinked from the snapshot, or copied when that
+// fails), the live one is renamed to node_modules.patchagent-old, the
+// rebuilt one renamed into place, the old one deleted (unlinkat, no link
+// followed); then each saved top-level file is made in the staging dir and
+// renamed over its target, and each top-level file that did not exist at
 // snapshot time (a new npm-shrinkwrap.json, say) is removed. Everything is
 // synced before Restore returns.
 func (s Snapshot) Restore() error {
@@ -644,80 +740,115 @@ func (s Snapshot) Restore() error {
 	if filepath.Clean(app) != filepath.Clean(m.App) {
 		return fmt.Errorf("restoring snapshot %s into %s: it was taken from %s", s.Dir, app, m.App)
 	}
-	if fi, err := os.Stat(app); err != nil || !fi.IsDir() {
-		return fmt.Errorf("restoring snapshot %s: app dir %s is gone", s.Dir, app)
-	}
 	link := s.link
 	if link == nil {
-		link = os.Link
+		link = linkAt
 	}
-	nm := filepath.Join(app, nodeModules)
-	fresh, aside := nm+restoreSuffix, nm+asideSuffix
-	if err := os.RemoveAll(fresh); err != nil {
-		return fmt.Errorf("restoring %s: removing a leftover %s: %w", app, fresh, err)
+	fail := func(err error) error { return fmt.Errorf("restoring %s: %w", app, err) }
+	appD, err := openDirPath(app)
+	if err != nil {
+		return fmt.Errorf("restoring snapshot %s: app dir: %w", s.Dir, err)
 	}
+	defer appD.Close()
+	var appSt unix.Stat_t
+	if err := unix.Fstat(appD.fd(), &appSt); err != nil {
+		return fail(err)
+	}
+	if m.AppUID != nil && appSt.Uid != *m.AppUID {
+		return fail(fmt.Errorf("the app dir is owned by uid %d, the snapshot was taken of one owned by uid %d", appSt.Uid, *m.AppUID))
+	}
+	snapD, err := openDirPath(s.Dir)
+	if err != nil {
+		return fail(err)
+	}
+	defer snapD.Close()
+	for _, leftover := range []string{restoreStaging, legacyRestoreDir} {
+		if err := appD.removeAll(leftover); err != nil {
+			return fail(fmt.Errorf("removing a leftover: %w", err))
+		}
+	}
+	stage, err := appD.mkdirPrivate(restoreStaging)
+	if err != nil {
+		return fail(err)
+	}
+	defer stage.Close()
+
 	if m.HasNM {
 		c := cloner{link: link}
-		if err := c.clone(filepath.Join(s.Dir, nodeModules), fresh, nodeModules); err != nil {
-			os.RemoveAll(fresh)
-			return fmt.Errorf("restoring %s: %w", app, err)
+		if err := c.cloneDir(snapD, stage, nodeModules, nodeModules); err != nil {
+			appD.removeAll(restoreStaging)
+			return fail(err)
 		}
 	}
-	if _, err := os.Lstat(nm); err == nil {
-		if err := os.RemoveAll(aside); err != nil {
-			return fmt.Errorf("restoring %s: removing a leftover %s: %w", app, aside, err)
+	aside := nodeModules + asideSuffix
+	if _, err := appD.stat(nodeModules); err == nil {
+		if err := appD.removeAll(aside); err != nil {
+			return fail(fmt.Errorf("removing a leftover: %w", err))
 		}
-		if err := os.Rename(nm, aside); err != nil {
-			return fmt.Errorf("restoring %s: moving node_modules aside: %w", app, err)
+		if err := appD.rename(nodeModules, aside); err != nil {
+			return fail(fmt.Errorf("moving node_modules aside: %w", err))
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("restoring %s: %w", app, err)
+		return fail(err)
 	}
 	if m.HasNM {
-		if err := os.Rename(fresh, nm); err != nil {
-			return fmt.Errorf("restoring %s: moving the restored node_modules into place: %w", app, err)
+		if err := renameInto(stage, appD, nodeModules); err != nil {
+			return fail(fmt.Errorf("moving the restored node_modules into place: %w", err))
 		}
 	}
-	if err := syncDir(app); err != nil {
-		return fmt.Errorf("restoring %s: %w", app, err)
+	if err := appD.sync(); err != nil {
+		return fail(err)
 	}
-	if err := os.RemoveAll(aside); err != nil {
-		return fmt.Errorf("restoring %s: removing the replaced node_modules: %w", app, err)
+	if err := appD.removeAll(aside); err != nil {
+		return fail(fmt.Errorf("removing the replaced node_modules: %w", err))
 	}
 
 	saved := map[string]snapEntry{}
 	for _, e := range m.Top {
 		saved[e.Path] = e
 	}
+	filesD, err := snapD.sub(snapFilesDir)
+	if err != nil {
+		return fail(err)
+	}
+	defer filesD.Close()
 	for _, name := range snapTopFiles {
-		target := filepath.Join(app, name)
 		if _, ok := saved[name]; !ok {
-			if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("restoring %s: removing %s: %w", app, name, err)
+			if err := unix.Unlinkat(appD.fd(), name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fail(fmt.Errorf("removing %s: %w", name, err))
 			}
 			continue
 		}
-		src := filepath.Join(s.Dir, snapFilesDir, name)
-		fi, err := os.Lstat(src)
+		st, err := filesD.stat(name)
 		if err != nil {
-			return fmt.Errorf("restoring %s: %w", app, err)
+			return fail(err)
 		}
-		tmp := filepath.Join(app, "."+name+restoreSuffix)
-		if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("restoring %s: %w", app, err)
+		if _, err := copyEntryAt(filesD, stage, name, name, &st, false); err != nil {
+			return fail(err)
 		}
-		if _, err := copyEntry(src, tmp, fi, name, false); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("restoring %s: %w", app, err)
+		if err := renameInto(stage, appD, name); err != nil {
+			return fail(err)
 		}
-		if err := os.Rename(tmp, target); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("restoring %s: %w", app, err)
+	}
+	if err := unix.Unlinkat(appD.fd(), restoreStaging, unix.AT_REMOVEDIR); err != nil {
+		// Not ours any more (the user put something in its place): what
+		// matters is restored; leave the name to the user.
+		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.ENOTDIR) {
+			return fail(err)
 		}
 	}
 	// syncfs covers the app dir's own entries too.
-	if err := syncFS(app); err != nil {
-		return fmt.Errorf("restoring %s: %w", app, err)
+	if err := syncFSOf(appD.f); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// renameInto moves name from the staging dir (root's, 0700) to the same
+// name in dst, replacing what is there.
+func renameInto(stage, dst *dirFD, name string) error {
+	if err := unix.Renameat(stage.fd(), name, dst.fd(), name); err != nil {
+		return &os.LinkError{Op: "rename", Old: stage.join(name), New: dst.join(name), Err: err}
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
 
 // treeHash describes every entry under root (root itself excluded) by
@@ -219,8 +220,17 @@ func inode(t testing.TB, p string) uint64 {
 	return fi.Sys().(*syscall.Stat_t).Ino
 }
 
-func failLink(oldname, newname string) error {
+func failLink(_ int, oldname string, _ int, newname string) error {
 	return &os.LinkError{Op: "link", Old: oldname, New: newname, Err: syscall.EXDEV}
+}
+
+func setSymlinkTimes(path string, fi fs.FileInfo) error {
+	at, mt := fi.ModTime(), fi.ModTime()
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		at = time.Unix(st.Atim.Sec, st.Atim.Nsec)
+	}
+	ts := []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(mt.UnixNano())}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, path, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
 
 func owners(t *testing.T) map[string][2]int {
@@ -237,7 +247,7 @@ func TestSnapshotRoundTrip(t *testing.T) {
 			t.Run(oname+"/"+mode, func(t *testing.T) {
 				app := buildApp(t, ids[0], ids[1])
 				orig := treeHash(t, app, "server.js")
-				link := os.Link
+				link := linkFunc(linkAt)
 				if mode == "copy" {
 					link = failLink
 				}
@@ -460,7 +470,8 @@ func TestSnapshotRestoreAfterCrash(t *testing.T) {
 	if err := os.Rename(nm, nm+asideSuffix); err != nil {
 		t.Fatal(err)
 	}
-	write(t, filepath.Join(nm+restoreSuffix, "half/built.js"), "x", 0o644)
+	write(t, filepath.Join(app, restoreStaging, "node_modules/half/built.js"), "x", 0o644)
+	write(t, filepath.Join(app, legacyRestoreDir, "half/built.js"), "x", 0o644)
 	if err := s.Restore(); err != nil {
 		t.Fatal(err)
 	}
@@ -620,6 +631,21 @@ func genTree(b *testing.B, dir string, pkgs, files int, total int64) string {
 	return app
 }
 
+// cloneTree clones app's node_modules into dst/node_modules with c.
+func cloneTree(c *cloner, app, dst string) error {
+	src, err := openDirPath(app)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	d, err := openDirPath(dst)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return c.cloneDir(src, d, nodeModules, nodeModules)
+}
+
 // BenchmarkSnapshot compares a hardlinked snapshot and restore with the
 // same done by copying, and with a single plain copy of node_modules (what
 // `cp -a` does), on ~300 packages x 20 files, ~100 MB.
@@ -628,7 +654,7 @@ func BenchmarkSnapshot(b *testing.B) {
 	app := genTree(b, dir, 300, 20, 100<<20)
 	var logical int64
 	round := 0
-	take := func(b *testing.B, link func(string, string) error) {
+	take := func(b *testing.B, link linkFunc) {
 		for b.Loop() {
 			round++
 			s, st, err := takeSnapshot(app, filepath.Join(dir, "snaps", fmt.Sprint(round)), link)
@@ -645,15 +671,15 @@ func BenchmarkSnapshot(b *testing.B) {
 		b.SetBytes(logical)
 		os.RemoveAll(filepath.Join(dir, "snaps"))
 	}
-	b.Run("hardlink/take+restore", func(b *testing.B) { take(b, os.Link) })
+	b.Run("hardlink/take+restore", func(b *testing.B) { take(b, linkAt) })
 	b.Run("copy/take+restore", func(b *testing.B) { take(b, failLink) })
 	b.Run("plain-copy", func(b *testing.B) {
 		for b.Loop() {
 			round++
 			c := cloner{noLink: true}
 			dst := filepath.Join(dir, "copies", fmt.Sprint(round))
-			os.MkdirAll(filepath.Dir(dst), 0o700)
-			if err := c.clone(filepath.Join(app, nodeModules), dst, nodeModules); err != nil {
+			os.MkdirAll(dst, 0o700)
+			if err := cloneTree(&c, app, dst); err != nil {
 				b.Fatal(err)
 			}
 			if err := syncFS(dst); err != nil {
