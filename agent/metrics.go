@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"cmp"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -10,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
 // TextfileName is the file WriteTextfile writes in node_exporter's textfile
@@ -144,6 +147,47 @@ func NewRegistry(version string) (*prometheus.Registry, *Metrics) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return reg, NewMetrics(reg, version)
+}
+
+// MetricsTimeouts bound each connection to the metrics server, so that no
+// client (the listen address need not be loopback) holds one open forever:
+// a stalled header or body, a slow reader, an idle keep-alive. Zero fields
+// get the defaults.
+type MetricsTimeouts struct {
+	// ReadHeader bounds reading a request's headers (default 5s).
+	ReadHeader time.Duration
+	// Read bounds reading a whole request, headers included (default 10s;
+	// a scrape is a GET without a body).
+	Read time.Duration
+	// Write bounds writing the response, from the end of the headers
+	// (default 15s: more than Prometheus's 10s default scrape_timeout, so
+	// we never cut a scrape Prometheus still waits for; our registry
+	// renders in milliseconds).
+	Write time.Duration
+	// Idle bounds a keep-alive connection between requests (default 90s:
+	// more than Prometheus's 1m default scrape_interval and our 30s, so a
+	// scraper's connection is reused rather than closed under it).
+	Idle time.Duration
+}
+
+// metricsMaxHeaderBytes caps a request's headers: a scrape sends a few
+// hundred bytes (net/http's default allows 1 MiB).
+const metricsMaxHeaderBytes = 8 << 10
+
+// NewMetricsServer returns the HTTP server of /metrics for g, with t's
+// timeouts (zero fields: the defaults) and capped headers. The caller
+// serves it on its listener and shuts it down.
+func NewMetricsServer(g prometheus.Gatherer, t MetricsTimeouts) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: cmp.Or(t.ReadHeader, 5*time.Second),
+		ReadTimeout:       cmp.Or(t.Read, 10*time.Second),
+		WriteTimeout:      cmp.Or(t.Write, 15*time.Second),
+		IdleTimeout:       cmp.Or(t.Idle, 90*time.Second),
+		MaxHeaderBytes:    metricsMaxHeaderBytes,
+	}
 }
 
 // NewTextfileRegistry returns a registry with only patchagent's metrics,

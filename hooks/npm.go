@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
@@ -172,7 +171,7 @@ var ErrRegistryUnreachable = errors.New("registry unreachable")
 func staleFallback(stderr []byte) string {
 	for _, line := range strings.Split(string(stderr), "\n") {
 		if strings.Contains(line, "(cache stale)") {
-			return redactURLs(strings.TrimSpace(line))
+			return strings.TrimSpace(line)
 		}
 	}
 	return ""
@@ -189,34 +188,23 @@ var ErrIncompleteInstall = errors.New("npm left files unwritten")
 func incompleteInstall(stderr []byte) string {
 	for _, line := range strings.Split(string(stderr), "\n") {
 		if strings.Contains(line, "TAR_ENTRY_ERROR") || strings.Contains(line, "ENOSPC") {
-			return redactURLs(strings.TrimSpace(line))
+			return strings.TrimSpace(line)
 		}
 	}
 	return ""
 }
 
 // npmOutcome turns npm's own warnings that mean the work did not happen
-// into errors, for a run that exited 0.
+// into errors, for a run that exited 0. The line is quoted as the runner
+// quotes stderr (errTail: redacted, capped).
 func npmOutcome(what string, stderr []byte) error {
 	if line := staleFallback(stderr); line != "" {
-		return fmt.Errorf("%s: %w: npm used stale cached metadata (%s)", what, ErrRegistryUnreachable, line)
+		return fmt.Errorf("%s: %w: npm used stale cached metadata (%s)", what, ErrRegistryUnreachable, errTail([]byte(line)))
 	}
 	if line := incompleteInstall(stderr); line != "" {
-		return fmt.Errorf("%s: %w (%s)", what, ErrIncompleteInstall, line)
+		return fmt.Errorf("%s: %w (%s)", what, ErrIncompleteInstall, errTail([]byte(line)))
 	}
 	return nil
-}
-
-// redactURLs drops user:password@ from URLs in s.
-func redactURLs(s string) string {
-	f := strings.Fields(s)
-	for i, w := range f {
-		if u, err := url.Parse(w); err == nil && u.User != nil {
-			u.User = nil
-			f[i] = u.String()
-		}
-	}
-	return strings.Join(f, " ")
 }
 
 // outdatedArgs is the argv of Outdated. The fetch flags are there because
@@ -515,7 +503,8 @@ type npmErrorEntry struct {
 // parseOutdated decodes npm outdated --json. A name listed once per
 // dependent (workspaces) maps to an array: the first entry is used. npm
 // reports its own failure as {"error": {"code", "summary", "detail"}}; only
-// the code is quoted (the summary may hold a registry URL).
+// the code is quoted (through errTail, like all of npm's output; the
+// summary may hold a registry URL).
 func parseOutdated(b []byte) (map[string]Outdated, error) {
 	b = bytes.TrimSpace(b)
 	out := map[string]Outdated{}
@@ -529,7 +518,7 @@ func parseOutdated(b []byte) (map[string]Outdated, error) {
 	if e, ok := raw["error"]; ok {
 		var ne npmErrorEntry
 		if json.Unmarshal(e, &ne) == nil && ne.Code != "" {
-			return nil, fmt.Errorf("npm outdated reported error %s", ne.Code)
+			return nil, fmt.Errorf("npm outdated reported error %s", errTail([]byte(ne.Code)))
 		}
 	}
 	for name, v := range raw {

@@ -77,7 +77,7 @@ type ExitError struct {
 	Name     string // argv[0]
 	ExitCode int    // -1 when killed by a signal
 	Signal   syscall.Signal
-	Stderr   string // the trimmed tail of stderr, about 500 bytes
+	Stderr   string // the trimmed, redacted tail of stderr, about 500 bytes
 	Err      error  // the underlying *exec.ExitError
 }
 
@@ -98,8 +98,8 @@ func (e *ExitError) Error() string {
 func (e *ExitError) Unwrap() error { return e.Err }
 
 // Run runs c and waits for it, its output pipes included. Only stderr goes
-// into error messages: stdout can hold secrets (pm2 jlist carries the app's
-// environment).
+// into error messages, redacted (errTail): stdout can hold secrets (pm2
+// jlist carries the app's environment).
 func (r *ExecRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	res := Result{ExitCode: -1}
 	env := c.Env
@@ -220,11 +220,13 @@ func (t *tailBuffer) Bytes() []byte {
 
 var ansiEscape = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)
 
-// errTail is the end of a program's stderr for an error message: colour
-// codes removed, trimmed, at most about errTailLen bytes, cut at a rune
-// boundary.
+// errTail is the end of a program's stderr for an error message, and how
+// any other piece of a program's output is quoted in one: colour codes
+// removed, credentials redacted (before the cut, which could otherwise keep
+// a secret without its key), trimmed, at most about errTailLen bytes, cut
+// at a rune boundary.
 func errTail(b []byte) string {
-	s := strings.TrimSpace(ansiEscape.ReplaceAllString(string(b), ""))
+	s := strings.TrimSpace(redact(ansiEscape.ReplaceAllString(string(b), "")))
 	if len(s) <= errTailLen {
 		return s
 	}

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/patchagent/patchagent/agent"
@@ -65,9 +64,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Error("metrics listener", zap.Error(err))
 		return agent.ExitFailed
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	hs := agent.NewMetricsServer(reg, agent.MetricsTimeouts{})
 	go func() {
 		if err := hs.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server", zap.Error(err))
