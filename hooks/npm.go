@@ -12,10 +12,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for NPMConfig's zero values.
@@ -286,17 +286,17 @@ func (n *NPM) checkBinary() error {
 	return nil
 }
 
+// checkOwner: the app dir is a directory owned by the npm user, reached
+// without a symlink the user could swap (openDirPath names such a link).
 func (n *NPM) checkOwner() error {
-	fi, err := os.Stat(n.cfg.Dir)
+	d, err := openDirPath(n.cfg.Dir)
 	if err != nil {
 		return fmt.Errorf("checking the app dir: %w", err)
 	}
-	if !fi.IsDir() {
-		return fmt.Errorf("app dir %s is not a directory", n.cfg.Dir)
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return fmt.Errorf("app dir %s: no unix owner", n.cfg.Dir)
+	defer d.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(d.fd(), &st); err != nil {
+		return fmt.Errorf("checking the app dir %s: %w", n.cfg.Dir, err)
 	}
 	if st.Uid != n.cfg.User.UID {
 		return fmt.Errorf("app dir %s is owned by uid %d, not by the npm user %q (uid %d)", n.cfg.Dir, st.Uid, n.cfg.User.Name, n.cfg.User.UID)
@@ -325,37 +325,35 @@ func (m manifest) kind(k string) map[string]string {
 	return m.OptionalDependencies
 }
 
-// readRegular reads dir/name, refusing anything but a regular file (a
-// symlink planted in the app dir is not followed by root).
-func readRegular(dir, name string) ([]byte, os.FileInfo, error) {
-	p := filepath.Join(dir, name)
-	fi, err := os.Lstat(p)
+// maxNPMFile caps what root reads of package.json and a lockfile.
+const maxNPMFile = 256 << 20
+
+// readRegular reads name in the app dir dir, which the app user controls:
+// through openDirPath and openRegular (dirfd.go), so a symlink or FIFO
+// planted there, or swapped in after a check, is refused. st is fstat of
+// the file read.
+func readRegular(dir, name string) ([]byte, unix.Stat_t, error) {
+	d, err := openDirPath(dir)
 	if err != nil {
-		return nil, nil, err
+		return nil, unix.Stat_t{}, err
 	}
-	if !fi.Mode().IsRegular() {
-		return nil, nil, fmt.Errorf("%s is not a regular file", p)
-	}
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return nil, nil, err
-	}
-	return b, fi, nil
+	defer d.Close()
+	return d.readRegular(name, maxNPMFile)
 }
 
-func readManifest(dir string) ([]byte, os.FileInfo, manifest, error) {
-	b, fi, err := readRegular(dir, packageJSON)
+func readManifest(dir string) ([]byte, unix.Stat_t, manifest, error) {
+	b, st, err := readRegular(dir, packageJSON)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil, manifest{}, fmt.Errorf("%w in %s", ErrNoPackageJSON, dir)
+		return nil, st, manifest{}, fmt.Errorf("%w in %s", ErrNoPackageJSON, dir)
 	}
 	if err != nil {
-		return nil, nil, manifest{}, fmt.Errorf("reading package.json: %w", err)
+		return nil, st, manifest{}, fmt.Errorf("reading package.json: %w", err)
 	}
 	var m manifest
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, nil, manifest{}, fmt.Errorf("parsing %s: %w", filepath.Join(dir, packageJSON), err)
+		return nil, st, manifest{}, fmt.Errorf("parsing %s: %w", filepath.Join(dir, packageJSON), err)
 	}
-	return b, fi, m, nil
+	return b, st, m, nil
 }
 
 // Lockfile returns the lockfile npm uses in the app dir:
@@ -574,7 +572,7 @@ func (n *NPM) UpgradeMajor(ctx context.Context) ([]string, error) {
 		n.log.Info("no major upgrades available", zap.String("dir", n.cfg.Dir))
 		return nil, nil
 	}
-	if err := replaceFileLike(filepath.Join(n.cfg.Dir, packageJSON), edited, fi); err != nil {
+	if err := replaceFileLike(n.cfg.Dir, packageJSON, edited, fi); err != nil {
 		return nil, err
 	}
 	n.log.Info("package.json ranges raised", zap.Strings("changes", lines))
@@ -730,48 +728,62 @@ func majorOf(v string) (int, bool) {
 	return m, true
 }
 
-// replaceFileLike atomically replaces path with data, giving the new file
-// the owner and mode of fi (the old file's): written to a temp file beside
-// it, fsynced, renamed over, and the directory fsynced.
-func replaceFileLike(path string, data []byte, fi os.FileInfo) error {
-	dir := filepath.Dir(path)
-	tmp := filepath.Join(dir, packageJSONTemp)
-	if err := os.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("removing stale %s: %w", tmp, err)
-	}
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+// replaceFileLike atomically replaces name in the app dir dir with data,
+// giving the new file the owner and mode of st (the old file's fstat):
+// written to a temp file beside it, fsynced, renamed over, and the
+// directory fsynced. The app user can write dir (see dirfd.go), so the temp
+// file is created O_EXCL|O_NOFOLLOW relative to the dir's fd and everything
+// is set through its fd; a name swapped before the rename would move the
+// user's own file into place, which the inode check after it reports.
+func replaceFileLike(dir, name string, data []byte, st unix.Stat_t) error {
+	d, err := openDirPath(dir)
 	if err != nil {
-		return fmt.Errorf("writing %s: %w", path, err)
+		return fmt.Errorf("writing %s: %w", filepath.Join(dir, name), err)
 	}
+	defer d.Close()
+	tmp := packageJSONTemp
+	if err := unix.Unlinkat(d.fd(), tmp, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("removing stale %s: %w", d.join(tmp), err)
+	}
+	fd, err := unix.Openat(d.fd(), tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", d.join(name), err)
+	}
+	f := os.NewFile(uintptr(fd), d.join(tmp))
 	ok := false
 	defer func() {
 		if !ok {
 			f.Close()
-			os.Remove(tmp)
+			unix.Unlinkat(d.fd(), tmp, 0)
 		}
 	}()
 	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("writing %s: %w", tmp, err)
+		return fmt.Errorf("writing %s: %w", f.Name(), err)
 	}
-	if st, isUnix := fi.Sys().(*syscall.Stat_t); isUnix {
-		if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil {
-			return fmt.Errorf("giving %s its owner back: %w", tmp, err)
-		}
+	if err := f.Chown(int(st.Uid), int(st.Gid)); err != nil {
+		return fmt.Errorf("giving %s its owner back: %w", f.Name(), err)
 	}
-	if err := f.Chmod(fi.Mode().Perm()); err != nil {
-		return fmt.Errorf("giving %s its mode back: %w", tmp, err)
+	if err := f.Chmod(fs.FileMode(st.Mode & 0o777)); err != nil {
+		return fmt.Errorf("giving %s its mode back: %w", f.Name(), err)
 	}
 	if err := f.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", tmp, err)
+		return fmt.Errorf("syncing %s: %w", f.Name(), err)
+	}
+	var mine unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &mine); err != nil {
+		return fmt.Errorf("writing %s: %w", f.Name(), err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", tmp, err)
+		return fmt.Errorf("closing %s: %w", f.Name(), err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("replacing %s: %w", path, err)
+	if err := d.rename(tmp, name); err != nil {
+		return fmt.Errorf("replacing %s: %w", d.join(name), err)
 	}
 	ok = true
-	return syncDir(dir)
+	if now, err := d.stat(name); err != nil || now.Ino != mine.Ino {
+		return fmt.Errorf("replacing %s: the file moved into place is not the one written (changed under us)", d.join(name))
+	}
+	return d.sync()
 }
 
 // syncDir fsyncs a directory, making renames and creations in it durable.

@@ -625,3 +625,30 @@ func TestNPMWarningsThatMeanNothingHappened(t *testing.T) {
 		})
 	}
 }
+
+// TestNPMCheckRefusesAUserOwnedLinkToTheAppDir: /srv/app/current as a
+// symlink the app user owns would let it point root at any directory; post
+// refuses it, naming the link, before anything changes.
+func TestNPMCheckRefusesAUserOwnedLinkToTheAppDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (a symlink owned by another user)")
+	}
+	dir := appDir(t, map[string]string{"package.json": pkgJSON, "package-lock.json": pkgLock})
+	link := filepath.Join(t.TempDir(), "current")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	npm := filepath.Join(t.TempDir(), "npm")
+	os.WriteFile(npm, []byte("#!/bin/sh\n"), 0o755) // never run
+	n, _ := newNPM(t, nil, link, func(c *hooks.NPMConfig) { c.Bin = npm })
+	if err := n.Check(context.Background()); err != nil {
+		t.Fatalf("a root-owned link: %v", err)
+	}
+	if err := os.Lchown(link, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	err := n.Check(context.Background())
+	if want := link + " is a symlink owned by uid 65534"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("Check = %v, want it to say %q", err, want)
+	}
+}
