@@ -5,7 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 )
 
 // Defaults for PM2Config's zero values.
@@ -98,15 +99,26 @@ func NewPM2(log *zap.Logger, run Runner, c PM2Config) *PM2 {
 	return &PM2{log: log.Named("pm2"), run: run, cred: c.User.Credential(), cfg: c}
 }
 
+// maxPidFile caps what is read of a pid file: pm2 writes a pid, a few
+// bytes; anything longer is not one of its files.
+const maxPidFile = 64
+
 // DaemonAlive reports whether the user's pm2 daemon is running, without
 // running pm2: $PM2_HOME/pm2.pid names a live process that is not a zombie,
 // and $PM2_HOME/rpc.sock accepts a connection. Otherwise it returns an error
 // wrapping ErrDaemonNotRunning.
+//
+// PM2_HOME is the app user's: pm2.pid is read with readUserFile (a regular
+// file, no symlink, at most maxPidFile bytes) and rpc.sock is dialled with
+// pm2Sock.dial (the socket entry itself, owned by the user), so a symlink
+// there cannot point root elsewhere. Nor can a FIFO hold it past its
+// deadline: every open is non-blocking (O_NONBLOCK for the pid file, O_PATH
+// for the directories and the socket), what is read is a regular file of a
+// few bytes, and the connect is bounded by a second.
 func (p *PM2) DaemonAlive() error {
-	pidFile := filepath.Join(p.cfg.Home, "pm2.pid")
-	b, err := os.ReadFile(pidFile)
+	b, err := readUserFile(p.cfg.Home, "pm2.pid", maxPidFile)
 	if err != nil {
-		return fmt.Errorf("%w (PM2_HOME=%s): reading pm2.pid: %w", ErrDaemonNotRunning, p.cfg.Home, err)
+		return fmt.Errorf("%w (PM2_HOME=%s): reading pm2.pid: %w", ErrDaemonNotRunning, p.cfg.Home, pidFileErr(err))
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
 	if err != nil || pid <= 0 {
@@ -115,14 +127,27 @@ func (p *PM2) DaemonAlive() error {
 	if !pidAlive(pid) {
 		return fmt.Errorf("%w (PM2_HOME=%s): pid %d from pm2.pid is gone (stale pid file)", ErrDaemonNotRunning, p.cfg.Home, pid)
 	}
-	sock := filepath.Join(p.cfg.Home, "rpc.sock")
-	conn, err := net.DialTimeout("unix", sock, time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	conn, err := p.sock().dial(ctx)
 	if err != nil {
 		return fmt.Errorf("%w (PM2_HOME=%s): pid %d is alive but rpc.sock accepts no connection: %w", ErrDaemonNotRunning, p.cfg.Home, pid, err)
 	}
 	conn.Close()
 	return nil
 }
+
+// pidFileErr adds why a symlink was refused: open(2) with O_NOFOLLOW says
+// only ELOOP for a file and ENOTDIR for a directory.
+func pidFileErr(err error) error {
+	if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+		return fmt.Errorf("%w (symlinks below PM2_HOME are not followed)", err)
+	}
+	return err
+}
+
+// sock is the user's pm2 daemon's RPC socket.
+func (p *PM2) sock() pm2Sock { return pm2Sock{home: p.cfg.Home, uid: p.cfg.User.UID} }
 
 // Processes lists every pm2 instance named app. If pm2 lists none, the error
 // wraps ErrUnknownApp.
@@ -314,7 +339,7 @@ func (p *PM2) call(ctx context.Context, method string, args []any, out ...any) e
 		return err
 	}
 	start := time.Now()
-	err := pm2Call(ctx, filepath.Join(p.cfg.Home, "rpc.sock"), method, args, out...)
+	err := pm2Call(ctx, p.sock(), method, args, out...)
 	p.log.Debug("pm2 rpc", zap.String("method", method), zap.Duration("took", time.Since(start)), zap.Error(err))
 	return err
 }
@@ -529,12 +554,18 @@ func (p *PM2) StartFrom(ctx context.Context, app, source string) error {
 // PIDs reads, without running pm2, the pid of each instance id of app from
 // the pid files pm2 keeps ($PM2_HOME/pids/<app>-<id>.pid, rewritten at every
 // start and restart, removed at stop). An instance with no file, an empty
-// one or a dead pid maps to 0. Cheap enough to poll every few milliseconds.
+// one or a dead pid maps to 0, and so does one whose file is not a small
+// regular file reached without a symlink (readUserFile: the user's FIFO
+// there costs one non-blocking open, never a hang). Cheap enough to poll
+// every few milliseconds.
 func (p *PM2) PIDs(app string, ids []int) map[int]int {
 	out := make(map[int]int, len(ids))
 	for _, id := range ids {
-		b, err := os.ReadFile(filepath.Join(p.cfg.Home, "pids", app+"-"+strconv.Itoa(id)+".pid"))
+		b, err := readUserFile(p.cfg.Home, "pids/"+app+"-"+strconv.Itoa(id)+".pid", maxPidFile)
 		if err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				p.log.Debug("pm2 pid file not read", zap.Int("pm_id", id), zap.Error(pidFileErr(err)))
+			}
 			out[id] = 0
 			continue
 		}

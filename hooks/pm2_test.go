@@ -169,6 +169,9 @@ func TestProcesses(t *testing.T) {
 		{name: "reply without the list", reply: raw(`j:{"args":[]}`), wantErr: hooks.ErrPM2RPC},
 		{name: "pm2 replies an error", reply: func([]json.RawMessage) any { return map[string]any{"error": "God is busy", "stack": "Error: at God"} }, errHas: "pm2 getMonitorData: God is busy"},
 		{name: "pm2 replies an error object", reply: func([]json.RawMessage) any { return map[string]any{"error": map[string]any{"msg": "no pid"}} }, errHas: "pm2 getMonitorData: no pid"},
+		{name: "pm2 error with a credential is redacted", reply: func([]json.RawMessage) any {
+			return map[string]any{"error": "GET https://u:s3cret@reg.example/x _authToken=s3cret"}
+		}, errHas: "GET https://***@reg.example/x _authToken=***"},
 		{name: "daemon hangs up", reply: func([]json.RawMessage) any { return errClose }, errHas: "closed the connection without replying"},
 	}
 	for _, tt := range tests {

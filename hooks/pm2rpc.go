@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strconv"
 	"sync/atomic"
@@ -53,7 +52,7 @@ var rpcSeq atomic.Uint64
 // pm2Call is one RPC to the pm2 daemon listening on sock: it calls method
 // with args and decodes the reply's arguments into out (nil entries are
 // skipped). An error pm2 replied with is returned as *PM2Error.
-func pm2Call(ctx context.Context, sock, method string, args []any, out ...any) error {
+func pm2Call(ctx context.Context, sock pm2Sock, method string, args []any, out ...any) error {
 	if args == nil {
 		args = []any{}
 	}
@@ -68,10 +67,9 @@ func pm2Call(ctx context.Context, sock, method string, args []any, out ...any) e
 	id := "patchagent-" + strconv.Itoa(os.Getpid()) + ":" + strconv.FormatUint(rpcSeq.Add(1), 10)
 	frame := encodeAMP(append([]byte("j:"), req...), []byte("s:"+id))
 
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", sock)
+	conn, err := sock.dial(ctx)
 	if err != nil {
-		return fmt.Errorf("pm2 %s: connecting to %s: %w", method, sock, ctxErr(ctx, err))
+		return fmt.Errorf("pm2 %s: %w", method, err)
 	}
 	defer conn.Close()
 	// The context's end unblocks any read or write (and ctx.Err is set by
@@ -138,6 +136,9 @@ func decodeReply(method string, body []byte, out []any) error {
 			_ = json.Unmarshal(rep.Error, &obj)
 			msg = cmp.Or(obj.Message, obj.Msg, "(an error without a message)")
 		}
+		// The user's daemon wrote it: redacted like any program's output
+		// before it goes into an error (and before the cut).
+		msg = redact(msg)
 		if len(msg) > 300 {
 			msg = msg[:300] + "..."
 		}

@@ -98,7 +98,14 @@ type result struct {
 // HOME, SSM's minimal PATH, nothing else in the environment.
 func patchagent(t testing.TB, n *sandbox.Node, args ...string) result {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	return patchagentWithin(t, n, 2*time.Minute, args...)
+}
+
+// patchagentWithin is patchagent, killed after max (then code is -1 and no
+// JSON is read).
+func patchagentWithin(t testing.TB, n *sandbox.Node, max time.Duration, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), max)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.ServerNS, binary}, args...)...)
 	cmd.Env = []string{"PATH=" + sandbox.SSMPath}
@@ -113,7 +120,7 @@ func patchagent(t testing.TB, n *sandbox.Node, args ...string) result {
 		t.Fatalf("running patchagent: %v", err)
 	}
 	for _, a := range args {
-		if a == "json" {
+		if a == "json" && ctx.Err() == nil {
 			if err := json.Unmarshal(out.Bytes(), &r.report); err != nil {
 				t.Fatalf("--output json printed no single JSON object: %v\n%s", err, out.String())
 			}
