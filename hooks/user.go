@@ -3,10 +3,10 @@ package hooks
 import (
 	"errors"
 	"fmt"
-	"os"
 	"os/user"
 	"strconv"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // AppUser is the account the app (and its pm2 daemon) runs as.
@@ -43,16 +43,20 @@ func LookupUser(name string) (AppUser, error) {
 	return fromOSUser(u)
 }
 
-// OwnerOf returns the user owning path (a file or directory). The owner must
-// have an account.
+// OwnerOf returns the user owning the directory path (the app dir, whose
+// owner is the default app user). The owner must have an account. path is
+// opened with openDirPath: a symlink on the way that root does not own is
+// refused, or the app user could point it at root's directory and be taken
+// for root.
 func OwnerOf(path string) (AppUser, error) {
-	fi, err := os.Stat(path)
+	d, err := openDirPath(path)
 	if err != nil {
 		return AppUser{}, fmt.Errorf("finding the owner of %s: %w", path, err)
 	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !ok {
-		return AppUser{}, fmt.Errorf("finding the owner of %s: no unix file owner", path)
+	defer d.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(d.fd(), &st); err != nil {
+		return AppUser{}, fmt.Errorf("finding the owner of %s: %w", path, err)
 	}
 	u, err := user.LookupId(strconv.FormatUint(uint64(st.Uid), 10))
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -99,6 +100,18 @@ func TestOwnerOf(t *testing.T) {
 		t.Error("OwnerOf(missing) succeeded")
 	}
 	if os.Geteuid() == 0 {
+		// A link the app user owns, to root's directory: not followed, or
+		// the default app user would be root.
+		link := filepath.Join(dir, "current")
+		if err := os.Symlink(t.TempDir(), link); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(link, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if u, err := OwnerOf(link); err == nil || !strings.Contains(err.Error(), "symlink owned by uid 65534") {
+			t.Errorf("OwnerOf(a user's link to root's dir) = %+v, %v; want the link refused", u, err)
+		}
 		if err := os.Chown(f, 3999999, 0); err != nil {
 			t.Fatal(err)
 		}
