@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
 	"sort"
 	"strconv"
@@ -687,6 +688,15 @@ func (c Config) Validate() []Problem {
 			bad(key, "%q must be an absolute path", p)
 		}
 	}
+	// root's own files must not live where the app user can write
+	// (SECURITY.md): a snapshot holds .npmrc, the state decides the block.
+	for key, p := range map[string]string{"daemon.socket": c.Daemon.Socket, "daemon.state_dir": c.Daemon.StateDir, "daemon.textfile_dir": c.Daemon.TextfileDir} {
+		for ukey, u := range map[string]string{"app.dir": c.App.Dir, "app.pm2_home": c.App.PM2Home} {
+			if within(p, u) {
+				bad(key, "%q is inside %s %q, which the app user controls: root's files must live elsewhere", p, ukey, u)
+			}
+		}
+	}
 	if host, port, err := net.SplitHostPort(c.Daemon.MetricsListen); err != nil {
 		bad("daemon.metrics_listen", "%q is not host:port", c.Daemon.MetricsListen)
 	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
@@ -716,4 +726,14 @@ func (c Config) YAML() []byte {
 		panic(fmt.Sprintf("marshalling config: %v", err))
 	}
 	return out
+}
+
+// within reports whether path p is dir or below it (lexically, both
+// absolute; an empty dir contains nothing).
+func within(p, dir string) bool {
+	if dir == "" || !filepath.IsAbs(dir) || !filepath.IsAbs(p) {
+		return false
+	}
+	p, dir = filepath.Clean(p), filepath.Clean(dir)
+	return p == dir || strings.HasPrefix(p, dir+"/") || dir == "/"
 }

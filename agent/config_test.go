@@ -109,6 +109,8 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 		{"syntax error", "app:\n  name: [a\n", []string{"c.yaml:line "}},
 		{"not a mapping", "- a\n- b\n", []string{"(top level): want a mapping of keys"}},
 		{"section not a mapping", "app: web\n", []string{"line 1: app: want a mapping of keys, got the string \"web\""}},
+		{"state dir in the app dir", "app:\n  name: a\n  dir: /srv/app\ndaemon:\n  state_dir: /srv/app/.patchagent\n", []string{"daemon.state_dir: \"/srv/app/.patchagent\" is inside app.dir \"/srv/app\", which the app user controls"}},
+		{"socket in PM2_HOME", "app:\n  name: a\n  pm2_home: /home/node/.pm2\ndaemon:\n  socket: /home/node/.pm2/pa.sock\n", []string{"daemon.socket: \"/home/node/.pm2/pa.sock\" is inside app.pm2_home"}},
 		{"bad metrics listen", "app: {name: a}\ndaemon:\n  metrics_listen: nowhere\n", []string{"daemon.metrics_listen: \"nowhere\" is not host:port"}},
 		{"every problem at once", "app:\n  nmae: a\ntraffic:\n  ports: [0]\n  action: x\ndrain:\n  idle: 3\n",
 			[]string{"line 1: app.name: required", "line 2: app.nmae: unknown key", "line 4: traffic.ports[0]: 0 is not a TCP port", "line 5: traffic.action", "line 7: drain.idle"}},
