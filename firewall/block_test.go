@@ -849,8 +849,13 @@ func TestNewTables(t *testing.T) {
 			t.Errorf("NewTables(%s): %v", f, err)
 			continue
 		}
-		if _, ok := tb.(*iptables.IPTables); !ok {
-			t.Errorf("NewTables(%s) = %T, want *iptables.IPTables", f, tb)
+		b, ok := tb.(*boundedTables)
+		if !ok {
+			t.Errorf("NewTables(%s) = %T, want *boundedTables", f, tb)
+			continue
+		}
+		if _, ok := b.t.(*iptables.IPTables); !ok || b.timeout != 2*time.Second+callGrace {
+			t.Errorf("NewTables(%s) bounds a %T within %s, want *iptables.IPTables within %s", f, b.t, b.timeout, 2*time.Second+callGrace)
 		}
 	}
 }

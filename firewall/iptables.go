@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -65,10 +67,17 @@ var _ Tables = (*iptables.IPTables)(nil)
 // iptables or ip6tables binary (nf_tables or legacy, whichever the host's
 // alternatives select), waiting at most lockWait (rounded up to whole seconds,
 // DefaultLockWait if lockWait <= 0) for the xtables lock. It never waits
-// forever, unlike go-iptables' default. It fails if the binary is missing or
+// forever, unlike go-iptables' default, and every command it runs (the
+// version probe here included) is killed if it has not finished callGrace
+// after the lock wait (boundedTables). It fails if the binary is missing or
 // its version cannot be read; the caller decides whether that family is then
 // left unmanaged.
 func NewTables(f Family, lockWait time.Duration) (Tables, error) {
+	return newTables(f, lockWait, callGrace)
+}
+
+// newTables is NewTables with the grace beyond the lock wait given.
+func newTables(f Family, lockWait, grace time.Duration) (Tables, error) {
 	var proto iptables.Protocol
 	switch f {
 	case IPv4:
@@ -79,21 +88,35 @@ func NewTables(f Family, lockWait time.Duration) (Tables, error) {
 		return nil, fmt.Errorf("setting up iptables: unknown family %q", f)
 	}
 	wait := lockWaitSeconds(lockWait)
-	ipt, err := iptables.New(iptables.IPFamily(proto), iptables.Timeout(wait))
-	if err != nil {
-		// Hook callers may run with a PATH without the sbin directories:
-		// look where distributions install it.
-		for _, dir := range []string{"/usr/sbin", "/sbin"} {
-			p := filepath.Join(dir, f.Command())
-			if fi, serr := os.Stat(p); serr == nil && fi.Mode().IsRegular() {
-				if ipt, err2 := iptables.New(iptables.IPFamily(proto), iptables.Timeout(wait), iptables.Path(p)); err2 == nil {
-					return ipt, nil
-				}
-			}
-		}
-		return nil, fmt.Errorf("setting up %s (%s): %w", f.Command(), f, err)
+	timeout := time.Duration(wait)*time.Second + grace
+	// The binary on PATH, then where distributions install it: hook callers
+	// may run with a PATH without the sbin directories.
+	var candidates []string
+	if p, err := exec.LookPath(f.Command()); err == nil {
+		candidates = append(candidates, p)
 	}
-	return ipt, nil
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		p := filepath.Join(dir, f.Command())
+		if fi, serr := os.Stat(p); serr == nil && fi.Mode().IsRegular() && !slices.Contains(candidates, p) {
+			candidates = append(candidates, p)
+		}
+	}
+	if len(candidates) == 0 {
+		return nil, fmt.Errorf("setting up %s (%s): %w", f.Command(), f, exec.ErrNotFound)
+	}
+	var first error
+	for _, p := range candidates {
+		ipt, err := bounded(p, timeout, "--version", func() (*iptables.IPTables, error) {
+			return iptables.New(iptables.IPFamily(proto), iptables.Timeout(wait), iptables.Path(p))
+		})
+		if err == nil {
+			return &boundedTables{t: ipt, path: p, timeout: timeout}, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return nil, fmt.Errorf("setting up %s (%s): %w", f.Command(), f, first)
 }
 
 // lockWaitSeconds converts a lock wait to go-iptables' whole seconds, where 0
