@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"syscall"
 	"time"
@@ -23,6 +24,17 @@ const errTailLen = 500
 
 // DefaultWaitDelay is used by ExecRunner when its WaitDelay is zero.
 const DefaultWaitDelay = 5 * time.Second
+
+// ChildUmask is the umask every program ExecRunner starts begins with,
+// whatever the agent's own. The daemon runs with the unit's UMask=0077 (its
+// state, snapshots and socket are root's alone); npm inheriting it would
+// write 0600 files and 0700 directories into node_modules (npm adds its own
+// umask setting, 0 by default, to the process's), which the app's other
+// readers can no longer read, where the same post run in-process by SSM's
+// agent writes 0644/0755. 022 is systemd's default UMask for a service, so
+// SSM's agent's, the umask the hooks run with without the daemon: a post
+// through the daemon and one in-process leave the same modes.
+const ChildUmask = 0o022
 
 // Credential is the identity a program runs as.
 type Credential struct {
@@ -43,6 +55,7 @@ type Cmd struct {
 	Env []string
 	// Cred is who the program runs as; nil means as the agent itself.
 	Cred *Credential
+	// There is no umask here: every program starts with ChildUmask.
 }
 
 // Result is what a finished program left behind.
@@ -60,8 +73,9 @@ type Runner interface {
 	Run(ctx context.Context, c Cmd) (Result, error)
 }
 
-// ExecRunner runs programs with os/exec, each in its own process group. When
-// ctx is done, the whole group is killed with SIGKILL.
+// ExecRunner runs programs with os/exec, each in its own process group and
+// with umask ChildUmask (startWithUmask). When ctx is done, the whole group
+// is killed with SIGKILL.
 type ExecRunner struct {
 	// WaitDelay bounds how long Run waits, after the program exited or was
 	// killed, for its output pipes to close (a child left behind may hold
@@ -141,7 +155,7 @@ func (r *ExecRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		cmd.WaitDelay = DefaultWaitDelay
 	}
 
-	if err := cmd.Start(); err != nil {
+	if err := startWithUmask(cmd, ChildUmask); err != nil {
 		return res, fmt.Errorf("starting %s: %w", c.Name, err)
 	}
 	err = cmd.Wait()
@@ -171,6 +185,62 @@ func (r *ExecRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		return res, fmt.Errorf("%s exited but a child it left behind kept its output open: %w", c.Name, err)
 	}
 	return res, fmt.Errorf("running %s: %w", c.Name, err)
+}
+
+// startWithUmask starts cmd with umask mask, leaving the agent's own umask
+// as it is, for every one of its threads, at every instant.
+//
+// os/exec has no per-child umask, and no shell may set one (argv only). The
+// umask lives in a thread's fs_struct (with its cwd and root), which Go's
+// threads share, and fork copies the forking thread's. So the fork happens
+// on a thread of its own: a goroutine locks itself to its OS thread, gives
+// that thread a private fs_struct (unshare(CLONE_FS): not a namespace, no
+// privilege needed, allowed by systemd's RestrictNamespaces=), sets the
+// umask there and starts cmd, whose clone runs on that thread. The goroutine
+// returns still locked, so the runtime ends the thread and its fs_struct
+// with it: no goroutine ever runs on a thread with another umask. The
+// runtime creates threads for a locked thread from its clean template
+// thread, never by cloning this one.
+//
+// Not chosen: setting the process umask to 022 around cmd.Start under a
+// mutex. Every other goroutine creating a file in that window gets 022, not
+// 0077. Mostly harmless today (the state file, lock, snapshots and restore
+// are created 0600/0700, which umask 022 keeps, and the textfile is chmod'ed
+// 0644 anyway), but the control socket's directory (0755) and the socket
+// itself until its chmod would be created more open, so would whatever the
+// next change creates without an explicit mode, and so would iptables,
+// which go-iptables forks outside any mutex of ours. The process umask is
+// global state; this keeps it untouched.
+//
+// The main thread is never spent: its exit would make the process a zombie,
+// so the runtime parks it for good instead, and its private umask would
+// then be what /proc/<pid>/status shows for the whole process. A goroutine
+// that finds itself there keeps that thread locked (no other goroutine runs
+// on it meanwhile) while a second one, necessarily on another thread, does
+// the work.
+//
+// Nothing may rely on the forking thread after Start: Pdeathsig, for one,
+// would fire at once, when the thread ends (it is unset here).
+func startWithUmask(cmd *exec.Cmd, mask int) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		if syscall.Gettid() == syscall.Getpid() {
+			errc <- startWithUmask(cmd, mask)
+			runtime.UnlockOSThread()
+			return
+		}
+		if err := syscall.Unshare(syscall.CLONE_FS); err != nil {
+			runtime.UnlockOSThread() // unchanged: it may serve again
+			errc <- fmt.Errorf("giving the thread that forks it a umask of its own: unshare(CLONE_FS): %w", err)
+			return
+		}
+		// From here on this thread is never unlocked: it ends with the
+		// goroutine.
+		syscall.Umask(mask)
+		errc <- cmd.Start()
+	}()
+	return <-errc
 }
 
 // lookPath resolves a bare program name in the PATH of env, as execvpe would

@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -315,4 +317,180 @@ func waitGone(t *testing.T, pid int, d time.Duration) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// setUmask sets the test process's umask to m until the test ends.
+func setUmask(t *testing.T, m int) {
+	t.Helper()
+	old := syscall.Umask(m)
+	t.Cleanup(func() { syscall.Umask(old) })
+}
+
+// taskUmask reads the umask of one of our threads (tid) from /proc, or of
+// the process (the main thread's) for tid 0.
+func taskUmask(tid int) (int, error) {
+	p := "/proc/self/status"
+	if tid != 0 {
+		p = "/proc/self/task/" + strconv.Itoa(tid) + "/status"
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return 0, err
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "Umask:"); ok {
+			m, err := strconv.ParseUint(strings.TrimSpace(v), 8, 32)
+			return int(m), err
+		}
+	}
+	return 0, errors.New(p + " has no Umask line")
+}
+
+// assertOwnUmask fails the test unless the process's umask is want now and,
+// within a second (a thread that forked a program may still be exiting),
+// on every one of its threads.
+func assertOwnUmask(t *testing.T, want int) {
+	t.Helper()
+	if got, err := taskUmask(0); err != nil || got != want {
+		t.Fatalf("the test process's umask is %#o (%v), want %#o", got, err, want)
+	}
+	deadline := time.Now().Add(time.Second)
+	for {
+		var odd []string
+		ents, err := os.ReadDir("/proc/self/task")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			tid, _ := strconv.Atoi(e.Name())
+			if got, err := taskUmask(tid); err == nil && got != want { // err: it just ended
+				odd = append(odd, fmt.Sprintf("thread %d: %#o", tid, got))
+			}
+		}
+		if len(odd) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("threads of the test process left with another umask than %#o: %v", want, odd)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestExecRunnerChildUmaskWhateverOurs(t *testing.T) {
+	setUmask(t, 0o077) // the daemon's, from the unit's UMask=0077
+	dir := t.TempDir()
+	cmd := Cmd{
+		Name: sh, Args: []string{"-c", "umask; echo x > f; mkdir d; echo x > d/g"},
+		Dir: dir, Env: []string{"PATH=/usr/bin:/bin"},
+	}
+	res, err := (&ExecRunner{}).Run(t.Context(), cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(res.Stdout); got != "0022\n" {
+		t.Errorf("the child's umask = %q, want 0022", got)
+	}
+	wantModes := map[string]fs.FileMode{"f": 0o644, "d": fs.ModeDir | 0o755, "d/g": 0o644}
+	for name, want := range wantModes {
+		fi, err := os.Lstat(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != want {
+			t.Errorf("%s made by the child: mode %s, want %s", name, fi.Mode(), want)
+		}
+	}
+	assertOwnUmask(t, 0o077)
+
+	// Our own files still get our umask.
+	f, err := os.OpenFile(filepath.Join(dir, "ours"), os.O_CREATE|os.O_WRONLY, 0o666)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if fi, _ := os.Stat(f.Name()); fi.Mode() != 0o600 {
+		t.Errorf("a file we create 0666 after Run: mode %s, want -rw------- (umask 077)", fi.Mode())
+	}
+
+	if os.Geteuid() != 0 {
+		return
+	}
+	// As another user too (the credential is set in the child after the
+	// fork, the umask before).
+	shared, err := os.MkdirTemp("", "pa-umask-") // t.TempDir's parent is 0700
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(shared) })
+	if err := os.Chmod(shared, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Dir, cmd.Cred = shared, &Credential{UID: 65534, GID: 65534}
+	cmd.Args = []string{"-c", "umask; echo x > f"}
+	res, err = (&ExecRunner{}).Run(t.Context(), cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Lstat(filepath.Join(shared, "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(res.Stdout); got != "0022\n" || fi.Mode() != 0o644 {
+		t.Errorf("as uid 65534: umask %q, file mode %s, want 0022 and -rw-r--r--", got, fi.Mode())
+	}
+}
+
+// Many programs started at once each get umask 022, while our own umask
+// stays 077 at every instant: a file we create meanwhile is never more open
+// than 0600.
+func TestExecRunnerChildUmaskConcurrent(t *testing.T) {
+	setUmask(t, 0o077)
+	dir := t.TempDir()
+	const workers, runs = 8, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*runs)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range runs {
+				res, err := (&ExecRunner{}).Run(t.Context(), Cmd{Name: sh, Args: []string{"-c", "umask"}})
+				if err != nil {
+					errs <- err
+				} else if got := string(res.Stdout); got != "0022\n" {
+					errs <- fmt.Errorf("a child's umask = %q, want 0022", got)
+				}
+			}
+		}()
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	created := 0
+	for running := true; running; created++ {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		p := filepath.Join(dir, strconv.Itoa(created))
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o666)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fi, err := f.Stat()
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode() != 0o600 {
+			t.Fatalf("file %d created 0666 while programs started: mode %s, want -rw------- (our umask 077)", created, fi.Mode())
+		}
+	}
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d files created meanwhile, all 0600", created)
+	assertOwnUmask(t, 0o077)
 }
