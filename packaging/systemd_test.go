@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -50,9 +51,38 @@ func TestReconcileRunsBeforeTheNetwork(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Before=network-pre.target", "Wants=network-pre.target", "DefaultDependencies=no", "Type=oneshot", "ExecStart=/usr/bin/patchagent reconcile "} {
+	for _, want := range []string{"Before=network-pre.target", "Wants=network-pre.target network.target", "DefaultDependencies=no", "Type=oneshot", "ExecStart=/usr/bin/patchagent reconcile "} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("unit lacks %q", want)
+		}
+	}
+}
+
+// TestUnitsRunAfterTheDistroFirewalls pins issue 13's R2: both units that
+// put the block back at boot start after every distribution firewall
+// loader, which would otherwise be free to flush the re-applied block
+// (deploy/node's real boot test shows it with Debian's nftables.service).
+func TestUnitsRunAfterTheDistroFirewalls(t *testing.T) {
+	for _, u := range []string{"systemd/patchagent.service", "systemd/patchagent-reconcile.service"} {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// And pm2's unit (After=network.target) after both: network.target
+		// must be part of the boot for that ordering to hold.
+		if !strings.Contains(string(b), "\nWants=network-pre.target network.target\n") {
+			t.Errorf("%s: does not pull in network.target", u)
+		}
+		var after []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(l, "After="); ok {
+				after = append(after, strings.Fields(v)...)
+			}
+		}
+		for _, fw := range []string{"nftables.service", "netfilter-persistent.service", "iptables.service", "ip6tables.service", "firewalld.service", "ufw.service"} {
+			if !slices.Contains(after, fw) {
+				t.Errorf("%s: not After=%s", u, fw)
+			}
 		}
 	}
 }

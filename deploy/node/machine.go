@@ -15,7 +15,9 @@ import (
 )
 
 // BasePackages are installed into the cached root.
-var BasePackages = []string{"systemd", "systemd-sysv", "dbus", "iptables", "iproute2", "ca-certificates", "procps", "curl"}
+// nftables: its boot unit, enabled by the test, flushes the ruleset as
+// Debian's default /etc/nftables.conf does.
+var BasePackages = []string{"systemd", "systemd-sysv", "dbus", "iptables", "nftables", "iproute2", "ca-certificates", "procps", "curl"}
 
 // Mirror reads the Debian mirror from the machine's apt sources, so no host
 // name is written into the repository.

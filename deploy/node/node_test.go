@@ -35,9 +35,27 @@ drain:
   idle: 500ms
 daemon:
   metrics_listen: 0.0.0.0:8741
-  watch_interval: 1s
+  watch_interval: 15s
 `
 )
+
+// nftablesConf is Debian's default /etc/nftables.conf.
+const nftablesConf = `#!/usr/sbin/nft -f
+
+flush ruleset
+
+table inet filter {
+	chain input {
+		type filter hook input priority filter;
+	}
+	chain forward {
+		type filter hook forward priority filter;
+	}
+	chain output {
+		type filter hook output priority filter;
+	}
+}
+`
 
 func repoRoot(t *testing.T) string {
 	wd, _ := os.Getwd()
@@ -129,6 +147,19 @@ func buildRoot(t *testing.T, deb string) string {
 	must(t, run(ctx, "chroot", dir, "dpkg", "-i", "/tmp/patchagent.deb"))
 	must(t, os.WriteFile(filepath.Join(dir, "etc/patchagent/config.yaml"), []byte(nodeConfigYAML), 0o600))
 	must(t, run(ctx, "systemctl", "--root="+dir, "enable", "patchagent.service"))
+	// A distribution firewall at boot, as a node that uses one has it
+	// (the daemon's watch_interval is 15 s, the most its 30 s watchdog
+	// allows, so that its re-assert of a wiped block cannot hide a unit
+	// ordered wrongly: the app would answer outside for seconds first):
+	// Debian's nftables.service loading a config that begins, like Debian's
+	// default, with "flush ruleset". It is made slow to load (a drop-in
+	// that sleeps first), so that a patchagent unit not ordered after it
+	// would re-apply the block before the flush wipes it (issue 13, R2).
+	must(t, os.WriteFile(filepath.Join(dir, "etc/nftables.conf"), []byte(nftablesConf), 0o755))
+	dropIn := filepath.Join(dir, "etc/systemd/system/nftables.service.d")
+	must(t, os.MkdirAll(dropIn, 0o755))
+	must(t, os.WriteFile(filepath.Join(dropIn, "slow.conf"), []byte("[Service]\nExecStartPre=/bin/sleep 3\n"), 0o644))
+	must(t, run(ctx, "systemctl", "--root="+dir, "enable", "nftables.service"))
 	return dir
 }
 
@@ -211,6 +242,11 @@ func TestRealNodePatchCycle(t *testing.T) {
 			t.Logf("console:\n%s", tail(b))
 			if out, err := m.Output(ctx, "journalctl", "-u", "patchagent", "-u", "pm2-app", "--no-pager", "-n", "80"); err == nil {
 				t.Logf("journal:\n%s", out)
+			}
+			// How this boot was ordered: systemd's own word on cycles and
+			// the firewall and network units.
+			if out, err := m.Output(ctx, "journalctl", "-b", "--no-pager", "-o", "short-precise", "-u", "nftables", "-u", "patchagent", "-u", "patchagent-reconcile", "-u", "pm2-app", "-u", "network-pre.target", "-u", "network.target", "SYSLOG_IDENTIFIER=systemd"); err == nil {
+				t.Logf("this boot:\n%s", tail([]byte(out)))
 			}
 		}
 		m.Poweroff(ctx)
@@ -298,6 +334,14 @@ func TestRealNodePatchCycle(t *testing.T) {
 		out, _ := m.Output(ctx, "ss", "-Hltn", "sport = :443")
 		return strings.Contains(out, "LISTEN")
 	})
+	// nftables.service ran this boot (its flush with it), and the block is
+	// there after it.
+	if out, _ := m.Output(ctx, "systemctl", "show", "nftables.service", "-p", "ActiveState", "-p", "Result"); !strings.Contains(out, "ActiveState=active") || !strings.Contains(out, "Result=success") {
+		t.Fatalf("nftables.service did not load its ruleset at boot:\n%s", out)
+	}
+	if out, err := m.Output(ctx, "iptables", "-S", "INPUT"); err != nil || !strings.Contains(out, "-j PATCHAGENT-BLOCK") {
+		t.Fatalf("after the boot, with nftables.service's flush: no block in INPUT (%v):\n%s", err, out)
+	}
 	exitStart := time.Now()
 	if out := hook(m, "patchagent-on-exit.yaml"); !strings.HasPrefix(out, "patchagent exit: ok") {
 		t.Fatalf("exit verdict: %s", out)
