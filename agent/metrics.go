@@ -49,6 +49,8 @@ type Metrics struct {
 	DepsRolledBack prometheus.Counter // patchagent_dependencies_rolled_back_total
 
 	Deadman prometheus.Counter // patchagent_deadman_triggered_total
+
+	MetricsListenFailures prometheus.Counter // patchagent_metrics_listen_failures_total
 }
 
 // NewMetrics creates the metrics and registers them on reg, with
@@ -110,6 +112,10 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		DrainTimeouts: f.NewCounter(prometheus.CounterOpts{
 			Name: "patchagent_drain_timeouts_total",
 			Help: "Drains that reached drain.timeout with connections still busy.",
+		}),
+		MetricsListenFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "patchagent_metrics_listen_failures_total",
+			Help: "Failed attempts of the daemon to listen on daemon.metrics_listen (retried; the block does not depend on it).",
 		}),
 		HealthAttempts: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "patchagent_health_check_attempts_total",

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
-	"net/http"
 	"time"
 
 	"go.uber.org/zap"
@@ -59,17 +57,8 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 	srv := agent.NewServer(log, ln, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 		return a.WithProgress(progress).RunPhase(ctx, phase, opt)
 	})
-	mln, err := net.Listen("tcp", cfg.Daemon.MetricsListen)
-	if err != nil {
-		log.Error("metrics listener", zap.Error(err))
-		return agent.ExitFailed
-	}
 	hs := agent.NewMetricsServer(reg, agent.MetricsTimeouts{})
-	go func() {
-		if err := hs.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			log.Error("metrics server", zap.Error(err))
-		}
-	}()
+	go agent.ServeMetrics(ctx, log, cfg.Daemon.MetricsListen, hs, metrics.MetricsListenFailures)
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -77,7 +66,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 	}()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx) }()
-	log.Info("daemon started", zap.String("socket", cfg.Daemon.Socket), zap.String("metrics", mln.Addr().String()), zap.Duration("watchdog", watchdog))
+	log.Info("daemon started", zap.String("socket", cfg.Daemon.Socket), zap.String("metrics", cfg.Daemon.MetricsListen), zap.Duration("watchdog", watchdog))
 	if err := a.RunDaemon(ctx, srv, notifier, agent.DaemonOptions{Watchdog: watchdog, Tick: cfg.Daemon.WatchInterval.D()}); err != nil {
 		log.Error("daemon stopped", zap.Error(err))
 		return agent.ExitFailed
