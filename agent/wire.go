@@ -50,6 +50,13 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	if err != nil {
 		return nil, configError(err)
 	}
+	// A block made before the OS update switched the iptables backend is
+	// seen, and removed by exit, through the other backend's binary.
+	if others, err := firewall.OtherBackends(fams, cfg.Traffic.LockWait.D()); err != nil {
+		log.Warn("the other iptables backend is not watched", zap.Error(err))
+	} else {
+		fw.WatchOtherBackends(others)
+	}
 	hc, err := healthcheck.NewHTTP(healthcheck.HTTPOptions{
 		URL: cfg.Health.URL, Timeout: cfg.Health.Timeout.D(), Insecure: cfg.Health.Insecure, CAFile: cfg.Health.CAFile,
 		Host: cfg.Health.Host, UserAgent: cfg.Health.UserAgent, ExpectStatus: statusRanges(cfg.Health.ExpectStatus),

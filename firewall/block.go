@@ -82,6 +82,9 @@ type Firewall struct {
 	specs    [][]string // one rulespec per port, in Rules.Ports order
 	lines    []string   // the same rules as iptables -S prints them
 	retry    retryPolicy
+	// others are the other iptables backend's tables (backend.go), watched
+	// and cleaned, never written.
+	others map[Family]*otherBackend
 
 	mu sync.Mutex
 }
@@ -339,7 +342,7 @@ func (f *Firewall) Unblock(ctx context.Context) error {
 			errs[i] = f.cleanUpFamily(ctx, fam, f.tables[fam], removed[i])
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(append(errs, f.unblockStray(ctx))...)
 }
 
 // removeJumps deletes the bare jump to our chain from INPUT until iptables
@@ -459,6 +462,11 @@ func (s FamilyStatus) blocked() bool { return s.Chain && s.Jumps == 1 && s.Rules
 // Status is the block's state in every managed family.
 type Status struct {
 	Families map[Family]FamilyStatus
+	// Stray is what of ours is in the other iptables backend, by family
+	// (only families where something is): a block made before the backend
+	// was switched, which still refuses connections. Present counts it;
+	// Blocked does not (Block writes the selected backend only).
+	Stray map[Family]FamilyStatus
 }
 
 // Blocked reports whether every family has the chain, exactly one jump and
@@ -493,7 +501,7 @@ func (s Status) Present() bool {
 			return true
 		}
 	}
-	return false
+	return len(s.Stray) > 0
 }
 
 // Status reads the block's state in every managed family from iptables -S.
@@ -509,7 +517,9 @@ func (f *Firewall) Status(ctx context.Context) (Status, error) {
 		}
 		st.Families[fam] = fs
 	}
-	return st, nil
+	stray, err := f.strayStatus(ctx)
+	st.Stray = stray
+	return st, err
 }
 
 func (f *Firewall) familyStatus(ctx context.Context, fam Family, t Tables) (FamilyStatus, error) {

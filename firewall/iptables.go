@@ -78,17 +78,9 @@ func NewTables(f Family, lockWait time.Duration) (Tables, error) {
 
 // newTables is NewTables with the grace beyond the lock wait given.
 func newTables(f Family, lockWait, grace time.Duration) (Tables, error) {
-	var proto iptables.Protocol
-	switch f {
-	case IPv4:
-		proto = iptables.ProtocolIPv4
-	case IPv6:
-		proto = iptables.ProtocolIPv6
-	default:
+	if !f.valid() {
 		return nil, fmt.Errorf("setting up iptables: unknown family %q", f)
 	}
-	wait := lockWaitSeconds(lockWait)
-	timeout := time.Duration(wait)*time.Second + grace
 	// The binary on PATH, then where distributions install it: hook callers
 	// may run with a PATH without the sbin directories.
 	var candidates []string
@@ -106,17 +98,32 @@ func newTables(f Family, lockWait, grace time.Duration) (Tables, error) {
 	}
 	var first error
 	for _, p := range candidates {
-		ipt, err := bounded(p, timeout, "--version", func() (*iptables.IPTables, error) {
-			return iptables.New(iptables.IPFamily(proto), iptables.Timeout(wait), iptables.Path(p))
-		})
+		t, err := tablesAt(f, p, lockWait, grace)
 		if err == nil {
-			return &boundedTables{t: ipt, path: p, timeout: timeout}, nil
+			return t, nil
 		}
 		if first == nil {
 			first = err
 		}
 	}
 	return nil, fmt.Errorf("setting up %s (%s): %w", f.Command(), f, first)
+}
+
+// tablesAt is the bounded Tables of the binary at path for family f.
+func tablesAt(f Family, path string, lockWait, grace time.Duration) (Tables, error) {
+	proto := iptables.ProtocolIPv4
+	if f == IPv6 {
+		proto = iptables.ProtocolIPv6
+	}
+	wait := lockWaitSeconds(lockWait)
+	timeout := time.Duration(wait)*time.Second + grace
+	ipt, err := bounded(path, timeout, "--version", func() (*iptables.IPTables, error) {
+		return iptables.New(iptables.IPFamily(proto), iptables.Timeout(wait), iptables.Path(path))
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &boundedTables{t: ipt, path: path, timeout: timeout}, nil
 }
 
 // lockWaitSeconds converts a lock wait to go-iptables' whole seconds, where 0
