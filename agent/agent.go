@@ -31,7 +31,9 @@ type AppManager interface {
 	Stop(ctx context.Context, app string) ([]hooks.Process, error)
 	Start(ctx context.Context, app string) error
 	StartFrom(ctx context.Context, app, source string) error
-	PIDs(app string, ids []int) map[int]int
+	// Proc is the kernel's record of process pid (exit's crash watch); its
+	// error wraps hooks.ErrProcessGone once the process has exited.
+	Proc(pid int) (hooks.ProcInfo, error)
 }
 
 // Units stops and starts systemd units (hooks.Units).
@@ -93,10 +95,15 @@ type Agent struct {
 	log *zap.Logger
 	// listenWait bounds the wait for the app's ports to be released.
 	listenWait time.Duration
-	// stableEvery is how often exit asks pm2 about the app while waiting,
-	// pidEvery how often it reads pm2's pid files, settle how long the app
-	// must have been up, unrestarted, when the health check has passed.
-	stableEvery, pidEvery, settle time.Duration
+	// stableEvery is how often exit asks pm2 about the app while it waits
+	// (each instance's pid, restart counter and state: one RPC), pidEvery
+	// how often it asks the kernel whether each pid pm2 listed still runs
+	// (one read of /proc/<pid>/stat each). See stable.go.
+	stableEvery, pidEvery time.Duration
+	// wall is the wall clock that pm2's pm_uptime (its own Date.now()) is
+	// compared with (default time.Now, without its monotonic reading): a
+	// seam for the tests that step it.
+	wall func() time.Time
 }
 
 // New returns an Agent; every field of d but LockWait must be set, except
@@ -108,13 +115,17 @@ func New(cfg Config, d Deps) *Agent {
 	if d.Progress == nil {
 		d.Progress = io.Discard
 	}
-	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent"), listenWait: defaultListenWait, stableEvery: 250 * time.Millisecond, pidEvery: 20 * time.Millisecond, settle: 200 * time.Millisecond}
+	return &Agent{cfg: cfg, d: d, log: d.Log.Named("agent"), listenWait: defaultListenWait,
+		stableEvery: 250 * time.Millisecond, pidEvery: 20 * time.Millisecond, wall: wallClock}
 }
 
 // RunOptions modify one phase run.
 type RunOptions struct {
 	// DryRun prints the plan and changes nothing.
 	DryRun bool
+	// Force (exit only) is the break-glass: the node back in service
+	// without the health check, the cycle closed "forced" (force.go).
+	Force *ForceOptions
 }
 
 // PhaseError carries the exit code a phase failure maps to.

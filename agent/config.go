@@ -121,8 +121,10 @@ type ExitConfig struct {
 	OnFailure string `yaml:"on_failure"`
 	// Undo this cycle's dependency update if the app is unhealthy (default true).
 	Rollback bool `yaml:"rollback"`
-	// Also require the app to have been up this long without a restart,
-	// for apps that crash late (default 0s).
+	// exit returns the node once every instance has been up, without a
+	// restart, for the app's own pm2 min_uptime (1s when the app sets
+	// none), or for this long if longer, for apps that crash late
+	// (default 0s: pm2's alone).
 	MinUptime Duration `yaml:"min_uptime"`
 }
 

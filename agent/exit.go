@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -14,10 +12,6 @@ import (
 	"github.com/patchagent/patchagent/healthcheck"
 	"github.com/patchagent/patchagent/hooks"
 )
-
-// crashLoopRestarts is how many pm2 restarts during exit's wait make the app
-// crash-looping: one restart may be a slow start racing a port; two are not.
-const crashLoopRestarts = 2
 
 // Exit returns the node to service once the app is healthy, whatever ran
 // before: pre, a failed pre, a reboot, no reboot, or nothing at all.
@@ -49,6 +43,9 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 	}
 	rep.addStep("check", ResultOK, time.Since(t), fmt.Sprintf("%s; firewall %s", cycle, fwState))
 
+	if r.opt.Force != nil {
+		return a.exitForce(ctx, r, fw) // force.go
+	}
 	if !r.st.Open {
 		return a.exitNoCycle(ctx, r, blocked)
 	}
@@ -58,6 +55,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 			rep.Plan = append(rep.Plan, "re-apply the block first (the cycle is open but the rules are gone):")
 			rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
 		}
+		rep.Plan = append(rep.Plan, a.undoPostPlan(r.st)...)
 		rep.Plan = append(rep.Plan,
 			fmt.Sprintf("pm2 start %s, through the pm2 daemon of user %s, unless it is online (from %s with the pm2 CLI as that user if pm2 no longer knows it)", app, a.d.AppUser, orNone(a.cfg.App.Ecosystem)),
 			fmt.Sprintf("wait until %s passes %d time(s) in a row (at most %s), the app staying online without restarts", a.d.HealthName, a.cfg.Health.Successes, a.cfg.Health.Deadline),
@@ -87,6 +85,11 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		rep.addStep("reblock", ResultOK, time.Since(t), "the cycle is open and the rules were gone: block re-applied before any check")
 		rep.Reblocked = true
 	}
+	// A post killed mid-update left a half-updated tree: its snapshot goes
+	// back before the app starts (undopost.go), or the node stays out.
+	if err := a.undoInterruptedPost(ctx, r); err != nil {
+		return err
+	}
 
 	if err := a.save(&r.st, "start"); err != nil {
 		return stillOut(err)
@@ -109,7 +112,8 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		return stillOut(err)
 	}
 	t = time.Now()
-	out, err := a.waitHealthyAndStable(ctx, ids)
+	so, err := a.waitStable(ctx, ids)
+	out := so.Health
 	rep.Health = healthSummary(out, err)
 	if err != nil {
 		rep.addStep("health", ResultFailed, time.Since(t), "")
@@ -119,7 +123,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		return a.exitFailed(ctx, r, err)
 	}
 	healthy := fmt.Sprintf("healthy after %d attempt(s) in %s", out.Attempts, out.Elapsed.Round(10*time.Millisecond))
-	rep.addStep("health", ResultOK, time.Since(t), healthy+" over loopback, app stable")
+	rep.addStep("health", ResultOK, time.Since(t), healthy+" over loopback; "+so.Stable)
 	rep.Summary = append(rep.Summary, healthy)
 
 	if err := a.unblockAndRestore(ctx, r); err != nil {
@@ -202,201 +206,6 @@ func (a *Agent) startApp(ctx context.Context) (string, []int, error) {
 		return "", nil, err
 	}
 	return "started " + app, ids, nil
-}
-
-// waitHealthyAndStable probes the health check until it passes while
-// watching the app: pm2's pid files every few milliseconds (a new pid is a
-// restart: a crash loop shows "online" between crashes and may never reach
-// "errored"), and pm2's own view every stableEvery (an instance errored or
-// stopped). Two restarts, or one after the health check passed, end the
-// wait at once. After the check passes the app must have been up, without a
-// restart, for a.settle, so a crash-looping app answering in a lucky moment
-// is caught.
-func (a *Agent) waitHealthyAndStable(parent context.Context, ids []int) (healthcheck.Outcome, error) {
-	if ids == nil {
-		procs, err := a.d.App.Processes(parent, a.cfg.App.Name)
-		if err != nil {
-			return healthcheck.Outcome{}, err
-		}
-		for _, p := range procs {
-			ids = append(ids, p.ID)
-		}
-	}
-	ctx, cancel := context.WithCancelCause(parent)
-	defer cancel(nil)
-	w := &stability{a: a, ids: ids, cancel: cancel, start: time.Now()}
-	done := make(chan struct{})
-	go func() { defer close(done); w.watch(ctx) }()
-	out, err := healthcheck.WaitHealthy(ctx, a.d.Health, a.d.HealthPolicy, func(n int, res healthcheck.Result) {
-		if res.Status != healthcheck.Success && (n == 1 || n%10 == 0) {
-			a.progress("health: attempt %d: %s", n, res.Reason)
-		}
-	})
-	if err == nil {
-		// Settle: the watcher keeps going; any restart now fails.
-		w.healthy()
-		if d := a.settleLeft(ctx, ids); d > 0 {
-			a.progress("stable: waiting %s until the app has been up %s", d.Round(10*time.Millisecond), a.settle)
-			select {
-			case <-ctx.Done():
-			case <-time.After(d):
-			}
-		}
-	}
-	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) && ctx.Err() != nil {
-		cancel(nil)
-		<-done
-		return out, cause
-	}
-	cancel(nil)
-	<-done
-	if err != nil {
-		return out, err
-	}
-	if m := a.cfg.Exit.MinUptime.D(); m > 0 {
-		if err := a.waitUptime(parent, m); err != nil {
-			return out, err
-		}
-	}
-	return out, nil
-}
-
-// settleLeft is how much longer the youngest of the instances ids must stay
-// up to have run a.settle since pm2 last started it: nothing for an app that
-// has been up that long already (resurrected at boot, or slow to answer),
-// all of a.settle when pm2 does not say.
-func (a *Agent) settleLeft(ctx context.Context, ids []int) time.Duration {
-	procs, err := a.d.App.Processes(ctx, a.cfg.App.Name)
-	if err != nil {
-		return a.settle // the watcher reports what is wrong
-	}
-	var youngest time.Time
-	for _, p := range procs {
-		if !slices.Contains(ids, p.ID) {
-			continue
-		}
-		if p.Started.IsZero() {
-			return a.settle
-		}
-		if p.Started.After(youngest) {
-			youngest = p.Started
-		}
-	}
-	if youngest.IsZero() {
-		return a.settle
-	}
-	return a.settle - time.Since(youngest)
-}
-
-// stability follows the app's instances during exit's health wait.
-type stability struct {
-	a      *Agent
-	ids    []int
-	cancel context.CancelCauseFunc
-	start  time.Time
-
-	mu        sync.Mutex
-	restarts  int
-	afterPass bool
-}
-
-func (w *stability) healthy() {
-	w.mu.Lock()
-	w.afterPass = true
-	w.mu.Unlock()
-}
-
-func (w *stability) fail(err error) { w.cancel(err) }
-
-func (w *stability) watch(ctx context.Context) {
-	app := w.a.cfg.App.Name
-	last := w.a.d.App.PIDs(app, w.ids)
-	fast := time.NewTicker(w.a.pidEvery)
-	defer fast.Stop()
-	slow := time.NewTicker(w.a.stableEvery)
-	defer slow.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-fast.C:
-			now := w.a.d.App.PIDs(app, w.ids)
-			for id, pid := range now {
-				if pid != 0 && last[id] != 0 && pid != last[id] || pid == 0 && last[id] != 0 {
-					w.mu.Lock()
-					if pid != 0 || w.afterPass {
-						w.restarts++
-					}
-					n, after := w.restarts, w.afterPass
-					w.mu.Unlock()
-					switch {
-					case n >= crashLoopRestarts:
-						w.fail(fmt.Errorf("%s is crash-looping: its pid changed %d time(s) in %s (pm2 restarting it)", app, n, time.Since(w.start).Round(100*time.Millisecond)))
-						return
-					case after:
-						w.fail(fmt.Errorf("%s restarted right after its health check passed (pid %d -> %d)", app, last[id], pid))
-						return
-					}
-				}
-				if pid != 0 {
-					last[id] = pid
-				}
-			}
-		case <-slow.C:
-			procs, err := w.a.d.App.Processes(ctx, app)
-			if ctx.Err() != nil {
-				return
-			}
-			if err != nil {
-				w.fail(fmt.Errorf("watching %s: %w", app, err))
-				return
-			}
-			for _, p := range procs {
-				if p.Status == hooks.StatusErrored || p.Status == hooks.StatusStopped {
-					w.fail(fmt.Errorf("%s is %s in pm2 (restart counter %d)", app, p.Status, p.Restarts))
-					return
-				}
-			}
-		}
-	}
-}
-
-// waitUptime holds the node blocked until every instance has been up for
-// m, polling pm2 as the watcher does: a restart or a status change in the
-// meantime fails at once (an app that crashes late).
-func (a *Agent) waitUptime(ctx context.Context, m time.Duration) error {
-	app := a.cfg.App.Name
-	base, err := a.d.App.Processes(ctx, app)
-	if err != nil {
-		return err
-	}
-	tick := time.NewTicker(a.stableEvery)
-	defer tick.Stop()
-	for {
-		procs, err := a.d.App.Processes(ctx, app)
-		if err != nil {
-			return err
-		}
-		var youngest time.Time
-		for i, p := range procs {
-			if p.Status != hooks.StatusOnline || i >= len(base) || p.Restarts != base[i].Restarts || p.PID != base[i].PID {
-				return fmt.Errorf("%s did not stay up for exit.min_uptime %s: restarted or left online (status %s, restart counter %d)", app, m, p.Status, p.Restarts)
-			}
-			if p.Started.After(youngest) {
-				youngest = p.Started
-			}
-		}
-		up := time.Since(youngest)
-		if up >= m {
-			return nil
-		}
-		a.progress("stable: up %s of exit.min_uptime %s", up.Round(100*time.Millisecond), m)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
 }
 
 // unblockAndRestore returns the node to service and starts what pre stopped.

@@ -52,40 +52,6 @@ func TestExitAfterPreStartsChecksUnblocksAndClosesTheCycle(t *testing.T) {
 	}
 }
 
-func TestExitSettlesOnlyAFreshlyStartedApp(t *testing.T) {
-	// After the health check passes, the app must have been up for the
-	// settle time: a just-started app is held for the rest of it, an app
-	// pm2 started long ago (resurrected at boot) is not held at all.
-	const settle = 400 * time.Millisecond
-	for _, tt := range []struct {
-		name     string
-		started  time.Duration // before exit, 0: exit starts it
-		min, max time.Duration
-	}{
-		{"started by exit: held", 0, settle, 5 * settle},
-		{"up for a minute: not held", time.Minute, 0, settle / 2},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			e := newTestEnv(t)
-			afterPre(t, e)
-			if tt.started > 0 {
-				e.app.procs[0].Status, e.app.procs[0].PID, e.app.procs[0].Started = hooks.StatusOnline, os.Getpid(), time.Now().Add(-tt.started)
-			}
-			a := e.agent(t)
-			a.settle = settle
-			t0 := time.Now()
-			rep := a.Exit(context.Background(), RunOptions{})
-			took := time.Since(t0)
-			if rep.ExitCode != 0 {
-				t.Fatal(rep.Text())
-			}
-			if took < tt.min || took > tt.max {
-				t.Errorf("exit took %s, want within [%s, %s]", took, tt.min, tt.max)
-			}
-		})
-	}
-}
-
 func TestExitAfterRebootReblocksBeforeAnyCheck(t *testing.T) {
 	e := newTestEnv(t)
 	afterPre(t, e)
@@ -326,32 +292,6 @@ func TestReconcileReblocksAnOpenCycleOnly(t *testing.T) {
 	e.ev.log = nil
 	if rep = e.agent(t).Reconcile(context.Background(), RunOptions{}); rep.ExitCode != 0 || len(e.ev.all()) != 0 {
 		t.Fatalf("block in place: %v %s", e.ev.all(), rep.Verdict())
-	}
-}
-
-func TestExitMinUptimeCatchesALateCrash(t *testing.T) {
-	e := newTestEnv(t)
-	e.cfg.Exit.MinUptime = Duration(300 * time.Millisecond)
-	afterPre(t, e)
-	go func() {
-		time.Sleep(100 * time.Millisecond)
-		e.app.setProcs(func(ps []hooks.Process) { ps[0].Restarts++; ps[0].PID++ })
-	}()
-	start := time.Now()
-	rep := e.agent(t).Exit(context.Background(), RunOptions{})
-	if rep.ExitCode != 1 || !strings.Contains(rep.Verdict(), "node still out of service: web did not stay up for exit.min_uptime 300ms") {
-		t.Fatalf("exit %d: %s", rep.ExitCode, rep.Verdict())
-	}
-	if time.Since(start) > 290*time.Millisecond {
-		t.Fatalf("the late crash was found only after %s", time.Since(start))
-	}
-	// A stable app passes once up long enough.
-	e2 := newTestEnv(t)
-	e2.cfg.Exit.MinUptime = Duration(150 * time.Millisecond)
-	afterPre(t, e2)
-	start = time.Now()
-	if rep := e2.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 || time.Since(start) < 150*time.Millisecond {
-		t.Fatalf("stable app: exit %d after %s: %s", rep.ExitCode, time.Since(start), rep.Verdict())
 	}
 }
 

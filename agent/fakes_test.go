@@ -104,6 +104,29 @@ type fakeApp struct {
 	stopErr  error
 	startErr error
 	unknown  bool // pm2 no longer knows the app
+	// wall is pm2's wall clock, which stamps Started (pm_uptime) at each
+	// start (default time.Now).
+	wall func() time.Time
+	// born is when each pid started by the monotonic clock: the kernel's
+	// record, what Proc reads. A pid missing from it was born at its
+	// instance's Started (a test that sets an old Started means an old
+	// process), else when Proc first sees it.
+	born map[int]time.Time
+}
+
+func (a *fakeApp) wallNow() time.Time {
+	if a.wall != nil {
+		return a.wall()
+	}
+	return time.Now()
+}
+
+// bear records that pid starts now; a.mu is held.
+func (a *fakeApp) bear(pid int) {
+	if a.born == nil {
+		a.born = map[int]time.Time{}
+	}
+	a.born[pid] = time.Now()
 }
 
 func (a *fakeApp) Processes(ctx context.Context, app string) ([]hooks.Process, error) {
@@ -134,6 +157,7 @@ func (a *fakeApp) Stop(ctx context.Context, app string) ([]hooks.Process, error)
 	}
 	before := a.procs
 	for i := range a.procs {
+		delete(a.born, a.procs[i].PID) // that process is gone
 		a.procs[i].Status, a.procs[i].PID = hooks.StatusStopped, 0
 	}
 	return before, nil
@@ -147,7 +171,8 @@ func (a *fakeApp) Start(ctx context.Context, app string) error {
 	}
 	for i := range a.procs {
 		if a.procs[i].Status != hooks.StatusOnline {
-			a.procs[i].Status, a.procs[i].PID, a.procs[i].Started = hooks.StatusOnline, os.Getpid(), time.Now()
+			a.procs[i].Status, a.procs[i].PID, a.procs[i].Started = hooks.StatusOnline, os.Getpid()+i, a.wallNow()
+			a.bear(os.Getpid() + i)
 		}
 	}
 	return nil
@@ -156,25 +181,47 @@ func (a *fakeApp) StartFrom(ctx context.Context, app, source string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.ev.add("start " + app + " from " + source)
-	a.procs = []hooks.Process{{Name: app, PID: os.Getpid(), Status: hooks.StatusOnline}}
+	a.procs = []hooks.Process{{Name: app, PID: os.Getpid(), Status: hooks.StatusOnline, Started: a.wallNow(), MinUptime: testMinUptime}}
+	a.bear(os.Getpid())
 	a.unknown = false
 	return nil
 }
 
-// PIDs plays pm2's pid files: the pid of each online instance.
-func (a *fakeApp) PIDs(app string, ids []int) map[int]int {
+// crash plays pm2 restarting instance i after a crash: a new pid, the
+// restart counter up, a new pm_uptime.
+func (a *fakeApp) crash(i int) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	out := map[int]int{}
-	for _, id := range ids {
-		out[id] = 0
-		for _, p := range a.procs {
-			if p.ID == id && p.Status == hooks.StatusOnline {
-				out[id] = p.PID
-			}
+	p := &a.procs[i]
+	p.PID++
+	p.Restarts++
+	p.Started = a.wallNow()
+	a.bear(p.PID)
+}
+
+// Proc plays the kernel: a pid some instance runs is alive, born when born
+// says; any other pid has exited.
+func (a *fakeApp) Proc(pid int) (hooks.ProcInfo, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, p := range a.procs {
+		if p.PID != pid || pid == 0 || p.Status != hooks.StatusOnline {
+			continue
 		}
+		b, ok := a.born[pid]
+		if !ok {
+			b = p.Started
+			if b.IsZero() {
+				b = time.Now()
+			}
+			if a.born == nil {
+				a.born = map[int]time.Time{}
+			}
+			a.born[pid] = b
+		}
+		return hooks.ProcInfo{Start: uint64(b.UnixNano()), Uptime: time.Since(b)}, nil
 	}
-	return out
+	return hooks.ProcInfo{}, fmt.Errorf("pid %d: %w", pid, hooks.ErrProcessGone)
 }
 
 // fakeHealth answers probes from a script; the last answer repeats.
@@ -272,7 +319,7 @@ func newTestEnv(t *testing.T) *testEnv {
 		cfg: cfg, ev: ev, state: st, lock: NewPhaseLock(dir), boot: "boot-1",
 		fw:     &fakeFirewall{ev: ev, state: st},
 		conns:  &fakeConns{snaps: [][]firewall.Conn{{}}},
-		app:    &fakeApp{ev: ev, state: st, procs: []hooks.Process{{Name: "web", ID: 0, PID: os.Getpid(), Status: hooks.StatusOnline}}},
+		app:    &fakeApp{ev: ev, state: st, procs: []hooks.Process{{Name: "web", ID: 0, PID: os.Getpid(), Status: hooks.StatusOnline, MinUptime: testMinUptime}}},
 		health: &fakeHealth{answers: []healthcheck.Result{healthy()}},
 	}
 }
@@ -294,8 +341,12 @@ func (e *testEnv) agent(t *testing.T) *Agent {
 		}
 	}
 	a.listenWait = 200 * time.Millisecond
-	a.stableEvery, a.pidEvery, a.settle = 5*time.Millisecond, time.Millisecond, 10*time.Millisecond
+	a.stableEvery, a.pidEvery = 5*time.Millisecond, time.Millisecond
 	return a
 }
+
+// testMinUptime is the fake app's pm2 min_uptime: a short stability window
+// for the tests that are not about it.
+const testMinUptime = 10 * time.Millisecond
 
 var errBoom = errors.New("boom")

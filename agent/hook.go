@@ -13,6 +13,10 @@ import (
 // reconcile) gives RunHook besides the configuration.
 type HookOptions struct {
 	DryRun bool
+	// Force (exit only) is the break-glass exit, Reason the operator's
+	// (see force.go).
+	Force  bool
+	Reason string
 	Log    *zap.Logger
 	// Progress gets the live progress lines (the command's stderr).
 	Progress io.Writer
@@ -34,7 +38,7 @@ func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Repo
 		o.Progress = io.Discard
 	}
 	if o.AfterSave == nil {
-		rep, err := Call(ctx, cfg.Daemon.Socket, Request{Phase: phase, DryRun: o.DryRun}, o.Progress)
+		rep, err := Call(ctx, cfg.Daemon.Socket, Request{Phase: phase, DryRun: o.DryRun, Force: o.Force, Reason: o.Reason}, o.Progress)
 		switch {
 		case err == nil:
 			return rep
@@ -51,7 +55,11 @@ func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Repo
 	if err != nil {
 		return FailedReport(phase, 0, err)
 	}
-	rep := a.RunPhase(ctx, phase, RunOptions{DryRun: o.DryRun})
+	opt := RunOptions{DryRun: o.DryRun}
+	if o.Force {
+		opt.Force = &ForceOptions{Reason: o.Reason, Caller: SelfCaller()}
+	}
+	rep := a.RunPhase(ctx, phase, opt)
 	if !o.DryRun {
 		if err := WriteTextfile(cfg.Daemon.TextfileDir, reg); err != nil {
 			o.Log.Info("metrics not written for node_exporter", zap.Error(err))

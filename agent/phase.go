@@ -51,7 +51,10 @@ func (a *Agent) runPhase(ctx context.Context, name string, opt RunOptions, body 
 		booted := st.BootID != "" && st.BootID != boot
 		return body(ctx, &phaseRun{name: name, opt: opt, st: st, boot: boot, rep: rep, booted: booted})
 	}()
-	if err != nil {
+	switch {
+	case isForced(err):
+		a.log.Warn("phase forced", zap.String("phase", name), zap.Error(err))
+	case err != nil:
 		a.log.Error("phase failed", zap.String("phase", name), zap.Error(err))
 	}
 	rep.finish(time.Since(start), err, exitCode(err))
@@ -75,6 +78,9 @@ func (a *Agent) recordLast(name string, start time.Time, err error) {
 	res := PhaseResult{Result: ResultOK, At: time.Now().UTC(), Seconds: time.Since(start).Seconds(), CycleID: st.CycleID}
 	if err != nil {
 		res.Result, res.Error = ResultFailed, firstLine(err.Error())
+		if isForced(err) {
+			res.Result = ResultForced
+		}
 	}
 	if st.Last == nil {
 		st.Last = map[string]PhaseResult{}
@@ -90,8 +96,13 @@ func (a *Agent) recordLast(name string, start time.Time, err error) {
 // is open; the caller adds its intent and saves.
 func (a *Agent) begin(r *phaseRun) {
 	now := time.Now().UTC()
+	warn := ""
 	if !r.st.Open {
-		r.st = State{CycleID: newCycleID(now), Open: true, CycleStartedAt: now}
+		// The cycle before keeps its ending in the new record (a forced
+		// close, an interrupted post), and one left half-updated is said.
+		prev := summarize(r.st)
+		warn = prev.leftHalfUpdated()
+		r.st = State{CycleID: newCycleID(now), Open: true, CycleStartedAt: now, Previous: prev}
 	}
 	if r.st.Phase != r.name {
 		r.st.Attempts = 0
@@ -100,6 +111,11 @@ func (a *Agent) begin(r *phaseRun) {
 	r.st.Attempts++
 	r.st.BootID, r.st.PhaseStartedAt = r.boot, now
 	r.rep.CycleID = r.st.CycleID
+	if warn != "" {
+		a.log.Warn(warn)
+		r.rep.warn("%s", warn)
+		r.st.Warnings = append(r.st.Warnings, warn)
+	}
 }
 
 // failed records err as the phase's outcome (best effort: the error itself

@@ -64,9 +64,10 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 	if pr != nil && pr.CycleID != r.st.CycleID {
 		pr = nil
 	}
-	// Only a post that died during its update left a tree to undo; after a
-	// failed (and restored) one the next run takes a fresh snapshot.
-	interrupted := pr != nil && pr.Taken && pr.Status == StatusRunning
+	// Only a post that died during its update left a tree to undo (exit
+	// undoes it the same way, undopost.go); after a failed (and restored)
+	// one the next run takes a fresh snapshot.
+	interrupted := interruptedPost(r.st) != nil
 	if pr != nil && pr.Status == StatusOK {
 		rep.Summary = append(rep.Summary, fmt.Sprintf("already done in this cycle: %s", changeCount(len(pr.Changes))))
 		rep.Changes = pr.Changes
@@ -99,16 +100,10 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 	// A post that died during the update left a half-installed tree: put
 	// the snapshot back before anything else.
 	if interrupted {
-		if err := a.save(&r.st, "restore"); err != nil {
+		if err := a.restoreInterruptedPost(r, pr, "restore", "a previous post died during the update: dependencies restored first"); err != nil {
+			a.failed(r, err)
 			return err
 		}
-		t = time.Now()
-		if err := a.d.Packages.Restore(pr.Snapshot); err != nil {
-			rep.addStep("restore", ResultFailed, time.Since(t), "")
-			a.failed(r, err)
-			return fmt.Errorf("restoring the dependencies a killed post left half-updated from %s: %w", pr.Snapshot, err)
-		}
-		rep.addStep("restore", ResultOK, time.Since(t), "a previous post died during the update: dependencies restored first")
 		snap = pr.Snapshot
 	} else {
 		r.st.Post = &PostRecord{CycleID: r.st.CycleID, Snapshot: snap, Status: StatusRunning}

@@ -14,6 +14,9 @@ const (
 	ResultOK     = "ok"
 	ResultFailed = "failed"
 	ResultDryRun = "dry-run"
+	// ResultForced: exit --force returned the node without a health
+	// check (exit code 1).
+	ResultForced = "forced"
 )
 
 // Exit codes of the hook commands. SSM gives 137, 168, 169 and 194 their
@@ -190,6 +193,9 @@ func (r *Report) finish(d time.Duration, err error, code int) {
 	switch {
 	case r.Result == ResultDryRun:
 		r.ExitCode = ExitOK
+	case isForced(err):
+		r.Result, r.Error, r.ExitCode = ResultForced, err.Error(), code
+		r.Node = "back in service without a health check"
 	case err != nil:
 		r.Result, r.Error, r.ExitCode = ResultFailed, err.Error(), code
 		var ne *nodeError
@@ -213,6 +219,9 @@ func (r *Report) Verdict() string {
 			w = fmt.Sprintf(" with %d warning(s)", n)
 		}
 		return fmt.Sprintf("patchagent %s: ok in %s%s (%s)", r.Phase, d, w, strings.Join(r.Summary, ", "))
+	}
+	if r.Result == ResultForced {
+		return fmt.Sprintf("patchagent %s: FORCED, %s", r.Phase, firstLine(r.Error))
 	}
 	if r.Node != "" {
 		// The failure says where it left the node: "FAILED, node still

@@ -60,6 +60,11 @@ type PhaseRunner func(ctx context.Context, phase string, opt RunOptions, progres
 type Request struct {
 	Phase  string `json:"phase"`
 	DryRun bool   `json:"dry_run,omitempty"`
+	// Force (exit only) asks for the break-glass exit; Reason (with Force
+	// only) is the operator's, logged and recorded with the caller's
+	// credentials as the daemon reads them.
+	Force  bool   `json:"force,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // Message is one line of the daemon's answer: a stream of progress lines,
@@ -149,8 +154,8 @@ type Server struct {
 	mu       sync.Mutex
 	phaseCtx context.Context
 	active   map[*phaseExec]struct{}
-	// byPhase holds the running real (not dry) run of each phase, the
-	// one a request joins.
+	// byPhase holds the running real (not dry) run of each phase (by
+	// phaseExec.key), the one a request joins.
 	byPhase map[string]*phaseExec
 	// idle is closed while no phase runs.
 	idle     chan struct{}
@@ -328,13 +333,18 @@ func (s *Server) handle(c *net.UnixConn) {
 		s.send(c, Message{Error: err.Error()})
 		return
 	}
-	p, sub, joined, err := s.start(req)
+	var caller Caller
+	if req.Force {
+		caller = CallerOf(ViaSocket, int(cred.Pid), cred.Uid)
+		log.Warn("break-glass request: exit --force", append(caller.fields(), zap.String("reason", req.Reason), zap.Bool("dry_run", req.DryRun))...)
+	}
+	p, sub, joined, err := s.start(req, caller)
 	if err != nil {
 		log.Info("control request refused", zap.String("phase", req.Phase), zap.Error(err))
 		s.send(c, Message{Error: err.Error()})
 		return
 	}
-	log.Info("control request", zap.String("phase", req.Phase), zap.Bool("dry_run", req.DryRun), zap.Bool("joined", joined))
+	log.Info("control request", zap.String("phase", req.Phase), zap.Bool("dry_run", req.DryRun), zap.Bool("force", req.Force), zap.Bool("joined", joined))
 	defer p.unsubscribe(sub)
 
 	// Notice a client that went away (SIGKILLed) now, not at the next
@@ -469,9 +479,11 @@ func readRequest(c net.Conn, timeout time.Duration) (Request, int, error) {
 
 // decodeRequest decodes one request line strictly: one JSON object whose
 // keys are exactly "phase" (a string, a known phase) and optionally
-// "dry_run" (a boolean), each once, and nothing after it. This is stricter
-// than DisallowUnknownFields, which still matches keys case-insensitively
-// and lets a duplicate key win silently.
+// "dry_run" and "force" (booleans; force with exit only) and "reason" (a
+// string, with force only, one short line: CheckReason), each once, and
+// nothing after it. This is stricter than DisallowUnknownFields, which
+// still matches keys case-insensitively and lets a duplicate key win
+// silently.
 func decodeRequest(line []byte) (Request, error) {
 	req, err := decodeRequestObject(line)
 	if err != nil {
@@ -479,6 +491,15 @@ func decodeRequest(line []byte) (Request, error) {
 	}
 	if !slices.Contains(Phases, req.Phase) {
 		return Request{}, fmt.Errorf("unknown phase %q: want pre, post, exit or reconcile", req.Phase)
+	}
+	if req.Force && req.Phase != "exit" {
+		return Request{}, fmt.Errorf("force: only exit can be forced, not %s", req.Phase)
+	}
+	if req.Reason != "" && !req.Force {
+		return Request{}, errors.New("reason: only with force")
+	}
+	if err := CheckReason(req.Reason); err != nil {
+		return Request{}, fmt.Errorf("decoding request: %w", err)
 	}
 	return req, nil
 }
@@ -521,6 +542,18 @@ func decodeRequestObject(line []byte) (Request, error) {
 				return req, errors.New("decoding request: dry_run: want true or false")
 			}
 			req.DryRun = b
+		case "force":
+			b, ok := v.(bool)
+			if !ok {
+				return req, errors.New("decoding request: force: want true or false")
+			}
+			req.Force = b
+		case "reason":
+			s, ok := v.(string)
+			if !ok {
+				return req, errors.New("decoding request: reason: want a string")
+			}
+			req.Reason = s
 		default:
 			return req, fmt.Errorf("decoding request: unknown field %q", key)
 		}
@@ -535,13 +568,21 @@ func decodeRequestObject(line []byte) (Request, error) {
 }
 
 // start joins the running real run of req.Phase, or starts a run; the
-// subscriber receives its progress and report.
-func (s *Server) start(req Request) (p *phaseExec, sub *subscriber, joined bool, err error) {
+// subscriber receives its progress and report. A forced exit and a plain
+// one never join each other: each runs on its own (the phase lock orders
+// them); caller is who asked for a forced one.
+func (s *Server) start(req Request, caller Caller) (p *phaseExec, sub *subscriber, joined bool, err error) {
 	sub = newSubscriber(s.backlog)
+	key := req.Phase
+	opt := RunOptions{DryRun: req.DryRun}
+	if req.Force {
+		key += " --force"
+		opt.Force = &ForceOptions{Reason: req.Reason, Caller: caller}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !req.DryRun {
-		if p := s.byPhase[req.Phase]; p != nil {
+		if p := s.byPhase[key]; p != nil {
 			p.subscribe(sub)
 			return p, sub, true, nil
 		}
@@ -549,13 +590,13 @@ func (s *Server) start(req Request) (p *phaseExec, sub *subscriber, joined bool,
 	if s.stopping {
 		return nil, nil, false, errors.New(msgShuttingDown)
 	}
-	p = &phaseExec{phase: req.Phase, opt: RunOptions{DryRun: req.DryRun}, since: time.Now(), subs: map[*subscriber]struct{}{sub: {}}}
+	p = &phaseExec{phase: req.Phase, key: key, opt: opt, since: time.Now(), subs: map[*subscriber]struct{}{sub: {}}}
 	if len(s.active) == 0 {
 		s.idle = make(chan struct{})
 	}
 	s.active[p] = struct{}{}
 	if !req.DryRun {
-		s.byPhase[req.Phase] = p
+		s.byPhase[key] = p
 	}
 	go s.execute(s.phaseCtx, p)
 	return p, sub, false, nil
@@ -567,8 +608,8 @@ func (s *Server) execute(ctx context.Context, p *phaseExec) {
 	p.flush()
 	s.mu.Lock()
 	delete(s.active, p)
-	if s.byPhase[p.phase] == p {
-		delete(s.byPhase, p.phase)
+	if s.byPhase[p.key] == p {
+		delete(s.byPhase, p.key)
 	}
 	if len(s.active) == 0 {
 		close(s.idle)
@@ -598,6 +639,8 @@ func (s *Server) runSafely(ctx context.Context, p *phaseExec) (rep *Report) {
 // the clients attached to it.
 type phaseExec struct {
 	phase string
+	// key is what a request joins: the phase, "exit --force" for a forced exit.
+	key   string
 	opt   RunOptions
 	since time.Time
 

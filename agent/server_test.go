@@ -382,7 +382,12 @@ func TestServerRefusesMalformedRequests(t *testing.T) {
 	}{
 		{name: "bad JSON", send: "{phase\n", want: "decoding request"},
 		{name: "not an object", send: "[\"pre\"]\n", want: "not a JSON object"},
-		{name: "unknown field", send: `{"phase":"pre","force":true}` + "\n", want: `unknown field "force"`},
+		{name: "unknown field", send: `{"phase":"pre","now":true}` + "\n", want: `unknown field "now"`},
+		{name: "force, not exit", send: `{"phase":"pre","force":true}` + "\n", want: "force: only exit can be forced, not pre"},
+		{name: "reason without force", send: `{"phase":"exit","reason":"why"}` + "\n", want: "reason: only with force"},
+		{name: "reason on two lines", send: `{"phase":"exit","force":true,"reason":"a\nb"}` + "\n", want: "reason: control characters"},
+		{name: "force not a boolean", send: `{"phase":"exit","force":"yes"}` + "\n", want: "force: want true or false"},
+		{name: "reason not a string", send: `{"phase":"exit","force":true,"reason":7}` + "\n", want: "reason: want a string"},
 		{name: "wrong case", send: `{"Phase":"pre"}` + "\n", want: `unknown field "Phase"`},
 		{name: "duplicate", send: `{"phase":"exit","phase":"pre"}` + "\n", want: "duplicate field"},
 		{name: "wrong type", send: `{"phase":"pre","dry_run":"yes"}` + "\n", want: "dry_run"},
@@ -426,6 +431,8 @@ func FuzzDecodeRequest(f *testing.F) {
 		`{"phase":"pre"}`, `{"phase":"exit","dry_run":true}`, `{"dry_run":false,"phase":"reconcile"}`,
 		`{"phase":"post","dry_run":null}`, `{"PHASE":"pre"}`, `{"phase":"pre"}{}`, `{"phase":"pre","phase":"post"}`,
 		`{"phase":["pre"]}`, `{"phase":"pr\u0065"}`, ` {"phase" : "pre" } `, `{`, `null`, `"pre"`, ``,
+		`{"phase":"exit","force":true,"reason":"health URL wrong"}`, `{"phase":"exit","force":false}`, `{"phase":"post","force":true}`,
+		`{"phase":"exit","reason":"x"}`, `{"phase":"exit","force":true,"reason":"a\tb"}`, `{"phase":"exit","force":true,"Force":true}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -21,6 +21,8 @@ const (
 	StatusRunning = "running"
 	StatusOK      = "ok"
 	StatusFailed  = "failed"
+	// StatusForced: exit --force closed the cycle without a health check.
+	StatusForced = "forced"
 )
 
 // State is the crash-safe record of the patch cycle. Each phase writes its
@@ -49,6 +51,12 @@ type State struct {
 	Stopped *StopRecord `json:"stopped,omitempty"`
 	// Post is this cycle's dependency update (written before the snapshot).
 	Post *PostRecord `json:"post,omitempty"`
+	// Forced is the break-glass (exit --force) that closed the cycle, or
+	// removed a leftover block, without a health check.
+	Forced *ForceRecord `json:"forced,omitempty"`
+	// Previous is how the cycle before this one ended, kept when pre
+	// opens a new cycle over its record.
+	Previous *CycleSummary `json:"previous,omitempty"`
 	// Warnings of the last phase run.
 	Warnings []string `json:"warnings,omitempty"`
 	// Last is the last result of each phase, by phase name.
@@ -103,6 +111,63 @@ type PostRecord struct {
 	Changes []string `json:"changes,omitempty"`
 	// RolledBack: exit restored the snapshot.
 	RolledBack bool `json:"rolled_back,omitempty"`
+	// Interrupted: the post died during its update (the tree may have been
+	// left half-updated) and exit found it so; Undone says how exit
+	// restored the snapshot ("exit restored the snapshot at ...").
+	Interrupted bool   `json:"interrupted,omitempty"`
+	Undone      string `json:"undone,omitempty"`
+}
+
+// ForceRecord is a break-glass exit: who asked, why, and when.
+type ForceRecord struct {
+	// Cycle is the cycle it closed; "" when none was open (it removed a
+	// leftover block).
+	Cycle  string    `json:"cycle_id,omitempty"`
+	At     time.Time `json:"at"`
+	By     Caller    `json:"by"`
+	Reason string    `json:"reason,omitempty"`
+	// Warnings: what the forced exit could not do, or left as it was.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// CycleSummary is how a closed cycle ended, as the next cycle keeps it.
+type CycleSummary struct {
+	CycleID   string       `json:"cycle_id"`
+	StartedAt time.Time    `json:"started_at,omitzero"`
+	ClosedAt  time.Time    `json:"closed_at,omitzero"`
+	Phase     string       `json:"phase,omitempty"`
+	Status    string       `json:"status,omitempty"`
+	Error     string       `json:"error,omitempty"`
+	Forced    *ForceRecord `json:"forced,omitempty"`
+	Post      *PostRecord  `json:"post,omitempty"`
+}
+
+// summarize is how st's cycle ended, for the cycle that replaces it (nil
+// when st never had one).
+func summarize(st State) *CycleSummary {
+	if st.CycleID == "" {
+		return nil
+	}
+	s := &CycleSummary{CycleID: st.CycleID, StartedAt: st.CycleStartedAt, ClosedAt: st.ClosedAt,
+		Phase: st.Phase, Status: st.Status, Error: firstLine(st.Error)}
+	if st.Forced != nil && st.Forced.Cycle == st.CycleID {
+		s.Forced = st.Forced
+	}
+	if st.Post != nil && st.Post.CycleID == st.CycleID {
+		s.Post = st.Post
+	}
+	return s
+}
+
+// leftHalfUpdated says, for the cycle that replaces it, that the cycle
+// summarized by s closed with its post interrupted mid-update and never
+// undone ("" otherwise).
+func (s *CycleSummary) leftHalfUpdated() string {
+	if s == nil || interruptedPostRecord(s.Post, s.CycleID) == nil {
+		return ""
+	}
+	return fmt.Sprintf("the previous cycle %s closed (%s) with its post interrupted during the dependency update and never undone: app.dir may hold a half-updated node_modules (the snapshot taken before that update is %s)",
+		s.CycleID, orNone(s.Status), s.Post.Snapshot)
 }
 
 // StateStore reads and atomically writes the state file.

@@ -21,6 +21,10 @@ type NodeStatus struct {
 		Status    string    `json:"status,omitempty"`
 		Error     string    `json:"error,omitempty"`
 		ClosedAt  time.Time `json:"closed_at,omitzero"`
+		// Forced: exit --force closed it (or removed a leftover block).
+		Forced *ForceRecord `json:"forced,omitempty"`
+		// Previous is how the cycle before this one ended.
+		Previous *CycleSummary `json:"previous,omitempty"`
 	} `json:"cycle"`
 	Block struct {
 		// Kernel is read from iptables: blocked, partial or none.
@@ -68,6 +72,7 @@ func (a *Agent) Status(ctx context.Context) (*NodeStatus, error) {
 	}
 	s.Cycle.Open, s.Cycle.ID, s.Cycle.StartedAt = st.Open, st.CycleID, st.CycleStartedAt
 	s.Cycle.Phase, s.Cycle.Step, s.Cycle.Status, s.Cycle.Error, s.Cycle.ClosedAt = st.Phase, st.Step, st.Status, st.Error, st.ClosedAt
+	s.Cycle.Forced, s.Cycle.Previous = st.Forced, st.Previous
 	if boot, err := a.d.BootID(); err == nil && st.BootID != "" {
 		s.Rebooted = boot != st.BootID
 	}
@@ -112,6 +117,8 @@ func (a *Agent) Status(ctx context.Context) (*NodeStatus, error) {
 func (s *NodeStatus) Text() string {
 	var b strings.Builder
 	switch {
+	case !s.Cycle.Open && s.Block.Kernel == "none" && s.Cycle.Forced != nil && s.Cycle.Forced.Cycle != "" && s.Cycle.Forced.Cycle == s.Cycle.ID:
+		fmt.Fprintf(&b, "patchagent status: in service (no patch cycle open; cycle %s was closed FORCED, without a health check)\n", s.Cycle.ID)
 	case !s.Cycle.Open && s.Block.Kernel == "none":
 		b.WriteString("patchagent status: in service (no patch cycle open)\n")
 	case s.Cycle.Open && s.Block.Kernel == "blocked":
@@ -141,7 +148,34 @@ func (s *NodeStatus) Text() string {
 	}
 	b.WriteString("\n")
 	if p := s.App.Post; p != nil {
-		fmt.Fprintf(&b, "  post:   %s, %d change(s), snapshot %s, rolled back %v\n", p.Status, len(p.Changes), p.Snapshot, p.RolledBack)
+		fmt.Fprintf(&b, "  post:   %s, %d change(s), snapshot %s, rolled back %v", p.Status, len(p.Changes), p.Snapshot, p.RolledBack)
+		if p.Interrupted {
+			fmt.Fprintf(&b, ", interrupted mid-update (%s)", orNone(p.Undone))
+		}
+		b.WriteString("\n")
+	}
+	if f := s.Cycle.Forced; f != nil {
+		what := "cycle " + f.Cycle + " closed"
+		if f.Cycle == "" {
+			what = "leftover block removed"
+		}
+		fmt.Fprintf(&b, "  forced: %s at %s by %s", what, f.At.Format(time.RFC3339), f.By)
+		if f.Reason != "" {
+			fmt.Fprintf(&b, ", reason %q", f.Reason)
+		}
+		b.WriteString("\n")
+	}
+	if p := s.Cycle.Previous; p != nil {
+		fmt.Fprintf(&b, "  before: cycle %s ended %s (%s)", p.CycleID, orNone(p.Status), orNone(p.Phase))
+		if p.Forced != nil {
+			fmt.Fprintf(&b, ", forced by %s", p.Forced.By.Who())
+		}
+		if w := p.leftHalfUpdated(); w != "" {
+			b.WriteString(", its post interrupted and never undone")
+		} else if p.Post != nil && p.Post.Interrupted {
+			b.WriteString(", its interrupted post undone by exit")
+		}
+		b.WriteString("\n")
 	}
 	if s.Rebooted {
 		b.WriteString("  boot:   the node rebooted since the last phase\n")

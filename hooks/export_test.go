@@ -5,6 +5,8 @@ package hooks
 var (
 	FindPM2In = findPM2
 	PidAlive  = pidAlive
+	// ReadProcIn is PM2.Proc with the procfs mount point given.
+	ReadProcIn = readProc
 )
 
 // pm2's RPC framing, for the fake pm2 daemon of the tests.

@@ -1,11 +1,11 @@
 package hooks
 
 import (
-	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -65,10 +65,21 @@ type Process struct {
 	ID       int // pm_id
 	PID      int // 0 when not running
 	Status   string
-	Restarts int       // restart_time
-	Started  time.Time // pm_uptime: the last start; zero if unknown
-	ExecMode string    // fork_mode or cluster_mode
+	Restarts int // restart_time: pm2 adds one at every restart, crash or command
+	// Started is pm_uptime, the last start by pm2's wall clock (Date.now()
+	// in its daemon); zero if unknown. A step of the clock moves it.
+	Started  time.Time
+	ExecMode string // fork_mode or cluster_mode
+	// MinUptime is pm2_env.min_uptime: pm2 counts an exit before the
+	// instance has been up this long as an unstable restart. Zero when pm2
+	// does not say (no min_uptime in the app's definition): pm2 then uses
+	// PM2DefaultMinUptime.
+	MinUptime time.Duration
 }
+
+// PM2DefaultMinUptime is the min_uptime pm2 applies to an app that sets
+// none (God.js: 1000 ms).
+const PM2DefaultMinUptime = time.Second
 
 // PM2 drives the app user's pm2 daemon. It runs pm2 only while that daemon
 // is alive, always as the user, with an explicit HOME, PM2_HOME and PATH.
@@ -193,6 +204,10 @@ func (p *PM2) list(ctx context.Context) ([]Process, error) {
 			Status:   e.PM2Env.Status,
 			Restarts: e.PM2Env.RestartTime,
 			ExecMode: e.PM2Env.ExecMode,
+			// Checked by pm2's CLI when it read the app's definition
+			// (a number of ms, or "2s", "1m", "1h", stored as ms), but
+			// a string or nothing here is read rather than refused.
+			MinUptime: parseMinUptime(e.PM2Env.MinUptime),
 		}
 		if e.PM2Env.PMUptime > 0 {
 			pr.Started = time.UnixMilli(e.PM2Env.PMUptime)
@@ -379,7 +394,61 @@ type jlistEntry struct {
 		PMUptime    int64  `json:"pm_uptime"`
 		RestartTime int    `json:"restart_time"`
 		ExecMode    string `json:"exec_mode"`
+		// A number of ms as pm2 7 stores it, absent when the app's
+		// definition sets none (see parseMinUptime).
+		MinUptime json.RawMessage `json:"min_uptime"`
 	} `json:"pm2_env"`
+}
+
+// maxMinUptime caps what is read of min_uptime: a longer window could never
+// be waited for within health.deadline anyway, and the cap keeps the
+// conversion to a Duration from overflowing.
+const maxMinUptime = 24 * time.Hour
+
+// parseMinUptime reads pm2_env.min_uptime: a number of milliseconds (what
+// pm2 7 stores: `pm2 jlist` shows min_uptime 2500 for `min_uptime: 2500`,
+// 3000 for "3s" and 1500 for "1500" in an ecosystem file [verified on pm2
+// 7.0.4]), or, should a definition reach pm2 unconverted, a string in pm2's
+// own format: digits, optionally followed by h, m or s. Anything else,
+// absent, null, negative or not a number, is 0, and exit then holds the app
+// to pm2's default (God.js takes only an undefined min_uptime for 1000 ms,
+// and with a value it cannot compare calls no restart unstable: exit is the
+// stricter of the two).
+func parseMinUptime(raw json.RawMessage) time.Duration {
+	if len(raw) == 0 {
+		return 0
+	}
+	var ms float64
+	if err := json.Unmarshal(raw, &ms); err != nil {
+		var s string
+		if json.Unmarshal(raw, &s) != nil {
+			return 0
+		}
+		s = strings.TrimSpace(s)
+		unit := 1.0
+		if n := len(s); n > 1 {
+			switch s[n-1] {
+			case 'h':
+				unit, s = 3600e3, s[:n-1]
+			case 'm':
+				unit, s = 60e3, s[:n-1]
+			case 's':
+				unit, s = 1e3, s[:n-1]
+			}
+		}
+		v, err := strconv.ParseFloat(s, 64)
+		if err != nil {
+			return 0
+		}
+		ms = v * unit
+	}
+	if math.IsNaN(ms) || ms <= 0 {
+		return 0
+	}
+	if ms >= float64(maxMinUptime/time.Millisecond) {
+		return maxMinUptime
+	}
+	return time.Duration(ms * float64(time.Millisecond))
 }
 
 // checkApp refuses names pm2 would read as something else: an option, every
@@ -425,17 +494,15 @@ func pidAlive(pid int) bool {
 	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
 		return false
 	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	b, err := os.ReadFile(filepath.Join(procRoot, strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return false
 	}
-	// Format: pid (comm) state ...; comm may hold spaces and parentheses.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 || i+2 >= len(b) {
-		return true
+	st, err := parseProcStat(b)
+	if err != nil {
+		return true // there, but not in a format we know: not known dead
 	}
-	state := b[i+2]
-	return state != 'Z' && state != 'X'
+	return !st.dead()
 }
 
 // FindPM2 finds pm2 for user u, and the PATH to run it with (it must find
@@ -549,31 +616,4 @@ func (p *PM2) StartFrom(ctx context.Context, app, source string) error {
 	}
 	p.log.Info("app started from its definition", zap.String("app", app), zap.String("source", source))
 	return nil
-}
-
-// PIDs reads, without running pm2, the pid of each instance id of app from
-// the pid files pm2 keeps ($PM2_HOME/pids/<app>-<id>.pid, rewritten at every
-// start and restart, removed at stop). An instance with no file, an empty
-// one or a dead pid maps to 0, and so does one whose file is not a small
-// regular file reached without a symlink (readUserFile: the user's FIFO
-// there costs one non-blocking open, never a hang). Cheap enough to poll
-// every few milliseconds.
-func (p *PM2) PIDs(app string, ids []int) map[int]int {
-	out := make(map[int]int, len(ids))
-	for _, id := range ids {
-		b, err := readUserFile(p.cfg.Home, "pids/"+app+"-"+strconv.Itoa(id)+".pid", maxPidFile)
-		if err != nil {
-			if !errors.Is(err, fs.ErrNotExist) {
-				p.log.Debug("pm2 pid file not read", zap.Int("pm_id", id), zap.Error(pidFileErr(err)))
-			}
-			out[id] = 0
-			continue
-		}
-		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err != nil || pid <= 0 || !pidAlive(pid) {
-			pid = 0
-		}
-		out[id] = pid
-	}
-	return out
 }

@@ -777,23 +777,48 @@ func TestStartFrom(t *testing.T) {
 	})
 }
 
-func TestPIDsReadsPM2sPidFilesWithoutRunningPM2(t *testing.T) {
-	home := newGod(t).home
-	if err := os.MkdirAll(filepath.Join(home, "pids"), 0o755); err != nil {
-		t.Fatal(err)
+func TestProcessesReadPM2sMinUptime(t *testing.T) {
+	// pm2 7 stores min_uptime as ms (2500 for 2500, 3000 for "3s", 1500
+	// for "1500" in an ecosystem file) and leaves it out when the app sets
+	// none; whatever else arrives is read as pm2's default (0 here).
+	tests := []struct {
+		raw  string // the JSON of pm2_env.min_uptime; "" leaves it out
+		want time.Duration
+	}{
+		{"", 0},
+		{"2500", 2500 * time.Millisecond},
+		{"1500.5", 1500500 * time.Microsecond},
+		{`"3s"`, 3 * time.Second},
+		{`"1500"`, 1500 * time.Millisecond},
+		{`"2m"`, 2 * time.Minute},
+		{`"1h"`, time.Hour},
+		{`"soon"`, 0},
+		{`"s"`, 0},
+		{"null", 0},
+		{"-5", 0},
+		{"true", 0},
+		{"1e20", 24 * time.Hour},
 	}
-	live := sleeper(t)
-	os.WriteFile(filepath.Join(home, "pids", "web-0.pid"), []byte(strconv.Itoa(live.Process.Pid)+"\n"), 0o644)
-	os.WriteFile(filepath.Join(home, "pids", "web-1.pid"), []byte("999999999"), 0o644) // dead
-	os.WriteFile(filepath.Join(home, "pids", "web-2.pid"), nil, 0o644)                 // emptied
-	f := &hookstest.FakeRunner{}
-	got := newPM2(t, f, home).PIDs("web", []int{0, 1, 2, 3})
-	want := map[int]int{0: live.Process.Pid, 1: 0, 2: 0, 3: 0}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Fatal(diff)
+	var entries []string
+	for i, tt := range tests {
+		mu := ""
+		if tt.raw != "" {
+			mu = `,"min_uptime":` + tt.raw
+		}
+		entries = append(entries, fmt.Sprintf(`{"name":"web","pm_id":%d,"pid":0,"pm2_env":{"status":"stopped"%s}}`, i, mu))
 	}
-	if len(f.Cmds()) != 0 {
-		t.Fatalf("ran pm2: %v", f.Argvs())
+	g := newGod(t)
+	g.on("getMonitorData", func([]json.RawMessage) any {
+		return map[string]any{"args": []any{json.RawMessage("[" + strings.Join(entries, ",") + "]")}}
+	})
+	got, err := newPM2(t, &hookstest.FakeRunner{}, g.home).Processes(t.Context(), "web")
+	if err != nil || len(got) != len(tests) {
+		t.Fatalf("%d process(es), %v", len(got), err)
+	}
+	for i, tt := range tests {
+		if got[i].MinUptime != tt.want {
+			t.Errorf("min_uptime %q (empty: absent): read %s, want %s", tt.raw, got[i].MinUptime, tt.want)
+		}
 	}
 }
 

@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
-
 	"github.com/patchagent/patchagent/hooks"
 	"github.com/patchagent/patchagent/hooks/hookstest"
 )
@@ -122,53 +120,6 @@ func TestPM2PidFileIsReadOnlyAsASmallRegularFile(t *testing.T) {
 			err = quickly(t, "Processes", func() error { _, err := p.Processes(t.Context(), "web"); return err })
 			errHas(t, "Processes", err, want...)
 			g.assertCalls(t) // no RPC to a daemon not known alive
-		})
-	}
-}
-
-func TestPM2AppPidFilesAreReadOnlyAsSmallRegularFiles(t *testing.T) {
-	live := strconv.Itoa(sleeper(t).Process.Pid)
-	tests := []struct {
-		name  string
-		plant func(t *testing.T, pids string)
-	}{
-		{"FIFO", func(t *testing.T, pids string) { mkfifoIn(t, filepath.Join(pids, "web-0.pid")) }},
-		{"FIFO for the pids dir", func(t *testing.T, pids string) {
-			os.RemoveAll(pids)
-			mkfifoIn(t, pids)
-		}},
-		{"symlink to a file", func(t *testing.T, pids string) {
-			other := filepath.Join(t.TempDir(), "web-0.pid")
-			os.WriteFile(other, []byte(live), 0o600)
-			if err := os.Symlink(other, filepath.Join(pids, "web-0.pid")); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"pids a symlink to another dir", func(t *testing.T, pids string) {
-			other := t.TempDir()
-			os.WriteFile(filepath.Join(other, "web-0.pid"), []byte(live), 0o600)
-			os.RemoveAll(pids)
-			if err := os.Symlink(other, pids); err != nil {
-				t.Fatal(err)
-			}
-		}},
-		{"oversized", func(t *testing.T, pids string) {
-			os.WriteFile(filepath.Join(pids, "web-0.pid"), []byte(live+strings.Repeat("\n", 100)), 0o644)
-		}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			home := newGod(t).home
-			pids := filepath.Join(home, "pids")
-			if err := os.Mkdir(pids, 0o755); err != nil {
-				t.Fatal(err)
-			}
-			tt.plant(t, pids)
-			p := newPM2(t, &hookstest.FakeRunner{}, home)
-			got := quickly(t, "PIDs", func() map[int]int { return p.PIDs("web", []int{0}) })
-			if diff := cmp.Diff(map[int]int{0: 0}, got); diff != "" {
-				t.Errorf("PIDs (-want +got):\n%s", diff)
-			}
 		})
 	}
 }

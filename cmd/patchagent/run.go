@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ Hook commands (called by the SSM patch hook documents):
   pre           block new connections, drain, stop the app
   post          snapshot and update the app's dependencies (npm update)
   exit          start the app, wait until healthy, unblock
+                (exit --force: the break-glass, see below)
 
 Boot step (run before the app's pm2 service, e.g. from a oneshot unit):
   reconcile     re-apply the block if a patch cycle is open and the rules are gone
@@ -43,8 +45,19 @@ else in this process, which then says so on stderr):
   --dry-run            print the plan, change nothing
   --log-level LEVEL    debug, info, warn or error (default info)
 
-Exit codes: 0 ok, 1 the phase failed, 2 usage or config error,
-3 another phase holds the lock.
+Break-glass, flags of exit only:
+  --force              return the node to service NOW, without the health
+                       check: remove the block, close the open cycle (result
+                       forced; the daemon does not block again), start what
+                       pre stopped (the app, steps.stop_units) and run
+                       steps.exit_commands. Exits 1, first line "patchagent
+                       exit: FORCED, ...". Logged with who ran it. Does not
+                       undo an interrupted post. If patchagent itself is
+                       broken: the iptables commands in patchagent(8).
+  --reason TEXT        with --force: why (one line, logged and recorded)
+
+Exit codes: 0 ok, 1 the phase failed (or was forced), 2 usage or config
+error, 3 another phase holds the lock.
 `
 
 // run is the whole CLI; it returns the process exit code.
@@ -84,8 +97,8 @@ func newFlags(command string, stderr io.Writer) (*flag.FlagSet, *string) {
 }
 
 type phaseFlags struct {
-	config, output, logLevel string
-	dryRun                   bool
+	config, output, logLevel, reason string
+	dryRun, force                    bool
 }
 
 func parsePhaseFlags(name string, args []string, stderr io.Writer) (phaseFlags, error) {
@@ -94,6 +107,10 @@ func parsePhaseFlags(name string, args []string, stderr io.Writer) (phaseFlags, 
 	fs.StringVar(&f.output, "output", "text", "output format: text or json")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print the plan and change nothing")
 	fs.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	if name == "exit" {
+		fs.BoolVar(&f.force, "force", false, "break-glass: back in service now, without the health check; closes the cycle (exit 1)")
+		fs.StringVar(&f.reason, "reason", "", "with --force: why (logged and recorded)")
+	}
 	if err := fs.Parse(args); err != nil {
 		return f, err
 	}
@@ -103,6 +120,12 @@ func parsePhaseFlags(name string, args []string, stderr io.Writer) (phaseFlags, 
 	}
 	if f.output != "text" && f.output != "json" {
 		return f, fmt.Errorf("--output %q: want text or json", f.output)
+	}
+	if f.reason != "" && !f.force {
+		return f, errors.New("--reason goes with --force")
+	}
+	if err := agent.CheckReason(f.reason); err != nil {
+		return f, fmt.Errorf("--%w", err)
 	}
 	return f, nil
 }
@@ -124,7 +147,7 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 		return report(stdout, f.output, agent.FailedReport(phase, 0, err))
 	}
 	rep := agent.RunHook(ctx, cfg, phase, agent.HookOptions{
-		DryRun: f.dryRun, Log: log, Progress: stderr, AfterSave: crashAfter(os.Getenv(crashEnv)), Version: version,
+		DryRun: f.dryRun, Force: f.force, Reason: f.reason, Log: log, Progress: stderr, AfterSave: crashAfter(os.Getenv(crashEnv)), Version: version,
 	})
 	return report(stdout, f.output, rep)
 }

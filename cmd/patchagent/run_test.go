@@ -47,6 +47,11 @@ func TestRunExitCodesAndMessages(t *testing.T) {
 		{"pre stray argument", []string{"pre", "--config", good, "now"}, 2, "", `unexpected argument "now"`},
 		{"pre bad log level", []string{"pre", "--log-level", "loud", "--config", good}, 2, "", `--log-level "loud"`},
 		{"pre bad config", []string{"pre", "--config", bad}, 2, "patchagent pre: FAILED in 0s: config " + bad + ": 1 problem(s)", ""},
+		{"help documents the break-glass", []string{"--help"}, 0, "  --force              return the node to service NOW, without the health", ""},
+		{"force on pre", []string{"pre", "--force", "--config", good}, 2, "", "flag provided but not defined: -force"},
+		{"reason without force", []string{"exit", "--reason", "why", "--config", good}, 2, "", "--reason goes with --force"},
+		{"reason on two lines", []string{"exit", "--force", "--reason", "a\nb", "--config", good}, 2, "", "--reason: control characters"},
+		{"force bad config", []string{"exit", "--force", "--config", bad}, 2, "patchagent exit: FAILED in 0s: config " + bad + ": 1 problem(s)", ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -91,10 +91,10 @@ func TestFIFOsInPM2HomeCannotHangAPhase(t *testing.T) {
 	}
 	assertBlocked(t, n)
 
-	// The app's pid file, which exit's crash watch reads every 20 ms: the
-	// app is back (as after the patch), then its pid file becomes a FIFO.
-	// The watch reads no pid from it (as for a missing file) and exit
-	// returns the healthy app to service within its budget.
+	// The app's pid file: the app is back (as after the patch), then its
+	// pid file becomes a FIFO. exit's crash watch reads no pid file (it
+	// asks the kernel about the pids pm2 lists), so nothing there can hold
+	// it: exit returns the healthy app to service within its budget.
 	ctx := context.Background()
 	if _, err := n.PM2(ctx, "start", n.Opts.AppName); err != nil {
 		t.Fatal(err)

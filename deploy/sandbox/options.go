@@ -58,7 +58,8 @@ type Options struct {
 	// StartRegistry (default /var/lib/patchagent-sandbox/verdaccio).
 	VerdaccioDir string
 	// Env is extra environment for the app (e.g. KEEPALIVE_MS, HEALTH_MODE,
-	// START_DELAY_MS, CRASH_AFTER_MS, TLS_CERT/TLS_KEY: see app/server.js).
+	// START_DELAY_MS, CRASH_AFTER_MS, CRASH_FILE, TLS_CERT/TLS_KEY: see
+	// app/server.js).
 	// SetAppEnv replaces it on a running sandbox.
 	Env map[string]string
 

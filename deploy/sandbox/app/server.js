@@ -12,6 +12,13 @@
 //   START_DELAY_MS  wait this long before listening (connections are refused
 //                   meanwhile; default 0)
 //   CRASH_AFTER_MS  exit with code 1 this long after listening (default: never)
+//   CRASH_FILE      path of a file read at each start: a whole number N in it
+//                   makes the app exit with code 1 once it has been up N ms,
+//                   counted from the process's start (CRASH_AFTER_MS counts
+//                   from listen); missing or empty: no crash. A test changes
+//                   what the next start does (pm2's restart of a crash, or
+//                   patchagent exit starting the stopped app) by writing it,
+//                   without relaunching the app through pm2
 //   TLS_CERT, TLS_KEY  PEM paths: serve HTTPS instead of HTTP on the same port
 //
 // At start it requires every dependency named in its package.json, so a
@@ -44,6 +51,29 @@ if (!['ok', '500', 'hang', 'redirect'].includes(healthMode)) {
 }
 const startDelayMs = msEnv('START_DELAY_MS');
 const crashAfterMs = msEnv('CRASH_AFTER_MS');
+
+function crashFileMs() {
+  const file = process.env.CRASH_FILE || '';
+  if (file === '') return 0;
+  let text;
+  try {
+    text = fs.readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    if (err.code === 'ENOENT') return 0;
+    fatal(`CRASH_FILE ${file}: ${err.message}`);
+  }
+  if (text === '') return 0;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 0) fatal(`CRASH_FILE ${file}: ${JSON.stringify(text)}: want a whole number of ms`);
+  return n;
+}
+const crashAtUptimeMs = crashFileMs();
+if (crashAtUptimeMs > 0) {
+  setTimeout(() => {
+    console.error(`CRASH_FILE: up ${crashAtUptimeMs}ms: exiting with code 1`);
+    process.exit(1);
+  }, Math.max(0, crashAtUptimeMs - process.uptime() * 1000));
+}
 const tlsCert = process.env.TLS_CERT || '';
 const tlsKey = process.env.TLS_KEY || '';
 if ((tlsCert === '') !== (tlsKey === '')) fatal('TLS_CERT and TLS_KEY must be set together');
