@@ -30,6 +30,7 @@ var wantAlerts = map[string]string{
 	"PatchagentBlockReapplied":         "warning",
 	"PatchagentDeadman":                "critical",
 	"PatchagentDependenciesRolledBack": "warning",
+	"PatchagentExitForced":             "warning",
 	"PatchagentDaemonDown":             "warning",
 	"PatchagentTextfileStale":          "warning",
 }
