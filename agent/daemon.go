@@ -178,6 +178,13 @@ func newDaemonLoop(a *Agent, srv phaseServer, n Notifier, o DaemonOptions) *daem
 
 // boot runs the boot reconciliation.
 func (d *daemonLoop) boot(ctx context.Context) error {
+	// A state file that cannot be read: BootReblock (run before the agent
+	// was built) kept a block of ours as it was; the daemon still comes up,
+	// to report it (status, metrics), and the phases refuse to run.
+	if _, err := d.a.d.State.Load(); errors.Is(err, ErrStateUnreadable) {
+		d.log.Error("boot: the state file cannot be read: the block is left as it is, phases refuse to run until it is fixed", zap.Error(err))
+		return nil
+	}
 	bctx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
 	rep := d.a.Reconcile(bctx, RunOptions{})

@@ -50,9 +50,23 @@ func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Repo
 			return FailedReport(phase, 0, err)
 		}
 	}
+	var reblocked string
+	if phase == "reconcile" && !o.DryRun {
+		// The boot step's block first, from the state file and iptables
+		// alone (BootReblock): Build below can fail for its own reasons.
+		v, err := BootReblock(ctx, cfg, o.Log)
+		if err != nil {
+			v = "failed: " + err.Error()
+		}
+		reblocked = "boot re-block " + v
+		fmt.Fprintf(o.Progress, "patchagent reconcile: %s\n", reblocked)
+	}
 	reg, metrics := NewTextfileRegistry(o.Version)
 	a, err := Build(cfg, o.Log, o.Progress, o.AfterSave, metrics)
 	if err != nil {
+		if reblocked != "" {
+			err = fmt.Errorf("%s; then: %w", reblocked, err)
+		}
 		return FailedReport(phase, 0, err)
 	}
 	opt := RunOptions{DryRun: o.DryRun}

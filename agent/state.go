@@ -180,6 +180,11 @@ func NewStateStore(dir string) *StateStore {
 	return &StateStore{Path: filepath.Join(dir, "state.json")}
 }
 
+// ErrStateUnreadable is wrapped by Load when the state file is there but
+// cannot be understood (corrupt, or written by a newer patchagent): whether
+// a cycle is open is then unknown.
+var ErrStateUnreadable = errors.New("state file unreadable")
+
 // Load returns the recorded state; a missing file is the zero state (no
 // cycle was ever opened). A file that cannot be parsed is an error: it is
 // left untouched for the operator to read.
@@ -194,10 +199,10 @@ func (s *StateStore) Load() (State, error) {
 	var st State
 	dec := json.NewDecoder(bytes.NewReader(data))
 	if err := dec.Decode(&st); err != nil {
-		return State{}, fmt.Errorf("parsing state %s (left as it is; move it away only once the node's firewall and app are checked by hand): %w", s.Path, err)
+		return State{}, fmt.Errorf("%w: parsing state %s (left as it is; move it away only once the node's firewall and app are checked by hand): %w", ErrStateUnreadable, s.Path, err)
 	}
 	if st.Version > StateVersion {
-		return State{}, fmt.Errorf("state %s has version %d, newer than this patchagent understands (%d)", s.Path, st.Version, StateVersion)
+		return State{}, fmt.Errorf("%w: state %s has version %d, newer than this patchagent understands (%d)", ErrStateUnreadable, s.Path, st.Version, StateVersion)
 	}
 	return st, nil
 }

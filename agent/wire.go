@@ -34,28 +34,9 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	}
 	pm2 := hooks.NewPM2(log, &hooks.ExecRunner{}, hooks.PM2Config{Bin: bin, User: u, Home: cfg.App.PM2Home, Path: path})
 
-	fams := []firewall.Family{firewall.IPv4}
-	if cfg.Traffic.IPv6 {
-		fams = append(fams, firewall.IPv6)
-	}
-	tables := map[firewall.Family]firewall.Tables{}
-	for _, f := range fams {
-		t, err := firewall.NewTables(f, cfg.Traffic.LockWait.D())
-		if err != nil {
-			return nil, fmt.Errorf("nothing was changed: %s unusable: %w", f.Command(), err)
-		}
-		tables[f] = t
-	}
-	fw, err := firewall.New(log, tables, firewall.Rules{Ports: ports16(cfg.Traffic.Ports), Action: firewall.Action(cfg.Traffic.Action)})
+	fw, err := newFirewall(cfg, log)
 	if err != nil {
-		return nil, configError(err)
-	}
-	// A block made before the OS update switched the iptables backend is
-	// seen, and removed by exit, through the other backend's binary.
-	if others, err := firewall.OtherBackends(fams, cfg.Traffic.LockWait.D()); err != nil {
-		log.Warn("the other iptables backend is not watched", zap.Error(err))
-	} else {
-		fw.WatchOtherBackends(others)
+		return nil, err
 	}
 	hc, err := healthcheck.NewHTTP(healthcheck.HTTPOptions{
 		URL: cfg.Health.URL, Timeout: cfg.Health.Timeout.D(), Insecure: cfg.Health.Insecure, CAFile: cfg.Health.CAFile,
@@ -171,4 +152,34 @@ func connSource(log *zap.Logger) firewall.ConnSource {
 		return &firewall.ProcNet{Root: "/proc"}
 	}
 	return sd
+}
+
+// newFirewall is the real Firewall of cfg's traffic section: iptables for
+// each family, the other backend watched. It needs nothing but iptables
+// and cfg, so that the boot re-block can use it before anything else.
+func newFirewall(cfg Config, log *zap.Logger) (*firewall.Firewall, error) {
+	fams := []firewall.Family{firewall.IPv4}
+	if cfg.Traffic.IPv6 {
+		fams = append(fams, firewall.IPv6)
+	}
+	tables := map[firewall.Family]firewall.Tables{}
+	for _, f := range fams {
+		t, err := firewall.NewTables(f, cfg.Traffic.LockWait.D())
+		if err != nil {
+			return nil, fmt.Errorf("nothing was changed: %s unusable: %w", f.Command(), err)
+		}
+		tables[f] = t
+	}
+	fw, err := firewall.New(log, tables, firewall.Rules{Ports: ports16(cfg.Traffic.Ports), Action: firewall.Action(cfg.Traffic.Action)})
+	if err != nil {
+		return nil, configError(err)
+	}
+	// A block made before the OS update switched the iptables backend is
+	// seen, and removed by exit, through the other backend's binary.
+	if others, err := firewall.OtherBackends(fams, cfg.Traffic.LockWait.D()); err != nil {
+		log.Warn("the other iptables backend is not watched", zap.Error(err))
+	} else {
+		fw.WatchOtherBackends(others)
+	}
+	return fw, nil
 }

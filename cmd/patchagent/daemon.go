@@ -43,6 +43,13 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
 		return agent.ExitUsage
 	}
+	// First the block of an open cycle, from the state file and iptables
+	// alone: nothing that can fail below may keep it from coming back.
+	if verdict, err := agent.BootReblock(ctx, cfg, log); err != nil {
+		log.Error("boot re-block", zap.Error(err))
+	} else {
+		log.Info("boot re-block", zap.String("verdict", verdict))
+	}
 	reg, metrics := agent.NewRegistry(version)
 	a, err := agent.Build(cfg, log, io.Discard, nil, metrics)
 	if err != nil {

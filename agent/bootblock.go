@@ -1,0 +1,56 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.uber.org/zap"
+)
+
+// BootReblock is the boot re-block at its smallest (issue 13, R3): it needs
+// the state file and iptables, nothing else. The daemon and `patchagent
+// reconcile` run it first, before the metrics listener, the app user's
+// lookup (the static binary reads /etc/passwd only: an LDAP or SSSD user is
+// unknown that early), pm2's discovery, the CA file or anything else that
+// can fail for its own reasons: those failures are reported afterwards, and
+// by then an open cycle's block is back. It writes nothing (the state dir
+// may be full or read-only) and takes no lock (the block is idempotent).
+// The full reconcile still runs once the agent is built.
+func BootReblock(ctx context.Context, cfg Config, log *zap.Logger) (string, error) {
+	fw, err := newFirewall(cfg, log)
+	if err != nil {
+		return "", err
+	}
+	return bootReblock(ctx, fw, NewStateStore(cfg.Daemon.StateDir))
+}
+
+// bootReblock decides from the state and the kernel: an open cycle whose
+// rules are gone gets its block back. A state file that cannot be read
+// leaves the firewall as it is: a block of ours stays (the node stays out
+// of service, and the verdict says why), none is added (whether a cycle is
+// open is unknown; the phases refuse to run until the operator looks).
+func bootReblock(ctx context.Context, fw Firewall, store *StateStore) (string, error) {
+	st, lerr := store.Load()
+	if lerr != nil && !errors.Is(lerr, ErrStateUnreadable) {
+		return "", lerr
+	}
+	kernel, err := fw.Status(ctx)
+	if err != nil {
+		return "", fmt.Errorf("reading the firewall: %w", err)
+	}
+	switch {
+	case lerr != nil && kernel.Present():
+		return fmt.Sprintf("block of ours kept: %v", lerr), nil
+	case lerr != nil:
+		return "", fmt.Errorf("no block of ours, and whether a cycle is open is unknown: %w", lerr)
+	case !st.Open:
+		return "nothing to do: no patch cycle open", nil
+	case kernel.Blocked():
+		return fmt.Sprintf("block in place: cycle %s is open", st.CycleID), nil
+	}
+	if err := fw.Block(ctx); err != nil {
+		return "", fmt.Errorf("re-applying the block of cycle %s: %w", st.CycleID, err)
+	}
+	return fmt.Sprintf("block re-applied: cycle %s is open", st.CycleID), nil
+}

@@ -1,0 +1,63 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBootReblock: the smallest boot re-block (R3 and E2 of issue 13)
+// decides from the state file and the kernel alone.
+func TestBootReblock(t *testing.T) {
+	for _, tt := range []struct {
+		name      string
+		state     string // the file's content; "" for none
+		blocked   bool   // our block in the kernel before
+		wantBlock bool   // Block called
+		want      string // in the verdict, or in the error if wantErr
+		wantErr   bool
+	}{
+		{name: "no state file", want: "no patch cycle open"},
+		{name: "no cycle open", state: `{"version":1,"open":false}`, want: "no patch cycle open"},
+		{name: "open, rules gone (a reboot)", state: `{"version":1,"open":true,"cycle_id":"c1"}`, wantBlock: true, want: "block re-applied: cycle c1 is open"},
+		{name: "open, block in place", state: `{"version":1,"open":true,"cycle_id":"c1"}`, blocked: true, want: "block in place"},
+		{name: "corrupt, our chain present", state: `{"version":1,"open":tr`, blocked: true, want: "block of ours kept: state file unreadable"},
+		{name: "newer version, our chain present", state: `{"version":99,"open":false}`, blocked: true, want: "block of ours kept: state file unreadable"},
+		{name: "corrupt, nothing of ours", state: `{"open":`, wantErr: true, want: "whether a cycle is open is unknown"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			store := NewStateStore(dir)
+			if tt.state != "" {
+				if err := os.WriteFile(filepath.Join(dir, "state.json"), []byte(tt.state), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ev := &events{}
+			fw := &fakeFirewall{ev: ev, state: store, blocked: tt.blocked}
+			verdict, err := bootReblock(context.Background(), fw, store)
+			if tt.wantErr {
+				if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrStateUnreadable) {
+					t.Fatalf("bootReblock = %q, %v; want an error with %q", verdict, err, tt.want)
+				}
+			} else if err != nil || !strings.Contains(verdict, tt.want) {
+				t.Fatalf("bootReblock = %q, %v; want %q", verdict, err, tt.want)
+			}
+			blocks := 0
+			for _, e := range ev.all() {
+				if strings.HasPrefix(e, "block") {
+					blocks++
+				}
+			}
+			if got := blocks > 0; got != tt.wantBlock || blocks > 1 {
+				t.Errorf("Block called %d time(s), want %v", blocks, tt.wantBlock)
+			}
+			if b, _ := os.ReadFile(filepath.Join(dir, "state.json")); string(b) != tt.state {
+				t.Errorf("the state file was written: %q", b)
+			}
+		})
+	}
+}

@@ -1,0 +1,102 @@
+//go:build integration
+
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestBootReblockNeedsOnlyTheStateAndIptables: R3 and E2 of issue 13, with
+// the real daemon and iptables in the sandbox.
+//
+//   - The app user is not known to the node at boot (an LDAP or SSSD user:
+//     the static binary reads /etc/passwd only), so the agent cannot be
+//     built and the daemon exits (and the reconcile command fails): the
+//     open cycle's block, gone with the reboot, is back all the same.
+//   - The state file cannot be parsed at boot with our chain present: the
+//     daemon keeps the block, comes up (READY) and says so in its status.
+func TestBootReblockNeedsOnlyTheStateAndIptables(t *testing.T) {
+	n := setupNode(t, "pa-e2bb", nil)
+	cfg, stateDir := writeConfig(t, n, n.Opts.AppName, "  watch_interval: 200ms\n  metrics_listen: 127.0.0.1:18746\ndrain:\n  idle: 200ms\n")
+	if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 {
+		t.Fatalf("pre %d", r.code)
+	}
+	body, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ldap := strings.Replace(string(body), "  user: "+n.AppUser+"\n", "  user: ldap-only-user\n", 1)
+	if ldap == string(body) {
+		t.Fatalf("no app user line in:\n%s", body)
+	}
+	ldapCfg := filepath.Join(filepath.Dir(cfg), "ldap.yaml")
+	if err := os.WriteFile(ldapCfg, []byte(ldap), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("app user unknown at boot", func(t *testing.T) {
+		// The reconcile unit's command.
+		if err := n.FlushFirewall(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		r := patchagent(t, n, "reconcile", "--config", ldapCfg)
+		if r.code == 0 || !strings.Contains(r.stdout+r.stderr, "boot re-block block re-applied") || !strings.Contains(r.stdout, "ldap-only-user") {
+			t.Errorf("reconcile with an unknown app user: %d\n%s\n%s", r.code, r.stdout, r.stderr)
+		}
+		assertBlocked(t, n)
+
+		// The daemon's start.
+		if err := n.FlushFirewall(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		dir, err := os.MkdirTemp("", "pa-sdn") // short: it holds the notify socket
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		d, err := n.StartDaemon(context.Background(), binary, ldapCfg, dir, 10*time.Second)
+		if err == nil {
+			d.Stop()
+			t.Fatal("the daemon came up without its app user")
+		}
+		t.Logf("the daemon did not come up: %v", err)
+		assertBlocked(t, n)
+	})
+
+	t.Run("state file unreadable", func(t *testing.T) {
+		// Our chain is in place (the subtest above); the state is broken.
+		assertBlocked(t, n)
+		state := filepath.Join(stateDir, "state.json")
+		good, err := os.ReadFile(state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(state, good[:len(good)/2], 0o600); err != nil {
+			t.Fatal(err)
+		}
+		d := startDaemon(t, n, cfg) // READY, or the test fails
+		if s := d.Status(); !strings.Contains(s, "state file unreadable") {
+			t.Errorf("daemon status %q does not say the state is unreadable", s)
+		}
+		time.Sleep(500 * time.Millisecond) // a few ticks: nothing removes it
+		assertBlocked(t, n)
+		r := patchagent(t, n, "exit", "--config", cfg)
+		if r.code == 0 || !strings.Contains(r.stdout, "state file unreadable") {
+			t.Errorf("exit with the state unreadable: %d\n%s", r.code, r.stdout)
+		}
+		assertBlocked(t, n)
+		stopDaemon(t, d)
+		if err := os.WriteFile(state, good, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if r := patchagent(t, n, "exit", "--config", cfg); r.code != 0 {
+			t.Fatalf("exit once the state is back: %d\n%s", r.code, r.stdout)
+		}
+		assertInService(t, n)
+	})
+}
