@@ -126,7 +126,18 @@ type RunOptions struct {
 	// Force (exit only) is the break-glass: the node back in service
 	// without the health check, the cycle closed "forced" (force.go).
 	Force *ForceOptions
+	// NoLockWait: if another phase holds the lock, fail at once instead of
+	// waiting for it (the daemon's own exits: decided on a state that the
+	// phase holding the lock is about to change).
+	NoLockWait bool
 }
+
+// PhaseLockWait is how long a hook's phase waits for another phase to
+// finish before it gives up (exit 3): long enough for the slowest pre to
+// end (SSM's on-exit document may start while the daemon still drains a
+// pre whose CLI SSM gave up on), short of every document's timeout. The
+// SSM documents' budget test reads it.
+const PhaseLockWait = 2 * time.Minute
 
 // PhaseError carries the exit code a phase failure maps to.
 type PhaseError struct {

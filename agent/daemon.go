@@ -223,7 +223,15 @@ func (d *daemonLoop) iterate(ctx context.Context) {
 		d.setStatus("state file unreadable")
 		return
 	}
-	phase, _, running := d.srv.Running()
+	phase, since, running := d.srv.Running()
+	// A phase that hangs (an iptables or pm2 call past every bound, a
+	// wedged disk) keeps this loop and its watchdog alive: its age, which
+	// grows while it hangs, is what shows it (issue 13, E21).
+	if running {
+		d.m.ObservePhaseRunning(phase, d.a.d.Now().Sub(since))
+	} else {
+		d.m.ObservePhaseRunning("", 0)
+	}
 	why, _ := d.rec.state()
 	kernel := kernelUnknown
 	if !running && why == "" {
@@ -374,7 +382,9 @@ func (d *daemonLoop) runExit(why string) {
 	d.rec.wg.Add(1)
 	go func() {
 		defer d.rec.wg.Done()
-		rep := d.a.Exit(d.phaseCtx, RunOptions{})
+		// No wait for the lock: a phase holding it (a pre that just opened
+		// a cycle) has made the reason for this exit stale.
+		rep := d.a.Exit(d.phaseCtx, RunOptions{NoLockWait: true})
 		d.rec.mu.Lock()
 		d.rec.why, d.rec.ended = "", d.a.d.Now()
 		d.rec.mu.Unlock()

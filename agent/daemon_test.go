@@ -107,6 +107,7 @@ func (f *daemonFW) get() (blocked bool, blocks int) {
 type fakeServer struct {
 	mu       sync.Mutex
 	phase    string
+	since    time.Time // when the phase started (zero: now)
 	end      chan struct{}
 	phaseCtx context.Context
 	shutdown bool
@@ -118,7 +119,11 @@ type fakeServer struct {
 func (s *fakeServer) Running() (string, time.Time, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.phase, time.Now(), s.phase != ""
+	since := s.since
+	if since.IsZero() {
+		since = time.Now()
+	}
+	return s.phase, since, s.phase != ""
 }
 func (s *fakeServer) Wait(ctx context.Context) error {
 	s.mu.Lock()
@@ -454,4 +459,22 @@ func TestDaemonReadyWithoutWatchdogSendsNoPings(t *testing.T) {
 	if n := r.n.count("WATCHDOG=1"); n != 0 {
 		t.Fatalf("%d pings with the watchdog off", n)
 	}
+}
+
+// TestDaemonReportsHowLongAPhaseRuns: E21 of issue 13. A phase that hangs
+// keeps the loop and its watchdog alive; patchagent_phase_running_seconds
+// grows with it (and PatchagentPhaseHung fires past the SSM timeout).
+func TestDaemonReportsHowLongAPhaseRuns(t *testing.T) {
+	r := newDaemonRig(t)
+	r.srv.mu.Lock()
+	r.srv.phase, r.srv.since = "pre", time.Now().Add(-10*time.Minute)
+	r.srv.mu.Unlock()
+	r.start(t)
+	running := func(p string) float64 { return testutil.ToFloat64(r.m.PhaseRunning.WithLabelValues(p)) }
+	eventually(t, "pre's age reported", func() bool { return running("pre") >= 600 })
+	if running("post") != 0 || running("exit") != 0 {
+		t.Errorf("other phases: post %v, exit %v; want 0", running("post"), running("exit"))
+	}
+	r.srv.setPhase("")
+	eventually(t, "back to 0 once no phase runs", func() bool { return running("pre") == 0 })
 }

@@ -51,6 +51,8 @@ type Metrics struct {
 	Deadman prometheus.Counter // patchagent_deadman_triggered_total
 
 	MetricsListenFailures prometheus.Counter // patchagent_metrics_listen_failures_total
+
+	PhaseRunning *prometheus.GaugeVec // patchagent_phase_running_seconds{phase}
 }
 
 // NewMetrics creates the metrics and registers them on reg, with
@@ -113,6 +115,10 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Name: "patchagent_drain_timeouts_total",
 			Help: "Drains that reached drain.timeout with connections still busy.",
 		}),
+		PhaseRunning: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "patchagent_phase_running_seconds",
+			Help: "How long the phase the daemon runs has been running (0 for the others), refreshed every daemon.watch_interval: a phase past its SSM document's timeout is hung (PatchagentPhaseHung).",
+		}, []string{"phase"}),
 		MetricsListenFailures: f.NewCounter(prometheus.CounterOpts{
 			Name: "patchagent_metrics_listen_failures_total",
 			Help: "Failed attempts of the daemon to listen on daemon.metrics_listen (retried; the block does not depend on it).",
@@ -277,6 +283,18 @@ func (m *Metrics) observeState(st State) {
 // read it). The last of ObserveBlock and ObservePhase wins: each is the
 // freshest view when it is called.
 func (m *Metrics) ObserveBlock(blocked bool) { m.Blocked.Set(bool01(blocked)) }
+
+// ObservePhaseRunning records which phase the daemon runs and for how long
+// (phase "" when none): the others read 0.
+func (m *Metrics) ObservePhaseRunning(phase string, age time.Duration) {
+	for _, p := range Phases {
+		v := 0.0
+		if p == phase {
+			v = age.Seconds()
+		}
+		m.PhaseRunning.WithLabelValues(p).Set(v)
+	}
+}
 
 // ObserveReassert counts a re-application of the block by the daemon's watch.
 func (m *Metrics) ObserveReassert() { m.BlockReapplied.Inc() }

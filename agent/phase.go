@@ -32,7 +32,11 @@ func (a *Agent) runPhase(ctx context.Context, name string, opt RunOptions, body 
 	rep := &Report{Phase: name, App: a.cfg.App.Name, StatePath: a.d.State.Path, Steps: []StepReport{}}
 	err := func() (err error) {
 		if !opt.DryRun {
-			release, lerr := a.d.Lock.Acquire(ctx, name, a.d.LockWait)
+			wait := a.d.LockWait
+			if opt.NoLockWait {
+				wait = 0
+			}
+			release, lerr := a.d.Lock.Acquire(ctx, name, wait)
 			if lerr != nil {
 				return lerr
 			}

@@ -276,3 +276,27 @@ func TestReportTextIsCutWithinTheConsoleWindow(t *testing.T) {
 		t.Fatalf("text:\n%s", text)
 	}
 }
+
+// TestPhaseWaitsForTheLockUnlessToldNot: E17 of issue 13. A hook's phase
+// waits for the phase holding the lock (LockWait) and then runs; the
+// daemon's own exits (NoLockWait) give up at once, their reason being
+// stale once another phase ran.
+func TestPhaseWaitsForTheLockUnlessToldNot(t *testing.T) {
+	e := newTestEnv(t)
+	a := e.agent(t)
+	a.d.LockWait = 5 * time.Second
+	release, err := e.lock.Acquire(context.Background(), "pre", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if rep := a.Exit(context.Background(), RunOptions{NoLockWait: true}); rep.ExitCode != ExitLocked || time.Since(start) > time.Second {
+		t.Fatalf("the daemon's exit: exit %d after %s, want %d at once", rep.ExitCode, time.Since(start), ExitLocked)
+	}
+	go func() { time.Sleep(300 * time.Millisecond); release() }()
+	start = time.Now()
+	rep := a.Exit(context.Background(), RunOptions{})
+	if rep.ExitCode == ExitLocked || time.Since(start) < 250*time.Millisecond {
+		t.Fatalf("a hook's exit: exit %d after %s, want it to wait for the lock and run", rep.ExitCode, time.Since(start))
+	}
+}

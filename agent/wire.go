@@ -69,7 +69,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 		Metrics:      m,
 		State:        NewStateStore(cfg.Daemon.StateDir),
 		Lock:         NewPhaseLock(cfg.Daemon.StateDir),
-		LockWait:     5 * time.Second,
+		LockWait:     PhaseLockWait,
 		BootID:       func() (string, error) { return ReadBootID(cfg.Daemon.BootIDFile) },
 		Progress:     progress,
 		AfterSave:    afterSave,

@@ -31,6 +31,7 @@ var wantAlerts = map[string]string{
 	"PatchagentDeadman":                "critical",
 	"PatchagentDependenciesRolledBack": "warning",
 	"PatchagentExitForced":             "warning",
+	"PatchagentPhaseHung":              "critical",
 	"PatchagentDaemonDown":             "warning",
 	"PatchagentTextfileStale":          "warning",
 }

@@ -61,7 +61,7 @@ func load(t *testing.T, file string) ([]byte, document) {
 // Fixed waits of patchagent that are not in its config (see agent/wire.go,
 // agent/pre.go, hooks/npm.go).
 const (
-	phaseLockWait = 5 * time.Second // agent.Deps.LockWait as wired
+	phaseLockWait = agent.PhaseLockWait // agent.Deps.LockWait as wired
 	listenWait    = 5 * time.Second // pre: the ports must close within it
 )
 

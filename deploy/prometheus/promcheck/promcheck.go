@@ -155,6 +155,7 @@ func feed(m *agent.Metrics) {
 	m.ObserveBlock(false)
 	m.ObserveReassert()
 	m.ObserveDeadman()
+	m.ObservePhaseRunning("pre", 3*time.Second)
 }
 
 // PromQL words that are not metric names: operators, modifiers and the
