@@ -134,6 +134,24 @@ type daemonLoop struct {
 type deadman struct {
 	cycle string
 	fired bool
+	// How long the cycle has been idle, on the monotonic clock (issue 13,
+	// row 20: a clock step must neither fire the timer nor hold it off):
+	// when the daemon first saw the state's UpdatedAt (updated), at seen
+	// (time.Now, monotonic), the cycle had been idle idleAtSeen by the wall
+	// clock, the only reading there is then (after a daemon restart); from
+	// there on only monotonic time is added.
+	updated    time.Time
+	seen       time.Time
+	idleAtSeen time.Duration
+}
+
+// idle is how long the cycle of st has had no phase activity.
+func (m *deadman) idle(st State, wallNow time.Time) time.Duration {
+	if m.seen.IsZero() || !st.UpdatedAt.Equal(m.updated) {
+		m.updated, m.seen = st.UpdatedAt, time.Now()
+		m.idleAtSeen = max(0, wallNow.Sub(st.UpdatedAt))
+	}
+	return m.idleAtSeen + time.Since(m.seen)
 }
 
 // recovery is the daemon's own exit run (leftover block or auto_recover):
@@ -343,7 +361,7 @@ func (d *daemonLoop) checkDeadman(st State) {
 		d.dead = deadman{cycle: st.CycleID}
 	}
 	now := d.a.d.Now()
-	idle := now.Sub(st.UpdatedAt)
+	idle := d.dead.idle(st, now)
 	auto := d.a.cfg.Daemon.AutoRecover
 	if !d.dead.fired {
 		if idle <= maxOut {

@@ -163,6 +163,7 @@ type daemonRig struct {
 	n   *recNotifier
 	m   *Metrics
 	o   DaemonOptions
+	now func() time.Time // the agent's wall clock, if set
 }
 
 func newDaemonRig(t *testing.T) *daemonRig {
@@ -181,6 +182,9 @@ func (r *daemonRig) start(t *testing.T) (stop func() (time.Duration, error)) {
 	t.Helper()
 	r.a = r.e.agent(t)
 	r.a.d.Firewall, r.a.d.Metrics = r.fw, r.m
+	if r.now != nil {
+		r.a.d.Now = r.now
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan error, 1)
 	go func() { ch <- r.a.RunDaemon(ctx, r.srv, r.n, r.o) }()
@@ -477,4 +481,28 @@ func TestDaemonReportsHowLongAPhaseRuns(t *testing.T) {
 	}
 	r.srv.setPhase("")
 	eventually(t, "back to 0 once no phase runs", func() bool { return running("pre") == 0 })
+}
+
+// TestDaemonDeadmanIgnoresClockSteps: row 20 of issue 13. The wall clock
+// jumps 3 h ahead (an NTP step, a wrong RTC corrected) while a cycle is
+// open and active a moment ago: the dead-man timer (max 1 h) does not fire,
+// since idle time is counted on the monotonic clock once the daemon has
+// seen the state; it still fires for a cycle really idle past the limit.
+func TestDaemonDeadmanIgnoresClockSteps(t *testing.T) {
+	r := newDaemonRig(t)
+	var mu sync.Mutex
+	step := time.Duration(0)
+	r.e.cfg.Daemon.MaxOutOfService = Duration(time.Hour)
+	openCycle(t, r.e, "boot-1", time.Now())
+	r.fw.set(true)
+	r.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return time.Now().Round(0).Add(step) }
+	r.start(t)
+	time.Sleep(100 * time.Millisecond) // some ticks: the state seen
+	mu.Lock()
+	step = 3 * time.Hour
+	mu.Unlock()
+	time.Sleep(200 * time.Millisecond)
+	if got := testutil.ToFloat64(r.m.Deadman); got != 0 {
+		t.Fatalf("the dead-man timer fired on a clock step (%v)", got)
+	}
 }
