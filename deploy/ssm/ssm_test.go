@@ -62,7 +62,7 @@ func load(t *testing.T, file string) ([]byte, document) {
 // agent/pre.go, hooks/npm.go).
 const (
 	phaseLockWait = agent.PhaseLockWait // agent.Deps.LockWait as wired
-	listenWait    = 5 * time.Second // pre: the ports must close within it
+	listenWait    = 5 * time.Second     // pre: the ports must close within it
 )
 
 // budget is patchagent's own worst case for a phase with cfg, before any
