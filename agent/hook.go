@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
+	"strings"
 
 	"go.uber.org/zap"
 )
@@ -26,6 +28,9 @@ type HookOptions struct {
 	AfterSave func(step string)
 	// Version labels the metrics written for node_exporter.
 	Version string
+	// ConfigPath is the config file cfg was loaded from: the daemon
+	// refuses to run the phase with another one.
+	ConfigPath string
 }
 
 // RunHook runs phase for a hook command. When a daemon answers on
@@ -38,7 +43,13 @@ func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Repo
 		o.Progress = io.Discard
 	}
 	if o.AfterSave == nil {
-		rep, err := Call(ctx, cfg.Daemon.Socket, Request{Phase: phase, DryRun: o.DryRun, Force: o.Force, Reason: o.Reason}, o.Progress)
+		conf := o.ConfigPath
+		if conf != "" {
+			if abs, err := filepath.Abs(conf); err == nil {
+				conf = abs
+			}
+		}
+		rep, err := Call(ctx, cfg.Daemon.Socket, Request{Phase: phase, DryRun: o.DryRun, Force: o.Force, Reason: o.Reason, Config: conf}, o.Progress)
 		switch {
 		case err == nil:
 			return rep
@@ -46,6 +57,10 @@ func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Repo
 			fmt.Fprintf(o.Progress, "patchagent %s: no daemon answering on %s: running the phase in this process\n", phase, cfg.Daemon.Socket)
 		case ctx.Err() != nil:
 			return FailedReport(phase, 0, fmt.Errorf("interrupted (%w); the phase goes on in the daemon (see patchagent status)", ctx.Err()))
+		case strings.Contains(err.Error(), ErrOtherConfig.Error()):
+			// The daemon would run the phase with another config: that
+			// is the operator's to settle, not this process's to run.
+			return FailedReport(phase, 0, configError(err))
 		default:
 			return FailedReport(phase, 0, err)
 		}

@@ -65,6 +65,10 @@ type Request struct {
 	// credentials as the daemon reads them.
 	Force  bool   `json:"force,omitempty"`
 	Reason string `json:"reason,omitempty"`
+	// Config is the config file the hook command loaded (absolute): the
+	// daemon runs phases with its own, so it refuses a request naming
+	// another file (issue 13, R7).
+	Config string `json:"config,omitempty"`
 }
 
 // Message is one line of the daemon's answer: a stream of progress lines,
@@ -150,6 +154,9 @@ type Server struct {
 	backlog      int
 	// allowUID is the only peer uid served: root.
 	allowUID uint32
+	// config is the daemon's config file (ServeConfig); a request naming
+	// another one is refused.
+	config string
 
 	mu       sync.Mutex
 	phaseCtx context.Context
@@ -333,6 +340,11 @@ func (s *Server) handle(c *net.UnixConn) {
 		s.send(c, Message{Error: err.Error()})
 		return
 	}
+	if err := s.sameConfig(req.Config); err != nil {
+		log.Warn("control request refused", zap.String("phase", req.Phase), zap.Error(err))
+		s.send(c, Message{Error: err.Error()})
+		return
+	}
 	var caller Caller
 	if req.Force {
 		caller = CallerOf(ViaSocket, int(cred.Pid), cred.Uid)
@@ -442,6 +454,30 @@ func peerCred(c *net.UnixConn) (*unix.Ucred, error) {
 	return cred, nil
 }
 
+// ServeConfig tells s which config file the daemon runs with: requests
+// naming another are refused.
+func (s *Server) ServeConfig(path string) { s.config = path }
+
+// ErrOtherConfig is the refusal of a request whose hook loaded another
+// config file than the daemon's.
+var ErrOtherConfig = errors.New("the daemon runs another config")
+
+// sameConfig refuses a hook's config file that is not the daemon's own (by
+// file identity: a symlink to it is the same), naming both: the phase would
+// otherwise run, silently, with settings the operator did not name. A
+// request naming none (an older CLI) is served.
+func (s *Server) sameConfig(hook string) error {
+	if hook == "" || s.config == "" {
+		return nil
+	}
+	a, aerr := os.Stat(hook)
+	b, berr := os.Stat(s.config)
+	if aerr == nil && berr == nil && os.SameFile(a, b) {
+		return nil
+	}
+	return fmt.Errorf("%w: the daemon runs %s, this command names %s: run it with --config %s, or restart the daemon (systemctl restart patchagent) with the other", ErrOtherConfig, s.config, hook, s.config)
+}
+
 // readRequest reads and decodes the request line within timeout; n is how
 // many bytes were read.
 func readRequest(c net.Conn, timeout time.Duration) (Request, int, error) {
@@ -479,8 +515,10 @@ func readRequest(c net.Conn, timeout time.Duration) (Request, int, error) {
 
 // decodeRequest decodes one request line strictly: one JSON object whose
 // keys are exactly "phase" (a string, a known phase) and optionally
-// "dry_run" and "force" (booleans; force with exit only) and "reason" (a
-// string, with force only, one short line: CheckReason), each once, and
+// "dry_run" and "force" (booleans; force with exit only), "reason" (a
+// string, with force only, one short line: CheckReason) and "config" (an
+// absolute path: the hook's config file, which must be the daemon's), each
+// once, and
 // nothing after it. This is stricter than DisallowUnknownFields, which
 // still matches keys case-insensitively and lets a duplicate key win
 // silently.
@@ -554,6 +592,12 @@ func decodeRequestObject(line []byte) (Request, error) {
 				return req, errors.New("decoding request: reason: want a string")
 			}
 			req.Reason = s
+		case "config":
+			s, ok := v.(string)
+			if !ok || !filepath.IsAbs(s) || len(s) > 4096 {
+				return req, errors.New("decoding request: config: want an absolute path")
+			}
+			req.Config = s
 		default:
 			return req, fmt.Errorf("decoding request: unknown field %q", key)
 		}

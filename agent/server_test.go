@@ -433,6 +433,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		`{"phase":["pre"]}`, `{"phase":"pr\u0065"}`, ` {"phase" : "pre" } `, `{`, `null`, `"pre"`, ``,
 		`{"phase":"exit","force":true,"reason":"health URL wrong"}`, `{"phase":"exit","force":false}`, `{"phase":"post","force":true}`,
 		`{"phase":"exit","reason":"x"}`, `{"phase":"exit","force":true,"reason":"a\tb"}`, `{"phase":"exit","force":true,"Force":true}`,
+		`{"phase":"pre","config":"/etc/patchagent/config.yaml"}`, `{"phase":"pre","config":"config.yaml"}`, `{"phase":"pre","config":7}`,
 	} {
 		f.Add([]byte(s))
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"path/filepath"
 	"time"
 
 	"go.uber.org/zap"
@@ -61,9 +62,14 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Error("control socket", zap.Error(err))
 		return agent.ExitFailed
 	}
+	abs, err := filepath.Abs(*path)
+	if err != nil {
+		abs = *path
+	}
 	srv := agent.NewServer(log, ln, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 		return a.WithProgress(progress).RunPhase(ctx, phase, opt)
 	})
+	srv.ServeConfig(abs)
 	hs := agent.NewMetricsServer(reg, agent.MetricsTimeouts{})
 	go agent.ServeMetrics(ctx, log, cfg.Daemon.MetricsListen, hs, metrics.MetricsListenFailures)
 	defer func() {

@@ -148,6 +148,7 @@ func runPhase(ctx context.Context, phase string, args []string, stdout, stderr i
 	}
 	rep := agent.RunHook(ctx, cfg, phase, agent.HookOptions{
 		DryRun: f.dryRun, Force: f.force, Reason: f.reason, Log: log, Progress: stderr, AfterSave: crashAfter(os.Getenv(crashEnv)), Version: version,
+		ConfigPath: f.config,
 	})
 	return report(stdout, f.output, rep)
 }
