@@ -130,6 +130,9 @@ type RunOptions struct {
 	// waiting for it (the daemon's own exits: decided on a state that the
 	// phase holding the lock is about to change).
 	NoLockWait bool
+	// BootReblocked (reconcile only): BootReblock put the block back just
+	// before, the agent not built yet; the reconcile reports and counts it.
+	BootReblocked bool
 }
 
 // PhaseLockWait is how long a hook's phase waits for another phase to

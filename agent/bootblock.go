@@ -17,10 +17,12 @@ import (
 // by then an open cycle's block is back. It writes nothing (the state dir
 // may be full or read-only) and takes no lock (the block is idempotent).
 // The full reconcile still runs once the agent is built.
-func BootReblock(ctx context.Context, cfg Config, log *zap.Logger) (string, error) {
+// reblocked says whether it put the block back: the reconcile that follows
+// reports and counts it as its own (RunOptions.BootReblocked).
+func BootReblock(ctx context.Context, cfg Config, log *zap.Logger) (verdict string, reblocked bool, err error) {
 	fw, err := newFirewall(cfg, log)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	return bootReblock(ctx, fw, NewStateStore(cfg.Daemon.StateDir))
 }
@@ -30,27 +32,27 @@ func BootReblock(ctx context.Context, cfg Config, log *zap.Logger) (string, erro
 // leaves the firewall as it is: a block of ours stays (the node stays out
 // of service, and the verdict says why), none is added (whether a cycle is
 // open is unknown; the phases refuse to run until the operator looks).
-func bootReblock(ctx context.Context, fw Firewall, store *StateStore) (string, error) {
+func bootReblock(ctx context.Context, fw Firewall, store *StateStore) (string, bool, error) {
 	st, lerr := store.Load()
 	if lerr != nil && !errors.Is(lerr, ErrStateUnreadable) {
-		return "", lerr
+		return "", false, lerr
 	}
 	kernel, err := fw.Status(ctx)
 	if err != nil {
-		return "", fmt.Errorf("reading the firewall: %w", err)
+		return "", false, fmt.Errorf("reading the firewall: %w", err)
 	}
 	switch {
 	case lerr != nil && kernel.Present():
-		return fmt.Sprintf("block of ours kept: %v", lerr), nil
+		return fmt.Sprintf("block of ours kept: %v", lerr), false, nil
 	case lerr != nil:
-		return "", fmt.Errorf("no block of ours, and whether a cycle is open is unknown: %w", lerr)
+		return "", false, fmt.Errorf("no block of ours, and whether a cycle is open is unknown: %w", lerr)
 	case !st.Open:
-		return "nothing to do: no patch cycle open", nil
+		return "nothing to do: no patch cycle open", false, nil
 	case kernel.Blocked():
-		return fmt.Sprintf("block in place: cycle %s is open", st.CycleID), nil
+		return fmt.Sprintf("block in place: cycle %s is open", st.CycleID), false, nil
 	}
 	if err := fw.Block(ctx); err != nil {
-		return "", fmt.Errorf("re-applying the block of cycle %s: %w", st.CycleID, err)
+		return "", false, fmt.Errorf("re-applying the block of cycle %s: %w", st.CycleID, err)
 	}
-	return fmt.Sprintf("block re-applied: cycle %s is open", st.CycleID), nil
+	return fmt.Sprintf("block re-applied: cycle %s is open", st.CycleID), true, nil
 }

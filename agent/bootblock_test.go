@@ -38,7 +38,10 @@ func TestBootReblock(t *testing.T) {
 			}
 			ev := &events{}
 			fw := &fakeFirewall{ev: ev, state: store, blocked: tt.blocked}
-			verdict, err := bootReblock(context.Background(), fw, store)
+			verdict, reblocked, err := bootReblock(context.Background(), fw, store)
+			if reblocked != tt.wantBlock {
+				t.Errorf("reblocked = %v, want %v", reblocked, tt.wantBlock)
+			}
 			if tt.wantErr {
 				if err == nil || !strings.Contains(err.Error(), tt.want) || !errors.Is(err, ErrStateUnreadable) {
 					t.Fatalf("bootReblock = %q, %v; want an error with %q", verdict, err, tt.want)

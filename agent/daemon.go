@@ -31,6 +31,9 @@ const (
 type DaemonOptions struct {
 	// Tick is the main loop period (default 5s; at most Watchdog/2).
 	Tick time.Duration
+	// BootReblocked: BootReblock put the block back before the agent was
+	// built; the boot reconcile reports and counts it.
+	BootReblocked bool
 	// StopTimeout is how long a stop waits for a running phase before
 	// abandoning it (default 80s; the unit's TimeoutStopSec is 90s).
 	StopTimeout time.Duration
@@ -205,7 +208,7 @@ func (d *daemonLoop) boot(ctx context.Context) error {
 	}
 	bctx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
-	rep := d.a.Reconcile(bctx, RunOptions{})
+	rep := d.a.Reconcile(bctx, RunOptions{BootReblocked: d.o.BootReblocked})
 	if rep.ExitCode != 0 {
 		if ctx.Err() != nil {
 			return nil // stopped while booting: RunDaemon stops

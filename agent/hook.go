@@ -66,14 +66,15 @@ func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Repo
 		}
 	}
 	var reblocked string
+	bootReblocked := false
 	if phase == "reconcile" && !o.DryRun {
 		// The boot step's block first, from the state file and iptables
 		// alone (BootReblock): Build below can fail for its own reasons.
-		v, err := BootReblock(ctx, cfg, o.Log)
+		v, did, err := BootReblock(ctx, cfg, o.Log)
 		if err != nil {
 			v = "failed: " + err.Error()
 		}
-		reblocked = "boot re-block " + v
+		reblocked, bootReblocked = "boot re-block "+v, did
 		fmt.Fprintf(o.Progress, "patchagent reconcile: %s\n", reblocked)
 	}
 	reg, metrics := NewTextfileRegistry(o.Version)
@@ -84,7 +85,7 @@ func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Repo
 		}
 		return FailedReport(phase, 0, err)
 	}
-	opt := RunOptions{DryRun: o.DryRun}
+	opt := RunOptions{DryRun: o.DryRun, BootReblocked: bootReblocked}
 	if o.Force {
 		opt.Force = &ForceOptions{Reason: o.Reason, Caller: SelfCaller()}
 	}

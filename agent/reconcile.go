@@ -34,7 +34,7 @@ func (a *Agent) reconcile(ctx context.Context, r *phaseRun) error {
 		detail += ", node rebooted since"
 	}
 	rep.addStep("check", ResultOK, time.Since(t), detail)
-	if fw.Blocked() {
+	if fw.Blocked() && !r.opt.BootReblocked {
 		rep.Summary = append(rep.Summary, "block in place")
 		return nil
 	}
@@ -49,11 +49,14 @@ func (a *Agent) reconcile(ctx context.Context, r *phaseRun) error {
 		return err
 	}
 	t = time.Now()
-	if err := a.d.Firewall.Block(ctx); err != nil {
+	how := ""
+	if fw.Blocked() {
+		how = "before the agent was built (BootReblock)"
+	} else if err := a.d.Firewall.Block(ctx); err != nil {
 		rep.addStep("reblock", ResultFailed, time.Since(t), "")
 		return fmt.Errorf("re-applying the block of cycle %s: %w", r.st.CycleID, err)
 	}
-	rep.addStep("reblock", ResultOK, time.Since(t), "")
+	rep.addStep("reblock", ResultOK, time.Since(t), how)
 	rep.Reblocked = true
 	rep.Summary = append(rep.Summary, fmt.Sprintf("block re-applied (%s/tcp %s): cycle %s is open", portList(a.cfg.Traffic.Ports), famShort(a.d.Firewall.Families()), r.st.CycleID))
 	return nil

@@ -46,7 +46,8 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	// First the block of an open cycle, from the state file and iptables
 	// alone: nothing that can fail below may keep it from coming back.
-	if verdict, err := agent.BootReblock(ctx, cfg, log); err != nil {
+	verdict, reblocked, err := agent.BootReblock(ctx, cfg, log)
+	if err != nil {
 		log.Error("boot re-block", zap.Error(err))
 	} else {
 		log.Info("boot re-block", zap.String("verdict", verdict))
@@ -80,7 +81,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx) }()
 	log.Info("daemon started", zap.String("socket", cfg.Daemon.Socket), zap.String("metrics", cfg.Daemon.MetricsListen), zap.Duration("watchdog", watchdog))
-	if err := a.RunDaemon(ctx, srv, notifier, agent.DaemonOptions{Watchdog: watchdog, Tick: cfg.Daemon.WatchInterval.D()}); err != nil {
+	if err := a.RunDaemon(ctx, srv, notifier, agent.DaemonOptions{Watchdog: watchdog, Tick: cfg.Daemon.WatchInterval.D(), BootReblocked: reblocked}); err != nil {
 		log.Error("daemon stopped", zap.Error(err))
 		return agent.ExitFailed
 	}
