@@ -92,8 +92,14 @@ type SnapshotStats struct {
 
 // snapManifest is manifest.json.
 type snapManifest struct {
-	Version    int         `json:"version"`
-	Created    time.Time   `json:"created"`
+	Version int       `json:"version"`
+	Created time.Time `json:"created"`
+	// Seq orders the snapshots of one root: one more than the highest
+	// there when taken. Pruning goes by it, not by Created, so that a
+	// wall clock stepped back cannot make the newest snapshot (this cycle's,
+	// which exit may need to roll back) look the oldest (0 in snapshots of
+	// earlier versions: older than any with one).
+	Seq        int64       `json:"seq,omitempty"`
 	App        string      `json:"app"`
 	Hardlinked bool        `json:"hardlinked"`
 	Top        []snapEntry `json:"top"`          // saved top-level files, relative to files/
@@ -198,7 +204,7 @@ func takeSnapshot(appDir, dst string, link linkFunc) (Snapshot, SnapshotStats, e
 	}
 	defer filesD.Close()
 	uid := appSt.Uid
-	m := snapManifest{Version: snapVersion, Created: time.Now().UTC(), App: app, AppUID: &uid}
+	m := snapManifest{Version: snapVersion, Created: time.Now().UTC(), App: app, AppUID: &uid, Seq: nextSeq(filepath.Dir(dir))}
 
 	for _, name := range snapTopFiles {
 		e, ok, err := saveTopFile(appD, filesD, name)
@@ -853,9 +859,22 @@ func renameInto(stage, dst *dirFD, name string) error {
 	return nil
 }
 
-// PruneSnapshots keeps the newest keep snapshots under root (by the time in
-// their manifest) and removes the others, along with leftovers of a
-// TakeSnapshot that crashed (marker, no manifest). Other entries of root
+// nextSeq is one more than the highest Seq of the snapshots under root.
+func nextSeq(root string) int64 {
+	ents, _ := os.ReadDir(root)
+	var max int64
+	for _, e := range ents {
+		if m, err := readSnapManifest(filepath.Join(root, e.Name())); err == nil && m.Seq > max {
+			max = m.Seq
+		}
+	}
+	return max + 1
+}
+
+// PruneSnapshots keeps the newest keep snapshots under root (by the order
+// they were taken in, their manifest's Seq; then its time) and removes the
+// others, along with leftovers of a TakeSnapshot that crashed (marker, no
+// manifest). Other entries of root
 // are left alone. freed counts the bytes of regular files whose last link
 // goes away: data still hardlinked from the app (or from a kept snapshot)
 // is not freed and not counted.
@@ -872,6 +891,7 @@ func PruneSnapshots(root string, keep int) (removed int, freed int64, err error)
 	}
 	type snap struct {
 		dir     string
+		seq     int64
 		created time.Time
 	}
 	var snaps []snap
@@ -883,7 +903,7 @@ func PruneSnapshots(root string, keep int) (removed int, freed int64, err error)
 		dir := filepath.Join(root, e.Name())
 		m, err := readSnapManifest(dir)
 		if err == nil {
-			snaps = append(snaps, snap{dir, m.Created})
+			snaps = append(snaps, snap{dir, m.Seq, m.Created})
 			continue
 		}
 		if _, merr := os.Lstat(filepath.Join(dir, snapManifestName)); errors.Is(merr, fs.ErrNotExist) {
@@ -893,6 +913,9 @@ func PruneSnapshots(root string, keep int) (removed int, freed int64, err error)
 		}
 	}
 	sort.Slice(snaps, func(i, j int) bool {
+		if snaps[i].seq != snaps[j].seq {
+			return snaps[i].seq > snaps[j].seq
+		}
 		if !snaps[i].created.Equal(snaps[j].created) {
 			return snaps[i].created.After(snaps[j].created)
 		}

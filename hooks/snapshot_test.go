@@ -692,3 +692,42 @@ func BenchmarkSnapshot(b *testing.B) {
 		os.RemoveAll(filepath.Join(dir, "copies"))
 	})
 }
+
+// TestPruneSnapshotsByTheOrderTakenNotTheClock: row 20 of issue 13. The
+// wall clock was stepped back (a day) before this cycle's snapshot: by
+// their times it is the oldest, and pruning by time would remove the one
+// snapshot exit may need for a rollback. Pruning goes by the order taken.
+func TestPruneSnapshotsByTheOrderTakenNotTheClock(t *testing.T) {
+	app := buildApp(t, os.Getuid(), os.Getgid())
+	root := filepath.Join(t.TempDir(), "snaps")
+	var last Snapshot
+	for i, name := range []string{"a", "b", "c"} {
+		s, _, err := TakeSnapshot(app, filepath.Join(root, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := readSnapManifest(s.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Seq != int64(i+1) {
+			t.Fatalf("snapshot %s: seq %d, want %d", name, m.Seq, i+1)
+		}
+		last = s
+	}
+	// c was taken last, with the clock a day behind: rewrite its time.
+	m, _ := readSnapManifest(last.Dir)
+	m.Created = m.Created.Add(-24 * time.Hour)
+	if err := writeManifest(last.Dir, m); err != nil {
+		t.Fatal(err)
+	}
+	if removed, _, err := PruneSnapshots(root, 1); err != nil || removed != 2 {
+		t.Fatalf("PruneSnapshots = %d, %v", removed, err)
+	}
+	if _, err := os.Stat(last.Dir); err != nil {
+		t.Fatalf("the snapshot taken last was pruned: %v", err)
+	}
+	if err := last.Verify(); err != nil {
+		t.Fatal(err)
+	}
+}
