@@ -13,8 +13,11 @@ import (
 )
 
 // slack is how late exit may unblock past the window here: polls of a few
-// ms, under the race detector on a shared machine.
-const slack = 350 * time.Millisecond
+// ms, under the race detector on a shared 2-core machine (350 ms was
+// exceeded there by 150 ms while other tests ran). The windows below are
+// long enough that what is asserted stays apart from the bug it guards
+// against by more than it.
+const slack = 600 * time.Millisecond
 
 // exitTimed runs exit with a and returns its report and how long it took.
 func exitTimed(t *testing.T, a *Agent) (*Report, time.Duration) {
@@ -75,9 +78,9 @@ func TestStabilityWindowIsTheLongerOfPM2sMinUptimeAndExitMinUptime(t *testing.T)
 
 func TestExitFailsOnARestartAnywhereInsideTheWindow(t *testing.T) {
 	// The health check passes at once; the app crashes (pm2 restarts it)
-	// at some point inside its 600ms window. Wherever it falls, exit
-	// fails at once with the node still blocked.
-	const window = 600 * time.Millisecond
+	// at some point inside its 2s window. Wherever it falls, exit fails at
+	// once (not at the end of the window) with the node still blocked.
+	const window = 2 * time.Second
 	for _, tt := range []struct {
 		name      string
 		crashAt   time.Duration // after exit's start
@@ -85,7 +88,7 @@ func TestExitFailsOnARestartAnywhereInsideTheWindow(t *testing.T) {
 	}{
 		{"early", 100 * time.Millisecond, false},
 		{"as today's 200ms settle ends", 300 * time.Millisecond, false},
-		{"late", 500 * time.Millisecond, false},
+		{"late", 1200 * time.Millisecond, false},
 		{"seen by pm2's list only", 300 * time.Millisecond, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -101,7 +104,7 @@ func TestExitFailsOnARestartAnywhereInsideTheWindow(t *testing.T) {
 			defer timer.Stop()
 			rep, took := exitTimed(t, a)
 			if rep.ExitCode != 1 || !strings.Contains(rep.Verdict(), "node still out of service: web restarted ") ||
-				!strings.Contains(rep.Verdict(), "after its health check passed, inside its stability window of 0.6s (pm2 min_uptime)") {
+				!strings.Contains(rep.Verdict(), "after its health check passed, inside its stability window of 2s (pm2 min_uptime)") {
 				t.Fatalf("exit %d: %s", rep.ExitCode, rep.Text())
 			}
 			if unblocked(e) || !e.fw.blocked {
@@ -177,15 +180,15 @@ func TestExitFailsOnARestartAnywhereInsideTheWindow(t *testing.T) {
 func TestExitHoldsOnlyTheYoungestInstanceForTheRestOfItsWindow(t *testing.T) {
 	// An instance pm2 resurrected at boot, long before, is stable already:
 	// no wait. One just started is held for its whole window.
-	const window = 500 * time.Millisecond
+	const window = 1500 * time.Millisecond
 	for _, tt := range []struct {
 		name     string
 		up       []time.Duration // each instance's age when exit starts; 0: exit starts it
 		min, max time.Duration
 	}{
-		{"up an hour: passes at once", []time.Duration{time.Hour}, 0, 200 * time.Millisecond},
+		{"up an hour: passes at once", []time.Duration{time.Hour}, 0, slack},
 		{"started by exit: the whole window", []time.Duration{0}, window, window + slack},
-		{"up 300ms: the rest of the window", []time.Duration{300 * time.Millisecond}, window - 300*time.Millisecond, window - 300*time.Millisecond + slack},
+		{"up 1s: the rest of the window", []time.Duration{time.Second}, window - time.Second, window - time.Second + slack},
 		{"cluster: one old instance, one new", []time.Duration{time.Hour, 0}, window, window + slack},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -272,7 +275,7 @@ func TestExitFailsAtOnceWhenTheWindowCannotFitTheDeadline(t *testing.T) {
 	if rep.ExitCode != 1 || !strings.Contains(rep.Verdict(), "node still out of service: web cannot be stable before health.deadline 500ms: up 0s of 5s (pm2 min_uptime)") {
 		t.Fatalf("exit %d: %s", rep.ExitCode, rep.Text())
 	}
-	if took > 300*time.Millisecond || unblocked(e) {
+	if took > slack || unblocked(e) {
 		t.Fatalf("exit took %s, events %v", took, e.ev.all())
 	}
 }
