@@ -49,7 +49,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	run := &hooks.ExecRunner{}
 	var pkgs Packages
 	if cfg.App.Dir != "" {
-		pkgs = &npmPackages{dir: cfg.App.Dir, npm: hooks.NewNPM(log, run, hooks.NPMConfig{
+		pkgs = &npmPackages{dir: cfg.App.Dir, uid: u.UID, log: log, npm: hooks.NewNPM(log, run, hooks.NPMConfig{
 			Bin: cfg.App.NPM, User: u, Dir: cfg.App.Dir, Path: path, AllowRoot: u.UID == 0,
 			FetchTimeout: cfg.Post.NPM.FetchTimeout.D(), FetchRetries: cfg.Post.NPM.FetchRetries,
 		})}
@@ -79,6 +79,8 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 // npmPackages is Packages for an npm app: hooks.NPM and hooks' snapshots.
 type npmPackages struct {
 	dir string
+	uid uint32 // the app user, who runs npm
+	log *zap.Logger
 	npm *hooks.NPM
 }
 
@@ -102,6 +104,13 @@ func (p *npmPackages) Snapshot(dst string) (SnapshotInfo, error) {
 }
 
 func (p *npmPackages) Restore(snapshot string) error {
+	// An npm whose patchagent was killed mid-update may still run, in a
+	// process group of its own: it would write into the tree being put
+	// back. No npm of ours runs at a restore (post restores after its npm
+	// ended; exit runs none).
+	if pids := hooks.KillStrayNPM(p.dir, p.uid); len(pids) > 0 {
+		p.log.Warn("killed an npm left running in the app dir before restoring its snapshot", zap.Ints("pids", pids))
+	}
 	return hooks.Snapshot{Dir: snapshot, App: p.dir}.Restore()
 }
 
