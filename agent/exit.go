@@ -74,7 +74,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 	// reboot (or another tool's flush) the rules are gone while the cycle is
 	// open, so they go back first.
 	if !fw.Blocked() {
-		if err := a.save(&r.st, "reblock"); err != nil {
+		if err := a.saveRun(r, "reblock"); err != nil {
 			return stillOut(err)
 		}
 		t = time.Now()
@@ -91,7 +91,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		return err
 	}
 
-	if err := a.save(&r.st, "start"); err != nil {
+	if err := a.saveRun(r, "start"); err != nil {
 		return stillOut(err)
 	}
 	t = time.Now()
@@ -108,7 +108,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		rep.Summary = append(rep.Summary, started)
 	}
 
-	if err := a.save(&r.st, "health"); err != nil {
+	if err := a.saveRun(r, "health"); err != nil {
 		return stillOut(err)
 	}
 	t = time.Now()
@@ -211,7 +211,7 @@ func (a *Agent) startApp(ctx context.Context) (string, []int, error) {
 // unblockAndRestore returns the node to service and starts what pre stopped.
 func (a *Agent) unblockAndRestore(ctx context.Context, r *phaseRun) error {
 	rep := r.rep
-	if err := a.save(&r.st, "unblock"); err != nil {
+	if err := a.saveRun(r, "unblock"); err != nil {
 		return stillOut(err)
 	}
 	t := time.Now()
@@ -231,7 +231,7 @@ func (a *Agent) restoreExtras(ctx context.Context, r *phaseRun) error {
 	if len(a.cfg.Steps.StopUnits) == 0 && len(a.cfg.Steps.ExitCommands) == 0 {
 		return nil
 	}
-	if err := a.save(&r.st, "restore"); err != nil {
+	if err := a.saveRun(r, "restore"); err != nil {
 		return err
 	}
 	t := time.Now()
@@ -279,7 +279,11 @@ func (a *Agent) closeCycle(r *phaseRun, status, msg string) {
 	r.st.Block, r.st.Stopped = nil, nil
 	r.st.ClosedAt = time.Now().UTC()
 	if err := a.save(&r.st, "done"); err != nil {
+		// The node is in service whatever the disk says: the daemon must
+		// not re-block it, and the verdict says what a reboot would do.
+		a.d.State.Remember(r.st, err)
+		r.unrecorded = err
 		a.log.Error("recording the end of the cycle", zap.Error(err))
-		r.rep.warn("the end of the cycle could not be recorded: %v", err)
+		r.rep.Unrecorded = fmt.Sprintf("the end of the cycle was NOT recorded (%v): until %s is written again a reboot re-blocks the node, and the next exit returns it", err, a.d.State.Path)
 	}
 }

@@ -268,7 +268,7 @@ func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) 
 		rec.Cycle = r.st.CycleID
 	}
 	r.st.Forced = rec
-	if err := a.save(&r.st, "force"); err != nil {
+	if err := a.saveRun(r, "force"); err != nil {
 		return stillOut(err)
 	}
 	rep.addStep("force", ResultOK, 0, "break-glass by "+by+"; no health check")
@@ -290,7 +290,7 @@ func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) 
 		// status is not "forced", which would read as the last cycle's
 		// ending.
 		r.st.Status = StatusOK
-		if err := a.save(&r.st, "done"); err != nil {
+		if err := a.saveRun(r, "done"); err != nil {
 			rep.warn("the forced unblock could not be recorded: %v", err)
 		}
 		return &forcedError{msg: verdict}
@@ -345,7 +345,7 @@ func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) 
 	}
 	if len(warns) > 0 {
 		rec.Warnings, r.st.Warnings = warns, warns
-		if err := a.save(&r.st, "done"); err != nil {
+		if err := a.saveRun(r, "done"); err != nil {
 			rep.warn("the forced exit's warnings could not be recorded: %v", err)
 		}
 	}

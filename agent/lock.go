@@ -33,9 +33,9 @@ func (l *PhaseLock) Acquire(ctx context.Context, phase string, wait time.Duratio
 	if err := os.MkdirAll(filepath.Dir(l.Path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating lock dir: %w", err)
 	}
-	f, err := os.OpenFile(l.Path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC, 0o600)
+	f, err := l.open()
 	if err != nil {
-		return nil, fmt.Errorf("opening lock %s: %w", l.Path, err)
+		return nil, err
 	}
 	deadline := time.Now().Add(wait)
 	for {
@@ -67,6 +67,30 @@ func (l *PhaseLock) Acquire(ctx context.Context, phase string, wait time.Duratio
 		_ = unix.Flock(int(f.Fd()), unix.LOCK_UN)
 		f.Close()
 	}, nil
+}
+
+// open opens the lock file for flock. A state dir that is read-only or
+// full must not keep exit from returning the node to service: flock needs
+// no write access, so an existing lock file is opened read-only, and
+// without one the directory itself is locked (every process on that disk
+// then fails the same way and locks the same directory). The holder's
+// note is not written then.
+func (l *PhaseLock) open() (*os.File, error) {
+	f, err := os.OpenFile(l.Path, os.O_RDWR|os.O_CREATE|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0o600)
+	if err == nil {
+		return f, nil
+	}
+	if !errors.Is(err, unix.EROFS) && !errors.Is(err, unix.ENOSPC) && !errors.Is(err, unix.EDQUOT) {
+		return nil, fmt.Errorf("opening lock %s: %w", l.Path, err)
+	}
+	f, rerr := os.OpenFile(l.Path, os.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if errors.Is(rerr, os.ErrNotExist) {
+		f, rerr = os.OpenFile(filepath.Dir(l.Path), os.O_RDONLY|unix.O_CLOEXEC|unix.O_DIRECTORY, 0)
+	}
+	if rerr != nil {
+		return nil, fmt.Errorf("opening lock %s: %w (read-only: %w)", l.Path, err, rerr)
+	}
+	return f, nil
 }
 
 func readHolder(f *os.File) string {

@@ -53,6 +53,8 @@ type Metrics struct {
 	MetricsListenFailures prometheus.Counter // patchagent_metrics_listen_failures_total
 
 	PhaseRunning *prometheus.GaugeVec // patchagent_phase_running_seconds{phase}
+
+	StateUnrecorded prometheus.Gauge // patchagent_state_unrecorded
 }
 
 // NewMetrics creates the metrics and registers them on reg, with
@@ -119,6 +121,10 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Name: "patchagent_phase_running_seconds",
 			Help: "How long the phase the daemon runs has been running (0 for the others), refreshed every daemon.watch_interval: a phase past its SSM document's timeout is hung (PatchagentPhaseHung).",
 		}, []string{"phase"}),
+		StateUnrecorded: f.NewGauge(prometheus.GaugeOpts{
+			Name: "patchagent_state_unrecorded",
+			Help: "1 while the state file could not be written (state disk full or read-only) and the daemon holds the node's state in memory: exit returned the node, but a reboot re-blocks it until the file is written again.",
+		}),
 		MetricsListenFailures: f.NewCounter(prometheus.CounterOpts{
 			Name: "patchagent_metrics_listen_failures_total",
 			Help: "Failed attempts of the daemon to listen on daemon.metrics_listen (retried; the block does not depend on it).",
@@ -283,6 +289,10 @@ func (m *Metrics) observeState(st State) {
 // read it). The last of ObserveBlock and ObservePhase wins: each is the
 // freshest view when it is called.
 func (m *Metrics) ObserveBlock(blocked bool) { m.Blocked.Set(bool01(blocked)) }
+
+// ObserveStateUnrecorded records whether the state file is behind what the
+// process knows (StateStore.Unrecorded).
+func (m *Metrics) ObserveStateUnrecorded(unrecorded bool) { m.StateUnrecorded.Set(bool01(unrecorded)) }
 
 // ObservePhaseRunning records which phase the daemon runs and for how long
 // (phase "" when none): the others read 0.

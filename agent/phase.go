@@ -18,6 +18,9 @@ type phaseRun struct {
 	rep  *Report
 	// booted: the node rebooted since the state was written before this run.
 	booted bool
+	// unrecorded: why exit went on without writing its state (nil if it
+	// could write it).
+	unrecorded error
 }
 
 // rebooted reports whether the node booted since the state was last written
@@ -65,6 +68,7 @@ func (a *Agent) runPhase(ctx context.Context, name string, opt RunOptions, body 
 	if a.d.Metrics != nil {
 		st, _ := a.d.State.Load()
 		a.d.Metrics.ObservePhase(rep, st, time.Now())
+		a.d.Metrics.ObserveStateUnrecorded(a.d.State.Unrecorded() != nil)
 		if fw, err := a.d.Firewall.Status(ctx); err == nil {
 			a.d.Metrics.ObserveBlock(fw.Present())
 		}
@@ -122,11 +126,31 @@ func (a *Agent) begin(r *phaseRun) {
 	}
 }
 
+// saveRun is save for the phase r: exit, whose job is to put a healthy
+// app's node back in service, goes on when the state cannot be written (a
+// full or read-only state disk): each intent it records is idempotent to
+// redo, so it keeps the state in memory (StateStore.Remember), warns once,
+// and says in its verdict that the end of the cycle was not recorded.
+// Other phases must record before they act and get the error.
+func (a *Agent) saveRun(r *phaseRun, step string) error {
+	err := a.save(&r.st, step)
+	if err == nil || r.name != "exit" {
+		return err
+	}
+	a.d.State.Remember(r.st, err)
+	if r.unrecorded == nil {
+		a.log.Error("state not written: exit goes on, the state kept in memory", zap.Error(err))
+		r.rep.warn("the state could not be written, exit goes on without it: %v", err)
+	}
+	r.unrecorded = err
+	return nil
+}
+
 // failed records err as the phase's outcome (best effort: the error itself
 // is what the caller reports).
 func (a *Agent) failed(r *phaseRun, err error) {
 	r.st.Status, r.st.Error = StatusFailed, err.Error()
-	if serr := a.save(&r.st, r.st.Step); serr != nil {
+	if serr := a.saveRun(r, r.st.Step); serr != nil {
 		a.log.Error("recording the failure", zap.Error(serr))
 	}
 }

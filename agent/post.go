@@ -229,7 +229,7 @@ func (a *Agent) tryRollback(ctx context.Context, r *phaseRun, cause error) (err 
 	rep, app := r.rep, a.cfg.App.Name
 	what := fmt.Sprintf("rolled back %s (%s)", packages(len(p.Changes)), strings.Join(p.Changes, ", "))
 	a.progress("rollback: the app is unhealthy after this cycle's update of %s: restoring %s", packages(len(p.Changes)), p.Snapshot)
-	if err := a.save(&r.st, "rollback"); err != nil {
+	if err := a.saveRun(r, "rollback"); err != nil {
 		return a.exitFailed(ctx, r, errors.Join(cause, err)), true
 	}
 	t := time.Now()
@@ -242,7 +242,7 @@ func (a *Agent) tryRollback(ctx context.Context, r *phaseRun, cause error) (err 
 		return a.exitFailed(ctx, r, fmt.Errorf("%w; rollback: restoring %s: %w", cause, p.Snapshot, err)), true
 	}
 	p.RolledBack = true
-	if err := a.save(&r.st, "rollback"); err != nil {
+	if err := a.saveRun(r, "rollback"); err != nil {
 		return a.exitFailed(ctx, r, errors.Join(cause, err)), true
 	}
 	if _, _, err := a.startApp(ctx); err != nil {

@@ -63,10 +63,13 @@ type Report struct {
 	ExitCode int           `json:"exit_code"`
 	Duration time.Duration `json:"-"` // JSON: duration_seconds
 	// Summary is the short list of what was done, shown in the verdict.
-	Summary  []string     `json:"summary,omitempty"`
-	Error    string       `json:"error,omitempty"`
-	Warnings []string     `json:"warnings,omitempty"`
-	Steps    []StepReport `json:"steps"`
+	Summary  []string `json:"summary,omitempty"`
+	Error    string   `json:"error,omitempty"`
+	Warnings []string `json:"warnings,omitempty"`
+	// Unrecorded says that the phase's outcome is true on the node but not
+	// in the state file (a full or read-only state disk).
+	Unrecorded string       `json:"unrecorded,omitempty"`
+	Steps      []StepReport `json:"steps"`
 	// Plan lists what a dry run would do.
 	Plan []string `json:"plan,omitempty"`
 	// Changes lists the dependencies post changed.
@@ -207,8 +210,17 @@ func (r *Report) finish(d time.Duration, err error, code int) {
 	}
 }
 
-// Verdict is the first line of the text output.
+// Verdict is the first line of the text output; it ends with what the
+// state file could not be told, if anything.
 func (r *Report) Verdict() string {
+	v := r.verdict()
+	if r.Unrecorded != "" {
+		v += "; " + r.Unrecorded
+	}
+	return v
+}
+
+func (r *Report) verdict() string {
 	d := r.Duration.Round(100 * time.Millisecond)
 	switch r.Result {
 	case ResultDryRun:

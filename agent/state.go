@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/patchagent/patchagent/firewall"
@@ -170,9 +171,21 @@ func (s *CycleSummary) leftHalfUpdated() string {
 		s.CycleID, orNone(s.Status), s.Post.Snapshot)
 }
 
-// StateStore reads and atomically writes the state file.
+// StateStore reads and atomically writes the state file. A state that
+// could not be written but describes what is true on the node (exit put
+// the node back in service on a read-only or full state disk) is kept in
+// memory with Remember: Load returns it, ahead of the file, until a Save
+// succeeds again.
 type StateStore struct {
 	Path string
+
+	// writeFile replaces the file with its argument; nil is write (tests
+	// make it fail as a read-only or full disk would).
+	writeFile func([]byte) error
+
+	mu      sync.Mutex
+	unsaved []byte // Remember's state, encoded; nil when the file is current
+	cause   error  // why it could not be written
 }
 
 // NewStateStore returns the store for state.json in dir.
@@ -189,6 +202,14 @@ var ErrStateUnreadable = errors.New("state file unreadable")
 // cycle was ever opened). A file that cannot be parsed is an error: it is
 // left untouched for the operator to read.
 func (s *StateStore) Load() (State, error) {
+	s.mu.Lock()
+	kept := s.unsaved
+	s.mu.Unlock()
+	if kept != nil {
+		var st State
+		err := json.Unmarshal(kept, &st)
+		return st, err
+	}
 	data, err := os.ReadFile(s.Path)
 	if errors.Is(err, os.ErrNotExist) {
 		return State{Version: StateVersion}, nil
@@ -211,12 +232,56 @@ func (s *StateStore) Load() (State, error) {
 // rename over the old file, fsync of the directory. A failed save leaves the
 // previous state in place.
 func (s *StateStore) Save(st State) error {
+	data, err := encodeState(st)
+	if err != nil {
+		return err
+	}
+	write := s.write
+	if s.writeFile != nil {
+		write = s.writeFile
+	}
+	if err := write(data); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.unsaved, s.cause = nil, nil
+	s.mu.Unlock()
+	return nil
+}
+
+// Remember keeps st, which a failed Save (cause) could not write, as the
+// state Load returns from now on in this process: the daemon then does not
+// re-block a node that exit returned to service. A later successful Save
+// writes the file again and forgets it.
+func (s *StateStore) Remember(st State, cause error) {
+	data, err := encodeState(st)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	s.unsaved, s.cause = data, cause
+	s.mu.Unlock()
+}
+
+// Unrecorded is why the state Load returns is not the file's (nil when it
+// is): a Remember since the last successful Save.
+func (s *StateStore) Unrecorded() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cause
+}
+
+func encodeState(st State) ([]byte, error) {
 	st.Version = StateVersion
 	data, err := json.MarshalIndent(st, "", "  ")
 	if err != nil {
-		return fmt.Errorf("encoding state: %w", err)
+		return nil, fmt.Errorf("encoding state: %w", err)
 	}
-	data = append(data, '\n')
+	return append(data, '\n'), nil
+}
+
+// write replaces the file with data atomically.
+func (s *StateStore) write(data []byte) error {
 	dir := filepath.Dir(s.Path)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("creating state dir %s: %w", dir, err)

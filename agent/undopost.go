@@ -31,7 +31,7 @@ func interruptedPostRecord(pr *PostRecord, cycle string) *PostRecord {
 // snapshot of the interrupted post pr and reports step, with detail when it
 // succeeded. The caller records a failure (a.failed) as its own.
 func (a *Agent) restoreInterruptedPost(r *phaseRun, pr *PostRecord, step, detail string) error {
-	if err := a.save(&r.st, step); err != nil {
+	if err := a.saveRun(r, step); err != nil {
 		return err
 	}
 	t := time.Now()
@@ -80,7 +80,7 @@ func (a *Agent) undoInterruptedPost(ctx context.Context, r *phaseRun) error {
 		return fail(t, fmt.Errorf("app.dir is not set: cannot restore the snapshot %s", pr.Snapshot))
 	}
 	a.progress("undo-post: this cycle's post was interrupted during its update: restoring its snapshot %s before %s starts", pr.Snapshot, app)
-	if err := a.save(&r.st, step); err != nil {
+	if err := a.saveRun(r, step); err != nil {
 		return stillOut(err)
 	}
 	stopped := ""
@@ -103,7 +103,7 @@ func (a *Agent) undoInterruptedPost(ctx context.Context, r *phaseRun) error {
 	}
 	pr.Status, pr.Interrupted = StatusFailed, true
 	pr.Undone = fmt.Sprintf("exit restored the snapshot at %s", time.Now().UTC().Format(time.RFC3339))
-	if err := a.save(&r.st, step); err != nil {
+	if err := a.saveRun(r, step); err != nil {
 		return stillOut(err)
 	}
 	r.rep.Summary = append(r.rep.Summary, "interrupted post undone: dependencies as before post")

@@ -32,6 +32,7 @@ var wantAlerts = map[string]string{
 	"PatchagentDependenciesRolledBack": "warning",
 	"PatchagentExitForced":             "warning",
 	"PatchagentPhaseHung":              "critical",
+	"PatchagentStateUnrecorded":        "warning",
 	"PatchagentDaemonDown":             "warning",
 	"PatchagentTextfileStale":          "warning",
 }
