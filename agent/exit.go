@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"go.uber.org/zap"
@@ -284,6 +285,11 @@ func (a *Agent) closeCycle(r *phaseRun, status, msg string) {
 		a.d.State.Remember(r.st, err)
 		r.unrecorded = err
 		a.log.Error("recording the end of the cycle", zap.Error(err))
-		r.rep.Unrecorded = fmt.Sprintf("the end of the cycle was NOT recorded (%v): until %s is written again a reboot re-blocks the node, and the next exit returns it", err, a.d.State.Path)
+		cause := err
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			cause = pe.Err
+		}
+		r.rep.Unrecorded = fmt.Sprintf("the end of the cycle was NOT recorded in %s (%v): a reboot before it can be written re-blocks the node, and the next exit returns it", a.d.State.Path, cause)
 	}
 }
