@@ -183,9 +183,18 @@ func newFirewall(cfg Config, log *zap.Logger) (*firewall.Firewall, error) {
 	if err != nil {
 		return nil, configError(err)
 	}
+	// A block made under a config that managed IPv6 (traffic.ipv6 turned
+	// off during a cycle) is seen, and removed by exit.
+	if !cfg.Traffic.IPv6 {
+		if t, err := firewall.NewTables(firewall.IPv6, cfg.Traffic.LockWait.D()); err == nil {
+			if err := fw.WatchUnmanaged(firewall.IPv6, t); err != nil {
+				return nil, err
+			}
+		}
+	}
 	// A block made before the OS update switched the iptables backend is
 	// seen, and removed by exit, through the other backend's binary.
-	if others, err := firewall.OtherBackends(fams, cfg.Traffic.LockWait.D()); err != nil {
+	if others, err := firewall.OtherBackends([]firewall.Family{firewall.IPv4, firewall.IPv6}, cfg.Traffic.LockWait.D()); err != nil {
 		log.Warn("the other iptables backend is not watched", zap.Error(err))
 	} else {
 		fw.WatchOtherBackends(others)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +29,8 @@ import (
 // otherBackend is the other backend's Tables for one family, with the check
 // that it can hold anything at all.
 type otherBackend struct {
-	name   string // "legacy" or "nft"
+	fam    Family
+	name   string // "legacy" or "nft", or "unmanaged ipv6" (the selected backend of a family f does not manage)
 	t      Tables
 	loaded func() bool // false: nothing of anyone's is there, and listing would only load kernel modules
 }
@@ -114,20 +116,50 @@ func legacyFilterLoaded(f Family) bool {
 	return slices.Contains(strings.Fields(string(b)), filterTable)
 }
 
+// familyUp reports whether the calling thread's network namespace has the
+// family at all: a kernel booted with ipv6.disable=1 has no IPv6, no
+// ip6tables table to list, and nothing of ours in it.
+func familyUp(f Family) bool {
+	if f == IPv4 {
+		return true
+	}
+	_, err := os.Stat("/proc/thread-self/net/if_inet6")
+	return err == nil
+}
+
 // WatchOtherBackends gives f the other backend's Tables of some families
 // (OtherBackends): Status then reports our chain there as Stray, Unblock
-// removes it, and Block leaves it alone.
+// removes it, and Block leaves it alone. It adds to what WatchUnmanaged
+// gave.
 func (f *Firewall) WatchOtherBackends(others map[Family]Tables) {
+	fams := slices.Sorted(maps.Keys(others))
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.others = map[Family]*otherBackend{}
-	for fam, t := range others {
-		if b, ok := t.(*otherBackend); ok {
-			f.others[fam] = b
-		} else {
-			f.others[fam] = &otherBackend{name: "other", t: t, loaded: func() bool { return true }}
+	for _, fam := range fams {
+		b, ok := others[fam].(*otherBackend)
+		if !ok {
+			b = &otherBackend{name: "other", t: others[fam], loaded: func() bool { return true }}
 		}
+		b.fam = fam
+		f.watched = append(f.watched, b)
 	}
+}
+
+// WatchUnmanaged gives f the selected backend's Tables of a family it does
+// not manage: a block pre made there under an earlier config (traffic.ipv6
+// on then) is reported as Stray and removed by Unblock, not left refusing
+// that family's clients with nothing to manage it.
+func (f *Firewall) WatchUnmanaged(fam Family, t Tables) error {
+	if !fam.valid() {
+		return fmt.Errorf("firewall: unknown IP family %q", fam)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.tables[fam]; ok {
+		return fmt.Errorf("firewall: %s is managed, not only watched", fam)
+	}
+	f.watched = append(f.watched, &otherBackend{fam: fam, name: "unmanaged " + string(fam), t: t, loaded: func() bool { return familyUp(fam) }})
+	return nil
 }
 
 // The otherBackend is itself a Tables (what OtherBackends returns), so that
@@ -160,39 +192,36 @@ func (b *otherBackend) ClearAndDeleteChain(table, chain string) error {
 	return b.t.ClearAndDeleteChain(table, chain)
 }
 
-// strayStatus reads our chain and jumps in each watched other backend; it
-// returns only the families where something of ours is.
+// strayStatus reads our chain and jumps in each watched place; it returns
+// only the families where something of ours is.
 func (f *Firewall) strayStatus(ctx context.Context) (map[Family]FamilyStatus, error) {
 	var out map[Family]FamilyStatus
-	for _, fam := range f.families {
-		b := f.others[fam]
-		if b == nil {
-			continue
-		}
-		st, err := f.familyStatus(ctx, fam, b)
+	for _, b := range f.watched {
+		st, err := f.familyStatus(ctx, b.fam, b)
 		if err != nil {
 			return out, fmt.Errorf("reading the %s backend: %w", b.name, err)
 		}
-		if st.Present() {
-			if out == nil {
-				out = map[Family]FamilyStatus{}
-			}
-			out[fam] = st
+		if !st.Present() {
+			continue
 		}
+		if out == nil {
+			out = map[Family]FamilyStatus{}
+		}
+		if prev, ok := out[b.fam]; ok {
+			st = FamilyStatus{Chain: prev.Chain || st.Chain, Jumps: prev.Jumps + st.Jumps, OtherJumps: prev.OtherJumps + st.OtherJumps,
+				Rules: append(prev.Rules, st.Rules...), JumpFirst: prev.JumpFirst || st.JumpFirst}
+		}
+		out[b.fam] = st
 	}
 	return out, nil
 }
 
-// unblockStray removes our jumps and chain from every watched other
-// backend, and verifies.
+// unblockStray removes our jumps and chain from every watched place, and
+// verifies.
 func (f *Firewall) unblockStray(ctx context.Context) error {
 	var errs []error
-	for _, fam := range f.families {
-		b := f.others[fam]
-		if b == nil {
-			continue
-		}
-		st, err := f.familyStatus(ctx, fam, b)
+	for _, b := range f.watched {
+		st, err := f.familyStatus(ctx, b.fam, b)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("reading the %s backend: %w", b.name, err))
 			continue
@@ -200,11 +229,11 @@ func (f *Firewall) unblockStray(ctx context.Context) error {
 		if !st.Present() {
 			continue
 		}
-		f.log.Warn("removing a block of ours from the other iptables backend (the backend was switched since it was made)",
-			zap.String("family", string(fam)), zap.String("backend", b.name))
-		removed, err := f.removeJumps(ctx, fam, b)
+		f.log.Warn("removing a block of ours from where it is not managed (the iptables backend was switched, or the family is no longer configured, since it was made)",
+			zap.String("family", string(b.fam)), zap.String("backend", b.name))
+		removed, err := f.removeJumps(ctx, b.fam, b)
 		if err == nil {
-			err = f.cleanUpFamily(ctx, fam, b, removed)
+			err = f.cleanUpFamily(ctx, b.fam, b, removed)
 		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("the %s backend: %w", b.name, err))

@@ -124,3 +124,83 @@ func TestFirewallBackendSwitchedBetweenPreAndExit(t *testing.T) {
 		})
 	}
 }
+
+// TestFirewallFamilyDroppedBetweenPreAndExit: R7 of issue 13 with the real
+// iptables in a namespace of the test's own. pre blocked IPv4 and IPv6;
+// the config was then edited to traffic.ipv6: false. exit's Firewall
+// manages IPv4 only, and watches IPv6 (WatchUnmanaged): Status sees the
+// v6 block as Stray and Unblock removes it. Before, it was left refusing
+// IPv6 clients with nothing to manage it.
+func TestFirewallFamilyDroppedBetweenPreAndExit(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (network namespaces, iptables)")
+	}
+	fwHostRulesUnchanged(t)
+	setupFirewallNetns(t)
+	fwStartEchoServer(t)
+	for _, addr := range []string{net.JoinHostPort(fwSrv4, "8443"), net.JoinHostPort(fwSrv6, "8443")} {
+		fwWaitDialable(t, fwCliNS, addr)
+	}
+	rules := Rules{Ports: []uint16{fwPort}, Action: Reject}
+	tablesOf := func(fams ...Family) map[Family]Tables {
+		out := map[Family]Tables{}
+		for _, fam := range fams {
+			tb, err := NewTables(fam, 2*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[fam] = tb
+		}
+		return out
+	}
+	pre, err := New(zaptest.NewLogger(t), tablesOf(IPv4, IPv6), rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fwInSrv(func() error { return pre.Block(context.Background()) }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fwInSrv(func() error { return pre.Unblock(context.Background()) }) })
+	refused := func(addr string) bool {
+		c, err := fwDialIn(fwCliNS, net.JoinHostPort(addr, "8443"), time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return errors.Is(err, syscall.ECONNREFUSED)
+	}
+	if !refused(fwSrv6) {
+		t.Fatal("pre's v6 block does not refuse")
+	}
+
+	exit, err := New(zaptest.NewLogger(t), tablesOf(IPv4), rules)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := exit.WatchUnmanaged(IPv6, tablesOf(IPv6)[IPv6]); err != nil {
+		t.Fatal(err)
+	}
+	var st Status
+	if err := fwInSrv(func() (err error) { st, err = exit.Status(context.Background()); return }); err != nil {
+		t.Fatal(err)
+	}
+	if !st.Blocked() || !st.Stray[IPv6].Chain || st.Stray[IPv6].Jumps != 1 {
+		t.Fatalf("after the edit: blocked %v, stray %+v; want IPv4 blocked and the v6 block seen as stray", st.Blocked(), st.Stray)
+	}
+	if err := fwInSrv(func() error { return exit.Unblock(context.Background()) }); err != nil {
+		t.Fatalf("Unblock: %v", err)
+	}
+	if err := fwInSrv(func() (err error) { st, err = exit.Status(context.Background()); return }); err != nil {
+		t.Fatal(err)
+	}
+	if st.Present() {
+		t.Errorf("after Unblock: %+v", st)
+	}
+	for _, addr := range []string{fwSrv4, fwSrv6} {
+		if refused(addr) {
+			t.Errorf("%s still refused after Unblock", addr)
+		}
+	}
+	if err := exit.WatchUnmanaged(IPv4, tablesOf(IPv4)[IPv4]); err == nil {
+		t.Error("WatchUnmanaged accepted a managed family")
+	}
+}

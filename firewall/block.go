@@ -82,9 +82,11 @@ type Firewall struct {
 	specs    [][]string // one rulespec per port, in Rules.Ports order
 	lines    []string   // the same rules as iptables -S prints them
 	retry    retryPolicy
-	// others are the other iptables backend's tables (backend.go), watched
-	// and cleaned, never written.
-	others map[Family]*otherBackend
+	// watched are the places a block of ours may be that f does not
+	// write (backend.go): the other iptables backend of each family, and
+	// the families the config no longer manages. Status reports them as
+	// Stray, Unblock removes what is there.
+	watched []*otherBackend
 
 	mu sync.Mutex
 }
@@ -462,10 +464,11 @@ func (s FamilyStatus) blocked() bool { return s.Chain && s.Jumps == 1 && s.Rules
 // Status is the block's state in every managed family.
 type Status struct {
 	Families map[Family]FamilyStatus
-	// Stray is what of ours is in the other iptables backend, by family
-	// (only families where something is): a block made before the backend
-	// was switched, which still refuses connections. Present counts it;
-	// Blocked does not (Block writes the selected backend only).
+	// Stray is what of ours is where f does not write, by family (only
+	// families where something is): in the other iptables backend (a block
+	// made before the backend was switched), or in a family the config no
+	// longer manages (traffic.ipv6 turned off during a cycle). It still
+	// refuses connections: Present counts it; Blocked does not.
 	Stray map[Family]FamilyStatus
 }
 
