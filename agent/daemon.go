@@ -40,6 +40,9 @@ type DaemonOptions struct {
 	// Watchdog is systemd's watchdog interval from NewSystemdNotifier
 	// (0: no WATCHDOG=1 pings).
 	Watchdog time.Duration
+	// Agent, if set, is the Agent each iteration works with (Live.Agent:
+	// one rebuilt from an edited config); nil keeps RunDaemon's.
+	Agent func() *Agent
 }
 
 // phaseServer is what RunDaemon needs of the control socket's Server: the
@@ -239,6 +242,9 @@ func (d *daemonLoop) initialStatus(ctx context.Context) string {
 // iterate is one pass of the main loop; WATCHDOG=1 only at its end.
 func (d *daemonLoop) iterate(ctx context.Context) {
 	defer d.ping()
+	if d.o.Agent != nil {
+		d.a = d.o.Agent()
+	}
 	st, err := d.a.d.State.Load()
 	if d.logErr("state", "reading the state file", err) {
 		d.setStatus("state file unreadable")
@@ -401,13 +407,14 @@ func (d *daemonLoop) runExit(why string) {
 	d.rec.why = why
 	d.rec.mu.Unlock()
 	d.rec.wg.Add(1)
+	a := d.a
 	go func() {
 		defer d.rec.wg.Done()
 		// No wait for the lock: a phase holding it (a pre that just opened
 		// a cycle) has made the reason for this exit stale.
-		rep := d.a.Exit(d.phaseCtx, RunOptions{NoLockWait: true})
+		rep := a.Exit(d.phaseCtx, RunOptions{NoLockWait: true})
 		d.rec.mu.Lock()
-		d.rec.why, d.rec.ended = "", d.a.d.Now()
+		d.rec.why, d.rec.ended = "", a.d.Now()
 		d.rec.mu.Unlock()
 		if rep.ExitCode != 0 {
 			d.log.Error("daemon's exit failed", zap.String("reason", why), zap.String("verdict", rep.Verdict()))

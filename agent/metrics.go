@@ -55,6 +55,8 @@ type Metrics struct {
 	PhaseRunning *prometheus.GaugeVec // patchagent_phase_running_seconds{phase}
 
 	StateUnrecorded prometheus.Gauge // patchagent_state_unrecorded
+
+	ReloadOK prometheus.Gauge // patchagent_config_last_reload_successful
 }
 
 // NewMetrics creates the metrics and registers them on reg, with
@@ -121,6 +123,10 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Name: "patchagent_phase_running_seconds",
 			Help: "How long the phase the daemon runs has been running (0 for the others), refreshed every daemon.watch_interval: a phase past its SSM document's timeout is hung (PatchagentPhaseHung).",
 		}, []string{"phase"}),
+		ReloadOK: f.NewGauge(prometheus.GaugeOpts{
+			Name: "patchagent_config_last_reload_successful",
+			Help: "Whether the daemon's last reading of its config file (at start, on SIGHUP, before a new cycle) was used: 0 means the file was edited into something it refused, and it runs the config it had.",
+		}),
 		StateUnrecorded: f.NewGauge(prometheus.GaugeOpts{
 			Name: "patchagent_state_unrecorded",
 			Help: "1 while the state file could not be written (state disk full or read-only) and the daemon holds the node's state in memory: exit returned the node, but a reboot re-blocks it until the file is written again.",
@@ -156,6 +162,8 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 	}
 	m.HealthAttempts.WithLabelValues("success")
 	m.HealthAttempts.WithLabelValues("failure")
+	// The config a process starts with is used (or it does not start).
+	m.ReloadOK.Set(1)
 	return m
 }
 
@@ -289,6 +297,9 @@ func (m *Metrics) observeState(st State) {
 // read it). The last of ObserveBlock and ObservePhase wins: each is the
 // freshest view when it is called.
 func (m *Metrics) ObserveBlock(blocked bool) { m.Blocked.Set(bool01(blocked)) }
+
+// ObserveReload records whether the daemon's last config reload worked.
+func (m *Metrics) ObserveReload(ok bool) { m.ReloadOK.Set(bool01(ok)) }
 
 // ObserveStateUnrecorded records whether the state file is behind what the
 // process knows (StateStore.Unrecorded).

@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -53,7 +56,8 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Info("boot re-block", zap.String("verdict", verdict))
 	}
 	reg, metrics := agent.NewRegistry(version)
-	a, err := agent.Build(cfg, log, io.Discard, nil, metrics)
+	build := func(cfg agent.Config) (*agent.Agent, error) { return agent.Build(cfg, log, io.Discard, nil, metrics) }
+	a, err := build(cfg)
 	if err != nil {
 		log.Error("cannot start", zap.Error(err))
 		return agent.ExitFailed
@@ -67,9 +71,23 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 	if err != nil {
 		abs = *path
 	}
-	srv := agent.NewServer(log, ln, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
-		return a.WithProgress(progress).RunPhase(ctx, phase, opt)
-	})
+	// An edited config is picked up on SIGHUP (systemctl reload) and before
+	// each new cycle.
+	live := agent.NewLive(abs, a, log, build)
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				_, _ = live.Reload(ctx, "SIGHUP")
+			}
+		}
+	}()
+	srv := agent.NewServer(log, ln, live.RunPhase)
 	srv.ServeConfig(abs)
 	hs := agent.NewMetricsServer(reg, agent.MetricsTimeouts{})
 	go agent.ServeMetrics(ctx, log, cfg.Daemon.MetricsListen, hs, metrics.MetricsListenFailures)
@@ -81,7 +99,7 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx) }()
 	log.Info("daemon started", zap.String("socket", cfg.Daemon.Socket), zap.String("metrics", cfg.Daemon.MetricsListen), zap.Duration("watchdog", watchdog))
-	if err := a.RunDaemon(ctx, srv, notifier, agent.DaemonOptions{Watchdog: watchdog, Tick: cfg.Daemon.WatchInterval.D(), BootReblocked: reblocked}); err != nil {
+	if err := a.RunDaemon(ctx, srv, notifier, agent.DaemonOptions{Agent: live.Agent, Watchdog: watchdog, Tick: cfg.Daemon.WatchInterval.D(), BootReblocked: reblocked}); err != nil {
 		log.Error("daemon stopped", zap.Error(err))
 		return agent.ExitFailed
 	}

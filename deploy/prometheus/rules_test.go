@@ -33,6 +33,7 @@ var wantAlerts = map[string]string{
 	"PatchagentExitForced":             "warning",
 	"PatchagentPhaseHung":              "critical",
 	"PatchagentStateUnrecorded":        "warning",
+	"PatchagentConfigReloadFailed":     "warning",
 	"PatchagentDaemonDown":             "warning",
 	"PatchagentTextfileStale":          "warning",
 }
