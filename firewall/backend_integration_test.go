@@ -32,12 +32,7 @@ func TestFirewallBackendSwitchedBetweenPreAndExit(t *testing.T) {
 			t.Skipf("%s not installed", bin)
 		}
 	}
-	fwHostRulesUnchanged(t)
-	setupFirewallNetns(t)
-	fwStartEchoServer(t)
-	for _, addr := range []string{net.JoinHostPort(fwSrv4, "8443"), net.JoinHostPort(fwSrv6, "8443")} {
-		fwWaitDialable(t, fwCliNS, addr)
-	}
+	setupEchoNetns(t)
 	rules := Rules{Ports: []uint16{fwPort}, Action: Reject}
 
 	for _, tt := range []struct{ before, after string }{{"legacy", "nft"}, {"nft", "legacy"}} {
@@ -84,35 +79,23 @@ func TestFirewallBackendSwitchedBetweenPreAndExit(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { fwInSrv(func() error { return pre.Unblock(context.Background()) }) })
-			refused := func() bool {
-				c, err := fwDialIn(fwCliNS, net.JoinHostPort(fwSrv4, "8443"), time.Second)
-				if err == nil {
-					c.Close()
-				}
-				return errors.Is(err, syscall.ECONNREFUSED)
-			}
-			if !refused() {
+			if !refusedAt(fwSrv4) {
 				t.Fatal("the block made before the switch does not refuse")
 			}
 
 			exit := firewall(tt.after)
-			var st Status
-			if err := fwInSrv(func() (err error) { st, err = exit.Status(context.Background()); return }); err != nil {
-				t.Fatal(err)
-			}
+			st := statusInSrv(t, exit)
 			if !st.Present() || st.Blocked() || len(st.Stray) != 2 || !st.Stray[IPv4].Chain || st.Stray[IPv6].Jumps != 1 {
 				t.Fatalf("after the switch: present %v, blocked %v, stray %+v; want the old block seen as stray in both families", st.Present(), st.Blocked(), st.Stray)
 			}
 			if err := fwInSrv(func() error { return exit.Unblock(context.Background()) }); err != nil {
 				t.Fatalf("Unblock after the switch: %v", err)
 			}
-			if err := fwInSrv(func() (err error) { st, err = exit.Status(context.Background()); return }); err != nil {
-				t.Fatal(err)
-			}
+			st = statusInSrv(t, exit)
 			if st.Present() {
 				t.Errorf("after Unblock: %+v", st)
 			}
-			if refused() {
+			if refusedAt(fwSrv4) {
 				t.Error("still refused after Unblock")
 			}
 			for _, bin := range []string{"iptables-legacy", "iptables-nft", "ip6tables-legacy", "ip6tables-nft"} {
@@ -135,12 +118,7 @@ func TestFirewallFamilyDroppedBetweenPreAndExit(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (network namespaces, iptables)")
 	}
-	fwHostRulesUnchanged(t)
-	setupFirewallNetns(t)
-	fwStartEchoServer(t)
-	for _, addr := range []string{net.JoinHostPort(fwSrv4, "8443"), net.JoinHostPort(fwSrv6, "8443")} {
-		fwWaitDialable(t, fwCliNS, addr)
-	}
+	setupEchoNetns(t)
 	rules := Rules{Ports: []uint16{fwPort}, Action: Reject}
 	tablesOf := func(fams ...Family) map[Family]Tables {
 		out := map[Family]Tables{}
@@ -161,14 +139,7 @@ func TestFirewallFamilyDroppedBetweenPreAndExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fwInSrv(func() error { return pre.Unblock(context.Background()) }) })
-	refused := func(addr string) bool {
-		c, err := fwDialIn(fwCliNS, net.JoinHostPort(addr, "8443"), time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return errors.Is(err, syscall.ECONNREFUSED)
-	}
-	if !refused(fwSrv6) {
+	if !refusedAt(fwSrv6) {
 		t.Fatal("pre's v6 block does not refuse")
 	}
 
@@ -179,28 +150,55 @@ func TestFirewallFamilyDroppedBetweenPreAndExit(t *testing.T) {
 	if err := exit.WatchUnmanaged(IPv6, tablesOf(IPv6)[IPv6]); err != nil {
 		t.Fatal(err)
 	}
-	var st Status
-	if err := fwInSrv(func() (err error) { st, err = exit.Status(context.Background()); return }); err != nil {
-		t.Fatal(err)
-	}
+	st := statusInSrv(t, exit)
 	if !st.Blocked() || !st.Stray[IPv6].Chain || st.Stray[IPv6].Jumps != 1 {
 		t.Fatalf("after the edit: blocked %v, stray %+v; want IPv4 blocked and the v6 block seen as stray", st.Blocked(), st.Stray)
 	}
 	if err := fwInSrv(func() error { return exit.Unblock(context.Background()) }); err != nil {
 		t.Fatalf("Unblock: %v", err)
 	}
-	if err := fwInSrv(func() (err error) { st, err = exit.Status(context.Background()); return }); err != nil {
-		t.Fatal(err)
-	}
+	st = statusInSrv(t, exit)
 	if st.Present() {
 		t.Errorf("after Unblock: %+v", st)
 	}
 	for _, addr := range []string{fwSrv4, fwSrv6} {
-		if refused(addr) {
+		if refusedAt(addr) {
 			t.Errorf("%s still refused after Unblock", addr)
 		}
 	}
 	if err := exit.WatchUnmanaged(IPv4, tablesOf(IPv4)[IPv4]); err == nil {
 		t.Error("WatchUnmanaged accepted a managed family")
 	}
+}
+
+// setupEchoNetns makes the test's namespaces with the echo server on
+// 8443, dialable on both families, and checks the host's rules unchanged.
+func setupEchoNetns(t *testing.T) {
+	t.Helper()
+	fwHostRulesUnchanged(t)
+	setupFirewallNetns(t)
+	fwStartEchoServer(t)
+	for _, addr := range []string{net.JoinHostPort(fwSrv4, "8443"), net.JoinHostPort(fwSrv6, "8443")} {
+		fwWaitDialable(t, fwCliNS, addr)
+	}
+}
+
+// refusedAt reports whether a new connection from the client namespace to
+// addr:8443 is refused.
+func refusedAt(addr string) bool {
+	c, err := fwDialIn(fwCliNS, net.JoinHostPort(addr, "8443"), time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// statusInSrv is fw's Status read in the server namespace.
+func statusInSrv(t *testing.T, fw *Firewall) Status {
+	t.Helper()
+	var st Status
+	if err := fwInSrv(func() (err error) { st, err = fw.Status(context.Background()); return }); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
