@@ -57,6 +57,7 @@ type Metrics struct {
 	StateUnrecorded prometheus.Gauge // patchagent_state_unrecorded
 
 	ReloadOK prometheus.Gauge // patchagent_config_last_reload_successful
+	Degraded prometheus.Gauge // patchagent_daemon_degraded
 }
 
 // NewMetrics creates the metrics and registers them on reg, with
@@ -123,6 +124,10 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Name: "patchagent_phase_running_seconds",
 			Help: "How long the phase the daemon runs has been running (0 for the others), refreshed every daemon.watch_interval: a phase past its SSM document's timeout is hung (PatchagentPhaseHung).",
 		}, []string{"phase"}),
+		Degraded: f.NewGauge(prometheus.GaugeOpts{
+			Name: "patchagent_daemon_degraded",
+			Help: "1 while the daemon is up but cannot build its agent (app user unknown, pm2 or the CA file missing): it retries, the boot re-block stands, and the hooks run their phases in their own process.",
+		}),
 		ReloadOK: f.NewGauge(prometheus.GaugeOpts{
 			Name: "patchagent_config_last_reload_successful",
 			Help: "Whether the daemon's last reading of its config file (at start, on SIGHUP, before a new cycle) was used: 0 means the file was edited into something it refused, and it runs the config it had.",
@@ -297,6 +302,9 @@ func (m *Metrics) observeState(st State) {
 // read it). The last of ObserveBlock and ObservePhase wins: each is the
 // freshest view when it is called.
 func (m *Metrics) ObserveBlock(blocked bool) { m.Blocked.Set(bool01(blocked)) }
+
+// ObserveDegraded records whether the daemon is degraded (BuildOrWait).
+func (m *Metrics) ObserveDegraded(degraded bool) { m.Degraded.Set(bool01(degraded)) }
 
 // ObserveReload records whether the daemon's last config reload worked.
 func (m *Metrics) ObserveReload(ok bool) { m.ReloadOK.Set(bool01(ok)) }

@@ -56,11 +56,19 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Info("boot re-block", zap.String("verdict", verdict))
 	}
 	reg, metrics := agent.NewRegistry(version)
+	hs := agent.NewMetricsServer(reg, agent.MetricsTimeouts{})
+	go agent.ServeMetrics(ctx, log, cfg.Daemon.MetricsListen, hs, metrics.MetricsListenFailures)
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+	}()
 	build := func(cfg agent.Config) (*agent.Agent, error) { return agent.Build(cfg, log, io.Discard, nil, metrics) }
-	a, err := build(cfg)
+	// What Build needs beyond the state file and iptables may not be there
+	// yet at boot: the daemon stays up, degraded, and retries.
+	a, err := agent.BuildOrWait(ctx, func() (*agent.Agent, error) { return build(cfg) }, notifier, watchdog, log, metrics)
 	if err != nil {
-		log.Error("cannot start", zap.Error(err))
-		return agent.ExitFailed
+		return agent.ExitOK // stopped while degraded
 	}
 	ln, err := agent.ListenControl(cfg.Daemon.Socket)
 	if err != nil {
@@ -89,13 +97,6 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 	}()
 	srv := agent.NewServer(log, ln, live.RunPhase)
 	srv.ServeConfig(abs)
-	hs := agent.NewMetricsServer(reg, agent.MetricsTimeouts{})
-	go agent.ServeMetrics(ctx, log, cfg.Daemon.MetricsListen, hs, metrics.MetricsListenFailures)
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(sctx)
-	}()
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx) }()
 	log.Info("daemon started", zap.String("socket", cfg.Daemon.Socket), zap.String("metrics", cfg.Daemon.MetricsListen), zap.Duration("watchdog", watchdog))

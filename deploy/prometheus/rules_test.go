@@ -34,6 +34,7 @@ var wantAlerts = map[string]string{
 	"PatchagentPhaseHung":              "critical",
 	"PatchagentStateUnrecorded":        "warning",
 	"PatchagentConfigReloadFailed":     "warning",
+	"PatchagentDaemonDegraded":         "warning",
 	"PatchagentDaemonDown":             "warning",
 	"PatchagentTextfileStale":          "warning",
 }

@@ -143,6 +143,7 @@ func feed(m *agent.Metrics) {
 	now := time.Unix(1_700_000_000, 0)
 	m.ObserveStateUnrecorded(true)
 	m.ObserveReload(false)
+	m.ObserveDegraded(true)
 	open := agent.State{Open: true, CycleID: "c1", Block: &agent.BlockRecord{Since: now}}
 	m.ObservePhase(&agent.Report{Phase: "pre", Result: agent.ResultOK, Duration: 3 * time.Second,
 		Steps: []agent.StepReport{{Name: "block", Result: agent.ResultOK, Dur: time.Millisecond}, {Name: "drain", Result: agent.ResultOK, Dur: 2 * time.Second}},
