@@ -176,7 +176,7 @@ func (a *Agent) save(st *State, step string) error {
 	st.Step = step
 	st.UpdatedAt = a.d.Now().UTC()
 	if err := a.d.State.Save(*st); err != nil {
-		return fmt.Errorf("recording intent %q before acting: %w", step, err)
+		return &intentError{step: step, err: err}
 	}
 	if a.d.AfterSave != nil {
 		a.d.AfterSave(step)

@@ -26,7 +26,7 @@ func stillOut(err error) error {
 }
 
 func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
-	app, rep := a.cfg.App.Name, r.rep
+	rep := r.rep
 	t := time.Now()
 	fw, err := a.d.Firewall.Status(ctx)
 	if err != nil {
@@ -51,22 +51,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 		return a.exitNoCycle(ctx, r, blocked)
 	}
 	if r.opt.DryRun {
-		rep.Result = ResultDryRun
-		if !blocked {
-			rep.Plan = append(rep.Plan, "re-apply the block first (the cycle is open but the rules are gone):")
-			rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
-		}
-		rep.Plan = append(rep.Plan, a.undoPostPlan(r.st)...)
-		rep.Plan = append(rep.Plan,
-			fmt.Sprintf("pm2 start %s, through the pm2 daemon of user %s, unless it is online (from %s with the pm2 CLI as that user if pm2 no longer knows it)", app, a.d.AppUser, orNone(a.cfg.App.Ecosystem)),
-			fmt.Sprintf("wait until %s passes %d time(s) in a row (at most %s), the app staying online without restarts", a.d.HealthName, a.cfg.Health.Successes, a.cfg.Health.Deadline),
-			fmt.Sprintf("remove chain %s and its jump from INPUT (%s)", firewall.Chain, famShort(a.d.Firewall.Families())))
-		for _, u := range a.cfg.Steps.StopUnits {
-			rep.Plan = append(rep.Plan, "systemctl start "+u)
-		}
-		for _, c := range a.cfg.Steps.ExitCommands {
-			rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
-		}
+		a.exitPlan(r, blocked)
 		return nil
 	}
 
@@ -75,63 +60,87 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 	// reboot (or another tool's flush) the rules are gone while the cycle is
 	// open, so they go back first.
 	if !fw.Blocked() {
-		if err := a.saveRun(r, "reblock"); err != nil {
-			return stillOut(err)
+		err := a.step(r, "reblock", func() (stepOut, error) {
+			if err := a.d.Firewall.Block(ctx); err != nil {
+				return stepOut{}, fmt.Errorf("re-applying the block: %w", err)
+			}
+			rep.Reblocked = true
+			return passed("the cycle is open and the rules were gone: block re-applied before any check")
+		})
+		if err != nil {
+			return a.exitFailed(ctx, r, err)
 		}
-		t = time.Now()
-		if err := a.d.Firewall.Block(ctx); err != nil {
-			rep.addStep("reblock", ResultFailed, time.Since(t), "")
-			return a.exitFailed(ctx, r, fmt.Errorf("re-applying the block: %w", err))
-		}
-		rep.addStep("reblock", ResultOK, time.Since(t), "the cycle is open and the rules were gone: block re-applied before any check")
-		rep.Reblocked = true
 	}
 	// A post killed mid-update left a half-updated tree: its snapshot goes
 	// back before the app starts (undopost.go), or the node stays out.
 	if err := a.undoInterruptedPost(ctx, r); err != nil {
 		return err
 	}
-
-	if err := a.saveRun(r, "start"); err != nil {
-		return stillOut(err)
-	}
-	t = time.Now()
-	started, ids, err := a.startApp(ctx)
-	if err != nil {
-		rep.addStep("start", ResultFailed, time.Since(t), "")
-		if rerr, done := a.tryRollback(ctx, r, err); done {
-			return rerr
+	var ids []int
+	err = a.step(r, "start", func() (stepOut, error) {
+		started, got, err := a.startApp(ctx)
+		if err != nil {
+			return stepOut{}, err
 		}
-		return a.exitFailed(ctx, r, err)
-	}
-	rep.addStep("start", ResultOK, time.Since(t), started)
-	if started != "" && started != "already online" {
-		rep.Summary = append(rep.Summary, started)
-	}
-
-	if err := a.saveRun(r, "health"); err != nil {
-		return stillOut(err)
-	}
-	t = time.Now()
-	so, err := a.waitStable(ctx, ids)
-	out := so.Health
-	rep.Health = healthSummary(out, err)
-	if err != nil {
-		rep.addStep("health", ResultFailed, time.Since(t), "")
-		if rerr, done := a.tryRollback(ctx, r, err); done {
-			return rerr
+		ids = got
+		if started != "" && started != "already online" {
+			rep.Summary = append(rep.Summary, started)
 		}
-		return a.exitFailed(ctx, r, err)
+		return passed(started)
+	})
+	if err != nil {
+		return a.exitUnhealthy(ctx, r, err)
 	}
-	healthy := fmt.Sprintf("healthy after %d attempt(s) in %s", out.Attempts, out.Elapsed.Round(10*time.Millisecond))
-	rep.addStep("health", ResultOK, time.Since(t), healthy+" over loopback; "+so.Stable)
-	rep.Summary = append(rep.Summary, healthy)
-
+	err = a.step(r, "health", func() (stepOut, error) {
+		so, err := a.waitStable(ctx, ids)
+		out := so.Health
+		rep.Health = healthSummary(out, err)
+		if err != nil {
+			return stepOut{}, err
+		}
+		healthy := fmt.Sprintf("healthy after %d attempt(s) in %s", out.Attempts, out.Elapsed.Round(10*time.Millisecond))
+		rep.Summary = append(rep.Summary, healthy)
+		return passed(healthy + " over loopback; " + so.Stable)
+	})
+	if err != nil {
+		return a.exitUnhealthy(ctx, r, err)
+	}
 	if err := a.unblockAndRestore(ctx, r); err != nil {
 		return err
 	}
 	a.closeCycle(r, StatusOK, "")
 	return nil
+}
+
+// exitPlan is a dry run's plan of exit with a cycle open.
+func (a *Agent) exitPlan(r *phaseRun, blocked bool) {
+	rep, app := r.rep, a.cfg.App.Name
+	rep.Result = ResultDryRun
+	if !blocked {
+		rep.Plan = append(rep.Plan, "re-apply the block first (the cycle is open but the rules are gone):")
+		rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
+	}
+	rep.Plan = append(rep.Plan, a.undoPostPlan(r.st)...)
+	rep.Plan = append(rep.Plan,
+		fmt.Sprintf("pm2 start %s, through the pm2 daemon of user %s, unless it is online (from %s with the pm2 CLI as that user if pm2 no longer knows it)", app, a.d.AppUser, orNone(a.cfg.App.Ecosystem)),
+		fmt.Sprintf("wait until %s passes %d time(s) in a row (at most %s), the app staying online without restarts", a.d.HealthName, a.cfg.Health.Successes, a.cfg.Health.Deadline),
+		fmt.Sprintf("remove chain %s and its jump from INPUT (%s)", firewall.Chain, famShort(a.d.Firewall.Families())))
+	for _, u := range a.cfg.Steps.StopUnits {
+		rep.Plan = append(rep.Plan, "systemctl start "+u)
+	}
+	for _, c := range a.cfg.Steps.ExitCommands {
+		rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
+	}
+}
+
+// exitUnhealthy is exit's answer to an app that did not start or pass its
+// check: this cycle's dependency update rolled back if that is what broke
+// it (exit.rollback), else exit.on_failure.
+func (a *Agent) exitUnhealthy(ctx context.Context, r *phaseRun, cause error) error {
+	if err, done := a.tryRollback(ctx, r, cause); done {
+		return err
+	}
+	return a.exitFailed(ctx, r, cause)
 }
 
 func healthSummary(o healthcheck.Outcome, err error) *HealthSummary {
@@ -211,18 +220,17 @@ func (a *Agent) startApp(ctx context.Context) (string, []int, error) {
 
 // unblockAndRestore returns the node to service and starts what pre stopped.
 func (a *Agent) unblockAndRestore(ctx context.Context, r *phaseRun) error {
-	rep := r.rep
-	if err := a.saveRun(r, "unblock"); err != nil {
-		return stillOut(err)
+	err := a.step(r, "unblock", func() (stepOut, error) {
+		if err := a.d.Firewall.Unblock(ctx); err != nil {
+			return stepOut{}, fmt.Errorf("unblocking: %w", err)
+		}
+		fams := famShort(a.d.Firewall.Families())
+		r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("unblocked %s/tcp %s", portList(a.cfg.Traffic.Ports), fams))
+		return passed(fmt.Sprintf("chain and jump removed (%s), verified", fams))
+	})
+	if err != nil {
+		return a.exitFailed(ctx, r, err)
 	}
-	t := time.Now()
-	if err := a.d.Firewall.Unblock(ctx); err != nil {
-		rep.addStep("unblock", ResultFailed, time.Since(t), "")
-		return a.exitFailed(ctx, r, fmt.Errorf("unblocking: %w", err))
-	}
-	fams := famShort(a.d.Firewall.Families())
-	rep.addStep("unblock", ResultOK, time.Since(t), fmt.Sprintf("chain and jump removed (%s), verified", fams))
-	rep.Summary = append(rep.Summary, fmt.Sprintf("unblocked %s/tcp %s", portList(a.cfg.Traffic.Ports), fams))
 	return a.restoreExtras(ctx, r)
 }
 
@@ -232,28 +240,24 @@ func (a *Agent) restoreExtras(ctx context.Context, r *phaseRun) error {
 	if len(a.cfg.Steps.StopUnits) == 0 && len(a.cfg.Steps.ExitCommands) == 0 {
 		return nil
 	}
-	if err := a.saveRun(r, "restore"); err != nil {
-		return err
-	}
-	t := time.Now()
-	for _, u := range a.cfg.Steps.StopUnits {
-		if err := a.d.Units.Start(ctx, u); err != nil {
-			r.rep.addStep("restore", ResultFailed, time.Since(t), "")
-			err = nodeLeft(nodeBackBut, err)
-			a.closeCycle(r, StatusFailed, err.Error())
-			return err
+	err := a.step(r, "restore", func() (stepOut, error) {
+		for _, u := range a.cfg.Steps.StopUnits {
+			if err := a.d.Units.Start(ctx, u); err != nil {
+				return stepOut{}, err
+			}
 		}
-	}
-	for _, c := range a.cfg.Steps.ExitCommands {
-		if err := a.d.Commands.Run(ctx, c); err != nil {
-			r.rep.addStep("restore", ResultFailed, time.Since(t), "")
-			err = nodeLeft(nodeBackBut, err)
-			a.closeCycle(r, StatusFailed, err.Error())
-			return err
+		for _, c := range a.cfg.Steps.ExitCommands {
+			if err := a.d.Commands.Run(ctx, c); err != nil {
+				return stepOut{}, err
+			}
 		}
+		return passed(fmt.Sprintf("%d unit(s) started, %d command(s) run", len(a.cfg.Steps.StopUnits), len(a.cfg.Steps.ExitCommands)))
+	})
+	if err != nil {
+		err = nodeLeft(nodeBackBut, err)
+		a.closeCycle(r, StatusFailed, err.Error())
 	}
-	r.rep.addStep("restore", ResultOK, time.Since(t), fmt.Sprintf("%d unit(s) started, %d command(s) run", len(a.cfg.Steps.StopUnits), len(a.cfg.Steps.ExitCommands)))
-	return nil
+	return err
 }
 
 // exitFailed applies exit.on_failure: keep the node blocked (default), or

@@ -216,10 +216,8 @@ func isForced(err error) bool {
 
 // exitForce is exit --force, after exit's check step read the firewall.
 func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) error {
-	f, rep, app := r.opt.Force, r.rep, a.cfg.App.Name
-	ours := fw.Present()
-	fams := famShort(a.d.Firewall.Families())
-	if !r.st.Open && !ours {
+	f, rep := r.opt.Force, r.rep
+	if !r.st.Open && !fw.Present() {
 		rep.Summary = append(rep.Summary, "nothing to do: no patch cycle open and no block of ours (--force changed nothing)")
 		return nil
 	}
@@ -232,24 +230,7 @@ func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) 
 		notUndone = fmt.Sprintf("this cycle's post was interrupted during its dependency update and --force does NOT undo it: %s may hold a half-updated node_modules (snapshot %s); `patchagent exit` without --force restores it before starting the app", a.cfg.App.Dir, pr.Snapshot)
 	}
 	if r.opt.DryRun {
-		rep.Result = ResultDryRun
-		rep.Plan = append(rep.Plan, "break-glass requested by "+by+": no health check")
-		rep.Plan = append(rep.Plan, fmt.Sprintf("remove chain %s and its jump from INPUT (%s)", firewall.Chain, fams))
-		if !r.st.Open {
-			rep.Plan = append(rep.Plan, "(no cycle is open: only the leftover block of ours is removed)")
-			return nil
-		}
-		rep.Plan = append(rep.Plan, fmt.Sprintf("close cycle %s with status forced", r.st.CycleID),
-			fmt.Sprintf("pm2 start %s, through the pm2 daemon of user %s, unless it is online (no health check)", app, a.d.AppUser))
-		for _, u := range a.cfg.Steps.StopUnits {
-			rep.Plan = append(rep.Plan, "systemctl start "+u)
-		}
-		for _, c := range a.cfg.Steps.ExitCommands {
-			rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
-		}
-		if notUndone != "" {
-			rep.warn("%s", notUndone)
-		}
+		a.forcePlan(r, by, notUndone)
 		return nil
 	}
 
@@ -268,34 +249,30 @@ func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) 
 		rec.Cycle = r.st.CycleID
 	}
 	r.st.Forced = rec
-	if err := a.saveRun(r, "force"); err != nil {
-		return stillOut(err)
-	}
-	rep.addStep("force", ResultOK, 0, "break-glass by "+by+"; no health check")
-
-	t := time.Now()
-	if err := a.d.Firewall.Unblock(ctx); err != nil {
-		rep.addStep("unblock", ResultFailed, time.Since(t), "")
+	_ = a.step(r, "force", func() (stepOut, error) { return passed("break-glass by " + by + "; no health check") })
+	err := a.step(r, "unblock", func() (stepOut, error) {
+		if err := a.d.Firewall.Unblock(ctx); err != nil {
+			return stepOut{}, err
+		}
+		fams := famShort(a.d.Firewall.Families())
+		rep.Summary = append(rep.Summary, fmt.Sprintf("unblocked %s/tcp %s", portList(a.cfg.Traffic.Ports), fams))
+		return passed(fmt.Sprintf("chain and jump removed (%s), verified", fams))
+	})
+	if err != nil {
 		err = fmt.Errorf("--force could not remove the block: %w (last resort: the iptables commands in patchagent(8), RECOVERY)", err)
 		a.failed(r, err)
 		return stillOut(err)
 	}
-	rep.addStep("unblock", ResultOK, time.Since(t), fmt.Sprintf("chain and jump removed (%s), verified", fams))
-	rep.Summary = append(rep.Summary, fmt.Sprintf("unblocked %s/tcp %s", portList(a.cfg.Traffic.Ports), fams))
 
-	var verdict string
 	if !open {
-		verdict = "node back in service without a health check; leftover block of ours removed (no cycle was open), forced by " + f.Caller.String()
 		// No cycle ends here: st.Forced says what was forced, and the
 		// status is not "forced", which would read as the last cycle's
 		// ending.
 		r.st.Status = StatusOK
-		if err := a.saveRun(r, "done"); err != nil {
-			rep.warn("the forced unblock could not be recorded: %v", err)
-		}
-		return &forcedError{msg: verdict}
+		_ = a.saveRun(r, "done")
+		return &forcedError{msg: "node back in service without a health check; leftover block of ours removed (no cycle was open), forced by " + f.Caller.String()}
 	}
-	verdict = fmt.Sprintf("node back in service without a health check; cycle %s closed, forced by %s", r.st.CycleID, f.Caller.String())
+	verdict := fmt.Sprintf("node back in service without a health check; cycle %s closed, forced by %s", r.st.CycleID, f.Caller.String())
 	// In service now: the cycle ends before anything that may hang, so that
 	// nothing (the daemon's watch, the boot step) puts the block back.
 	a.closeCycle(r, StatusForced, verdict)
@@ -305,7 +282,47 @@ func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) 
 	if notUndone != "" {
 		warns = append(warns, notUndone)
 	}
-	t = time.Now()
+	warns = append(warns, a.forceRestore(ctx, r)...)
+	for _, w := range warns {
+		rep.warn("%s", w)
+	}
+	if len(warns) > 0 {
+		rec.Warnings, r.st.Warnings = warns, warns
+		_ = a.saveRun(r, "done")
+	}
+	return &forcedError{msg: verdict}
+}
+
+// forcePlan is a dry run's plan of exit --force.
+func (a *Agent) forcePlan(r *phaseRun, by, notUndone string) {
+	rep := r.rep
+	rep.Result = ResultDryRun
+	rep.Plan = append(rep.Plan, "break-glass requested by "+by+": no health check")
+	rep.Plan = append(rep.Plan, fmt.Sprintf("remove chain %s and its jump from INPUT (%s)", firewall.Chain, famShort(a.d.Firewall.Families())))
+	if !r.st.Open {
+		rep.Plan = append(rep.Plan, "(no cycle is open: only the leftover block of ours is removed)")
+		return
+	}
+	rep.Plan = append(rep.Plan, fmt.Sprintf("close cycle %s with status forced", r.st.CycleID),
+		fmt.Sprintf("pm2 start %s, through the pm2 daemon of user %s, unless it is online (no health check)", a.cfg.App.Name, a.d.AppUser))
+	for _, u := range a.cfg.Steps.StopUnits {
+		rep.Plan = append(rep.Plan, "systemctl start "+u)
+	}
+	for _, c := range a.cfg.Steps.ExitCommands {
+		rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
+	}
+	if notUndone != "" {
+		rep.warn("%s", notUndone)
+	}
+}
+
+// forceRestore starts what pre stopped, each action bounded by
+// forceStepTimeout; with the node already back, a failure is a warning
+// (returned), never an error.
+func (a *Agent) forceRestore(ctx context.Context, r *phaseRun) []string {
+	rep, app := r.rep, a.cfg.App.Name
+	var warns []string
+	t := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, forceStepTimeout)
 	started, _, err := a.startApp(sctx)
 	cancel()
@@ -315,39 +332,32 @@ func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) 
 	} else {
 		rep.addStep("start", ResultOK, time.Since(t), started+" (no health check)")
 	}
-	if len(a.cfg.Steps.StopUnits)+len(a.cfg.Steps.ExitCommands) > 0 {
-		t = time.Now()
-		failed := 0
-		for _, u := range a.cfg.Steps.StopUnits {
-			uctx, cancel := context.WithTimeout(ctx, forceStepTimeout)
-			if err := a.d.Units.Start(uctx, u); err != nil {
-				failed++
-				warns = append(warns, fmt.Sprintf("unit %s not started: %v", u, err))
-			}
-			cancel()
-		}
-		for _, c := range a.cfg.Steps.ExitCommands {
-			cctx, cancel := context.WithTimeout(ctx, forceStepTimeout)
-			if err := a.d.Commands.Run(cctx, c); err != nil {
-				failed++
-				warns = append(warns, fmt.Sprintf("exit command %q failed: %v", c, err))
-			}
-			cancel()
-		}
-		res := ResultOK
-		if failed > 0 {
-			res = "warn"
-		}
-		rep.addStep("restore", res, time.Since(t), fmt.Sprintf("%d unit(s) started, %d command(s) run, %d failed", len(a.cfg.Steps.StopUnits), len(a.cfg.Steps.ExitCommands), failed))
+	if len(a.cfg.Steps.StopUnits)+len(a.cfg.Steps.ExitCommands) == 0 {
+		return warns
 	}
-	for _, w := range warns {
-		rep.warn("%s", w)
+	t = time.Now()
+	failed := 0
+	bounded := func(do func(context.Context) error) error {
+		c, cancel := context.WithTimeout(ctx, forceStepTimeout)
+		defer cancel()
+		return do(c)
 	}
-	if len(warns) > 0 {
-		rec.Warnings, r.st.Warnings = warns, warns
-		if err := a.saveRun(r, "done"); err != nil {
-			rep.warn("the forced exit's warnings could not be recorded: %v", err)
+	for _, u := range a.cfg.Steps.StopUnits {
+		if err := bounded(func(c context.Context) error { return a.d.Units.Start(c, u) }); err != nil {
+			failed++
+			warns = append(warns, fmt.Sprintf("unit %s not started: %v", u, err))
 		}
 	}
-	return &forcedError{msg: verdict}
+	for _, c := range a.cfg.Steps.ExitCommands {
+		if err := bounded(func(cc context.Context) error { return a.d.Commands.Run(cc, c) }); err != nil {
+			failed++
+			warns = append(warns, fmt.Sprintf("exit command %q failed: %v", c, err))
+		}
+	}
+	res := ResultOK
+	if failed > 0 {
+		res = "warn"
+	}
+	rep.addStep("restore", res, time.Since(t), fmt.Sprintf("%d unit(s) started, %d command(s) run, %d failed", len(a.cfg.Steps.StopUnits), len(a.cfg.Steps.ExitCommands), failed))
+	return warns
 }

@@ -64,16 +64,15 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 	if pr != nil && pr.CycleID != r.st.CycleID {
 		pr = nil
 	}
-	// Only a post that died during its update left a tree to undo (exit
-	// undoes it the same way, undopost.go); after a failed (and restored)
-	// one the next run takes a fresh snapshot.
-	interrupted := interruptedPost(r.st) != nil
 	if pr != nil && pr.Status == StatusOK {
 		rep.Summary = append(rep.Summary, fmt.Sprintf("already done in this cycle: %s", changeCount(len(pr.Changes))))
 		rep.Changes = pr.Changes
 		return nil
 	}
-
+	// Only a post that died during its update left a tree to undo (exit
+	// undoes it the same way, undopost.go); after a failed (and restored)
+	// one the next run takes a fresh snapshot.
+	interrupted := interruptedPost(r.st) != nil
 	t := time.Now()
 	if err := a.d.Packages.Check(ctx); err != nil {
 		rep.addStep("check", ResultFailed, time.Since(t), "")
@@ -82,17 +81,7 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 	rep.addStep("check", ResultOK, time.Since(t), fmt.Sprintf("%s: package.json and lockfile in sync", a.cfg.App.Dir))
 	snap := filepath.Join(a.snapshotRoot(), r.st.CycleID)
 	if r.opt.DryRun {
-		rep.Result = ResultDryRun
-		if interrupted {
-			rep.Plan = append(rep.Plan, "restore "+pr.Snapshot+" (a previous post died during the update)")
-		} else {
-			rep.Plan = append(rep.Plan, fmt.Sprintf("snapshot package.json, package-lock.json and node_modules of %s into %s", a.cfg.App.Dir, snap))
-		}
-		if a.cfg.Post.NPM.Major {
-			rep.Plan = append(rep.Plan, fmt.Sprintf("as user %s: raise every dependency to its latest major (as npm-check-updates), npm install", a.d.AppUser))
-		}
-		rep.Plan = append(rep.Plan, fmt.Sprintf("as user %s: npm update in %s (deadline %s, fetch timeout %s), report the changes; restore the snapshot on failure",
-			a.d.AppUser, a.cfg.App.Dir, a.cfg.Post.NPM.Timeout, a.cfg.Post.NPM.FetchTimeout))
+		a.postPlan(r, pr, interrupted, snap)
 		return nil
 	}
 
@@ -105,62 +94,21 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 			return err
 		}
 		snap = pr.Snapshot
-	} else {
-		r.st.Post = &PostRecord{CycleID: r.st.CycleID, Snapshot: snap, Status: StatusRunning}
-		if err := a.save(&r.st, "snapshot"); err != nil {
-			return fmt.Errorf("nothing changed: %w", err)
-		}
-		info, err := a.d.Packages.Snapshot(snap)
-		if err != nil {
-			rep.addStep("snapshot", ResultFailed, 0, "")
-			r.st.Post = nil
-			a.failed(r, err)
-			return fmt.Errorf("nothing changed: taking the snapshot: %w", err)
-		}
-		how := "node_modules hardlinked"
-		if !info.Hardlinked {
-			how = fmt.Sprintf("%s copied, nothing hardlinked (no node_modules, or another filesystem)", mib(info.Copied))
-		}
-		rep.addStep("snapshot", ResultOK, info.Took, fmt.Sprintf("%d files, %s, %s", info.Files, mib(info.Bytes), how))
-	}
-	r.st.Post = &PostRecord{CycleID: r.st.CycleID, Snapshot: snap, Taken: true, Status: StatusRunning}
-	if err := a.save(&r.st, "update"); err != nil {
+	} else if err := a.snapshotStep(r, snap); err != nil {
 		return err
 	}
-
-	before, err := a.d.Packages.Lockfile()
-	if err != nil {
-		return a.postFailed(ctx, r, fmt.Errorf("reading the lockfile: %w", err))
+	r.st.Post = &PostRecord{CycleID: r.st.CycleID, Snapshot: snap, Taken: true, Status: StatusRunning}
+	var lines []string
+	err := a.step(r, "update", func() (out stepOut, err error) {
+		out, lines, err = a.update(ctx)
+		return out, err
+	})
+	switch {
+	case isIntent(err):
+		return err
+	case err != nil:
+		return a.postFailed(ctx, r, err)
 	}
-	t = time.Now()
-	uctx, cancel := context.WithTimeout(ctx, a.cfg.Post.NPM.Timeout.D())
-	defer cancel()
-	a.progress("update: npm update in %s as %s (deadline %s)", a.cfg.App.Dir, a.d.AppUser, a.cfg.Post.NPM.Timeout)
-	var raised []string // package.json ranges moved to a new major
-	if a.cfg.Post.NPM.Major {
-		if raised, err = a.d.Packages.UpgradeMajor(uctx); err != nil {
-			rep.addStep("update", ResultFailed, time.Since(t), "")
-			return a.postFailed(ctx, r, deadlineErr(uctx, a.cfg.Post.NPM.Timeout, err))
-		}
-	}
-	if err := a.d.Packages.Update(uctx); err != nil {
-		rep.addStep("update", ResultFailed, time.Since(t), "")
-		return a.postFailed(ctx, r, deadlineErr(uctx, a.cfg.Post.NPM.Timeout, err))
-	}
-	after, err := a.d.Packages.Lockfile()
-	if err != nil {
-		return a.postFailed(ctx, r, fmt.Errorf("reading the lockfile after the update: %w", err))
-	}
-	ch, err := hooks.DiffLockfiles(before, after)
-	if err != nil {
-		return a.postFailed(ctx, r, fmt.Errorf("comparing the lockfiles: %w", err))
-	}
-	lines := ch.Lines()
-	detail := fmt.Sprintf("%d updated, %d added, %d removed", len(ch.Updated), len(ch.Added), len(ch.Removed))
-	if len(raised) > 0 {
-		detail += "; package.json ranges raised: " + strings.Join(raised, ", ")
-	}
-	rep.addStep("update", ResultOK, time.Since(t), detail)
 	rep.Summary = append(rep.Summary, changeCount(len(lines)))
 	rep.Changes = lines
 	r.st.Post.Status, r.st.Post.Changes = StatusOK, lines
@@ -176,6 +124,82 @@ func (a *Agent) post(ctx context.Context, r *phaseRun) error {
 		rep.addStep("prune", ResultOK, 0, fmt.Sprintf("%d old snapshot(s) removed, %s freed (post.keep_snapshots %d)", removed, mib(freed), a.cfg.Post.KeepSnapshots))
 	}
 	return nil
+}
+
+// postPlan is a dry run's plan of post.
+func (a *Agent) postPlan(r *phaseRun, pr *PostRecord, interrupted bool, snap string) {
+	rep := r.rep
+	rep.Result = ResultDryRun
+	if interrupted {
+		rep.Plan = append(rep.Plan, "restore "+pr.Snapshot+" (a previous post died during the update)")
+	} else {
+		rep.Plan = append(rep.Plan, fmt.Sprintf("snapshot package.json, package-lock.json and node_modules of %s into %s", a.cfg.App.Dir, snap))
+	}
+	if a.cfg.Post.NPM.Major {
+		rep.Plan = append(rep.Plan, fmt.Sprintf("as user %s: raise every dependency to its latest major (as npm-check-updates), npm install", a.d.AppUser))
+	}
+	rep.Plan = append(rep.Plan, fmt.Sprintf("as user %s: npm update in %s (deadline %s, fetch timeout %s), report the changes; restore the snapshot on failure",
+		a.d.AppUser, a.cfg.App.Dir, a.cfg.Post.NPM.Timeout, a.cfg.Post.NPM.FetchTimeout))
+}
+
+// snapshotStep takes the snapshot the update can be undone from; if it
+// fails, nothing changed.
+func (a *Agent) snapshotStep(r *phaseRun, snap string) error {
+	r.st.Post = &PostRecord{CycleID: r.st.CycleID, Snapshot: snap, Status: StatusRunning}
+	err := a.step(r, "snapshot", func() (stepOut, error) {
+		info, err := a.d.Packages.Snapshot(snap)
+		if err != nil {
+			return stepOut{}, err
+		}
+		how := "node_modules hardlinked"
+		if !info.Hardlinked {
+			how = fmt.Sprintf("%s copied, nothing hardlinked (no node_modules, or another filesystem)", mib(info.Copied))
+		}
+		return stepOut{dur: info.Took, detail: fmt.Sprintf("%d files, %s, %s", info.Files, mib(info.Bytes), how)}, nil
+	})
+	switch {
+	case isIntent(err):
+		return fmt.Errorf("nothing changed: %w", err)
+	case err != nil:
+		r.st.Post = nil
+		a.failed(r, err)
+		return fmt.Errorf("nothing changed: taking the snapshot: %w", err)
+	}
+	return nil
+}
+
+// update runs npm (a major upgrade first if configured) under
+// post.npm.timeout and returns the changes the lockfile shows.
+func (a *Agent) update(ctx context.Context) (stepOut, []string, error) {
+	before, err := a.d.Packages.Lockfile()
+	if err != nil {
+		return stepOut{}, nil, fmt.Errorf("reading the lockfile: %w", err)
+	}
+	uctx, cancel := context.WithTimeout(ctx, a.cfg.Post.NPM.Timeout.D())
+	defer cancel()
+	a.progress("update: npm update in %s as %s (deadline %s)", a.cfg.App.Dir, a.d.AppUser, a.cfg.Post.NPM.Timeout)
+	var raised []string // package.json ranges moved to a new major
+	if a.cfg.Post.NPM.Major {
+		if raised, err = a.d.Packages.UpgradeMajor(uctx); err != nil {
+			return stepOut{}, nil, deadlineErr(uctx, a.cfg.Post.NPM.Timeout, err)
+		}
+	}
+	if err := a.d.Packages.Update(uctx); err != nil {
+		return stepOut{}, nil, deadlineErr(uctx, a.cfg.Post.NPM.Timeout, err)
+	}
+	after, err := a.d.Packages.Lockfile()
+	if err != nil {
+		return stepOut{}, nil, fmt.Errorf("reading the lockfile after the update: %w", err)
+	}
+	ch, err := hooks.DiffLockfiles(before, after)
+	if err != nil {
+		return stepOut{}, nil, fmt.Errorf("comparing the lockfiles: %w", err)
+	}
+	detail := fmt.Sprintf("%d updated, %d added, %d removed", len(ch.Updated), len(ch.Added), len(ch.Removed))
+	if len(raised) > 0 {
+		detail += "; package.json ranges raised: " + strings.Join(raised, ", ")
+	}
+	return stepOut{detail: detail}, ch.Lines(), nil
 }
 
 // postFailed restores the snapshot so nothing is left half-installed.

@@ -25,23 +25,44 @@ func (a *Agent) Pre(ctx context.Context, opt RunOptions) *Report {
 }
 
 func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
-	app, rep, opt := a.cfg.App.Name, r.rep, r.opt
-	// check: read-only, so that a bad app name or a dead pm2 daemon fails
-	// before the node is taken out of service.
+	pids, err := a.preCheck(ctx, r)
+	if err != nil || r.opt.DryRun {
+		return err
+	}
+	fams := a.d.Firewall.Families()
+	a.begin(r)
+	r.st.Block = &BlockRecord{Chain: firewall.Chain, Ports: ports16(a.cfg.Traffic.Ports), Action: a.cfg.Traffic.Action,
+		Families: fams, BootID: r.boot, Since: time.Now().UTC()}
+	err = a.preSteps(ctx, r, fams, pids)
+	switch {
+	case err == nil:
+		return nil
+	case isIntent(err) && r.st.Step == "block":
+		return fmt.Errorf("nothing was blocked: %w", err)
+	}
+	a.failed(r, err)
+	return fmt.Errorf("%w (the node stays blocked; `patchagent exit` returns it to service once the app is healthy)", err)
+}
+
+// preCheck is pre's read-only check, so that a bad app name or a dead pm2
+// daemon fails before the node is taken out of service; a dry run then
+// plans. It returns the pids of the app's instances.
+func (a *Agent) preCheck(ctx context.Context, r *phaseRun) ([]int, error) {
+	app, rep := a.cfg.App.Name, r.rep
 	t := time.Now()
 	procs, err := a.d.App.Processes(ctx, app)
 	if err != nil {
 		rep.addStep("check", ResultFailed, time.Since(t), "")
 		err = fmt.Errorf("nothing was blocked: %w", err)
 		if errors.Is(err, hooks.ErrUnknownApp) {
-			return configError(err)
+			return nil, configError(err)
 		}
-		return err
+		return nil, err
 	}
 	fw, err := a.d.Firewall.Status(ctx)
 	if err != nil {
 		rep.addStep("check", ResultFailed, time.Since(t), "")
-		return fmt.Errorf("nothing was blocked: reading the firewall: %w", err)
+		return nil, fmt.Errorf("nothing was blocked: reading the firewall: %w", err)
 	}
 	online, pids := onlinePIDs(procs)
 	fwState := "not blocked"
@@ -52,8 +73,7 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 	}
 	rep.addStep("check", ResultOK, time.Since(t), fmt.Sprintf("%s: %d/%d instance(s) online (pm2 of user %s); firewall %s",
 		app, online, len(procs), a.d.AppUser, fwState))
-
-	if opt.DryRun {
+	if r.opt.DryRun {
 		rep.Result = ResultDryRun
 		rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
 		rep.Plan = append(rep.Plan, fmt.Sprintf("drain: wait until no connection to port(s) %s from outside loopback is busy and every one is idle for %s (%s for a keep-alive one that answered a request; at least %s after the block, at most %s)",
@@ -66,102 +86,92 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 		for _, c := range a.cfg.Steps.PreCommands {
 			rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
 		}
-		return nil
 	}
+	return pids, nil
+}
 
-	fams := a.d.Firewall.Families()
-	a.begin(r)
-	r.st.Block = &BlockRecord{Chain: firewall.Chain, Ports: ports16(a.cfg.Traffic.Ports), Action: a.cfg.Traffic.Action,
-		Families: fams, BootID: r.boot, Since: time.Now().UTC()}
-	if err := a.save(&r.st, "block"); err != nil {
-		return fmt.Errorf("nothing was blocked: %w", err)
+// preSteps are pre's side effects, each a step: block, drain, stop, the
+// configured extras, done.
+func (a *Agent) preSteps(ctx context.Context, r *phaseRun, fams []firewall.Family, pids []int) error {
+	app, rep, st := a.cfg.App.Name, r.rep, &r.st
+	var blockedAt time.Time
+	err := a.step(r, "block", func() (stepOut, error) {
+		a.progress("block: refusing new connections to %s/tcp from outside loopback (%s, %s)", portList(a.cfg.Traffic.Ports), famShort(fams), a.cfg.Traffic.Action)
+		if err := a.d.Firewall.Block(ctx); err != nil {
+			return stepOut{}, fmt.Errorf("blocking: %w", err)
+		}
+		blockedAt = time.Now()
+		blocked := fmt.Sprintf("blocked %s/tcp %s", portList(a.cfg.Traffic.Ports), famShort(fams))
+		rep.Summary = append(rep.Summary, blocked)
+		return passed(fmt.Sprintf("%s in chain %s (%s)", blocked, firewall.Chain, a.cfg.Traffic.Action))
+	})
+	if err != nil {
+		return err
 	}
-	st := &r.st
-	fail := func(err error) error {
-		a.failed(r, err)
-		return fmt.Errorf("%w (the node stays blocked; `patchagent exit` returns it to service once the app is healthy)", err)
+	if err := a.step(r, "drain", func() (stepOut, error) { return a.drainStep(ctx, r, blockedAt) }); err != nil {
+		return err
 	}
+	if st.Stopped == nil || st.Stopped.App != app || len(pids) > 0 {
+		st.Stopped = &StopRecord{App: app, User: a.d.AppUser, WasOnline: pids, At: time.Now().UTC()}
+	}
+	err = a.step(r, "stop", func() (stepOut, error) {
+		a.progress("stop: pm2 stop %s, through the pm2 daemon of user %s", app, a.d.AppUser)
+		if _, err := a.d.App.Stop(ctx, app); err != nil {
+			return stepOut{}, err
+		}
+		if err := a.waitPortsReleased(ctx); err != nil {
+			return stepOut{}, fmt.Errorf("pm2 reports %s stopped, but %w", app, err)
+		}
+		rep.Summary = append(rep.Summary, "stopped "+app)
+		return passed(fmt.Sprintf("%s stopped (pid(s) %v gone, port(s) %s released)", app, pids, portList(a.cfg.Traffic.Ports)))
+	})
+	if err != nil {
+		return err
+	}
+	// The tutorial's other scenarios: stop a metrics agent, leave a cluster.
+	if len(a.cfg.Steps.StopUnits) > 0 || len(a.cfg.Steps.PreCommands) > 0 {
+		if err := a.step(r, "extras", func() (stepOut, error) { return a.preExtras(ctx) }); err != nil {
+			return err
+		}
+	}
+	st.Status = StatusOK
+	return a.saveRun(r, "done")
+}
 
-	// block
-	t = time.Now()
-	a.progress("block: refusing new connections to %s/tcp from outside loopback (%s, %s)", portList(a.cfg.Traffic.Ports), famShort(fams), a.cfg.Traffic.Action)
-	if err := a.d.Firewall.Block(ctx); err != nil {
-		rep.addStep("block", ResultFailed, time.Since(t), "")
-		return fail(fmt.Errorf("blocking: %w", err))
-	}
-	blockedAt := time.Now()
-	blocked := fmt.Sprintf("blocked %s/tcp %s", portList(a.cfg.Traffic.Ports), famShort(fams))
-	rep.addStep("block", ResultOK, time.Since(t), fmt.Sprintf("%s in chain %s (%s)", blocked, firewall.Chain, a.cfg.Traffic.Action))
-	rep.Summary = append(rep.Summary, blocked)
-
-	// drain
-	if err := a.save(st, "drain"); err != nil {
-		return fail(err)
-	}
+// drainStep waits for the connections the block left (drain.go) and says
+// how it ended; a time-out is a warning, not a failure.
+func (a *Agent) drainStep(ctx context.Context, r *phaseRun, blockedAt time.Time) (stepOut, error) {
+	rep := r.rep
 	dr, err := a.drain(ctx, blockedAt)
 	rep.Drain = &dr
 	if err != nil {
-		rep.addStep("drain", ResultFailed, time.Since(blockedAt), "")
-		return fail(err)
+		return stepOut{}, err
 	}
 	if dr.TimedOut {
 		msg := fmt.Sprintf("drain timed out after %s with %d connection(s) still busy (%d with a request in flight, %d open): stopping the app cuts them",
 			a.cfg.Drain.Timeout, dr.Active, dr.Busy, dr.Remaining)
 		rep.warn("%s", msg)
-		st.Warnings = append(st.Warnings, msg)
-		rep.addStep("drain", "warn", dr.Waited, fmt.Sprintf("%d busy of %d open at the timeout", dr.Active, dr.Remaining))
+		r.st.Warnings = append(r.st.Warnings, msg)
 		rep.Summary = append(rep.Summary, fmt.Sprintf("drain timed out with %d busy", dr.Active))
-	} else {
-		rep.addStep("drain", ResultOK, dr.Waited, fmt.Sprintf("%d connection(s) seen, %d idle left, %d polls", dr.Seen, dr.Remaining, dr.Polls))
-		rep.Summary = append(rep.Summary, fmt.Sprintf("drained %d connection(s)", dr.Seen))
+		return stepOut{result: "warn", dur: dr.Waited, detail: fmt.Sprintf("%d busy of %d open at the timeout", dr.Active, dr.Remaining)}, nil
 	}
+	rep.Summary = append(rep.Summary, fmt.Sprintf("drained %d connection(s)", dr.Seen))
+	return stepOut{dur: dr.Waited, detail: fmt.Sprintf("%d connection(s) seen, %d idle left, %d polls", dr.Seen, dr.Remaining, dr.Polls)}, nil
+}
 
-	// stop
-	if st.Stopped == nil || st.Stopped.App != app || len(pids) > 0 {
-		st.Stopped = &StopRecord{App: app, User: a.d.AppUser, WasOnline: pids, At: time.Now().UTC()}
-	}
-	if err := a.save(st, "stop"); err != nil {
-		return fail(err)
-	}
-	t = time.Now()
-	a.progress("stop: pm2 stop %s, through the pm2 daemon of user %s", app, a.d.AppUser)
-	if _, err := a.d.App.Stop(ctx, app); err != nil {
-		rep.addStep("stop", ResultFailed, time.Since(t), "")
-		return fail(err)
-	}
-	if err := a.waitPortsReleased(ctx); err != nil {
-		rep.addStep("stop", ResultFailed, time.Since(t), "")
-		return fail(fmt.Errorf("pm2 reports %s stopped, but %w", app, err))
-	}
-	rep.addStep("stop", ResultOK, time.Since(t), fmt.Sprintf("%s stopped (pid(s) %v gone, port(s) %s released)", app, pids, portList(a.cfg.Traffic.Ports)))
-	rep.Summary = append(rep.Summary, "stopped "+app)
-
-	// The tutorial's other scenarios: stop a metrics agent, leave a cluster.
-	if len(a.cfg.Steps.StopUnits) > 0 || len(a.cfg.Steps.PreCommands) > 0 {
-		if err := a.save(st, "extras"); err != nil {
-			return fail(err)
+// preExtras stops steps.stop_units and runs steps.pre_commands, in order.
+func (a *Agent) preExtras(ctx context.Context) (stepOut, error) {
+	for _, u := range a.cfg.Steps.StopUnits {
+		if err := a.d.Units.Stop(ctx, u); err != nil {
+			return stepOut{}, err
 		}
-		t = time.Now()
-		for _, u := range a.cfg.Steps.StopUnits {
-			if err := a.d.Units.Stop(ctx, u); err != nil {
-				rep.addStep("extras", ResultFailed, time.Since(t), "")
-				return fail(err)
-			}
-		}
-		for _, c := range a.cfg.Steps.PreCommands {
-			if err := a.d.Commands.Run(ctx, c); err != nil {
-				rep.addStep("extras", ResultFailed, time.Since(t), "")
-				return fail(err)
-			}
-		}
-		rep.addStep("extras", ResultOK, time.Since(t), fmt.Sprintf("%d unit(s) stopped, %d command(s) run", len(a.cfg.Steps.StopUnits), len(a.cfg.Steps.PreCommands)))
 	}
-
-	st.Status = StatusOK
-	if err := a.save(st, "done"); err != nil {
-		return fail(err)
+	for _, c := range a.cfg.Steps.PreCommands {
+		if err := a.d.Commands.Run(ctx, c); err != nil {
+			return stepOut{}, err
+		}
 	}
-	return nil
+	return passed(fmt.Sprintf("%d unit(s) stopped, %d command(s) run", len(a.cfg.Steps.StopUnits), len(a.cfg.Steps.PreCommands)))
 }
 
 // waitPortsReleased waits until nothing listens on the app's ports.
