@@ -1,0 +1,185 @@
+package agent
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Validate checks values (types are checked while decoding) and returns
+// every problem, each named by its key, sorted by key. Each section checks
+// its own keys; a check that spans sections sits with the key it reports.
+func (c Config) Validate() []Problem {
+	var ps problems
+	c.App.validate(&ps)
+	c.Traffic.validate(&ps)
+	c.Drain.validate(&ps)
+	c.Health.validate(&ps)
+	c.Exit.validate(&ps, c.Health)
+	c.Post.validate(&ps)
+	c.Steps.validate(&ps)
+	c.Daemon.validate(&ps, c.App)
+	sort.SliceStable(ps, func(i, j int) bool { return ps[i].Key < ps[j].Key })
+	return ps
+}
+
+// problems collects what Validate finds.
+type problems []Problem
+
+func (ps *problems) bad(key, format string, args ...any) {
+	*ps = append(*ps, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (ps *problems) positive(key string, d Duration) {
+	if d <= 0 {
+		ps.bad(key, "must be greater than 0, got %s", d)
+	}
+}
+
+// notNegativeNorOver checks 0 <= d <= limit (the value of key limitKey).
+func (ps *problems) notNegativeNorOver(key string, d Duration, limitKey string, limit Duration) {
+	if d < 0 {
+		ps.bad(key, "must not be negative, got %s", d)
+	} else if d > limit {
+		ps.bad(key, "%s is longer than %s %s", d, limitKey, limit)
+	}
+}
+
+// absolute checks that p, if set, is an absolute path.
+func (ps *problems) absolute(key, p string) {
+	if p != "" && !strings.HasPrefix(p, "/") {
+		ps.bad(key, "%q must be an absolute path", p)
+	}
+}
+
+func (c AppConfig) validate(ps *problems) {
+	if c.Name == "" {
+		ps.bad("app.name", "required: the pm2 process name of the app")
+	} else if strings.ContainsAny(c.Name, " \t\n/\\\x00") || strings.HasPrefix(c.Name, "-") || c.Name == "all" {
+		ps.bad("app.name", "%q is not a usable pm2 app name (no spaces or slashes, no leading '-', not \"all\")", c.Name)
+	}
+	if c.User != "" && (strings.ContainsAny(c.User, " \t\n/:") || strings.HasPrefix(c.User, "-")) {
+		ps.bad("app.user", "%q is not a user name", c.User)
+	}
+	ps.absolute("app.dir", c.Dir)
+	ps.absolute("app.pm2", c.PM2)
+	ps.absolute("app.pm2_home", c.PM2Home)
+	ps.absolute("app.npm", c.NPM)
+	ps.absolute("app.ecosystem", c.Ecosystem)
+}
+
+func (c TrafficConfig) validate(ps *problems) {
+	if len(c.Ports) == 0 {
+		ps.bad("traffic.ports", "at least one port is required")
+	}
+	seen := map[int]bool{}
+	for i, p := range c.Ports {
+		key := fmt.Sprintf("traffic.ports[%d]", i)
+		switch {
+		case p < 1 || p > 65535:
+			ps.bad(key, "%d is not a TCP port (1-65535)", p)
+		case p == 22:
+			ps.bad(key, "22 is SSH: blocking it would lock operators out of the node")
+		case seen[p]:
+			ps.bad(key, "%d is listed twice", p)
+		}
+		seen[p] = true
+	}
+	if c.Action != "reject" && c.Action != "drop" {
+		ps.bad("traffic.action", "%q: want reject or drop", c.Action)
+	}
+	ps.positive("traffic.lock_wait", c.LockWait)
+}
+
+func (c DrainConfig) validate(ps *problems) {
+	ps.positive("drain.timeout", c.Timeout)
+	ps.positive("drain.idle", c.Idle)
+	ps.positive("drain.interval", c.Interval)
+	ps.notNegativeNorOver("drain.keepalive_idle", c.KeepAliveIdle, "drain.idle", c.Idle)
+	ps.notNegativeNorOver("drain.min_wait", c.MinWait, "drain.timeout", c.Timeout)
+}
+
+func (c HealthConfig) validate(ps *problems) {
+	if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		ps.bad("health.url", "%q is not an absolute http(s) URL", c.URL)
+	} else if !isLoopbackHost(u.Hostname()) {
+		ps.bad("health.url", "host %q is not loopback: the check must reach the app past the block (use localhost, 127.0.0.1 or [::1]; set health.host for the Host header)", u.Hostname())
+	}
+	ps.absolute("health.ca_file", c.CAFile)
+	ps.positive("health.timeout", c.Timeout)
+	ps.positive("health.interval", c.Interval)
+	ps.positive("health.deadline", c.Deadline)
+	if len(c.ExpectStatus) == 0 {
+		ps.bad("health.expect_status", "at least one status code or range is required")
+	}
+	if c.Successes < 1 {
+		ps.bad("health.successes", "must be at least 1, got %d", c.Successes)
+	}
+}
+
+func (c ExitConfig) validate(ps *problems, health HealthConfig) {
+	if c.OnFailure != "keep_blocked" && c.OnFailure != "unblock" {
+		ps.bad("exit.on_failure", "%q: want keep_blocked or unblock", c.OnFailure)
+	}
+	ps.notNegativeNorOver("exit.min_uptime", c.MinUptime, "health.deadline", health.Deadline)
+}
+
+func (c PostConfig) validate(ps *problems) {
+	ps.positive("post.npm.timeout", c.NPM.Timeout)
+	ps.positive("post.npm.fetch_timeout", c.NPM.FetchTimeout)
+	if c.NPM.FetchTimeout > c.NPM.Timeout {
+		ps.bad("post.npm.fetch_timeout", "%s is longer than post.npm.timeout %s", c.NPM.FetchTimeout, c.NPM.Timeout)
+	}
+	if c.NPM.FetchRetries < 0 || c.NPM.FetchRetries > 10 {
+		ps.bad("post.npm.fetch_retries", "%d: want 0 to 10", c.NPM.FetchRetries)
+	}
+	if c.KeepSnapshots < 1 || c.KeepSnapshots > 100 {
+		ps.bad("post.keep_snapshots", "%d: want 1 to 100 (the open cycle's snapshot is always kept)", c.KeepSnapshots)
+	}
+}
+
+func (c StepsConfig) validate(ps *problems) {
+	for i, u := range c.StopUnits {
+		if u == "" || strings.ContainsAny(u, " \t\n/") || strings.HasPrefix(u, "-") {
+			ps.bad(fmt.Sprintf("steps.stop_units[%d]", i), "%q is not a systemd unit name", u)
+		}
+	}
+	for name, cmds := range map[string][][]string{"steps.pre_commands": c.PreCommands, "steps.exit_commands": c.ExitCommands} {
+		for i, argv := range cmds {
+			if len(argv) == 0 || !strings.HasPrefix(argv[0], "/") {
+				ps.bad(fmt.Sprintf("%s[%d]", name, i), "want an argv list whose first element is an absolute path")
+			}
+		}
+	}
+}
+
+func (c DaemonConfig) validate(ps *problems, app AppConfig) {
+	paths := map[string]string{"daemon.socket": c.Socket, "daemon.state_dir": c.StateDir, "daemon.textfile_dir": c.TextfileDir, "daemon.boot_id_file": c.BootIDFile}
+	for key, p := range paths {
+		if !strings.HasPrefix(p, "/") {
+			ps.bad(key, "%q must be an absolute path", p)
+		}
+	}
+	// root's own files must not live where the app user can write
+	// (SECURITY.md): a snapshot holds .npmrc, the state decides the block.
+	delete(paths, "daemon.boot_id_file")
+	for key, p := range paths {
+		for ukey, u := range map[string]string{"app.dir": app.Dir, "app.pm2_home": app.PM2Home} {
+			if within(p, u) {
+				ps.bad(key, "%q is inside %s %q, which the app user controls: root's files must live elsewhere", p, ukey, u)
+			}
+		}
+	}
+	if host, port, err := net.SplitHostPort(c.MetricsListen); err != nil {
+		ps.bad("daemon.metrics_listen", "%q is not host:port", c.MetricsListen)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		ps.bad("daemon.metrics_listen", "port %q is not 1-65535", port)
+	} else if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		ps.bad("daemon.metrics_listen", "host %q is not an IP address", host)
+	}
+	ps.positive("daemon.max_out_of_service", c.MaxOutOfService)
+	ps.positive("daemon.watch_interval", c.WatchInterval)
+}
