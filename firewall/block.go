@@ -174,36 +174,55 @@ func (f *Firewall) Block(ctx context.Context) error {
 	return nil
 }
 
+// blockFamily converges fam to the block in the order that keeps it safe
+// (chain, then its content, then the jump) and verifies the result.
 func (f *Firewall) blockFamily(ctx context.Context, fam Family, t Tables) error {
 	log := f.log.With(zap.String("family", string(fam)))
-	changed := false
-
-	// 1. The chain.
-	exists, err := f.chainExists(ctx, fam, t)
+	chainChanged, err := f.ensureChain(ctx, fam, t, log)
 	if err != nil {
 		return err
 	}
-	if !exists {
-		err := f.call(ctx, fam, "creating chain "+filterTable+"/"+Chain, func() error { return t.NewChain(filterTable, Chain) })
-		if err != nil {
-			// Exit 1 "Chain already exists." after losing a race is fine;
-			// anything else is not.
-			again, err2 := f.chainExists(ctx, fam, t)
-			if err2 != nil || !again {
-				return err
-			}
-			log.Info("chain created concurrently", zap.String("chain", Chain))
-		} else {
-			log.Info("chain created", zap.String("chain", Chain))
-		}
-		changed = true
+	rulesChanged, err := f.ensureRules(ctx, fam, t, log)
+	if err != nil {
+		return err
 	}
+	jumpChanged, err := f.ensureJump(ctx, fam, t, log)
+	if err != nil {
+		return err
+	}
+	return f.verifyBlock(ctx, fam, t, log, chainChanged || rulesChanged || jumpChanged)
+}
 
-	// 2. Its content: append what is missing first, then delete what is not
-	// wanted, so that a port blocked before stays blocked throughout.
+// ensureChain creates our chain in fam unless it exists, and reports
+// whether it did (or another process did at the same moment).
+func (f *Firewall) ensureChain(ctx context.Context, fam Family, t Tables, log *zap.Logger) (changed bool, err error) {
+	exists, err := f.chainExists(ctx, fam, t)
+	if err != nil || exists {
+		return false, err
+	}
+	err = f.call(ctx, fam, "creating chain "+filterTable+"/"+Chain, func() error { return t.NewChain(filterTable, Chain) })
+	if err != nil {
+		// Exit 1 "Chain already exists." after losing a race is fine;
+		// anything else is not.
+		again, err2 := f.chainExists(ctx, fam, t)
+		if err2 != nil || !again {
+			return false, err
+		}
+		log.Info("chain created concurrently", zap.String("chain", Chain))
+	} else {
+		log.Info("chain created", zap.String("chain", Chain))
+	}
+	return true, nil
+}
+
+// ensureRules makes the chain hold exactly one rule per port. It appends
+// what is missing first, then deletes what is not wanted, so that a port
+// blocked before stays blocked throughout. It reports whether it changed
+// anything.
+func (f *Firewall) ensureRules(ctx context.Context, fam Family, t Tables, log *zap.Logger) (changed bool, err error) {
 	current, err := f.listRules(ctx, fam, t, Chain)
 	if err != nil {
-		return err
+		return false, err
 	}
 	for i, line := range f.lines {
 		if slices.Contains(current, line) {
@@ -212,7 +231,7 @@ func (f *Firewall) blockFamily(ctx context.Context, fam Family, t Tables) error 
 		port := f.rules.Ports[i]
 		op := fmt.Sprintf("appending rule for port %d to %s/%s", port, filterTable, Chain)
 		if err := f.call(ctx, fam, op, func() error { return t.Append(filterTable, Chain, f.specs[i]...) }); err != nil {
-			return err
+			return changed, err
 		}
 		log.Info("rule appended", zap.Uint16("port", port), zap.String("action", string(f.rules.Action)))
 		changed = true
@@ -223,15 +242,10 @@ func (f *Firewall) blockFamily(ctx context.Context, fam Family, t Tables) error 
 			kept[line] = true
 			continue
 		}
-		spec, err := specOf(line, Chain)
-		if err != nil {
-			return fmt.Errorf("deleting stale rule from %s/%s (%s): %w", filterTable, Chain, fam, err)
-		}
-		op := fmt.Sprintf("deleting stale rule %q from %s/%s", line, filterTable, Chain)
-		deleted, err := f.deleteRule(ctx, fam, t, Chain, op, spec)
+		deleted, err := f.deleteLine(ctx, fam, t, Chain, "stale rule", line)
 		switch {
 		case err != nil:
-			return err
+			return changed, err
 		case deleted:
 			log.Info("stale rule deleted", zap.String("rule", line))
 			changed = true
@@ -239,18 +253,22 @@ func (f *Firewall) blockFamily(ctx context.Context, fam Family, t Tables) error 
 			log.Info("stale rule already gone", zap.String("rule", line))
 		}
 	}
+	return changed, nil
+}
 
-	// 3. The jump, last, and only if absent; extra copies (from a crash or a
-	// race) are removed, keeping one.
+// ensureJump inserts the jump to our chain at the top of INPUT, last and
+// only if absent, and removes extra copies (from a crash or a race),
+// keeping one. It reports whether it changed anything.
+func (f *Firewall) ensureJump(ctx context.Context, fam Family, t Tables, log *zap.Logger) (changed bool, err error) {
 	in, err := f.listRules(ctx, fam, t, inputChain)
 	if err != nil {
-		return err
+		return false, err
 	}
 	jumps, _, _ := countJumps(in)
 	if jumps == 0 {
 		op := fmt.Sprintf("inserting jump to %s in %s/%s", Chain, filterTable, inputChain)
 		if err := f.call(ctx, fam, op, func() error { return t.Insert(filterTable, inputChain, 1, jumpSpec()...) }); err != nil {
-			return err
+			return false, err
 		}
 		log.Info("jump inserted", zap.String("chain", inputChain), zap.Int("position", 1))
 		changed = true
@@ -259,15 +277,21 @@ func (f *Firewall) blockFamily(ctx context.Context, fam Family, t Tables) error 
 		op := fmt.Sprintf("deleting duplicate jump to %s from %s/%s", Chain, filterTable, inputChain)
 		deleted, err := f.deleteRule(ctx, fam, t, inputChain, op, jumpSpec())
 		if err != nil {
-			return err
+			return changed, err
 		}
 		if deleted {
 			log.Info("duplicate jump removed", zap.String("chain", inputChain))
 			changed = true
 		}
 	}
+	return changed, nil
+}
 
-	// 4. Verify from iptables -S.
+// verifyBlock reads fam back from iptables -S, so that Block fails when
+// the block is not what it meant to make (ErrNotBlocked), whatever the
+// calls before returned. changed says whether Block made any change, for
+// the log line.
+func (f *Firewall) verifyBlock(ctx context.Context, fam Family, t Tables, log *zap.Logger, changed bool) error {
 	st, err := f.familyStatus(ctx, fam, t)
 	if err != nil {
 		return err
@@ -387,12 +411,7 @@ func (f *Firewall) cleanUpFamily(ctx context.Context, fam Family, t Tables, remo
 		if !jumpsTo(line, Chain) {
 			continue
 		}
-		spec, err := specOf(line, inputChain)
-		if err != nil {
-			return fmt.Errorf("deleting rule from %s/%s (%s): %w", filterTable, inputChain, fam, err)
-		}
-		op := fmt.Sprintf("deleting rule %q from %s/%s", line, filterTable, inputChain)
-		deleted, err := f.deleteRule(ctx, fam, t, inputChain, op, spec)
+		deleted, err := f.deleteLine(ctx, fam, t, inputChain, "rule", line)
 		if err != nil {
 			return err
 		}
@@ -570,6 +589,18 @@ func (f *Firewall) deleteRule(ctx context.Context, fam Family, t Tables, chain, 
 		return false, nil
 	}
 	return err == nil, err
+}
+
+// deleteLine deletes the rule that iptables -S printed as line from chain,
+// like deleteRule; what names the rule in the operation and its errors
+// ("stale rule"). Block and Unblock both delete rules they read back.
+func (f *Firewall) deleteLine(ctx context.Context, fam Family, t Tables, chain, what, line string) (deleted bool, err error) {
+	spec, err := specOf(line, chain)
+	if err != nil {
+		return false, fmt.Errorf("deleting %s from %s/%s (%s): %w", what, filterTable, chain, fam, err)
+	}
+	op := fmt.Sprintf("deleting %s %q from %s/%s", what, line, filterTable, chain)
+	return f.deleteRule(ctx, fam, t, chain, op, spec)
 }
 
 func (f *Firewall) chainExists(ctx context.Context, fam Family, t Tables) (bool, error) {
