@@ -317,38 +317,10 @@ func (s *Server) handle(c *net.UnixConn) {
 		s.mu.Unlock()
 		c.Close()
 	}()
-	cred, err := peerCred(c)
+	req, caller, log, err := s.admit(c)
 	if err != nil {
-		s.log.Warn("control request refused: no peer credentials", zap.Error(err))
-		s.send(c, Message{Error: "refused: cannot read the caller's credentials"})
-		return
-	}
-	log := s.log.With(zap.Int32("pid", cred.Pid), zap.Uint32("uid", cred.Uid))
-	if cred.Uid != s.allowUID {
-		log.Warn("control request refused: caller is not root")
-		s.send(c, Message{Error: fmt.Sprintf("permission denied: uid %d is not root", cred.Uid)})
-		return
-	}
-	req, n, err := readRequest(c, s.readTimeout)
-	if err != nil {
-		if n == 0 && errors.Is(err, io.EOF) {
-			// A bare connect: ListenControl of another daemon probing.
-			log.Debug("control connection closed without a request")
-		} else {
-			log.Warn("malformed control request", zap.Error(err))
-		}
 		s.send(c, Message{Error: err.Error()})
 		return
-	}
-	if err := s.sameConfig(req.Config); err != nil {
-		log.Warn("control request refused", zap.String("phase", req.Phase), zap.Error(err))
-		s.send(c, Message{Error: err.Error()})
-		return
-	}
-	var caller Caller
-	if req.Force {
-		caller = CallerOf(ViaSocket, int(cred.Pid), cred.Uid)
-		log.Warn("break-glass request: exit --force", append(caller.fields(), zap.String("reason", req.Reason), zap.Bool("dry_run", req.DryRun))...)
 	}
 	p, sub, joined, err := s.start(req, caller)
 	if err != nil {
@@ -358,7 +330,53 @@ func (s *Server) handle(c *net.UnixConn) {
 	}
 	log.Info("control request", zap.String("phase", req.Phase), zap.Bool("dry_run", req.DryRun), zap.Bool("force", req.Force), zap.Bool("joined", joined))
 	defer p.unsubscribe(sub)
+	if joined {
+		if err := s.send(c, Message{Joined: true}); err != nil {
+			return
+		}
+	}
+	s.stream(c, sub, req.Phase, log)
+}
 
+// admit reads the caller's credentials and request, and refuses what the
+// daemon must not run: a caller other than root, a malformed request, a
+// hook that loaded another config. The error is what the caller is told;
+// admit has logged it.
+func (s *Server) admit(c *net.UnixConn) (req Request, caller Caller, log *zap.Logger, err error) {
+	cred, err := peerCred(c)
+	if err != nil {
+		s.log.Warn("control request refused: no peer credentials", zap.Error(err))
+		return req, caller, s.log, errors.New("refused: cannot read the caller's credentials")
+	}
+	log = s.log.With(zap.Int32("pid", cred.Pid), zap.Uint32("uid", cred.Uid))
+	if cred.Uid != s.allowUID {
+		log.Warn("control request refused: caller is not root")
+		return req, caller, log, fmt.Errorf("permission denied: uid %d is not root", cred.Uid)
+	}
+	req, n, err := readRequest(c, s.readTimeout)
+	if err != nil {
+		if n == 0 && errors.Is(err, io.EOF) {
+			// A bare connect: ListenControl of another daemon probing.
+			log.Debug("control connection closed without a request")
+		} else {
+			log.Warn("malformed control request", zap.Error(err))
+		}
+		return req, caller, log, err
+	}
+	if err := s.sameConfig(req.Config); err != nil {
+		log.Warn("control request refused", zap.String("phase", req.Phase), zap.Error(err))
+		return req, caller, log, err
+	}
+	if req.Force {
+		caller = CallerOf(ViaSocket, int(cred.Pid), cred.Uid)
+		log.Warn("break-glass request: exit --force", append(caller.fields(), zap.String("reason", req.Reason), zap.Bool("dry_run", req.DryRun))...)
+	}
+	return req, caller, log, nil
+}
+
+// stream sends the phase's progress lines, then its report, to the
+// client; a client that went away ends it, not the phase.
+func (s *Server) stream(c *net.UnixConn, sub *subscriber, phase string, log *zap.Logger) {
 	// Notice a client that went away (SIGKILLed) now, not at the next
 	// progress line. EOF alone may be a half-close (shutdown(SHUT_WR))
 	// of a client still reading: only a hang-up counts then; otherwise
@@ -371,16 +389,11 @@ func (s *Server) handle(c *net.UnixConn) {
 			close(gone)
 		}
 	}()
-	if joined {
-		if err := s.send(c, Message{Joined: true}); err != nil {
-			return
-		}
-	}
 	for {
 		select {
 		case <-sub.wake:
 		case <-gone:
-			log.Info("client left; the phase goes on", zap.String("phase", req.Phase))
+			log.Info("client left; the phase goes on", zap.String("phase", phase))
 			return
 		case <-s.force:
 			return

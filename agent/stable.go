@@ -428,19 +428,8 @@ func (w *watch) wait(ctx context.Context, deadline time.Time) (string, error) {
 		win := w.win
 		w.mu.Unlock()
 		if ready && left <= 0 {
-			// The last word is pm2's: nothing restarted between two polls.
-			ok := w.list(ctx)
-			if f := w.failure(); f != nil {
-				return "", f
-			}
-			if !ok {
-				return "", fmt.Errorf("%s: the last look at pm2 before the unblock was cut short: %w", w.app, ctx.Err())
-			}
-			if l, up, ready := w.left(time.Now()); ready && l <= 0 {
-				if err := w.recheck(ctx); err != nil {
-					return "", err
-				}
-				return fmt.Sprintf("stable: up %s of %s", secs(up), win), nil
+			if verdict, done, err := w.last(ctx, win); done || err != nil {
+				return verdict, err
 			}
 			continue
 		}
@@ -455,19 +444,50 @@ func (w *watch) wait(ctx context.Context, deadline time.Time) (string, error) {
 		if ready {
 			pause = min(left, time.Second) // a progress line a second
 		}
-		t := time.NewTimer(pause)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			if f := w.failure(); f != nil {
-				return "", f
-			}
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return "", fmt.Errorf("%s not stable within health.deadline %s: up %s of %s", w.app, w.budget, secs(up), win)
-			}
-			return "", ctx.Err()
-		case <-t.C:
+		if err := w.sleep(ctx, pause, up, win); err != nil {
+			return "", err
 		}
+	}
+}
+
+// last is the end of the window: the last word is pm2's (nothing
+// restarted between two polls), then the health check again if the app
+// restarted before it passed. done is false when pm2's answer shows the
+// window is not over after all.
+func (w *watch) last(ctx context.Context, win window) (verdict string, done bool, err error) {
+	ok := w.list(ctx)
+	if f := w.failure(); f != nil {
+		return "", true, f
+	}
+	if !ok {
+		return "", true, fmt.Errorf("%s: the last look at pm2 before the unblock was cut short: %w", w.app, ctx.Err())
+	}
+	l, up, ready := w.left(time.Now())
+	if !ready || l > 0 {
+		return "", false, nil
+	}
+	if err := w.recheck(ctx); err != nil {
+		return "", true, err
+	}
+	return fmt.Sprintf("stable: up %s of %s", secs(up), win), true, nil
+}
+
+// sleep pauses the wait for d; the watch's failure, or ctx's end (the
+// health deadline), ends it with the reason.
+func (w *watch) sleep(ctx context.Context, d, up time.Duration, win window) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		if f := w.failure(); f != nil {
+			return f
+		}
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return fmt.Errorf("%s not stable within health.deadline %s: up %s of %s", w.app, w.budget, secs(up), win)
+		}
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 
