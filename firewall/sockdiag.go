@@ -371,57 +371,97 @@ type diagMsg struct {
 func diagParse(b []byte, seq uint32, fn func(*diagMsg)) (done, interrupted bool, err error) {
 	var m diagMsg
 	for len(b) > 0 {
-		if len(b) < diagNlmsgHdrLen {
-			return done, interrupted, fmt.Errorf("truncated netlink header: %d bytes", len(b))
+		var nl diagNlmsg
+		nl, b, err = diagNextNlmsg(b)
+		if err != nil {
+			return false, interrupted, err
 		}
-		l := int(binary.NativeEndian.Uint32(b[0:]))
-		typ := binary.NativeEndian.Uint16(b[4:])
-		flags := binary.NativeEndian.Uint16(b[6:])
-		mseq := binary.NativeEndian.Uint32(b[8:])
-		if l < diagNlmsgHdrLen || l > len(b) {
-			return done, interrupted, fmt.Errorf("bad netlink message length %d (have %d bytes)", l, len(b))
-		}
-		payload := b[diagNlmsgHdrLen:l]
-		next := min(diagAlign(l), len(b))
-		b = b[next:]
-		if mseq != seq {
+		if nl.seq != seq {
 			continue
 		}
-		if flags&unix.NLM_F_DUMP_INTR != 0 {
+		if nl.flags&unix.NLM_F_DUMP_INTR != 0 {
 			interrupted = true
 		}
-		switch typ {
-		case unix.NLMSG_DONE:
-			// The payload may hold a negative errno for a dump that failed.
-			if len(payload) >= 4 {
-				if e := int32(binary.NativeEndian.Uint32(payload)); e < 0 {
-					return true, interrupted, fmt.Errorf("dump ended with error: %w", unix.Errno(-e))
-				}
+		if nl.typ != unix.SOCK_DIAG_BY_FAMILY && nl.typ != diagTCPDiagGetSock {
+			if done, err := diagControl(nl.typ, nl.payload); done || err != nil {
+				return done, interrupted, err
 			}
-			return true, interrupted, nil
-		case unix.NLMSG_ERROR:
-			if len(payload) < 4 {
-				return done, interrupted, fmt.Errorf("truncated NLMSG_ERROR: %d bytes", len(payload))
-			}
-			if e := int32(binary.NativeEndian.Uint32(payload)); e != 0 {
-				if e < 0 {
-					e = -e
-				}
-				return true, interrupted, fmt.Errorf("kernel returned error: %w", unix.Errno(e))
-			}
-			continue // an ACK
-		case unix.NLMSG_NOOP, unix.NLMSG_OVERRUN:
 			continue
-		case unix.SOCK_DIAG_BY_FAMILY, diagTCPDiagGetSock:
-		default:
-			return done, interrupted, fmt.Errorf("unexpected netlink message type %d", typ)
 		}
-		if err := diagParseMsg(payload, &m); err != nil {
-			return done, interrupted, err
+		if err := diagParseMsg(nl.payload, &m); err != nil {
+			return false, interrupted, err
 		}
 		fn(&m)
 	}
-	return done, interrupted, nil
+	return false, interrupted, nil
+}
+
+// diagNlmsg is one netlink message: its header's type, flags and sequence
+// number, and its payload (aliasing the buffer).
+type diagNlmsg struct {
+	typ, flags uint16
+	seq        uint32
+	payload    []byte
+}
+
+// diagNextNlmsg splits the first netlink message off b, returning it and
+// what follows it.
+func diagNextNlmsg(b []byte) (diagNlmsg, []byte, error) {
+	if len(b) < diagNlmsgHdrLen {
+		return diagNlmsg{}, nil, fmt.Errorf("truncated netlink header: %d bytes", len(b))
+	}
+	l := int(binary.NativeEndian.Uint32(b[0:]))
+	if l < diagNlmsgHdrLen || l > len(b) {
+		return diagNlmsg{}, nil, fmt.Errorf("bad netlink message length %d (have %d bytes)", l, len(b))
+	}
+	nl := diagNlmsg{
+		typ:     binary.NativeEndian.Uint16(b[4:]),
+		flags:   binary.NativeEndian.Uint16(b[6:]),
+		seq:     binary.NativeEndian.Uint32(b[8:]),
+		payload: b[diagNlmsgHdrLen:l],
+	}
+	return nl, b[min(diagAlign(l), len(b)):], nil
+}
+
+// diagControl handles a message of the dump that describes no socket. It
+// reports whether the dump ended (NLMSG_DONE, or NLMSG_ERROR with an errno)
+// and the error the message means; an ACK, NLMSG_NOOP and NLMSG_OVERRUN
+// mean neither.
+func diagControl(typ uint16, payload []byte) (done bool, err error) {
+	switch typ {
+	case unix.NLMSG_DONE:
+		// The payload may hold a negative errno for a dump that failed.
+		if e, ok := diagErrno(payload); ok && e < 0 {
+			return true, fmt.Errorf("dump ended with error: %w", unix.Errno(-e))
+		}
+		return true, nil
+	case unix.NLMSG_ERROR:
+		e, ok := diagErrno(payload)
+		if !ok {
+			return false, fmt.Errorf("truncated NLMSG_ERROR: %d bytes", len(payload))
+		}
+		if e == 0 {
+			return false, nil // an ACK
+		}
+		if e < 0 {
+			e = -e
+		}
+		return true, fmt.Errorf("kernel returned error: %w", unix.Errno(e))
+	case unix.NLMSG_NOOP, unix.NLMSG_OVERRUN:
+		return false, nil
+	default:
+		return false, fmt.Errorf("unexpected netlink message type %d", typ)
+	}
+}
+
+// diagErrno reads the int32 that starts an NLMSG_DONE or NLMSG_ERROR
+// payload (an errno, negative as the kernel sends it); ok is false when the
+// payload is too short to hold one.
+func diagErrno(payload []byte) (e int32, ok bool) {
+	if len(payload) < 4 {
+		return 0, false
+	}
+	return int32(binary.NativeEndian.Uint32(payload)), true
 }
 
 // conn is the established connection m describes.
