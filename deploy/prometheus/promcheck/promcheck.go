@@ -183,100 +183,102 @@ var labelLists = map[string]bool{
 // "("), keywords, label names (inside {} or after by, without, on,
 // ignoring, group_left, group_right), strings, numbers or durations.
 func ExprMetricNames(expr string) ([]string, error) {
-	var names []string
-	seen := map[string]bool{}
-	s := expr
-	i := 0
-	skipSpace := func(j int) int {
-		for j < len(s) && strings.ContainsRune(" \t\r\n", rune(s[j])) {
-			j++
+	sc := &exprScanner{s: expr, seen: map[string]bool{}}
+	for i := 0; i < len(expr); {
+		k, err := sc.next(i)
+		if err != nil {
+			return nil, err
 		}
-		return j
+		i = k
 	}
-	// skipTo returns the index after the close matching the open at s[j],
-	// skipping strings.
-	skipTo := func(j int, open, closer byte) (int, error) {
-		depth := 0
-		for j < len(s) {
-			switch c := s[j]; {
-			case c == '"' || c == '\'' || c == '`':
-				k, err := skipString(s, j)
-				if err != nil {
-					return 0, err
-				}
-				j = k
-				continue
-			case c == open:
-				depth++
-			case c == closer:
-				depth--
-				if depth == 0 {
-					return j + 1, nil
-				}
-			}
-			j++
-		}
-		return 0, fmt.Errorf("unbalanced %c in %q", open, expr)
-	}
-	for i < len(s) {
-		c := s[i]
-		switch {
-		case c == '"' || c == '\'' || c == '`':
-			k, err := skipString(s, i)
-			if err != nil {
-				return nil, err
-			}
-			i = k
-		case c == '#':
-			for i < len(s) && s[i] != '\n' {
-				i++
-			}
-		case c == '{':
-			k, err := skipTo(i, '{', '}')
-			if err != nil {
-				return nil, err
-			}
-			i = k
-		case c == '[':
-			k, err := skipTo(i, '[', ']')
-			if err != nil {
-				return nil, err
-			}
-			i = k
-		case c >= '0' && c <= '9' || c == '.':
-			for i < len(s) && (isIdent(s[i]) || s[i] == '.') {
-				i++
-			}
-		case isIdentStart(c):
-			j := i
-			for j < len(s) && isIdent(s[j]) {
-				j++
-			}
-			word := s[i:j]
-			next := skipSpace(j)
-			lower := strings.ToLower(word)
-			switch {
-			case labelLists[lower] && next < len(s) && s[next] == '(':
-				k, err := skipTo(next, '(', ')')
-				if err != nil {
-					return nil, err
-				}
-				j = k
-			case keywords[lower]:
-			case next < len(s) && s[next] == '(':
-				// a function or an aggregation
-			default:
-				if !seen[word] {
-					seen[word] = true
-					names = append(names, word)
-				}
-			}
-			i = j
-		default:
+	return sc.names, nil
+}
+
+// exprScanner walks a PromQL expression for ExprMetricNames.
+type exprScanner struct {
+	s     string
+	names []string
+	seen  map[string]bool
+}
+
+// next reads the token at i and returns the index after it.
+func (sc *exprScanner) next(i int) (int, error) {
+	s := sc.s
+	switch c := s[i]; {
+	case c == '"' || c == '\'' || c == '`':
+		return skipString(s, i)
+	case c == '#':
+		for i < len(s) && s[i] != '\n' {
 			i++
 		}
+		return i, nil
+	case c == '{':
+		return sc.skipTo(i, '{', '}')
+	case c == '[':
+		return sc.skipTo(i, '[', ']')
+	case c >= '0' && c <= '9' || c == '.':
+		for i < len(s) && (isIdent(s[i]) || s[i] == '.') {
+			i++
+		}
+		return i, nil
+	case isIdentStart(c):
+		return sc.word(i)
 	}
-	return names, nil
+	return i + 1, nil
+}
+
+// word reads the identifier at i: a metric name unless a keyword, a
+// function or aggregation (followed by "("), or a label list's keyword,
+// whose list it skips.
+func (sc *exprScanner) word(i int) (int, error) {
+	s := sc.s
+	j := i
+	for j < len(s) && isIdent(s[j]) {
+		j++
+	}
+	word := s[i:j]
+	next := j
+	for next < len(s) && strings.ContainsRune(" \t\r\n", rune(s[next])) {
+		next++
+	}
+	call := next < len(s) && s[next] == '('
+	lower := strings.ToLower(word)
+	switch {
+	case labelLists[lower] && call:
+		return sc.skipTo(next, '(', ')')
+	case keywords[lower], call:
+	case !sc.seen[word]:
+		sc.seen[word] = true
+		sc.names = append(sc.names, word)
+	}
+	return j, nil
+}
+
+// skipTo returns the index after the close matching the open at s[j],
+// skipping strings.
+func (sc *exprScanner) skipTo(j int, open, closer byte) (int, error) {
+	s := sc.s
+	depth := 0
+	for j < len(s) {
+		switch c := s[j]; {
+		case c == '"' || c == '\'' || c == '`':
+			k, err := skipString(s, j)
+			if err != nil {
+				return 0, err
+			}
+			j = k
+			continue
+		case c == open:
+			depth++
+		case c == closer:
+			depth--
+			if depth == 0 {
+				return j + 1, nil
+			}
+		}
+		j++
+	}
+	return 0, fmt.Errorf("unbalanced %c in %q", open, s)
 }
 
 func skipString(s string, i int) (int, error) {
