@@ -54,86 +54,124 @@ func openDirPath(path string) (*dirFD, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("%s: not an absolute path", path)
 	}
-	cur, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	root, err := openRoot()
 	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: "/", Err: err}
+		return nil, err
 	}
-	closeCur := func() { unix.Close(cur) }
-	walked := "/"
-	rest := splitPath(path)
-	links := 0
-	for len(rest) > 0 {
-		name := rest[0]
-		rest = rest[1:]
-		if name == "." {
-			continue
-		}
-		if name == ".." {
-			// Only lexically, on what was walked: ".." of a followed link
-			// would otherwise need the kernel's view of where it points.
-			parent := filepath.Dir(walked)
-			next, err := unix.Openat(cur, "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-			if err != nil {
-				closeCur()
-				return nil, &fs.PathError{Op: "open", Path: parent, Err: err}
-			}
-			closeCur()
-			cur, walked = next, parent
-			continue
-		}
-		here := filepath.Join(walked, name)
-		fd, err := unix.Openat(cur, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if err != nil {
-			closeCur()
-			return nil, &fs.PathError{Op: "open", Path: here, Err: err}
-		}
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
-			unix.Close(fd)
-			closeCur()
-			return nil, &fs.PathError{Op: "stat", Path: here, Err: err}
-		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFDIR:
-			closeCur()
-			cur, walked = fd, here
-		case unix.S_IFLNK:
-			target, err := readlinkFD(fd)
-			unix.Close(fd)
-			if err != nil {
-				closeCur()
-				return nil, &fs.PathError{Op: "readlink", Path: here, Err: err}
-			}
-			if st.Uid != 0 {
-				closeCur()
-				return nil, fmt.Errorf("%s: %s is a symlink owned by uid %d: on the way to a directory the app user controls only root's symlinks are followed (use the real path, or a link root owns)", path, here, st.Uid)
-			}
-			if links++; links > maxSymlinks {
-				closeCur()
-				return nil, &fs.PathError{Op: "open", Path: path, Err: unix.ELOOP}
-			}
-			rest = append(splitPath(target), rest...)
-			if filepath.IsAbs(target) {
-				root, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-				if err != nil {
-					closeCur()
-					return nil, &fs.PathError{Op: "open", Path: "/", Err: err}
-				}
-				closeCur()
-				cur, walked = root, "/"
-			}
-		default:
-			unix.Close(fd)
-			closeCur()
-			return nil, &fs.PathError{Op: "open", Path: here, Err: unix.ENOTDIR}
+	w := pathWalk{path: path, cur: root, walked: "/", rest: splitPath(path)}
+	defer w.close()
+	for len(w.rest) > 0 {
+		name := w.rest[0]
+		w.rest = w.rest[1:]
+		if err := w.step(name); err != nil {
+			return nil, err
 		}
 	}
-	fd, err := unix.Openat(cur, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	closeCur()
+	fd, err := unix.Openat(w.cur, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
 	return &dirFD{f: os.NewFile(uintptr(fd), path), path: filepath.Clean(path)}, nil
+}
+
+// pathWalk is openDirPath's walk: the directory reached so far (an O_PATH
+// fd, which the walk owns), its path as walked, the components still to
+// walk and how many symlinks were followed.
+type pathWalk struct {
+	path   string // the path asked for, for messages
+	cur    int
+	walked string
+	rest   []string
+	links  int
+}
+
+// openRoot opens "/", where an absolute path, or a symlink's absolute
+// target, starts.
+func openRoot() (int, error) {
+	fd, err := unix.Open("/", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, &fs.PathError{Op: "open", Path: "/", Err: err}
+	}
+	return fd, nil
+}
+
+// moveTo makes fd, the directory at walked, the one reached, closing the
+// one before.
+func (w *pathWalk) moveTo(fd int, walked string) {
+	unix.Close(w.cur)
+	w.cur, w.walked = fd, walked
+}
+
+func (w *pathWalk) close() { unix.Close(w.cur) }
+
+// step walks one component, name, from the directory reached: into a
+// directory, or through a symlink root owns (see follow).
+func (w *pathWalk) step(name string) error {
+	switch name {
+	case ".":
+		return nil
+	case "..":
+		return w.up()
+	}
+	here := filepath.Join(w.walked, name)
+	fd, err := unix.Openat(w.cur, name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: here, Err: err}
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		unix.Close(fd)
+		return &fs.PathError{Op: "stat", Path: here, Err: err}
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		w.moveTo(fd, here)
+		return nil
+	case unix.S_IFLNK:
+		// Read through the fd that was fstat'd: the target is that of the
+		// link whose owner st holds, whatever the name is now.
+		target, err := readlinkFD(fd)
+		unix.Close(fd)
+		if err != nil {
+			return &fs.PathError{Op: "readlink", Path: here, Err: err}
+		}
+		return w.follow(here, target, st.Uid)
+	}
+	unix.Close(fd)
+	return &fs.PathError{Op: "open", Path: here, Err: unix.ENOTDIR}
+}
+
+// up walks to the parent of the directory reached. Only lexically, on what
+// was walked: ".." of a followed link would otherwise need the kernel's view
+// of where it points.
+func (w *pathWalk) up() error {
+	parent := filepath.Dir(w.walked)
+	next, err := unix.Openat(w.cur, "..", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: parent, Err: err}
+	}
+	w.moveTo(next, parent)
+	return nil
+}
+
+// follow continues the walk through the symlink at here, owned by uid, to
+// target: only a link root owns is followed, at most maxSymlinks of them.
+func (w *pathWalk) follow(here, target string, uid uint32) error {
+	if uid != 0 {
+		return fmt.Errorf("%s: %s is a symlink owned by uid %d: on the way to a directory the app user controls only root's symlinks are followed (use the real path, or a link root owns)", w.path, here, uid)
+	}
+	if w.links++; w.links > maxSymlinks {
+		return &fs.PathError{Op: "open", Path: w.path, Err: unix.ELOOP}
+	}
+	w.rest = append(splitPath(target), w.rest...)
+	if filepath.IsAbs(target) {
+		root, err := openRoot()
+		if err != nil {
+			return err
+		}
+		w.moveTo(root, "/")
+	}
+	return nil
 }
 
 func splitPath(p string) []string {
