@@ -617,64 +617,92 @@ func (s Snapshot) verify() (snapManifest, error) {
 		return damaged(err)
 	}
 	defer filesD.Close()
-	for _, e := range m.Top {
-		if err := checkEntryAt(filesD, e.Path, e); err != nil {
-			return damaged(err)
+	if err := verifyTop(filesD, m.Top); err != nil {
+		return damaged(err)
+	}
+	if err := verifyNodeModules(snapD, m); err != nil {
+		return damaged(err)
+	}
+	return m, nil
+}
+
+// verifyTop checks the saved top-level files in files against their
+// entries, and the content of each one with a hash against it.
+func verifyTop(files *dirFD, top []snapEntry) error {
+	for _, e := range top {
+		if err := checkEntryAt(files, e.Path, e); err != nil {
+			return err
 		}
 		if e.SHA256 == "" {
 			continue
 		}
-		b, _, err := filesD.readRegular(e.Path, 1<<30)
+		b, _, err := files.readRegular(e.Path, 1<<30)
 		if err != nil {
-			return damaged(err)
+			return err
 		}
 		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != e.SHA256 {
-			return damaged(fmt.Errorf("%s: content changed", e.Path))
+			return fmt.Errorf("%s: content changed", e.Path)
 		}
 	}
-	want := make(map[string]int, len(m.Entries))
-	for i, e := range m.Entries {
-		want[e.Path] = i
-	}
-	seen := 0
-	var walk func(parent *dirFD, name, rel string) error
-	walk = func(parent *dirFD, name, rel string) error {
-		i, ok := want[rel]
-		if !ok {
-			return fmt.Errorf("%s: not in the manifest", rel)
-		}
-		seen++
-		if err := checkEntryAt(parent, name, m.Entries[i]); err != nil {
-			return err
-		}
-		if m.Entries[i].Type != "d" {
-			return nil
-		}
-		d, err := parent.sub(name)
-		if err != nil {
-			return err
-		}
-		defer d.Close()
-		ents, err := d.entries()
-		if err != nil {
-			return err
-		}
-		for _, de := range ents {
-			if err := walk(d, de.name, rel+"/"+de.name); err != nil {
-				return err
-			}
-		}
-		return nil
+	return nil
+}
+
+// verifyNodeModules checks the snapshot's node_modules against m's
+// entries: everything in it is in the manifest and as recorded, and every
+// entry of the manifest was found. A node_modules on disk that the manifest
+// says the app did not have is walked too, and so refused.
+func verifyNodeModules(snapD *dirFD, m snapManifest) error {
+	c := treeCheck{want: make(map[string]snapEntry, len(m.Entries))}
+	for _, e := range m.Entries {
+		c.want[e.Path] = e
 	}
 	if _, err := snapD.stat(nodeModules); err == nil || m.HasNM {
-		if err := walk(snapD, nodeModules, nodeModules); err != nil {
-			return damaged(err)
+		if err := c.walk(snapD, nodeModules, nodeModules); err != nil {
+			return err
 		}
 	}
-	if seen != len(m.Entries) {
-		return damaged(fmt.Errorf("%d of %d node_modules entries missing", len(m.Entries)-seen, len(m.Entries)))
+	if c.seen != len(m.Entries) {
+		return fmt.Errorf("%d of %d node_modules entries missing", len(m.Entries)-c.seen, len(m.Entries))
 	}
-	return m, nil
+	return nil
+}
+
+// treeCheck is verifyNodeModules' walk: the manifest's entries by path,
+// and how many of them were found on disk.
+type treeCheck struct {
+	want map[string]snapEntry
+	seen int
+}
+
+// walk checks the entry name of parent, saved under rel, and everything
+// below it when it is a directory.
+func (c *treeCheck) walk(parent *dirFD, name, rel string) error {
+	want, ok := c.want[rel]
+	if !ok {
+		return fmt.Errorf("%s: not in the manifest", rel)
+	}
+	c.seen++
+	if err := checkEntryAt(parent, name, want); err != nil {
+		return err
+	}
+	if want.Type != "d" {
+		return nil
+	}
+	d, err := parent.sub(name)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	ents, err := d.entries()
+	if err != nil {
+		return err
+	}
+	for _, de := range ents {
+		if err := c.walk(d, de.name, rel+"/"+de.name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkEntryAt compares the entry name of d with its manifest entry.
