@@ -13,7 +13,6 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/patchagent/patchagent/agent"
-	"github.com/patchagent/patchagent/hooks"
 )
 
 // document is the part of an SSM Command document (schema 2.2) checked here.
@@ -58,27 +57,14 @@ func load(t *testing.T, file string) ([]byte, document) {
 	return data, d
 }
 
-// Fixed waits of patchagent that are not in its config (see agent/wire.go,
-// agent/pre.go, hooks/npm.go).
-const (
-	phaseLockWait = agent.PhaseLockWait // agent.Deps.LockWait as wired
-	listenWait    = 5 * time.Second     // pre: the ports must close within it
-)
-
-// budget is patchagent's own worst case for a phase with cfg, before any
-// time for copies (snapshot, restore) and daemon hand-over.
-func budget(phase string, cfg agent.Config) time.Duration {
-	switch phase {
-	case "pre":
-		return phaseLockWait + cfg.Traffic.LockWait.D() + cfg.Drain.Timeout.D() +
-			hooks.DefaultPM2CallTimeout + hooks.DefaultPM2StopWait + listenWait
-	case "post":
-		return phaseLockWait + cfg.Post.NPM.Timeout.D()
-	case "exit":
-		// start, health wait; rollback: restart, second health wait; unblock.
-		return phaseLockWait + 2*hooks.DefaultPM2CallTimeout + 2*cfg.Health.Deadline.D() + cfg.Traffic.LockWait.D()
+// budget is patchagent's own worst case for a phase with cfg (agent.Budget).
+func budget(t *testing.T, phase string, cfg agent.Config) time.Duration {
+	t.Helper()
+	b, ok := agent.Budget(phase, cfg)
+	if !ok {
+		t.Fatalf("agent.Budget knows no phase %q", phase)
 	}
-	panic(phase)
+	return b
 }
 
 func TestDocuments(t *testing.T) {
@@ -120,7 +106,7 @@ func TestDocuments(t *testing.T) {
 			if secs < 5 || secs > 172800 {
 				t.Errorf("timeoutSeconds %d outside SSM's 5..172800 (the agent would use 3600)", secs)
 			}
-			b := budget(ph.Command, cfg)
+			b := budget(t, ph.Command, cfg)
 			min := max(b+b/2, b+time.Minute)
 			if time.Duration(secs)*time.Second < min {
 				t.Errorf("timeoutSeconds %d: patchagent %s may take %s with the default config; want at least %s", secs, ph.Command, b, min)
