@@ -796,84 +796,137 @@ func (s Snapshot) Restore() error {
 		return fail(err)
 	}
 	defer snapD.Close()
-	for _, leftover := range []string{restoreStaging, legacyRestoreDir} {
-		if err := appD.removeAll(leftover); err != nil {
-			return fail(fmt.Errorf("removing a leftover: %w", err))
-		}
-	}
-	stage, err := appD.mkdirPrivate(restoreStaging)
+	stage, err := openStaging(appD)
 	if err != nil {
 		return fail(err)
 	}
 	defer stage.Close()
+	r := restorer{app: appD, snap: snapD, stage: stage, link: link}
+	if err := r.nodeModules(m.HasNM); err != nil {
+		return fail(err)
+	}
+	if err := r.topFiles(m.Top); err != nil {
+		return fail(err)
+	}
+	if err := r.removeStaging(); err != nil {
+		return fail(err)
+	}
+	// syncfs covers the app dir's own entries too.
+	if err := syncFSOf(appD.f); err != nil {
+		return fail(err)
+	}
+	return nil
+}
 
-	if m.HasNM {
-		c := cloner{link: link}
-		if err := c.cloneDir(snapD, stage, nodeModules, nodeModules); err != nil {
-			appD.removeAll(restoreStaging)
-			return fail(err)
+// openStaging creates Restore's staging dir in the app dir (mkdirPrivate:
+// root's, 0700, checked), after removing what a crashed Restore left: its
+// staging dir, or the build dir of a version before it.
+func openStaging(app *dirFD) (*dirFD, error) {
+	for _, leftover := range []string{restoreStaging, legacyRestoreDir} {
+		if err := removeLeftover(app, leftover); err != nil {
+			return nil, err
+		}
+	}
+	return app.mkdirPrivate(restoreStaging)
+}
+
+// removeLeftover removes name from the app dir, where a Restore that
+// crashed left it.
+func removeLeftover(app *dirFD, name string) error {
+	if err := app.removeAll(name); err != nil {
+		return fmt.Errorf("removing a leftover: %w", err)
+	}
+	return nil
+}
+
+// restorer is one Restore at work: the app dir, the snapshot, and the
+// staging dir in the app dir that everything is built in.
+type restorer struct {
+	app, snap, stage *dirFD
+	link             linkFunc
+}
+
+// nodeModules replaces the app's node_modules with the snapshot's (none
+// when hasNM is false), in the order that a rerun after a crash at any
+// point completes: rebuilt in the staging dir, the live one renamed aside,
+// the rebuilt one renamed into place, the app dir synced, the old one
+// removed.
+func (r *restorer) nodeModules(hasNM bool) error {
+	if hasNM {
+		c := cloner{link: r.link}
+		if err := c.cloneDir(r.snap, r.stage, nodeModules, nodeModules); err != nil {
+			r.app.removeAll(restoreStaging)
+			return err
 		}
 	}
 	aside := nodeModules + asideSuffix
-	if _, err := appD.stat(nodeModules); err == nil {
-		if err := appD.removeAll(aside); err != nil {
-			return fail(fmt.Errorf("removing a leftover: %w", err))
+	if _, err := r.app.stat(nodeModules); err == nil {
+		if err := removeLeftover(r.app, aside); err != nil {
+			return err
 		}
-		if err := appD.rename(nodeModules, aside); err != nil {
-			return fail(fmt.Errorf("moving node_modules aside: %w", err))
+		if err := r.app.rename(nodeModules, aside); err != nil {
+			return fmt.Errorf("moving node_modules aside: %w", err)
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
-		return fail(err)
+		return err
 	}
-	if m.HasNM {
-		if err := renameInto(stage, appD, nodeModules); err != nil {
-			return fail(fmt.Errorf("moving the restored node_modules into place: %w", err))
+	if hasNM {
+		if err := renameInto(r.stage, r.app, nodeModules); err != nil {
+			return fmt.Errorf("moving the restored node_modules into place: %w", err)
 		}
 	}
-	if err := appD.sync(); err != nil {
-		return fail(err)
+	if err := r.app.sync(); err != nil {
+		return err
 	}
-	if err := appD.removeAll(aside); err != nil {
-		return fail(fmt.Errorf("removing the replaced node_modules: %w", err))
+	if err := r.app.removeAll(aside); err != nil {
+		return fmt.Errorf("removing the replaced node_modules: %w", err)
 	}
+	return nil
+}
 
-	saved := map[string]snapEntry{}
-	for _, e := range m.Top {
-		saved[e.Path] = e
+// topFiles puts back each top-level file the snapshot saved (made in the
+// staging dir with its attributes, then renamed over its target), and
+// removes each one that did not exist when it was taken.
+func (r *restorer) topFiles(top []snapEntry) error {
+	saved := map[string]bool{}
+	for _, e := range top {
+		saved[e.Path] = true
 	}
-	filesD, err := snapD.sub(snapFilesDir)
+	filesD, err := r.snap.sub(snapFilesDir)
 	if err != nil {
-		return fail(err)
+		return err
 	}
 	defer filesD.Close()
 	for _, name := range snapTopFiles {
-		if _, ok := saved[name]; !ok {
-			if err := unix.Unlinkat(appD.fd(), name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
-				return fail(fmt.Errorf("removing %s: %w", name, err))
+		if !saved[name] {
+			if err := unix.Unlinkat(r.app.fd(), name, 0); err != nil && !errors.Is(err, unix.ENOENT) {
+				return fmt.Errorf("removing %s: %w", name, err)
 			}
 			continue
 		}
 		st, err := filesD.stat(name)
 		if err != nil {
-			return fail(err)
+			return err
 		}
-		if _, err := copyEntryAt(filesD, stage, name, name, &st, false); err != nil {
-			return fail(err)
+		if _, err := copyEntryAt(filesD, r.stage, name, name, &st, false); err != nil {
+			return err
 		}
-		if err := renameInto(stage, appD, name); err != nil {
-			return fail(err)
+		if err := renameInto(r.stage, r.app, name); err != nil {
+			return err
 		}
 	}
-	if err := unix.Unlinkat(appD.fd(), restoreStaging, unix.AT_REMOVEDIR); err != nil {
+	return nil
+}
+
+// removeStaging removes the staging dir, empty once everything built in
+// it has been moved into place.
+func (r *restorer) removeStaging() error {
+	if err := unix.Unlinkat(r.app.fd(), restoreStaging, unix.AT_REMOVEDIR); err != nil {
 		// Not ours any more (the user put something in its place): what
 		// matters is restored; leave the name to the user.
 		if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTEMPTY) && !errors.Is(err, unix.ENOTDIR) {
-			return fail(err)
+			return err
 		}
-	}
-	// syncfs covers the app dir's own entries too.
-	if err := syncFSOf(appD.f); err != nil {
-		return fail(err)
 	}
 	return nil
 }
