@@ -246,7 +246,7 @@ func (m *Metrics) ObservePhase(rep *Report, st State, now time.Time) {
 	ts := timestamp(now)
 	m.PhaseDuration.WithLabelValues(rep.Phase).Observe(rep.Duration.Seconds())
 	for _, s := range rep.Steps {
-		m.StepDuration.WithLabelValues(rep.Phase, s.Name).Observe(s.Dur.Seconds())
+		m.StepDuration.WithLabelValues(rep.Phase, stepLabel(s.Name)).Observe(s.Dur.Seconds())
 	}
 	m.LastRun.WithLabelValues(rep.Phase).Set(ts)
 	if rep.Result == ResultOK {

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -17,6 +18,8 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/patchagent/patchagent/healthcheck"
 )
 
 var (
@@ -334,7 +337,7 @@ func TestMetricsLabels(t *testing.T) {
 	}
 	allowed := map[string][]string{
 		"phase":  Phases,
-		"step":   {"block", "drain", "update", "health"},
+		"step":   append(slices.Clone(StepNames), "other"),
 		"result": {ResultOK, ResultFailed, ResultDryRun, "success", "failure"},
 		"state":  {"busy", "idle"},
 	}
@@ -516,4 +519,71 @@ func labelString(m *dto.Metric) string {
 	}
 	slices.Sort(parts)
 	return strings.Join(parts, ",")
+}
+
+// TestStepNamesCoverThePhases: every step the phases report is one of
+// StepNames (else its metric would read "other"), over runs that take each
+// phase through its steps: pre with extras, post, exit with a rollback and
+// with extras, exit --force, a reboot's reconcile; and a report's stray
+// step name is exported as "other", not as a new label value.
+func TestStepNamesCoverThePhases(t *testing.T) {
+	ctx := context.Background()
+	seen := map[string]bool{}
+	record := func(rep *Report) {
+		for _, s := range rep.Steps {
+			seen[s.Name] = true
+		}
+	}
+	e := newTestEnv(t)
+	p := withPackages(t, e)
+	e.cfg.Steps.StopUnits = []string{"metrics-agent.service"}
+	e.cfg.Exit.Rollback = true
+	record(e.agent(t).Pre(ctx, RunOptions{}))
+	record(e.agent(t).Post(ctx, RunOptions{}))
+	e.fw.blocked = false // a reboot: reblock first
+	// Unhealthy until the rollback restored the snapshot.
+	e.health.dynamic = func() healthcheck.Result {
+		if p.restores() > 0 {
+			return healthy()
+		}
+		return unhealthy(500)
+	}
+	record(e.agent(t).Exit(ctx, RunOptions{}))
+	record(e.agent(t).Pre(ctx, RunOptions{}))
+	e.fw.blocked, e.boot = false, "boot-2"
+	record(e.agent(t).Reconcile(ctx, RunOptions{}))
+	record(e.agent(t).Exit(ctx, forceOpts("test")))
+	for name := range seen {
+		if !slices.Contains(StepNames, name) {
+			t.Errorf("step %q is not in StepNames", name)
+		}
+	}
+	for _, want := range []string{"check", "block", "drain", "stop", "extras", "snapshot", "update", "reblock", "start", "health", "rollback", "unblock", "restore", "force"} {
+		if !seen[want] {
+			t.Errorf("no run reported step %q: the scenarios miss it", want)
+		}
+	}
+
+	reg, m := newTestMetrics(t)
+	m.ObservePhase(&Report{Phase: "exit", Result: ResultOK, Steps: []StepReport{{Name: "rm -rf /srv/app", Result: ResultOK}}}, State{}, time.Now())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var steps []string
+	for _, mf := range mfs {
+		if mf.GetName() != "patchagent_step_duration_seconds" {
+			continue
+		}
+		for _, s := range mf.GetMetric() {
+			for _, lp := range s.GetLabel() {
+				if lp.GetName() == "step" {
+					steps = append(steps, lp.GetValue())
+				}
+			}
+		}
+	}
+	if !slices.Equal(steps, []string{"other"}) {
+		t.Fatalf("step labels %q, want the stray name exported as [other]", steps)
+	}
 }

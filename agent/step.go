@@ -3,8 +3,25 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
+
+// StepNames are the names of every step a phase reports, the only values
+// of the step label of patchagent_step_duration_seconds (a name not here
+// is exported as "other": a label never grows with what a report holds).
+var StepNames = []string{
+	"block", "check", "drain", "extras", "force", "health", "prune", "reblock",
+	"restore", "rollback", "snapshot", "start", "stop", "unblock", "undo-post", "update",
+}
+
+// stepLabel is name as the step label.
+func stepLabel(name string) string {
+	if slices.Contains(StepNames, name) {
+		return name
+	}
+	return "other"
+}
 
 // stepOut is what a step's body reports for its line in the report.
 type stepOut struct {
