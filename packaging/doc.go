@@ -18,8 +18,9 @@
 //     the package) and manifest.json into dist/distributor/.
 //
 // Tests: scripts_test.go runs every script against stub systemctl, dpkg and
-// rpm; systemd_test.go verifies the units; man_test.go checks the man page
-// against the CLI's usage text; package_test.go (build tag integration)
-// builds the packages and inspects them with dpkg-deb, rpm and lintian, runs
+// rpm; systemd_test.go verifies the units; man_test.go checks that the man
+// page renders (cmd/patchagent/man_test.go checks it against the CLI's
+// command table); package_test.go (build tag integration) builds the
+// packages and inspects them with dpkg-deb, rpm and lintian, runs
 // check-config on the shipped config and checks the Distributor output.
 package packaging

@@ -19,29 +19,20 @@ import (
 // runDaemon is `patchagent daemon`: the systemd service that owns the
 // phases (the hook commands hand them over through the control socket),
 // re-establishes the block at boot, watches it and serves /metrics.
-func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
-	fs, path := newFlags("daemon", stderr)
-	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
-	if err := fs.Parse(args); err != nil {
-		return agent.ExitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "patchagent daemon: unexpected argument %q\n", fs.Arg(0))
-		return agent.ExitUsage
-	}
+func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int {
+	path, level := o.value("config"), o.value("log-level")
 	// First: capture and unset NOTIFY_SOCKET before anything spawns a child.
 	notifier, watchdog, err := agent.NewSystemdNotifier()
 	if err != nil {
 		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
 		return agent.ExitFailed
 	}
-	log, err := newLogger(*level, stderr)
+	log, err := newLogger(level, stderr)
 	if err != nil {
-		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
-		return agent.ExitUsage
+		return usageError(stderr, c, err)
 	}
 	defer func() { _ = log.Sync() }()
-	cfg, err := agent.LoadConfig(*path)
+	cfg, err := agent.LoadConfig(path)
 	if err != nil {
 		log.Error("config refused", zap.Error(err))
 		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
@@ -75,9 +66,9 @@ func runDaemon(ctx context.Context, args []string, stderr io.Writer) int {
 		log.Error("control socket", zap.Error(err))
 		return agent.ExitFailed
 	}
-	abs, err := filepath.Abs(*path)
+	abs, err := filepath.Abs(path)
 	if err != nil {
-		abs = *path
+		abs = path
 	}
 	// An edited config is picked up on SIGHUP (systemctl reload) and before
 	// each new cycle.
