@@ -70,10 +70,13 @@ bench: setup build
 
 # dist/patchagent_<version>_amd64.deb and dist/patchagent-<version>.x86_64.rpm
 # from packaging/nfpm.yaml (nfpm v2.45.2, installed into .cache/bin when
-# missing); the package version comes from packaging/version.sh.
+# missing); the package version comes from packaging/version.sh. The shell
+# completions come from the built binary, so it must run here (linux/amd64).
 package:
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/patchagent ./cmd/patchagent
 	gzip -9n -c packaging/man/patchagent.8 > dist/patchagent.8.gz
+	dist/patchagent completion bash > dist/patchagent.bash
+	dist/patchagent completion zsh > dist/_patchagent
 	[ -x $(CURDIR)/.cache/bin/nfpm ] || GOBIN=$(CURDIR)/.cache/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 	rm -f dist/patchagent_*.deb dist/patchagent-*.rpm
 	GOARCH=amd64 PKG_VERSION=$$(sh packaging/version.sh) $(CURDIR)/.cache/bin/nfpm package -f packaging/nfpm.yaml -p deb -t dist/

@@ -23,6 +23,8 @@ command -v git >/dev/null 2>&1 || need="$need git"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 command -v lintian >/dev/null 2>&1 || need="$need lintian"
 command -v rpm >/dev/null 2>&1 || need="$need rpm"
+# The generated zsh completion is checked with zsh -n.
+command -v zsh >/dev/null 2>&1 || need="$need zsh"
 # The real-node test (deploy/node): a Debian root booted with systemd-nspawn.
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
 command -v systemd-nspawn >/dev/null 2>&1 || need="$need systemd-container"

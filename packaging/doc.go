@@ -4,7 +4,9 @@
 //   - nfpm.yaml: the deb and rpm (`make package`, nfpm v2.45.2): the static
 //     binary, the systemd units (systemd/), /etc/patchagent/config.yaml
 //     (config.yaml: a conffile, 0600 root, app.name left empty), the man page
-//     (man/patchagent.8), copyright, changelog.yml and lintian-overrides.
+//     (man/patchagent.8), the bash and zsh completions (`patchagent
+//     completion`, run by `make package`), copyright, changelog.yml and
+//     lintian-overrides.
 //   - version.sh: the package version, from git describe.
 //   - scripts/: the maintainer scripts, POSIX sh, shared by deb and rpm. The
 //     daemon is enabled (not started) on first install only when the config

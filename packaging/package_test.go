@@ -87,14 +87,16 @@ func TestDebContents(t *testing.T) {
 		got[strings.TrimPrefix(f[5], ".")] = f[0] + " " + owner
 	}
 	want := map[string]string{
-		"/usr/bin/patchagent":                              "-rwxr-xr-x root/root",
-		"/etc/patchagent/config.yaml":                      "-rw------- root/root",
-		"/lib/systemd/system/patchagent.service":           "-rw-r--r-- root/root",
-		"/lib/systemd/system/patchagent-reconcile.service": "-rw-r--r-- root/root",
-		"/usr/share/man/man8/patchagent.8.gz":              "-rw-r--r-- root/root",
-		"/usr/share/doc/patchagent/copyright":              "-rw-r--r-- root/root",
-		"/usr/share/doc/patchagent/changelog.Debian.gz":    "-rw-r--r-- root/root",
-		"/usr/share/lintian/overrides/patchagent":          "-rw-r--r-- root/root",
+		"/usr/bin/patchagent":                               "-rwxr-xr-x root/root",
+		"/etc/patchagent/config.yaml":                       "-rw------- root/root",
+		"/lib/systemd/system/patchagent.service":            "-rw-r--r-- root/root",
+		"/lib/systemd/system/patchagent-reconcile.service":  "-rw-r--r-- root/root",
+		"/usr/share/man/man8/patchagent.8.gz":               "-rw-r--r-- root/root",
+		"/usr/share/doc/patchagent/copyright":               "-rw-r--r-- root/root",
+		"/usr/share/doc/patchagent/changelog.Debian.gz":     "-rw-r--r-- root/root",
+		"/usr/share/lintian/overrides/patchagent":           "-rw-r--r-- root/root",
+		"/usr/share/bash-completion/completions/patchagent": "-rw-r--r-- root/root",
+		"/usr/share/zsh/vendor-completions/_patchagent":     "-rw-r--r-- root/root",
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("dpkg-deb -c:\n%v\nwant:\n%v", got, want)
@@ -142,7 +144,8 @@ func TestRPM(t *testing.T) {
 	want := []string{
 		"/etc/patchagent", "/etc/patchagent/config.yaml", "/usr/bin/patchagent",
 		"/usr/lib/systemd/system/patchagent-reconcile.service", "/usr/lib/systemd/system/patchagent.service",
-		"/usr/share/man/man8/patchagent.8.gz",
+		"/usr/share/bash-completion/completions/patchagent", "/usr/share/man/man8/patchagent.8.gz",
+		"/usr/share/zsh/site-functions/_patchagent",
 	}
 	sort.Strings(files)
 	if !reflect.DeepEqual(files, want) {

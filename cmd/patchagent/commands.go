@@ -14,9 +14,9 @@ import (
 )
 
 // A command is one `patchagent NAME`. The table of them, commands, is the
-// CLI's one description: dispatch, the usage text, each command's --help
-// and (checked by man_test.go) the SYNOPSIS of patchagent(8) are all made
-// from it.
+// CLI's one description: dispatch, the usage text, each command's --help,
+// the completion scripts and (checked by man_test.go) the SYNOPSIS of
+// patchagent(8) are all made from it.
 type command struct {
 	name    string
 	group   string // the heading it is listed under in the usage text
@@ -93,8 +93,8 @@ var flagSections = []struct {
 // phaseNote ends the description of each phase command.
 const phaseNote = " Run by the daemon when one answers on its socket, else in this process, which then says so on stderr."
 
-// commands is set by init, not by its declaration: help reads the table
-// it is in, which an initializer cannot allow.
+// commands is set by init, not by its declaration: help and completion
+// read the table they are in, which an initializer cannot allow.
 var commands []*command
 
 func init() {
@@ -128,6 +128,10 @@ func init() {
 		{name: "check-config", group: otherCommands, flags: []flagSpec{configFlag}, run: runCheckConfig,
 			summary: "validate the config and print the effective values",
 			desc:    "Validate the config and print the effective values; exit 2 when it is not valid."},
+		{name: "completion", group: otherCommands, args: "bash|zsh", argValues: []string{"bash", "zsh"}, run: runCompletion,
+			summary: "print the bash or zsh completion script",
+			desc: "Print the completion script of bash or zsh for this patchagent's commands and flags. " +
+				"The packages install both; by hand: source <(patchagent completion bash)."},
 		{name: "help", group: otherCommands, args: "[COMMAND]", run: runHelp,
 			summary: "show this text, or what COMMAND --help shows",
 			desc:    "Show the usage text, or with COMMAND what patchagent COMMAND --help shows."},

@@ -106,6 +106,8 @@ func TestBadCommandLine(t *testing.T) {
 		bad{[]string{"exit", "--config"}, "patchagent exit: flag --config needs a value: --config FILE\nTry 'patchagent exit --help'.\n"},
 		bad{[]string{"pre", "--dry-run=maybe"}, "patchagent pre: flag --dry-run takes no value, not \"maybe\"\nTry 'patchagent pre --help'.\n"},
 		bad{[]string{"version", "now"}, "patchagent version: unexpected argument \"now\"\nTry 'patchagent version --help'.\n"},
+		bad{[]string{"completion"}, "patchagent completion: want bash or zsh\nTry 'patchagent completion --help'.\n"},
+		bad{[]string{"completion", "fish"}, "patchagent completion: shell \"fish\": want bash or zsh\nTry 'patchagent completion --help'.\n"},
 		bad{[]string{"patch"}, "patchagent: unknown command \"patch\"\nTry 'patchagent --help'.\n"},
 	)
 	for _, tt := range tests {

@@ -29,7 +29,7 @@ func usage() string {
 	}
 	b.WriteString("\n")
 	writeItem(&b, "", "'patchagent COMMAND --help' (or 'patchagent help COMMAND') shows a command's "+
-		"synopsis and all its flags.")
+		"synopsis and all its flags; 'patchagent completion bash|zsh' prints the shell completion.")
 	b.WriteString("\n")
 	writeItem(&b, "", "Exit codes: 0 ok, 1 the phase failed (or was forced), 2 usage or config error, "+
 		"3 another phase holds the lock.")
