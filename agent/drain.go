@@ -50,8 +50,7 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 		now := a.d.Now()
 		r.Waited = now.Sub(blockedAt)
 		if s.Total != last.Total || s.Busy != last.Busy || s.Idle != last.Idle || now.Sub(lastPrint) >= time.Second {
-			a.progress("drain: %d connection(s), %d busy, %d idle >= %s, after %s",
-				s.Total, s.Busy, s.Idle, c.Idle, r.Waited.Round(10*time.Millisecond))
+			a.progress("%s", DrainProgress{Conns: s.Total, Busy: s.Busy, Idle: s.Idle, IdleFor: c.Idle.D(), After: r.Waited}.String())
 			last, lastPrint = s, now
 		}
 		if s.Drained() && r.Waited >= c.MinWait.D() {
@@ -78,4 +77,26 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 		case <-timer.C:
 		}
 	}
+}
+
+// DrainProgress is the drain's live progress line, which tools that watch
+// a phase (the demo) read back with ParseDrainProgress.
+type DrainProgress struct {
+	Conns, Busy, Idle int
+	IdleFor, After    time.Duration
+}
+
+const drainProgressFormat = "drain: %d connection(s), %d busy, %d idle >= %s, after %s"
+
+func (p DrainProgress) String() string {
+	return fmt.Sprintf(drainProgressFormat, p.Conns, p.Busy, p.Idle, Duration(p.IdleFor), p.After.Round(10*time.Millisecond))
+}
+
+// ParseDrainProgress reads the connection and busy counts back from a
+// progress line; ok is false for any other line.
+func ParseDrainProgress(line string) (conns, busy int, ok bool) {
+	if _, err := fmt.Sscanf(line, "drain: %d connection(s), %d busy", &conns, &busy); err != nil {
+		return 0, 0, false
+	}
+	return conns, busy, true
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 // progress is what the live line shows.
@@ -27,7 +29,7 @@ func formatProgress(p progress, width int) string {
 	if p.Daemon != "" {
 		parts = append(parts, "daemon: "+cycleID.ReplaceAllString(p.Daemon, "cycle open"))
 	}
-	if c, busy, ok := parseDrain(p.Drain); ok {
+	if c, busy, ok := agent.ParseDrainProgress(p.Drain); ok {
 		parts = append(parts, fmt.Sprintf("draining: %d conn(s), %d busy", c, busy))
 	}
 	parts = append(parts, fmt.Sprintf("ok %d refused %d failed %d", p.OK, p.Refused, p.Failed))
@@ -39,14 +41,6 @@ func formatProgress(p progress, width int) string {
 		s = s[:width-3] + "..."
 	}
 	return s
-}
-
-// parseDrain reads pre's progress line "drain: N connection(s), B busy, ...".
-func parseDrain(line string) (conns, busy int, ok bool) {
-	if _, err := fmt.Sscanf(line, "drain: %d connection(s), %d busy", &conns, &busy); err != nil {
-		return 0, 0, false
-	}
-	return conns, busy, true
 }
 
 // console writes report lines and, on a terminal, one live progress line

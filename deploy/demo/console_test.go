@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 func TestFormatProgress(t *testing.T) {
@@ -28,12 +30,19 @@ func TestFormatProgress(t *testing.T) {
 	}
 }
 
+// TestParseDrain: the demo reads the drain line the agent prints (one
+// owner of the format: agent.DrainProgress), not a copy of it.
 func TestParseDrain(t *testing.T) {
-	if c, b, ok := parseDrain("drain: 12 connection(s), 0 busy, 12 idle >= 1s, after 3s"); !ok || c != 12 || b != 0 {
-		t.Errorf("got %d %d %v", c, b, ok)
+	line := agent.DrainProgress{Conns: 12, Busy: 3, Idle: 9, IdleFor: time.Second, After: 3 * time.Second}.String()
+	if c, b, ok := agent.ParseDrainProgress(line); !ok || c != 12 || b != 3 {
+		t.Errorf("%q: got %d %d %v", line, c, b, ok)
+	}
+	p := progress{Stage: "pre", Drain: line}
+	if got := formatProgress(p, 200); !strings.Contains(got, "draining: 12 conn(s), 3 busy") {
+		t.Errorf("the progress line does not show the drain: %q", got)
 	}
 	for _, l := range []string{"", "drain:", "stop: pm2 stop", "drain: x connection(s)"} {
-		if _, _, ok := parseDrain(l); ok {
+		if _, _, ok := agent.ParseDrainProgress(l); ok {
 			t.Errorf("parsed %q", l)
 		}
 	}
