@@ -268,7 +268,11 @@ func TestExitDryRunChangesNothing(t *testing.T) {
 	// The rules gone (a reboot): the plan puts them back first.
 	e.fw.blocked = false
 	rep = e.agent(t).Exit(context.Background(), RunOptions{DryRun: true})
-	if len(rep.Plan) < 2 || rep.Plan[0] != "re-apply the block first (the cycle is open but the rules are gone):" || rep.Plan[1] != "iptables -t filter -N PATCHAGENT-BLOCK" || len(e.ev.all()) != 0 {
+	// The firewall's own plan of the block, whole and in order, right
+	// after the line that says why.
+	fwPlan := e.fw.Plan()
+	if len(rep.Plan) < 1+len(fwPlan) || rep.Plan[0] != "re-apply the block first (the cycle is open but the rules are gone):" ||
+		!slices.Equal(rep.Plan[1:1+len(fwPlan)], fwPlan) || len(e.ev.all()) != 0 {
 		t.Fatalf("dry run with the rules gone: %v\n%s", e.ev.all(), rep.Text())
 	}
 }

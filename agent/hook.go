@@ -39,6 +39,14 @@ type HookOptions struct {
 // in this process, and its metrics go to node_exporter's textfile
 // collector (a node without one just has no such directory).
 func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Report {
+	return runHook(ctx, cfg, phase, o, Build)
+}
+
+// builder is Build's signature: runHook builds the agent of a phase run in
+// this process with it.
+type builder func(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(string), m *Metrics) (*Agent, error)
+
+func runHook(ctx context.Context, cfg Config, phase string, o HookOptions, build builder) *Report {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -78,7 +86,7 @@ func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Repo
 		fmt.Fprintf(o.Progress, "patchagent reconcile: %s\n", reblocked)
 	}
 	reg, metrics := NewTextfileRegistry(o.Version)
-	a, err := Build(cfg, o.Log, o.Progress, o.AfterSave, metrics)
+	a, err := build(cfg, o.Log, o.Progress, o.AfterSave, metrics)
 	if err != nil {
 		if reblocked != "" {
 			err = fmt.Errorf("%s; then: %w", reblocked, err)

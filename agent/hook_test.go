@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 )
 
@@ -32,17 +35,39 @@ func TestRunHookHandsThePhaseToTheDaemon(t *testing.T) {
 	}
 }
 
+// TestRunHookWithoutADaemonRunsThePhaseHere: no daemon answers, so the
+// hook says so, builds the agent in this process, runs the phase there,
+// and writes its metrics for node_exporter; a build that fails is the
+// report's error.
 func TestRunHookWithoutADaemonRunsThePhaseHere(t *testing.T) {
-	cfg := DefaultConfig()
+	e := newTestEnv(t)
+	afterPre(t, e)
+	cfg := e.cfg
 	cfg.Daemon.Socket = filepath.Join(t.TempDir(), "none.sock")
 	cfg.Daemon.TextfileDir = t.TempDir()
-	cfg.App.User = "pa-no-such-user"
 	var progress bytes.Buffer
-	rep := RunHook(testCtx(t), cfg, "exit", HookOptions{Log: zaptest.NewLogger(t), Progress: &progress})
+	built := 0
+	build := func(c Config, log *zap.Logger, w io.Writer, afterSave func(string), m *Metrics) (*Agent, error) {
+		built++
+		a := e.agent(t)
+		a.d.Metrics, a.d.Progress = m, w
+		return a, nil
+	}
+	rep := runHook(testCtx(t), cfg, "exit", HookOptions{Log: zaptest.NewLogger(t), Progress: &progress}, build)
 	if !strings.Contains(progress.String(), "no daemon answering on "+cfg.Daemon.Socket+": running the phase in this process") {
 		t.Errorf("progress %q", progress.String())
 	}
-	// Built here: the configured user is looked up, and is missing.
+	if built != 1 || rep.Phase != "exit" || rep.ExitCode != 0 || !slices.Equal(e.ev.all(), []string{"start web", "unblock"}) {
+		t.Fatalf("built %d, events %q, report %s", built, e.ev.all(), rep.Text())
+	}
+	prom, err := os.ReadFile(filepath.Join(cfg.Daemon.TextfileDir, TextfileName))
+	if err != nil || !strings.Contains(string(prom), `patchagent_phase_runs_total{phase="exit",result="ok"} 1`) {
+		t.Fatalf("metrics for node_exporter: %v\n%s", err, prom)
+	}
+
+	// The real Build, with a user the node does not know.
+	cfg.App.User = "pa-no-such-user"
+	rep = RunHook(testCtx(t), cfg, "exit", HookOptions{Log: zaptest.NewLogger(t)})
 	if rep.Phase != "exit" || rep.ExitCode != ExitUsage || !strings.Contains(rep.Error, "pa-no-such-user") {
 		t.Fatalf("report %+v, want the local build's configuration error", rep)
 	}
