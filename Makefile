@@ -41,7 +41,7 @@ unit:
 
 # Real iptables in namespaces the tests create, a real Node.js app under real
 # pm2, real npm against verdaccio, real sockets, and the built .deb on a
-# Debian node booted with systemd-nspawn (deploy/node; its root is cached in
+# Debian node booted with systemd-nspawn (deploy/testbed/node; its root is cached in
 # /var/cache/patchagent-node). Packages run one at a time: they share the
 # machine's CPU.
 integration: package

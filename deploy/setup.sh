@@ -25,7 +25,7 @@ command -v lintian >/dev/null 2>&1 || need="$need lintian"
 command -v rpm >/dev/null 2>&1 || need="$need rpm"
 # The generated zsh completion is checked with zsh -n.
 command -v zsh >/dev/null 2>&1 || need="$need zsh"
-# The real-node test (deploy/node): a Debian root booted with systemd-nspawn.
+# The real-node test (deploy/testbed/node): a Debian root booted with systemd-nspawn.
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
 command -v systemd-nspawn >/dev/null 2>&1 || need="$need systemd-container"
 if [ -n "$need" ]; then

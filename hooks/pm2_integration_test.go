@@ -21,7 +21,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
-	"github.com/patchagent/patchagent/deploy/sandbox"
+	"github.com/patchagent/patchagent/deploy/testbed/sandbox"
 	"github.com/patchagent/patchagent/hooks"
 )
 

@@ -61,7 +61,7 @@ func TestReconcileRunsBeforeTheNetwork(t *testing.T) {
 // TestUnitsRunAfterTheDistroFirewalls pins issue 13's R2: both units that
 // put the block back at boot start after every distribution firewall
 // loader, which would otherwise be free to flush the re-applied block
-// (deploy/node's real boot test shows it with Debian's nftables.service).
+// (deploy/testbed/node's real boot test shows it with Debian's nftables.service).
 func TestUnitsRunAfterTheDistroFirewalls(t *testing.T) {
 	for _, u := range []string{"systemd/patchagent.service", "systemd/patchagent-reconcile.service"} {
 		b, err := os.ReadFile(u)
