@@ -81,6 +81,9 @@ type Deps struct {
 	BootID func() (string, error)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// After waits on the same clock (default time.After): the drain's
+	// schedule runs on Now and After, so a test can step through it.
+	After func(time.Duration) <-chan time.Time
 	// Progress receives live progress lines (stderr for the CLI).
 	Progress io.Writer
 	// AfterSave, if set, runs after each intent is recorded, before the
@@ -107,8 +110,12 @@ type Agent struct {
 }
 
 // New returns an Agent; every field of d but LockWait must be set, except
-// Now and Progress which default to time.Now and io.Discard.
+// Now, After and Progress which default to time.Now, time.After and
+// io.Discard.
 func New(cfg Config, d Deps) *Agent {
+	if d.After == nil {
+		d.After = time.After
+	}
 	if d.Now == nil {
 		d.Now = time.Now
 	}

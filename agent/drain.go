@@ -36,8 +36,6 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 	var last firewall.Summary
 	lastPrint := time.Time{}
 	track := firewall.NewTracker()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
 	for {
 		conns, err := a.d.Conns.Established(ctx, ports)
 		if err != nil {
@@ -70,11 +68,10 @@ func (a *Agent) drain(ctx context.Context, blockedAt time.Time) (DrainResult, er
 		if s.NextIdle > 0 {
 			wait = min(wait, s.NextIdle+time.Millisecond)
 		}
-		timer.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return r, fmt.Errorf("draining: %w", ctx.Err())
-		case <-timer.C:
+		case <-a.d.After(wait):
 		}
 	}
 }

@@ -100,7 +100,7 @@ func (a *Agent) preSteps(ctx context.Context, r *phaseRun, fams []firewall.Famil
 		if err := a.d.Firewall.Block(ctx); err != nil {
 			return stepOut{}, fmt.Errorf("blocking: %w", err)
 		}
-		blockedAt = time.Now()
+		blockedAt = a.d.Now() // the drain's schedule runs on the agent's clock
 		blocked := fmt.Sprintf("blocked %s/tcp %s", portList(a.cfg.Traffic.Ports), famShort(fams))
 		rep.Summary = append(rep.Summary, blocked)
 		return passed(fmt.Sprintf("%s in chain %s (%s)", blocked, firewall.Chain, a.cfg.Traffic.Action))
