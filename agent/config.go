@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/patchagent/patchagent/healthcheck"
 )
 
 // DefaultConfigPath is where the packaged config lives.
@@ -189,9 +191,9 @@ func DefaultConfig() Config {
 		Drain:   DrainConfig{Timeout: Duration(30 * time.Second), Idle: Duration(time.Second), KeepAliveIdle: Duration(100 * time.Millisecond), Interval: Duration(200 * time.Millisecond)},
 		Health: HealthConfig{
 			URL:          "http://localhost:443/health-check",
-			Timeout:      Duration(10 * time.Second),
+			Timeout:      Duration(healthcheck.DefaultTimeout),
 			Insecure:     true,
-			ExpectStatus: []StatusRange{{200, 299}},
+			ExpectStatus: defaultExpectStatus(),
 			Interval:     Duration(250 * time.Millisecond),
 			Deadline:     Duration(2 * time.Minute),
 			Successes:    1,
@@ -214,6 +216,15 @@ func DefaultConfig() Config {
 			WatchInterval:   Duration(5 * time.Second),
 		},
 	}
+}
+
+// defaultExpectStatus is healthcheck's default, as the config's type.
+func defaultExpectStatus() []StatusRange {
+	var rs []StatusRange
+	for _, r := range healthcheck.DefaultExpectStatus {
+		rs = append(rs, StatusRange{r.Min, r.Max})
+	}
+	return rs
 }
 
 // Duration is a time.Duration written as a Go duration string ("30s").

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/patchagent/patchagent/healthcheck"
 )
 
 // Validate checks values (types are checked while decoding) and returns
@@ -103,9 +105,15 @@ func (c DrainConfig) validate(ps *problems) {
 }
 
 func (c HealthConfig) validate(ps *problems) {
-	if u, err := url.Parse(c.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		ps.bad("health.url", "%q is not an absolute http(s) URL", c.URL)
-	} else if !isLoopbackHost(u.Hostname()) {
+	// The probe's own options are healthcheck's to check; the config adds
+	// what patchagent needs of them: a loopback URL (the check must reach
+	// the app past the block), explicit values.
+	urlOK := true
+	for _, p := range c.probeOptions().Check() {
+		ps.bad("health."+p.Key, "%s", p.Msg)
+		urlOK = urlOK && p.Key != "url"
+	}
+	if u, err := url.Parse(c.URL); urlOK && err == nil && !isLoopbackHost(u.Hostname()) {
 		ps.bad("health.url", "host %q is not loopback: the check must reach the app past the block (use localhost, 127.0.0.1 or [::1]; set health.host for the Host header)", u.Hostname())
 	}
 	ps.absolute("health.ca_file", c.CAFile)
@@ -117,6 +125,20 @@ func (c HealthConfig) validate(ps *problems) {
 	}
 	if c.Successes < 1 {
 		ps.bad("health.successes", "must be at least 1, got %d", c.Successes)
+	}
+}
+
+// probeOptions are the health check's options as healthcheck takes them:
+// the one place they are copied from the config.
+func (c HealthConfig) probeOptions() healthcheck.HTTPOptions {
+	rs := make([]healthcheck.StatusRange, len(c.ExpectStatus))
+	for i, r := range c.ExpectStatus {
+		rs[i] = healthcheck.StatusRange{Min: r.Min, Max: r.Max}
+	}
+	return healthcheck.HTTPOptions{
+		URL: c.URL, Timeout: c.Timeout.D(), Insecure: c.Insecure, CAFile: c.CAFile,
+		Host: c.Host, UserAgent: c.UserAgent, ExpectStatus: rs,
+		ExpectBody: c.ExpectBody, FollowRedirects: c.FollowRedirects,
 	}
 }
 

@@ -38,11 +38,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	if err != nil {
 		return nil, err
 	}
-	hc, err := healthcheck.NewHTTP(healthcheck.HTTPOptions{
-		URL: cfg.Health.URL, Timeout: cfg.Health.Timeout.D(), Insecure: cfg.Health.Insecure, CAFile: cfg.Health.CAFile,
-		Host: cfg.Health.Host, UserAgent: cfg.Health.UserAgent, ExpectStatus: statusRanges(cfg.Health.ExpectStatus),
-		ExpectBody: cfg.Health.ExpectBody, FollowRedirects: cfg.Health.FollowRedirects,
-	})
+	hc, err := healthcheck.NewHTTP(cfg.Health.probeOptions())
 	if err != nil {
 		return nil, configError(fmt.Errorf("health: %w", err))
 	}
@@ -116,14 +112,6 @@ func (p *npmPackages) Restore(snapshot string) error {
 
 func (p *npmPackages) Prune(root string, keep int) (int, int64, error) {
 	return hooks.PruneSnapshots(root, keep)
-}
-
-func statusRanges(rs []StatusRange) []healthcheck.StatusRange {
-	out := make([]healthcheck.StatusRange, len(rs))
-	for i, r := range rs {
-		out[i] = healthcheck.StatusRange{Min: r.Min, Max: r.Max}
-	}
-	return out
 }
 
 // appUser resolves app.user, else the owner of app.dir, else root (the

@@ -123,51 +123,76 @@ type HTTP struct {
 
 var _ Prober = (*HTTP)(nil)
 
-// NewHTTP validates o, reads o.CAFile, and builds the probe's client: no proxy
-// (whatever the environment says), no keep-alive, its own dialer, and TLS
-// configured from o. Every problem is reported, each naming its option in
-// snake_case (url, timeout, ca_file, expect_status[i], ...), as in a config file.
-func NewHTTP(o HTTPOptions) (*HTTP, error) {
-	var errs []error
+// DefaultExpectStatus is what ExpectStatus empty means: any 2xx.
+var DefaultExpectStatus = []StatusRange{{200, 299}}
+
+// Problem is an option of HTTPOptions that cannot be used, named in
+// snake_case as in a config file (url, timeout, expect_status[i], ...).
+type Problem struct{ Key, Msg string }
+
+func (p Problem) Error() string { return p.Key + ": " + p.Msg }
+
+// Check returns every problem of o, without reading CAFile: the one check
+// of a probe's options (a config's validation reports them under its own
+// keys; NewHTTP refuses options that have any).
+func (o HTTPOptions) Check() []Problem {
+	var ps []Problem
+	bad := func(key, format string, args ...any) { ps = append(ps, Problem{key, fmt.Sprintf(format, args...)}) }
 	u, err := url.Parse(o.URL)
 	switch {
 	case o.URL == "":
-		errs = append(errs, errors.New("url: empty"))
+		bad("url", "empty")
 	case err != nil:
-		errs = append(errs, fmt.Errorf("url: %w", err))
+		bad("url", "%v", err)
 	case u.Scheme != "http" && u.Scheme != "https":
-		errs = append(errs, fmt.Errorf("url: %q: scheme must be http or https", u.Redacted()))
+		bad("url", "%q: scheme must be http or https", u.Redacted())
 	case u.Host == "" || u.Hostname() == "":
-		errs = append(errs, fmt.Errorf("url: %q has no host", u.Redacted()))
+		bad("url", "%q has no host", u.Redacted())
 	}
-	if o.Timeout == 0 {
-		o.Timeout = DefaultTimeout
-	} else if o.Timeout < 0 {
-		errs = append(errs, fmt.Errorf("timeout: %s must be positive", o.Timeout))
+	if o.Timeout < 0 {
+		bad("timeout", "%s must be positive", o.Timeout)
 	}
-	if o.MaxBody == 0 {
-		o.MaxBody = DefaultMaxBody
-	} else if o.MaxBody < 0 {
-		errs = append(errs, fmt.Errorf("max_body: %d must be positive", o.MaxBody))
+	maxBody := o.MaxBody
+	if maxBody == 0 {
+		maxBody = DefaultMaxBody
+	} else if maxBody < 0 {
+		bad("max_body", "%d must be positive", maxBody)
 	}
-	if o.ExpectBody != "" && int64(len(o.ExpectBody)) > o.MaxBody {
-		errs = append(errs, fmt.Errorf("expect_body: %d bytes, longer than max_body %d", len(o.ExpectBody), o.MaxBody))
-	}
-	if len(o.ExpectStatus) == 0 {
-		o.ExpectStatus = []StatusRange{{200, 299}}
+	if o.ExpectBody != "" && int64(len(o.ExpectBody)) > maxBody {
+		bad("expect_body", "%d bytes, longer than max_body %d", len(o.ExpectBody), maxBody)
 	}
 	for i, r := range o.ExpectStatus {
 		if r.Min < 100 || r.Max > 599 || r.Min > r.Max {
-			errs = append(errs, fmt.Errorf("expect_status[%d]: %d-%d: want 100 <= min <= max <= 599", i, r.Min, r.Max))
+			bad(fmt.Sprintf("expect_status[%d]", i), "%d-%d: want 100 <= min <= max <= 599", r.Min, r.Max)
 		}
 	}
+	if o.Host != "" && strings.ContainsAny(o.Host, " \t\r\n/?#@\\") {
+		bad("host", "%q is not a host[:port]", o.Host)
+	}
+	return ps
+}
+
+// NewHTTP checks o (Check), reads o.CAFile, and builds the probe's client:
+// no proxy (whatever the environment says), no keep-alive, its own dialer,
+// and TLS configured from o. Every problem is reported.
+func NewHTTP(o HTTPOptions) (*HTTP, error) {
+	var errs []error
+	for _, p := range o.Check() {
+		errs = append(errs, p)
+	}
+	if o.Timeout == 0 {
+		o.Timeout = DefaultTimeout
+	}
+	if o.MaxBody == 0 {
+		o.MaxBody = DefaultMaxBody
+	}
+	if len(o.ExpectStatus) == 0 {
+		o.ExpectStatus = DefaultExpectStatus
+	}
+	u, _ := url.Parse(o.URL)
 	serverName := ""
 	if o.Host != "" {
-		if strings.ContainsAny(o.Host, " \t\r\n/?#@\\") {
-			errs = append(errs, fmt.Errorf("host: %q is not a host[:port]", o.Host))
-		} else {
-			serverName = hostOnly(o.Host)
-		}
+		serverName = hostOnly(o.Host)
 	}
 	tlsConf := &tls.Config{
 		MinVersion:         tls.VersionTLS12,
