@@ -13,7 +13,6 @@ import (
 
 // Daemon defaults and bounds.
 const (
-	defaultTick        = 5 * time.Second
 	defaultStopTimeout = 80 * time.Second // the unit's TimeoutStopSec is 90 s
 	// daemonStepTimeout bounds each step of an iteration (go-iptables
 	// ignores contexts: it is bounded by its own xtables lock wait).
@@ -29,7 +28,8 @@ const (
 
 // DaemonOptions tune RunDaemon; zero values take the defaults.
 type DaemonOptions struct {
-	// Tick is the main loop period (default 5s; at most Watchdog/2).
+	// Tick is the main loop period (default daemon.watch_interval; at
+	// most Watchdog/2); tests set it.
 	Tick time.Duration
 	// BootReblocked: BootReblock put the block back before the agent was
 	// built; the boot reconcile reports and counts it.
@@ -178,7 +178,7 @@ func (r *recovery) state() (why string, ended time.Time) {
 
 func newDaemonLoop(a *Agent, srv phaseServer, n Notifier, o DaemonOptions) *daemonLoop {
 	if o.Tick <= 0 {
-		o.Tick = defaultTick
+		o.Tick = a.cfg.Daemon.WatchInterval.D() // positive: Validate
 	}
 	if o.Watchdog > 0 && o.Tick > o.Watchdog/2 {
 		o.Tick = o.Watchdog / 2

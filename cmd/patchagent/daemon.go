@@ -91,7 +91,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx) }()
 	log.Info("daemon started", zap.String("socket", cfg.Daemon.Socket), zap.String("metrics", cfg.Daemon.MetricsListen), zap.Duration("watchdog", watchdog))
-	if err := a.RunDaemon(ctx, srv, notifier, agent.DaemonOptions{Agent: live.Agent, Watchdog: watchdog, Tick: cfg.Daemon.WatchInterval.D(), BootReblocked: reblocked}); err != nil {
+	if err := a.RunDaemon(ctx, srv, notifier, agent.DaemonOptions{Agent: live.Agent, Watchdog: watchdog, BootReblocked: reblocked}); err != nil {
 		log.Error("daemon stopped", zap.Error(err))
 		return agent.ExitFailed
 	}
