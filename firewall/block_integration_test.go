@@ -20,7 +20,7 @@ import (
 
 	"go.uber.org/zap/zaptest"
 
-	"github.com/patchagent/patchagent/deploy/sandbox"
+	"github.com/patchagent/patchagent/deploy/testbed/sandbox"
 )
 
 // The test network: a server namespace and a client namespace joined by a

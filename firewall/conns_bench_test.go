@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchagent/patchagent/deploy/sandbox"
+	"github.com/patchagent/patchagent/deploy/testbed/sandbox"
 	"golang.org/x/sys/unix"
 )
 

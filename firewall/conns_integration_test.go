@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/patchagent/patchagent/deploy/sandbox"
+	"github.com/patchagent/patchagent/deploy/testbed/sandbox"
 )
 
 // Addresses added to lo inside the test namespaces, so that peers are not
