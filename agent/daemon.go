@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/agent/internal/wait"
 )
 
 // Daemon defaults and bounds.
@@ -58,8 +60,6 @@ type phaseServer interface {
 	// abandons them.
 	SetPhaseContext(ctx context.Context)
 }
-
-var _ phaseServer = (*Server)(nil)
 
 // RunDaemon is the service's main loop; it returns when ctx is done
 // (SIGTERM) or the boot reconciliation failed.
@@ -191,7 +191,7 @@ func newDaemonLoop(a *Agent, srv phaseServer, n Notifier, o DaemonOptions) *daem
 		step = min(step, o.Watchdog/2)
 	}
 	if n == nil {
-		n = nopNotifier{}
+		n = NopNotifier{}
 	}
 	m := a.d.Metrics
 	if m == nil {
@@ -495,7 +495,7 @@ func (d *daemonLoop) stop(abandon context.CancelFunc) error {
 	if err := d.srv.Shutdown(wctx); err != nil {
 		d.log.Warn("shutting down the control socket", zap.Error(err))
 	}
-	if d.srv.Wait(wctx) == nil && waitGroup(wctx, &d.rec.wg) {
+	if d.srv.Wait(wctx) == nil && wait.Group(wctx, &d.rec.wg) {
 		abandon()
 		d.log.Info("stopped")
 		return nil
@@ -509,22 +509,7 @@ func (d *daemonLoop) stop(abandon context.CancelFunc) error {
 	gctx, gcancel := context.WithTimeout(context.Background(), grace)
 	defer gcancel()
 	_ = d.srv.Wait(gctx)
-	waitGroup(gctx, &d.rec.wg)
+	wait.Group(gctx, &d.rec.wg)
 	d.log.Info("stopped")
 	return nil
-}
-
-// waitGroup waits for wg until ctx is done; it reports whether wg finished.
-func waitGroup(ctx context.Context, wg *sync.WaitGroup) bool {
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -28,7 +28,7 @@ func BuildOrWait(ctx context.Context, build func() (*Agent, error), n Notifier, 
 		return a, nil
 	}
 	if n == nil {
-		n = nopNotifier{}
+		n = NopNotifier{}
 	}
 	ping := watchdog / 2
 	if ping <= 0 {

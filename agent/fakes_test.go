@@ -15,6 +15,8 @@ import (
 	"github.com/patchagent/patchagent/firewall"
 	"github.com/patchagent/patchagent/healthcheck"
 	"github.com/patchagent/patchagent/hooks"
+
+	"github.com/patchagent/patchagent/agent/internal/testkit"
 )
 
 // events records the order of side effects across fakes.
@@ -350,3 +352,8 @@ func (e *testEnv) agent(t *testing.T) *Agent {
 const testMinUptime = 10 * time.Millisecond
 
 var errBoom = errors.New("boom")
+
+// eventually and syncBuffer: testkit's, under the names the tests use.
+var eventually = testkit.Eventually
+
+type syncBuffer = testkit.SyncBuffer

@@ -192,7 +192,8 @@ func (c Caller) String() string {
 	return b.String()
 }
 
-func (c Caller) fields() []zap.Field {
+// Fields are the caller for a log line.
+func (c Caller) Fields() []zap.Field {
 	fs := []zap.Field{zap.String("caller", c.Who()), zap.String("via", c.Via), zap.Int("caller_pid", c.PID), zap.Uint32("caller_uid", c.UID)}
 	if c.LoginUID != nil {
 		fs = append(fs, zap.Uint32("caller_loginuid", *c.LoginUID))
@@ -236,7 +237,7 @@ func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) 
 
 	open := r.st.Open
 	a.log.Warn("break-glass: exit --force, the node goes back without a health check",
-		append(f.Caller.fields(), zap.String("reason", f.Reason), zap.String("cycle", r.st.CycleID), zap.Bool("cycle_open", open))...)
+		append(f.Caller.Fields(), zap.String("reason", f.Reason), zap.String("cycle", r.st.CycleID), zap.Bool("cycle_open", open))...)
 	a.progress("force: break-glass by %s: unblocking without a health check", f.Caller.Who())
 	if open {
 		a.begin(r)

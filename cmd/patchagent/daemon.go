@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/patchagent/patchagent/agent"
+	"github.com/patchagent/patchagent/agent/daemon"
 )
 
 // runDaemon is `patchagent daemon`: the systemd service that owns the
@@ -22,7 +23,7 @@ import (
 func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int {
 	path, level := o.value("config"), o.value("log-level")
 	// First: capture and unset NOTIFY_SOCKET before anything spawns a child.
-	notifier, watchdog, err := agent.NewSystemdNotifier()
+	notifier, watchdog, err := daemon.NewSystemdNotifier()
 	if err != nil {
 		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
 		return agent.ExitFailed
@@ -48,7 +49,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	}
 	reg, metrics := agent.NewRegistry(version)
 	hs := agent.NewMetricsServer(reg, agent.MetricsTimeouts{})
-	go agent.ServeMetrics(ctx, log, cfg.Daemon.MetricsListen, hs, metrics.MetricsListenFailures)
+	go daemon.ServeMetrics(ctx, log, cfg.Daemon.MetricsListen, hs, metrics.MetricsListenFailures)
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -61,7 +62,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	if err != nil {
 		return agent.ExitOK // stopped while degraded
 	}
-	ln, err := agent.ListenControl(cfg.Daemon.Socket)
+	ln, err := daemon.ListenControl(cfg.Daemon.Socket)
 	if err != nil {
 		log.Error("control socket", zap.Error(err))
 		return agent.ExitFailed
@@ -86,7 +87,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 			}
 		}
 	}()
-	srv := agent.NewServer(log, ln, live.RunPhase)
+	srv := daemon.NewServer(log, ln, live.RunPhase)
 	srv.ServeConfig(abs)
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx) }()

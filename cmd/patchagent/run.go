@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/patchagent/patchagent/agent"
+	"github.com/patchagent/patchagent/agent/daemon"
 )
 
 type phaseOptions struct {
@@ -60,7 +61,7 @@ func runPhase(ctx context.Context, c *command, o opts, stdout, stderr io.Writer)
 	if err != nil {
 		return report(stdout, f.output, agent.FailedReport(phase, 0, err))
 	}
-	rep := agent.RunHook(ctx, cfg, phase, agent.HookOptions{
+	rep := daemon.RunHook(ctx, cfg, phase, daemon.HookOptions{
 		DryRun: f.dryRun, Force: f.force, Reason: f.reason, Log: log, Progress: stderr, AfterSave: crashAfter(os.Getenv(crashEnv)), Version: version,
 		ConfigPath: f.config,
 	})

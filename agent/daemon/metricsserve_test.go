@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"context"
@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 // TestServeMetricsRetriesTheListen: R1 of issue 13. The address is not
@@ -24,8 +26,8 @@ func TestServeMetricsRetriesTheListen(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := holder.Addr().String()
-	reg, m := NewRegistry("test")
-	hs := NewMetricsServer(reg, MetricsTimeouts{})
+	reg, m := agent.NewRegistry("test")
+	hs := agent.NewMetricsServer(reg, agent.MetricsTimeouts{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); ServeMetrics(ctx, zaptest.NewLogger(t), addr, hs, m.MetricsListenFailures) }()
@@ -78,7 +80,7 @@ func TestServeMetricsStopsWhileRetrying(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
 	go func() {
 		defer close(done)
-		ServeMetrics(ctx, zaptest.NewLogger(t), holder.Addr().String(), NewMetricsServer(prometheus.NewRegistry(), MetricsTimeouts{}), c)
+		ServeMetrics(ctx, zaptest.NewLogger(t), holder.Addr().String(), agent.NewMetricsServer(prometheus.NewRegistry(), agent.MetricsTimeouts{}), c)
 	}()
 	time.Sleep(100 * time.Millisecond)
 	cancel()

@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"bufio"
@@ -24,6 +24,9 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/patchagent/patchagent/agent"
+	"github.com/patchagent/patchagent/agent/internal/testkit"
 )
 
 // sockDir is a short directory for sockets (sun_path holds 108 bytes).
@@ -91,12 +94,12 @@ func testCtx(t *testing.T) context.Context {
 	return ctx
 }
 
-func okReport(phase string) *Report {
-	return &Report{Phase: phase, App: "app", Result: ResultOK, ExitCode: ExitOK, Duration: 1500 * time.Millisecond,
-		Summary: []string{"did " + phase}, Steps: []StepReport{{Name: "block", Result: ResultOK, Dur: 250 * time.Millisecond}}}
+func okReport(phase string) *agent.Report {
+	return &agent.Report{Phase: phase, App: "app", Result: agent.ResultOK, ExitCode: agent.ExitOK, Duration: 1500 * time.Millisecond,
+		Summary: []string{"did " + phase}, Steps: []agent.StepReport{{Name: "block", Result: agent.ResultOK, Dur: 250 * time.Millisecond}}}
 }
 
-func sameJSON(t *testing.T, got, want *Report) {
+func sameJSON(t *testing.T, got, want *agent.Report) {
 	t.Helper()
 	if got == nil {
 		t.Fatal("no report")
@@ -106,35 +109,10 @@ func sameJSON(t *testing.T, got, want *Report) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a Call's progress and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
+// eventually and syncBuffer: testkit's, under the names the tests use.
+var eventually = testkit.Eventually
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
-// eventually polls cond for up to 5 s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+type syncBuffer = testkit.SyncBuffer
 
 // blocker is a fake runner that writes "start <phase>", waits for release
 // (or its ctx), writes "end <phase>" and reports ok; it counts its calls.
@@ -146,14 +124,14 @@ type blocker struct {
 
 func newBlocker() *blocker { return &blocker{release: make(chan struct{})} }
 
-func (b *blocker) run(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report {
+func (b *blocker) run(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 	b.calls.Add(1)
 	fmt.Fprintf(progress, "start %s\n", phase)
 	select {
 	case <-b.release:
 	case <-ctx.Done():
 		b.ctxErr.Store(ctx.Err())
-		return &Report{Phase: phase, Result: ResultFailed, ExitCode: ExitFailed, Error: ctx.Err().Error(), Steps: []StepReport{}}
+		return &agent.Report{Phase: phase, Result: agent.ResultFailed, ExitCode: agent.ExitFailed, Error: ctx.Err().Error(), Steps: []agent.StepReport{}}
 	case <-time.After(10 * time.Second):
 	}
 	fmt.Fprintf(progress, "end %s\n", phase)
@@ -163,7 +141,7 @@ func (b *blocker) run(ctx context.Context, phase string, opt RunOptions, progres
 func TestServerRoundTrip(t *testing.T) {
 	want := okReport("pre")
 	var calls atomic.Int32
-	srv := startServer(t, nil, func(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report {
+	srv := startServer(t, nil, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 		calls.Add(1)
 		if phase != "pre" || opt.DryRun {
 			t.Errorf("runner got %q %+v", phase, opt)
@@ -259,7 +237,7 @@ func TestServerJoinsTheRunningPhase(t *testing.T) {
 	srv := startServer(t, nil, b.run, nil)
 	ctx := testCtx(t)
 	type result struct {
-		rep *Report
+		rep *agent.Report
 		err error
 	}
 	var p1, p2 syncBuffer
@@ -304,13 +282,13 @@ func TestServerRunsDifferentPhasesAndDryRunsSide(t *testing.T) {
 	var inside, overlaps atomic.Int32
 	var mu sync.Mutex
 	calls := map[string]int{}
-	srv := startServer(t, nil, func(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report {
+	srv := startServer(t, nil, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 		mu.Lock()
 		calls[fmt.Sprintf("%s dry=%v", phase, opt.DryRun)]++
 		mu.Unlock()
 		if opt.DryRun {
 			time.Sleep(100 * time.Millisecond) // overlapping dry runs must not join
-			return &Report{Phase: phase, Result: ResultDryRun, Steps: []StepReport{}}
+			return &agent.Report{Phase: phase, Result: agent.ResultDryRun, Steps: []agent.StepReport{}}
 		}
 		lock.Lock()
 		defer lock.Unlock()
@@ -350,7 +328,7 @@ func TestServerRunsDifferentPhasesAndDryRunsSide(t *testing.T) {
 
 func TestServerPanickingRunnerReportsInternalError(t *testing.T) {
 	var n atomic.Int32
-	srv := startServer(t, nil, func(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report {
+	srv := startServer(t, nil, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 		if n.Add(1) == 1 {
 			panic("boom")
 		}
@@ -361,7 +339,7 @@ func TestServerPanickingRunnerReportsInternalError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rep.ExitCode != ExitFailed || rep.Result != ResultFailed || !strings.Contains(rep.Error, "internal error") {
+	if rep.ExitCode != agent.ExitFailed || rep.Result != agent.ResultFailed || !strings.Contains(rep.Error, "internal error") {
 		t.Errorf("report %s", rep.JSON())
 	}
 	if _, err := Call(ctx, srv.path, Request{Phase: "exit"}, io.Discard); err != nil {
@@ -371,7 +349,7 @@ func TestServerPanickingRunnerReportsInternalError(t *testing.T) {
 
 func TestServerRefusesMalformedRequests(t *testing.T) {
 	var calls atomic.Int32
-	srv := startServer(t, nil, func(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report {
+	srv := startServer(t, nil, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 		calls.Add(1)
 		return okReport(phase)
 	}, func(s *Server) { s.readTimeout = 200 * time.Millisecond })
@@ -445,7 +423,7 @@ func FuzzDecodeRequest(f *testing.F) {
 			}
 			return
 		}
-		if !slices.Contains(Phases, req.Phase) {
+		if !slices.Contains(agent.Phases, req.Phase) {
 			t.Fatalf("accepted phase %q", req.Phase)
 		}
 		// What is accepted is exactly what the standard decoder sees.
@@ -602,7 +580,7 @@ func TestSubscriberDropsBeyondItsBacklog(t *testing.T) {
 
 func TestServerSlowClientGetsADropMarker(t *testing.T) {
 	release := make(chan struct{})
-	srv := startServer(t, nil, func(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report {
+	srv := startServer(t, nil, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 		io.WriteString(progress, "first\n")
 		<-release
 		for i := range 3000 {
@@ -635,7 +613,7 @@ func TestServerSlowClientGetsADropMarker(t *testing.T) {
 	}
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var marker string
-	var got *Report
+	var got *agent.Report
 	for got == nil {
 		m := readMessage(t, r)
 		if strings.HasPrefix(m.Progress, "... (") {
@@ -671,7 +649,7 @@ func TestServerRefusesNonRoot(t *testing.T) {
 	}
 	core, logs := observer.New(zapcore.InfoLevel)
 	var calls atomic.Int32
-	srv := startServer(t, zap.New(core), func(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report {
+	srv := startServer(t, zap.New(core), func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 		calls.Add(1)
 		return okReport(phase)
 	}, func(s *Server) { s.allowUID = 0 })

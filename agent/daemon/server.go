@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"bytes"
@@ -18,6 +18,9 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
+
+	"github.com/patchagent/patchagent/agent"
+	"github.com/patchagent/patchagent/agent/internal/wait"
 )
 
 // The control socket protocol. A client (the hook commands `patchagent
@@ -54,7 +57,7 @@ const (
 
 // PhaseRunner runs one phase to completion and returns its report; progress
 // receives live lines.
-type PhaseRunner func(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report
+type PhaseRunner func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report
 
 // Request is what a client asks of the daemon: one line of JSON.
 type Request struct {
@@ -75,10 +78,10 @@ type Request struct {
 // then exactly one Report (or one Error for a refused or malformed request).
 // Joined says the request joined a run of the phase already in progress.
 type Message struct {
-	Progress string  `json:"progress,omitempty"`
-	Joined   bool    `json:"joined,omitempty"`
-	Report   *Report `json:"report,omitempty"`
-	Error    string  `json:"error,omitempty"`
+	Progress string        `json:"progress,omitempty"`
+	Joined   bool          `json:"joined,omitempty"`
+	Report   *agent.Report `json:"report,omitempty"`
+	Error    string        `json:"error,omitempty"`
 }
 
 // ListenControl makes the control socket at path: its directory is created
@@ -264,7 +267,7 @@ func (s *Server) stopAccepting() {
 // first, the remaining connections are closed and ctx's error returned.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.stopAccepting()
-	if waitGroup(ctx, &s.handlers) {
+	if wait.Group(ctx, &s.handlers) {
 		return nil
 	}
 	s.forceOnce.Do(func() { close(s.force) })
@@ -342,7 +345,7 @@ func (s *Server) handle(c *net.UnixConn) {
 // daemon must not run: a caller other than root, a malformed request, a
 // hook that loaded another config. The error is what the caller is told;
 // admit has logged it.
-func (s *Server) admit(c *net.UnixConn) (req Request, caller Caller, log *zap.Logger, err error) {
+func (s *Server) admit(c *net.UnixConn) (req Request, caller agent.Caller, log *zap.Logger, err error) {
 	cred, err := peerCred(c)
 	if err != nil {
 		s.log.Warn("control request refused: no peer credentials", zap.Error(err))
@@ -368,8 +371,8 @@ func (s *Server) admit(c *net.UnixConn) (req Request, caller Caller, log *zap.Lo
 		return req, caller, log, err
 	}
 	if req.Force {
-		caller = CallerOf(ViaSocket, int(cred.Pid), cred.Uid)
-		log.Warn("break-glass request: exit --force", append(caller.fields(), zap.String("reason", req.Reason), zap.Bool("dry_run", req.DryRun))...)
+		caller = agent.CallerOf(agent.ViaSocket, int(cred.Pid), cred.Uid)
+		log.Warn("break-glass request: exit --force", append(caller.Fields(), zap.String("reason", req.Reason), zap.Bool("dry_run", req.DryRun))...)
 	}
 	return req, caller, log, nil
 }
@@ -540,7 +543,7 @@ func decodeRequest(line []byte) (Request, error) {
 	if err != nil {
 		return Request{}, err
 	}
-	if !slices.Contains(Phases, req.Phase) {
+	if !slices.Contains(agent.Phases, req.Phase) {
 		return Request{}, fmt.Errorf("unknown phase %q: want pre, post, exit or reconcile", req.Phase)
 	}
 	if req.Force && req.Phase != "exit" {
@@ -549,7 +552,7 @@ func decodeRequest(line []byte) (Request, error) {
 	if req.Reason != "" && !req.Force {
 		return Request{}, errors.New("reason: only with force")
 	}
-	if err := CheckReason(req.Reason); err != nil {
+	if err := agent.CheckReason(req.Reason); err != nil {
 		return Request{}, fmt.Errorf("decoding request: %w", err)
 	}
 	return req, nil
@@ -628,13 +631,13 @@ func decodeRequestObject(line []byte) (Request, error) {
 // subscriber receives its progress and report. A forced exit and a plain
 // one never join each other: each runs on its own (the phase lock orders
 // them); caller is who asked for a forced one.
-func (s *Server) start(req Request, caller Caller) (p *phaseExec, sub *subscriber, joined bool, err error) {
+func (s *Server) start(req Request, caller agent.Caller) (p *phaseExec, sub *subscriber, joined bool, err error) {
 	sub = newSubscriber(s.backlog)
 	key := req.Phase
-	opt := RunOptions{DryRun: req.DryRun}
+	opt := agent.RunOptions{DryRun: req.DryRun}
 	if req.Force {
 		key += " --force"
-		opt.Force = &ForceOptions{Reason: req.Reason, Caller: caller}
+		opt.Force = &agent.ForceOptions{Reason: req.Reason, Caller: caller}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -677,17 +680,17 @@ func (s *Server) execute(ctx context.Context, p *phaseExec) {
 
 // runSafely runs the phase; a panic or a missing report becomes an
 // "internal error" report (exit 1) and the server goes on.
-func (s *Server) runSafely(ctx context.Context, p *phaseExec) (rep *Report) {
+func (s *Server) runSafely(ctx context.Context, p *phaseExec) (rep *agent.Report) {
 	defer func() {
 		if v := recover(); v != nil {
 			s.log.Error("phase runner panicked", zap.String("phase", p.phase), zap.Any("panic", v), zap.StackSkip("stack", 1))
-			rep = FailedReport(p.phase, time.Since(p.since), fmt.Errorf("internal error: the phase panicked: %v (see the daemon's journal)", v))
+			rep = agent.FailedReport(p.phase, time.Since(p.since), fmt.Errorf("internal error: the phase panicked: %v (see the daemon's journal)", v))
 		}
 	}()
 	rep = s.run(ctx, p.phase, p.opt, p)
 	if rep == nil {
 		s.log.Error("phase runner returned no report", zap.String("phase", p.phase))
-		rep = FailedReport(p.phase, time.Since(p.since), errors.New("internal error: the phase returned no report"))
+		rep = agent.FailedReport(p.phase, time.Since(p.since), errors.New("internal error: the phase returned no report"))
 	}
 	return rep
 }
@@ -698,13 +701,13 @@ type phaseExec struct {
 	phase string
 	// key is what a request joins: the phase, "exit --force" for a forced exit.
 	key   string
-	opt   RunOptions
+	opt   agent.RunOptions
 	since time.Time
 
 	mu      sync.Mutex
 	subs    map[*subscriber]struct{}
 	partial []byte
-	report  *Report
+	report  *agent.Report
 }
 
 // Write splits progress into lines and hands each to every subscriber; it
@@ -765,7 +768,7 @@ func (p *phaseExec) unsubscribe(sub *subscriber) {
 	delete(p.subs, sub)
 }
 
-func (p *phaseExec) finish(rep *Report) {
+func (p *phaseExec) finish(rep *agent.Report) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.report = rep
@@ -784,7 +787,7 @@ type subscriber struct {
 	mu      sync.Mutex
 	lines   []string
 	dropped int
-	report  *Report
+	report  *agent.Report
 }
 
 func newSubscriber(max int) *subscriber {
@@ -809,7 +812,7 @@ func (s *subscriber) push(line string) {
 	s.signal()
 }
 
-func (s *subscriber) finish(rep *Report) {
+func (s *subscriber) finish(rep *agent.Report) {
 	s.mu.Lock()
 	s.report = rep
 	s.mu.Unlock()
@@ -818,7 +821,7 @@ func (s *subscriber) finish(rep *Report) {
 
 // take returns the queued lines, how many were dropped after them, and the
 // report once the run has ended (it comes after every line).
-func (s *subscriber) take() (lines []string, dropped int, rep *Report) {
+func (s *subscriber) take() (lines []string, dropped int, rep *agent.Report) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	lines, dropped, rep = s.lines, s.dropped, s.report

@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"context"
@@ -9,18 +9,20 @@ import (
 	"testing"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 func TestRunHookHandsAForcedExitToTheDaemonWithTheCaller(t *testing.T) {
 	var mu sync.Mutex
-	var got []RunOptions
-	s := startServer(t, nil, func(_ context.Context, phase string, opt RunOptions, _ io.Writer) *Report {
+	var got []agent.RunOptions
+	s := startServer(t, nil, func(_ context.Context, phase string, opt agent.RunOptions, _ io.Writer) *agent.Report {
 		mu.Lock()
 		got = append(got, opt)
 		mu.Unlock()
 		return okReport(phase)
 	}, nil)
-	cfg := DefaultConfig()
+	cfg := agent.DefaultConfig()
 	cfg.Daemon.Socket = s.path
 	rep := RunHook(testCtx(t), cfg, "exit", HookOptions{Force: true, Reason: "health URL wrong", Log: zaptest.NewLogger(t)})
 	if rep.ExitCode != 0 {
@@ -33,7 +35,7 @@ func TestRunHookHandsAForcedExitToTheDaemonWithTheCaller(t *testing.T) {
 	}
 	f := got[0].Force
 	// The caller is this test process, as SO_PEERCRED tells the daemon.
-	if f.Reason != "health URL wrong" || f.Caller.Via != ViaSocket || f.Caller.PID != os.Getpid() || f.Caller.UID != uint32(os.Geteuid()) {
+	if f.Reason != "health URL wrong" || f.Caller.Via != agent.ViaSocket || f.Caller.PID != os.Getpid() || f.Caller.UID != uint32(os.Geteuid()) {
 		t.Fatalf("force options %+v", f)
 	}
 }

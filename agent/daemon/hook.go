@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"context"
@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 // HookOptions is what a hook command (patchagent pre, post, exit or
@@ -38,15 +40,15 @@ type HookOptions struct {
 // (an SSM timeout) does not stop the phase. With no daemon the phase runs
 // in this process, and its metrics go to node_exporter's textfile
 // collector (a node without one just has no such directory).
-func RunHook(ctx context.Context, cfg Config, phase string, o HookOptions) *Report {
-	return runHook(ctx, cfg, phase, o, Build)
+func RunHook(ctx context.Context, cfg agent.Config, phase string, o HookOptions) *agent.Report {
+	return runHook(ctx, cfg, phase, o, agent.Build)
 }
 
 // builder is Build's signature: runHook builds the agent of a phase run in
 // this process with it.
-type builder func(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(string), m *Metrics) (*Agent, error)
+type builder func(cfg agent.Config, log *zap.Logger, progress io.Writer, afterSave func(string), m *agent.Metrics) (*agent.Agent, error)
 
-func runHook(ctx context.Context, cfg Config, phase string, o HookOptions, build builder) *Report {
+func runHook(ctx context.Context, cfg agent.Config, phase string, o HookOptions, build builder) *agent.Report {
 	if o.Progress == nil {
 		o.Progress = io.Discard
 	}
@@ -64,13 +66,13 @@ func runHook(ctx context.Context, cfg Config, phase string, o HookOptions, build
 		case errors.Is(err, ErrNoDaemon):
 			fmt.Fprintf(o.Progress, "patchagent %s: no daemon answering on %s: running the phase in this process\n", phase, cfg.Daemon.Socket)
 		case ctx.Err() != nil:
-			return FailedReport(phase, 0, fmt.Errorf("interrupted (%w); the phase goes on in the daemon (see patchagent status)", ctx.Err()))
+			return agent.FailedReport(phase, 0, fmt.Errorf("interrupted (%w); the phase goes on in the daemon (see patchagent status)", ctx.Err()))
 		case strings.Contains(err.Error(), ErrOtherConfig.Error()):
 			// The daemon would run the phase with another config: that
 			// is the operator's to settle, not this process's to run.
-			return FailedReport(phase, 0, configError(err))
+			return agent.FailedReport(phase, 0, &agent.PhaseError{Code: agent.ExitUsage, Err: err})
 		default:
-			return FailedReport(phase, 0, err)
+			return agent.FailedReport(phase, 0, err)
 		}
 	}
 	var reblocked string
@@ -78,28 +80,28 @@ func runHook(ctx context.Context, cfg Config, phase string, o HookOptions, build
 	if phase == "reconcile" && !o.DryRun {
 		// The boot step's block first, from the state file and iptables
 		// alone (BootReblock): Build below can fail for its own reasons.
-		v, did, err := BootReblock(ctx, cfg, o.Log)
+		v, did, err := agent.BootReblock(ctx, cfg, o.Log)
 		if err != nil {
 			v = "failed: " + err.Error()
 		}
 		reblocked, bootReblocked = "boot re-block "+v, did
 		fmt.Fprintf(o.Progress, "patchagent reconcile: %s\n", reblocked)
 	}
-	reg, metrics := NewTextfileRegistry(o.Version)
+	reg, metrics := agent.NewTextfileRegistry(o.Version)
 	a, err := build(cfg, o.Log, o.Progress, o.AfterSave, metrics)
 	if err != nil {
 		if reblocked != "" {
 			err = fmt.Errorf("%s; then: %w", reblocked, err)
 		}
-		return FailedReport(phase, 0, err)
+		return agent.FailedReport(phase, 0, err)
 	}
-	opt := RunOptions{DryRun: o.DryRun, BootReblocked: bootReblocked}
+	opt := agent.RunOptions{DryRun: o.DryRun, BootReblocked: bootReblocked}
 	if o.Force {
-		opt.Force = &ForceOptions{Reason: o.Reason, Caller: SelfCaller()}
+		opt.Force = &agent.ForceOptions{Reason: o.Reason, Caller: agent.SelfCaller()}
 	}
 	rep := a.RunPhase(ctx, phase, opt)
 	if !o.DryRun {
-		if err := WriteTextfile(cfg.Daemon.TextfileDir, reg); err != nil {
+		if err := agent.WriteTextfile(cfg.Daemon.TextfileDir, reg); err != nil {
 			o.Log.Info("metrics not written for node_exporter", zap.Error(err))
 		}
 	}

@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"errors"
@@ -7,18 +7,9 @@ import (
 	"os"
 	"time"
 
-	"github.com/coreos/go-systemd/v22/daemon"
+	sd "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/patchagent/patchagent/agent"
 )
-
-// sd_notify messages the daemon sends.
-const (
-	notifyReady    = daemon.SdNotifyReady
-	notifyStopping = daemon.SdNotifyStopping
-	notifyWatchdog = daemon.SdNotifyWatchdog
-)
-
-// Notifier sends sd_notify messages ("READY=1", "STATUS=…", "WATCHDOG=1").
-type Notifier interface{ Notify(state string) error }
 
 // NewSystemdNotifier captures NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID
 // once, then removes all three from the process environment: every child
@@ -31,9 +22,9 @@ type Notifier interface{ Notify(state string) error }
 // watchdog is systemd's WatchdogSec for this process (0 = disabled); ping
 // at least every watchdog/2. On an error (an unparsable WATCHDOG_USEC or
 // WATCHDOG_PID) n is still a working notifier and watchdog is 0.
-func NewSystemdNotifier() (n Notifier, watchdog time.Duration, err error) {
+func NewSystemdNotifier() (n agent.Notifier, watchdog time.Duration, err error) {
 	addr := os.Getenv("NOTIFY_SOCKET")
-	watchdog, werr := daemon.SdWatchdogEnabled(true) // unsets WATCHDOG_USEC and WATCHDOG_PID
+	watchdog, werr := sd.SdWatchdogEnabled(true) // unsets WATCHDOG_USEC and WATCHDOG_PID
 	if werr != nil {
 		watchdog, err = 0, fmt.Errorf("reading systemd's watchdog settings (watchdog off): %w", werr)
 	}
@@ -41,7 +32,7 @@ func NewSystemdNotifier() (n Notifier, watchdog time.Duration, err error) {
 		err = errors.Join(err, fmt.Errorf("unsetting NOTIFY_SOCKET: %w", uerr))
 	}
 	if addr == "" {
-		return nopNotifier{}, 0, err
+		return agent.NopNotifier{}, 0, err
 	}
 	return &sdNotifier{addr: &net.UnixAddr{Name: addr, Net: "unixgram"}}, watchdog, err
 }
@@ -60,8 +51,3 @@ func (s *sdNotifier) Notify(state string) error {
 	}
 	return nil
 }
-
-// nopNotifier is the notifier outside systemd.
-type nopNotifier struct{}
-
-func (nopNotifier) Notify(string) error { return nil }

@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"go.uber.org/zap/zaptest"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 // TestServerRefusesAHookNamingAnotherConfig: R7 of issue 13. The daemon
@@ -29,7 +31,7 @@ func TestServerRefusesAHookNamingAnotherConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	var runs atomic.Int32
-	srv := startServer(t, nil, func(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report {
+	srv := startServer(t, nil, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 		runs.Add(1)
 		return okReport(phase)
 	}, func(s *Server) { s.ServeConfig(own) })
@@ -65,14 +67,14 @@ func TestRunHookWithAnotherConfigIsAConfigError(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	srv := startServer(t, nil, func(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report {
+	srv := startServer(t, nil, func(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 		return okReport(phase)
 	}, func(s *Server) { s.ServeConfig(own) })
-	cfg := DefaultConfig()
+	cfg := agent.DefaultConfig()
 	cfg.App.Name = "a"
 	cfg.Daemon.Socket = srv.path
 	rep := RunHook(testCtx(t), cfg, "pre", HookOptions{Log: zaptest.NewLogger(t), ConfigPath: other})
-	if rep.ExitCode != ExitUsage || !strings.Contains(rep.Verdict(), "run it with --config "+own) {
+	if rep.ExitCode != agent.ExitUsage || !strings.Contains(rep.Verdict(), "run it with --config "+own) {
 		t.Fatalf("exit %d: %s", rep.ExitCode, rep.Verdict())
 	}
 }

@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"bufio"
@@ -10,6 +10,8 @@ import (
 	"net"
 	"syscall"
 	"time"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 // ErrNoDaemon means no daemon answers on the control socket: the CLI then
@@ -31,7 +33,7 @@ const (
 // Errors: no socket file, or nobody listening (ECONNREFUSED), or a daemon
 // shutting down → wraps ErrNoDaemon. EACCES → a "not root" error wrapping
 // it. An error message from the daemon → an error with its text.
-func Call(ctx context.Context, path string, req Request, progress io.Writer) (*Report, error) {
+func Call(ctx context.Context, path string, req Request, progress io.Writer) (*agent.Report, error) {
 	if progress == nil {
 		progress = io.Discard
 	}
