@@ -353,7 +353,5 @@ const testMinUptime = 10 * time.Millisecond
 
 var errBoom = errors.New("boom")
 
-// eventually and syncBuffer: testkit's, under the names the tests use.
-var eventually = testkit.Eventually
-
+// syncBuffer is testkit's, under the name the tests use.
 type syncBuffer = testkit.SyncBuffer

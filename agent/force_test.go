@@ -8,14 +8,12 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/patchagent/patchagent/healthcheck"
-	"github.com/patchagent/patchagent/hooks"
 )
 
 func forceOpts(reason string) RunOptions {
@@ -200,36 +198,27 @@ func TestExitForceDryRunChangesNothing(t *testing.T) {
 	}
 }
 
-func TestDaemonDoesNotBlockAgainAfterAForcedExit(t *testing.T) {
-	r := newDaemonRig(t)
-	r.e.health.answers = []healthcheck.Result{unhealthy(500)}
-	r.e.app.procs[0].Status, r.e.app.procs[0].PID = hooks.StatusStopped, 0
-	openCycle(t, r.e, "boot-1", time.Now())
-	r.fw.set(true)
-	r.start(t)
-	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
-	// What the operator meets today: the block removed by hand comes back.
-	r.fw.set(false)
-	eventually(t, "block re-applied", func() bool { b, _ := r.fw.get(); return b })
-
-	// The break-glass, as the socket runs it, while the daemon watches.
-	f := r.e.agent(t)
-	f.d.Firewall, f.d.LockWait = r.fw, 5*time.Second
-	rep := f.Exit(context.Background(), forceOpts(""))
-	if rep.Result != ResultForced {
+// TestNothingBlocksAgainAfterAForcedExit: the daemon's watch puts back
+// the block of an open cycle (Reassert); after the break-glass the cycle
+// is closed, so the node stays in service, the app unhealthy or not.
+func TestNothingBlocksAgainAfterAForcedExit(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	afterPre(t, e)
+	e.health.answers = []healthcheck.Result{unhealthy(500)}
+	a := e.agent(t)
+	// What the operator meets without it: the block removed by hand comes back.
+	e.fw.blocked = false
+	if did, err := a.Reassert(ctx); !did || err != nil {
+		t.Fatalf("block not re-applied: %v %v", did, err)
+	}
+	if rep := a.Exit(ctx, forceOpts("")); rep.Result != ResultForced {
 		t.Fatal(rep.Text())
 	}
-	_, blocks := r.fw.get()
-	// Many ticks (10 ms): no re-assertion (the cycle is closed) and no
-	// daemon exit (no leftover block).
-	time.Sleep(300 * time.Millisecond)
-	if b, n := r.fw.get(); b || n != blocks {
-		t.Fatalf("blocked again (%v, %d blocks, %d before) after the forced exit", b, n, blocks)
+	e.ev.log = nil
+	if did, err := a.Reassert(ctx); did || err != nil || e.fw.blocked || len(e.ev.all()) != 0 {
+		t.Fatalf("blocked again after the forced exit: %v %v %q", did, err, e.ev.all())
 	}
-	if got := testutil.ToFloat64(r.m.BlockReapplied); got != 1 {
-		t.Fatalf("re-applied %v times, want the one before the forced exit", got)
-	}
-	eventually(t, "idle status", func() bool { return r.n.count("STATUS=idle") >= 1 })
 }
 
 func TestCallerOfReadsLoginUIDAndSudoUser(t *testing.T) {

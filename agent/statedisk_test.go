@@ -6,9 +6,10 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // readOnly makes every write of the state file fail as on a disk
@@ -81,22 +82,52 @@ func TestPreRefusesWhenTheStateCannotBeWritten(t *testing.T) {
 	}
 }
 
-// TestDaemonDoesNotReblockANodeExitReturnedUnrecorded: the daemon's watch
-// re-applies the block of an open cycle; a cycle exit closed on a
-// read-only state disk is closed for it too (without Remember the file's
-// open cycle has the node re-blocked within a tick).
-func TestDaemonDoesNotReblockANodeExitReturnedUnrecorded(t *testing.T) {
-	r := newDaemonRig(t)
-	openCycle(t, r.e, "boot-1", time.Now())
-	r.fw.set(true)
-	r.start(t)
-	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
-	readOnly(r.e.state)
-	if rep := r.a.Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 || rep.Unrecorded == "" {
+// TestReassertLeavesANodeExitReturnedUnrecorded: the daemon's watch
+// re-applies the block of an open cycle (Reassert); a cycle exit closed on
+// a read-only state disk is closed for it too (without Remember the
+// file's open cycle would have the node re-blocked).
+func TestReassertLeavesANodeExitReturnedUnrecorded(t *testing.T) {
+	e := newTestEnv(t)
+	afterPre(t, e)
+	readOnly(e.state)
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 || rep.Unrecorded == "" {
 		t.Fatal(rep.Text())
 	}
-	time.Sleep(20 * r.o.Tick)
-	if b, n := r.fw.get(); b || n != 0 {
-		t.Fatalf("the daemon re-blocked the node exit returned (blocked %v, %d re-blocks)", b, n)
+	e.ev.log = nil
+	if did, err := e.agent(t).Reassert(context.Background()); did || err != nil || e.fw.blocked || len(e.ev.all()) != 0 {
+		t.Fatalf("re-blocked the node exit returned: %v %v, events %q", did, err, e.ev.all())
+	}
+}
+
+// TestReassert: the block of an open cycle goes back when gone, counted;
+// not while a phase holds the lock, not when in place, not with no cycle
+// open.
+func TestReassert(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	a := e.agent(t)
+	reg := prometheus.NewRegistry()
+	a.d.Metrics = NewMetrics(reg, "test")
+	if did, err := a.Reassert(ctx); did || err != nil {
+		t.Fatalf("no cycle open: re-applied %v, %v", did, err)
+	}
+	afterPre(t, e)
+	if did, err := a.Reassert(ctx); did || err != nil || len(e.ev.all()) != 0 {
+		t.Fatalf("block in place: re-applied %v, %v", did, err)
+	}
+	e.fw.blocked = false // iptables -F
+	release, err := e.lock.Acquire(ctx, "pre", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if did, err := a.Reassert(ctx); did || err != nil || len(e.ev.all()) != 0 {
+		t.Fatalf("a phase holds the lock: re-applied %v, %v, %q", did, err, e.ev.all())
+	}
+	release()
+	if did, err := a.Reassert(ctx); !did || err != nil || !e.fw.blocked {
+		t.Fatalf("gone: re-applied %v, %v", did, err)
+	}
+	if got := testutil.ToFloat64(a.d.Metrics.BlockReapplied); got != 1 {
+		t.Fatalf("patchagent_block_reapplied_total %v", got)
 	}
 }

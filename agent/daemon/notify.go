@@ -8,8 +8,22 @@ import (
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
-	"github.com/patchagent/patchagent/agent"
 )
+
+// sd_notify messages the daemon sends.
+const (
+	notifyReady    = sd.SdNotifyReady
+	notifyStopping = sd.SdNotifyStopping
+	notifyWatchdog = sd.SdNotifyWatchdog
+)
+
+// Notifier sends sd_notify messages ("READY=1", "STATUS=…", "WATCHDOG=1").
+type Notifier interface{ Notify(state string) error }
+
+// nopNotifier is the notifier outside systemd.
+type nopNotifier struct{}
+
+func (nopNotifier) Notify(string) error { return nil }
 
 // NewSystemdNotifier captures NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID
 // once, then removes all three from the process environment: every child
@@ -22,7 +36,7 @@ import (
 // watchdog is systemd's WatchdogSec for this process (0 = disabled); ping
 // at least every watchdog/2. On an error (an unparsable WATCHDOG_USEC or
 // WATCHDOG_PID) n is still a working notifier and watchdog is 0.
-func NewSystemdNotifier() (n agent.Notifier, watchdog time.Duration, err error) {
+func NewSystemdNotifier() (n Notifier, watchdog time.Duration, err error) {
 	addr := os.Getenv("NOTIFY_SOCKET")
 	watchdog, werr := sd.SdWatchdogEnabled(true) // unsets WATCHDOG_USEC and WATCHDOG_PID
 	if werr != nil {
@@ -32,7 +46,7 @@ func NewSystemdNotifier() (n agent.Notifier, watchdog time.Duration, err error) 
 		err = errors.Join(err, fmt.Errorf("unsetting NOTIFY_SOCKET: %w", uerr))
 	}
 	if addr == "" {
-		return agent.NopNotifier{}, 0, err
+		return nopNotifier{}, 0, err
 	}
 	return &sdNotifier{addr: &net.UnixAddr{Name: addr, Net: "unixgram"}}, watchdog, err
 }

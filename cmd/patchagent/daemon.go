@@ -58,7 +58,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	build := func(cfg agent.Config) (*agent.Agent, error) { return agent.Build(cfg, log, io.Discard, nil, metrics) }
 	// What Build needs beyond the state file and iptables may not be there
 	// yet at boot: the daemon stays up, degraded, and retries.
-	a, err := agent.BuildOrWait(ctx, func() (*agent.Agent, error) { return build(cfg) }, notifier, watchdog, log, metrics)
+	a, err := daemon.BuildOrWait(ctx, func() (*agent.Agent, error) { return build(cfg) }, notifier, watchdog, log, metrics)
 	if err != nil {
 		return agent.ExitOK // stopped while degraded
 	}
@@ -73,7 +73,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	}
 	// An edited config is picked up on SIGHUP (systemctl reload) and before
 	// each new cycle.
-	live := agent.NewLive(abs, a, log, build)
+	live := daemon.NewLive(abs, a, log, build)
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -92,7 +92,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ctx) }()
 	log.Info("daemon started", zap.String("socket", cfg.Daemon.Socket), zap.String("metrics", cfg.Daemon.MetricsListen), zap.Duration("watchdog", watchdog))
-	if err := a.RunDaemon(ctx, srv, notifier, agent.DaemonOptions{Agent: live.Agent, Watchdog: watchdog, BootReblocked: reblocked}); err != nil {
+	if err := daemon.Run(ctx, a, srv, notifier, daemon.Options{Cycle: live.Cycle, Watchdog: watchdog, BootReblocked: reblocked}); err != nil {
 		log.Error("daemon stopped", zap.Error(err))
 		return agent.ExitFailed
 	}

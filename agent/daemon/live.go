@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"context"
@@ -8,6 +8,8 @@ import (
 	"sync"
 
 	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 // Live is the daemon's Agent, rebuilt from the daemon's config file when
@@ -20,28 +22,31 @@ import (
 type Live struct {
 	path  string
 	log   *zap.Logger
-	build func(Config) (*Agent, error)
-	load  func(path string) (Config, error) // LoadConfig
-	m     *Metrics
+	build func(agent.Config) (*agent.Agent, error)
+	load  func(path string) (agent.Config, error) // LoadConfig
+	m     *agent.Metrics
 
 	reload sync.Mutex // one reload at a time
 	mu     sync.Mutex
-	a      *Agent
+	a      *agent.Agent
 }
 
 // NewLive returns the Live of a, built from the config loaded from path;
 // build makes the Agent of an edited config (Build with the daemon's
 // logger, metrics and no progress writer).
-func NewLive(path string, a *Agent, log *zap.Logger, build func(Config) (*Agent, error)) *Live {
-	return &Live{path: path, log: log.Named("config"), build: build, load: LoadConfig, m: a.d.Metrics, a: a}
+func NewLive(path string, a *agent.Agent, log *zap.Logger, build func(agent.Config) (*agent.Agent, error)) *Live {
+	return &Live{path: path, log: log.Named("config"), build: build, load: agent.LoadConfig, m: a.Metrics(), a: a}
 }
 
 // Agent is the current Agent.
-func (l *Live) Agent() *Agent {
+func (l *Live) Agent() *agent.Agent {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.a
 }
+
+// Cycle is the current Agent as the loop's Cycle (Options.Cycle).
+func (l *Live) Cycle() Cycle { return l.Agent() }
 
 // Reload re-reads the config file and, if it changed, swaps in an Agent
 // built from it, under the phase lock (no phase runs in the old Agent
@@ -66,13 +71,13 @@ func (l *Live) Reload(ctx context.Context, why string) (changed bool, err error)
 		return false, err
 	}
 	old := l.Agent()
-	if reflect.DeepEqual(cfg, old.cfg) {
+	if reflect.DeepEqual(cfg, old.Config()) {
 		return false, nil
 	}
-	if err := restartOnly(old.cfg, cfg); err != nil {
+	if err := restartOnly(old.Config(), cfg); err != nil {
 		return false, err
 	}
-	release, err := old.d.Lock.Acquire(ctx, "reload", old.d.LockWait)
+	release, err := old.Lock(ctx, "reload")
 	if err != nil {
 		return false, fmt.Errorf("waiting for the running phase: %w", err)
 	}
@@ -83,7 +88,7 @@ func (l *Live) Reload(ctx context.Context, why string) (changed bool, err error)
 	}
 	// The same state dir (restartOnly): the store, with a state it could
 	// not write (StateStore.Remember), carries over.
-	a.d.State = old.d.State
+	a.AdoptState(old)
 	l.mu.Lock()
 	l.a = a
 	l.mu.Unlock()
@@ -91,7 +96,7 @@ func (l *Live) Reload(ctx context.Context, why string) (changed bool, err error)
 }
 
 // restartOnly refuses an edit of what the daemon binds at start.
-func restartOnly(old, cfg Config) error {
+func restartOnly(old, cfg agent.Config) error {
 	var changed []string
 	if old.Daemon.Socket != cfg.Daemon.Socket {
 		changed = append(changed, "daemon.socket")
@@ -114,11 +119,11 @@ func restartOnly(old, cfg Config) error {
 // RunPhase runs a hook's phase in the current Agent. A pre that opens a
 // new cycle first picks up an edited config file; one that does not load
 // is refused (exit 2, nothing done) rather than run with the old one.
-func (l *Live) RunPhase(ctx context.Context, phase string, opt RunOptions, progress io.Writer) *Report {
+func (l *Live) RunPhase(ctx context.Context, phase string, opt agent.RunOptions, progress io.Writer) *agent.Report {
 	if phase == "pre" && !opt.DryRun {
-		if st, err := l.Agent().d.State.Load(); err == nil && !st.Open {
+		if st, err := l.Agent().State(); err == nil && !st.Open {
 			if _, err := l.Reload(ctx, "new cycle"); err != nil {
-				return FailedReport(phase, 0, configError(fmt.Errorf("nothing was changed: the daemon's config file %s was edited and cannot be used (%w); fix it, or restore the one it runs", l.path, err)))
+				return agent.FailedReport(phase, 0, &agent.PhaseError{Code: agent.ExitUsage, Err: fmt.Errorf("nothing was changed: the daemon's config file %s was edited and cannot be used (%w); fix it, or restore the one it runs", l.path, err)})
 			}
 		}
 	}

@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/zap/zaptest"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 // TestBuildOrWaitStaysUpDegraded: a build that fails (the app user not
@@ -18,18 +20,17 @@ import (
 // the build works; before, the daemon exited into systemd's start limit.
 func TestBuildOrWaitStaysUpDegraded(t *testing.T) {
 	n := &recNotifier{ev: &events{}}
-	m := NewMetrics(prometheus.NewRegistry(), "test")
-	e := newTestEnv(t)
+	m := agent.NewMetrics(prometheus.NewRegistry(), "test")
 	var tries atomic.Int32
 	var seenDegraded atomic.Bool
-	build := func() (*Agent, error) {
+	build := func() (*agent.Agent, error) {
 		if testutil.ToFloat64(m.Degraded) == 1 {
 			seenDegraded.Store(true)
 		}
 		if tries.Add(1) < 3 {
 			return nil, errors.New(`app.user: unknown user "web"`)
 		}
-		return e.agent(t), nil
+		return agent.New(agent.DefaultConfig(), agent.Deps{Log: zaptest.NewLogger(t)}), nil
 	}
 	a, err := BuildOrWait(context.Background(), build, n, 200*time.Millisecond, zaptest.NewLogger(t), m)
 	if err != nil || a == nil {
@@ -51,8 +52,8 @@ func TestBuildOrWaitStaysUpDegraded(t *testing.T) {
 func TestBuildOrWaitEndsWithTheDaemon(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	m := NewMetrics(prometheus.NewRegistry(), "test")
-	_, err := BuildOrWait(ctx, func() (*Agent, error) { return nil, errBoom }, nil, 0, zaptest.NewLogger(t), m)
+	m := agent.NewMetrics(prometheus.NewRegistry(), "test")
+	_, err := BuildOrWait(ctx, func() (*agent.Agent, error) { return nil, errors.New("boom") }, nil, 0, zaptest.NewLogger(t), m)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("want the context's error, got %v", err)
 	}

@@ -1,10 +1,13 @@
-package agent
+package daemon
 
 import (
 	"context"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 // Degraded-mode retry bounds.
@@ -22,13 +25,13 @@ const (
 // find no daemon and run their phase in their own process), keeps the
 // watchdog fed, sets patchagent_daemon_degraded, and retries the build
 // (1 s doubling to 30 s) until it works or ctx is done.
-func BuildOrWait(ctx context.Context, build func() (*Agent, error), n Notifier, watchdog time.Duration, log *zap.Logger, m *Metrics) (*Agent, error) {
+func BuildOrWait(ctx context.Context, build func() (*agent.Agent, error), n Notifier, watchdog time.Duration, log *zap.Logger, m *agent.Metrics) (*agent.Agent, error) {
 	a, err := build()
 	if err == nil {
 		return a, nil
 	}
 	if n == nil {
-		n = NopNotifier{}
+		n = nopNotifier{}
 	}
 	ping := watchdog / 2
 	if ping <= 0 {
@@ -36,7 +39,9 @@ func BuildOrWait(ctx context.Context, build func() (*Agent, error), n Notifier, 
 	}
 	m.ObserveDegraded(true)
 	defer m.ObserveDegraded(false)
-	status := func(err error) string { return "degraded, phases not served: " + firstLine(err.Error()) }
+	status := func(err error) string {
+		return "degraded, phases not served: " + strings.SplitN(err.Error(), "\n", 2)[0]
+	}
 	log.Error("daemon degraded: cannot build the agent, retrying", zap.Error(err))
 	_ = n.Notify(notifyReady + "\nSTATUS=" + status(err))
 	last := err.Error()

@@ -1,4 +1,4 @@
-package agent
+package daemon
 
 import (
 	"context"
@@ -10,7 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/patchagent/patchagent/agent"
 	"github.com/patchagent/patchagent/agent/internal/wait"
+	"github.com/patchagent/patchagent/firewall"
 )
 
 // Daemon defaults and bounds.
@@ -28,8 +30,8 @@ const (
 	stopGrace = 5 * time.Second
 )
 
-// DaemonOptions tune RunDaemon; zero values take the defaults.
-type DaemonOptions struct {
+// Options tune Run; zero values take the defaults.
+type Options struct {
 	// Tick is the main loop period (default daemon.watch_interval; at
 	// most Watchdog/2); tests set it.
 	Tick time.Duration
@@ -42,12 +44,28 @@ type DaemonOptions struct {
 	// Watchdog is systemd's watchdog interval from NewSystemdNotifier
 	// (0: no WATCHDOG=1 pings).
 	Watchdog time.Duration
-	// Agent, if set, is the Agent each iteration works with (Live.Agent:
-	// one rebuilt from an edited config); nil keeps RunDaemon's.
-	Agent func() *Agent
+	// Cycle, if set, is the cycle each iteration works with (Live.Cycle:
+	// one rebuilt from an edited config); nil keeps Run's.
+	Cycle func() Cycle
 }
 
-// phaseServer is what RunDaemon needs of the control socket's Server: the
+// Cycle is what the loop needs of the patch cycle (*agent.Agent): its
+// decisions (Reassert, Reconcile, Exit) and what they read.
+type Cycle interface {
+	Config() agent.Config
+	Metrics() *agent.Metrics
+	Log() *zap.Logger
+	Now() time.Time
+	State() (agent.State, error)
+	FirewallStatus(ctx context.Context) (firewall.Status, error)
+	Reassert(ctx context.Context) (bool, error)
+	Reconcile(ctx context.Context, opt agent.RunOptions) *agent.Report
+	Exit(ctx context.Context, opt agent.RunOptions) *agent.Report
+}
+
+var _ Cycle = (*agent.Agent)(nil)
+
+// phaseServer is what Run needs of the control socket's Server: the
 // socket runs the phases, the daemon watches around them.
 type phaseServer interface {
 	// Running names the phase the socket is running, if any.
@@ -61,13 +79,13 @@ type phaseServer interface {
 	SetPhaseContext(ctx context.Context)
 }
 
-// RunDaemon is the service's main loop; it returns when ctx is done
+// Run is the service's main loop; it returns when ctx is done
 // (SIGTERM) or the boot reconciliation failed.
 //
 //  1. Boot: Reconcile re-applies the block of an open cycle whose rules are
 //     gone (reboot, flush) BEFORE READY=1, so pm2's service, ordered after
 //     this unit, cannot bring the app online to outside traffic. If it
-//     fails, RunDaemon returns the error without READY=1: the start fails
+//     fails, Run returns the error without READY=1: the start fails
 //     and systemd restarts the unit (Restart=on-failure), since a daemon
 //     reported ready without the block of an open cycle would be worse.
 //  2. READY=1 with a STATUS= line.
@@ -84,11 +102,11 @@ type phaseServer interface {
 //     a running phase, then the phase context is cancelled to abandon it
 //     (phases record their intent before each side effect).
 //
-// The caller runs srv.Serve; RunDaemon first sets srv's phase context. The
+// The caller runs srv.Serve; Run first sets srv's phase context. The
 // daemon's own exits call a.Exit directly and take the same phase lock as
 // the socket's phases. It keeps its metrics in the Agent's (Deps.Metrics;
 // none kept if nil).
-func (a *Agent) RunDaemon(ctx context.Context, srv phaseServer, n Notifier, o DaemonOptions) error {
+func Run(ctx context.Context, a Cycle, srv phaseServer, n Notifier, o Options) error {
 	d := newDaemonLoop(a, srv, n, o)
 	phaseCtx, abandon := context.WithCancel(context.WithoutCancel(ctx))
 	defer abandon()
@@ -117,14 +135,14 @@ func (a *Agent) RunDaemon(ctx context.Context, srv phaseServer, n Notifier, o Da
 	}
 }
 
-// daemonLoop is RunDaemon's state; only rec is shared with the daemon's
+// daemonLoop is Run's state; only rec is shared with the daemon's
 // own exit runs.
 type daemonLoop struct {
-	a        *Agent
+	a        Cycle
 	srv      phaseServer
 	n        Notifier
-	m        *Metrics
-	o        DaemonOptions
+	m        *agent.Metrics
+	o        Options
 	log      *zap.Logger
 	phaseCtx context.Context
 	step     time.Duration
@@ -152,7 +170,7 @@ type deadman struct {
 }
 
 // idle is how long the cycle of st has had no phase activity.
-func (m *deadman) idle(st State, wallNow time.Time) time.Duration {
+func (m *deadman) idle(st agent.State, wallNow time.Time) time.Duration {
 	if m.seen.IsZero() || !st.UpdatedAt.Equal(m.updated) {
 		m.updated, m.seen = st.UpdatedAt, time.Now()
 		m.idleAtSeen = max(0, wallNow.Sub(st.UpdatedAt))
@@ -176,9 +194,9 @@ func (r *recovery) state() (why string, ended time.Time) {
 	return r.why, r.ended
 }
 
-func newDaemonLoop(a *Agent, srv phaseServer, n Notifier, o DaemonOptions) *daemonLoop {
+func newDaemonLoop(a Cycle, srv phaseServer, n Notifier, o Options) *daemonLoop {
 	if o.Tick <= 0 {
-		o.Tick = a.cfg.Daemon.WatchInterval.D() // positive: Validate
+		o.Tick = a.Config().Daemon.WatchInterval.D() // positive: Validate
 	}
 	if o.Watchdog > 0 && o.Tick > o.Watchdog/2 {
 		o.Tick = o.Watchdog / 2
@@ -191,13 +209,13 @@ func newDaemonLoop(a *Agent, srv phaseServer, n Notifier, o DaemonOptions) *daem
 		step = min(step, o.Watchdog/2)
 	}
 	if n == nil {
-		n = NopNotifier{}
+		n = nopNotifier{}
 	}
-	m := a.d.Metrics
+	m := a.Metrics()
 	if m == nil {
-		m = NewMetrics(prometheus.NewRegistry(), "")
+		m = agent.NewMetrics(prometheus.NewRegistry(), "")
 	}
-	return &daemonLoop{a: a, srv: srv, n: n, m: m, o: o, step: step, log: a.d.Log.Named("daemon"), errs: map[string]string{}}
+	return &daemonLoop{a: a, srv: srv, n: n, m: m, o: o, step: step, log: a.Log().Named("daemon"), errs: map[string]string{}}
 }
 
 // boot runs the boot reconciliation.
@@ -205,16 +223,16 @@ func (d *daemonLoop) boot(ctx context.Context) error {
 	// A state file that cannot be read: BootReblock (run before the agent
 	// was built) kept a block of ours as it was; the daemon still comes up,
 	// to report it (status, metrics), and the phases refuse to run.
-	if _, err := d.a.d.State.Load(); errors.Is(err, ErrStateUnreadable) {
+	if _, err := d.a.State(); errors.Is(err, agent.ErrStateUnreadable) {
 		d.log.Error("boot: the state file cannot be read: the block is left as it is, phases refuse to run until it is fixed", zap.Error(err))
 		return nil
 	}
 	bctx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
-	rep := d.a.Reconcile(bctx, RunOptions{BootReblocked: d.o.BootReblocked})
+	rep := d.a.Reconcile(bctx, agent.RunOptions{BootReblocked: d.o.BootReblocked})
 	if rep.ExitCode != 0 {
 		if ctx.Err() != nil {
-			return nil // stopped while booting: RunDaemon stops
+			return nil // stopped while booting: Run stops
 		}
 		d.log.Error("boot reconciliation failed: not reporting ready", zap.String("verdict", rep.Verdict()))
 		return fmt.Errorf("reconciling at boot: %w", errors.New(rep.Error))
@@ -225,14 +243,14 @@ func (d *daemonLoop) boot(ctx context.Context) error {
 
 // initialStatus is the STATUS= line sent with READY=1.
 func (d *daemonLoop) initialStatus(ctx context.Context) string {
-	st, err := d.a.d.State.Load()
+	st, err := d.a.State()
 	if err != nil {
 		return "state file unreadable"
 	}
 	sctx, cancel := context.WithTimeout(ctx, d.step)
 	defer cancel()
 	kernel := kernelUnknown
-	if fw, err := d.a.d.Firewall.Status(sctx); err == nil {
+	if fw, err := d.a.FirewallStatus(sctx); err == nil {
 		kernel = kernelWord(fw.Blocked(), fw.Partial())
 		d.m.ObserveBlock(fw.Present())
 	}
@@ -242,10 +260,10 @@ func (d *daemonLoop) initialStatus(ctx context.Context) string {
 // iterate is one pass of the main loop; WATCHDOG=1 only at its end.
 func (d *daemonLoop) iterate(ctx context.Context) {
 	defer d.ping()
-	if d.o.Agent != nil {
-		d.a = d.o.Agent()
+	if d.o.Cycle != nil {
+		d.a = d.o.Cycle()
 	}
-	st, err := d.a.d.State.Load()
+	st, err := d.a.State()
 	if d.logErr("state", "reading the state file", err) {
 		d.setStatus("state file unreadable")
 		return
@@ -255,7 +273,7 @@ func (d *daemonLoop) iterate(ctx context.Context) {
 	// wedged disk) keeps this loop and its watchdog alive: its age, which
 	// grows while it hangs, is what shows it (issue 13, E21).
 	if running {
-		d.m.ObservePhaseRunning(phase, d.a.d.Now().Sub(since))
+		d.m.ObservePhaseRunning(phase, d.a.Now().Sub(since))
 	} else {
 		d.m.ObservePhaseRunning("", 0)
 	}
@@ -291,10 +309,10 @@ func kernelWord(blocked, partial bool) string {
 // watch reads the block: with a cycle open it must be in place (put back
 // if not); with none, a block of ours is a leftover for exit to remove. It
 // returns the kernel's view for the status line.
-func (d *daemonLoop) watch(ctx context.Context, st State) string {
+func (d *daemonLoop) watch(ctx context.Context, st agent.State) string {
 	sctx, cancel := context.WithTimeout(ctx, d.step)
 	defer cancel()
-	fw, err := d.a.d.Firewall.Status(sctx)
+	fw, err := d.a.FirewallStatus(sctx)
 	if d.logErr("firewall", "reading the firewall", err) {
 		return kernelUnknown
 	}
@@ -311,44 +329,22 @@ func (d *daemonLoop) watch(ctx context.Context, st State) string {
 	return kernelWord(fw.Blocked(), fw.Partial())
 }
 
-// reassert puts the block of the open cycle back. It takes the phase lock
-// without waiting and checks again under it: a phase at work (from the
-// socket or a CLI run without the daemon) owns the firewall, and one that
-// just closed the cycle must not find its node blocked again.
+// reassert puts the block of the open cycle back (the cycle decides,
+// under the phase lock: Reassert).
 func (d *daemonLoop) reassert(ctx context.Context) bool {
 	sctx, cancel := context.WithTimeout(ctx, d.step)
 	defer cancel()
-	release, err := d.a.d.Lock.Acquire(sctx, "watch", 0)
-	if errors.Is(err, ErrLocked) {
+	did, err := d.a.Reassert(sctx)
+	if d.logErr("reblock", "re-applying the block", err) {
 		return false
 	}
-	if d.logErr("lock", "taking the phase lock to re-apply the block", err) {
-		return false
-	}
-	defer release()
-	st, err := d.a.d.State.Load()
-	if d.logErr("state", "reading the state file", err) || !st.Open {
-		return false
-	}
-	fw, err := d.a.d.Firewall.Status(sctx)
-	if d.logErr("firewall", "reading the firewall", err) || fw.Blocked() {
-		return false
-	}
-	d.log.Warn("block gone while a patch cycle is open: re-applying it",
-		zap.String("cycle", st.CycleID), zap.String("phase", st.Phase), zap.String("step", st.Step), zap.Bool("partial", fw.Partial()))
-	if err := d.a.d.Firewall.Block(sctx); d.logErr("reblock", "re-applying the block", err) {
-		return false
-	}
-	d.m.ObserveReassert()
-	d.m.ObserveBlock(true)
-	d.log.Warn("block re-applied", zap.String("cycle", st.CycleID))
-	return true
+	return did
 }
 
 // leftover runs exit, at most once a minute, to remove a block of ours
 // with no cycle open; exit removes it only once the app is healthy.
 func (d *daemonLoop) leftover() {
-	now := d.a.d.Now()
+	now := d.a.Now()
 	if !d.lastLeftover.IsZero() && now.Sub(d.lastLeftover) < leftoverEvery {
 		return
 	}
@@ -361,17 +357,17 @@ func (d *daemonLoop) leftover() {
 // than daemon.max_out_of_service: once per cycle it logs and counts; with
 // auto_recover it runs exit, again every max_out_of_service/4 while the
 // last try failed and no one else acted since.
-func (d *daemonLoop) checkDeadman(st State) {
-	maxOut := d.a.cfg.Daemon.MaxOutOfService.D()
+func (d *daemonLoop) checkDeadman(st agent.State) {
+	maxOut := d.a.Config().Daemon.MaxOutOfService.D()
 	if !st.Open || maxOut <= 0 {
 		return
 	}
 	if d.dead.cycle != st.CycleID {
 		d.dead = deadman{cycle: st.CycleID}
 	}
-	now := d.a.d.Now()
+	now := d.a.Now()
 	idle := d.dead.idle(st, now)
-	auto := d.a.cfg.Daemon.AutoRecover
+	auto := d.a.Config().Daemon.AutoRecover
 	if !d.dead.fired {
 		if idle <= maxOut {
 			return
@@ -412,9 +408,9 @@ func (d *daemonLoop) runExit(why string) {
 		defer d.rec.wg.Done()
 		// No wait for the lock: a phase holding it (a pre that just opened
 		// a cycle) has made the reason for this exit stale.
-		rep := a.Exit(d.phaseCtx, RunOptions{NoLockWait: true})
+		rep := a.Exit(d.phaseCtx, agent.RunOptions{NoLockWait: true})
 		d.rec.mu.Lock()
-		d.rec.why, d.rec.ended = "", a.d.Now()
+		d.rec.why, d.rec.ended = "", a.Now()
 		d.rec.mu.Unlock()
 		if rep.ExitCode != 0 {
 			d.log.Error("daemon's exit failed", zap.String("reason", why), zap.String("verdict", rep.Verdict()))
@@ -425,7 +421,7 @@ func (d *daemonLoop) runExit(why string) {
 }
 
 // describe is the STATUS= line.
-func (d *daemonLoop) describe(st State, phase string, running bool, why, kernel string) string {
+func (d *daemonLoop) describe(st agent.State, phase string, running bool, why, kernel string) string {
 	switch {
 	case running:
 		return runningLine(phase, st)
@@ -443,8 +439,8 @@ func (d *daemonLoop) describe(st State, phase string, running bool, why, kernel 
 	return "idle"
 }
 
-func runningLine(phase string, st State) string {
-	if st.Phase == phase && st.Status == StatusRunning && st.Step != "" {
+func runningLine(phase string, st agent.State) string {
+	if st.Phase == phase && st.Status == agent.StatusRunning && st.Step != "" {
 		return fmt.Sprintf("running %s (step %s)", phase, st.Step)
 	}
 	return "running " + phase

@@ -1,7 +1,8 @@
-package agent
+package daemon
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync"
@@ -10,10 +11,25 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
 
+	"github.com/patchagent/patchagent/agent"
 	"github.com/patchagent/patchagent/firewall"
-	"github.com/patchagent/patchagent/healthcheck"
 )
+
+// events is the order of side effects and notifications.
+type events struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (e *events) add(s string) { e.mu.Lock(); e.log = append(e.log, s); e.mu.Unlock() }
+func (e *events) all() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.log)
+}
 
 // recNotifier records sd_notify messages, also into the events log so their
 // order against side effects can be checked.
@@ -155,39 +171,112 @@ func (s *fakeServer) SetPhaseContext(ctx context.Context) {
 }
 func (s *fakeServer) setPhase(p string) { s.mu.Lock(); s.phase = p; s.mu.Unlock() }
 
+// fakeCycle is the patch cycle as the loop sees it: a recorded state, the
+// firewall, and what its decisions do (Reassert re-blocks an open cycle;
+// Exit closes the cycle and unblocks when healthy; Reconcile blocks an
+// open cycle), each recorded.
+type fakeCycle struct {
+	t   *testing.T
+	cfg agent.Config
+	m   *agent.Metrics
+	fw  *daemonFW
+	ev  *events
+	now func() time.Time
+
+	mu        sync.Mutex
+	st        agent.State
+	stErr     error
+	healthy   bool
+	exits     []agent.RunOptions
+	reasserts int
+	reconcile func() *agent.Report // nil: block an open cycle, ok
+}
+
+func (c *fakeCycle) Config() agent.Config    { return c.cfg }
+func (c *fakeCycle) Metrics() *agent.Metrics { return c.m }
+func (c *fakeCycle) Log() *zap.Logger        { return zaptest.NewLogger(c.t) }
+func (c *fakeCycle) Now() time.Time {
+	if c.now != nil {
+		return c.now()
+	}
+	return time.Now()
+}
+func (c *fakeCycle) State() (agent.State, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.st, c.stErr
+}
+func (c *fakeCycle) setState(st agent.State) { c.mu.Lock(); c.st = st; c.mu.Unlock() }
+func (c *fakeCycle) FirewallStatus(ctx context.Context) (firewall.Status, error) {
+	return c.fw.Status(ctx)
+}
+func (c *fakeCycle) Reassert(ctx context.Context) (bool, error) {
+	c.mu.Lock()
+	open := c.st.Open
+	c.reasserts++
+	c.mu.Unlock()
+	if b, _ := c.fw.get(); !open || b {
+		return false, nil
+	}
+	return true, c.fw.Block(ctx)
+}
+func (c *fakeCycle) Reconcile(ctx context.Context, opt agent.RunOptions) *agent.Report {
+	if c.reconcile != nil {
+		return c.reconcile()
+	}
+	st, _ := c.State()
+	if b, _ := c.fw.get(); st.Open && !b {
+		_ = c.fw.Block(ctx)
+	}
+	return &agent.Report{Phase: "reconcile", Result: agent.ResultOK}
+}
+func (c *fakeCycle) Exit(ctx context.Context, opt agent.RunOptions) *agent.Report {
+	c.mu.Lock()
+	c.exits = append(c.exits, opt)
+	healthy := c.healthy
+	c.st.Phase, c.st.Attempts, c.st.UpdatedAt = "exit", c.st.Attempts+1, c.Now()
+	if healthy {
+		c.st.Open, c.st.Status = false, agent.StatusOK
+	}
+	c.mu.Unlock()
+	if !healthy {
+		return &agent.Report{Phase: "exit", Result: agent.ResultFailed, ExitCode: agent.ExitFailed, Error: "unhealthy"}
+	}
+	_ = c.fw.Unblock(ctx)
+	return &agent.Report{Phase: "exit", Result: agent.ResultOK}
+}
+func (c *fakeCycle) exitCount() int { c.mu.Lock(); defer c.mu.Unlock(); return len(c.exits) }
+
 type daemonRig struct {
-	e   *testEnv
-	a   *Agent
+	c   *fakeCycle
+	ev  *events
 	fw  *daemonFW
 	srv *fakeServer
 	n   *recNotifier
-	m   *Metrics
-	o   DaemonOptions
-	now func() time.Time // the agent's wall clock, if set
+	m   *agent.Metrics
+	o   Options
 }
 
 func newDaemonRig(t *testing.T) *daemonRig {
-	e := newTestEnv(t)
-	e.cfg.Daemon.MaxOutOfService = Duration(time.Hour)
+	ev := &events{}
+	cfg := agent.DefaultConfig()
+	cfg.Daemon.MaxOutOfService = agent.Duration(time.Hour)
+	fw := &daemonFW{ev: ev}
+	m := agent.NewMetrics(prometheus.NewRegistry(), "test")
 	return &daemonRig{
-		e: e, fw: &daemonFW{ev: e.ev}, srv: &fakeServer{}, n: &recNotifier{ev: e.ev},
-		m: NewMetrics(prometheus.NewRegistry(), "test"),
-		o: DaemonOptions{Tick: 10 * time.Millisecond, StopTimeout: 3 * time.Second, Watchdog: time.Second},
+		c:  &fakeCycle{t: t, cfg: cfg, m: m, fw: fw, ev: ev, healthy: true},
+		ev: ev, fw: fw, srv: &fakeServer{}, n: &recNotifier{ev: ev}, m: m,
+		o: Options{Tick: 10 * time.Millisecond, StopTimeout: 3 * time.Second, Watchdog: time.Second},
 	}
 }
 
 // start runs the daemon until the returned stop is called (or the test
-// ends); stop returns how long RunDaemon took to return, and its error.
+// ends); stop returns how long Run took to return, and its error.
 func (r *daemonRig) start(t *testing.T) (stop func() (time.Duration, error)) {
 	t.Helper()
-	r.a = r.e.agent(t)
-	r.a.d.Firewall, r.a.d.Metrics = r.fw, r.m
-	if r.now != nil {
-		r.a.d.Now = r.now
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ch := make(chan error, 1)
-	go func() { ch <- r.a.RunDaemon(ctx, r.srv, r.n, r.o) }()
+	go func() { ch <- Run(ctx, r.c, r.srv, r.n, r.o) }()
 	var once sync.Once
 	var err error
 	var took time.Duration
@@ -198,7 +287,7 @@ func (r *daemonRig) start(t *testing.T) (stop func() (time.Duration, error)) {
 			select {
 			case err = <-ch:
 			case <-time.After(10 * time.Second):
-				t.Fatal("RunDaemon did not return")
+				t.Fatal("Run did not return")
 			}
 			took = time.Since(t0)
 		})
@@ -209,22 +298,18 @@ func (r *daemonRig) start(t *testing.T) (stop func() (time.Duration, error)) {
 }
 
 // openCycle records a cycle pre left open, last active at updated.
-func openCycle(t *testing.T, e *testEnv, boot string, updated time.Time) {
-	t.Helper()
-	st := State{CycleID: "c1", Open: true, BootID: boot, Phase: "pre", Status: StatusOK, Step: "stop",
-		Block:          &BlockRecord{Chain: "PATCHAGENT-BLOCK", Ports: []uint16{443}, BootID: boot, Since: updated},
-		CycleStartedAt: updated, PhaseStartedAt: updated, UpdatedAt: updated}
-	if err := e.state.Save(st); err != nil {
-		t.Fatal(err)
-	}
+func openCycle(r *daemonRig, boot string, updated time.Time) {
+	r.c.setState(agent.State{CycleID: "c1", Open: true, BootID: boot, Phase: "pre", Status: agent.StatusOK, Step: "stop",
+		Block:          &agent.BlockRecord{Chain: "PATCHAGENT-BLOCK", Ports: []uint16{443}, BootID: boot, Since: updated},
+		CycleStartedAt: updated, PhaseStartedAt: updated, UpdatedAt: updated})
 }
 
 func TestDaemonBootReblocksBeforeReady(t *testing.T) {
 	r := newDaemonRig(t)
-	openCycle(t, r.e, "boot-0", time.Now()) // rebooted: rules gone
+	openCycle(r, "boot-0", time.Now()) // rebooted: rules gone
 	r.start(t)
 	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
-	evs := r.e.ev.all()
+	evs := r.ev.all()
 	iBlock := slices.Index(evs, "block")
 	iReady := slices.IndexFunc(evs, func(s string) bool { return strings.HasPrefix(s, "notify READY=1") })
 	if iBlock < 0 || iBlock > iReady {
@@ -233,20 +318,17 @@ func TestDaemonBootReblocksBeforeReady(t *testing.T) {
 	if want := "notify READY=1\nSTATUS=cycle c1 open, blocked"; evs[iReady] != want {
 		t.Fatalf("ready message %q, want %q", evs[iReady], want)
 	}
-	if st, _ := r.e.state.Load(); !st.Open || st.BootID != "boot-1" {
-		t.Fatalf("state %+v", st)
-	}
 }
 
 func TestDaemonBootReconcileFailureIsNotReady(t *testing.T) {
 	r := newDaemonRig(t)
-	openCycle(t, r.e, "boot-0", time.Now())
-	r.fw.blockErr = errBoom
-	a := r.e.agent(t)
-	a.d.Firewall = r.fw
+	openCycle(r, "boot-0", time.Now())
+	r.c.reconcile = func() *agent.Report {
+		return &agent.Report{Phase: "reconcile", Result: agent.ResultFailed, ExitCode: agent.ExitFailed, Error: "boom"}
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err := a.RunDaemon(ctx, r.srv, r.n, r.o)
+	err := Run(ctx, r.c, r.srv, r.n, r.o)
 	if err == nil || !strings.Contains(err.Error(), "boom") || ctx.Err() != nil {
 		t.Fatalf("want the reconciliation's error at once, got %v", err)
 	}
@@ -255,20 +337,37 @@ func TestDaemonBootReconcileFailureIsNotReady(t *testing.T) {
 	}
 }
 
+// TestDaemonBootWithAnUnreadableStateComesUp: E2 of issue 13. The boot
+// re-block kept our block as it was; the daemon reports READY and says
+// the state file is unreadable, without reconciling.
+func TestDaemonBootWithAnUnreadableStateComesUp(t *testing.T) {
+	r := newDaemonRig(t)
+	r.c.stErr = agent.ErrStateUnreadable
+	r.c.reconcile = func() *agent.Report {
+		t.Error("reconciled with an unreadable state")
+		return &agent.Report{Phase: "reconcile", Result: agent.ResultOK}
+	}
+	r.start(t)
+	eventually(t, "READY=1", func() bool { return r.n.count("READY=1\nSTATUS=state file unreadable") == 1 })
+}
+
 func TestDaemonRemovesLeftoverBlockOnceHealthy(t *testing.T) {
 	r := newDaemonRig(t)
 	r.fw.set(true) // no cycle open
 	r.start(t)
 	eventually(t, "leftover block removed", func() bool { b, _ := r.fw.get(); return !b })
-	if r.e.health.probes() == 0 {
-		t.Fatal("unblocked without a health check")
+	r.c.mu.Lock()
+	opts := slices.Clone(r.c.exits)
+	r.c.mu.Unlock()
+	if len(opts) != 1 || !opts[0].NoLockWait {
+		t.Fatalf("exits %+v, want one, not waiting for the lock", opts)
 	}
 	eventually(t, "idle status", func() bool { return r.n.count("STATUS=idle") == 1 })
 }
 
 func TestDaemonReappliesBlockRemovedByHand(t *testing.T) {
 	r := newDaemonRig(t)
-	openCycle(t, r.e, "boot-1", time.Now())
+	openCycle(r, "boot-1", time.Now())
 	r.fw.set(true)
 	r.start(t)
 	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
@@ -278,25 +377,15 @@ func TestDaemonReappliesBlockRemovedByHand(t *testing.T) {
 	eventually(t, "running status", func() bool { return r.n.count("STATUS=running exit") == 1 })
 	r.fw.set(false)
 	time.Sleep(100 * time.Millisecond)
-	// A phase run without the daemon holds the lock: same.
-	release, err := r.e.lock.Acquire(context.Background(), "pre", 0)
-	if err != nil {
-		t.Fatal(err)
+	r.c.mu.Lock()
+	during := r.c.reasserts
+	r.c.mu.Unlock()
+	if _, n := r.fw.get(); n != 0 || during != 0 {
+		t.Fatalf("block re-applied %d times (%d asked) while a phase was at work", n, during)
 	}
 	r.srv.setPhase("")
-	time.Sleep(100 * time.Millisecond)
-	if _, n := r.fw.get(); n != 0 {
-		t.Fatalf("block re-applied %d times while a phase was at work", n)
-	}
-	release()
-
 	eventually(t, "block re-applied", func() bool { b, _ := r.fw.get(); return b })
-	if got := testutil.ToFloat64(r.m.BlockReapplied); got != 1 {
-		t.Fatalf("patchagent_block_reapplied_total %v, want 1", got)
-	}
-	if got := testutil.ToFloat64(r.m.Blocked); got != 1 {
-		t.Fatalf("patchagent_traffic_blocked %v", got)
-	}
+	eventually(t, "status says so", func() bool { return r.n.count("STATUS=cycle c1 open, blocked (re-applied)") == 1 })
 	time.Sleep(50 * time.Millisecond)
 	if _, n := r.fw.get(); n != 1 {
 		t.Fatalf("blocked %d times, want 1", n)
@@ -305,13 +394,13 @@ func TestDaemonReappliesBlockRemovedByHand(t *testing.T) {
 
 func TestDaemonDeadmanAutoRecoverHealthy(t *testing.T) {
 	r := newDaemonRig(t)
-	r.e.cfg.Daemon.MaxOutOfService = Duration(50 * time.Millisecond)
-	r.e.cfg.Daemon.AutoRecover = true
-	openCycle(t, r.e, "boot-1", time.Now().Add(-time.Hour))
+	r.c.cfg.Daemon.MaxOutOfService = agent.Duration(50 * time.Millisecond)
+	r.c.cfg.Daemon.AutoRecover = true
+	openCycle(r, "boot-1", time.Now().Add(-time.Hour))
 	r.fw.set(true)
 	r.start(t)
 	eventually(t, "node back in service", func() bool {
-		st, _ := r.e.state.Load()
+		st, _ := r.c.State()
 		b, _ := r.fw.get()
 		return !b && !st.Open
 	})
@@ -321,35 +410,29 @@ func TestDaemonDeadmanAutoRecoverHealthy(t *testing.T) {
 	eventually(t, "idle status", func() bool { return r.n.count("STATUS=idle") == 1 })
 }
 
-func TestDaemonDeadmanAutoRecoverUnhealthyStaysBlocked(t *testing.T) {
+func TestDaemonDeadmanAutoRecoverUnhealthyRetries(t *testing.T) {
 	r := newDaemonRig(t)
-	r.e.cfg.Daemon.MaxOutOfService = Duration(40 * time.Millisecond)
-	r.e.cfg.Daemon.AutoRecover = true
-	r.e.health.answers = []healthcheck.Result{unhealthy(503)}
-	openCycle(t, r.e, "boot-1", time.Now().Add(-time.Hour))
+	r.c.cfg.Daemon.MaxOutOfService = agent.Duration(40 * time.Millisecond)
+	r.c.cfg.Daemon.AutoRecover = true
+	r.c.healthy = false
+	openCycle(r, "boot-1", time.Now().Add(-time.Hour))
 	r.fw.set(true)
 	r.start(t)
-	// Each exit waits out the health deadline (500 ms); wait for a retry.
-	eventually(t, "two exit attempts", func() bool {
-		st, _ := r.e.state.Load()
-		return st.Phase == "exit" && st.Attempts >= 2
-	})
-	st, _ := r.e.state.Load()
+	// A failed try, then another every max_out_of_service/4.
+	eventually(t, "two exit attempts", func() bool { return r.c.exitCount() >= 2 })
+	st, _ := r.c.State()
 	if b, _ := r.fw.get(); !b || !st.Open {
 		t.Fatalf("unhealthy app returned to service: blocked=%v state %+v", b, st)
 	}
 	if got := testutil.ToFloat64(r.m.Deadman); got != 1 {
 		t.Fatalf("patchagent_deadman_triggered_total %v, want 1 per cycle", got)
 	}
-	if slices.Contains(r.e.ev.all(), "unblock") {
-		t.Fatalf("unblocked: %q", r.e.ev.all())
-	}
 }
 
 func TestDaemonDeadmanWithoutAutoRecoverOnlyReports(t *testing.T) {
 	r := newDaemonRig(t)
-	r.e.cfg.Daemon.MaxOutOfService = Duration(20 * time.Millisecond)
-	openCycle(t, r.e, "boot-1", time.Now().Add(-time.Hour))
+	r.c.cfg.Daemon.MaxOutOfService = agent.Duration(20 * time.Millisecond)
+	openCycle(r, "boot-1", time.Now().Add(-time.Hour))
 	r.fw.set(true)
 	r.start(t)
 	eventually(t, "dead-man", func() bool { return testutil.ToFloat64(r.m.Deadman) == 1 })
@@ -357,7 +440,7 @@ func TestDaemonDeadmanWithoutAutoRecoverOnlyReports(t *testing.T) {
 	if got := testutil.ToFloat64(r.m.Deadman); got != 1 {
 		t.Fatalf("patchagent_deadman_triggered_total %v, want 1", got)
 	}
-	if r.e.health.probes() != 0 || slices.Contains(r.e.ev.all(), "unblock") {
+	if r.c.exitCount() != 0 {
 		t.Fatal("exit ran without auto_recover")
 	}
 	if r.n.count("STATUS=cycle c1 open, blocked, out of service longer than max_out_of_service") != 1 {
@@ -400,10 +483,7 @@ func TestDaemonStatusFollowsThePhase(t *testing.T) {
 	r.start(t)
 	eventually(t, "READY=1", func() bool { return r.n.count("READY=1\nSTATUS=idle") == 1 })
 	r.srv.setPhase("pre")
-	st := State{CycleID: "c2", Open: true, Phase: "pre", Status: StatusRunning, Step: "drain", UpdatedAt: time.Now()}
-	if err := r.e.state.Save(st); err != nil {
-		t.Fatal(err)
-	}
+	r.c.setState(agent.State{CycleID: "c2", Open: true, Phase: "pre", Status: agent.StatusRunning, Step: "drain", UpdatedAt: time.Now()})
 	eventually(t, "running status", func() bool { return r.n.count("STATUS=running pre (step drain)") == 1 })
 	time.Sleep(50 * time.Millisecond)
 	if n := r.n.count("STATUS=running pre (step drain)"); n != 1 {
@@ -487,15 +567,14 @@ func TestDaemonReportsHowLongAPhaseRuns(t *testing.T) {
 // jumps 3 h ahead (an NTP step, a wrong RTC corrected) while a cycle is
 // open and active a moment ago: the dead-man timer (max 1 h) does not fire,
 // since idle time is counted on the monotonic clock once the daemon has
-// seen the state; it still fires for a cycle really idle past the limit.
+// seen the state.
 func TestDaemonDeadmanIgnoresClockSteps(t *testing.T) {
 	r := newDaemonRig(t)
 	var mu sync.Mutex
 	step := time.Duration(0)
-	r.e.cfg.Daemon.MaxOutOfService = Duration(time.Hour)
-	openCycle(t, r.e, "boot-1", time.Now())
+	openCycle(r, "boot-1", time.Now())
 	r.fw.set(true)
-	r.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return time.Now().Round(0).Add(step) }
+	r.c.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return time.Now().Round(0).Add(step) }
 	r.start(t)
 	time.Sleep(100 * time.Millisecond) // some ticks: the state seen
 	mu.Lock()
@@ -505,4 +584,23 @@ func TestDaemonDeadmanIgnoresClockSteps(t *testing.T) {
 	if got := testutil.ToFloat64(r.m.Deadman); got != 0 {
 		t.Fatalf("the dead-man timer fired on a clock step (%v)", got)
 	}
+}
+
+// TestDaemonRetriesAFailedReassert: a block that cannot be put back is
+// logged (once per distinct error) and retried at every tick.
+func TestDaemonRetriesAFailedReassert(t *testing.T) {
+	r := newDaemonRig(t)
+	openCycle(r, "boot-1", time.Now())
+	r.fw.set(true)
+	r.start(t)
+	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	r.fw.mu.Lock()
+	r.fw.blockErr = errors.New("iptables: lock held")
+	r.fw.blocked = false
+	r.fw.mu.Unlock()
+	eventually(t, "several tries", func() bool { r.c.mu.Lock(); defer r.c.mu.Unlock(); return r.c.reasserts >= 3 })
+	r.fw.mu.Lock()
+	r.fw.blockErr = nil
+	r.fw.mu.Unlock()
+	eventually(t, "block back", func() bool { b, _ := r.fw.get(); return b })
 }
