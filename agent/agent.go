@@ -140,6 +140,9 @@ type RunOptions struct {
 	// BootReblocked (reconcile only): BootReblock put the block back just
 	// before, the agent not built yet; the reconcile reports and counts it.
 	BootReblocked bool
+	// Progress, if set, receives this run's live progress lines (a hook's
+	// stderr, through the daemon's socket); else Deps.Progress does.
+	Progress io.Writer
 }
 
 // PhaseLockWait is how long a hook's phase waits for another phase to
@@ -205,19 +208,16 @@ func ports16(ps []int) []uint16 {
 	return out
 }
 
-// WithProgress returns an Agent whose phases write their progress lines to w
-// (each control-socket request gets its own).
-func (a *Agent) WithProgress(w io.Writer) *Agent {
-	b := *a
-	b.d.Progress = w
-	return &b
-}
-
 // Phases are the phases a hook (or the daemon at boot, reconcile) runs.
 var Phases = []string{"pre", "post", "exit", "reconcile"}
 
 // RunPhase runs the named phase (one of Phases).
 func (a *Agent) RunPhase(ctx context.Context, phase string, opt RunOptions) *Report {
+	if opt.Progress != nil {
+		b := *a
+		b.d.Progress = opt.Progress
+		a = &b
+	}
 	switch phase {
 	case "pre":
 		return a.Pre(ctx, opt)

@@ -127,5 +127,6 @@ func (l *Live) RunPhase(ctx context.Context, phase string, opt agent.RunOptions,
 			}
 		}
 	}
-	return l.Agent().WithProgress(progress).RunPhase(ctx, phase, opt)
+	opt.Progress = progress
+	return l.Agent().RunPhase(ctx, phase, opt)
 }
