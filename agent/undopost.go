@@ -31,16 +31,12 @@ func interruptedPostRecord(pr *PostRecord, cycle string) *PostRecord {
 // snapshot of the interrupted post pr and reports step, with detail when it
 // succeeded. The caller records a failure (a.failed) as its own.
 func (a *Agent) restoreInterruptedPost(r *phaseRun, pr *PostRecord, step, detail string) error {
-	if err := a.saveRun(r, step); err != nil {
-		return err
-	}
-	t := time.Now()
-	if err := a.d.Packages.Restore(pr.Snapshot); err != nil {
-		r.rep.addStep(step, ResultFailed, time.Since(t), "")
-		return fmt.Errorf("restoring the dependencies the interrupted post of cycle %s left half-updated, from its snapshot %s: %w", pr.CycleID, pr.Snapshot, err)
-	}
-	r.rep.addStep(step, ResultOK, time.Since(t), detail)
-	return nil
+	return a.step(r, step, func() (stepOut, error) {
+		if err := a.d.Packages.Restore(pr.Snapshot); err != nil {
+			return stepOut{}, fmt.Errorf("restoring the dependencies the interrupted post of cycle %s left half-updated, from its snapshot %s: %w", pr.CycleID, pr.Snapshot, err)
+		}
+		return passed(detail)
+	})
 }
 
 // undoPostPlan is the dry run's line for exit when this cycle's post was
