@@ -25,6 +25,8 @@ command -v lintian >/dev/null 2>&1 || need="$need lintian"
 command -v rpm >/dev/null 2>&1 || need="$need rpm"
 # The generated zsh completion is checked with zsh -n.
 command -v zsh >/dev/null 2>&1 || need="$need zsh"
+# The load-balancer tests run a real HAProxy in the network namespaces they make.
+command -v haproxy >/dev/null 2>&1 || need="$need haproxy"
 # The real-node test (deploy/testbed/node): a Debian root booted with systemd-nspawn.
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
 command -v systemd-nspawn >/dev/null 2>&1 || need="$need systemd-container"
