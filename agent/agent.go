@@ -12,9 +12,21 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/patchagent/patchagent/firewall"
+	"github.com/patchagent/patchagent/firewall/lb"
 	"github.com/patchagent/patchagent/healthcheck"
 	"github.com/patchagent/patchagent/hooks"
 )
+
+// Rotation is the node's place in a load balancer's rotation
+// (lb.Readiness).
+type Rotation interface {
+	// TakeOut (PutBack) changes the signal and waits, up to deadline,
+	// until the LB has acted on it.
+	TakeOut(ctx context.Context, deadline time.Duration) (lb.Wait, error)
+	PutBack(ctx context.Context, deadline time.Duration) (lb.Wait, error)
+	// SetOut changes the signal without waiting (the boot, the break-glass).
+	SetOut(out bool)
+}
 
 // Firewall is the block the phases install and remove (firewall.Firewall).
 type Firewall interface {
@@ -71,6 +83,10 @@ type Deps struct {
 	Commands     Commands
 	// Packages updates the app's dependencies (nil when app.dir is unset).
 	Packages Packages
+	// Rotation is the load balancer's side (nil when lb.health_listen is
+	// unset): pre takes the node out of it before the block, exit puts it
+	// back after the unblock.
+	Rotation Rotation
 	// Metrics, if set, records every phase run.
 	Metrics *Metrics
 	State   *StateStore

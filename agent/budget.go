@@ -12,17 +12,21 @@ import (
 // must exceed, with a margin (deploy/ssm checks each document against it).
 // It is the one place these bounds are added up.
 func Budget(phase string, cfg Config) (time.Duration, bool) {
+	lbWait := time.Duration(0) // the wait for the load balancer, if any
+	if cfg.LB.HealthListen != "" {
+		lbWait = cfg.LB.Deadline.D()
+	}
 	switch phase {
 	case "pre":
 		// The lock, the block (iptables' own lock wait), the drain, pm2's
 		// stop and the wait for the ports to close.
-		return PhaseLockWait + cfg.Traffic.LockWait.D() + cfg.Drain.Timeout.D() +
+		return PhaseLockWait + lbWait + cfg.Traffic.LockWait.D() + cfg.Drain.Timeout.D() +
 			hooks.DefaultPM2CallTimeout + hooks.DefaultPM2StopWait + defaultListenWait, true
 	case "post":
 		return PhaseLockWait + cfg.Post.NPM.Timeout.D(), true
 	case "exit":
 		// start, health wait; rollback: restart, second health wait; unblock.
-		return PhaseLockWait + 2*hooks.DefaultPM2CallTimeout + 2*cfg.Health.Deadline.D() + cfg.Traffic.LockWait.D(), true
+		return PhaseLockWait + 2*hooks.DefaultPM2CallTimeout + 2*cfg.Health.Deadline.D() + cfg.Traffic.LockWait.D() + lbWait, true
 	}
 	return 0, false
 }

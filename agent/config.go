@@ -34,6 +34,7 @@ type Config struct {
 	Post    PostConfig    `yaml:"post"`
 	Steps   StepsConfig   `yaml:"steps"`
 	Daemon  DaemonConfig  `yaml:"daemon"`
+	LB      LBConfig      `yaml:"lb"`
 }
 
 // AppConfig names the application and how pm2 runs it.
@@ -162,6 +163,28 @@ type StepsConfig struct {
 }
 
 // DaemonConfig configures the service and where state lives.
+// LBConfig is the load balancer's side of the patch window (issue 15):
+// the readiness endpoint the LB's health check targets instead of the
+// app's, served by the daemon. pre takes the node out of rotation before
+// the block; exit puts it back after the unblock and waits for the LB.
+type LBConfig struct {
+	// Where the daemon serves the readiness endpoint, e.g. 0.0.0.0:8742
+	// (default "": none, nothing waits for an LB).
+	HealthListen string `yaml:"health_listen"`
+	// Its path (default /ready).
+	Path string `yaml:"path"`
+	// The LB's health check interval (default 10s): a checker address not
+	// seen for two of them no longer counts.
+	Interval Duration `yaml:"interval"`
+	// The LB's thresholds: failed checks in a row that take the node out
+	// (default 2), passed ones that put it back (default 2).
+	UnhealthyThreshold int `yaml:"unhealthy_threshold"`
+	HealthyThreshold   int `yaml:"healthy_threshold"`
+	// The longest pre waits for the LB to take the node out, and exit for
+	// it to route to the node again (default 2m).
+	Deadline Duration `yaml:"deadline"`
+}
+
 type DaemonConfig struct {
 	// The control socket (default /run/patchagent/patchagent.sock).
 	Socket string `yaml:"socket"`
@@ -215,6 +238,7 @@ func DefaultConfig() Config {
 			BootIDFile:      BootIDFile,
 			WatchInterval:   Duration(5 * time.Second),
 		},
+		LB: LBConfig{Path: "/ready", Interval: Duration(10 * time.Second), UnhealthyThreshold: 2, HealthyThreshold: 2, Deadline: Duration(2 * time.Minute)},
 	}
 }
 

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"net/http"
 	"time"
 
 	"go.uber.org/zap"
@@ -40,9 +41,22 @@ func (a *Agent) Lock(ctx context.Context, holder string) (release func(), err er
 }
 
 // AdoptState makes a use old's state store, with what it keeps unwritten
-// (StateStore.Remember): an Agent rebuilt from an edited config with the
-// same state dir.
-func (a *Agent) AdoptState(old *Agent) { a.d.State = old.d.State }
+// (StateStore.Remember), and old's load balancer signal, with what its
+// checkers were told: an Agent rebuilt from an edited config with the same
+// state dir and lb section.
+func (a *Agent) AdoptState(old *Agent) {
+	a.d.State = old.d.State
+	if a.d.Rotation != nil && old.d.Rotation != nil {
+		a.d.Rotation = old.d.Rotation
+	}
+}
+
+// Readiness is the load balancer's readiness endpoint (nil without
+// lb.health_listen), for the daemon to serve.
+func (a *Agent) Readiness() http.Handler {
+	h, _ := a.d.Rotation.(http.Handler)
+	return h
+}
 
 // Reassert puts the block of the open cycle back if it is gone (a firewall
 // reload, iptables -F). It takes the phase lock without waiting and checks
@@ -77,4 +91,15 @@ func (a *Agent) Reassert(ctx context.Context) (bool, error) {
 	}
 	a.log.Warn("block re-applied", zap.String("cycle", st.CycleID))
 	return true, nil
+}
+
+// HoldRotation puts the load balancer signal where the recorded state
+// says it is: out while a cycle is open (a daemon starting mid-cycle, after
+// a reboot, must not tell the LB the node is ready), else as the app.
+func (a *Agent) HoldRotation() {
+	if a.d.Rotation == nil {
+		return
+	}
+	st, err := a.d.State.Load()
+	a.d.Rotation.SetOut(err != nil || st.Open)
 }

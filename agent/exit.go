@@ -131,6 +131,9 @@ func (a *Agent) exitPlan(r *phaseRun, blocked bool) {
 	for _, c := range a.cfg.Steps.ExitCommands {
 		rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
 	}
+	if a.d.Rotation != nil {
+		rep.Plan = append(rep.Plan, fmt.Sprintf("lb-in: the readiness endpoint answers as the app again; wait until each load balancer checker saw it pass %d time(s) in a row (at most %s)", a.cfg.LB.HealthyThreshold, a.cfg.LB.Deadline))
+	}
 }
 
 // exitUnhealthy is exit's answer to an app that did not start or pass its
@@ -173,6 +176,9 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 		return fmt.Errorf("no patch cycle open, nothing changed, but the app is unhealthy: %w", err)
 	}
 	rep.addStep("health", ResultOK, time.Since(t), fmt.Sprintf("healthy after %d attempt(s)", out.Attempts))
+	if a.d.Rotation != nil {
+		a.d.Rotation.SetOut(false) // no cycle open: nothing keeps the node out of rotation
+	}
 	if !blocked {
 		rep.Summary = append(rep.Summary, "nothing to do: no patch cycle open, app healthy")
 		return nil
@@ -231,7 +237,40 @@ func (a *Agent) unblockAndRestore(ctx context.Context, r *phaseRun) error {
 	if err != nil {
 		return a.exitFailed(ctx, r, err)
 	}
-	return a.restoreExtras(ctx, r)
+	if err := a.restoreExtras(ctx, r); err != nil {
+		return err
+	}
+	return a.lbIn(ctx, r)
+}
+
+// lbIn puts the node back in the load balancer's rotation, last, and waits
+// until every checker of the LB has seen the app pass its threshold of
+// times in a row: exit ends (and SSM moves on to the next node) only when
+// the LB routes to this one again. The node is unblocked whatever the LB
+// does, so a failure here closes the cycle as failed, not out of service.
+func (a *Agent) lbIn(ctx context.Context, r *phaseRun) error {
+	if a.d.Rotation == nil {
+		return nil
+	}
+	c := a.cfg.LB
+	err := a.step(r, "lb-in", func() (stepOut, error) {
+		a.progress("lb-in: the readiness endpoint answers as the app again; waiting until each load balancer checker saw it pass %d time(s) in a row (at most %s)", c.HealthyThreshold, c.Deadline)
+		w, err := a.d.Rotation.PutBack(ctx, c.Deadline.D())
+		if err != nil {
+			return stepOut{}, err
+		}
+		if w.NoChecker {
+			r.rep.warn("no load balancer checker reached the readiness endpoint in %s: nothing confirms the LB routes to the node again", 2*c.Interval.D())
+			return stepOut{result: "warn", detail: "no checker seen"}, nil
+		}
+		r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("back in LB rotation (%d checker(s))", len(w.Checkers)))
+		return passed(fmt.Sprintf("%d checker(s) %v saw it pass %d time(s) in a row, after %s", len(w.Checkers), w.Checkers, c.HealthyThreshold, w.Took.Round(10*time.Millisecond)))
+	})
+	if err != nil {
+		err = nodeLeft(nodeBackBut, fmt.Errorf("unblocked, but the load balancer did not confirm it routes to the node: %w", err))
+		a.closeCycle(r, StatusFailed, err.Error())
+	}
+	return err
 }
 
 // restoreExtras starts the units pre stopped and runs the exit commands, in
@@ -271,6 +310,9 @@ func (a *Agent) exitFailed(ctx context.Context, r *phaseRun, cause error) error 
 		err = errors.Join(cause, fmt.Errorf("unblocking anyway (exit.on_failure: unblock): %w", err))
 		a.failed(r, err)
 		return stillOut(err)
+	}
+	if a.d.Rotation != nil {
+		a.d.Rotation.SetOut(false) // the endpoint answers as the (unhealthy) app
 	}
 	r.rep.warn("exit.on_failure is unblock: the node is back in service although %v", cause)
 	err := nodeLeft("back in service UNHEALTHY (exit.on_failure: unblock)", cause)

@@ -305,6 +305,8 @@ type testEnv struct {
 	state   *StateStore
 	lock    *PhaseLock
 	boot    string
+	// rotation, if set, is the load balancer's side.
+	rotation Rotation
 }
 
 func newTestEnv(t *testing.T) *testEnv {
@@ -336,6 +338,9 @@ func (e *testEnv) agent(t *testing.T) *Agent {
 	})
 	if e.pkgs != nil {
 		a.d.Packages = e.pkgs
+	}
+	if e.rotation != nil {
+		a.d.Rotation = e.rotation
 	}
 	a.d.AfterSave = func(step string) {
 		if e.crashAt != "" && step == e.crashAt {

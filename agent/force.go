@@ -264,6 +264,9 @@ func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) 
 		a.failed(r, err)
 		return stillOut(err)
 	}
+	if a.d.Rotation != nil {
+		a.d.Rotation.SetOut(false) // back in the LB's rotation at its next checks, not waited for
+	}
 
 	if !open {
 		// No cycle ends here: st.Forced says what was forced, and the

@@ -538,6 +538,7 @@ func TestStepNamesCoverThePhases(t *testing.T) {
 	p := withPackages(t, e)
 	e.cfg.Steps.StopUnits = []string{"metrics-agent.service"}
 	e.cfg.Exit.Rollback = true
+	withRotation(e)
 	record(e.agent(t).Pre(ctx, RunOptions{}))
 	record(e.agent(t).Post(ctx, RunOptions{}))
 	e.fw.blocked = false // a reboot: reblock first
@@ -558,7 +559,7 @@ func TestStepNamesCoverThePhases(t *testing.T) {
 			t.Errorf("step %q is not in StepNames", name)
 		}
 	}
-	for _, want := range []string{"check", "block", "drain", "stop", "extras", "snapshot", "update", "reblock", "start", "health", "rollback", "unblock", "restore", "force"} {
+	for _, want := range []string{"check", "block", "drain", "stop", "extras", "snapshot", "update", "reblock", "start", "health", "rollback", "unblock", "restore", "force", "lb-out", "lb-in"} {
 		if !seen[want] {
 			t.Errorf("no run reported step %q: the scenarios miss it", want)
 		}

@@ -37,11 +37,45 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 	switch {
 	case err == nil:
 		return nil
-	case isIntent(err) && r.st.Step == "block":
+	case isIntent(err) && r.st.Step == a.firstStep():
 		return fmt.Errorf("nothing was blocked: %w", err)
 	}
 	a.failed(r, err)
+	if r.st.Step == "lb-out" {
+		return fmt.Errorf("%w (the node stays out of the load balancer's rotation, not blocked; `patchagent exit` puts it back once the app is healthy)", err)
+	}
 	return fmt.Errorf("%w (the node stays blocked; `patchagent exit` returns it to service once the app is healthy)", err)
+}
+
+// firstStep is pre's first side effect: out of the load balancer's
+// rotation when there is one, else the block.
+func (a *Agent) firstStep() string {
+	if a.d.Rotation != nil {
+		return "lb-out"
+	}
+	return "block"
+}
+
+// lbOut takes the node out of the load balancer's rotation and waits until
+// every checker of the LB was told so its threshold of times in a row:
+// from then on the LB sends nothing new, and the block refuses nobody it
+// routes. With no checker seen, nothing confirms it: a warning, and the
+// drain's min_wait is the only wait.
+func (a *Agent) lbOut(ctx context.Context, r *phaseRun) (stepOut, error) {
+	c := a.cfg.LB
+	a.progress("lb-out: the readiness endpoint answers 503; waiting until each load balancer checker was told so %d time(s) in a row (at most %s)", c.UnhealthyThreshold, c.Deadline)
+	w, err := a.d.Rotation.TakeOut(ctx, c.Deadline.D())
+	if err != nil {
+		return stepOut{}, fmt.Errorf("taking the node out of the load balancer's rotation: %w", err)
+	}
+	if w.NoChecker {
+		msg := fmt.Sprintf("no load balancer checker reached the readiness endpoint in %s (two lb.interval): nothing confirms the LB took the node out; drain.min_wait %s is the only wait before the block counts", 2*c.Interval.D(), a.cfg.Drain.MinWait)
+		r.rep.warn("%s", msg)
+		r.st.Warnings = append(r.st.Warnings, msg)
+		return stepOut{result: "warn", detail: "no checker seen"}, nil
+	}
+	r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("out of LB rotation (%d checker(s))", len(w.Checkers)))
+	return passed(fmt.Sprintf("%d checker(s) %v told 503 %d time(s) in a row, after %s", len(w.Checkers), w.Checkers, c.UnhealthyThreshold, w.Took.Round(10*time.Millisecond)))
 }
 
 // preCheck is pre's read-only check, so that a bad app name or a dead pm2
@@ -75,6 +109,9 @@ func (a *Agent) preCheck(ctx context.Context, r *phaseRun) ([]int, error) {
 		app, online, len(procs), a.d.AppUser, fwState))
 	if r.opt.DryRun {
 		rep.Result = ResultDryRun
+		if a.d.Rotation != nil {
+			rep.Plan = append(rep.Plan, fmt.Sprintf("lb-out: the readiness endpoint on %s%s answers 503; wait until each load balancer checker was told so %d time(s) in a row (at most %s)", a.cfg.LB.HealthListen, a.cfg.LB.Path, a.cfg.LB.UnhealthyThreshold, a.cfg.LB.Deadline))
+		}
 		rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
 		rep.Plan = append(rep.Plan, fmt.Sprintf("drain: wait until no connection to port(s) %s from outside loopback is busy and every one is idle for %s (%s for a keep-alive one that answered a request; at least %s after the block, at most %s)",
 			portList(a.cfg.Traffic.Ports), a.cfg.Drain.Idle, a.cfg.Drain.KeepAliveIdle, a.cfg.Drain.MinWait, a.cfg.Drain.Timeout))
@@ -94,6 +131,11 @@ func (a *Agent) preCheck(ctx context.Context, r *phaseRun) ([]int, error) {
 // configured extras, done.
 func (a *Agent) preSteps(ctx context.Context, r *phaseRun, fams []firewall.Family, pids []int) error {
 	app, rep, st := a.cfg.App.Name, r.rep, &r.st
+	if a.d.Rotation != nil {
+		if err := a.step(r, "lb-out", func() (stepOut, error) { return a.lbOut(ctx, r) }); err != nil {
+			return err
+		}
+	}
 	var blockedAt time.Time
 	err := a.step(r, "block", func() (stepOut, error) {
 		a.progress("block: refusing new connections to %s/tcp from outside loopback (%s, %s)", portList(a.cfg.Traffic.Ports), famShort(fams), a.cfg.Traffic.Action)

@@ -11,7 +11,7 @@ import (
 // of the step label of patchagent_step_duration_seconds (a name not here
 // is exported as "other": a label never grows with what a report holds).
 var StepNames = []string{
-	"block", "check", "drain", "extras", "force", "health", "prune", "reblock",
+	"block", "check", "drain", "extras", "force", "health", "lb-in", "lb-out", "prune", "reblock",
 	"restore", "rollback", "snapshot", "start", "stop", "unblock", "undo-post", "update",
 }
 

@@ -24,6 +24,7 @@ func (c Config) Validate() []Problem {
 	c.Post.validate(&ps)
 	c.Steps.validate(&ps)
 	c.Daemon.validate(&ps, c.App)
+	c.LB.validate(&ps)
 	sort.SliceStable(ps, func(i, j int) bool { return ps[i].Key < ps[j].Key })
 	return ps
 }
@@ -47,6 +48,17 @@ func (ps *problems) notNegativeNorOver(key string, d Duration, limitKey string, 
 		ps.bad(key, "must not be negative, got %s", d)
 	} else if d > limit {
 		ps.bad(key, "%s is longer than %s %s", d, limitKey, limit)
+	}
+}
+
+// listen checks a host:port to listen on.
+func (ps *problems) listen(key, addr string) {
+	if host, port, err := net.SplitHostPort(addr); err != nil {
+		ps.bad(key, "%q is not host:port", addr)
+	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		ps.bad(key, "port %q is not 1-65535", port)
+	} else if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		ps.bad(key, "host %q is not an IP address", host)
 	}
 }
 
@@ -195,13 +207,28 @@ func (c DaemonConfig) validate(ps *problems, app AppConfig) {
 			}
 		}
 	}
-	if host, port, err := net.SplitHostPort(c.MetricsListen); err != nil {
-		ps.bad("daemon.metrics_listen", "%q is not host:port", c.MetricsListen)
-	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		ps.bad("daemon.metrics_listen", "port %q is not 1-65535", port)
-	} else if host != "" && net.ParseIP(host) == nil && host != "localhost" {
-		ps.bad("daemon.metrics_listen", "host %q is not an IP address", host)
-	}
+	ps.listen("daemon.metrics_listen", c.MetricsListen)
 	ps.positive("daemon.max_out_of_service", c.MaxOutOfService)
 	ps.positive("daemon.watch_interval", c.WatchInterval)
+}
+
+func (c LBConfig) validate(ps *problems) {
+	if c.HealthListen == "" {
+		return
+	}
+	ps.listen("lb.health_listen", c.HealthListen)
+	if !strings.HasPrefix(c.Path, "/") || strings.ContainsAny(c.Path, " ?#") {
+		ps.bad("lb.path", "%q is not a URL path", c.Path)
+	}
+	ps.positive("lb.interval", c.Interval)
+	for key, n := range map[string]int{"lb.unhealthy_threshold": c.UnhealthyThreshold, "lb.healthy_threshold": c.HealthyThreshold} {
+		if n < 1 || n > 10 {
+			ps.bad(key, "%d: want 1 to 10 (the LB's own threshold)", n)
+		}
+	}
+	// The LB needs threshold checks an interval apart, and a checker's
+	// first one may come an interval late.
+	if need := Duration(int64(c.Interval) * int64(max(c.UnhealthyThreshold, c.HealthyThreshold)+1)); c.Deadline < need {
+		ps.bad("lb.deadline", "%s is shorter than the LB needs at its interval and thresholds (%s)", c.Deadline, need)
+	}
 }

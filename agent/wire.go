@@ -11,6 +11,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/patchagent/patchagent/firewall"
+	"github.com/patchagent/patchagent/firewall/lb"
 	"github.com/patchagent/patchagent/healthcheck"
 	"github.com/patchagent/patchagent/hooks"
 )
@@ -42,6 +43,13 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	if err != nil {
 		return nil, configError(fmt.Errorf("health: %w", err))
 	}
+	// Behind a load balancer: the readiness signal the daemon serves, in
+	// service answering as the app's own health check.
+	var rot Rotation
+	if cfg.LB.HealthListen != "" {
+		rot = lb.NewReadiness(hc, lb.Options{Interval: cfg.LB.Interval.D(), Unhealthy: cfg.LB.UnhealthyThreshold,
+			Healthy: cfg.LB.HealthyThreshold, ProbeTimeout: cfg.Health.Timeout.D()})
+	}
 	run := &hooks.ExecRunner{}
 	var pkgs Packages
 	if cfg.App.Dir != "" {
@@ -62,6 +70,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 		Units:        hooks.NewUnits(log, run, "", 0),
 		Commands:     hooks.NewCommands(log, run, 0),
 		Packages:     pkgs,
+		Rotation:     rot,
 		Metrics:      m,
 		State:        NewStateStore(cfg.Daemon.StateDir),
 		Lock:         NewPhaseLock(cfg.Daemon.StateDir),

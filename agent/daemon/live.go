@@ -110,6 +110,9 @@ func restartOnly(old, cfg agent.Config) error {
 	if old.Daemon.WatchInterval != cfg.Daemon.WatchInterval {
 		changed = append(changed, "daemon.watch_interval")
 	}
+	if old.LB != cfg.LB {
+		changed = append(changed, "lb")
+	}
 	if len(changed) > 0 {
 		return fmt.Errorf("%v changed: the daemon binds them at start; run systemctl restart patchagent", changed)
 	}

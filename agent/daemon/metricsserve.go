@@ -58,3 +58,25 @@ func ServeMetrics(ctx context.Context, log *zap.Logger, addr string, hs *http.Se
 		delay = min(2*delay, metricsRetryMax)
 	}
 }
+
+// NewReadinessServer serves the load balancer's readiness endpoint at path
+// from current (the running Agent's: it changes with a config reload),
+// bounded like the metrics server.
+func NewReadinessServer(path string, current func() http.Handler) *http.Server {
+	mux := http.NewServeMux()
+	mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		if h := current(); h != nil {
+			h.ServeHTTP(w, r)
+			return
+		}
+		http.Error(w, "no readiness endpoint configured", http.StatusServiceUnavailable)
+	})
+	return &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       90 * time.Second,
+		MaxHeaderBytes:    1 << 14,
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -74,6 +75,18 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	// An edited config is picked up on SIGHUP (systemctl reload) and before
 	// each new cycle.
 	live := daemon.NewLive(abs, a, log, build)
+	// Behind a load balancer: its health check's endpoint, out of rotation
+	// from the start while a cycle is open.
+	if cfg.LB.HealthListen != "" {
+		a.HoldRotation()
+		rs := daemon.NewReadinessServer(cfg.LB.Path, func() http.Handler { return live.Agent().Readiness() })
+		go daemon.ServeMetrics(ctx, log.Named("lb"), cfg.LB.HealthListen, rs, nil)
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = rs.Shutdown(sctx)
+		}()
+	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)

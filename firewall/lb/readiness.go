@@ -137,6 +137,9 @@ func (r *Readiness) set(out bool) {
 	}
 }
 
+// SetOut changes the signal without waiting for the LB.
+func (r *Readiness) SetOut(out bool) { r.set(out) }
+
 // Out reports whether the node is out of rotation (its checks answer 503).
 func (r *Readiness) Out() bool {
 	r.mu.Lock()

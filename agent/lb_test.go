@@ -1,0 +1,152 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/patchagent/patchagent/firewall/lb"
+)
+
+// fakeRotation is a load balancer's side: it records each change, and its
+// waits end as told.
+type fakeRotation struct {
+	ev      *events
+	outErr  error // TakeOut's
+	inErr   error // PutBack's
+	none    bool  // no checker seen
+	out     bool
+	waits   []time.Duration
+	checker netip.Addr
+}
+
+func (f *fakeRotation) wait(deadline time.Duration, err error) (lb.Wait, error) {
+	f.waits = append(f.waits, deadline)
+	if err != nil {
+		return lb.Wait{Checkers: []netip.Addr{f.checker}}, err
+	}
+	if f.none {
+		return lb.Wait{NoChecker: true}, nil
+	}
+	return lb.Wait{Checkers: []netip.Addr{f.checker}, Took: 4 * time.Second}, nil
+}
+func (f *fakeRotation) TakeOut(ctx context.Context, d time.Duration) (lb.Wait, error) {
+	f.out = true
+	f.ev.add("lb out")
+	return f.wait(d, f.outErr)
+}
+func (f *fakeRotation) PutBack(ctx context.Context, d time.Duration) (lb.Wait, error) {
+	f.out = false
+	f.ev.add("lb in")
+	return f.wait(d, f.inErr)
+}
+func (f *fakeRotation) SetOut(out bool) { f.out = out; f.ev.add(fmt.Sprintf("lb set out=%v", out)) }
+
+func withRotation(e *testEnv) *fakeRotation {
+	f := &fakeRotation{ev: e.ev, checker: netip.MustParseAddr("10.0.1.5")}
+	e.rotation = f
+	e.cfg.LB.HealthListen = "0.0.0.0:8742"
+	return f
+}
+
+// TestPreTakesTheNodeOutOfTheLBBeforeTheBlock: the LB is told first and
+// waited for; only then does the block refuse anything.
+func TestPreTakesTheNodeOutOfTheLBBeforeTheBlock(t *testing.T) {
+	e := newTestEnv(t)
+	f := withRotation(e)
+	rep := e.agent(t).Pre(context.Background(), RunOptions{})
+	if rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	evs := e.ev.all()
+	if len(evs) < 2 || evs[0] != "lb out" || !strings.HasPrefix(evs[1], "block") {
+		t.Fatalf("want the LB first, then the block: %q", evs)
+	}
+	if !slices.Equal(f.waits, []time.Duration{2 * time.Minute}) || !strings.Contains(rep.Verdict(), "out of LB rotation (1 checker(s))") {
+		t.Fatalf("waits %v, verdict %q", f.waits, rep.Verdict())
+	}
+	if len(rep.Steps) < 3 || rep.Steps[1].Name != "lb-out" || rep.Steps[2].Name != "block" {
+		t.Fatalf("want check, lb-out, block: %+v", rep.Steps)
+	}
+}
+
+// TestPreStopsWhenTheLBDoesNotConfirm: the LB did not take the node out
+// within lb.deadline: nothing is blocked (blocking would refuse what the
+// LB still routes), pre fails, and the cycle stays open for exit, which
+// puts the node back.
+func TestPreStopsWhenTheLBDoesNotConfirm(t *testing.T) {
+	e := newTestEnv(t)
+	f := withRotation(e)
+	f.outErr = lb.ErrNotConfirmed
+	rep := e.agent(t).Pre(context.Background(), RunOptions{})
+	if rep.ExitCode != ExitFailed || !strings.Contains(rep.Verdict(), "stays out of the load balancer's rotation, not blocked") {
+		t.Fatal(rep.Text())
+	}
+	if evs := e.ev.all(); !slices.Equal(evs, []string{"lb out"}) {
+		t.Fatalf("acted past the LB: %q", evs)
+	}
+	st, _ := e.state.Load()
+	if !st.Open || st.Step != "lb-out" {
+		t.Fatalf("state %+v", st)
+	}
+	f.outErr = nil
+	e.ev.log = nil
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 || !slices.Contains(e.ev.all(), "lb in") {
+		t.Fatalf("exit after the failed pre: %v\n%s", e.ev.all(), rep.Text())
+	}
+}
+
+// TestPreWithNoLBCheckerWarns: nothing checks the endpoint: the node is
+// blocked after a warning that nothing confirmed the LB.
+func TestPreWithNoLBCheckerWarns(t *testing.T) {
+	e := newTestEnv(t)
+	withRotation(e).none = true
+	rep := e.agent(t).Pre(context.Background(), RunOptions{})
+	if rep.ExitCode != 0 || len(rep.Warnings) != 1 || !strings.Contains(rep.Warnings[0], "no load balancer checker reached the readiness endpoint") {
+		t.Fatal(rep.Text())
+	}
+}
+
+// TestExitPutsTheNodeBackInTheLBLast: after the unblock, and exit ends
+// only once the LB confirmed; when it does not, the node is unblocked but
+// exit fails and says so, the cycle closed as failed.
+func TestExitPutsTheNodeBackInTheLBLast(t *testing.T) {
+	e := newTestEnv(t)
+	f := withRotation(e)
+	afterPre(t, e)
+	rep := e.agent(t).Exit(context.Background(), RunOptions{})
+	if rep.ExitCode != 0 || !slices.Equal(e.ev.all(), []string{"start web", "unblock", "lb in"}) || !strings.Contains(rep.Verdict(), "back in LB rotation") {
+		t.Fatalf("%q\n%s", e.ev.all(), rep.Text())
+	}
+
+	afterPre(t, e)
+	f.inErr = lb.ErrNotConfirmed
+	rep = e.agent(t).Exit(context.Background(), RunOptions{})
+	if rep.ExitCode != ExitFailed || !strings.Contains(rep.Verdict(), "the load balancer did not confirm it routes to the node") || e.fw.blocked {
+		t.Fatal(rep.Text())
+	}
+	if st, _ := e.state.Load(); st.Open || st.Status != StatusFailed {
+		t.Fatalf("state %+v", st)
+	}
+}
+
+// TestRotationFollowsTheCycleOutsideTheWaits: reconcile (the boot) holds
+// an open cycle's node out of rotation; the break-glass puts it back
+// without waiting.
+func TestRotationFollowsTheCycleOutsideTheWaits(t *testing.T) {
+	e := newTestEnv(t)
+	f := withRotation(e)
+	afterPre(t, e)
+	f.out = false // a daemon starting after a reboot
+	e.fw.blocked, e.boot = false, "boot-2"
+	if rep := e.agent(t).Reconcile(context.Background(), RunOptions{}); rep.ExitCode != 0 || !f.out {
+		t.Fatalf("reconcile left the node in rotation: %s", rep.Text())
+	}
+	if rep := e.agent(t).Exit(context.Background(), forceOpts("lb down")); rep.Result != ResultForced || f.out || len(f.waits) != 1 {
+		t.Fatalf("forced exit: out %v, waits %v\n%s", f.out, f.waits, rep.Text())
+	}
+}
