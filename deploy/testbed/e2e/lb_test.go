@@ -1,0 +1,181 @@
+//go:build integration
+
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/patchagent/patchagent/deploy/testbed/sandbox"
+)
+
+// haproxyConfig balances the node's app and a second server (the rest of
+// the fleet), with checks every 2 s, fall 2, rise 2, and no retries (the
+// setup that measured ~56 errors per node patch, issue 15): a request
+// HAProxy sends to a node that refuses it is a client error. Each request
+// on a connection of its own (http-reuse never), so that the window
+// between the block and HAProxy's own verdict shows every time (with
+// reuse always the block-only errors ranged 1 to 33 here, the readiness
+// endpoint's stayed 0 in 5 runs).
+// check is the node server's check options.
+const haproxyConfig = `global
+	stats socket {{socket}} mode 600 level admin
+defaults
+	mode http
+	timeout connect 2s
+	timeout client 30s
+	timeout server 30s
+	retries 0
+frontend fe
+	bind 127.0.0.1:18080
+	default_backend be
+backend be
+	balance roundrobin
+	http-reuse never
+	option httpchk GET %s
+	http-check expect status 200
+	server node %s:443 check %s inter 2s fall 2 rise 2
+	server other 127.0.0.1:18081 check inter 2s fall 2 rise 2
+`
+
+// TestPatchBehindHAProxy: issue 15 with a real HAProxy in the client
+// namespace in front of the node's app and a second server, under a steady
+// load of requests through it, retries 0. With the iptables block alone
+// (HAProxy checks the app), the block refuses HAProxy's new connections
+// before its checks have taken the node out: clients see errors. With the
+// readiness endpoint (lb.health_listen, HAProxy's check port pointed at
+// it), pre waits until HAProxy was told 503 twice, then blocks; exit waits
+// until it saw two passes: no client error, and both phases say what the
+// LB did.
+func TestPatchBehindHAProxy(t *testing.T) {
+	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
+		t.Skip("haproxy is not installed (make setup installs it)")
+	}
+	n := setupNode(t, "pa-e2lb", nil)
+	other := startOtherServer(t, n)
+	defer other.Close()
+
+	run := func(t *testing.T, lbSection, check, checkPath string) (errs, ok int64, pre, exit result) {
+		cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18755\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\nhealth:\n  interval: 100ms\n"+lbSection)
+		startDaemon(t, n, cfg)
+		dir := t.TempDir()
+		h, err := sandbox.StartHAProxy(n.ClientNS, dir, fmt.Sprintf(haproxyConfig, checkPath, n.ServerV4, check))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Stop()
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		for _, s := range []string{"node", "other"} {
+			if err := h.WaitStatus(ctx, "be", s, "UP"); err != nil {
+				t.Fatalf("%v\n%s", err, h.Log())
+			}
+		}
+		load := startLoad(n, "http://127.0.0.1:18080/", 20*time.Millisecond)
+		long := startLoad(n, "http://127.0.0.1:18080/slow?ms=800", 100*time.Millisecond)
+		time.Sleep(time.Second)
+		pre = patchagent(t, n, "pre", "--config", cfg)
+		if pre.code != 0 {
+			load.stop()
+			long.stop()
+			t.Fatalf("pre: %d\n%s\n%s", pre.code, pre.stdout, pre.stderr)
+		}
+		time.Sleep(time.Second) // the node patched, the fleet serving
+		exit = patchagent(t, n, "exit", "--config", cfg)
+		if exit.code != 0 {
+			load.stop()
+			long.stop()
+			t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+		}
+		time.Sleep(time.Second)
+		errs, ok = load.stop()
+		lerrs, lok := long.stop()
+		return errs + lerrs, ok + lok, pre, exit
+	}
+
+	t.Run("iptables block only", func(t *testing.T) {
+		errs, ok, _, _ := run(t, "", "", "/health-check")
+		t.Logf("block only: %d client errors, %d ok", errs, ok)
+		if errs == 0 {
+			t.Fatalf("no client error with the block alone (%d ok): the test does not show the LB race it guards against", ok)
+		}
+	})
+	t.Run("readiness endpoint", func(t *testing.T) {
+		lb := "lb:\n  health_listen: 0.0.0.0:8742\n  interval: 2s\n  unhealthy_threshold: 2\n  healthy_threshold: 2\n  deadline: 20s\n"
+		errs, ok, pre, exit := run(t, lb, "port 8742", "/ready")
+		t.Logf("readiness endpoint: %d client errors, %d ok\npre: %s\nexit: %s", errs, ok, firstLine(pre.stdout), firstLine(exit.stdout))
+		if errs != 0 || ok == 0 {
+			t.Fatalf("%d client errors (%d ok) through HAProxy\npre:\n%s\nexit:\n%s", errs, ok, pre.stdout, exit.stdout)
+		}
+		if !strings.Contains(firstLine(pre.stdout), "out of LB rotation (1 checker(s))") || !strings.Contains(firstLine(exit.stdout), "back in LB rotation (1 checker(s))") {
+			t.Fatalf("pre %q, exit %q", firstLine(pre.stdout), firstLine(exit.stdout))
+		}
+	})
+}
+
+// startOtherServer is the rest of the fleet: a server in the client
+// namespace on 127.0.0.1:18081 that answers everything with 200.
+func startOtherServer(t *testing.T, n *sandbox.Node) *http.Server {
+	t.Helper()
+	var ln net.Listener
+	if err := n.InClient(func() (err error) { ln, err = net.Listen("tcp4", "127.0.0.1:18081"); return }); err != nil {
+		t.Fatal(err)
+	}
+	s := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })}
+	go s.Serve(ln)
+	return s
+}
+
+// load sends a request through HAProxy every so often (each in a
+// goroutine of its own) and counts the answers that are not 200.
+type load struct {
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	ok, errs atomic.Int64
+}
+
+func startLoad(n *sandbox.Node, url string, every time.Duration) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{cancel: cancel}
+	c := n.Client(false)
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				if code, _ := get(rctx, c, url); code == 200 {
+					l.ok.Add(1)
+				} else {
+					l.errs.Add(1)
+				}
+			}()
+		}
+	}()
+	return l
+}
+
+func (l *load) stop() (errs, ok int64) {
+	l.cancel()
+	l.wg.Wait()
+	return l.errs.Load(), l.ok.Load()
+}

@@ -1,0 +1,148 @@
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// HAProxy is a real HAProxy (Debian's package) run in the foreground in a
+// network namespace, with an admin stats socket for its runtime API.
+type HAProxy struct {
+	cmd    *exec.Cmd
+	Socket string // the admin socket's path
+	done   chan error
+	log    string
+}
+
+// StartHAProxy writes config (its global section gets the admin socket
+// from "{{socket}}") into dir and runs haproxy -db -f on it in netns ns.
+// Stop it with Stop.
+func StartHAProxy(ns, dir, config string) (*HAProxy, error) {
+	sock := filepath.Join(dir, "haproxy.sock")
+	cfg := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(strings.ReplaceAll(config, "{{socket}}", sock)), 0o600); err != nil {
+		return nil, err
+	}
+	h := &HAProxy{Socket: sock, done: make(chan error, 1), log: filepath.Join(dir, "haproxy.log")}
+	logf, err := os.Create(h.log)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	h.cmd = NetnsCommand(ns, "haproxy", "-db", "-f", cfg)
+	h.cmd.Stdout, h.cmd.Stderr = logf, logf
+	h.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := h.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting haproxy: %w", err)
+	}
+	go func() { h.done <- h.cmd.Wait() }()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if _, err := h.Command("show info"); err == nil {
+			return h, nil
+		}
+		select {
+		case err := <-h.done:
+			b, _ := os.ReadFile(h.log)
+			return nil, fmt.Errorf("haproxy exited: %v\n%s", err, b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			h.Stop()
+			return nil, errors.New("haproxy's admin socket did not answer within 10s")
+		}
+	}
+}
+
+// Command sends one runtime API command and returns its answer.
+func (h *HAProxy) Command(cmd string) (string, error) {
+	c, err := net.DialTimeout("unix", h.Socket, time.Second)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte(cmd + "\n")); err != nil {
+		return "", err
+	}
+	var b strings.Builder
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		b.WriteString(sc.Text())
+		b.WriteByte('\n')
+	}
+	return b.String(), sc.Err()
+}
+
+// Status is a server's status as HAProxy's stats say ("UP", "DOWN",
+// "DRAIN", "MAINT", with transitions like "UP 1/2").
+func (h *HAProxy) Status(backend, server string) (string, error) {
+	out, err := h.Command("show stat")
+	if err != nil {
+		return "", err
+	}
+	r := csv.NewReader(strings.NewReader(strings.TrimPrefix(out, "# ")))
+	r.FieldsPerRecord = -1
+	recs, err := r.ReadAll()
+	if err != nil || len(recs) == 0 {
+		return "", fmt.Errorf("parsing show stat: %v", err)
+	}
+	col := -1
+	for i, name := range recs[0] {
+		if name == "status" {
+			col = i
+		}
+	}
+	for _, rec := range recs[1:] {
+		if len(rec) > col && col >= 0 && rec[0] == backend && rec[1] == server {
+			return rec[col], nil
+		}
+	}
+	return "", fmt.Errorf("no server %s/%s in show stat", backend, server)
+}
+
+// WaitStatus waits until backend/server's status starts with want.
+func (h *HAProxy) WaitStatus(ctx context.Context, backend, server, want string) error {
+	last := ""
+	for {
+		st, err := h.Status(backend, server)
+		if err == nil && strings.HasPrefix(st, want) {
+			return nil
+		}
+		last = fmt.Sprintf("%s (%v)", st, err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s/%s not %s: last %s", backend, server, want, last)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Stop ends haproxy (its process group) and waits for it.
+func (h *HAProxy) Stop() {
+	if h.cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-h.done:
+	case <-time.After(5 * time.Second):
+		_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
+		<-h.done
+	}
+}
+
+// Log is what haproxy printed.
+func (h *HAProxy) Log() string {
+	b, _ := os.ReadFile(h.log)
+	return string(b)
+}
