@@ -13,7 +13,7 @@ import (
 // It is the one place these bounds are added up.
 func Budget(phase string, cfg Config) (time.Duration, bool) {
 	lbWait := time.Duration(0) // the wait for the load balancer, if any
-	if cfg.LB.HealthListen != "" {
+	if cfg.LB.HealthListen != "" || cfg.LB.HAProxy.Socket != "" {
 		lbWait = cfg.LB.Deadline.D()
 	}
 	switch phase {

@@ -183,6 +183,34 @@ type LBConfig struct {
 	// The longest pre waits for the LB to take the node out, and exit for
 	// it to route to the node again (default 2m).
 	Deadline Duration `yaml:"deadline"`
+	// HAProxy, instead of the readiness endpoint: its runtime API.
+	HAProxy HAProxyConfig `yaml:"haproxy"`
+}
+
+// plan is what lb-out (out) or lb-in does, for a dry run.
+func (c LBConfig) plan(out bool) string {
+	if h := c.HAProxy; h.Socket != "" {
+		if out {
+			return fmt.Sprintf("set server %s/%s state drain on HAProxy's runtime API %s; wait until HAProxy reports it DRAIN with no session (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
+		}
+		return fmt.Sprintf("set server %s/%s state ready on HAProxy's runtime API %s; wait until HAProxy reports it UP (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
+	}
+	if out {
+		return fmt.Sprintf("the readiness endpoint on %s%s answers 503; wait until each load balancer checker was told so %d time(s) in a row (at most %s)", c.HealthListen, c.Path, c.UnhealthyThreshold, c.Deadline)
+	}
+	return fmt.Sprintf("the readiness endpoint answers as the app again; wait until each load balancer checker saw it pass %d time(s) in a row (at most %s)", c.HealthyThreshold, c.Deadline)
+}
+
+// HAProxyConfig names this node in an HAProxy and its runtime API (a
+// stats socket at level admin): pre sets the server to drain and waits
+// until HAProxy reports it drained, exit sets it ready and waits for UP.
+type HAProxyConfig struct {
+	// The runtime API: a unix socket path or host:port (default "": not
+	// used).
+	Socket string `yaml:"socket"`
+	// The backend and server this node is in HAProxy's configuration.
+	Backend string `yaml:"backend"`
+	Server  string `yaml:"server"`
 }
 
 type DaemonConfig struct {

@@ -132,7 +132,7 @@ func (a *Agent) exitPlan(r *phaseRun, blocked bool) {
 		rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
 	}
 	if a.d.Rotation != nil {
-		rep.Plan = append(rep.Plan, fmt.Sprintf("lb-in: the readiness endpoint answers as the app again; wait until each load balancer checker saw it pass %d time(s) in a row (at most %s)", a.cfg.LB.HealthyThreshold, a.cfg.LB.Deadline))
+		rep.Plan = append(rep.Plan, "lb-in: "+a.cfg.LB.plan(false))
 	}
 }
 
@@ -254,7 +254,7 @@ func (a *Agent) lbIn(ctx context.Context, r *phaseRun) error {
 	}
 	c := a.cfg.LB
 	err := a.step(r, "lb-in", func() (stepOut, error) {
-		a.progress("lb-in: the readiness endpoint answers as the app again; waiting until each load balancer checker saw it pass %d time(s) in a row (at most %s)", c.HealthyThreshold, c.Deadline)
+		a.progress("lb-in: putting the node back in the load balancer's rotation and waiting until it routes to it (at most %s)", c.Deadline)
 		w, err := a.d.Rotation.PutBack(ctx, c.Deadline.D())
 		if err != nil {
 			return stepOut{}, err
@@ -263,8 +263,11 @@ func (a *Agent) lbIn(ctx context.Context, r *phaseRun) error {
 			r.rep.warn("no load balancer checker reached the readiness endpoint in %s: nothing confirms the LB routes to the node again", 2*c.Interval.D())
 			return stepOut{result: "warn", detail: "no checker seen"}, nil
 		}
-		r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("back in LB rotation (%d checker(s))", len(w.Checkers)))
-		return passed(fmt.Sprintf("%d checker(s) %v saw it pass %d time(s) in a row, after %s", len(w.Checkers), w.Checkers, c.HealthyThreshold, w.Took.Round(10*time.Millisecond)))
+		r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("back in LB rotation (%s)", w.By))
+		if len(w.Checkers) > 0 {
+			return passed(fmt.Sprintf("%s %v saw it pass %d time(s) in a row, after %s", w.By, w.Checkers, c.HealthyThreshold, w.Took.Round(10*time.Millisecond)))
+		}
+		return passed(fmt.Sprintf("%s, after %s", w.By, w.Took.Round(10*time.Millisecond)))
 	})
 	if err != nil {
 		err = nodeLeft(nodeBackBut, fmt.Errorf("unblocked, but the load balancer did not confirm it routes to the node: %w", err))

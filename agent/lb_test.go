@@ -32,7 +32,7 @@ func (f *fakeRotation) wait(deadline time.Duration, err error) (lb.Wait, error) 
 	if f.none {
 		return lb.Wait{NoChecker: true}, nil
 	}
-	return lb.Wait{Checkers: []netip.Addr{f.checker}, Took: 4 * time.Second}, nil
+	return lb.Wait{Checkers: []netip.Addr{f.checker}, Took: 4 * time.Second, By: "1 checker(s)"}, nil
 }
 func (f *fakeRotation) TakeOut(ctx context.Context, d time.Duration) (lb.Wait, error) {
 	f.out = true

@@ -63,7 +63,7 @@ func (a *Agent) firstStep() string {
 // drain's min_wait is the only wait.
 func (a *Agent) lbOut(ctx context.Context, r *phaseRun) (stepOut, error) {
 	c := a.cfg.LB
-	a.progress("lb-out: the readiness endpoint answers 503; waiting until each load balancer checker was told so %d time(s) in a row (at most %s)", c.UnhealthyThreshold, c.Deadline)
+	a.progress("lb-out: taking the node out of the load balancer's rotation and waiting until it has (at most %s)", c.Deadline)
 	w, err := a.d.Rotation.TakeOut(ctx, c.Deadline.D())
 	if err != nil {
 		return stepOut{}, fmt.Errorf("taking the node out of the load balancer's rotation: %w", err)
@@ -74,8 +74,11 @@ func (a *Agent) lbOut(ctx context.Context, r *phaseRun) (stepOut, error) {
 		r.st.Warnings = append(r.st.Warnings, msg)
 		return stepOut{result: "warn", detail: "no checker seen"}, nil
 	}
-	r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("out of LB rotation (%d checker(s))", len(w.Checkers)))
-	return passed(fmt.Sprintf("%d checker(s) %v told 503 %d time(s) in a row, after %s", len(w.Checkers), w.Checkers, c.UnhealthyThreshold, w.Took.Round(10*time.Millisecond)))
+	r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("out of LB rotation (%s)", w.By))
+	if len(w.Checkers) > 0 {
+		return passed(fmt.Sprintf("%s %v told 503 %d time(s) in a row, after %s", w.By, w.Checkers, c.UnhealthyThreshold, w.Took.Round(10*time.Millisecond)))
+	}
+	return passed(fmt.Sprintf("%s, after %s", w.By, w.Took.Round(10*time.Millisecond)))
 }
 
 // preCheck is pre's read-only check, so that a bad app name or a dead pm2
@@ -110,7 +113,7 @@ func (a *Agent) preCheck(ctx context.Context, r *phaseRun) ([]int, error) {
 	if r.opt.DryRun {
 		rep.Result = ResultDryRun
 		if a.d.Rotation != nil {
-			rep.Plan = append(rep.Plan, fmt.Sprintf("lb-out: the readiness endpoint on %s%s answers 503; wait until each load balancer checker was told so %d time(s) in a row (at most %s)", a.cfg.LB.HealthListen, a.cfg.LB.Path, a.cfg.LB.UnhealthyThreshold, a.cfg.LB.Deadline))
+			rep.Plan = append(rep.Plan, "lb-out: "+a.cfg.LB.plan(true))
 		}
 		rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
 		rep.Plan = append(rep.Plan, fmt.Sprintf("drain: wait until no connection to port(s) %s from outside loopback is busy and every one is idle for %s (%s for a keep-alive one that answered a request; at least %s after the block, at most %s)",

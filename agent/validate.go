@@ -213,6 +213,23 @@ func (c DaemonConfig) validate(ps *problems, app AppConfig) {
 }
 
 func (c LBConfig) validate(ps *problems) {
+	if h := c.HAProxy; h.Socket != "" || h.Backend != "" || h.Server != "" {
+		if c.HealthListen != "" {
+			ps.bad("lb.haproxy", "set with lb.health_listen: choose one way to take the node out of rotation")
+		}
+		if !strings.HasPrefix(h.Socket, "/") {
+			if _, _, err := net.SplitHostPort(h.Socket); err != nil {
+				ps.bad("lb.haproxy.socket", "%q is neither an absolute unix socket path nor host:port", h.Socket)
+			}
+		}
+		for key, v := range map[string]string{"lb.haproxy.backend": h.Backend, "lb.haproxy.server": h.Server} {
+			if v == "" || strings.ContainsAny(v, " \t\n/") {
+				ps.bad(key, "%q is not an HAProxy proxy or server name", v)
+			}
+		}
+		ps.positive("lb.deadline", c.Deadline)
+		return
+	}
 	if c.HealthListen == "" {
 		return
 	}

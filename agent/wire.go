@@ -46,7 +46,9 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	// Behind a load balancer: the readiness signal the daemon serves, in
 	// service answering as the app's own health check.
 	var rot Rotation
-	if cfg.LB.HealthListen != "" {
+	if h := cfg.LB.HAProxy; h.Socket != "" {
+		rot = &lb.HAProxy{Socket: h.Socket, Backend: h.Backend, Server: h.Server}
+	} else if cfg.LB.HealthListen != "" {
 		rot = lb.NewReadiness(hc, lb.Options{Interval: cfg.LB.Interval.D(), Unhealthy: cfg.LB.UnhealthyThreshold,
 			Healthy: cfg.LB.HealthyThreshold, ProbeTimeout: cfg.Health.Timeout.D()})
 	}

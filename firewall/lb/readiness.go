@@ -149,6 +149,9 @@ func (r *Readiness) Out() bool {
 
 // Wait is how a wait for the LB ended.
 type Wait struct {
+	// By says what confirmed it, for reports ("2 checker(s)", "HAProxy
+	// be/node DRAIN, 0 session(s)").
+	By string
 	// Checkers are the LB checker addresses that counted.
 	Checkers []netip.Addr
 	// NoChecker: no checker was seen within two intervals; nothing says
@@ -197,7 +200,7 @@ func (r *Readiness) wait(ctx context.Context, n int, deadline time.Duration, wha
 		changed, since := r.changed, r.since
 		r.mu.Unlock()
 		slices.SortFunc(active, netip.Addr.Compare)
-		w := Wait{Checkers: active, Took: now.Sub(start)}
+		w := Wait{Checkers: active, Took: now.Sub(start), By: fmt.Sprintf("%d checker(s)", len(active))}
 		switch {
 		case len(active) > 0 && done:
 			return w, nil

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -65,14 +66,19 @@ func TestPatchBehindHAProxy(t *testing.T) {
 	defer other.Close()
 
 	run := func(t *testing.T, lbSection, check, checkPath string) (errs, ok int64, pre, exit result) {
-		cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18755\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\nhealth:\n  interval: 100ms\n"+lbSection)
-		startDaemon(t, n, cfg)
-		dir := t.TempDir()
+		dir, err := os.MkdirTemp("", "pa-hap") // short: it holds the admin socket
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
 		h, err := sandbox.StartHAProxy(n.ClientNS, dir, fmt.Sprintf(haproxyConfig, checkPath, n.ServerV4, check))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer h.Stop()
+		lbSection = strings.ReplaceAll(lbSection, "{{socket}}", h.Socket)
+		cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18755\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\nhealth:\n  interval: 100ms\n"+lbSection)
+		startDaemon(t, n, cfg)
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		defer cancel()
 		for _, s := range []string{"node", "other"} {
@@ -117,6 +123,17 @@ func TestPatchBehindHAProxy(t *testing.T) {
 			t.Fatalf("%d client errors (%d ok) through HAProxy\npre:\n%s\nexit:\n%s", errs, ok, pre.stdout, exit.stdout)
 		}
 		if !strings.Contains(firstLine(pre.stdout), "out of LB rotation (1 checker(s))") || !strings.Contains(firstLine(exit.stdout), "back in LB rotation (1 checker(s))") {
+			t.Fatalf("pre %q, exit %q", firstLine(pre.stdout), firstLine(exit.stdout))
+		}
+	})
+	t.Run("HAProxy runtime API", func(t *testing.T) {
+		lb := "lb:\n  deadline: 30s\n  haproxy:\n    socket: {{socket}}\n    backend: be\n    server: node\n"
+		errs, ok, pre, exit := run(t, lb, "", "/health-check")
+		t.Logf("HAProxy runtime API: %d client errors, %d ok\npre: %s\nexit: %s", errs, ok, firstLine(pre.stdout), firstLine(exit.stdout))
+		if errs != 0 || ok == 0 {
+			t.Fatalf("%d client errors (%d ok) through HAProxy\npre:\n%s\nexit:\n%s", errs, ok, pre.stdout, exit.stdout)
+		}
+		if !strings.Contains(firstLine(pre.stdout), "out of LB rotation (HAProxy be/node DRAIN, 0 session(s))") || !regexp.MustCompile(`back in LB rotation \(HAProxy be/node UP, \d+ session\(s\)\)`).MatchString(firstLine(exit.stdout)) {
 			t.Fatalf("pre %q, exit %q", firstLine(pre.stdout), firstLine(exit.stdout))
 		}
 	})

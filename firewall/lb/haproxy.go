@@ -1,0 +1,165 @@
+package lb
+
+import (
+	"bufio"
+	"context"
+	"encoding/csv"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// HAProxy takes the node out of an HAProxy backend through its runtime API
+// (the stats socket at level admin): `set server B/S state drain` stops new
+// traffic at once, and HAProxy's own stats say when it is done (status
+// DRAIN, no current session); `state ready` puts it back, done when HAProxy
+// reports it UP (after its rise checks if they had failed meanwhile).
+type HAProxy struct {
+	// Socket is the runtime API: a unix socket path, or host:port.
+	Socket string
+	// Backend and Server name this node in HAProxy's configuration.
+	Backend, Server string
+	// Poll is how often its stats are read while waiting (default 100ms).
+	Poll time.Duration
+}
+
+func (h *HAProxy) name() string { return h.Backend + "/" + h.Server }
+
+// command sends one runtime API command and returns HAProxy's answer.
+func (h *HAProxy) command(ctx context.Context, cmd string) (string, error) {
+	network := "tcp"
+	if strings.HasPrefix(h.Socket, "/") {
+		network = "unix"
+	}
+	d := net.Dialer{Timeout: 2 * time.Second}
+	c, err := d.DialContext(ctx, network, h.Socket)
+	if err != nil {
+		return "", fmt.Errorf("HAProxy runtime API %s: %w", h.Socket, err)
+	}
+	defer c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = c.SetDeadline(deadline)
+	if _, err := c.Write([]byte(cmd + "\n")); err != nil {
+		return "", fmt.Errorf("HAProxy runtime API %s: %w", h.Socket, err)
+	}
+	var b strings.Builder
+	sc := bufio.NewScanner(c)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		b.WriteString(sc.Text())
+		b.WriteByte('\n')
+	}
+	if err := sc.Err(); err != nil {
+		return "", fmt.Errorf("HAProxy runtime API %s: reading the answer to %q: %w", h.Socket, cmd, err)
+	}
+	return b.String(), nil
+}
+
+// setState sets the server's admin state; HAProxy answers nothing when it
+// took the command, else says why.
+func (h *HAProxy) setState(ctx context.Context, state string) error {
+	out, err := h.command(ctx, fmt.Sprintf("set server %s state %s", h.name(), state))
+	if err != nil {
+		return err
+	}
+	if msg := strings.TrimSpace(out); msg != "" {
+		return fmt.Errorf("HAProxy refused `set server %s state %s`: %s", h.name(), state, msg)
+	}
+	return nil
+}
+
+// ServerStat is what HAProxy's stats say of the server.
+type ServerStat struct {
+	Status   string // UP, DOWN, DRAIN, MAINT, "UP 1/2", ...
+	Sessions int    // current sessions (scur)
+}
+
+// Stat reads the server's line of `show stat`.
+func (h *HAProxy) Stat(ctx context.Context) (ServerStat, error) {
+	out, err := h.command(ctx, "show stat")
+	if err != nil {
+		return ServerStat{}, err
+	}
+	r := csv.NewReader(strings.NewReader(strings.TrimPrefix(out, "# ")))
+	r.FieldsPerRecord = -1
+	recs, err := r.ReadAll()
+	if err != nil || len(recs) == 0 {
+		return ServerStat{}, fmt.Errorf("HAProxy `show stat`: %v", err)
+	}
+	status, scur := -1, -1
+	for i, name := range recs[0] {
+		switch name {
+		case "status":
+			status = i
+		case "scur":
+			scur = i
+		}
+	}
+	if status < 0 || scur < 0 {
+		return ServerStat{}, fmt.Errorf("HAProxy `show stat` has no status or scur column")
+	}
+	for _, rec := range recs[1:] {
+		if len(rec) > max(status, scur) && rec[0] == h.Backend && rec[1] == h.Server {
+			n, _ := strconv.Atoi(rec[scur])
+			return ServerStat{Status: rec[status], Sessions: n}, nil
+		}
+	}
+	return ServerStat{}, fmt.Errorf("HAProxy has no server %s", h.name())
+}
+
+// TakeOut sets the server to drain and waits, up to deadline, until
+// HAProxy reports it draining with no session left.
+func (h *HAProxy) TakeOut(ctx context.Context, deadline time.Duration) (Wait, error) {
+	return h.change(ctx, deadline, "drain", func(s ServerStat) bool { return s.Status == "DRAIN" && s.Sessions == 0 })
+}
+
+// PutBack sets the server ready and waits, up to deadline, until HAProxy
+// reports it UP.
+func (h *HAProxy) PutBack(ctx context.Context, deadline time.Duration) (Wait, error) {
+	return h.change(ctx, deadline, "ready", func(s ServerStat) bool { return s.Status == "UP" })
+}
+
+// SetOut sets the state without waiting (best effort: the break-glass, the
+// boot).
+func (h *HAProxy) SetOut(out bool) {
+	state := "ready"
+	if out {
+		state = "drain"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = h.setState(ctx, state)
+}
+
+func (h *HAProxy) change(ctx context.Context, deadline time.Duration, state string, done func(ServerStat) bool) (Wait, error) {
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	if err := h.setState(ctx, state); err != nil {
+		return Wait{}, err
+	}
+	poll := h.Poll
+	if poll <= 0 {
+		poll = 100 * time.Millisecond
+	}
+	var last ServerStat
+	for {
+		s, err := h.Stat(ctx)
+		if err == nil && done(s) {
+			return Wait{By: fmt.Sprintf("HAProxy %s %s, %d session(s)", h.name(), s.Status, s.Sessions), Took: time.Since(start)}, nil
+		}
+		if err == nil {
+			last = s
+		}
+		select {
+		case <-ctx.Done():
+			return Wait{Took: time.Since(start)}, fmt.Errorf("%w: HAProxy %s still %q with %d session(s) %s after `state %s` (%v)", ErrNotConfirmed, h.name(), last.Status, last.Sessions, deadline, state, err)
+		case <-time.After(poll):
+		}
+	}
+}
