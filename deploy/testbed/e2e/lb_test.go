@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/patchagent/patchagent/deploy/testbed/sandbox"
+	"github.com/patchagent/patchagent/firewall/lb"
 )
 
 // haproxyConfig balances the node's app and a second server (the rest of
@@ -137,6 +138,46 @@ func TestPatchBehindHAProxy(t *testing.T) {
 			t.Fatalf("pre %q, exit %q", firstLine(pre.stdout), firstLine(exit.stdout))
 		}
 	})
+}
+
+// TestHAProxyRuntimeAPIErrors: the runtime API client against the real
+// HAProxy: a server it does not have is refused in HAProxy's words, a
+// stopped HAProxy's socket and an absent one are named; nothing hangs.
+func TestHAProxyRuntimeAPIErrors(t *testing.T) {
+	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
+		t.Skip("haproxy is not installed (make setup installs it)")
+	}
+	n := setupNode(t, "pa-e2la", nil)
+	dir, err := os.MkdirTemp("", "pa-hap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	h, err := sandbox.StartHAProxy(n.ClientNS, dir, fmt.Sprintf(haproxyConfig, "/health-check", n.ServerV4, ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Stop()
+	ctx := context.Background()
+	wrong := &lb.HAProxy{Socket: h.Socket, Backend: "be", Server: "nosuch"}
+	if _, err := wrong.TakeOut(ctx, 5*time.Second); err == nil || !strings.Contains(err.Error(), "HAProxy refused `set server be/nosuch state drain`") {
+		t.Fatalf("a server HAProxy does not have: %v", err)
+	}
+	node := &lb.HAProxy{Socket: h.Socket, Backend: "be", Server: "node"}
+	if st, err := node.Stat(ctx); err != nil || st.Status == "" {
+		t.Fatalf("show stat: %+v %v", st, err)
+	}
+	h.Stop()
+	start := time.Now()
+	_, err = node.TakeOut(ctx, 5*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "HAProxy runtime API "+h.Socket) || time.Since(start) > 5*time.Second {
+		t.Fatalf("a stopped HAProxy: %v after %s", err, time.Since(start))
+	}
+	t.Logf("a stopped HAProxy: %v", err)
+	gone := &lb.HAProxy{Socket: dir + "/absent.sock", Backend: "be", Server: "node"}
+	if _, err := gone.PutBack(ctx, 5*time.Second); err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Fatalf("an absent socket: %v", err)
+	}
 }
 
 // startOtherServer is the rest of the fleet: a server in the client

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -18,10 +19,11 @@ import (
 // HAProxy is a real HAProxy (Debian's package) run in the foreground in a
 // network namespace, with an admin stats socket for its runtime API.
 type HAProxy struct {
-	cmd    *exec.Cmd
-	Socket string // the admin socket's path
-	done   chan error
-	log    string
+	cmd     *exec.Cmd
+	Socket  string // the admin socket's path
+	done    chan error
+	log     string
+	stopped sync.Once
 }
 
 // StartHAProxy writes config (its global section gets the admin socket
@@ -127,18 +129,21 @@ func (h *HAProxy) WaitStatus(ctx context.Context, backend, server, want string) 
 	}
 }
 
-// Stop ends haproxy (its process group) and waits for it.
+// Stop ends haproxy (its process group) and waits for it; again, it does
+// nothing.
 func (h *HAProxy) Stop() {
-	if h.cmd.Process == nil {
-		return
-	}
-	_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGTERM)
-	select {
-	case <-h.done:
-	case <-time.After(5 * time.Second):
-		_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
-		<-h.done
-	}
+	h.stopped.Do(func() {
+		if h.cmd.Process == nil {
+			return
+		}
+		_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-h.done:
+		case <-time.After(5 * time.Second):
+			_ = syscall.Kill(-h.cmd.Process.Pid, syscall.SIGKILL)
+			<-h.done
+		}
+	})
 }
 
 // Log is what haproxy printed.
