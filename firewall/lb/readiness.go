@@ -46,6 +46,10 @@ type Readiness struct {
 	now   func() time.Time
 	after func(time.Duration) <-chan time.Time
 
+	probe    sync.Mutex // one app probe at a time
+	probed   bool       // its last verdict
+	probedAt time.Time
+
 	mu      sync.Mutex
 	out     bool      // taken out of rotation: every check answers 503
 	since   time.Time // when out last changed
@@ -73,10 +77,7 @@ func (r *Readiness) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	r.mu.Unlock()
 	status, body := http.StatusServiceUnavailable, "out of rotation: patchagent maintenance\n"
 	if !out {
-		ctx, cancel := context.WithTimeout(req.Context(), r.o.ProbeTimeout)
-		res, err := r.app.Probe(ctx)
-		cancel()
-		if err == nil && res.Status == healthcheck.Success {
+		if r.appHealthy(req.Context()) {
 			status, body = http.StatusOK, "ready\n"
 		} else {
 			body = "app unhealthy\n"
@@ -87,6 +88,27 @@ func (r *Readiness) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(body))
+}
+
+// probeEvery is the most often the endpoint probes the app: the endpoint
+// is reachable from outside, and a flood of requests to it must not become
+// a flood of health checks on the app. Requests meanwhile share the last
+// verdict (an LB checks every few seconds).
+const probeEvery = 250 * time.Millisecond
+
+// appHealthy is the app's health check's verdict, at most probeEvery old;
+// one probe runs at a time, the others wait for it.
+func (r *Readiness) appHealthy(ctx context.Context) bool {
+	r.probe.Lock()
+	defer r.probe.Unlock()
+	if now := r.now(); !r.probedAt.IsZero() && now.Sub(r.probedAt) < probeEvery {
+		return r.probed
+	}
+	ctx, cancel := context.WithTimeout(ctx, r.o.ProbeTimeout)
+	res, err := r.app.Probe(ctx)
+	cancel()
+	r.probed, r.probedAt = err == nil && res.Status == healthcheck.Success, r.now()
+	return r.probed
 }
 
 // remoteAddr is the checker's address (the zero Addr if unparsable).
@@ -105,12 +127,18 @@ func remoteAddr(req *http.Request) netip.Addr {
 func (r *Readiness) record(src netip.Addr, passed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	now := r.now()
 	c := r.sources[src]
 	if c == nil {
+		if len(r.sources) >= maxSources {
+			r.forget(now)
+		}
+		if len(r.sources) >= maxSources {
+			return // a flood from many addresses: not tracked, not counted
+		}
 		c = &checker{}
 		r.sources[src] = c
 	}
-	now := r.now()
 	if c.last.Before(r.since) {
 		c.streak = 0 // its first check since the signal changed
 	}
@@ -122,6 +150,19 @@ func (r *Readiness) record(src netip.Addr, passed bool) {
 	}
 	close(r.changed)
 	r.changed = make(chan struct{})
+}
+
+// maxSources bounds the addresses tracked: the endpoint is reachable from
+// outside, and an LB has a handful of checkers.
+const maxSources = 256
+
+// forget drops the addresses not seen for two intervals; r.mu is held.
+func (r *Readiness) forget(now time.Time) {
+	for a, c := range r.sources {
+		if now.Sub(c.last) > 2*r.o.Interval {
+			delete(r.sources, a)
+		}
+	}
 }
 
 // set changes the signal; the streaks start again.

@@ -51,9 +51,13 @@ func (c *clock) Advance(d time.Duration) {
 	c.timers = kept
 }
 
-type appProbe struct{ healthy bool }
+type appProbe struct {
+	healthy bool
+	probes  int
+}
 
 func (p *appProbe) Probe(ctx context.Context) (healthcheck.Result, error) {
+	p.probes++
 	if p.healthy {
 		return healthcheck.Result{Status: healthcheck.Success, Code: 200}, nil
 	}
@@ -97,11 +101,19 @@ func result(f func() (Wait, error)) chan struct {
 
 func TestReadinessAnswersAsTheAppThenMaintenance(t *testing.T) {
 	app := &appProbe{healthy: true}
-	r, _ := newTestReadiness(app)
+	r, c := newTestReadiness(app)
 	if got := check(r, "10.0.1.5"); got != 200 {
 		t.Fatalf("in service, app healthy: %d", got)
 	}
+	// A flood of requests within probeEvery: one probe of the app.
+	for range 100 {
+		check(r, "198.51.100.7")
+	}
+	if app.probes != 1 {
+		t.Fatalf("%d app probes for 101 requests within %s", app.probes, probeEvery)
+	}
 	app.healthy = false
+	c.Advance(probeEvery)
 	if got := check(r, "10.0.1.5"); got != 503 {
 		t.Fatalf("in service, app unhealthy: %d", got)
 	}
@@ -227,5 +239,26 @@ func waitFor(t *testing.T, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not met within 5s")
 		}
+	}
+}
+
+// TestReadinessTracksABoundedNumberOfAddresses: a flood from many
+// addresses is answered but not tracked past maxSources; addresses gone
+// for two intervals make room again.
+func TestReadinessTracksABoundedNumberOfAddresses(t *testing.T) {
+	r, c := newTestReadiness(&appProbe{healthy: true})
+	for i := range 2 * maxSources {
+		a := netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)})
+		if got := check(r, a.String()); got != 200 {
+			t.Fatalf("%s told %d", a, got)
+		}
+	}
+	if n := len(r.sources); n != maxSources {
+		t.Fatalf("%d addresses tracked, want at most %d", n, maxSources)
+	}
+	c.Advance(5 * time.Second)
+	check(r, "10.0.1.5")
+	if _, ok := r.sources[netip.MustParseAddr("10.0.1.5")]; !ok || len(r.sources) != 1 {
+		t.Fatalf("the old addresses were not forgotten: %d tracked", len(r.sources))
 	}
 }
