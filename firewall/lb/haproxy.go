@@ -27,8 +27,8 @@ type HAProxy struct {
 
 func (h *HAProxy) name() string { return h.Backend + "/" + h.Server }
 
-// command sends one runtime API command and returns HAProxy's answer.
-func (h *HAProxy) command(ctx context.Context, cmd string) (string, error) {
+// Command sends one runtime API command and returns HAProxy's answer.
+func (h *HAProxy) Command(ctx context.Context, cmd string) (string, error) {
 	network := "tcp"
 	if strings.HasPrefix(h.Socket, "/") {
 		network = "unix"
@@ -63,7 +63,7 @@ func (h *HAProxy) command(ctx context.Context, cmd string) (string, error) {
 // setState sets the server's admin state; HAProxy answers nothing when it
 // took the command, else says why.
 func (h *HAProxy) setState(ctx context.Context, state string) error {
-	out, err := h.command(ctx, fmt.Sprintf("set server %s state %s", h.name(), state))
+	out, err := h.Command(ctx, fmt.Sprintf("set server %s state %s", h.name(), state))
 	if err != nil {
 		return err
 	}
@@ -81,7 +81,7 @@ type ServerStat struct {
 
 // Stat reads the server's line of `show stat`.
 func (h *HAProxy) Stat(ctx context.Context) (ServerStat, error) {
-	out, err := h.command(ctx, "show stat")
+	out, err := h.Command(ctx, "show stat")
 	if err != nil {
 		return ServerStat{}, err
 	}

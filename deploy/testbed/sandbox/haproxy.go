@@ -1,12 +1,9 @@
 package sandbox
 
 import (
-	"bufio"
 	"context"
-	"encoding/csv"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +11,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/patchagent/patchagent/firewall/lb"
 )
 
 // HAProxy is a real HAProxy (Debian's package) run in the foreground in a
@@ -49,7 +48,7 @@ func StartHAProxy(ns, dir, config string) (*HAProxy, error) {
 	}
 	go func() { h.done <- h.cmd.Wait() }()
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if _, err := h.Command("show info"); err == nil {
+		if _, err := (&lb.HAProxy{Socket: sock}).Command(context.Background(), "show info"); err == nil {
 			return h, nil
 		}
 		select {
@@ -65,51 +64,13 @@ func StartHAProxy(ns, dir, config string) (*HAProxy, error) {
 	}
 }
 
-// Command sends one runtime API command and returns its answer.
-func (h *HAProxy) Command(cmd string) (string, error) {
-	c, err := net.DialTimeout("unix", h.Socket, time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := c.Write([]byte(cmd + "\n")); err != nil {
-		return "", err
-	}
-	var b strings.Builder
-	sc := bufio.NewScanner(c)
-	for sc.Scan() {
-		b.WriteString(sc.Text())
-		b.WriteByte('\n')
-	}
-	return b.String(), sc.Err()
-}
-
-// Status is a server's status as HAProxy's stats say ("UP", "DOWN",
-// "DRAIN", "MAINT", with transitions like "UP 1/2").
+// Status is backend/server's status as HAProxy's stats say ("UP",
+// "DOWN", "DRAIN", "MAINT", with transitions like "UP 1/2").
 func (h *HAProxy) Status(backend, server string) (string, error) {
-	out, err := h.Command("show stat")
-	if err != nil {
-		return "", err
-	}
-	r := csv.NewReader(strings.NewReader(strings.TrimPrefix(out, "# ")))
-	r.FieldsPerRecord = -1
-	recs, err := r.ReadAll()
-	if err != nil || len(recs) == 0 {
-		return "", fmt.Errorf("parsing show stat: %v", err)
-	}
-	col := -1
-	for i, name := range recs[0] {
-		if name == "status" {
-			col = i
-		}
-	}
-	for _, rec := range recs[1:] {
-		if len(rec) > col && col >= 0 && rec[0] == backend && rec[1] == server {
-			return rec[col], nil
-		}
-	}
-	return "", fmt.Errorf("no server %s/%s in show stat", backend, server)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	st, err := (&lb.HAProxy{Socket: h.Socket, Backend: backend, Server: server}).Stat(ctx)
+	return st.Status, err
 }
 
 // WaitStatus waits until backend/server's status starts with want.
