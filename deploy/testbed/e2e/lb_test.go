@@ -237,3 +237,62 @@ func (l *load) stop() (errs, ok int64) {
 	l.wg.Wait()
 	return l.errs.Load(), l.ok.Load()
 }
+
+// TestReadinessHeldOutAcrossADaemonRestart: the daemon restarts (a crash,
+// a package upgrade, a reboot) while a cycle is open and the app is up
+// again (pm2 resurrected it): the new daemon's readiness endpoint answers
+// 503 from its first request, not the app's 200, until exit puts the node
+// back. The test is the LB's checker, from the client namespace.
+func TestReadinessHeldOutAcrossADaemonRestart(t *testing.T) {
+	n := setupNode(t, "pa-e2lr", nil)
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18756\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\nhealth:\n  interval: 100ms\n"+
+		"lb:\n  health_listen: 0.0.0.0:8743\n  interval: 500ms\n  unhealthy_threshold: 1\n  healthy_threshold: 1\n  deadline: 10s\n")
+	ready := fmt.Sprintf("http://%s:8743/ready", n.ServerV4)
+	c := n.Client(false)
+	status := func() int {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		code, _ := get(ctx, c, ready)
+		return code
+	}
+	// The checker: every 200 ms, as an LB would.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+				status()
+			}
+		}
+	}()
+	defer func() { close(stop); wg.Wait() }()
+
+	d := startDaemon(t, n, cfg)
+	if got := status(); got != 200 {
+		t.Fatalf("in service, app healthy: /ready %d", got)
+	}
+	if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 || !strings.Contains(firstLine(r.stdout), "out of LB rotation (1 checker(s))") {
+		t.Fatalf("pre: %d %q", r.code, firstLine(r.stdout))
+	}
+	// The app comes back under pm2 while the cycle is open; the daemon
+	// restarts.
+	if err := n.SetAppEnv(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	stopDaemon(t, d)
+	startDaemon(t, n, cfg)
+	if got := status(); got != 503 {
+		t.Fatalf("the restarted daemon told the LB %d with the cycle open", got)
+	}
+	if r := patchagent(t, n, "exit", "--config", cfg); r.code != 0 || !strings.Contains(firstLine(r.stdout), "back in LB rotation (1 checker(s))") {
+		t.Fatalf("exit: %d %q", r.code, firstLine(r.stdout))
+	}
+	if got := status(); got != 200 {
+		t.Fatalf("after exit: /ready %d", got)
+	}
+}
