@@ -211,8 +211,15 @@ const metricsMaxHeaderBytes = 8 << 10
 func NewMetricsServer(g prometheus.Gatherer, t MetricsTimeouts) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	return NewBoundedServer(mux, t)
+}
+
+// NewBoundedServer is an http.Server for h bounded as the metrics server
+// is (t's timeouts, small headers): every listener the daemon opens to the
+// network (metrics, the load balancer's readiness endpoint) is one.
+func NewBoundedServer(h http.Handler, t MetricsTimeouts) *http.Server {
 	return &http.Server{
-		Handler:           mux,
+		Handler:           h,
 		ReadHeaderTimeout: cmp.Or(t.ReadHeader, 5*time.Second),
 		ReadTimeout:       cmp.Or(t.Read, 10*time.Second),
 		WriteTimeout:      cmp.Or(t.Write, 15*time.Second),

@@ -9,6 +9,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/patchagent/patchagent/agent"
 )
 
 // Backoff of ServeMetrics' listen retries.
@@ -17,20 +19,21 @@ const (
 	metricsRetryMax   = 30 * time.Second
 )
 
-// ServeMetrics serves hs on addr until ctx is done or hs is shut down. The
+// Serve serves hs (the daemon's listener named what: the metrics, the LB's
+// readiness endpoint) on addr until ctx is done or hs is shut down. The
 // listen is retried, never fatal: early in boot the address a remote
-// Prometheus scrapes (the node's private IP) may not exist yet, and a daemon
+// Prometheus or LB reaches (the node's private IP) may not exist yet, and a daemon
 // that exited on it would never re-apply the block of an open cycle (issue
 // 13, R1). Each failure is logged (again only when its text changes) and
-// counted in failures, which a scrape shows once the listen succeeded. It
+// counted in failures (if set), which a scrape shows once the listen succeeded. It
 // returns when ctx is done or hs was shut down.
-func ServeMetrics(ctx context.Context, log *zap.Logger, addr string, hs *http.Server, failures prometheus.Counter) {
+func Serve(ctx context.Context, log *zap.Logger, what, addr string, hs *http.Server, failures prometheus.Counter) {
 	delay, last := metricsRetryFirst, ""
 	for {
 		ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", addr)
 		if err == nil {
 			if last != "" {
-				log.Info("metrics listener up", zap.String("addr", ln.Addr().String()))
+				log.Info(what+" listener up", zap.String("addr", ln.Addr().String()))
 			}
 			err = hs.Serve(ln)
 			if errors.Is(err, http.ErrServerClosed) {
@@ -45,7 +48,7 @@ func ServeMetrics(ctx context.Context, log *zap.Logger, addr string, hs *http.Se
 			failures.Inc()
 		}
 		if msg := err.Error(); msg != last {
-			log.Warn("metrics listener: retrying (the phases and the block do not depend on it)", zap.String("addr", addr), zap.Duration("retry_in", delay), zap.Error(err))
+			log.Warn(what+" listener: retrying (the phases and the block do not depend on it)", zap.String("addr", addr), zap.Duration("retry_in", delay), zap.Error(err))
 			last = msg
 		}
 		t := time.NewTimer(delay)
@@ -71,12 +74,5 @@ func NewReadinessServer(path string, current func() http.Handler) *http.Server {
 		}
 		http.Error(w, "no readiness endpoint configured", http.StatusServiceUnavailable)
 	})
-	return &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      15 * time.Second,
-		IdleTimeout:       90 * time.Second,
-		MaxHeaderBytes:    1 << 14,
-	}
+	return agent.NewBoundedServer(mux, agent.MetricsTimeouts{})
 }

@@ -30,7 +30,10 @@ func TestServeMetricsRetriesTheListen(t *testing.T) {
 	hs := agent.NewMetricsServer(reg, agent.MetricsTimeouts{})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); ServeMetrics(ctx, zaptest.NewLogger(t), addr, hs, m.MetricsListenFailures) }()
+	go func() {
+		defer close(done)
+		Serve(ctx, zaptest.NewLogger(t), "metrics", addr, hs, m.MetricsListenFailures)
+	}()
 
 	deadline := time.Now().Add(5 * time.Second)
 	for testutil.ToFloat64(m.MetricsListenFailures) < 1 {
@@ -80,7 +83,7 @@ func TestServeMetricsStopsWhileRetrying(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
 	go func() {
 		defer close(done)
-		ServeMetrics(ctx, zaptest.NewLogger(t), holder.Addr().String(), agent.NewMetricsServer(prometheus.NewRegistry(), agent.MetricsTimeouts{}), c)
+		Serve(ctx, zaptest.NewLogger(t), "metrics", holder.Addr().String(), agent.NewMetricsServer(prometheus.NewRegistry(), agent.MetricsTimeouts{}), c)
 	}()
 	time.Sleep(100 * time.Millisecond)
 	cancel()

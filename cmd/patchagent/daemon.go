@@ -50,7 +50,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	}
 	reg, metrics := agent.NewRegistry(version)
 	hs := agent.NewMetricsServer(reg, agent.MetricsTimeouts{})
-	go daemon.ServeMetrics(ctx, log, cfg.Daemon.MetricsListen, hs, metrics.MetricsListenFailures)
+	go daemon.Serve(ctx, log, "metrics", cfg.Daemon.MetricsListen, hs, metrics.MetricsListenFailures)
 	defer func() {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -80,7 +80,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	if cfg.LB.HealthListen != "" {
 		a.HoldRotation()
 		rs := daemon.NewReadinessServer(cfg.LB.Path, func() http.Handler { return live.Agent().Readiness() })
-		go daemon.ServeMetrics(ctx, log.Named("lb"), cfg.LB.HealthListen, rs, nil)
+		go daemon.Serve(ctx, log, "readiness endpoint", cfg.LB.HealthListen, rs, nil)
 		defer func() {
 			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
