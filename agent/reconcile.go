@@ -34,8 +34,8 @@ func (a *Agent) reconcile(ctx context.Context, r *phaseRun) error {
 		detail += ", node rebooted since"
 	}
 	rep.addStep("check", ResultOK, time.Since(t), detail)
-	if a.d.Rotation != nil && !r.opt.DryRun {
-		a.d.Rotation.SetOut(true) // an open cycle keeps the node out of the LB's rotation too
+	if !r.opt.DryRun {
+		a.HoldRotation() // an open cycle keeps the node out of the LB's rotation too
 	}
 	if fw.Blocked() && !r.opt.BootReblocked {
 		rep.Summary = append(rep.Summary, "block in place")

@@ -181,13 +181,6 @@ func (r *Readiness) set(out bool) {
 // SetOut changes the signal without waiting for the LB.
 func (r *Readiness) SetOut(out bool) { r.set(out) }
 
-// Out reports whether the node is out of rotation (its checks answer 503).
-func (r *Readiness) Out() bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.out
-}
-
 // Wait is how a wait for the LB ended.
 type Wait struct {
 	// By says what confirmed it, for reports ("2 checker(s)", "HAProxy
