@@ -55,7 +55,7 @@ fuzz:
 test: setup lint unit integration fuzz
 
 demo: setup build
-	$(GO) run ./deploy/demo -patchagent $(BIN)
+	$(GO) run ./deploy/testbed/demo -patchagent $(BIN)
 
 # Side-by-side figures: sock_diag vs ss vs /proc at 40,000 sockets; the app's
 # own start-to-healthy time vs exit's start-to-service time; snapshot and
@@ -64,9 +64,9 @@ demo: setup build
 bench: setup build
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 20x -timeout 20m ./firewall/
 	$(GO) test -run '^$$' -bench BenchmarkSnapshot -benchtime 3x -timeout 20m ./hooks/
-	$(GO) test -tags integration -run '^$$' -bench BenchmarkExitToService -benchtime 5x -timeout 20m ./deploy/e2e/
-	$(GO) test -tags integration -run '^$$' -bench BenchmarkPostOverhead -benchtime 3x -timeout 20m ./deploy/e2e/
-	$(GO) run ./deploy/bench -n 3 -out bench-results -patchagent $(BIN)
+	$(GO) test -tags integration -run '^$$' -bench BenchmarkExitToService -benchtime 5x -timeout 20m ./deploy/testbed/e2e/
+	$(GO) test -tags integration -run '^$$' -bench BenchmarkPostOverhead -benchtime 3x -timeout 20m ./deploy/testbed/e2e/
+	$(GO) run ./deploy/testbed/bench -n 3 -out bench-results -patchagent $(BIN)
 
 # dist/patchagent_<version>_amd64.deb and dist/patchagent-<version>.x86_64.rpm
 # from packaging/nfpm.yaml (nfpm v2.45.2, installed into .cache/bin when

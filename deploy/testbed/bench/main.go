@@ -1,6 +1,6 @@
 // Command bench compares patchagent with the three scripts of AWS's
 // AWS-RunPatchBaselineWithHooks tutorial on the sandbox node, under the same
-// client load: `go run ./deploy/bench -n 3 -out bench-results` as root,
+// client load: `go run ./deploy/testbed/bench -n 3 -out bench-results` as root,
 // with the patchagent binary -patchagent (default bin/patchagent: `make
 // bench` builds it with the Makefile's flags first). It writes results.md,
 // results.json and one timeline SVG per variant x scenario into -out, and
