@@ -81,15 +81,29 @@ type ServerStat struct {
 
 // Stat reads the server's line of `show stat`.
 func (h *HAProxy) Stat(ctx context.Context) (ServerStat, error) {
-	out, err := h.Command(ctx, "show stat")
+	all, err := h.BackendStats(ctx)
 	if err != nil {
 		return ServerStat{}, err
+	}
+	s, ok := all[h.Server]
+	if !ok {
+		return ServerStat{}, fmt.Errorf("HAProxy has no server %s", h.name())
+	}
+	return s, nil
+}
+
+// BackendStats reads `show stat` once and returns what it says of every
+// server of Backend, by server name (the BACKEND and FRONTEND lines left out).
+func (h *HAProxy) BackendStats(ctx context.Context) (map[string]ServerStat, error) {
+	out, err := h.Command(ctx, "show stat")
+	if err != nil {
+		return nil, err
 	}
 	r := csv.NewReader(strings.NewReader(strings.TrimPrefix(out, "# ")))
 	r.FieldsPerRecord = -1
 	recs, err := r.ReadAll()
 	if err != nil || len(recs) == 0 {
-		return ServerStat{}, fmt.Errorf("HAProxy `show stat`: %v", err)
+		return nil, fmt.Errorf("HAProxy `show stat`: %v", err)
 	}
 	status, scur := -1, -1
 	for i, name := range recs[0] {
@@ -101,15 +115,16 @@ func (h *HAProxy) Stat(ctx context.Context) (ServerStat, error) {
 		}
 	}
 	if status < 0 || scur < 0 {
-		return ServerStat{}, fmt.Errorf("HAProxy `show stat` has no status or scur column")
+		return nil, fmt.Errorf("HAProxy `show stat` has no status or scur column")
 	}
+	all := map[string]ServerStat{}
 	for _, rec := range recs[1:] {
-		if len(rec) > max(status, scur) && rec[0] == h.Backend && rec[1] == h.Server {
+		if len(rec) > max(status, scur) && rec[0] == h.Backend && rec[1] != "BACKEND" && rec[1] != "FRONTEND" {
 			n, _ := strconv.Atoi(rec[scur])
-			return ServerStat{Status: rec[status], Sessions: n}, nil
+			all[rec[1]] = ServerStat{Status: rec[status], Sessions: n}
 		}
 	}
-	return ServerStat{}, fmt.Errorf("HAProxy has no server %s", h.name())
+	return all, nil
 }
 
 // TakeOut sets the server to drain and waits, up to deadline, until

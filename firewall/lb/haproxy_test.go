@@ -130,3 +130,47 @@ func TestHAProxyErrorsSayWhat(t *testing.T) {
 		t.Fatalf("not drained in time: %v", err)
 	}
 }
+
+// TestHAProxyBackendStats: one `show stat` gives every server of the
+// backend, not its BACKEND line, not another backend's servers.
+func TestHAProxyBackendStats(t *testing.T) {
+	dir, err := os.MkdirTemp("", "pa-hap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	ln, err := net.Listen("unix", filepath.Join(dir, "admin.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			bufio.NewReader(c).ReadString('\n')
+			c.Write([]byte("# pxname,svname,scur,status\nfe,FRONTEND,3,OPEN\nbe,n0,2,UP\nbe,n1,0,DRAIN\nbe,n2,1,UP 1/2\nbe,BACKEND,3,UP\nother,n0,0,DOWN\n\n"))
+			c.Close()
+		}
+	}()
+	h := &HAProxy{Socket: filepath.Join(dir, "admin.sock"), Backend: "be"}
+	all, err := h.BackendStats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]ServerStat{"n0": {"UP", 2}, "n1": {"DRAIN", 0}, "n2": {"UP 1/2", 1}}
+	if len(all) != len(want) {
+		t.Fatalf("got %v, want %v", all, want)
+	}
+	for k, v := range want {
+		if all[k] != v {
+			t.Fatalf("%s: got %+v, want %+v", k, all[k], v)
+		}
+	}
+	h.Server = "n9"
+	if _, err := h.Stat(context.Background()); err == nil || !strings.Contains(err.Error(), "HAProxy has no server be/n9") {
+		t.Fatalf("absent server: %v", err)
+	}
+}

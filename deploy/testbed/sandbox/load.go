@@ -73,23 +73,29 @@ const (
 // Load starts o.Workers workers that send GETs to o.Path from the client
 // netns until ctx ends or Stop is called.
 func (n *Node) Load(ctx context.Context, o LoadOptions) *Load {
+	network := "tcp4"
+	if o.V6 {
+		network = "tcp6"
+	}
+	return startLoad(ctx, n.ClientNS, n.URL(o.Path, o.V6), o, network)
+}
+
+// startLoad runs the workers of a load run from netns ns against url
+// (o.Path and o.V6 are already in it) over network.
+func startLoad(ctx context.Context, ns, url string, o LoadOptions, network string) *Load {
 	if o.Workers <= 0 {
 		o.Workers = 1
-	}
-	if o.Path == "" {
-		o.Path = "/"
 	}
 	if o.Timeout <= 0 {
 		o.Timeout = 10 * time.Second
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	l := &Load{start: time.Now(), cancel: cancel, tr: n.transport(o.V6, o.KeepAlive)}
+	l := &Load{start: time.Now(), cancel: cancel, tr: nsTransport(ns, network, o.KeepAlive)}
 	l.tr.MaxIdleConnsPerHost = max(o.Workers, l.tr.MaxIdleConnsPerHost)
 	client := &http.Client{
 		Transport:     l.tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
-	url := n.URL(o.Path, o.V6)
 	for range o.Workers {
 		l.wg.Add(1)
 		go func() {
