@@ -13,7 +13,7 @@ FUZZ_CONFIG  ?= 80000x
 FUZZ_DIAG    ?= 300000x
 FUZZ_REQUEST ?= 120000x
 
-.PHONY: all build setup lint unit integration fuzz test demo bench clean package distributor
+.PHONY: all build setup lint unit integration fuzz test demo bench fleet-bench clean package distributor
 
 all: build
 
@@ -60,13 +60,24 @@ demo: setup build
 # Side-by-side figures: sock_diag vs ss vs /proc at 40,000 sockets; the app's
 # own start-to-healthy time vs exit's start-to-service time; snapshot and
 # restore vs a plain copy of a 100 MB tree; post vs a bare npm update; then
-# patchagent vs the tutorial's scripts under load (bench-results/results.md).
+# patchagent vs the tutorial's scripts under load (bench-results/results.md);
+# then the fleet bench (fleet-bench below).
 bench: setup build
 	$(GO) test -tags integration -run '^$$' -bench . -benchtime 20x -timeout 20m ./firewall/
 	$(GO) test -run '^$$' -bench BenchmarkSnapshot -benchtime 3x -timeout 20m ./hooks/
 	$(GO) test -tags integration -run '^$$' -bench BenchmarkExitToService -benchtime 5x -timeout 20m ./deploy/testbed/e2e/
 	$(GO) test -tags integration -run '^$$' -bench BenchmarkPostOverhead -benchtime 3x -timeout 20m ./deploy/testbed/e2e/
 	$(GO) run ./deploy/testbed/bench -n 3 -out bench-results -patchagent $(BIN)
+	$(GO) run ./deploy/testbed/bench -fleet 4 -n 1 -out bench-results/fleet -patchagent $(BIN)
+
+# Four sandbox nodes behind a real HAProxy, patched one at a time as SSM's
+# rate control does, for the tutorial's scripts, patchagent's block alone,
+# its readiness endpoint and HAProxy's runtime API, with and without a
+# reboot: client errors, nodes in rotation over time (an SVG per rollout),
+# each node's time out of rotation, the rollout's duration
+# (bench-results/fleet/fleet.md).
+fleet-bench: setup build
+	$(GO) run ./deploy/testbed/bench -fleet 4 -n 1 -out bench-results/fleet -patchagent $(BIN)
 
 # dist/patchagent_<version>_amd64.deb and dist/patchagent-<version>.x86_64.rpm
 # from packaging/nfpm.yaml (nfpm v2.45.2, installed into .cache/bin when

@@ -34,8 +34,17 @@ func main() {
 	variants := flag.String("variants", strings.Join(allVariants, ","), "variants to run")
 	scenarios := flag.String("scenarios", strings.Join(allScenarios, ","), "scenarios to run")
 	noCost := flag.Bool("skip-cost", false, "skip the agent cost figures")
+	fleet := flag.Int("fleet", 0, "run the fleet bench instead: this many nodes behind a real HAProxy (-n rollouts per mode x scenario)")
+	modes := flag.String("modes", strings.Join(allModes, ","), "fleet modes to run")
+	fleetSc := flag.String("fleet-scenarios", strings.Join(fleetScenarios, ","), "fleet scenarios to run")
 	flag.Parse()
-	if err := mainErr(*n, *out, *prefix, *binary, split(*variants), split(*scenarios), !*noCost); err != nil {
+	var err error
+	if *fleet > 0 {
+		err = fleetMainErr(*fleet, *n, *out, *prefix, *binary, split(*modes), split(*fleetSc))
+	} else {
+		err = mainErr(*n, *out, *prefix, *binary, split(*variants), split(*scenarios), !*noCost)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		os.Exit(1)
 	}
@@ -51,12 +60,44 @@ func split(s string) []string {
 	return out
 }
 
-func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string, cost bool) error {
+// checkRun checks what every bench needs: root, -n, the binary (its
+// absolute path returned).
+func checkRun(n int, binary string) (string, error) {
 	if os.Geteuid() != 0 {
-		return errors.New("needs root (network namespaces, iptables inside them, pm2 as the app user)")
+		return "", errors.New("needs root (network namespaces, iptables inside them, pm2 as the app user)")
 	}
 	if n < 1 {
-		return errors.New("-n must be at least 1")
+		return "", errors.New("-n must be at least 1")
+	}
+	binary, err := filepath.Abs(binary)
+	if err != nil {
+		return "", err
+	}
+	if st, err := os.Stat(binary); err != nil {
+		return "", fmt.Errorf("the patchagent binary (make build, or -patchagent): %w", err)
+	} else if !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("the patchagent binary %s is not an executable file (make build, or -patchagent)", binary)
+	}
+	return binary, nil
+}
+
+func fleetMainErr(nodes, n int, outDir, prefix, binary string, modes, scenarios []string) error {
+	binary, err := checkRun(n, binary)
+	if err != nil {
+		return err
+	}
+	if prefix == "pa-bn" {
+		prefix = "pa-f" // the single-node bench's default: the fleet names its nodes pa-f0..
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return fleetMain(ctx, nodes, n, outDir, prefix, binary, modes, scenarios)
+}
+
+func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string, cost bool) error {
+	binary, err := checkRun(n, binary)
+	if err != nil {
+		return err
 	}
 	for _, v := range variants {
 		if !slices.Contains(allVariants, v) {
@@ -67,15 +108,6 @@ func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string,
 		if !slices.Contains(allScenarios, s) {
 			return fmt.Errorf("unknown scenario %q (want %v)", s, allScenarios)
 		}
-	}
-	binary, err := filepath.Abs(binary)
-	if err != nil {
-		return err
-	}
-	if st, err := os.Stat(binary); err != nil {
-		return fmt.Errorf("the patchagent binary (make build, or -patchagent): %w", err)
-	} else if !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
-		return fmt.Errorf("the patchagent binary %s is not an executable file (make build, or -patchagent)", binary)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -106,11 +138,8 @@ func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string,
 
 	// post: the sample app has no dependencies; npm update needs no registry
 	// then, only a lockfile (patchagent post requires one in sync).
-	npmMode := "the sample app (no dependencies) with a package-lock.json generated once offline; the tutorial's `npm update` and patchagent post's `npm update` both run against it, no registry"
-	if _, err := os.Stat(filepath.Join(node.AppDir, "package-lock.json")); err != nil {
-		if out, err := node.NPM(ctx, "install", "--package-lock-only", "--offline", "--no-audit", "--no-fund"); err != nil {
-			return fmt.Errorf("generating the lockfile: %v\n%s", err, out)
-		}
+	if err := ensureLockfile(ctx, node); err != nil {
+		return err
 	}
 
 	status("measuring the app's own start-to-healthy time")
@@ -176,6 +205,21 @@ func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string,
 	return nil
 }
 
+// npmMode is what post's npm update runs against in every bench.
+const npmMode = "the sample app (no dependencies) with a package-lock.json generated once offline; the tutorial's `npm update` and patchagent post's `npm update` both run against it, no registry"
+
+// ensureLockfile generates the sample app's package-lock.json once,
+// offline: patchagent post requires one in sync.
+func ensureLockfile(ctx context.Context, node *sandbox.Node) error {
+	if _, err := os.Stat(filepath.Join(node.AppDir, "package-lock.json")); err == nil {
+		return nil
+	}
+	if out, err := node.NPM(ctx, "install", "--package-lock-only", "--offline", "--no-audit", "--no-fund"); err != nil {
+		return fmt.Errorf("generating the lockfile in %s: %v\n%s", node.AppDir, err, out)
+	}
+	return nil
+}
+
 func status(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "bench: %s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
 }
@@ -187,7 +231,7 @@ func (b *bench) agentCost(ctx context.Context) (AgentCost, error) {
 	if st, err := os.Stat(b.binary); err == nil {
 		c.BinaryBytes = st.Size()
 	}
-	if err := b.writeConfig("cost"); err != nil {
+	if err := b.writeConfig("cost", ""); err != nil {
 		return c, err
 	}
 	d, err := b.startDaemon(ctx)

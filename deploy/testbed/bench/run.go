@@ -199,14 +199,15 @@ func stopDaemon(d *sandbox.Daemon) {
 	}
 }
 
-// writeConfig writes a fresh patchagent config (and state dir) for one run.
-func (b *bench) writeConfig(name string) error {
+// writeConfig writes a fresh patchagent config (and state dir) for one run;
+// more holds further sections (e.g. lb:).
+func (b *bench) writeConfig(name, more string) error {
 	dir := filepath.Join(b.work, name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
 	body := b.n.PatchagentConfig(filepath.Join(dir, "state"), "  dir: "+b.n.AppDir+"\n",
-		"  metrics_listen: 127.0.0.1:18749\npost:\n  npm:\n    fetch_timeout: 10s\n")
+		"  metrics_listen: 127.0.0.1:18749\npost:\n  npm:\n    fetch_timeout: 10s\n"+more)
 	b.cfg = filepath.Join(dir, "config.yaml")
 	return os.WriteFile(b.cfg, []byte(body), 0o600)
 }
@@ -298,11 +299,8 @@ func (b *bench) run(ctx context.Context, variant, scenario string, iter int) (r 
 		return r, err
 	}
 	defer logf.Close()
-	logp := func(what string, p phaseResult) {
-		fmt.Fprintf(logf, "==== %s: exit %d in %s\n%s\n", what, p.Code, p.End.Sub(p.Start).Round(time.Millisecond), p.Output)
-	}
 	if variant == vPatchagent {
-		if err := b.writeConfig(name); err != nil {
+		if err := b.writeConfig(name, ""); err != nil {
 			return r, err
 		}
 		if b.daemon, err = b.startDaemon(ctx); err != nil {
@@ -315,13 +313,6 @@ func (b *bench) run(ctx context.Context, variant, scenario string, iter int) (r 
 		pre, post, exit = scripts(b.n, variant == vFixed)
 		fmt.Fprintf(logf, "==== scripts\n--- pre\n%s--- post\n%s--- exit\n%s\n", pre, post, exit)
 	}
-	phase := func(which, script string) phaseResult {
-		if variant == vPatchagent {
-			return b.patchagent(ctx, true, which)
-		}
-		return b.runScript(ctx, script)
-	}
-
 	loadStart := time.Now()
 	load := b.n.Load(ctx, sandbox.LoadOptions{Workers: 4, Path: "/", Interval: 20 * time.Millisecond, Timeout: 2 * time.Second})
 	probe := b.n.Probe(ctx, sandbox.ProbeOptions{Interval: 20 * time.Millisecond})
@@ -358,42 +349,13 @@ func (b *bench) run(ctx context.Context, variant, scenario string, iter int) (r 
 		time.Sleep(200 * time.Millisecond)
 	}
 
-	pr := phase("pre", pre)
-	logp("pre", pr)
-	r.PreCode = pr.Code
-	patchStart := time.Now()
-	time.Sleep(patchTime)
-	patchEnd := time.Now()
-	po := phase("post", post)
-	logp("post", po)
-	r.PostCode = po.Code
-
-	var rebootStart, rebootEnd time.Time
-	var bootAgent time.Duration // the daemon's start inside the reboot
-	if scenario != sNoReboot {
-		if b.daemon != nil {
-			stopDaemon(b.daemon) // shutdown stops every service
-		}
-		rebootStart = time.Now()
-		err := b.n.Reboot(ctx, func() error {
-			if variant != vPatchagent {
-				return nil
-			}
-			t := time.Now()
-			d, err := b.startDaemon(ctx)
-			bootAgent = time.Since(t)
-			b.daemon = d
-			return err
-		})
-		rebootEnd = time.Now()
-		if err != nil {
-			r.Error = err.Error()
-			fmt.Fprintf(logf, "==== reboot: %v\n", err)
-		}
+	c := b.cycle(ctx, variant == vPatchagent, scenario != sNoReboot, [3]string{pre, post, exit}, logf)
+	pr, po, ex := c.pre, c.post, c.exit
+	r.PreCode, r.PostCode, r.ExitCode = pr.Code, po.Code, ex.Code
+	if c.rebootErr != nil {
+		r.Error = c.rebootErr.Error()
 	}
-	ex := phase("exit", exit)
-	logp("exit", ex)
-	r.ExitCode = ex.Code
+	patchStart, patchEnd, rebootStart, rebootEnd, bootAgent := c.patchStart, c.patchEnd, c.rebootStart, c.rebootEnd, c.bootAgent
 
 	// Back in service: a new outside connection gets 200 within 5 s.
 	backDeadline := time.Now().Add(5 * time.Second)
@@ -470,4 +432,75 @@ func (b *bench) run(ctx context.Context, variant, scenario string, iter int) (r 
 	add("exit", ex.Start, ex.End)
 	fmt.Fprintf(logf, "==== load: %s\n%s\n==== outage: %+v\n==== run: %+v\n", stats, stats.TimelineString(), out, r)
 	return r, nil
+}
+
+// nodeCycle is one node's pre, the OS patch, post, the reboot if any, and
+// exit, as SSM runs them, and when each ran.
+type nodeCycle struct {
+	pre, post, exit        phaseResult
+	patchStart, patchEnd   time.Time
+	rebootStart, rebootEnd time.Time // zero without a reboot
+	bootAgent              time.Duration
+	rebootErr              error
+}
+
+// failed says what stopped the cycle, "" if every phase exited 0.
+func (c nodeCycle) failed() string {
+	switch {
+	case c.pre.Code != 0:
+		return fmt.Sprintf("pre exited %d", c.pre.Code)
+	case c.post.Code != 0:
+		return fmt.Sprintf("post exited %d", c.post.Code)
+	case c.rebootErr != nil:
+		return c.rebootErr.Error()
+	case c.exit.Code != 0:
+		return fmt.Sprintf("exit exited %d", c.exit.Code)
+	}
+	return ""
+}
+
+// cycle runs one node's cycle: with patchagent, its pre/post/exit (the
+// daemon b.daemon restarted by the reboot before pm2, as systemd orders
+// them), else the scripts; every phase runs, whatever the one before
+// returned, as the bench's single-node runs always did (SSM would stop,
+// the fleet rollout stops after the cycle). Each phase's output goes to
+// logf.
+func (b *bench) cycle(ctx context.Context, usePatchagent, reboot bool, scripts [3]string, logf io.Writer) (c nodeCycle) {
+	phase := func(i int, which string) phaseResult {
+		var p phaseResult
+		if usePatchagent {
+			p = b.patchagent(ctx, true, which)
+		} else {
+			p = b.runScript(ctx, scripts[i])
+		}
+		fmt.Fprintf(logf, "==== %s %s: exit %d in %s\n%s\n", b.n.Opts.Prefix, which, p.Code, p.End.Sub(p.Start).Round(time.Millisecond), p.Output)
+		return p
+	}
+	c.pre = phase(0, "pre")
+	c.patchStart = time.Now()
+	time.Sleep(patchTime)
+	c.patchEnd = time.Now()
+	c.post = phase(1, "post")
+	if reboot {
+		if b.daemon != nil {
+			stopDaemon(b.daemon) // shutdown stops every service
+		}
+		c.rebootStart = time.Now()
+		c.rebootErr = b.n.Reboot(ctx, func() error {
+			if !usePatchagent {
+				return nil
+			}
+			t := time.Now()
+			d, err := b.startDaemon(ctx)
+			c.bootAgent = time.Since(t)
+			b.daemon = d
+			return err
+		})
+		c.rebootEnd = time.Now()
+		if c.rebootErr != nil {
+			fmt.Fprintf(logf, "==== reboot: %v\n", c.rebootErr)
+		}
+	}
+	c.exit = phase(2, "exit")
+	return c
 }

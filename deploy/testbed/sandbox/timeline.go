@@ -123,17 +123,7 @@ func renderTimelineSVG(title string, s Stats, bands []Band) []byte {
 		}
 	}
 
-	// The time axis in seconds.
-	axisY := svgTop + plotH
-	p(`<line x1="%d" y1="%.2f" x2="%d" y2="%.2f" stroke="black"/>`+"\n", svgLeft, axisY, svgWidth-svgRight, axisY)
-	p(`<line x1="%d" y1="%d" x2="%d" y2="%.2f" stroke="black"/>`+"\n", svgLeft, svgTop, svgLeft, axisY)
-	step := tickStep(span)
-	for t := time.Duration(0); t <= span; t += step {
-		xx := x(t)
-		p(`<line x1="%.2f" y1="%.2f" x2="%.2f" y2="%.2f" stroke="black"/>`+"\n", xx, axisY, xx, axisY+5)
-		p(`<text x="%.2f" y="%.2f" text-anchor="middle">%s</text>`+"\n", xx, axisY+18, trimSeconds(t))
-	}
-	p(`<text x="%.2f" y="%d" text-anchor="middle">time (s)</text>`+"\n", svgLeft+plotW/2, svgHeight-8)
+	timeAxis(p, x, svgTop, svgTop+plotH, span, svgHeight)
 
 	// The legend, top right.
 	lx := svgWidth - svgRight - 330
@@ -148,6 +138,21 @@ func renderTimelineSVG(title string, s Stats, bands []Band) []byte {
 	}
 	p("</svg>\n")
 	return w.Bytes()
+}
+
+// timeAxis draws the axes' lines from top to axisY and, below it, the time
+// in seconds over span (x maps a time to its abscissa), labelled at the
+// bottom of an SVG height high.
+func timeAxis(p func(string, ...any), x func(time.Duration) float64, top, axisY float64, span time.Duration, height int) {
+	p(`<line x1="%d" y1="%.2f" x2="%d" y2="%.2f" stroke="black"/>`+"\n", svgLeft, axisY, svgWidth-svgRight, axisY)
+	p(`<line x1="%d" y1="%.2f" x2="%d" y2="%.2f" stroke="black"/>`+"\n", svgLeft, top, svgLeft, axisY)
+	step := tickStep(span)
+	for t := time.Duration(0); t <= span; t += step {
+		xx := x(t)
+		p(`<line x1="%.2f" y1="%.2f" x2="%.2f" y2="%.2f" stroke="black"/>`+"\n", xx, axisY, xx, axisY+5)
+		p(`<text x="%.2f" y="%.2f" text-anchor="middle">%s</text>`+"\n", xx, axisY+18, trimSeconds(t))
+	}
+	p(`<text x="%.2f" y="%d" text-anchor="middle">time (s)</text>`+"\n", (svgLeft+svgWidth-svgRight)/2.0, height-8)
 }
 
 // niceCeil rounds n up to 1, 2 or 5 times a power of ten (at least 2, so
