@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/patchagent/patchagent/firewall"
+	"github.com/patchagent/patchagent/firewall/lb"
 )
 
 // What the daemon (agent/daemon) asks of the patch cycle between phases:
@@ -56,6 +57,16 @@ func (a *Agent) AdoptState(old *Agent) {
 func (a *Agent) Readiness() http.Handler {
 	h, _ := a.d.Rotation.(http.Handler)
 	return h
+}
+
+// ReadinessStats is what the readiness endpoint has done (false without
+// one), for its metrics.
+func (a *Agent) ReadinessStats() (lb.Stats, bool) {
+	r, ok := a.d.Rotation.(*lb.Readiness)
+	if !ok {
+		return lb.Stats{}, false
+	}
+	return r.Stats(), true
 }
 
 // Reassert puts the block of the open cycle back if it is gone (a firewall

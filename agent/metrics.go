@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/patchagent/patchagent/firewall/lb"
 )
 
 // TextfileName is the file WriteTextfile writes in node_exporter's textfile
@@ -49,6 +51,8 @@ type Metrics struct {
 	DepsRolledBack prometheus.Counter // patchagent_dependencies_rolled_back_total
 
 	Deadman prometheus.Counter // patchagent_deadman_triggered_total
+
+	LBWaits *prometheus.CounterVec // patchagent_lb_waits_total{direction,result}
 
 	MetricsListenFailures prometheus.Counter // patchagent_metrics_listen_failures_total
 
@@ -160,6 +164,10 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 			Name: "patchagent_deadman_triggered_total",
 			Help: "Times the dead-man timer fired: the node stayed out of service too long.",
 		}),
+		LBWaits: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "patchagent_lb_waits_total",
+			Help: "Waits for the load balancer (lb section): pre's lb-out (direction out) and exit's lb-in (in), by result: confirmed, no_checker (no LB checker reached the readiness endpoint: nothing confirmed it, drain.min_wait was the only wait) or failed (not confirmed within lb.deadline, or the LB's API refused).",
+		}, []string{"direction", "result"}),
 	}
 	for _, p := range Phases { // counters exist from the start: rate() sees the first failure
 		m.PhaseRuns.WithLabelValues(p, ResultOK)
@@ -291,6 +299,58 @@ func (m *Metrics) ObservePhase(rep *Report, st State, now time.Time) {
 	if rep.RolledBack > 0 {
 		m.DepsRolledBack.Add(float64(rep.RolledBack))
 	}
+	for _, s := range rep.Steps {
+		if dir, ok := lbDirections[s.Name]; ok {
+			m.LBWaits.WithLabelValues(dir, lbWaitResult(s)).Inc()
+		}
+	}
+}
+
+// lbDirections are the steps that wait for the load balancer.
+var lbDirections = map[string]string{"lb-out": "out", "lb-in": "in"}
+
+// lbWaitResult is how an lb step's wait ended: lbOut reports a wait no
+// checker confirmed as a warning.
+func lbWaitResult(s StepReport) string {
+	switch s.Result {
+	case ResultOK:
+		return "confirmed"
+	case "warn":
+		return "no_checker"
+	}
+	return "failed"
+}
+
+// RegisterReadinessMetrics adds the readiness endpoint's metrics to reg:
+// patchagent_lb_checkers (the LB checker addresses seen within two
+// lb.interval) and patchagent_lb_checks_total{answer}; stats reads them
+// (false: no endpoint now, after a reload without one: 0).
+func RegisterReadinessMetrics(reg prometheus.Registerer, stats func() (lb.Stats, bool)) {
+	read := func(f func(lb.Stats) float64) func() float64 {
+		return func() float64 {
+			s, ok := stats()
+			if !ok {
+				return 0
+			}
+			return f(s)
+		}
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "patchagent_lb_checkers",
+			Help: "Load balancer health checkers (source addresses) that reached the readiness endpoint within two lb.interval: 0 means no LB checks it, and pre cannot know when the LB has taken the node out (PatchagentLBNoChecker).",
+		}, read(func(s lb.Stats) float64 { return float64(s.Checkers) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "patchagent_lb_checks_total",
+			Help:        "Health checks the readiness endpoint answered, by answer: ready (200) or unavailable (503: out of rotation, or the app unhealthy).",
+			ConstLabels: prometheus.Labels{"answer": "ready"},
+		}, read(func(s lb.Stats) float64 { return float64(s.Ready) })),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name:        "patchagent_lb_checks_total",
+			Help:        "Health checks the readiness endpoint answered, by answer: ready (200) or unavailable (503: out of rotation, or the app unhealthy).",
+			ConstLabels: prometheus.Labels{"answer": "unavailable"},
+		}, read(func(s lb.Stats) float64 { return float64(s.Unavailable) })),
+	)
 }
 
 // observeState sets the gauges that mirror the state file.

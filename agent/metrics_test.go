@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/patchagent/patchagent/firewall/lb"
 	"github.com/patchagent/patchagent/healthcheck"
 )
 
@@ -311,12 +312,12 @@ func TestMetricsBuildInfo(t *testing.T) {
 func observeAll(m *Metrics) {
 	text := "dial tcp 10.0.0.1:443: connection refused (https://app.example/health?x=1)"
 	m.ObservePhase(&Report{Phase: "pre", Result: ResultOK, Duration: 3 * time.Second, Summary: []string{text}, Warnings: []string{text},
-		Steps: []StepReport{{Name: "block", Result: ResultOK, Dur: time.Millisecond, Detail: text}, {Name: "drain", Result: ResultOK, Dur: 2 * time.Second}},
+		Steps: []StepReport{{Name: "lb-out", Result: "warn", Detail: text}, {Name: "block", Result: ResultOK, Dur: time.Millisecond, Detail: text}, {Name: "drain", Result: ResultOK, Dur: 2 * time.Second}},
 		Drain: &DrainResult{Remaining: 3, Active: 1, Waited: 2 * time.Second}}, openState(t0), t0)
 	m.ObservePhase(&Report{Phase: "post", Result: ResultOK, Duration: time.Minute,
 		Steps: []StepReport{{Name: "update", Result: ResultOK, Dur: time.Minute, Detail: text}}, Changes: []string{text, text}}, openState(t0), t1)
 	m.ObservePhase(&Report{Phase: "exit", Result: ResultFailed, Error: text, RolledBack: 2, Reblocked: true,
-		Steps:  []StepReport{{Name: "health", Result: ResultFailed, Detail: text}},
+		Steps:  []StepReport{{Name: "health", Result: ResultFailed, Detail: text}, {Name: "lb-in", Result: ResultFailed, Detail: text}},
 		Health: &HealthSummary{Attempts: 3, LastLatency: 0.2}}, openState(t0), t2)
 	m.ObservePhase(&Report{Phase: "exit", Result: ResultOK, Health: &HealthSummary{Healthy: true, Attempts: 1, LastLatency: 0.01}}, State{}, t2)
 	m.ObservePhase(&Report{Phase: "reconcile", Result: ResultDryRun, Plan: []string{text}}, State{}, t2)
@@ -331,6 +332,7 @@ func observeAll(m *Metrics) {
 func TestMetricsLabels(t *testing.T) {
 	reg, m := newTestMetrics(t)
 	observeAll(m)
+	RegisterReadinessMetrics(reg, func() (lb.Stats, bool) { return lb.Stats{Checkers: 1, Ready: 2, Unavailable: 3}, true })
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -338,8 +340,10 @@ func TestMetricsLabels(t *testing.T) {
 	allowed := map[string][]string{
 		"phase":  Phases,
 		"step":   append(slices.Clone(StepNames), "other"),
-		"result": {ResultOK, ResultFailed, ResultDryRun, "success", "failure"},
-		"state":  {"busy", "idle"},
+		"result":    {ResultOK, ResultFailed, ResultDryRun, "success", "failure", "confirmed", "no_checker"},
+		"state":     {"busy", "idle"},
+		"direction": {"out", "in"},
+		"answer":    {"ready", "unavailable"},
 	}
 	seen := map[string]bool{}
 	for _, mf := range mfs {
@@ -370,7 +374,7 @@ func TestMetricsLabels(t *testing.T) {
 		names = append(names, n)
 	}
 	slices.Sort(names)
-	if want := []string{"goversion", "phase", "result", "state", "step", "version"}; !slices.Equal(names, want) {
+	if want := []string{"answer", "direction", "goversion", "phase", "result", "state", "step", "version"}; !slices.Equal(names, want) {
 		t.Errorf("label names: got %v, want %v", names, want)
 	}
 }
@@ -378,6 +382,7 @@ func TestMetricsLabels(t *testing.T) {
 func TestMetricsLint(t *testing.T) {
 	reg, m := NewRegistry("v1.2.3")
 	observeAll(m)
+	RegisterReadinessMetrics(reg, func() (lb.Stats, bool) { return lb.Stats{}, false })
 	problems, err := testutil.GatherAndLint(reg)
 	if err != nil {
 		t.Fatal(err)
@@ -587,4 +592,35 @@ func TestStepNamesCoverThePhases(t *testing.T) {
 	if !slices.Equal(steps, []string{"other"}) {
 		t.Fatalf("step labels %q, want the stray name exported as [other]", steps)
 	}
+}
+
+// TestMetricsLBWaits: each lb step of a report counts once, by direction
+// and how its wait ended.
+func TestMetricsLBWaits(t *testing.T) {
+	reg, m := newTestMetrics(t)
+	m.ObservePhase(&Report{Phase: "pre", Result: ResultOK, Steps: []StepReport{{Name: "check", Result: ResultOK}, {Name: "lb-out", Result: ResultOK}}}, openState(t0), t0)
+	m.ObservePhase(&Report{Phase: "pre", Result: ResultOK, Steps: []StepReport{{Name: "lb-out", Result: "warn"}}}, openState(t0), t0)
+	m.ObservePhase(&Report{Phase: "exit", Result: ResultFailed, Steps: []StepReport{{Name: "unblock", Result: ResultOK}, {Name: "lb-in", Result: ResultFailed}}}, openState(t0), t1)
+	m.ObservePhase(&Report{Phase: "exit", Result: ResultDryRun, Plan: []string{"lb-in: ..."}}, openState(t0), t1)
+	compare(t, reg, map[string]string{"patchagent_lb_waits_total": `
+patchagent_lb_waits_total{direction="in",result="failed"} 1
+patchagent_lb_waits_total{direction="out",result="confirmed"} 1
+patchagent_lb_waits_total{direction="out",result="no_checker"} 1
+`})
+}
+
+// TestReadinessMetrics: the endpoint's figures as read at the scrape, 0
+// while there is no endpoint (a reload removed lb.health_listen).
+func TestReadinessMetrics(t *testing.T) {
+	reg, _ := newTestMetrics(t)
+	s, ok := lb.Stats{Checkers: 2, Ready: 10, Unavailable: 4}, true
+	RegisterReadinessMetrics(reg, func() (lb.Stats, bool) { return s, ok })
+	compare(t, reg, map[string]string{
+		"patchagent_lb_checkers": "patchagent_lb_checkers 2\n",
+		"patchagent_lb_checks_total": `
+patchagent_lb_checks_total{answer="ready"} 10
+patchagent_lb_checks_total{answer="unavailable"} 4
+`})
+	ok = false
+	compare(t, reg, map[string]string{"patchagent_lb_checkers": "patchagent_lb_checkers 0\n"})
 }

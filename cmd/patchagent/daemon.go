@@ -16,6 +16,7 @@ import (
 
 	"github.com/patchagent/patchagent/agent"
 	"github.com/patchagent/patchagent/agent/daemon"
+	"github.com/patchagent/patchagent/firewall/lb"
 )
 
 // runDaemon is `patchagent daemon`: the systemd service that owns the
@@ -79,6 +80,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	// from the start while a cycle is open.
 	if cfg.LB.HealthListen != "" {
 		a.HoldRotation()
+		agent.RegisterReadinessMetrics(reg, func() (lb.Stats, bool) { return live.Agent().ReadinessStats() })
 		rs := daemon.NewReadinessServer(cfg.LB.Path, func() http.Handler { return live.Agent().Readiness() })
 		go daemon.Serve(ctx, log, "readiness endpoint", cfg.LB.HealthListen, rs, nil)
 		defer func() {

@@ -35,6 +35,8 @@ var wantAlerts = map[string]string{
 	"PatchagentStateUnrecorded":        "warning",
 	"PatchagentConfigReloadFailed":     "warning",
 	"PatchagentDaemonDegraded":         "warning",
+	"PatchagentLBNotConfirmed":         "warning",
+	"PatchagentLBNoChecker":            "warning",
 	"PatchagentDaemonDown":             "warning",
 	"PatchagentTextfileStale":          "warning",
 }

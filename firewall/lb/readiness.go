@@ -51,6 +51,7 @@ type Readiness struct {
 	probedAt time.Time
 
 	mu      sync.Mutex
+	served  [2]uint64 // answers: [0] 503, [1] 200 (Stats)
 	out     bool      // taken out of rotation: every check answers 503
 	since   time.Time // when out last changed
 	sources map[netip.Addr]*checker
@@ -128,6 +129,7 @@ func (r *Readiness) record(src netip.Addr, passed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
+	r.served[b01(passed)]++
 	c := r.sources[src]
 	if c == nil {
 		if len(r.sources) >= maxSources {
@@ -150,6 +152,34 @@ func (r *Readiness) record(src netip.Addr, passed bool) {
 	}
 	close(r.changed)
 	r.changed = make(chan struct{})
+}
+
+func b01(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Stats is what the endpoint has done, for metrics.
+type Stats struct {
+	// Checkers are the addresses that checked within two intervals.
+	Checkers int
+	// Ready and Unavailable count the 200 and 503 answers served.
+	Ready, Unavailable uint64
+}
+
+// Stats says how many checkers check the endpoint and what it answered.
+func (r *Readiness) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now, n := r.now(), 0
+	for _, c := range r.sources {
+		if now.Sub(c.last) <= 2*r.o.Interval {
+			n++
+		}
+	}
+	return Stats{Checkers: n, Ready: r.served[1], Unavailable: r.served[0]}
 }
 
 // maxSources bounds the addresses tracked: the endpoint is reachable from

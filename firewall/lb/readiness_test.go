@@ -3,6 +3,7 @@ package lb
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -268,4 +269,33 @@ func isOut(r *Readiness) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.out
+}
+
+// TestReadinessStats: the checkers seen within two intervals, and every
+// answer served, also from addresses past the tracked bound.
+func TestReadinessStats(t *testing.T) {
+	app := &appProbe{healthy: true}
+	r, c := newTestReadiness(app)
+	if s := r.Stats(); s != (Stats{}) {
+		t.Fatalf("before any check: %+v", s)
+	}
+	check(r, "10.0.1.5")
+	check(r, "10.0.2.5")
+	r.SetOut(true)
+	check(r, "10.0.1.5")
+	if s := r.Stats(); s != (Stats{Checkers: 2, Ready: 2, Unavailable: 1}) {
+		t.Fatalf("two checkers, 2 passes, 1 failure: %+v", s)
+	}
+	c.Advance(3 * time.Second)
+	check(r, "10.0.1.5")
+	c.Advance(2 * time.Second) // 10.0.2.5 last seen 5 s ago: more than two intervals
+	if s := r.Stats(); s != (Stats{Checkers: 1, Ready: 2, Unavailable: 2}) {
+		t.Fatalf("one checker gone: %+v", s)
+	}
+	for i := range maxSources + 10 {
+		check(r, fmt.Sprintf("10.9.%d.%d", i/256, i%256))
+	}
+	if s := r.Stats(); s.Unavailable != uint64(2+maxSources+10) || s.Checkers > maxSources {
+		t.Fatalf("a flood: %+v", s)
+	}
 }

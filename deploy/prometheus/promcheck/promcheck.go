@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/patchagent/patchagent/agent"
+	"github.com/patchagent/patchagent/firewall/lb"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"go.yaml.in/yaml/v3"
@@ -78,6 +79,8 @@ func Promtool() string {
 func MetricNames() (map[string]bool, error) {
 	reg, m := agent.NewRegistry("test")
 	feed(m)
+	// The readiness endpoint's metrics, which a daemon with lb.health_listen adds.
+	agent.RegisterReadinessMetrics(reg, func() (lb.Stats, bool) { return lb.Stats{Checkers: 1, Ready: 1}, true })
 	mfs, err := reg.Gather()
 	if err != nil {
 		return nil, err
@@ -146,7 +149,7 @@ func feed(m *agent.Metrics) {
 	m.ObserveDegraded(true)
 	open := agent.State{Open: true, CycleID: "c1", Block: &agent.BlockRecord{Since: now}}
 	m.ObservePhase(&agent.Report{Phase: "pre", Result: agent.ResultOK, Duration: 3 * time.Second,
-		Steps: []agent.StepReport{{Name: "block", Result: agent.ResultOK, Dur: time.Millisecond}, {Name: "drain", Result: agent.ResultOK, Dur: 2 * time.Second}},
+		Steps: []agent.StepReport{{Name: "lb-out", Result: agent.ResultOK}, {Name: "block", Result: agent.ResultOK, Dur: time.Millisecond}, {Name: "drain", Result: agent.ResultOK, Dur: 2 * time.Second}},
 		Drain: &agent.DrainResult{Remaining: 3, Active: 1, Waited: 2 * time.Second, TimedOut: true}}, open, now)
 	m.ObservePhase(&agent.Report{Phase: "post", Result: agent.ResultOK, Duration: time.Minute,
 		Steps: []agent.StepReport{{Name: "update", Result: agent.ResultOK, Dur: time.Minute}}, Changes: []string{"a"}}, open, now)
