@@ -68,7 +68,7 @@ bench: setup build
 	$(GO) test -tags integration -run '^$$' -bench BenchmarkExitToService -benchtime 5x -timeout 20m ./deploy/testbed/e2e/
 	$(GO) test -tags integration -run '^$$' -bench BenchmarkPostOverhead -benchtime 3x -timeout 20m ./deploy/testbed/e2e/
 	$(GO) run ./deploy/testbed/bench -n 3 -out bench-results -patchagent $(BIN)
-	$(GO) run ./deploy/testbed/bench -fleet 4 -n 1 -out bench-results/fleet -patchagent $(BIN)
+	$(GO) run ./deploy/testbed/bench -fleet 4 -n 2 -out bench-results/fleet -patchagent $(BIN)
 
 # Four sandbox nodes behind a real HAProxy, patched one at a time as SSM's
 # rate control does, for the tutorial's scripts, patchagent's block alone,
@@ -77,7 +77,7 @@ bench: setup build
 # each node's time out of rotation, the rollout's duration
 # (bench-results/fleet/fleet.md).
 fleet-bench: setup build
-	$(GO) run ./deploy/testbed/bench -fleet 4 -n 1 -out bench-results/fleet -patchagent $(BIN)
+	$(GO) run ./deploy/testbed/bench -fleet 4 -n 2 -out bench-results/fleet -patchagent $(BIN)
 
 # dist/patchagent_<version>_amd64.deb and dist/patchagent-<version>.x86_64.rpm
 # from packaging/nfpm.yaml (nfpm v2.45.2, installed into .cache/bin when

@@ -27,12 +27,17 @@ const (
 var (
 	allModes       = []string{mTutorial, mBlock, mReadiness, mHAProxy}
 	fleetScenarios = []string{sReboot, sNoReboot}
+	// reuseModes are HAProxy's http-reuse settings the bench runs: never
+	// (a new connection to the node for every request: the block refuses
+	// each one sent in the LB's detection window) and always (requests
+	// ride pooled connections, which the block leaves alone).
+	reuseModes = []string{"never", "always"}
 )
 
 // fleetHAProxyConfig is the LB of the fleet: checks every 2 s, fall 2,
-// rise 2, http-reuse always and no retries, as issue 15's harness measured
-// (a request HAProxy sends to a node that refuses it is a client error).
-// %s: the check's path, then the server lines.
+// rise 2 and no retries, as issue 15's harness measured (a request HAProxy
+// sends to a node that refuses it is a client error). %s: http-reuse, the
+// check's path, then the server lines.
 const fleetHAProxyConfig = `global
 	stats socket {{socket}} mode 600 level admin
 defaults
@@ -46,7 +51,7 @@ frontend fe
 	default_backend be
 backend be
 	balance roundrobin
-	http-reuse always
+	http-reuse %s
 	option httpchk GET %s
 	http-check expect status 200
 %s`
@@ -81,6 +86,7 @@ type fleet struct {
 type FleetRun struct {
 	Mode     string `json:"mode"`
 	Scenario string `json:"scenario"`
+	Reuse    string `json:"http_reuse"`
 	Iter     int    `json:"iteration"`
 	// Failed are the nodes whose cycle had a phase fail, and which. SSM,
 	// with an error threshold of 0, stops the rollout at the first; the
@@ -114,9 +120,9 @@ type FleetNode struct {
 func (r FleetRun) Errors() int { return r.ShortFailed + r.LongFailed }
 
 // rollout runs one mode x scenario rollout on a fleet in service.
-func (f *fleet) rollout(ctx context.Context, mode, scenario string, iter int) (r FleetRun, err error) {
-	r = FleetRun{Mode: mode, Scenario: scenario, Iter: iter}
-	name := fmt.Sprintf("fleet_%s_%s_%d", mode, scenario, iter)
+func (f *fleet) rollout(ctx context.Context, mode, scenario, reuse string, iter int) (r FleetRun, err error) {
+	r = FleetRun{Mode: mode, Scenario: scenario, Reuse: reuse, Iter: iter}
+	name := rolloutName(r)
 	logf, err := os.Create(filepath.Join(f.logDir, name+".log"))
 	if err != nil {
 		return r, err
@@ -151,7 +157,7 @@ func (f *fleet) rollout(ctx context.Context, mode, scenario string, iter int) (r
 			b.daemon = nil
 		}
 	}()
-	h, err := sandbox.StartHAProxy(f.lbNet.NS, dir, fmt.Sprintf(fleetHAProxyConfig, checkPath, servers.String()))
+	h, err := sandbox.StartHAProxy(f.lbNet.NS, dir, fmt.Sprintf(fleetHAProxyConfig, reuse, checkPath, servers.String()))
 	if err != nil {
 		return r, err
 	}
@@ -227,6 +233,11 @@ func (f *fleet) rollout(ctx context.Context, mode, scenario string, iter int) (r
 	r.capacity = sandbox.Capacity{Steps: steps, Nodes: tracks, Load: load}
 	fmt.Fprintf(logf, "==== short: %s\n%s\n==== long: %s\n==== run: %+v\n==== haproxy\n%s\n", ss, ss.TimelineString(), ls, r, h.Log())
 	return r, nil
+}
+
+// rolloutName names a rollout's log and SVG.
+func rolloutName(r FleetRun) string {
+	return fmt.Sprintf("fleet_%s_%s_reuse-%s_%d", r.Mode, r.Scenario, r.Reuse, r.Iter)
 }
 
 // bands are the cycle's phases as offsets from start.

@@ -51,16 +51,16 @@ func TestCapacityFrom(t *testing.T) {
 
 func TestRenderFleetMarkdown(t *testing.T) {
 	runs := []FleetRun{
-		{Mode: mBlock, Scenario: sReboot, Iter: 1, ShortFailed: 9, LongFailed: 2, MinInRotation: 3, Rollout: 80,
+		{Mode: mBlock, Scenario: sReboot, Reuse: "never", Iter: 1, ShortFailed: 9, LongFailed: 2, MinInRotation: 3, Rollout: 80,
 			Nodes: []FleetNode{{Name: "n0", Cycle: 20, OutOfRotation: 6}, {Name: "n1", Cycle: 22, OutOfRotation: 8}}},
-		{Mode: mReadiness, Scenario: sReboot, Iter: 1, MinInRotation: 3, Rollout: 90, Failed: []string{"n1: exit exited 1"},
+		{Mode: mReadiness, Scenario: sReboot, Reuse: "never", Iter: 1, MinInRotation: 3, Rollout: 90, Failed: []string{"n1: exit exited 1"},
 			Nodes: []FleetNode{{Name: "n0", Cycle: 25, OutOfRotation: 12}}},
 	}
 	md := renderFleetMarkdown(FleetResults{Nodes: 4, N: 1, Runs: runs})
 	for _, want := range []string{
-		"| reboot | block-only | 1 | 11 | 3 of 4 | 7.0 / 8.0 | 21.0 | 80.0 | 0 |",
-		"| reboot | readiness | 1 | 0 | 3 of 4 | 12.0 / 12.0 | 25.0 | 90.0 | 1 |",
-		"- readiness/reboot #1 failed cycle: n1: exit exited 1",
+		"| reboot | never | block-only | 1 | 11 | 3 of 4 | 7.0 / 8.0 | 21.0 | 80.0 | 0 |",
+		"| reboot | never | readiness | 1 | 0 | 3 of 4 | 12.0 / 12.0 | 25.0 | 90.0 | 1 |",
+		"- readiness/reboot/http-reuse never #1 failed cycle: n1: exit exited 1",
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("no %q in\n%s", want, md)

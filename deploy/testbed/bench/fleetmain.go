@@ -27,7 +27,7 @@ type FleetResults struct {
 // fleetMain runs the fleet bench: nodes sandbox nodes behind a real
 // HAProxy, n rollouts per mode x scenario, into outDir (fleet.md,
 // fleet.json, one capacity SVG per rollout).
-func fleetMain(ctx context.Context, nodes, n int, outDir, prefix, binary string, modes, scenarios []string) error {
+func fleetMain(ctx context.Context, nodes, n int, outDir, prefix, binary string, modes, scenarios, reuses []string) error {
 	if nodes < 2 || nodes > 8 {
 		return fmt.Errorf("-fleet %d: want 2 to 8 nodes", nodes)
 	}
@@ -39,6 +39,11 @@ func fleetMain(ctx context.Context, nodes, n int, outDir, prefix, binary string,
 	for _, s := range scenarios {
 		if !slices.Contains(fleetScenarios, s) {
 			return fmt.Errorf("unknown fleet scenario %q (want %v)", s, fleetScenarios)
+		}
+	}
+	for _, r := range reuses {
+		if !slices.Contains(reuseModes, r) {
+			return fmt.Errorf("unknown http-reuse %q (want %v)", r, reuseModes)
 		}
 	}
 	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
@@ -64,28 +69,30 @@ func fleetMain(ctx context.Context, nodes, n int, outDir, prefix, binary string,
 	}()
 	res := FleetResults{Started: time.Now(), Nodes: nodes, N: n,
 		Load: "from the LB netns through HAProxy's frontend: 4 workers GET / with a 20 ms pause, 2 workers GET /slow?ms=800 with a 100 ms pause, 10 s timeout per request",
-		LB:   "HAProxy (Debian 12's package) in its own netns, roundrobin, checks every 2 s, fall 2, rise 2, http-reuse always, retries 0"}
+		LB:   "HAProxy (Debian 12's package) in its own netns, roundrobin, checks every 2 s, fall 2, rise 2, retries 0, http-reuse never (a new connection to the node per request) and always (pooled connections)"}
 	for _, sc := range scenarios {
-		for _, m := range modes {
-			for i := range n {
-				if err := ctx.Err(); err != nil {
-					return err
+		for _, reuse := range reuses {
+			for _, m := range modes {
+				for i := range n {
+					if err := ctx.Err(); err != nil {
+						return err
+					}
+					if err := f.reset(ctx); err != nil {
+						return fmt.Errorf("resetting the fleet before %s/%s/reuse %s #%d: %w", m, sc, reuse, i+1, err)
+					}
+					status("fleet %s / %s / http-reuse %s #%d", m, sc, reuse, i+1)
+					r, err := f.rollout(ctx, m, sc, reuse, i+1)
+					if err != nil {
+						return fmt.Errorf("fleet %s/%s/reuse %s #%d: %w", m, sc, reuse, i+1, err)
+					}
+					status("  errors %d (short %d, long %d), min in rotation %d/%d, rollout %.1fs, failed cycles %q", r.Errors(), r.ShortFailed, r.LongFailed, r.MinInRotation, nodes, r.Rollout, r.Failed)
+					svg := filepath.Join(outDir, rolloutName(r)+".svg")
+					title := fmt.Sprintf("%d nodes behind HAProxy (http-reuse %s), %s, %s (rollout %d): %d client errors", nodes, reuse, m, sc, i+1, r.Errors())
+					if err := sandbox.WriteCapacitySVG(svg, title, r.capacity); err != nil {
+						return err
+					}
+					res.Runs = append(res.Runs, r)
 				}
-				if err := f.reset(ctx); err != nil {
-					return fmt.Errorf("resetting the fleet before %s/%s #%d: %w", m, sc, i+1, err)
-				}
-				status("fleet %s / %s #%d", m, sc, i+1)
-				r, err := f.rollout(ctx, m, sc, i+1)
-				if err != nil {
-					return fmt.Errorf("fleet %s/%s #%d: %w", m, sc, i+1, err)
-				}
-				status("  errors %d (short %d, long %d), min in rotation %d/%d, rollout %.1fs, failed cycles %q", r.Errors(), r.ShortFailed, r.LongFailed, r.MinInRotation, nodes, r.Rollout, r.Failed)
-				svg := filepath.Join(outDir, fmt.Sprintf("fleet_%s_%s_%d.svg", m, sc, i+1))
-				title := fmt.Sprintf("%d nodes behind HAProxy, %s, %s (rollout %d): %d client errors", nodes, m, sc, i+1, r.Errors())
-				if err := sandbox.WriteCapacitySVG(svg, title, r.capacity); err != nil {
-					return err
-				}
-				res.Runs = append(res.Runs, r)
 			}
 		}
 	}
@@ -111,13 +118,13 @@ func renderFleetMarkdown(res FleetResults) string {
 	fmt.Fprintf(&b, "%d sandbox nodes behind %s; load %s. The nodes are patched one at a time as SSM's rate control does (concurrency 1): each node's pre, a %s OS patch, post, the reboot if any, exit; the next node only after exit returned. SSM with an error threshold of 0 stops at the first failed cycle; the bench goes on (as MaxErrors 100%% would), so that every mode is measured on every node, and counts the failed cycles. %d rollout(s) per mode and scenario.\n\n",
 		res.Nodes, res.LB, res.Load, patchTime, res.N)
 	b.WriteString("Modes: `tutorial-fixed` is the tutorial's scripts (its unblock line given the port it lacks); `block-only` is patchagent with HAProxy checking the app; `readiness` points HAProxy's check at patchagent's readiness endpoint (`lb.health_listen`); `haproxy-api` has patchagent drive HAProxy's runtime API (`lb.haproxy`).\n\n")
-	b.WriteString("| scenario | mode | rollouts | client errors per rollout | min nodes in rotation | out of rotation per node, s (median / max) | node cycle, s (median) | rollout, s (median) | failed cycles |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|\n")
-	type key struct{ mode, scenario string }
+	b.WriteString("| scenario | http-reuse | mode | rollouts | client errors per rollout | min nodes in rotation | out of rotation per node, s (median / max) | node cycle, s (median) | rollout, s (median) | failed cycles |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
+	type key struct{ mode, scenario, reuse string }
 	var order []key
 	by := map[key][]FleetRun{}
 	for _, r := range res.Runs {
-		k := key{r.Mode, r.Scenario}
+		k := key{r.Mode, r.Scenario, r.Reuse}
 		if _, ok := by[k]; !ok {
 			order = append(order, k)
 		}
@@ -138,13 +145,13 @@ func renderFleetMarkdown(res FleetResults) string {
 				cycle = append(cycle, nd.Cycle)
 			}
 		}
-		fmt.Fprintf(&b, "| %s | %s | %d | %s | %d of %d | %s / %s | %s | %s | %d |\n", k.scenario, k.mode, len(runs), strings.Join(errs, ", "), minIn, res.Nodes,
+		fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %d of %d | %s / %s | %s | %s | %d |\n", k.scenario, k.reuse, k.mode, len(runs), strings.Join(errs, ", "), minIn, res.Nodes,
 			fmtSec(median(out)), fmtSec(slices.Max(append(out, 0))), fmtSec(median(cycle)), fmtSec(median(rollout)), failed)
 	}
-	b.WriteString("\nClient errors are requests HAProxy answered with anything but 200 (its 503 when the node it picked refused or reset the connection), short and long together. Out of rotation is how long HAProxy's stats (read every 100 ms) had the node not UP; node cycle is its pre's start to its exit's end; rollout is the first pre's start to the last exit's end. Each rollout's capacity timeline is fleet_<mode>_<scenario>_<n>.svg; logs/ holds every phase's output and HAProxy's log.\n")
+	b.WriteString("\nClient errors are requests HAProxy answered with anything but 200 (its 503 when the node it picked refused or reset the connection), short and long together. Out of rotation is how long HAProxy's stats (read every 100 ms) had the node not UP; node cycle is its pre's start to its exit's end; rollout is the first pre's start to the last exit's end. Each rollout's capacity timeline is fleet_<mode>_<scenario>_reuse-<http-reuse>_<n>.svg; logs/ holds every phase's output and HAProxy's log.\n")
 	for _, r := range res.Runs {
 		for _, f := range r.Failed {
-			fmt.Fprintf(&b, "\n- %s/%s #%d failed cycle: %s", r.Mode, r.Scenario, r.Iter, f)
+			fmt.Fprintf(&b, "\n- %s/%s/http-reuse %s #%d failed cycle: %s", r.Mode, r.Scenario, r.Reuse, r.Iter, f)
 		}
 	}
 	b.WriteString("\n")

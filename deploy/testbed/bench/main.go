@@ -37,10 +37,11 @@ func main() {
 	fleet := flag.Int("fleet", 0, "run the fleet bench instead: this many nodes behind a real HAProxy (-n rollouts per mode x scenario)")
 	modes := flag.String("modes", strings.Join(allModes, ","), "fleet modes to run")
 	fleetSc := flag.String("fleet-scenarios", strings.Join(fleetScenarios, ","), "fleet scenarios to run")
+	reuse := flag.String("http-reuse", strings.Join(reuseModes, ","), "HAProxy http-reuse settings the fleet bench runs")
 	flag.Parse()
 	var err error
 	if *fleet > 0 {
-		err = fleetMainErr(*fleet, *n, *out, *prefix, *binary, split(*modes), split(*fleetSc))
+		err = fleetMainErr(*fleet, *n, *out, *prefix, *binary, split(*modes), split(*fleetSc), split(*reuse))
 	} else {
 		err = mainErr(*n, *out, *prefix, *binary, split(*variants), split(*scenarios), !*noCost)
 	}
@@ -81,7 +82,7 @@ func checkRun(n int, binary string) (string, error) {
 	return binary, nil
 }
 
-func fleetMainErr(nodes, n int, outDir, prefix, binary string, modes, scenarios []string) error {
+func fleetMainErr(nodes, n int, outDir, prefix, binary string, modes, scenarios, reuses []string) error {
 	binary, err := checkRun(n, binary)
 	if err != nil {
 		return err
@@ -91,7 +92,7 @@ func fleetMainErr(nodes, n int, outDir, prefix, binary string, modes, scenarios 
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return fleetMain(ctx, nodes, n, outDir, prefix, binary, modes, scenarios)
+	return fleetMain(ctx, nodes, n, outDir, prefix, binary, modes, scenarios, reuses)
 }
 
 func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string, cost bool) error {
