@@ -172,8 +172,8 @@ func (f *fleet) rollout(ctx context.Context, mode, scenario, reuse string, iter 
 
 	start := time.Now()
 	front := "http://127.0.0.1:18080"
-	short := f.lbNet.Load(ctx, front+"/", sandbox.LoadOptions{Workers: 4, Interval: 20 * time.Millisecond, Timeout: 10 * time.Second})
-	long := f.lbNet.Load(ctx, front+"/slow?ms=800", sandbox.LoadOptions{Workers: 2, Interval: 100 * time.Millisecond, Timeout: 10 * time.Second})
+	short := f.lbNet.Load(ctx, front+"/", sandbox.LoadOptions{Every: 20 * time.Millisecond, Timeout: 10 * time.Second})
+	long := f.lbNet.Load(ctx, front+"/slow?ms=800", sandbox.LoadOptions{Every: 100 * time.Millisecond, Timeout: 10 * time.Second})
 	smp := startSampler(ctx, &lb.HAProxy{Socket: sock, Backend: "be"}, start, 100*time.Millisecond)
 	stopped := false
 	stopAll := func() (sandbox.Stats, sandbox.Stats, []sample) {

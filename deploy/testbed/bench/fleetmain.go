@@ -68,7 +68,7 @@ func fleetMain(ctx context.Context, nodes, n int, outDir, prefix, binary string,
 		}
 	}()
 	res := FleetResults{Started: time.Now(), Nodes: nodes, N: n,
-		Load: "from the LB netns through HAProxy's frontend: 4 workers GET / with a 20 ms pause, 2 workers GET /slow?ms=800 with a 100 ms pause, 10 s timeout per request",
+		Load: "from the LB netns through HAProxy's frontend, open-loop (each request on its own, whatever the others do): GET / every 20 ms (50/s) and GET /slow?ms=800 every 100 ms (10/s), 10 s timeout per request",
 		LB:   "HAProxy (Debian 12's package) in its own netns, roundrobin, checks every 2 s, fall 2, rise 2, retries 0, http-reuse never (a new connection to the node per request) and always (pooled connections)"}
 	for _, sc := range scenarios {
 		for _, reuse := range reuses {

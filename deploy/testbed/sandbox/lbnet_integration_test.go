@@ -4,7 +4,9 @@ package sandbox
 
 import (
 	"context"
+	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"testing"
 	"time"
@@ -64,6 +66,23 @@ func TestJoinLB(t *testing.T) {
 			t.Fatalf("node %d saw the LB as %s, want %s", i, got, l.LBAddr(i))
 		}
 		ln.Close()
+	}
+	// The open-loop load from the LB netns: one request every 10 ms, as
+	// many against a port that refuses at once as against a server.
+	var ln net.Listener
+	if err := nodes[0].InServer(func() (err error) { ln, err = net.Listen("tcp4", "0.0.0.0:8081"); return }); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {})}
+	go srv.Serve(ln)
+	defer srv.Close()
+	for _, port := range []int{8081, 8082} {
+		ld := l.Load(t.Context(), fmt.Sprintf("http://%s:%d/", l.NodeAddr(0), port), LoadOptions{Every: 10 * time.Millisecond, Timeout: time.Second})
+		time.Sleep(500 * time.Millisecond)
+		st := ld.Stop()
+		if st.Total < 25 || st.Total > 60 || (port == 8081) != (st.OK == st.Total) || (port == 8082) != (st.Refused == st.Total) {
+			t.Fatalf("port %d: %s: want about 50 requests in 500 ms, all ok on the server, all refused on the closed port", port, st)
+		}
 	}
 	if err := l.Teardown(t.Context()); err != nil {
 		t.Fatal(err)

@@ -26,6 +26,13 @@ type LoadOptions struct {
 	// Timeout bounds one request, dial included (default 10s); a request
 	// that hits it counts as failed.
 	Timeout time.Duration
+	// Every, when set, makes the load open-loop: a request starts every
+	// Every, each on its own, whatever the others do (clients arriving
+	// independently); Workers and Interval are not used. A closed loop
+	// (workers) sends more requests while failures come back fast, so its
+	// error counts grow with how fast the server fails; an open loop's
+	// count is the requests that met the failure.
+	Every time.Duration
 }
 
 // Bucket counts the requests that completed within one BucketWidth.
@@ -96,6 +103,14 @@ func startLoad(ctx context.Context, ns, url string, o LoadOptions, network strin
 		Transport:     l.tr,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}
+	if o.Every > 0 {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			l.arrivals(ctx, client, url, o)
+		}()
+		return l
+	}
 	for range o.Workers {
 		l.wg.Add(1)
 		go func() {
@@ -104,6 +119,27 @@ func startLoad(ctx context.Context, ns, url string, o LoadOptions, network strin
 		}()
 	}
 	return l
+}
+
+// arrivals starts a request every o.Every until ctx ends or Quiesce.
+func (l *Load) arrivals(ctx context.Context, c *http.Client, url string, o LoadOptions) {
+	tick := time.NewTicker(o.Every)
+	defer tick.Stop()
+	for !l.quiet.Load() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			out, err := request(ctx, c, url, o.Timeout)
+			if ctx.Err() == nil {
+				l.record(out, err)
+			}
+		}()
+	}
 }
 
 func (l *Load) worker(ctx context.Context, c *http.Client, url string, o LoadOptions) {
