@@ -1,0 +1,87 @@
+package awslb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials/ec2rolecreds"
+)
+
+// Endpoints points the clients at other endpoints than AWS's: for tests,
+// or for an operator behind VPC endpoints with their own names. Each is a
+// base URL such as "https://vpce-x.elasticloadbalancing.eu-west-1.vpce.amazonaws.com";
+// empty means AWS's (or what the environment or shared config sets).
+type Endpoints struct {
+	IMDS        string // instance metadata service (identity, instance-profile credentials)
+	ELBv2       string // Elastic Load Balancing v2 API (target groups)
+	AutoScaling string // Auto Scaling API (lifecycle, standby)
+}
+
+// LoadAWSConfig builds the SDK configuration for the ELBv2 and Auto
+// Scaling clients of the instance id.
+//
+// The region is the identity's, even if AWS_REGION or the shared config
+// names another: the target groups to leave are those of this instance,
+// which live in its region, and an AWS_REGION left over in the agent's
+// environment must not send the deregistration elsewhere. Only when the
+// identity has no region does the SDK's own chain decide.
+//
+// Credentials come from the SDK's default chain (environment, shared
+// files, web identity, container), and on EC2 in the end from the
+// instance profile through IMDSv2 with a client from NewIMDSClient (so
+// bounded, and without IMDSv1 fallback). They are fetched on first use,
+// not here.
+//
+// endpoints.ELBv2 and endpoints.AutoScaling are served to the clients as
+// configured service endpoints, ahead of the environment's and the shared
+// config's; like those, they are ignored if AWS_ENDPOINT_URL is set
+// without the service's own variable, or if
+// AWS_IGNORE_CONFIGURED_ENDPOINT_URLS is true.
+func LoadAWSConfig(ctx context.Context, id Identity, endpoints Endpoints) (aws.Config, error) {
+	metadata := NewIMDSClient(endpoints.IMDS)
+	opts := []func(*config.LoadOptions) error{
+		config.WithEC2RoleCredentialOptions(func(o *ec2rolecreds.Options) { o.Client = metadata }),
+	}
+	if id.Region != "" {
+		opts = append(opts, config.WithRegion(id.Region))
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return aws.Config{}, fmt.Errorf("AWS SDK configuration for instance %s: %w", id.InstanceID, err)
+	}
+	if cfg.Region == "" {
+		return aws.Config{}, errors.New("AWS SDK configuration: no region: the instance identity has none, " +
+			"and neither AWS_REGION nor the shared config sets one")
+	}
+	if endpoints.ELBv2 != "" || endpoints.AutoScaling != "" {
+		// The SDK asks config sources in order; the first that knows wins.
+		cfg.ConfigSources = append([]any{serviceEndpoints(endpoints)}, cfg.ConfigSources...)
+	}
+	return cfg, nil
+}
+
+// serviceEndpoints answers the SDK's question "which base endpoint for
+// service sdkID?" (the ServiceBaseEndpointProvider of its config sources)
+// from Endpoints.
+type serviceEndpoints Endpoints
+
+// The SDK IDs of the two services, as their clients ask for them
+// (elasticloadbalancingv2.ServiceID, autoscaling.ServiceID).
+const (
+	elbv2SDKID       = "Elastic Load Balancing v2"
+	autoScalingSDKID = "Auto Scaling"
+)
+
+// GetServiceBaseEndpoint returns the endpoint set for sdkID, if any.
+func (e serviceEndpoints) GetServiceBaseEndpoint(_ context.Context, sdkID string) (string, bool, error) {
+	switch {
+	case sdkID == elbv2SDKID && e.ELBv2 != "":
+		return e.ELBv2, true, nil
+	case sdkID == autoScalingSDKID && e.AutoScaling != "":
+		return e.AutoScaling, true, nil
+	}
+	return "", false, nil
+}
