@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,17 @@ type Rotation interface {
 	PutBack(ctx context.Context, deadline time.Duration) (lb.Wait, error)
 	// SetOut changes the signal without waiting (the boot, the break-glass).
 	SetOut(out bool)
+}
+
+// JournaledRotation is a Rotation whose take-out changes what only it can
+// say how to undo (awslb.TargetGroups: the instance's target group
+// registrations, their ports included). pre writes Record's answer into
+// the state file before TakeOut; every put back (exit, the break-glass,
+// a restarted daemon) first hands it back with Restore.
+type JournaledRotation interface {
+	Rotation
+	Record(ctx context.Context) (json.RawMessage, error)
+	Restore(rec json.RawMessage) error
 }
 
 // Firewall is the block the phases install and remove (firewall.Firewall).

@@ -185,10 +185,39 @@ type LBConfig struct {
 	Deadline Duration `yaml:"deadline"`
 	// HAProxy, instead of the readiness endpoint: its runtime API.
 	HAProxy HAProxyConfig `yaml:"haproxy"`
+	// AWS, instead of either: the instance's ELBv2 target groups.
+	AWS AWSConfig `yaml:"aws"`
+}
+
+// AWSConfig takes the instance out of ELBv2 (ALB/NLB) target groups:
+// pre records every registration of the instance in them (the port
+// included) in the state file, deregisters them and waits until each
+// group reports the target draining; exit registers exactly those again
+// and waits until each reports it healthy. The instance is found from
+// IMDSv2; credentials come from the instance profile.
+type AWSConfig struct {
+	// TargetGroups are the target groups' ARNs (default none: not used).
+	TargetGroups []string `yaml:"target_groups"`
+	// Endpoints other than AWS's (VPC endpoints with their own names,
+	// tests), each a base URL (default "": AWS's).
+	Endpoints AWSEndpoints `yaml:"endpoints"`
+}
+
+// AWSEndpoints are base URLs of the instance metadata service and the
+// ELBv2 API.
+type AWSEndpoints struct {
+	IMDS  string `yaml:"imds"`
+	ELBv2 string `yaml:"elbv2"`
 }
 
 // plan is what lb-out (out) or lb-in does, for a dry run.
 func (c LBConfig) plan(out bool) string {
+	if tgs := c.AWS.TargetGroups; len(tgs) > 0 {
+		if out {
+			return fmt.Sprintf("record this instance's registrations in %d target group(s) in the state file, deregister them, wait until each group reports them draining (at most %s)", len(tgs), c.Deadline)
+		}
+		return fmt.Sprintf("register the recorded target group registrations again, wait until each group reports them healthy (at most %s)", c.Deadline)
+	}
 	if h := c.HAProxy; h.Socket != "" {
 		if out {
 			return fmt.Sprintf("set server %s/%s state drain on HAProxy's runtime API %s; wait until HAProxy reports it DRAIN with no session (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
@@ -266,7 +295,8 @@ func DefaultConfig() Config {
 			BootIDFile:      BootIDFile,
 			WatchInterval:   Duration(5 * time.Second),
 		},
-		LB: LBConfig{Path: "/ready", Interval: Duration(10 * time.Second), UnhealthyThreshold: 2, HealthyThreshold: 2, Deadline: Duration(2 * time.Minute)},
+		LB: LBConfig{Path: "/ready", Interval: Duration(10 * time.Second), UnhealthyThreshold: 2, HealthyThreshold: 2, Deadline: Duration(2 * time.Minute),
+			AWS: AWSConfig{TargetGroups: []string{}}},
 	}
 }
 

@@ -74,6 +74,9 @@ steps:
 	}
 }
 
+// tgARN is a well-formed target group ARN.
+const tgARN = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef"
+
 func TestParseConfigRefusesBadInput(t *testing.T) {
 	tests := []struct {
 		name string
@@ -113,6 +116,10 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 		{"state dir in the app dir", "app:\n  name: a\n  dir: /srv/app\ndaemon:\n  state_dir: /srv/app/.patchagent\n", []string{"daemon.state_dir: \"/srv/app/.patchagent\" is inside app.dir \"/srv/app\", which the app user controls"}},
 		{"socket in PM2_HOME", "app:\n  name: a\n  pm2_home: /home/node/.pm2\ndaemon:\n  socket: /home/node/.pm2/pa.sock\n", []string{"daemon.socket: \"/home/node/.pm2/pa.sock\" is inside app.pm2_home"}},
 		{"bad metrics listen", "app: {name: a}\ndaemon:\n  metrics_listen: nowhere\n", []string{"daemon.metrics_listen: \"nowhere\" is not host:port"}},
+		{"aws target group not an ARN", "app: {name: a}\nlb:\n  aws:\n    target_groups: [web]\n", []string{"lb.aws.target_groups[0]: \"web\" is not a target group ARN"}},
+		{"aws target group twice", "app: {name: a}\nlb:\n  aws:\n    target_groups: [" + tgARN + ", " + tgARN + "]\n", []string{"lb.aws.target_groups[1]: \"" + tgARN + "\" is named twice"}},
+		{"aws endpoints without target groups", "app: {name: a}\nlb:\n  aws:\n    endpoints: {elbv2: \"ftp://x\"}\n", []string{"lb.aws.target_groups: empty", "lb.aws.endpoints.elbv2: \"ftp://x\" is not an http(s) base URL"}},
+		{"aws with the readiness endpoint", "app: {name: a}\nlb:\n  health_listen: 0.0.0.0:8742\n  aws:\n    target_groups: [" + tgARN + "]\n", []string{"lb.aws: set with lb.health_listen or lb.haproxy"}},
 		{"every problem at once", "app:\n  nmae: a\ntraffic:\n  ports: [0]\n  action: x\ndrain:\n  idle: 3\n",
 			[]string{"line 1: app.name: required", "line 2: app.nmae: unknown key", "line 4: traffic.ports[0]: 0 is not a TCP port", "line 5: traffic.action", "line 7: drain.idle"}},
 	}

@@ -112,5 +112,16 @@ func (a *Agent) HoldRotation() {
 		return
 	}
 	st, err := a.d.State.Load()
-	a.d.Rotation.SetOut(err != nil || st.Open)
+	a.rotation(st).SetOut(err != nil || st.Open)
+}
+
+// rotation is the load balancer backend, given what st recorded of the
+// take-out if it keeps a record (JournaledRotation).
+func (a *Agent) rotation(st State) Rotation {
+	if j, ok := a.d.Rotation.(JournaledRotation); ok && st.LB != nil {
+		if err := j.Restore(st.LB); err != nil {
+			a.log.Error("the load balancer record in the state file is unreadable: nothing can be put back from it", zap.Error(err))
+		}
+	}
+	return a.d.Rotation
 }

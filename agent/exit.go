@@ -255,7 +255,7 @@ func (a *Agent) lbIn(ctx context.Context, r *phaseRun) error {
 	c := a.cfg.LB
 	err := a.step(r, "lb-in", func() (stepOut, error) {
 		a.progress("lb-in: putting the node back in the load balancer's rotation and waiting until it routes to it (at most %s)", c.Deadline)
-		w, err := a.d.Rotation.PutBack(ctx, c.Deadline.D())
+		w, err := a.rotation(r.st).PutBack(ctx, c.Deadline.D())
 		if err != nil {
 			return stepOut{}, err
 		}
@@ -315,7 +315,7 @@ func (a *Agent) exitFailed(ctx context.Context, r *phaseRun, cause error) error 
 		return stillOut(err)
 	}
 	if a.d.Rotation != nil {
-		a.d.Rotation.SetOut(false) // the endpoint answers as the (unhealthy) app
+		a.rotation(r.st).SetOut(false) // the endpoint answers as the (unhealthy) app
 	}
 	r.rep.warn("exit.on_failure is unblock: the node is back in service although %v", cause)
 	err := nodeLeft("back in service UNHEALTHY (exit.on_failure: unblock)", cause)
@@ -326,7 +326,7 @@ func (a *Agent) exitFailed(ctx context.Context, r *phaseRun, cause error) error 
 // closeCycle records the end of the cycle: the node is in service.
 func (a *Agent) closeCycle(r *phaseRun, status, msg string) {
 	r.st.Open, r.st.Status, r.st.Error = false, status, msg
-	r.st.Block, r.st.Stopped = nil, nil
+	r.st.Block, r.st.Stopped, r.st.LB = nil, nil, nil
 	r.st.ClosedAt = time.Now().UTC()
 	if err := a.save(&r.st, "done"); err != nil {
 		// The node is in service whatever the disk says: the daemon must

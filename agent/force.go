@@ -265,7 +265,7 @@ func (a *Agent) exitForce(ctx context.Context, r *phaseRun, fw firewall.Status) 
 		return stillOut(err)
 	}
 	if a.d.Rotation != nil {
-		a.d.Rotation.SetOut(false) // back in the LB's rotation at its next checks, not waited for
+		a.rotation(r.st).SetOut(false) // back in the LB's rotation at its next checks, not waited for
 	}
 
 	if !open {

@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -149,4 +152,114 @@ func TestRotationFollowsTheCycleOutsideTheWaits(t *testing.T) {
 	if rep := e.agent(t).Exit(context.Background(), forceOpts("lb down")); rep.Result != ResultForced || f.out || len(f.waits) != 1 {
 		t.Fatalf("forced exit: out %v, waits %v\n%s", f.out, f.waits, rep.Text())
 	}
+}
+
+// journaledRotation is an LB backend that keeps a record (the AWS
+// target groups): Record says what TakeOut will remove; PutBack puts
+// back what was last restored or recorded.
+type journaledRotation struct {
+	fakeRotation
+	present   []string // registrations the LB has now
+	recordErr error
+	restored  []string // what PutBack would register
+}
+
+func (j *journaledRotation) Record(ctx context.Context) (json.RawMessage, error) {
+	j.ev.add("lb record")
+	if j.recordErr != nil {
+		return nil, j.recordErr
+	}
+	j.restored = slices.Clone(j.present)
+	return json.Marshal(j.present)
+}
+func (j *journaledRotation) Restore(rec json.RawMessage) error {
+	j.ev.add("lb restore " + string(rec))
+	return json.Unmarshal(rec, &j.restored)
+}
+func (j *journaledRotation) TakeOut(ctx context.Context, d time.Duration) (lb.Wait, error) {
+	j.present = nil
+	return j.fakeRotation.TakeOut(ctx, d)
+}
+func (j *journaledRotation) PutBack(ctx context.Context, d time.Duration) (lb.Wait, error) {
+	j.present = slices.Clone(j.restored)
+	return j.fakeRotation.PutBack(ctx, d)
+}
+
+func withJournaledRotation(e *testEnv) *journaledRotation {
+	j := &journaledRotation{fakeRotation: fakeRotation{ev: e.ev, checker: netip.MustParseAddr("10.0.1.5")}, present: []string{"web i-1:8080", "api i-1:9090"}}
+	e.rotation = j
+	e.cfg.LB.AWS.TargetGroups = []string{"arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef"}
+	return j
+}
+
+// TestPreRecordsWhatTheLBBackendRemovesFirst: the registrations are in
+// the state file before TakeOut removes them; a second pre in the same
+// cycle (the first one killed after the take-out) keeps the first record
+// rather than recording the nothing that is left; exit, from a fresh
+// agent (a reboot), restores that record and puts exactly it back.
+func TestPreRecordsWhatTheLBBackendRemovesFirst(t *testing.T) {
+	e := newTestEnv(t)
+	j := withJournaledRotation(e)
+	j.outErr = lb.ErrNotConfirmed // pre ends after the take-out: a kill there
+	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != ExitFailed {
+		t.Fatal(rep.Text())
+	}
+	if evs := e.ev.all(); !slices.Equal(evs, []string{"lb record", `lb restore ["web i-1:8080","api i-1:9090"]`, "lb out"}) {
+		t.Fatalf("events %q", evs)
+	}
+	st, _ := e.state.Load()
+	if compact(st.LB) != `["web i-1:8080","api i-1:9090"]` || !st.Open {
+		t.Fatalf("state after the take-out: open=%v lb=%s", st.Open, st.LB)
+	}
+	j.outErr = nil
+	e.ev.log = nil
+	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	if slices.Contains(e.ev.all(), "lb record") {
+		t.Fatalf("the second pre recorded again: %q", e.ev.all())
+	}
+	if st, _ := e.state.Load(); compact(st.LB) != `["web i-1:8080","api i-1:9090"]` {
+		t.Fatalf("the second pre changed the record: %s", st.LB)
+	}
+	j.restored = nil // what a restarted daemon knows
+	e.ev.log = nil
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	if !slices.Equal(j.present, []string{"web i-1:8080", "api i-1:9090"}) || !slices.ContainsFunc(e.ev.all(), func(ev string) bool {
+		return strings.HasPrefix(ev, "lb restore ") && compact(json.RawMessage(strings.TrimPrefix(ev, "lb restore "))) == `["web i-1:8080","api i-1:9090"]`
+	}) {
+		t.Fatalf("exit put back %q (events %q)", j.present, e.ev.all())
+	}
+	if st, _ := e.state.Load(); st.LB != nil || st.Open {
+		t.Fatalf("the closed cycle keeps %s", st.LB)
+	}
+}
+
+// TestPreWhoseLBRecordFailsChangesNothing: the backend cannot say what
+// it would remove (no IMDS, the API refuses): pre fails before anything,
+// no cycle opened.
+func TestPreWhoseLBRecordFailsChangesNothing(t *testing.T) {
+	e := newTestEnv(t)
+	j := withJournaledRotation(e)
+	j.recordErr = errors.New("AccessDenied: not allowed")
+	rep := e.agent(t).Pre(context.Background(), RunOptions{})
+	if rep.ExitCode == 0 || !strings.Contains(rep.Verdict(), "nothing was changed: finding what to take out of the load balancer: AccessDenied") {
+		t.Fatal(rep.Text())
+	}
+	if evs := e.ev.all(); !slices.Equal(evs, []string{"lb record"}) {
+		t.Fatalf("acted: %q", evs)
+	}
+	if st, _ := e.state.Load(); st.Open {
+		t.Fatalf("a cycle opened: %+v", st)
+	}
+}
+
+func compact(b json.RawMessage) string {
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		return string(b)
+	}
+	return buf.String()
 }

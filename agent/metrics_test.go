@@ -338,8 +338,8 @@ func TestMetricsLabels(t *testing.T) {
 		t.Fatal(err)
 	}
 	allowed := map[string][]string{
-		"phase":  Phases,
-		"step":   append(slices.Clone(StepNames), "other"),
+		"phase":     Phases,
+		"step":      append(slices.Clone(StepNames), "other"),
 		"result":    {ResultOK, ResultFailed, ResultDryRun, "success", "failure", "confirmed", "no_checker"},
 		"state":     {"busy", "idle"},
 		"direction": {"out", "in"},

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -29,8 +30,13 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 	if err != nil || r.opt.DryRun {
 		return err
 	}
+	lbRecord, err := a.recordRotation(ctx, r)
+	if err != nil {
+		return err
+	}
 	fams := a.d.Firewall.Families()
 	a.begin(r)
+	r.st.LB = lbRecord
 	r.st.Block = &BlockRecord{Chain: firewall.Chain, Ports: ports16(a.cfg.Traffic.Ports), Action: a.cfg.Traffic.Action,
 		Families: fams, BootID: r.boot, Since: time.Now().UTC()}
 	err = a.preSteps(ctx, r, fams, pids)
@@ -64,7 +70,7 @@ func (a *Agent) firstStep() string {
 func (a *Agent) lbOut(ctx context.Context, r *phaseRun) (stepOut, error) {
 	c := a.cfg.LB
 	a.progress("lb-out: taking the node out of the load balancer's rotation and waiting until it has (at most %s)", c.Deadline)
-	w, err := a.d.Rotation.TakeOut(ctx, c.Deadline.D())
+	w, err := a.rotation(r.st).TakeOut(ctx, c.Deadline.D())
 	if err != nil {
 		return stepOut{}, fmt.Errorf("taking the node out of the load balancer's rotation: %w", err)
 	}
@@ -79,6 +85,26 @@ func (a *Agent) lbOut(ctx context.Context, r *phaseRun) (stepOut, error) {
 		return passed(fmt.Sprintf("%s %v told 503 %d time(s) in a row, after %s", w.By, w.Checkers, c.UnhealthyThreshold, w.Took.Round(10*time.Millisecond)))
 	}
 	return passed(fmt.Sprintf("%s, after %s", w.By, w.Took.Round(10*time.Millisecond)))
+}
+
+// recordRotation asks the load balancer backend, if it keeps a record,
+// what its take-out will change (read-only), for the state file: the
+// lb-out step writes it there before changing anything. A pre run again
+// in an open cycle keeps the cycle's record: the node may be out already,
+// and only that record says what to put back.
+func (a *Agent) recordRotation(ctx context.Context, r *phaseRun) (json.RawMessage, error) {
+	j, ok := a.d.Rotation.(JournaledRotation)
+	if !ok {
+		return nil, nil
+	}
+	if r.st.Open && r.st.LB != nil {
+		return r.st.LB, nil
+	}
+	rec, err := j.Record(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("nothing was changed: finding what to take out of the load balancer: %w", err)
+	}
+	return rec, nil
 }
 
 // preCheck is pre's read-only check, so that a bad app name or a dead pm2

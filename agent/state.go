@@ -48,6 +48,9 @@ type State struct {
 	Attempts int `json:"attempts,omitempty"`
 	// Block is what pre set out to install (written before the block).
 	Block *BlockRecord `json:"block,omitempty"`
+	// LB is what the load balancer backend must undo, if it keeps a
+	// record (JournaledRotation: written before the take-out).
+	LB json.RawMessage `json:"lb,omitempty"`
 	// Stopped is the app pre set out to stop (written before pm2 stop).
 	Stopped *StopRecord `json:"stopped,omitempty"`
 	// Post is this cycle's dependency update (written before the snapshot).

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -212,7 +213,37 @@ func (c DaemonConfig) validate(ps *problems, app AppConfig) {
 	ps.positive("daemon.watch_interval", c.WatchInterval)
 }
 
+// targetGroupARN is an ELBv2 target group's ARN.
+var targetGroupARN = regexp.MustCompile(`^arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:[0-9]{12}:targetgroup/[A-Za-z0-9-]{1,32}/[0-9a-f]{16}$`)
+
 func (c LBConfig) validate(ps *problems) {
+	if a := c.AWS; len(a.TargetGroups) > 0 || a.Endpoints != (AWSEndpoints{}) {
+		if c.HealthListen != "" || c.HAProxy != (HAProxyConfig{}) {
+			ps.bad("lb.aws", "set with lb.health_listen or lb.haproxy: choose one way to take the node out of rotation")
+		}
+		if len(a.TargetGroups) == 0 {
+			ps.bad("lb.aws.target_groups", "empty: name the target groups' ARNs")
+		}
+		seen := map[string]bool{}
+		for i, arn := range a.TargetGroups {
+			if !targetGroupARN.MatchString(arn) {
+				ps.bad(fmt.Sprintf("lb.aws.target_groups[%d]", i), "%q is not a target group ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)", arn)
+			} else if seen[arn] {
+				ps.bad(fmt.Sprintf("lb.aws.target_groups[%d]", i), "%q is named twice", arn)
+			}
+			seen[arn] = true
+		}
+		for key, u := range map[string]string{"lb.aws.endpoints.imds": a.Endpoints.IMDS, "lb.aws.endpoints.elbv2": a.Endpoints.ELBv2} {
+			if u == "" {
+				continue
+			}
+			if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+				ps.bad(key, "%q is not an http(s) base URL", u)
+			}
+		}
+		ps.positive("lb.deadline", c.Deadline)
+		return
+	}
 	if h := c.HAProxy; h.Socket != "" || h.Backend != "" || h.Server != "" {
 		if c.HealthListen != "" {
 			ps.bad("lb.haproxy", "set with lb.health_listen: choose one way to take the node out of rotation")

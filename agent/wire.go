@@ -12,6 +12,7 @@ import (
 
 	"github.com/patchagent/patchagent/firewall"
 	"github.com/patchagent/patchagent/firewall/lb"
+	"github.com/patchagent/patchagent/firewall/lb/awslb"
 	"github.com/patchagent/patchagent/healthcheck"
 	"github.com/patchagent/patchagent/hooks"
 )
@@ -46,7 +47,9 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	// Behind a load balancer: the readiness signal the daemon serves, in
 	// service answering as the app's own health check.
 	var rot Rotation
-	if h := cfg.LB.HAProxy; h.Socket != "" {
+	if a := cfg.LB.AWS; len(a.TargetGroups) > 0 {
+		rot = &awslb.TargetGroups{ARNs: a.TargetGroups, Connect: awslb.Connected(awslb.Endpoints{IMDS: a.Endpoints.IMDS, ELBv2: a.Endpoints.ELBv2})}
+	} else if h := cfg.LB.HAProxy; h.Socket != "" {
 		rot = &lb.HAProxy{Socket: h.Socket, Backend: h.Backend, Server: h.Server}
 	} else if cfg.LB.HealthListen != "" {
 		rot = lb.NewReadiness(hc, lb.Options{Interval: cfg.LB.Interval.D(), Unhealthy: cfg.LB.UnhealthyThreshold,

@@ -110,7 +110,7 @@ func restartOnly(old, cfg agent.Config) error {
 	if old.Daemon.WatchInterval != cfg.Daemon.WatchInterval {
 		changed = append(changed, "daemon.watch_interval")
 	}
-	if old.LB != cfg.LB {
+	if !reflect.DeepEqual(old.LB, cfg.LB) {
 		changed = append(changed, "lb")
 	}
 	if len(changed) > 0 {

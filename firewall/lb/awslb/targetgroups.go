@@ -1,0 +1,281 @@
+package awslb
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
+
+	"github.com/patchagent/patchagent/firewall/lb"
+)
+
+// ELBv2 is what TargetGroups asks of the ELBv2 API (the SDK's client).
+type ELBv2 interface {
+	DescribeTargetHealth(context.Context, *elbv2.DescribeTargetHealthInput, ...func(*elbv2.Options)) (*elbv2.DescribeTargetHealthOutput, error)
+	RegisterTargets(context.Context, *elbv2.RegisterTargetsInput, ...func(*elbv2.Options)) (*elbv2.RegisterTargetsOutput, error)
+	DeregisterTargets(context.Context, *elbv2.DeregisterTargetsInput, ...func(*elbv2.Options)) (*elbv2.DeregisterTargetsOutput, error)
+}
+
+// Registration is one registration of this instance in a target group, as
+// deregistration must name it again: a target registered with a port
+// override is only removed by naming that port.
+type Registration struct {
+	TargetGroup string `json:"target_group"`
+	ID          string `json:"id"`
+	Port        int32  `json:"port"`
+}
+
+func (r Registration) String() string {
+	return fmt.Sprintf("%s %s:%d", shortARN(r.TargetGroup), r.ID, r.Port)
+}
+
+// shortARN is a target group's name and id from its ARN, for messages.
+func shortARN(arn string) string {
+	if _, rest, ok := strings.Cut(arn, ":targetgroup/"); ok {
+		return rest
+	}
+	return arn
+}
+
+// TargetGroups takes the instance out of ELBv2 target groups by
+// deregistering every registration it has there, and back in by
+// registering exactly those again. Record says what TakeOut will change,
+// for the state journal, before it changes anything; Restore gives it back
+// to an agent that did not take the node out itself (a later exit, a
+// restarted daemon, the break-glass).
+type TargetGroups struct {
+	// ARNs are the target groups to leave.
+	ARNs []string
+	// Connect returns this instance's id and an API client; it is called
+	// once, when first needed (never at start: the boot must not depend
+	// on IMDS or the API).
+	Connect func(ctx context.Context) (instanceID string, api ELBv2, err error)
+	// Poll is how often target health is read while waiting (default 2s:
+	// DescribeTargetHealth is rate limited per account).
+	Poll time.Duration
+
+	mu       sync.Mutex
+	id       string
+	api      ELBv2
+	recorded []Registration
+	known    bool // recorded was set (by Record or Restore)
+}
+
+// Connected returns a Connect for the instance of IMDS at endpoints.IMDS
+// (IMDSv2) with an ELBv2 client at endpoints.ELBv2 (empty: AWS's).
+func Connected(endpoints Endpoints) func(ctx context.Context) (string, ELBv2, error) {
+	return func(ctx context.Context) (string, ELBv2, error) {
+		id, err := LookupIdentity(ctx, NewIMDSClient(endpoints.IMDS))
+		if err != nil {
+			return "", nil, err
+		}
+		cfg, err := LoadAWSConfig(ctx, id, endpoints)
+		if err != nil {
+			return "", nil, err
+		}
+		return id.InstanceID, elbv2.NewFromConfig(cfg), nil
+	}
+}
+
+func (t *TargetGroups) connect(ctx context.Context) (string, ELBv2, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.api == nil {
+		id, api, err := t.Connect(ctx)
+		if err != nil {
+			return "", nil, err
+		}
+		t.id, t.api = id, api
+	}
+	return t.id, t.api, nil
+}
+
+// Record finds every registration of this instance in the target groups
+// and keeps it for TakeOut and PutBack; it returns it as JSON for the
+// state journal. It changes nothing.
+func (t *TargetGroups) Record(ctx context.Context) (json.RawMessage, error) {
+	id, api, err := t.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var regs []Registration
+	for _, arn := range t.ARNs {
+		out, err := api.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
+		if err != nil {
+			return nil, fmt.Errorf("reading the targets of %s: %w", shortARN(arn), err)
+		}
+		for _, d := range out.TargetHealthDescriptions {
+			if d.Target == nil || aws.ToString(d.Target.Id) != id {
+				continue
+			}
+			if d.TargetHealth != nil && d.TargetHealth.State == types.TargetHealthStateEnumDraining {
+				continue // already leaving: not ours to put back
+			}
+			regs = append(regs, Registration{TargetGroup: arn, ID: id, Port: aws.ToInt32(d.Target.Port)})
+		}
+	}
+	t.mu.Lock()
+	t.recorded, t.known = regs, true
+	t.mu.Unlock()
+	return json.Marshal(regs)
+}
+
+// Restore makes rec (from Record) what PutBack registers again.
+func (t *TargetGroups) Restore(rec json.RawMessage) error {
+	var regs []Registration
+	if err := json.Unmarshal(rec, &regs); err != nil {
+		return fmt.Errorf("the recorded target group registrations: %w", err)
+	}
+	t.mu.Lock()
+	t.recorded, t.known = regs, true
+	t.mu.Unlock()
+	return nil
+}
+
+func (t *TargetGroups) registrations() ([]Registration, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if !t.known {
+		return nil, errors.New("no record of this instance's target group registrations (Record before TakeOut; the state journal before PutBack)")
+	}
+	return slices.Clone(t.recorded), nil
+}
+
+// TakeOut deregisters every recorded registration and waits, up to
+// deadline, until each target group reports it draining (ELB sends it no
+// new request from then on). It does not wait for the draining to end: an
+// idle target shows draining for the whole deregistration delay; the
+// agent's own drain sees the LB's connections end.
+func (t *TargetGroups) TakeOut(ctx context.Context, deadline time.Duration) (lb.Wait, error) {
+	start := time.Now()
+	regs, err := t.registrations()
+	if err != nil {
+		return lb.Wait{}, err
+	}
+	if len(regs) == 0 {
+		return lb.Wait{By: fmt.Sprintf("not registered in any of %d target group(s): nothing to deregister", len(t.ARNs))}, nil
+	}
+	_, api, err := t.connect(ctx)
+	if err != nil {
+		return lb.Wait{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	for _, r := range regs {
+		if _, err := api.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(r.TargetGroup), Targets: target(r)}); err != nil {
+			return lb.Wait{Took: time.Since(start)}, fmt.Errorf("deregistering %s: %w", r, err)
+		}
+	}
+	err = t.wait(ctx, api, regs, deadline, "draining", func(s types.TargetHealthStateEnum) bool {
+		return s == types.TargetHealthStateEnumDraining || s == types.TargetHealthStateEnumUnused
+	})
+	return lb.Wait{By: fmt.Sprintf("%d target group registration(s) draining", len(regs)), Took: time.Since(start)}, err
+}
+
+// PutBack registers every recorded registration again and waits, up to
+// deadline, until each target group reports it healthy (the LB routes to
+// it).
+func (t *TargetGroups) PutBack(ctx context.Context, deadline time.Duration) (lb.Wait, error) {
+	start := time.Now()
+	regs, err := t.registrations()
+	if err != nil {
+		return lb.Wait{}, err
+	}
+	if len(regs) == 0 {
+		return lb.Wait{By: "no target group registration recorded: nothing to register"}, nil
+	}
+	_, api, err := t.connect(ctx)
+	if err != nil {
+		return lb.Wait{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	if err := register(ctx, api, regs); err != nil {
+		return lb.Wait{Took: time.Since(start)}, err
+	}
+	err = t.wait(ctx, api, regs, deadline, "healthy", func(s types.TargetHealthStateEnum) bool { return s == types.TargetHealthStateEnumHealthy })
+	return lb.Wait{By: fmt.Sprintf("%d target group registration(s) healthy", len(regs)), Took: time.Since(start)}, err
+}
+
+func register(ctx context.Context, api ELBv2, regs []Registration) error {
+	for _, r := range regs {
+		if _, err := api.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: aws.String(r.TargetGroup), Targets: target(r)}); err != nil {
+			return fmt.Errorf("registering %s: %w", r, err)
+		}
+	}
+	return nil
+}
+
+// SetOut(false) registers the recorded registrations again without
+// waiting (the break-glass; best effort, 10 s). SetOut(true) does nothing:
+// the boot never deregisters or re-registers, the journal says what pre
+// did.
+func (t *TargetGroups) SetOut(out bool) {
+	if out {
+		return
+	}
+	regs, err := t.registrations()
+	if err != nil || len(regs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, api, err := t.connect(ctx); err == nil {
+		_ = register(ctx, api, regs)
+	}
+}
+
+func target(r Registration) []types.TargetDescription {
+	return []types.TargetDescription{{Id: aws.String(r.ID), Port: aws.Int32(r.Port)}}
+}
+
+// wait polls each registration's health until done says so for all, or
+// the deadline: its error names every one not there, with ELB's reason.
+func (t *TargetGroups) wait(ctx context.Context, api ELBv2, regs []Registration, deadline time.Duration, want string, done func(types.TargetHealthStateEnum) bool) error {
+	poll := t.Poll
+	if poll <= 0 {
+		poll = 2 * time.Second
+	}
+	for {
+		var pending []string
+		for _, r := range regs {
+			out, err := api.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(r.TargetGroup), Targets: target(r)})
+			if err != nil {
+				pending = append(pending, fmt.Sprintf("%s: %v", r, err))
+				continue
+			}
+			if st, why := health(out); !done(st) {
+				pending = append(pending, fmt.Sprintf("%s %s%s", r, st, why))
+			}
+		}
+		if len(pending) == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: not %s within %s: %s", lb.ErrNotConfirmed, want, deadline, strings.Join(pending, "; "))
+		case <-time.After(poll):
+		}
+	}
+}
+
+// health is the state of the one target DescribeTargetHealth was asked
+// about, and ELB's reason for it (" (Reason: description)").
+func health(out *elbv2.DescribeTargetHealthOutput) (types.TargetHealthStateEnum, string) {
+	if len(out.TargetHealthDescriptions) == 0 || out.TargetHealthDescriptions[0].TargetHealth == nil {
+		return types.TargetHealthStateEnumUnused, ""
+	}
+	h := out.TargetHealthDescriptions[0].TargetHealth
+	if h.Reason == "" {
+		return h.State, ""
+	}
+	return h.State, fmt.Sprintf(" (%s: %s)", h.Reason, aws.ToString(h.Description))
+}

@@ -1,0 +1,203 @@
+package awslb
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+
+	"github.com/patchagent/patchagent/deploy/testbed/elbsim"
+	"github.com/patchagent/patchagent/firewall/lb"
+)
+
+const (
+	self  = "i-0aaaaaaaaaaaaaaa1" // this instance
+	other = "i-0bbbbbbbbbbbbbbb2" // the rest of the fleet
+)
+
+// tgEnv is the simulated ELB with two target groups; this instance is
+// registered in both, in "api" on a port override, and the other
+// instance in "web" only.
+type tgEnv struct {
+	sim      *elbsim.Server
+	web, api string // the groups' ARNs
+	app      *httptest.Server
+	port     int32
+	healthy  atomic.Bool
+	client   *elbv2.Client
+}
+
+func newTGEnv(t *testing.T) *tgEnv {
+	t.Helper()
+	e := &tgEnv{}
+	e.healthy.Store(true)
+	e.app = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !e.healthy.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(e.app.Close)
+	e.port = int32(e.app.Listener.Addr().(*net.TCPAddr).Port)
+	group := func(name string, port int32) elbsim.TargetGroup {
+		return elbsim.TargetGroup{Name: name, Port: port, HealthCheckPath: "/health", HealthCheckInterval: 50 * time.Millisecond,
+			HealthCheckTimeout: 40 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2, DeregistrationDelay: 30 * time.Second}
+	}
+	sim, err := elbsim.New(elbsim.Options{
+		TargetGroups: []elbsim.TargetGroup{group("web", e.port), group("api", 1)},
+		Resolve:      elbsim.StaticResolver(map[string]string{self: "127.0.0.1", other: "127.0.0.1"}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.sim = sim
+	srv := httptest.NewServer(sim)
+	t.Cleanup(sim.Close)
+	t.Cleanup(srv.Close)
+	e.web, e.api = sim.TargetGroupARN("web"), sim.TargetGroupARN("api")
+	e.client = elbv2.NewFromConfig(aws.Config{
+		Region:      "us-east-1",
+		Credentials: credentials.NewStaticCredentialsProvider("AKID", "SECRET", ""),
+		Retryer: func() aws.Retryer {
+			return retry.NewStandard(func(o *retry.StandardOptions) { o.Backoff = retry.NewExponentialJitterBackoff(5 * time.Millisecond) })
+		},
+	}, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(srv.URL) })
+	ctx := context.Background()
+	reg := func(arn, id string, port int32) {
+		if _, err := e.client.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: aws.String(arn), Targets: target(Registration{arn, id, port})}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg(e.web, self, e.port)
+	reg(e.api, self, e.port) // the port override: the group's own port is 1
+	reg(e.web, other, e.port)
+	return e
+}
+
+func (e *tgEnv) backend() *TargetGroups {
+	return &TargetGroups{
+		ARNs:    []string{e.web, e.api},
+		Connect: func(context.Context) (string, ELBv2, error) { return self, e.client, nil },
+		Poll:    20 * time.Millisecond,
+	}
+}
+
+// state is the target's state in arn as the simulated ELB says.
+func (e *tgEnv) state(t *testing.T, arn, id string, port int32) string {
+	t.Helper()
+	out, err := e.client.DescribeTargetHealth(context.Background(), &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn), Targets: target(Registration{arn, id, port})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := health(out)
+	return string(st)
+}
+
+// TestTargetGroupsOutAndBack: Record finds both of this instance's
+// registrations (the port override included) and not the other
+// instance's; TakeOut deregisters exactly those and returns once both
+// groups say draining; PutBack, from a Restore of the journal into a fresh
+// backend (exit after a reboot), registers the same id and port and
+// returns once both say healthy.
+func TestTargetGroupsOutAndBack(t *testing.T) {
+	e := newTGEnv(t)
+	ctx := context.Background()
+	b := e.backend()
+	if _, err := b.TakeOut(ctx, time.Second); err == nil {
+		t.Fatal("TakeOut before Record: no error")
+	}
+	rec, err := b.Record(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var regs []Registration
+	if err := json.Unmarshal(rec, &regs); err != nil || len(regs) != 2 || regs[0] != (Registration{e.web, self, e.port}) || regs[1] != (Registration{e.api, self, e.port}) {
+		t.Fatalf("recorded %s (%v)", rec, err)
+	}
+	w, err := b.TakeOut(ctx, 10*time.Second)
+	if err != nil || w.By != "2 target group registration(s) draining" {
+		t.Fatalf("take out: %+v %v", w, err)
+	}
+	for _, arn := range []string{e.web, e.api} {
+		if st := e.state(t, arn, self, e.port); st != "draining" {
+			t.Fatalf("%s: %s after TakeOut", shortARN(arn), st)
+		}
+	}
+	if st := e.state(t, e.web, other, e.port); st == "draining" || st == "unused" {
+		t.Fatalf("the other instance: %s", st)
+	}
+	// exit, from the journal.
+	back := e.backend()
+	if err := back.Restore(rec); err != nil {
+		t.Fatal(err)
+	}
+	w, err = back.PutBack(ctx, 10*time.Second)
+	if err != nil || w.By != "2 target group registration(s) healthy" {
+		t.Fatalf("put back: %+v %v", w, err)
+	}
+	for _, arn := range []string{e.web, e.api} {
+		if st := e.state(t, arn, self, e.port); st != "healthy" {
+			t.Fatalf("%s: %s after PutBack", shortARN(arn), st)
+		}
+	}
+}
+
+// TestTargetGroupsPutBackNamesWhyNotHealthy: an app that fails ELB's
+// checks: PutBack gives up at its deadline naming each registration and
+// ELB's reason.
+func TestTargetGroupsPutBackNamesWhyNotHealthy(t *testing.T) {
+	e := newTGEnv(t)
+	ctx := context.Background()
+	b := e.backend()
+	if _, err := b.Record(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.TakeOut(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	e.healthy.Store(false)
+	start := time.Now()
+	_, err := b.PutBack(ctx, 600*time.Millisecond)
+	if !errors.Is(err, lb.ErrNotConfirmed) || !strings.Contains(err.Error(), "web/") || !strings.Contains(err.Error(), "Target.ResponseCodeMismatch") || time.Since(start) > 5*time.Second {
+		t.Fatalf("an unhealthy app: %v after %s", err, time.Since(start))
+	}
+}
+
+// TestTargetGroupsAPIErrors: throttling is retried by the SDK; AccessDenied
+// and an unknown target group fail Record and TakeOut with the API's words
+// and the group named.
+func TestTargetGroupsAPIErrors(t *testing.T) {
+	e := newTGEnv(t)
+	ctx := context.Background()
+	b := e.backend()
+	if err := e.sim.FailNext("DescribeTargetHealth", 2, elbsim.Throttling); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Record(ctx); err != nil {
+		t.Fatalf("throttled twice: %v", err)
+	}
+	if err := e.sim.FailNext("DeregisterTargets", 1, elbsim.AccessDenied); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.TakeOut(ctx, 5*time.Second); err == nil || !strings.Contains(err.Error(), "deregistering web/") || !strings.Contains(err.Error(), "AccessDenied") {
+		t.Fatalf("access denied: %v", err)
+	}
+	gone := &TargetGroups{ARNs: []string{strings.Replace(e.web, "/web/", "/gone/", 1)}, Connect: b.Connect}
+	if _, err := gone.Record(ctx); err == nil || !strings.Contains(err.Error(), "reading the targets of gone/") || !strings.Contains(err.Error(), "TargetGroupNotFound") {
+		t.Fatalf("an unknown group: %v", err)
+	}
+	failing := &TargetGroups{ARNs: []string{e.web}, Connect: func(context.Context) (string, ELBv2, error) { return "", nil, errors.New("no IMDS here") }}
+	if _, err := failing.Record(ctx); err == nil || !strings.Contains(err.Error(), "no IMDS here") {
+		t.Fatalf("no identity: %v", err)
+	}
+}
