@@ -34,28 +34,6 @@ var (
 	reuseModes = []string{"never", "always"}
 )
 
-// fleetHAProxyConfig is the LB of the fleet: checks every 2 s, fall 2,
-// rise 2 and no retries, as issue 15's harness measured (a request HAProxy
-// sends to a node that refuses it is a client error). %s: http-reuse, the
-// check's path, then the server lines.
-const fleetHAProxyConfig = `global
-	stats socket {{socket}} mode 600 level admin
-defaults
-	mode http
-	timeout connect 2s
-	timeout client 30s
-	timeout server 30s
-	retries 0
-frontend fe
-	bind 127.0.0.1:18080
-	default_backend be
-backend be
-	balance roundrobin
-	http-reuse %s
-	option httpchk GET %s
-	http-check expect status 200
-%s`
-
 // readinessPort is where the readiness mode's endpoint listens.
 const readinessPort = 8742
 
@@ -135,12 +113,12 @@ func (f *fleet) rollout(ctx context.Context, mode, scenario, reuse string, iter 
 	defer os.RemoveAll(dir)
 	sock := filepath.Join(dir, "haproxy.sock")
 
-	var servers strings.Builder
+	var servers []string
 	checkPath := ""
 	for i, b := range f.nodes {
 		path, opts, lbSection := fleetLB(mode, sock, i)
 		checkPath = path
-		fmt.Fprintf(&servers, "\tserver %s %s:%d check%s inter 2s fall 2 rise 2\n", nodeName(i), f.lbNet.NodeAddr(i), b.n.Opts.Port, opts)
+		servers = append(servers, fmt.Sprintf("%s %s:%d check%s inter 2s fall 2 rise 2", nodeName(i), f.lbNet.NodeAddr(i), b.n.Opts.Port, opts))
 		if mode == mTutorial {
 			continue
 		}
@@ -157,7 +135,9 @@ func (f *fleet) rollout(ctx context.Context, mode, scenario, reuse string, iter 
 			b.daemon = nil
 		}
 	}()
-	h, err := sandbox.StartHAProxy(f.lbNet.NS, dir, fmt.Sprintf(fleetHAProxyConfig, reuse, checkPath, servers.String()))
+	// The LB of the fleet: checks every 2 s, fall 2, rise 2 and no
+	// retries, as issue 15's harness measured.
+	h, err := sandbox.StartHAProxy(f.lbNet.NS, dir, sandbox.HTTPConfig(18080, reuse, checkPath, servers))
 	if err != nil {
 		return r, err
 	}

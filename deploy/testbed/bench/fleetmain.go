@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -96,19 +95,7 @@ func fleetMain(ctx context.Context, nodes, n int, outDir, prefix, binary string,
 			}
 		}
 	}
-	md := renderFleetMarkdown(res)
-	js, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(outDir, "fleet.md"), []byte(md), 0o644); err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(outDir, "fleet.json"), append(js, '\n'), 0o644); err != nil {
-		return err
-	}
-	fmt.Print(md)
-	return nil
+	return writeResults(outDir, "fleet", renderFleetMarkdown(res), res)
 }
 
 // renderFleetMarkdown is the report: one row per mode x scenario.

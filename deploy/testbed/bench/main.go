@@ -191,15 +191,20 @@ func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string,
 		}
 		res.Cost = &c
 	}
-	md := renderMarkdown(res)
+	return writeResults(outDir, "results", renderMarkdown(res), res)
+}
+
+// writeResults writes a bench's report md as name.md and res as name.json
+// into outDir, and prints the report.
+func writeResults(outDir, name, md string, res any) error {
 	js, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(outDir, "results.md"), []byte(md), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(outDir, name+".md"), []byte(md), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(outDir, "results.json"), append(js, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(outDir, name+".json"), append(js, '\n'), 0o644); err != nil {
 		return err
 	}
 	fmt.Print(md)

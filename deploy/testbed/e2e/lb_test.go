@@ -27,27 +27,14 @@ import (
 // on a connection of its own (http-reuse never), so that the window
 // between the block and HAProxy's own verdict shows every time (with
 // reuse always the block-only errors ranged 1 to 33 here, the readiness
-// endpoint's stayed 0 in 5 runs).
-// check is the node server's check options.
-const haproxyConfig = `global
-	stats socket {{socket}} mode 600 level admin
-defaults
-	mode http
-	timeout connect 2s
-	timeout client 30s
-	timeout server 30s
-	retries 0
-frontend fe
-	bind 127.0.0.1:18080
-	default_backend be
-backend be
-	balance roundrobin
-	http-reuse never
-	option httpchk GET %s
-	http-check expect status 200
-	server node %s:443 check %s inter 2s fall 2 rise 2
-	server other 127.0.0.1:18081 check inter 2s fall 2 rise 2
-`
+// endpoint's stayed 0 in 5 runs). check is the node server's check
+// options.
+func haproxyConfig(n *sandbox.Node, checkPath, check string) string {
+	return sandbox.HTTPConfig(18080, "never", checkPath, []string{
+		fmt.Sprintf("node %s:443 check %s inter 2s fall 2 rise 2", n.ServerV4, check),
+		"other 127.0.0.1:18081 check inter 2s fall 2 rise 2",
+	})
+}
 
 // TestPatchBehindHAProxy: issue 15 with a real HAProxy in the client
 // namespace in front of the node's app and a second server, under a steady
@@ -72,7 +59,7 @@ func TestPatchBehindHAProxy(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.RemoveAll(dir)
-		h, err := sandbox.StartHAProxy(n.ClientNS, dir, fmt.Sprintf(haproxyConfig, checkPath, n.ServerV4, check))
+		h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, checkPath, check))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -126,6 +113,19 @@ func TestPatchBehindHAProxy(t *testing.T) {
 		if !strings.Contains(firstLine(pre.stdout), "out of LB rotation (1 checker(s))") || !strings.Contains(firstLine(exit.stdout), "back in LB rotation (1 checker(s))") {
 			t.Fatalf("pre %q, exit %q", firstLine(pre.stdout), firstLine(exit.stdout))
 		}
+		// The daemon's metrics say what the LB did and was told.
+		body := scrape(t, n, "http://127.0.0.1:18755/metrics")
+		for _, want := range []string{
+			"\npatchagent_lb_waits_total{direction=\"out\",result=\"confirmed\"} 1\n",
+			"\npatchagent_lb_waits_total{direction=\"in\",result=\"confirmed\"} 1\n",
+		} {
+			if !strings.Contains(body, want) {
+				t.Errorf("no %q in the daemon's metrics", strings.TrimSpace(want))
+			}
+		}
+		if m := regexp.MustCompile(`\npatchagent_lb_checks_total\{answer="unavailable"\} (\d+)\n`).FindStringSubmatch(body); m == nil || m[1] == "0" || m[1] == "1" {
+			t.Errorf("the endpoint answered 503 fewer than twice (HAProxy's fall 2): %v", m)
+		}
 	})
 	t.Run("HAProxy runtime API", func(t *testing.T) {
 		lb := "lb:\n  deadline: 30s\n  haproxy:\n    socket: {{socket}}\n    backend: be\n    server: node\n"
@@ -153,7 +153,7 @@ func TestHAProxyRuntimeAPIErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	h, err := sandbox.StartHAProxy(n.ClientNS, dir, fmt.Sprintf(haproxyConfig, "/health-check", n.ServerV4, ""))
+	h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, "/health-check", ""))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,36 @@ import (
 	"github.com/patchagent/patchagent/firewall/lb"
 )
 
+// HTTPConfig is a configuration for StartHAProxy: an HTTP frontend on
+// 127.0.0.1:port balancing roundrobin over servers (each the rest of a
+// "server" line: name, address, check options), HTTP checks GET
+// checkPath expecting 200, http-reuse reuse, and no retries: a request
+// HAProxy sends to a server that refuses it is a client error.
+func HTTPConfig(port int, reuse, checkPath string, servers []string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `global
+	stats socket {{socket}} mode 600 level admin
+defaults
+	mode http
+	timeout connect 2s
+	timeout client 30s
+	timeout server 30s
+	retries 0
+frontend fe
+	bind 127.0.0.1:%d
+	default_backend be
+backend be
+	balance roundrobin
+	http-reuse %s
+	option httpchk GET %s
+	http-check expect status 200
+`, port, reuse, checkPath)
+	for _, s := range servers {
+		fmt.Fprintf(&b, "\tserver %s\n", s)
+	}
+	return b.String()
+}
+
 // HAProxy is a real HAProxy (Debian's package) run in the foreground in a
 // network namespace, with an admin stats socket for its runtime API.
 type HAProxy struct {
