@@ -50,6 +50,8 @@ func bootReblock(ctx context.Context, fw Firewall, store *StateStore) (string, b
 		return "nothing to do: no patch cycle open", false, nil
 	case kernel.Blocked():
 		return fmt.Sprintf("block in place: cycle %s is open", st.CycleID), false, nil
+	case !st.Blocks():
+		return fmt.Sprintf("nothing to do: cycle %s is open but its pre stopped before the block", st.CycleID), false, nil
 	}
 	if err := fw.Block(ctx); err != nil {
 		return "", false, fmt.Errorf("re-applying the block of cycle %s: %w", st.CycleID, err)

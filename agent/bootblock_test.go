@@ -22,8 +22,9 @@ func TestBootReblock(t *testing.T) {
 	}{
 		{name: "no state file", want: "no patch cycle open"},
 		{name: "no cycle open", state: `{"version":1,"open":false}`, want: "no patch cycle open"},
-		{name: "open, rules gone (a reboot)", state: `{"version":1,"open":true,"cycle_id":"c1"}`, wantBlock: true, want: "block re-applied: cycle c1 is open"},
-		{name: "open, block in place", state: `{"version":1,"open":true,"cycle_id":"c1"}`, blocked: true, want: "block in place"},
+		{name: "open, rules gone (a reboot)", state: `{"version":1,"open":true,"cycle_id":"c1","block":{"chain":"PATCHAGENT-BLOCK"}}`, wantBlock: true, want: "block re-applied: cycle c1 is open"},
+		{name: "open, block in place", state: `{"version":1,"open":true,"cycle_id":"c1","block":{"chain":"PATCHAGENT-BLOCK"}}`, blocked: true, want: "block in place"},
+		{name: "open, pre stopped before the block (at lb-out)", state: `{"version":1,"open":true,"cycle_id":"c1","step":"lb-out"}`, want: "cycle c1 is open but its pre stopped before the block"},
 		{name: "corrupt, our chain present", state: `{"version":1,"open":tr`, blocked: true, want: "block of ours kept: state file unreadable"},
 		{name: "newer version, our chain present", state: `{"version":99,"open":false}`, blocked: true, want: "block of ours kept: state file unreadable"},
 		{name: "corrupt, nothing of ours", state: `{"open":`, wantErr: true, want: "whether a cycle is open is unknown"},

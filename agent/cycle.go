@@ -84,7 +84,7 @@ func (a *Agent) Reassert(ctx context.Context) (bool, error) {
 	}
 	defer release()
 	st, err := a.d.State.Load()
-	if err != nil || !st.Open {
+	if err != nil || !st.Blocks() {
 		return false, err
 	}
 	fw, err := a.d.Firewall.Status(ctx)

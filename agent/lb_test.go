@@ -93,8 +93,17 @@ func TestPreStopsWhenTheLBDoesNotConfirm(t *testing.T) {
 		t.Fatalf("acted past the LB: %q", evs)
 	}
 	st, _ := e.state.Load()
-	if !st.Open || st.Step != "lb-out" {
+	if !st.Open || st.Step != "lb-out" || st.Blocks() {
 		t.Fatalf("state %+v", st)
+	}
+	// Neither the daemon's watch nor the boot blocks what pre did not
+	// (the LB's checks of the app would fail, and it would never come back).
+	a := e.agent(t)
+	if re, err := a.Reassert(context.Background()); re || err != nil || e.fw.blocked {
+		t.Fatalf("the watch re-blocked a node pre left unblocked: %v %v", re, err)
+	}
+	if rep := a.Reconcile(context.Background(), RunOptions{}); rep.ExitCode != 0 || e.fw.blocked || !strings.Contains(rep.Verdict(), "not blocked: the cycle's pre stopped before the block") {
+		t.Fatalf("reconcile: %s", rep.Text())
 	}
 	f.outErr = nil
 	e.ev.log = nil

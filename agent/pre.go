@@ -37,8 +37,6 @@ func (a *Agent) pre(ctx context.Context, r *phaseRun) error {
 	fams := a.d.Firewall.Families()
 	a.begin(r)
 	r.st.LB = lbRecord
-	r.st.Block = &BlockRecord{Chain: firewall.Chain, Ports: ports16(a.cfg.Traffic.Ports), Action: a.cfg.Traffic.Action,
-		Families: fams, BootID: r.boot, Since: time.Now().UTC()}
 	err = a.preSteps(ctx, r, fams, pids)
 	switch {
 	case err == nil:
@@ -166,6 +164,13 @@ func (a *Agent) preSteps(ctx context.Context, r *phaseRun, fams []firewall.Famil
 		}
 	}
 	var blockedAt time.Time
+	// The block's intent, saved by its step: from here on the cycle is
+	// one whose block the boot and the daemon's watch put back. A pre that
+	// stopped at lb-out left the node unblocked, and so it stays.
+	if st.Block == nil {
+		st.Block = &BlockRecord{Chain: firewall.Chain, Ports: ports16(a.cfg.Traffic.Ports), Action: a.cfg.Traffic.Action,
+			Families: fams, BootID: r.boot, Since: time.Now().UTC()}
+	}
 	err := a.step(r, "block", func() (stepOut, error) {
 		a.progress("block: refusing new connections to %s/tcp from outside loopback (%s, %s)", portList(a.cfg.Traffic.Ports), famShort(fams), a.cfg.Traffic.Action)
 		if err := a.d.Firewall.Block(ctx); err != nil {

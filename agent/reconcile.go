@@ -37,6 +37,10 @@ func (a *Agent) reconcile(ctx context.Context, r *phaseRun) error {
 	if !r.opt.DryRun {
 		a.HoldRotation() // an open cycle keeps the node out of the LB's rotation too
 	}
+	if !r.st.Blocks() {
+		rep.Summary = append(rep.Summary, "not blocked: the cycle's pre stopped before the block (out of the load balancer's rotation only)")
+		return nil
+	}
 	if fw.Blocked() && !r.opt.BootReblocked {
 		rep.Summary = append(rep.Summary, "block in place")
 		return nil

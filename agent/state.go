@@ -73,6 +73,12 @@ type State struct {
 	ClosedAt time.Time `json:"closed_at,omitzero"`
 }
 
+// Blocks reports whether the open cycle is one whose block the boot and
+// the daemon's watch keep in place: pre got as far as recording the
+// block's intent (a pre that stopped at lb-out, before it, left the node
+// unblocked).
+func (s State) Blocks() bool { return s.Open && s.Block != nil }
+
 // PhaseResult is how a phase run ended.
 type PhaseResult struct {
 	Result  string    `json:"result"`

@@ -296,3 +296,69 @@ func TestReadinessHeldOutAcrossADaemonRestart(t *testing.T) {
 		t.Fatalf("after exit: /ready %d", got)
 	}
 }
+
+// TestFailedPreBehindHAProxyIsPutBackByExit: pre told the real HAProxy to
+// drain the node, then failed (a long request still holds a session to
+// it past lb.deadline): nothing is blocked, HAProxy keeps the node
+// drained (out of rotation), the request in flight completes, and exit
+// puts the node back: HAProxy reports it UP again.
+func TestFailedPreBehindHAProxyIsPutBackByExit(t *testing.T) {
+	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
+		t.Skip("haproxy is not installed (make setup installs it)")
+	}
+	n := setupNode(t, "pa-e2lf", nil)
+	other := startOtherServer(t, n)
+	defer other.Close()
+	dir, err := os.MkdirTemp("", "pa-hap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, "/health-check", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Stop()
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18758\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\nhealth:\n  interval: 100ms\n"+
+		"lb:\n  deadline: 2s\n  haproxy:\n    socket: "+h.Socket+"\n    backend: be\n    server: node\n")
+	startDaemon(t, n, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, s := range []string{"node", "other"} {
+		if err := h.WaitStatus(ctx, "be", s, "UP"); err != nil {
+			t.Fatalf("%v\n%s", err, h.Log())
+		}
+	}
+	// Two long requests: roundrobin sends one to the node.
+	c := n.Client(false)
+	long := make(chan int, 2)
+	for range 2 {
+		go func() {
+			code, _ := get(ctx, c, "http://127.0.0.1:18080/slow?ms=6000")
+			long <- code
+		}()
+	}
+	time.Sleep(500 * time.Millisecond)
+	pre := patchagent(t, n, "pre", "--config", cfg)
+	if pre.code == 0 || !strings.Contains(pre.stdout+pre.stderr, "stays out of the load balancer's rotation, not blocked") {
+		t.Fatalf("pre: %d\n%s\n%s", pre.code, pre.stdout, pre.stderr)
+	}
+	if st, err := h.Status("be", "node"); err != nil || st != "DRAIN" {
+		t.Fatalf("after the failed pre HAProxy has the node %q (%v), want DRAIN", st, err)
+	}
+	if rules := iptablesS(t, n); strings.Contains(rules, "PATCHAGENT") {
+		t.Fatalf("the failed pre blocked:\n%s", rules)
+	}
+	for range 2 {
+		if code := <-long; code != 200 {
+			t.Fatalf("a long request in flight: %d", code)
+		}
+	}
+	exit := patchagent(t, n, "exit", "--config", cfg)
+	if exit.code != 0 || !strings.Contains(firstLine(exit.stdout), "back in LB rotation (HAProxy be/node UP") {
+		t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+	}
+	if st, err := h.Status("be", "node"); err != nil || st != "UP" {
+		t.Fatalf("after exit HAProxy has the node %q (%v)", st, err)
+	}
+}
