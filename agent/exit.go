@@ -259,6 +259,11 @@ func (a *Agent) lbIn(ctx context.Context, r *phaseRun) error {
 		if err != nil {
 			return stepOut{}, err
 		}
+		if w.NotIn {
+			r.rep.warn("the node was in no load balancer rotation when pre ran (%s): nothing was put back", w.By)
+			r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("in no LB rotation (%s)", w.By))
+			return stepOut{result: "warn", detail: lbNotIn}, nil
+		}
 		if w.NoChecker {
 			r.rep.warn("no load balancer checker reached the readiness endpoint in %s: nothing confirms the LB routes to the node again", 2*c.Interval.D())
 			return stepOut{result: "warn", detail: "no checker seen"}, nil

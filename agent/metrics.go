@@ -166,7 +166,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		}),
 		LBWaits: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "patchagent_lb_waits_total",
-			Help: "Waits for the load balancer (lb section): pre's lb-out (direction out) and exit's lb-in (in), by result: confirmed, no_checker (no LB checker reached the readiness endpoint: nothing confirmed it, drain.min_wait was the only wait) or failed (not confirmed within lb.deadline, or the LB's API refused).",
+			Help: "Waits for the load balancer (lb section): pre's lb-out (direction out) and exit's lb-in (in), by result: confirmed, no_checker (no LB checker reached the readiness endpoint: nothing confirmed it, drain.min_wait was the only wait), not_in_rotation (the instance was in none of lb.aws.target_groups: nothing to change) or failed (not confirmed within lb.deadline, or the LB's API refused).",
 		}, []string{"direction", "result"}),
 	}
 	for _, p := range Phases { // counters exist from the start: rate() sees the first failure
@@ -309,13 +309,18 @@ func (m *Metrics) ObservePhase(rep *Report, st State, now time.Time) {
 // lbDirections are the steps that wait for the load balancer.
 var lbDirections = map[string]string{"lb-out": "out", "lb-in": "in"}
 
-// lbWaitResult is how an lb step's wait ended: lbOut reports a wait no
-// checker confirmed as a warning.
+// lbNotIn is the detail of an lb step that found the node in no rotation.
+const lbNotIn = "not in any rotation"
+
+// lbWaitResult is how an lb step's wait ended: lbOut and lbIn report as
+// warnings a wait no checker confirmed and a node in no rotation.
 func lbWaitResult(s StepReport) string {
-	switch s.Result {
-	case ResultOK:
+	switch {
+	case s.Result == ResultOK:
 		return "confirmed"
-	case "warn":
+	case s.Result == "warn" && s.Detail == lbNotIn:
+		return "not_in_rotation"
+	case s.Result == "warn":
 		return "no_checker"
 	}
 	return "failed"

@@ -340,7 +340,7 @@ func TestMetricsLabels(t *testing.T) {
 	allowed := map[string][]string{
 		"phase":     Phases,
 		"step":      append(slices.Clone(StepNames), "other"),
-		"result":    {ResultOK, ResultFailed, ResultDryRun, "success", "failure", "confirmed", "no_checker"},
+		"result":    {ResultOK, ResultFailed, ResultDryRun, "success", "failure", "confirmed", "no_checker", "not_in_rotation"},
 		"state":     {"busy", "idle"},
 		"direction": {"out", "in"},
 		"answer":    {"ready", "unavailable"},
@@ -601,11 +601,13 @@ func TestMetricsLBWaits(t *testing.T) {
 	m.ObservePhase(&Report{Phase: "pre", Result: ResultOK, Steps: []StepReport{{Name: "check", Result: ResultOK}, {Name: "lb-out", Result: ResultOK}}}, openState(t0), t0)
 	m.ObservePhase(&Report{Phase: "pre", Result: ResultOK, Steps: []StepReport{{Name: "lb-out", Result: "warn"}}}, openState(t0), t0)
 	m.ObservePhase(&Report{Phase: "exit", Result: ResultFailed, Steps: []StepReport{{Name: "unblock", Result: ResultOK}, {Name: "lb-in", Result: ResultFailed}}}, openState(t0), t1)
+	m.ObservePhase(&Report{Phase: "pre", Result: ResultOK, Steps: []StepReport{{Name: "lb-out", Result: "warn", Detail: lbNotIn}}}, openState(t0), t1)
 	m.ObservePhase(&Report{Phase: "exit", Result: ResultDryRun, Plan: []string{"lb-in: ..."}}, openState(t0), t1)
 	compare(t, reg, map[string]string{"patchagent_lb_waits_total": `
 patchagent_lb_waits_total{direction="in",result="failed"} 1
 patchagent_lb_waits_total{direction="out",result="confirmed"} 1
 patchagent_lb_waits_total{direction="out",result="no_checker"} 1
+patchagent_lb_waits_total{direction="out",result="not_in_rotation"} 1
 `})
 }
 

@@ -72,6 +72,13 @@ func (a *Agent) lbOut(ctx context.Context, r *phaseRun) (stepOut, error) {
 	if err != nil {
 		return stepOut{}, fmt.Errorf("taking the node out of the load balancer's rotation: %w", err)
 	}
+	if w.NotIn {
+		msg := fmt.Sprintf("the node is in no load balancer rotation to take it out of (%s): nothing was taken out", w.By)
+		r.rep.warn("%s", msg)
+		r.st.Warnings = append(r.st.Warnings, msg)
+		r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("in no LB rotation (%s)", w.By))
+		return stepOut{result: "warn", detail: lbNotIn}, nil
+	}
 	if w.NoChecker {
 		msg := fmt.Sprintf("no load balancer checker reached the readiness endpoint in %s (two lb.interval): nothing confirms the LB took the node out; drain.min_wait %s is the only wait before the block counts", 2*c.Interval.D(), a.cfg.Drain.MinWait)
 		r.rep.warn("%s", msg)

@@ -221,7 +221,11 @@ type Wait struct {
 	// NoChecker: no checker was seen within two intervals; nothing says
 	// what the LB does (the caller falls back on a fixed wait).
 	NoChecker bool
-	Took      time.Duration
+	// NotIn: the node was in no rotation of the LB's to take it out of
+	// (an AWS instance registered in none of the target groups), or to
+	// put it back in: nothing was changed.
+	NotIn bool
+	Took  time.Duration
 }
 
 // ErrNotConfirmed means the deadline passed before every checker had its

@@ -161,7 +161,7 @@ func (t *TargetGroups) TakeOut(ctx context.Context, deadline time.Duration) (lb.
 		return lb.Wait{}, err
 	}
 	if len(regs) == 0 {
-		return lb.Wait{By: fmt.Sprintf("not registered in any of %d target group(s): nothing to deregister", len(t.ARNs))}, nil
+		return lb.Wait{NotIn: true, By: fmt.Sprintf("not registered in any of %d target group(s): nothing to deregister", len(t.ARNs))}, nil
 	}
 	_, api, err := t.connect(ctx)
 	if err != nil {
@@ -190,7 +190,7 @@ func (t *TargetGroups) PutBack(ctx context.Context, deadline time.Duration) (lb.
 		return lb.Wait{}, err
 	}
 	if len(regs) == 0 {
-		return lb.Wait{By: "no target group registration recorded: nothing to register"}, nil
+		return lb.Wait{NotIn: true, By: "no target group registration recorded: nothing to register"}, nil
 	}
 	_, api, err := t.connect(ctx)
 	if err != nil {
