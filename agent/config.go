@@ -198,6 +198,11 @@ type LBConfig struct {
 type AWSConfig struct {
 	// TargetGroups are the target groups' ARNs (default none: not used).
 	TargetGroups []string `yaml:"target_groups"`
+	// MinHealthy is the capacity gate: pre refuses (nothing changed) when
+	// taking this instance out would leave a group fewer healthy targets
+	// than this, a count or a percent of its registered targets ("50%")
+	// (default "1": never the last healthy one; "0": no gate).
+	MinHealthy string `yaml:"min_healthy"`
 	// Endpoints other than AWS's (VPC endpoints with their own names,
 	// tests), each a base URL (default "": AWS's).
 	Endpoints AWSEndpoints `yaml:"endpoints"`
@@ -296,7 +301,7 @@ func DefaultConfig() Config {
 			WatchInterval:   Duration(5 * time.Second),
 		},
 		LB: LBConfig{Path: "/ready", Interval: Duration(10 * time.Second), UnhealthyThreshold: 2, HealthyThreshold: 2, Deadline: Duration(2 * time.Minute),
-			AWS: AWSConfig{TargetGroups: []string{}}},
+			AWS: AWSConfig{TargetGroups: []string{}, MinHealthy: "1"}},
 	}
 }
 

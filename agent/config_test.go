@@ -119,6 +119,8 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 		{"aws target group not an ARN", "app: {name: a}\nlb:\n  aws:\n    target_groups: [web]\n", []string{"lb.aws.target_groups[0]: \"web\" is not a target group ARN"}},
 		{"aws target group twice", "app: {name: a}\nlb:\n  aws:\n    target_groups: [" + tgARN + ", " + tgARN + "]\n", []string{"lb.aws.target_groups[1]: \"" + tgARN + "\" is named twice"}},
 		{"aws endpoints without target groups", "app: {name: a}\nlb:\n  aws:\n    endpoints: {elbv2: \"ftp://x\"}\n", []string{"lb.aws.target_groups: empty", "lb.aws.endpoints.elbv2: \"ftp://x\" is not an http(s) base URL"}},
+		{"aws min_healthy", "app: {name: a}\nlb:\n  aws:\n    target_groups: [" + tgARN + "]\n    min_healthy: 150%\n", []string{"lb.aws.min_healthy: \"150%\": a percent is at most 100%"}},
+		{"aws min_healthy not a number", "app: {name: a}\nlb:\n  aws:\n    target_groups: [" + tgARN + "]\n    min_healthy: half\n", []string{"lb.aws.min_healthy: \"half\": want a count"}},
 		{"aws with the readiness endpoint", "app: {name: a}\nlb:\n  health_listen: 0.0.0.0:8742\n  aws:\n    target_groups: [" + tgARN + "]\n", []string{"lb.aws: set with lb.health_listen or lb.haproxy"}},
 		{"every problem at once", "app:\n  nmae: a\ntraffic:\n  ports: [0]\n  action: x\ndrain:\n  idle: 3\n",
 			[]string{"line 1: app.name: required", "line 2: app.nmae: unknown key", "line 4: traffic.ports[0]: 0 is not a TCP port", "line 5: traffic.action", "line 7: drain.idle"}},
@@ -217,4 +219,17 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("round trip changed the config: %s", cmp.Diff(cfg, again))
 		}
 	})
+}
+
+func TestParseMinHealthy(t *testing.T) {
+	for in, want := range map[string][2]int{"0": {0, 0}, "1": {1, 0}, "3": {3, 0}, "50%": {0, 50}, "100%": {0, 100}} {
+		if c, p, err := parseMinHealthy(in); err != nil || c != want[0] || p != want[1] {
+			t.Errorf("%q: %d %d %v, want %v", in, c, p, err, want)
+		}
+	}
+	for _, in := range []string{"", "-1", "01", "1.5", "%", "101%", "x%"} {
+		if _, _, err := parseMinHealthy(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
 }

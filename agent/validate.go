@@ -213,6 +213,22 @@ func (c DaemonConfig) validate(ps *problems, app AppConfig) {
 	ps.positive("daemon.watch_interval", c.WatchInterval)
 }
 
+// parseMinHealthy reads lb.aws.min_healthy: a count ("2") or a percent
+// ("50%").
+func parseMinHealthy(s string) (count, percent int, err error) {
+	num, pct := strings.CutSuffix(s, "%")
+	n, err := strconv.Atoi(num)
+	switch {
+	case err != nil || n < 0 || num != strconv.Itoa(n):
+		return 0, 0, fmt.Errorf("%q: want a count of healthy targets (\"1\") or a percent of the registered ones (\"50%%\")", s)
+	case pct && n > 100:
+		return 0, 0, fmt.Errorf("%q: a percent is at most 100%%", s)
+	case pct:
+		return 0, n, nil
+	}
+	return n, 0, nil
+}
+
 // targetGroupARN is an ELBv2 target group's ARN.
 var targetGroupARN = regexp.MustCompile(`^arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:[0-9]{12}:targetgroup/[A-Za-z0-9-]{1,32}/[0-9a-f]{16}$`)
 
@@ -240,6 +256,9 @@ func (c LBConfig) validate(ps *problems) {
 			if p, err := url.Parse(u); err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
 				ps.bad(key, "%q is not an http(s) base URL", u)
 			}
+		}
+		if _, _, err := parseMinHealthy(a.MinHealthy); err != nil {
+			ps.bad("lb.aws.min_healthy", "%v", err)
 		}
 		ps.positive("lb.deadline", c.Deadline)
 		return

@@ -48,7 +48,9 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	// service answering as the app's own health check.
 	var rot Rotation
 	if a := cfg.LB.AWS; len(a.TargetGroups) > 0 {
-		rot = &awslb.TargetGroups{ARNs: a.TargetGroups, Connect: awslb.Connected(awslb.Endpoints{IMDS: a.Endpoints.IMDS, ELBv2: a.Endpoints.ELBv2})}
+		count, pct, _ := parseMinHealthy(a.MinHealthy) // validated
+		rot = &awslb.TargetGroups{ARNs: a.TargetGroups, Connect: awslb.Connected(awslb.Endpoints{IMDS: a.Endpoints.IMDS, ELBv2: a.Endpoints.ELBv2}),
+			MinHealthy: awslb.MinHealthy{Count: count, Percent: pct}}
 	} else if h := cfg.LB.HAProxy; h.Socket != "" {
 		rot = &lb.HAProxy{Socket: h.Socket, Backend: h.Backend, Server: h.Server}
 	} else if cfg.LB.HealthListen != "" {

@@ -432,4 +432,33 @@ func TestPatchBehindELBv2(t *testing.T) {
 			t.Errorf("a failed pre opened a cycle: %+v", st)
 		}
 	})
+
+	// The capacity gate (lb.aws.min_healthy, default 1): with the rest of
+	// the fleet gone from the group, this node is its last healthy target:
+	// pre refuses, with the counts, and changes nothing.
+	t.Run("capacity gate", func(t *testing.T) {
+		e.deregister(t, awsOtherID, awsOtherPort)
+		e.waitState(t, awsOtherID, awsOtherPort, "absent", awsDrainDelay+10*time.Second)
+		startDaemon(t, n, cfg)
+		deregs := e.sim.Calls("DeregisterTargets")
+		pre := patchagent(t, n, "pre", "--config", cfg)
+		all := pre.stdout + pre.stderr
+		if pre.code == 0 || !strings.Contains(all, "nothing was changed") || !strings.Contains(all, "capacity gate: taking this instance out of "+awsGroup+"/") ||
+			!strings.Contains(all, "would leave 0 healthy target(s) of 1 registered, fewer than lb.aws.min_healthy 1 (1)") {
+			t.Fatalf("pre: exit %d\n%s", pre.code, all)
+		}
+		if got := e.sim.Calls("DeregisterTargets"); got != deregs {
+			t.Errorf("pre called DeregisterTargets %d time(s)", got-deregs)
+		}
+		if rules := iptablesS(t, n); strings.Contains(rules, "PATCHAGENT") {
+			t.Errorf("rules of ours present after a refused pre:\n%s", rules)
+		}
+		assertInService(t, n)
+		if got, reason := e.state(t, awsNodeID, 443); got != "healthy" {
+			t.Errorf("the node's target is %s (%s) after a refused pre, want healthy", got, reason)
+		}
+		if st := readState(t, stateDir); st.Open {
+			t.Errorf("a refused pre opened a cycle: %+v", st)
+		}
+	})
 }

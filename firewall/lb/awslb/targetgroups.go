@@ -61,6 +61,9 @@ type TargetGroups struct {
 	// Poll is how often target health is read while waiting (default 2s:
 	// DescribeTargetHealth is rate limited per account).
 	Poll time.Duration
+	// MinHealthy is the capacity gate: the fewest healthy targets other
+	// than this instance each group must keep when it leaves.
+	MinHealthy MinHealthy
 
 	mu       sync.Mutex
 	id       string
@@ -98,9 +101,55 @@ func (t *TargetGroups) connect(ctx context.Context) (string, ELBv2, error) {
 	return t.id, t.api, nil
 }
 
+// MinHealthy is a floor of healthy targets: Count of them, or Percent of
+// the group's registered targets (this one included), rounded up.
+type MinHealthy struct {
+	Count, Percent int
+}
+
+// floor is the healthy targets a group of registered targets must keep.
+func (m MinHealthy) floor(registered int) int {
+	if m.Percent > 0 {
+		return (m.Percent*registered + 99) / 100
+	}
+	return m.Count
+}
+
+func (m MinHealthy) String() string {
+	if m.Percent > 0 {
+		return fmt.Sprintf("%d%%", m.Percent)
+	}
+	return fmt.Sprint(m.Count)
+}
+
+// ErrCapacity means leaving would break the capacity gate.
+var ErrCapacity = errors.New("capacity gate")
+
+// gate checks that out (one group's targets) keeps its floor without
+// this instance: its healthy targets other than id, against the floor of
+// its registered (not draining) targets.
+func (t *TargetGroups) gate(arn, id string, out *elbv2.DescribeTargetHealthOutput) error {
+	healthy, registered := 0, 0
+	for _, d := range out.TargetHealthDescriptions {
+		if d.TargetHealth == nil || d.Target == nil || d.TargetHealth.State == types.TargetHealthStateEnumDraining {
+			continue
+		}
+		registered++
+		if aws.ToString(d.Target.Id) != id && d.TargetHealth.State == types.TargetHealthStateEnumHealthy {
+			healthy++
+		}
+	}
+	if floor := t.MinHealthy.floor(registered); healthy < floor {
+		return fmt.Errorf("%w: taking this instance out of %s would leave %d healthy target(s) of %d registered, fewer than lb.aws.min_healthy %s (%d)",
+			ErrCapacity, shortARN(arn), healthy, registered, t.MinHealthy, floor)
+	}
+	return nil
+}
+
 // Record finds every registration of this instance in the target groups
 // and keeps it for TakeOut and PutBack; it returns it as JSON for the
-// state journal. It changes nothing.
+// state journal. It changes nothing, and refuses (ErrCapacity) when
+// leaving would take a group below MinHealthy.
 func (t *TargetGroups) Record(ctx context.Context) (json.RawMessage, error) {
 	id, api, err := t.connect(ctx)
 	if err != nil {
@@ -111,6 +160,9 @@ func (t *TargetGroups) Record(ctx context.Context) (json.RawMessage, error) {
 		out, err := api.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
 		if err != nil {
 			return nil, fmt.Errorf("reading the targets of %s: %w", shortARN(arn), err)
+		}
+		if err := t.gate(arn, id, out); err != nil {
+			return nil, err
 		}
 		for _, d := range out.TargetHealthDescriptions {
 			if d.Target == nil || aws.ToString(d.Target.Id) != id {
@@ -177,7 +229,49 @@ func (t *TargetGroups) TakeOut(ctx context.Context, deadline time.Duration) (lb.
 	err = t.wait(ctx, api, regs, deadline, "draining", func(s types.TargetHealthStateEnum) bool {
 		return s == types.TargetHealthStateEnumDraining || s == types.TargetHealthStateEnumUnused
 	})
+	if err == nil {
+		err = t.recheck(ctx, api, regs)
+	}
 	return lb.Wait{By: fmt.Sprintf("%d target group registration(s) draining", len(regs)), Took: time.Since(start)}, err
+}
+
+// recheck is the capacity gate again once this instance is out: another
+// node that passed the gate at the same time may have left too. Then this
+// one steps back in (registers again, not waited for) and says so.
+func (t *TargetGroups) recheck(ctx context.Context, api ELBv2, regs []Registration) error {
+	for _, arn := range t.ARNs {
+		out, err := api.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
+		if err != nil {
+			return fmt.Errorf("reading the targets of %s again after leaving: %w", shortARN(arn), err)
+		}
+		// This instance is draining now: count as if it were still there.
+		if err := t.gate(arn, regs[0].ID, withSelf(out, regs, arn)); err != nil {
+			if rerr := register(ctx, api, regs); rerr != nil {
+				return fmt.Errorf("%w, and stepping back in failed: %w", err, rerr)
+			}
+			return fmt.Errorf("%w (another node left at the same time): this instance stepped back in", err)
+		}
+	}
+	return nil
+}
+
+// withSelf is out with this instance's registrations in arn counted as
+// registered (not draining).
+func withSelf(out *elbv2.DescribeTargetHealthOutput, regs []Registration, arn string) *elbv2.DescribeTargetHealthOutput {
+	c := &elbv2.DescribeTargetHealthOutput{}
+	for _, d := range out.TargetHealthDescriptions {
+		if d.Target != nil && aws.ToString(d.Target.Id) == regs[0].ID {
+			continue
+		}
+		c.TargetHealthDescriptions = append(c.TargetHealthDescriptions, d)
+	}
+	for _, r := range regs {
+		if r.TargetGroup == arn {
+			c.TargetHealthDescriptions = append(c.TargetHealthDescriptions, types.TargetHealthDescription{
+				Target: &types.TargetDescription{Id: aws.String(r.ID), Port: aws.Int32(r.Port)}, TargetHealth: &types.TargetHealth{State: types.TargetHealthStateEnumHealthy}})
+		}
+	}
+	return c
 }
 
 // PutBack registers every recorded registration again and waits, up to

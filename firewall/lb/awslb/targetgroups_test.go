@@ -201,3 +201,73 @@ func TestTargetGroupsAPIErrors(t *testing.T) {
 		t.Fatalf("no identity: %v", err)
 	}
 }
+
+// TestTargetGroupsCapacityGate: with the other instance unhealthy,
+// leaving would leave "web" no healthy target: Record refuses with the
+// counts and nothing is deregistered; a percent floor of the registered
+// targets; and two nodes racing the gate: the other one leaves right
+// after this one's Record, so TakeOut's re-check finds the floor broken
+// and this instance steps back in.
+func TestTargetGroupsCapacityGate(t *testing.T) {
+	e := newTGEnv(t)
+	ctx := context.Background()
+	// The other instance, also on a port whose server fails ELB's checks.
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(500) }))
+	defer bad.Close()
+	badPort := int32(bad.Listener.Addr().(*net.TCPAddr).Port)
+	if _, err := e.client.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(e.web), Targets: target(Registration{e.web, other, e.port})}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: aws.String(e.web), Targets: target(Registration{e.web, other, badPort})}); err != nil {
+		t.Fatal(err)
+	}
+	waitState := func(id string, port int32, want string) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); e.state(t, e.web, id, port) != want; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s:%d never %s", id, port, want)
+			}
+		}
+	}
+	waitState(other, badPort, "unhealthy")
+	b := e.backend()
+	b.ARNs = []string{e.web} // "api" has this instance alone
+	b.MinHealthy = MinHealthy{Count: 1}
+	deregs := e.sim.Calls("DeregisterTargets")
+	_, err := b.Record(ctx)
+	if !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), "would leave 0 healthy target(s) of 2 registered, fewer than lb.aws.min_healthy 1 (1)") {
+		t.Fatalf("the last healthy target: %v", err)
+	}
+	if e.sim.Calls("DeregisterTargets") != deregs || e.state(t, e.web, self, e.port) != "healthy" {
+		t.Fatal("the refused gate changed something")
+	}
+	// 50% of 2 registered is 1 healthy other: still refused; 0% passes.
+	b.MinHealthy = MinHealthy{Percent: 50}
+	if _, err := b.Record(ctx); !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), "lb.aws.min_healthy 50% (1)") {
+		t.Fatalf("50%%: %v", err)
+	}
+
+	// The other instance healthy again: the gate passes; then it leaves
+	// between this one's Record and TakeOut (it passed the gate too).
+	if _, err := e.client.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: aws.String(e.web), Targets: target(Registration{e.web, other, e.port})}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(e.web), Targets: target(Registration{e.web, other, badPort})}); err != nil {
+		t.Fatal(err)
+	}
+	waitState(other, e.port, "healthy")
+	b.MinHealthy = MinHealthy{Count: 1}
+	if _, err := b.Record(ctx); err != nil {
+		t.Fatalf("one healthy other: %v", err)
+	}
+	if _, err := e.client.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(e.web), Targets: target(Registration{e.web, other, e.port})}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.TakeOut(ctx, 10*time.Second)
+	if !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), "another node left at the same time") || !strings.Contains(err.Error(), "stepped back in") {
+		t.Fatalf("the race: %v", err)
+	}
+	if st := e.state(t, e.web, self, e.port); st != "initial" && st != "healthy" {
+		t.Fatalf("after stepping back in: %s", st)
+	}
+}
