@@ -177,7 +177,7 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 	}
 	rep.addStep("health", ResultOK, time.Since(t), fmt.Sprintf("healthy after %d attempt(s)", out.Attempts))
 	if a.d.Rotation != nil {
-		a.d.Rotation.SetOut(false) // no cycle open: nothing keeps the node out of rotation
+		a.rotation(r.st).SetOut(false) // no cycle open: nothing keeps the node out of rotation
 	}
 	if !blocked {
 		rep.Summary = append(rep.Summary, "nothing to do: no patch cycle open, app healthy")
@@ -331,7 +331,13 @@ func (a *Agent) exitFailed(ctx context.Context, r *phaseRun, cause error) error 
 // closeCycle records the end of the cycle: the node is in service.
 func (a *Agent) closeCycle(r *phaseRun, status, msg string) {
 	r.st.Open, r.st.Status, r.st.Error = false, status, msg
-	r.st.Block, r.st.Stopped, r.st.LB = nil, nil, nil
+	r.st.Block, r.st.Stopped = nil, nil
+	if status == StatusOK {
+		// A cycle that ended failed keeps what the LB backend must put
+		// back (a RegisterTargets refused at lb-in): the next exit, healthy,
+		// puts it back; the next pre starts a record of its own.
+		r.st.LB = nil
+	}
 	r.st.ClosedAt = time.Now().UTC()
 	if err := a.save(&r.st, "done"); err != nil {
 		// The node is in service whatever the disk says: the daemon must

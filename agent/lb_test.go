@@ -272,3 +272,33 @@ func compact(b json.RawMessage) string {
 	}
 	return buf.String()
 }
+
+// TestExitKeepsTheLBRecordWhenThePutBackFails: the backend refused to put
+// the node back (RegisterTargets denied): the cycle closes failed but
+// keeps the record, and the next exit, from a fresh agent, with no cycle
+// open and the app healthy, hands it to the backend and puts it back.
+func TestExitKeepsTheLBRecordWhenThePutBackFails(t *testing.T) {
+	e := newTestEnv(t)
+	j := withJournaledRotation(e)
+	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	j.inErr = errors.New("AccessDenied: elasticloadbalancing:RegisterTargets")
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode == 0 {
+		t.Fatal(rep.Text())
+	}
+	st, _ := e.state.Load()
+	if st.Open || compact(st.LB) != `["web i-1:8080","api i-1:9090"]` {
+		t.Fatalf("after the failed put back: open %v, lb %s", st.Open, st.LB)
+	}
+	j.inErr, j.restored = nil, nil
+	e.ev.log = nil
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	evs := e.ev.all()
+	i := slices.IndexFunc(evs, func(ev string) bool { return strings.HasPrefix(ev, "lb restore ") })
+	if i < 0 || !slices.Contains(evs[i:], "lb set out=false") {
+		t.Fatalf("the next exit did not put the record back: %q", evs)
+	}
+}

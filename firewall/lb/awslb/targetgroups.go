@@ -296,7 +296,17 @@ func (t *TargetGroups) PutBack(ctx context.Context, deadline time.Duration) (lb.
 		return lb.Wait{Took: time.Since(start)}, err
 	}
 	err = t.wait(ctx, api, regs, deadline, "healthy", func(s types.TargetHealthStateEnum) bool { return s == types.TargetHealthStateEnumHealthy })
+	if err == nil {
+		t.forget() // put back: a later exit with no cycle open has nothing to register
+	}
 	return lb.Wait{By: fmt.Sprintf("%d target group registration(s) healthy", len(regs)), Took: time.Since(start)}, err
+}
+
+// forget drops the record once it is put back.
+func (t *TargetGroups) forget() {
+	t.mu.Lock()
+	t.recorded, t.known = nil, false
+	t.mu.Unlock()
 }
 
 func register(ctx context.Context, api ELBv2, regs []Registration) error {
@@ -322,8 +332,8 @@ func (t *TargetGroups) SetOut(out bool) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, api, err := t.connect(ctx); err == nil {
-		_ = register(ctx, api, regs)
+	if _, api, err := t.connect(ctx); err == nil && register(ctx, api, regs) == nil {
+		t.forget()
 	}
 }
 

@@ -150,6 +150,14 @@ func TestTargetGroupsOutAndBack(t *testing.T) {
 			t.Fatalf("%s: %s after PutBack", shortARN(arn), st)
 		}
 	}
+	// Put back, the record is spent: an exit with no cycle open (SetOut
+	// false) registers nothing, even if the operator removed the target
+	// since.
+	regs0 := e.sim.Calls("RegisterTargets")
+	back.SetOut(false)
+	if n := e.sim.Calls("RegisterTargets") - regs0; n != 0 {
+		t.Fatalf("SetOut(false) after the put back registered %d time(s)", n)
+	}
 }
 
 // TestTargetGroupsPutBackNamesWhyNotHealthy: an app that fails ELB's
