@@ -215,6 +215,20 @@ type AWSEndpoints struct {
 	ELBv2 string `yaml:"elbv2"`
 }
 
+// backend names how the node leaves the load balancer, for status ("" for
+// none).
+func (c LBConfig) backend() string {
+	switch {
+	case len(c.AWS.TargetGroups) > 0:
+		return fmt.Sprintf("AWS ELBv2, %d target group(s), min_healthy %s", len(c.AWS.TargetGroups), c.AWS.MinHealthy)
+	case c.HAProxy.Socket != "":
+		return fmt.Sprintf("HAProxy runtime API %s, server %s/%s", c.HAProxy.Socket, c.HAProxy.Backend, c.HAProxy.Server)
+	case c.HealthListen != "":
+		return fmt.Sprintf("readiness endpoint %s%s", c.HealthListen, c.Path)
+	}
+	return ""
+}
+
 // plan is what lb-out (out) or lb-in does, for a dry run.
 func (c LBConfig) plan(out bool) string {
 	if tgs := c.AWS.TargetGroups; len(tgs) > 0 {

@@ -302,3 +302,25 @@ func TestExitKeepsTheLBRecordWhenThePutBackFails(t *testing.T) {
 		t.Fatalf("the next exit did not put the record back: %q", evs)
 	}
 }
+
+// TestStatusShowsTheLBAndAPreStoppedBeforeTheBlock: a pre that stopped
+// at lb-out: status says the node is out of the LB's rotation but not
+// blocked (consistent: nothing is to be re-blocked), names the backend
+// and what it must put back.
+func TestStatusShowsTheLBAndAPreStoppedBeforeTheBlock(t *testing.T) {
+	e := newTestEnv(t)
+	j := withJournaledRotation(e)
+	j.outErr = lb.ErrNotConfirmed
+	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != ExitFailed {
+		t.Fatal(rep.Text())
+	}
+	s, err := e.agent(t).Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	txt := s.Text()
+	if !s.Consistent || s.Block.Recorded || !strings.HasPrefix(txt, "patchagent status: OUT OF LOAD BALANCER ROTATION, not blocked") ||
+		!strings.Contains(txt, "  lb:     AWS ELBv2, 1 target group(s), min_healthy 1, to put back: [\"web i-1:8080\",\"api i-1:9090\"]\n") {
+		t.Fatalf("%+v\n%s", s, txt)
+	}
+}

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 	"strings"
@@ -42,10 +44,18 @@ type NodeStatus struct {
 		Error     string        `json:"error,omitempty"`
 		Post      *PostRecord   `json:"post,omitempty"`
 	} `json:"app"`
+	LB struct {
+		// Backend is how the node leaves the load balancer ("" for none).
+		Backend string `json:"backend,omitempty"`
+		// Record is what the backend must put back (AWS target group
+		// registrations), from the state file.
+		Record json.RawMessage `json:"record,omitempty"`
+	} `json:"lb"`
 	Rebooted bool                   `json:"rebooted_since_last_phase"`
 	Phases   map[string]PhaseResult `json:"phases"`
 	// Consistent is false when the kernel and the state file disagree (a
-	// cycle open without the block, or a block with no cycle).
+	// cycle whose block was recorded open without it, or a block with no
+	// cycle).
 	Consistent bool   `json:"consistent"`
 	StatePath  string `json:"state_file"`
 }
@@ -108,8 +118,9 @@ func (a *Agent) Status(ctx context.Context) (*NodeStatus, error) {
 	for _, p := range procs {
 		s.App.Instances = append(s.App.Instances, AppInstance{ID: p.ID, PID: p.PID, Status: p.Status, Restarts: p.Restarts})
 	}
+	s.LB.Backend, s.LB.Record = a.cfg.LB.backend(), st.LB
 	inKernel := s.Block.Kernel == "blocked" || s.Block.Kernel == "partial"
-	s.Consistent = s.Block.Kernel != "unknown" && inKernel == st.Open
+	s.Consistent = s.Block.Kernel != "unknown" && inKernel == st.Blocks()
 	return s, nil
 }
 
@@ -123,6 +134,8 @@ func (s *NodeStatus) Text() string {
 		b.WriteString("patchagent status: in service (no patch cycle open)\n")
 	case s.Cycle.Open && s.Block.Kernel == "blocked":
 		fmt.Fprintf(&b, "patchagent status: OUT OF SERVICE, patch cycle %s open (last: %s %s at step %s)\n", s.Cycle.ID, s.Cycle.Phase, s.Cycle.Status, s.Cycle.Step)
+	case s.Cycle.Open && !s.Block.Recorded && s.Block.Kernel == "none":
+		fmt.Fprintf(&b, "patchagent status: OUT OF LOAD BALANCER ROTATION, not blocked: patch cycle %s open, its pre stopped before the block (last: %s %s at step %s): `patchagent exit` puts the node back once the app is healthy\n", s.Cycle.ID, s.Cycle.Phase, s.Cycle.Status, s.Cycle.Step)
 	case s.Cycle.Open:
 		fmt.Fprintf(&b, "patchagent status: patch cycle %s open but the block is %s in the kernel (reboot or flush?): `patchagent reconcile` re-applies it\n", s.Cycle.ID, s.Block.Kernel)
 	default:
@@ -174,6 +187,16 @@ func (s *NodeStatus) Text() string {
 			b.WriteString(", its post interrupted and never undone")
 		} else if p.Post != nil && p.Post.Interrupted {
 			b.WriteString(", its interrupted post undone by exit")
+		}
+		b.WriteString("\n")
+	}
+	if s.LB.Backend != "" {
+		fmt.Fprintf(&b, "  lb:     %s", s.LB.Backend)
+		if len(s.LB.Record) > 0 && string(s.LB.Record) != "null" {
+			var c bytes.Buffer
+			if json.Compact(&c, s.LB.Record) == nil {
+				fmt.Fprintf(&b, ", to put back: %s", c.String())
+			}
 		}
 		b.WriteString("\n")
 	}
