@@ -344,7 +344,7 @@ func TestReferencesResolve(t *testing.T) {
 		}
 	}
 	for name := range tp.Conditions {
-		if !regexp.MustCompile(`\[` + name + `,|- ` + name + `\n`).MatchString(text) {
+		if !regexp.MustCompile(`\[` + name + `,|- ` + name + `\n|Condition: ` + name + `\n`).MatchString(text) {
 			t.Errorf("condition %s is not used", name)
 		}
 	}
@@ -402,6 +402,49 @@ var scenarios = map[string]map[string]string{
 		"TagValue": "my-app", "SnapshotId": "4e8a3d0f-1c2b-4a5e-9f6d-7b8c9d0e1f2a",
 		"OutputS3BucketName": "my-ssm-output", "RebootOption": "NoReboot", "MaxConcurrency": "1", "MaxErrors": "2",
 	},
+	"load balancer policy": {"TagValue": "my-app", "LBTargetGroupArns": tgWeb + "," + tgAPI},
+}
+
+const (
+	tgWeb = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef"
+	tgAPI = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/api/fedcba9876543210"
+)
+
+// TestLoadBalancerPolicy: with LBTargetGroupArns the template creates the
+// policy lb.aws needs: DescribeTargetHealth (which takes no resource),
+// RegisterTargets and DeregisterTargets on exactly those groups; without,
+// none. The parameter refuses what is not a list of target group ARNs.
+func TestLoadBalancerPolicy(t *testing.T) {
+	tp := parseTemplate(t, mustReadTemplate(t))
+	r := newResolver(tp, scenarios["load balancer policy"])
+	if !r.cond(t, "HasLBTargetGroups") || newResolver(tp, scenarios["defaults"]).cond(t, "HasLBTargetGroups") {
+		t.Fatal("HasLBTargetGroups: want true with target groups, false without")
+	}
+	doc := r.eval(t, tp.resource(t, "LoadBalancerPolicy").props).(map[string]any)["PolicyDocument"].(map[string]any)
+	st := doc["Statement"].([]any)
+	want := []map[string]any{
+		{"Effect": "Allow", "Action": "elasticloadbalancing:DescribeTargetHealth", "Resource": "*"},
+		{"Effect": "Allow", "Action": []any{"elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"}, "Resource": []any{tgWeb, tgAPI}},
+	}
+	if len(st) != len(want) {
+		t.Fatalf("statements %v", st)
+	}
+	for i := range want {
+		if !reflect.DeepEqual(st[i], any(want[i])) {
+			t.Errorf("statement %d: %v, want %v", i, st[i], want[i])
+		}
+	}
+	re := regexp.MustCompile(tp.Parameters["LBTargetGroupArns"]["AllowedPattern"].(string))
+	for _, ok := range []string{"", tgWeb, tgWeb + "," + tgAPI} {
+		if !re.MatchString(ok) {
+			t.Errorf("LBTargetGroupArns refuses %q", ok)
+		}
+	}
+	for _, bad := range []string{"web", tgWeb + ",", tgWeb + ", " + tgAPI, "arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/x/0123456789abcdef"} {
+		if re.MatchString(bad) {
+			t.Errorf("LBTargetGroupArns accepts %q", bad)
+		}
+	}
 }
 
 type resolver struct {
@@ -469,6 +512,13 @@ func (r resolver) eval(t *testing.T, v any) any {
 					return reflect.DeepEqual(r.eval(t, l[0]), r.eval(t, l[1]))
 				case "Fn::Not":
 					return !r.eval(t, arg.([]any)[0]).(bool)
+				case "Fn::Split":
+					l := arg.([]any)
+					var out []any
+					for _, p := range strings.Split(fmt.Sprint(r.eval(t, l[1])), l[0].(string)) {
+						out = append(out, p)
+					}
+					return out
 				case "Condition":
 					return r.cond(t, arg.(string))
 				}
@@ -504,6 +554,7 @@ func newResolver(tp template, overrides map[string]string) resolver {
 var schemaFiles = map[string]string{
 	"AWS::SSM::Document":    "aws-ssm-document.json",
 	"AWS::SSM::Association": "aws-ssm-association.json",
+	"AWS::IAM::ManagedPolicy": "aws-iam-managedpolicy.json",
 }
 
 var schemaCache = map[string]map[string]any{}
@@ -674,10 +725,52 @@ func TestDocumentsProperties(t *testing.T) {
 	}
 }
 
+func mustReadTemplate(t *testing.T) []byte {
+	t.Helper()
+	raw, err := os.ReadFile(templateFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// withoutConditionKeys is the template without the Condition key of its
+// resources and outputs: goformation's intrinsic processor takes any map
+// with a "Condition" key for the Condition function and replaces the
+// whole resource with a bool. The other tests check those keys.
+func withoutConditionKeys(t *testing.T, raw []byte) []byte {
+	t.Helper()
+	var root yaml.Node
+	if err := yaml.Unmarshal(raw, &root); err != nil {
+		t.Fatal(err)
+	}
+	top := root.Content[0]
+	for i := 0; i < len(top.Content); i += 2 {
+		if s := top.Content[i].Value; s != "Resources" && s != "Outputs" {
+			continue
+		}
+		section := top.Content[i+1]
+		for j := 1; j < len(section.Content); j += 2 {
+			entry := section.Content[j]
+			for k := 0; k < len(entry.Content); k += 2 {
+				if entry.Content[k].Value == "Condition" {
+					entry.Content = append(entry.Content[:k], entry.Content[k+2:]...)
+					break
+				}
+			}
+		}
+	}
+	out, err := yaml.Marshal(&root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // TestGoformation parses the template with goformation, whose typed
 // resources reject property names CloudFormation does not know.
 func TestGoformation(t *testing.T) {
-	raw, _ := os.ReadFile(templateFile)
+	raw := withoutConditionKeys(t, mustReadTemplate(t))
 	for scen, over := range scenarios {
 		params := map[string]any{}
 		for k, v := range over {

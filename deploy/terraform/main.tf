@@ -67,3 +67,20 @@ resource "aws_ssm_association" "patch" {
     }
   }
 }
+
+# What patchagent's lb.aws needs of the nodes' instance profile, when the
+# nodes sit in target groups: created only with lb_target_group_arns.
+resource "aws_iam_policy" "load_balancer" {
+  count       = length(var.lb_target_group_arns) > 0 ? 1 : 0
+  name_prefix = "${var.name_prefix}-lb-"
+  description = "patchagent takes the node out of these target groups during patching, and back in."
+  tags        = var.tags
+
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      { Effect = "Allow", Action = "elasticloadbalancing:DescribeTargetHealth", Resource = "*" },
+      { Effect = "Allow", Action = ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"], Resource = var.lb_target_group_arns },
+    ]
+  })
+}

@@ -336,6 +336,7 @@ func mapsEqual(a, b map[string]string) bool {
 // terraform validate would.
 var knownAttrs = map[string][]string{
 	"aws_ssm_document":    {"name", "document_type", "document_format", "content", "target_type", "version_name", "tags", "permissions", "attachments_source"},
+	"aws_iam_policy":      {"name", "name_prefix", "description", "path", "policy", "tags", "count"},
 	"aws_ssm_association": {"name", "association_name", "parameters", "targets", "schedule_expression", "apply_only_at_cron_interval", "max_concurrency", "max_errors", "output_location", "compliance_severity", "sync_compliance", "calendar_names", "document_version", "automation_target_parameter_name", "wait_for_success_timeout_seconds", "tags", "instance_id"},
 }
 
@@ -537,5 +538,61 @@ func TestVersions(t *testing.T) {
 	aws := eval(t, nil, attr(t, rp, "aws"))
 	if aws.GetAttr("source").AsString() != "hashicorp/aws" || aws.GetAttr("version").AsString() == "" {
 		t.Errorf("aws provider %#v: want source hashicorp/aws and a version constraint", aws)
+	}
+}
+
+// TestLoadBalancerPolicy: the policy exists only with target groups, and
+// the variable refuses what is not a list of target group ARNs.
+func TestLoadBalancerPolicy(t *testing.T) {
+	m := load(t)
+	web := "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef"
+	list := func(ss ...string) cty.Value {
+		if len(ss) == 0 {
+			return cty.ListValEmpty(cty.String)
+		}
+		var vs []cty.Value
+		for _, s := range ss {
+			vs = append(vs, cty.StringVal(s))
+		}
+		return cty.ListVal(vs)
+	}
+	count := func(v cty.Value) int64 {
+		ctx := m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "lb_target_group_arns": v})
+		c, diags := attr(t, m.resources["aws_iam_policy.load_balancer"], "count").Expr.Value(ctx)
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		n, _ := c.AsBigFloat().Int64()
+		return n
+	}
+	if count(list()) != 0 || count(list(web)) != 1 {
+		t.Errorf("policy count: %d without target groups, %d with", count(list()), count(list(web)))
+	}
+	var validation *hclsyntax.Block
+	for _, b := range m.variables["lb_target_group_arns"].Body.Blocks {
+		if b.Type == "validation" {
+			validation = b
+		}
+	}
+	if validation == nil {
+		t.Fatal("lb_target_group_arns has no validation")
+	}
+	valid := func(v cty.Value) bool {
+		ctx := m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "lb_target_group_arns": v})
+		r, diags := attr(t, validation, "condition").Expr.Value(ctx)
+		if diags.HasErrors() {
+			t.Fatal(diags)
+		}
+		return r.True()
+	}
+	if !valid(list()) || !valid(list(web)) || valid(list(web, "web")) || valid(list(web + " ")) {
+		t.Error("lb_target_group_arns' validation: want [] and target group ARNs only")
+	}
+	policy := attr(t, m.resources["aws_iam_policy.load_balancer"], "policy")
+	src := string(policy.Expr.Range().SliceBytes(mustRead(t, filepath.Join(m.dir, "main.tf"))))
+	for _, want := range []string{`"elasticloadbalancing:DescribeTargetHealth", Resource = "*"`, `["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"], Resource = var.lb_target_group_arns`} {
+		if !strings.Contains(src, want) {
+			t.Errorf("the policy lacks %s", want)
+		}
 	}
 }

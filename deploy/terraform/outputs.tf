@@ -22,3 +22,8 @@ output "association_name" {
   description = "Name of the AWS-RunPatchBaselineWithHooks association."
   value       = aws_ssm_association.patch.association_name
 }
+
+output "load_balancer_policy_arn" {
+  description = "ARN of the managed policy to attach to the nodes' instance profile (null without lb_target_group_arns)."
+  value       = one(aws_iam_policy.load_balancer[*].arn)
+}

@@ -123,3 +123,14 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "lb_target_group_arns" {
+  description = "ARNs of the target groups the nodes leave during patching (patchagent's lb.aws.target_groups). When set, the module creates a managed policy (output load_balancer_policy_arn) to attach to the nodes' instance profile: DescribeTargetHealth, and RegisterTargets and DeregisterTargets on these groups only."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length([for a in var.lb_target_group_arns : a if !can(regex("^arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:[0-9]{12}:targetgroup/[A-Za-z0-9-]{1,32}/[0-9a-f]{16}$", a))]) == 0
+    error_message = "lb_target_group_arns must hold target group ARNs (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)."
+  }
+}
