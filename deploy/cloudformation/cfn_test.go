@@ -552,8 +552,8 @@ func newResolver(tp template, overrides map[string]string) resolver {
 }
 
 var schemaFiles = map[string]string{
-	"AWS::SSM::Document":    "aws-ssm-document.json",
-	"AWS::SSM::Association": "aws-ssm-association.json",
+	"AWS::SSM::Document":      "aws-ssm-document.json",
+	"AWS::SSM::Association":   "aws-ssm-association.json",
 	"AWS::IAM::ManagedPolicy": "aws-iam-managedpolicy.json",
 }
 

@@ -585,7 +585,7 @@ func TestLoadBalancerPolicy(t *testing.T) {
 		}
 		return r.True()
 	}
-	if !valid(list()) || !valid(list(web)) || valid(list(web, "web")) || valid(list(web + " ")) {
+	if !valid(list()) || !valid(list(web)) || valid(list(web, "web")) || valid(list(web+" ")) {
 		t.Error("lb_target_group_arns' validation: want [] and target group ARNs only")
 	}
 	policy := attr(t, m.resources["aws_iam_policy.load_balancer"], "policy")
