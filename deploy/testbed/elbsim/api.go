@@ -427,34 +427,23 @@ func (s *Server) describeTargetHealth(f url.Values) (any, *apiError) {
 // draining; one already registered is left as it is. An unknown id fails the
 // whole call, as AWS does.
 func (s *Server) registerTargets(f url.Values) (any, *apiError) {
-	g, aerr := s.lookup(f)
-	if aerr != nil {
-		return nil, aerr
-	}
-	ts, aerr := targetList(f, g)
-	if aerr != nil {
-		return nil, aerr
-	}
-	if len(ts) == 0 {
-		return nil, errValidation("1 validation error detected: Value null at 'targets' failed to satisfy constraint: Member must not be null")
-	}
-	if bad := s.invalid(ts); len(bad) > 0 {
-		return nil, errInvalidTarget(bad)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return nil, errUnavailable()
-	}
-	for _, p := range ts {
-		s.register(g, p)
-	}
-	return struct{}{}, nil
+	return s.changeTargets(f, func(g *group, p targetParam) { s.register(g, p) })
 }
 
 // deregisterTargets starts draining each registered target named by id AND
 // port; a pair that is not registered is ignored, as AWS does.
 func (s *Server) deregisterTargets(f url.Values) (any, *apiError) {
+	return s.changeTargets(f, func(g *group, p targetParam) {
+		if t := g.targets[p.key]; t != nil && t.state != stateDraining {
+			s.deregister(g, t)
+		}
+	})
+}
+
+// changeTargets is RegisterTargets' and DeregisterTargets' common part:
+// the group, its targets (at least one, every id known), then change for
+// each under the lock.
+func (s *Server) changeTargets(f url.Values, change func(*group, targetParam)) (any, *apiError) {
 	g, aerr := s.lookup(f)
 	if aerr != nil {
 		return nil, aerr
@@ -475,9 +464,7 @@ func (s *Server) deregisterTargets(f url.Values) (any, *apiError) {
 		return nil, errUnavailable()
 	}
 	for _, p := range ts {
-		if t := g.targets[p.key]; t != nil && t.state != stateDraining {
-			s.deregister(g, t)
-		}
+		change(g, p)
 	}
 	return struct{}{}, nil
 }
