@@ -36,7 +36,9 @@ type Rotation interface {
 // a restarted daemon) first hands it back with Restore.
 type JournaledRotation interface {
 	Rotation
-	Record(ctx context.Context) (json.RawMessage, error)
+	// carried is a record the last cycle could not put back (nil for
+	// none), for the new record to include.
+	Record(ctx context.Context, carried json.RawMessage) (json.RawMessage, error)
 	Restore(rec json.RawMessage) error
 }
 

@@ -173,13 +173,24 @@ type journaledRotation struct {
 	restored  []string // what PutBack would register
 }
 
-func (j *journaledRotation) Record(ctx context.Context) (json.RawMessage, error) {
+func (j *journaledRotation) Record(ctx context.Context, carried json.RawMessage) (json.RawMessage, error) {
 	j.ev.add("lb record")
 	if j.recordErr != nil {
 		return nil, j.recordErr
 	}
 	j.restored = slices.Clone(j.present)
-	return json.Marshal(j.present)
+	if carried != nil {
+		var old []string
+		if err := json.Unmarshal(carried, &old); err != nil {
+			return nil, err
+		}
+		for _, o := range old {
+			if !slices.Contains(j.restored, o) {
+				j.restored = append(j.restored, o)
+			}
+		}
+	}
+	return json.Marshal(j.restored)
 }
 func (j *journaledRotation) Restore(rec json.RawMessage) error {
 	j.ev.add("lb restore " + string(rec))
@@ -322,5 +333,34 @@ func TestStatusShowsTheLBAndAPreStoppedBeforeTheBlock(t *testing.T) {
 	if !s.Consistent || s.Block.Recorded || !strings.HasPrefix(txt, "patchagent status: OUT OF LOAD BALANCER ROTATION, not blocked") ||
 		!strings.Contains(txt, "  lb:     AWS ELBv2, 1 target group(s), min_healthy 1, to put back: [\"web i-1:8080\",\"api i-1:9090\"]\n") {
 		t.Fatalf("%+v\n%s", s, txt)
+	}
+}
+
+// TestANewCycleCarriesWhatTheLastCouldNotPutBack: exit could not put the
+// node back (RegisterTargets refused) and the next pre runs instead of
+// an exit: its record carries the old registrations, and its exit puts
+// them all back.
+func TestANewCycleCarriesWhatTheLastCouldNotPutBack(t *testing.T) {
+	e := newTestEnv(t)
+	j := withJournaledRotation(e)
+	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	j.inErr = errors.New("AccessDenied")
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode == 0 {
+		t.Fatal(rep.Text())
+	}
+	j.inErr, j.present = nil, nil // the put back was refused: the LB has none of them
+	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	if st, _ := e.state.Load(); compact(st.LB) != `["web i-1:8080","api i-1:9090"]` {
+		t.Fatalf("the new cycle's record: %s", st.LB)
+	}
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	if !slices.Equal(j.present, []string{"web i-1:8080", "api i-1:9090"}) {
+		t.Fatalf("put back %q", j.present)
 	}
 }

@@ -96,7 +96,8 @@ func (a *Agent) lbOut(ctx context.Context, r *phaseRun) (stepOut, error) {
 // what its take-out will change (read-only), for the state file: the
 // lb-out step writes it there before changing anything. A pre run again
 // in an open cycle keeps the cycle's record: the node may be out already,
-// and only that record says what to put back.
+// and only that record says what to put back. A new cycle's record
+// carries what the last one failed to put back.
 func (a *Agent) recordRotation(ctx context.Context, r *phaseRun) (json.RawMessage, error) {
 	j, ok := a.d.Rotation.(JournaledRotation)
 	if !ok {
@@ -105,7 +106,9 @@ func (a *Agent) recordRotation(ctx context.Context, r *phaseRun) (json.RawMessag
 	if r.st.Open && r.st.LB != nil {
 		return r.st.LB, nil
 	}
-	rec, err := j.Record(ctx)
+	// A closed cycle keeps a record only when it could not put it all
+	// back: the new one carries it.
+	rec, err := j.Record(ctx, r.st.LB)
 	if err != nil {
 		return nil, fmt.Errorf("nothing was changed: finding what to take out of the load balancer: %w", err)
 	}

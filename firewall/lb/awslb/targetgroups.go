@@ -149,8 +149,17 @@ func (t *TargetGroups) gate(arn, id string, out *elbv2.DescribeTargetHealthOutpu
 // Record finds every registration of this instance in the target groups
 // and keeps it for TakeOut and PutBack; it returns it as JSON for the
 // state journal. It changes nothing, and refuses (ErrCapacity) when
-// leaving would take a group below MinHealthy.
-func (t *TargetGroups) Record(ctx context.Context) (json.RawMessage, error) {
+// leaving would take a group below MinHealthy. carried is a record the
+// last cycle could not put back (nil for none): its registrations in
+// these groups join the new record, so the end of this cycle puts them
+// back (deregistering one that is not there is a no-op).
+func (t *TargetGroups) Record(ctx context.Context, carried json.RawMessage) (json.RawMessage, error) {
+	var old []Registration
+	if len(carried) > 0 {
+		if err := json.Unmarshal(carried, &old); err != nil {
+			return nil, fmt.Errorf("the last cycle's target group registrations: %w", err)
+		}
+	}
 	id, api, err := t.connect(ctx)
 	if err != nil {
 		return nil, err
@@ -172,6 +181,11 @@ func (t *TargetGroups) Record(ctx context.Context) (json.RawMessage, error) {
 				continue // already leaving: not ours to put back
 			}
 			regs = append(regs, Registration{TargetGroup: arn, ID: id, Port: aws.ToInt32(d.Target.Port)})
+		}
+	}
+	for _, r := range old {
+		if r.ID == id && slices.Contains(t.ARNs, r.TargetGroup) && !slices.Contains(regs, r) {
+			regs = append(regs, r)
 		}
 	}
 	t.mu.Lock()
@@ -348,16 +362,22 @@ func (t *TargetGroups) wait(ctx context.Context, api ELBv2, regs []Registration,
 	if poll <= 0 {
 		poll = 2 * time.Second
 	}
+	seen := map[Registration]string{} // the last state read of each, for the error
 	for {
 		var pending []string
 		for _, r := range regs {
 			out, err := api.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(r.TargetGroup), Targets: target(r)})
 			if err != nil {
-				pending = append(pending, fmt.Sprintf("%s: %v", r, err))
+				if last, ok := seen[r]; ok && ctx.Err() != nil {
+					pending = append(pending, last) // cut by the deadline: what ELB said last
+				} else {
+					pending = append(pending, fmt.Sprintf("%s: %v", r, err))
+				}
 				continue
 			}
 			if st, why := health(out); !done(st) {
-				pending = append(pending, fmt.Sprintf("%s %s%s", r, st, why))
+				seen[r] = fmt.Sprintf("%s %s%s", r, st, why)
+				pending = append(pending, seen[r])
 			}
 		}
 		if len(pending) == 0 {

@@ -116,7 +116,7 @@ func TestTargetGroupsOutAndBack(t *testing.T) {
 	if _, err := b.TakeOut(ctx, time.Second); err == nil {
 		t.Fatal("TakeOut before Record: no error")
 	}
-	rec, err := b.Record(ctx)
+	rec, err := b.Record(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +160,45 @@ func TestTargetGroupsOutAndBack(t *testing.T) {
 	}
 }
 
+// TestTargetGroupsRecordCarriesTheLastCycle: a registration the last
+// cycle could not put back joins the new record (once), one in a target
+// group no longer configured, or of another instance, does not; PutBack
+// registers it.
+func TestTargetGroupsRecordCarriesTheLastCycle(t *testing.T) {
+	e := newTGEnv(t)
+	ctx := context.Background()
+	b := e.backend()
+	b.ARNs = []string{e.web}
+	lost := Registration{e.web, self, e.port + 1} // refused at the last exit: not registered now
+	carried, _ := json.Marshal([]Registration{lost, {e.web, self, e.port}, {e.api, self, e.port}, {e.web, other, e.port}})
+	rec, err := b.Record(ctx, carried)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var regs []Registration
+	if err := json.Unmarshal(rec, &regs); err != nil || len(regs) != 2 || regs[0] != (Registration{e.web, self, e.port}) || regs[1] != lost {
+		t.Fatalf("recorded %s (%v)", rec, err)
+	}
+	if _, err := b.Record(ctx, json.RawMessage(`{`)); err == nil {
+		t.Fatal("an unreadable carried record was taken")
+	}
+	b2 := e.backend()
+	if err := b2.Restore(rec); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b2.TakeOut(ctx, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	regs0 := e.sim.Calls("RegisterTargets")
+	_, _ = b2.PutBack(ctx, 300*time.Millisecond) // the lost port has no server: it never gets healthy
+	if n := e.sim.Calls("RegisterTargets") - regs0; n != 2 {
+		t.Fatalf("PutBack made %d RegisterTargets calls, want 2", n)
+	}
+	if st := e.state(t, e.web, self, e.port+1); st == "unused" {
+		t.Fatal("the carried registration was not put back")
+	}
+}
+
 // TestTargetGroupsPutBackNamesWhyNotHealthy: an app that fails ELB's
 // checks: PutBack gives up at its deadline naming each registration and
 // ELB's reason.
@@ -167,7 +206,7 @@ func TestTargetGroupsPutBackNamesWhyNotHealthy(t *testing.T) {
 	e := newTGEnv(t)
 	ctx := context.Background()
 	b := e.backend()
-	if _, err := b.Record(ctx); err != nil {
+	if _, err := b.Record(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.TakeOut(ctx, 10*time.Second); err != nil {
@@ -191,7 +230,7 @@ func TestTargetGroupsAPIErrors(t *testing.T) {
 	if err := e.sim.FailNext("DescribeTargetHealth", 2, elbsim.Throttling); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Record(ctx); err != nil {
+	if _, err := b.Record(ctx, nil); err != nil {
 		t.Fatalf("throttled twice: %v", err)
 	}
 	if err := e.sim.FailNext("DeregisterTargets", 1, elbsim.AccessDenied); err != nil {
@@ -201,11 +240,11 @@ func TestTargetGroupsAPIErrors(t *testing.T) {
 		t.Fatalf("access denied: %v", err)
 	}
 	gone := &TargetGroups{ARNs: []string{strings.Replace(e.web, "/web/", "/gone/", 1)}, Connect: b.Connect}
-	if _, err := gone.Record(ctx); err == nil || !strings.Contains(err.Error(), "reading the targets of gone/") || !strings.Contains(err.Error(), "TargetGroupNotFound") {
+	if _, err := gone.Record(ctx, nil); err == nil || !strings.Contains(err.Error(), "reading the targets of gone/") || !strings.Contains(err.Error(), "TargetGroupNotFound") {
 		t.Fatalf("an unknown group: %v", err)
 	}
 	failing := &TargetGroups{ARNs: []string{e.web}, Connect: func(context.Context) (string, ELBv2, error) { return "", nil, errors.New("no IMDS here") }}
-	if _, err := failing.Record(ctx); err == nil || !strings.Contains(err.Error(), "no IMDS here") {
+	if _, err := failing.Record(ctx, nil); err == nil || !strings.Contains(err.Error(), "no IMDS here") {
 		t.Fatalf("no identity: %v", err)
 	}
 }
@@ -242,7 +281,7 @@ func TestTargetGroupsCapacityGate(t *testing.T) {
 	b.ARNs = []string{e.web} // "api" has this instance alone
 	b.MinHealthy = MinHealthy{Count: 1}
 	deregs := e.sim.Calls("DeregisterTargets")
-	_, err := b.Record(ctx)
+	_, err := b.Record(ctx, nil)
 	if !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), "would leave 0 healthy target(s) of 2 registered, fewer than lb.aws.min_healthy 1 (1)") {
 		t.Fatalf("the last healthy target: %v", err)
 	}
@@ -251,7 +290,7 @@ func TestTargetGroupsCapacityGate(t *testing.T) {
 	}
 	// 50% of 2 registered is 1 healthy other: still refused; 0% passes.
 	b.MinHealthy = MinHealthy{Percent: 50}
-	if _, err := b.Record(ctx); !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), "lb.aws.min_healthy 50% (1)") {
+	if _, err := b.Record(ctx, nil); !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), "lb.aws.min_healthy 50% (1)") {
 		t.Fatalf("50%%: %v", err)
 	}
 
@@ -265,7 +304,7 @@ func TestTargetGroupsCapacityGate(t *testing.T) {
 	}
 	waitState(other, e.port, "healthy")
 	b.MinHealthy = MinHealthy{Count: 1}
-	if _, err := b.Record(ctx); err != nil {
+	if _, err := b.Record(ctx, nil); err != nil {
 		t.Fatalf("one healthy other: %v", err)
 	}
 	if _, err := e.client.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(e.web), Targets: target(Registration{e.web, other, e.port})}); err != nil {
