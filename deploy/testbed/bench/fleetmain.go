@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,33 +31,17 @@ func fleetMain(ctx context.Context, nodes, n int, outDir, prefix, binary string,
 	if nodes < 2 || nodes > 8 {
 		return fmt.Errorf("-fleet %d: want 2 to 8 nodes", nodes)
 	}
-	for _, m := range modes {
-		if !slices.Contains(allModes, m) {
-			return fmt.Errorf("unknown mode %q (want %v)", m, allModes)
-		}
-	}
-	for _, s := range scenarios {
-		if !slices.Contains(fleetScenarios, s) {
-			return fmt.Errorf("unknown fleet scenario %q (want %v)", s, fleetScenarios)
-		}
-	}
-	for _, r := range reuses {
-		if !slices.Contains(reuseModes, r) {
-			return fmt.Errorf("unknown http-reuse %q (want %v)", r, reuseModes)
-		}
+	if err := errors.Join(known("mode", modes, allModes), known("fleet scenario", scenarios, fleetScenarios), known("http-reuse", reuses, reuseModes)); err != nil {
+		return err
 	}
 	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
 		return fmt.Errorf("the fleet bench needs Debian's haproxy (make setup installs it): %w", err)
 	}
-	work, err := os.MkdirTemp("", "pa-fl-")
+	work, logDir, err := workDirs(outDir, "pa-fl-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
-	logDir := filepath.Join(outDir, "logs")
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return err
-	}
 	f, err := newFleet(ctx, prefix, nodes, binary, work, logDir)
 	if err != nil {
 		return err

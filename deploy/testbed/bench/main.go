@@ -61,6 +61,28 @@ func split(s string) []string {
 	return out
 }
 
+// known checks that every one of got (the kind of thing a flag names) is
+// one of want.
+func known(kind string, got, want []string) error {
+	for _, g := range got {
+		if !slices.Contains(want, g) {
+			return fmt.Errorf("unknown %s %q (want %v)", kind, g, want)
+		}
+	}
+	return nil
+}
+
+// workDirs makes a bench's scratch dir (the caller removes it) and outDir's
+// logs/.
+func workDirs(outDir, pattern string) (work, logDir string, err error) {
+	logDir = filepath.Join(outDir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return "", "", err
+	}
+	work, err = os.MkdirTemp("", pattern)
+	return work, logDir, err
+}
+
 // checkRun checks what every bench needs: root, -n, the binary (its
 // absolute path returned).
 func checkRun(n int, binary string) (string, error) {
@@ -100,27 +122,16 @@ func mainErr(n int, outDir, prefix, binary string, variants, scenarios []string,
 	if err != nil {
 		return err
 	}
-	for _, v := range variants {
-		if !slices.Contains(allVariants, v) {
-			return fmt.Errorf("unknown variant %q (want %v)", v, allVariants)
-		}
-	}
-	for _, s := range scenarios {
-		if !slices.Contains(allScenarios, s) {
-			return fmt.Errorf("unknown scenario %q (want %v)", s, allScenarios)
-		}
+	if err := errors.Join(known("variant", variants, allVariants), known("scenario", scenarios, allScenarios)); err != nil {
+		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	work, err := os.MkdirTemp("", "patchagent-bench-")
+	work, logDir, err := workDirs(outDir, "patchagent-bench-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
-	logDir := filepath.Join(outDir, "logs")
-	if err := os.MkdirAll(logDir, 0o755); err != nil {
-		return err
-	}
 
 	status("setting up the sandbox %s", prefix)
 	node, err := sandbox.Setup(ctx, sandbox.Options{Prefix: prefix, AppUser: "pa-bn-app"})
