@@ -127,11 +127,13 @@ var ErrCapacity = errors.New("capacity gate")
 
 // gate checks that out (one group's targets) keeps its floor without
 // this instance: its healthy targets other than id, against the floor of
-// its registered (not draining) targets.
+// its registered ones (not draining; this instance's count whatever their
+// state, so the floor is the same before it leaves and after).
 func (t *TargetGroups) gate(arn, id string, out *elbv2.DescribeTargetHealthOutput) error {
 	healthy, registered := 0, 0
 	for _, d := range out.TargetHealthDescriptions {
-		if d.TargetHealth == nil || d.Target == nil || d.TargetHealth.State == types.TargetHealthStateEnumDraining {
+		if d.TargetHealth == nil || d.Target == nil ||
+			d.TargetHealth.State == types.TargetHealthStateEnumDraining && aws.ToString(d.Target.Id) != id {
 			continue
 		}
 		registered++
@@ -258,8 +260,7 @@ func (t *TargetGroups) recheck(ctx context.Context, api ELBv2, regs []Registrati
 		if err != nil {
 			return fmt.Errorf("reading the targets of %s again after leaving: %w", shortARN(arn), err)
 		}
-		// This instance is draining now: count as if it were still there.
-		if err := t.gate(arn, regs[0].ID, withSelf(out, regs, arn)); err != nil {
+		if err := t.gate(arn, regs[0].ID, out); err != nil {
 			if rerr := register(ctx, api, regs); rerr != nil {
 				return fmt.Errorf("%w, and stepping back in failed: %w", err, rerr)
 			}
@@ -267,25 +268,6 @@ func (t *TargetGroups) recheck(ctx context.Context, api ELBv2, regs []Registrati
 		}
 	}
 	return nil
-}
-
-// withSelf is out with this instance's registrations in arn counted as
-// registered (not draining).
-func withSelf(out *elbv2.DescribeTargetHealthOutput, regs []Registration, arn string) *elbv2.DescribeTargetHealthOutput {
-	c := &elbv2.DescribeTargetHealthOutput{}
-	for _, d := range out.TargetHealthDescriptions {
-		if d.Target != nil && aws.ToString(d.Target.Id) == regs[0].ID {
-			continue
-		}
-		c.TargetHealthDescriptions = append(c.TargetHealthDescriptions, d)
-	}
-	for _, r := range regs {
-		if r.TargetGroup == arn {
-			c.TargetHealthDescriptions = append(c.TargetHealthDescriptions, types.TargetHealthDescription{
-				Target: &types.TargetDescription{Id: aws.String(r.ID), Port: aws.Int32(r.Port)}, TargetHealth: &types.TargetHealth{State: types.TargetHealthStateEnumHealthy}})
-		}
-	}
-	return c
 }
 
 // PutBack registers every recorded registration again and waits, up to
