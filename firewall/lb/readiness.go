@@ -51,7 +51,8 @@ type Readiness struct {
 	probedAt time.Time
 
 	mu      sync.Mutex
-	served  [2]uint64 // answers: [0] 503, [1] 200 (Stats)
+	ready   uint64    // 200 answers served (Stats)
+	unavail uint64    // 503 answers served
 	out     bool      // taken out of rotation: every check answers 503
 	since   time.Time // when out last changed
 	sources map[netip.Addr]*checker
@@ -129,7 +130,11 @@ func (r *Readiness) record(src netip.Addr, passed bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now()
-	r.served[b01(passed)]++
+	if passed {
+		r.ready++
+	} else {
+		r.unavail++
+	}
 	c := r.sources[src]
 	if c == nil {
 		if len(r.sources) >= maxSources {
@@ -154,13 +159,6 @@ func (r *Readiness) record(src netip.Addr, passed bool) {
 	r.changed = make(chan struct{})
 }
 
-func b01(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
-}
-
 // Stats is what the endpoint has done, for metrics.
 type Stats struct {
 	// Checkers are the addresses that checked within two intervals.
@@ -179,7 +177,7 @@ func (r *Readiness) Stats() Stats {
 			n++
 		}
 	}
-	return Stats{Checkers: n, Ready: r.served[1], Unavailable: r.served[0]}
+	return Stats{Checkers: n, Ready: r.ready, Unavailable: r.unavail}
 }
 
 // maxSources bounds the addresses tracked: the endpoint is reachable from
