@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,12 +144,22 @@ func TestDaemonRunsPhasesThatOutliveTheirCLI(t *testing.T) {
 	}
 }
 
+// scrape GETs url from the server netns. The daemon listens for metrics
+// in the background, after READY (R1: never before the boot re-block), so
+// a refused connection is tried again for up to 5 s.
 func scrape(t *testing.T, n *sandbox.Node, url string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	resp, err := n.ServerClient().Do(req)
+	var resp *http.Response
+	var err error
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if resp, err = n.ServerClient().Do(req); err == nil || !errors.Is(err, syscall.ECONNREFUSED) || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatalf("scraping %s: %v", url, err)
 	}
