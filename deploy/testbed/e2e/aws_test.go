@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
 	"github.com/patchagent/patchagent/agent"
+	"github.com/patchagent/patchagent/deploy/testbed/awsquery"
 	"github.com/patchagent/patchagent/deploy/testbed/elbsim"
 	"github.com/patchagent/patchagent/deploy/testbed/sandbox"
 	"github.com/patchagent/patchagent/firewall/lb/awslb"
@@ -401,7 +402,7 @@ func TestPatchBehindELBv2(t *testing.T) {
 		e.waitState(t, awsNodeID, 443, "healthy", 30*time.Second)
 		startDaemon(t, n, cfg)
 		describes, deregs := e.sim.Calls("DescribeTargetHealth"), e.sim.Calls("DeregisterTargets")
-		if err := e.sim.FailNext("DescribeTargetHealth", 1, elbsim.AccessDenied); err != nil {
+		if err := e.sim.FailNext("DescribeTargetHealth", 1, awsquery.AccessDenied); err != nil {
 			t.Fatal(err)
 		}
 		pre := patchagent(t, n, "pre", "--config", cfg)

@@ -1,9 +1,6 @@
 package elbsim
 
 import (
-	"bytes"
-	"crypto/rand"
-	"encoding/xml"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -11,33 +8,21 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/patchagent/patchagent/deploy/testbed/awsquery"
 )
 
-// apiError is an error answer of the API.
-type apiError struct {
-	status        int
-	code, message string
+func errNotFound() *awsquery.Error {
+	return &awsquery.Error{Status: http.StatusBadRequest, Code: "TargetGroupNotFound", Message: "One or more target groups not found"}
 }
 
-func errValidation(format string, args ...any) *apiError {
-	return &apiError{http.StatusBadRequest, "ValidationError", fmt.Sprintf(format, args...)}
-}
-
-func errNotFound() *apiError {
-	return &apiError{http.StatusBadRequest, "TargetGroupNotFound", "One or more target groups not found"}
-}
-
-func errInvalidTarget(ids []string) *apiError {
-	return &apiError{http.StatusBadRequest, "InvalidTarget", "The following targets are not valid: '" + strings.Join(ids, "', '") + "'"}
-}
-
-func errUnavailable() *apiError {
-	return &apiError{http.StatusServiceUnavailable, "ServiceUnavailable", "The simulated service is closed"}
+func errInvalidTarget(ids []string) *awsquery.Error {
+	return &awsquery.Error{Status: http.StatusBadRequest, Code: "InvalidTarget", Message: "The following targets are not valid: '" + strings.Join(ids, "', '") + "'"}
 }
 
 // action answers one API action: a result struct that becomes <XxxResult>,
-// or an error.
-type action func(s *Server, f url.Values) (any, *apiError)
+// or an error. It runs without s.mu held and takes it where it needs it.
+type action func(s *Server, f url.Values) (any, *awsquery.Error)
 
 var actions = map[string]action{
 	"DescribeTargetGroups":          (*Server).describeTargetGroups,
@@ -47,122 +32,15 @@ var actions = map[string]action{
 	"DescribeTargetGroupAttributes": (*Server).describeTargetGroupAttributes,
 }
 
-// ServeHTTP answers one API request in the AWS query protocol. It checks that
-// the request is signed (an AWS4-HMAC-SHA256 Authorization header; the
-// signature itself is not verified) and names Version 2015-12-01.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	id := newRequestID()
-	w.Header().Set("X-Amzn-Requestid", id)
-	if r.Method != http.MethodPost && r.Method != http.MethodGet {
-		writeError(w, id, &apiError{http.StatusMethodNotAllowed, "InvalidHttpRequest", "Method " + r.Method + " is not allowed; send POST"})
-		return
-	}
-	r.Body = http.MaxBytesReader(w, r.Body, 1<<20)
-	if err := r.ParseForm(); err != nil {
-		writeError(w, id, &apiError{http.StatusBadRequest, "MalformedQueryString", "Cannot parse the request: " + err.Error()})
-		return
-	}
-	name := r.Form.Get("Action")
-	s.mu.Lock()
-	s.calls[name]++
-	s.mu.Unlock()
-	if name == "" {
-		writeError(w, id, &apiError{http.StatusBadRequest, "MissingAction", "Request is missing Action"})
-		return
-	}
-	if !strings.HasPrefix(r.Header.Get("Authorization"), "AWS4-HMAC-SHA256 ") {
-		writeError(w, id, &apiError{http.StatusForbidden, "MissingAuthenticationToken", "Request is missing Authentication Token"})
-		return
-	}
-	act, ok := actions[name]
-	if v := r.Form.Get("Version"); !ok || v != APIVersion {
-		writeError(w, id, &apiError{http.StatusBadRequest, "InvalidAction", fmt.Sprintf("Could not find operation %s for version %s", name, v)})
-		return
-	}
-	s.mu.Lock()
-	f := s.takeFault(name)
-	s.mu.Unlock()
-	if f != nil {
-		writeError(w, id, &apiError{f.Status, f.Code, f.Message})
-		return
-	}
-	res, aerr := act(s, r.Form)
-	if aerr != nil {
-		writeError(w, id, aerr)
-		return
-	}
-	writeResult(w, id, name, res)
-}
+// ServeHTTP answers one API request in the AWS query protocol (see
+// awsquery.API): a signed request naming Version 2015-12-01 and one of the
+// actions.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.api.ServeHTTP(w, r) }
 
-// writeResult writes <XxxResponse><XxxResult>res</XxxResult><ResponseMetadata>.
-func writeResult(w http.ResponseWriter, id, name string, res any) {
-	var buf bytes.Buffer
-	enc := xml.NewEncoder(&buf)
-	start := xml.StartElement{Name: xml.Name{Local: name + "Response"}, Attr: []xml.Attr{{Name: xml.Name{Local: "xmlns"}, Value: Namespace}}}
-	err := enc.EncodeToken(start)
-	if err == nil {
-		err = enc.EncodeElement(res, xml.StartElement{Name: xml.Name{Local: name + "Result"}})
-	}
-	if err == nil {
-		err = enc.EncodeElement(struct{ RequestId string }{id}, xml.StartElement{Name: xml.Name{Local: "ResponseMetadata"}})
-	}
-	if err == nil {
-		err = enc.EncodeToken(start.End())
-	}
-	if err == nil {
-		err = enc.Flush()
-	}
-	if err != nil {
-		writeError(w, id, &apiError{http.StatusInternalServerError, "InternalFailure", "Cannot encode the result: " + err.Error()})
-		return
-	}
-	w.Header().Set("Content-Type", "text/xml")
-	w.Write(buf.Bytes())
-}
-
-// xmlError is <ErrorResponse>, as the query protocol's errors are.
-type xmlError struct {
-	XMLName xml.Name `xml:"ErrorResponse"`
-	Xmlns   string   `xml:"xmlns,attr"`
-	Error   struct {
-		Type    string
-		Code    string
-		Message string
-	}
-	RequestId string
-}
-
-func writeError(w http.ResponseWriter, id string, e *apiError) {
-	var x xmlError
-	x.Xmlns = Namespace
-	x.Error.Type = "Sender"
-	if e.status >= 500 {
-		x.Error.Type = "Receiver"
-	}
-	x.Error.Code, x.Error.Message, x.RequestId = e.code, e.message, id
-	body, _ := xml.Marshal(x) // strings only: cannot fail
-	w.Header().Set("Content-Type", "text/xml")
-	w.WriteHeader(e.status)
-	w.Write(body)
-}
-
-// newRequestID returns a random id in AWS's UUID form.
-func newRequestID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
-}
-
-// stringList reads the query protocol's list name.member.1, name.member.2, …
-func stringList(f url.Values, name string) []string {
-	var out []string
-	for i := 1; ; i++ {
-		v, ok := f[name+".member."+strconv.Itoa(i)]
-		if !ok {
-			return out
-		}
-		out = append(out, v[0])
-	}
+// dispatch is the awsquery.API's Dispatch: the action, which locks s.mu
+// itself (the resolver it calls must run without it).
+func (s *Server) dispatch(name string, f url.Values) (any, *awsquery.Error) {
+	return actions[name](s, f)
 }
 
 // targetParam is one member of a Targets list.
@@ -174,7 +52,7 @@ type targetParam struct {
 
 // targetList reads Targets.member.N.{Id,Port,AvailabilityZone}; a missing
 // port is the group's.
-func targetList(f url.Values, g *group) ([]targetParam, *apiError) {
+func targetList(f url.Values, g *group) ([]targetParam, *awsquery.Error) {
 	var out []targetParam
 	for i := 1; ; i++ {
 		p := "Targets.member." + strconv.Itoa(i) + "."
@@ -183,13 +61,13 @@ func targetList(f url.Values, g *group) ([]targetParam, *apiError) {
 			return out, nil
 		}
 		if id == "" {
-			return nil, errValidation("1 validation error detected: Value null at 'targets.%d.member.id' failed to satisfy constraint: Member must not be null", i)
+			return nil, awsquery.Null(fmt.Sprintf("targets.%d.member.id", i))
 		}
 		t := targetParam{key: Target{ID: id, Port: g.cfg.Port}, hasPort: port != "", zone: zone}
 		if port != "" {
 			n, err := strconv.Atoi(port)
 			if err != nil || n < 1 || n > 65535 {
-				return nil, errValidation("1 validation error detected: Value '%s' at 'targets.%d.member.port' failed to satisfy constraint: Member must be a port number from 1 to 65535", port, i)
+				return nil, awsquery.Validation("1 validation error detected: Value '%s' at 'targets.%d.member.port' failed to satisfy constraint: Member must be a port number from 1 to 65535", port, i)
 			}
 			t.key.Port = int32(n)
 		}
@@ -198,10 +76,10 @@ func targetList(f url.Values, g *group) ([]targetParam, *apiError) {
 }
 
 // lookup returns the group f's TargetGroupArn names.
-func (s *Server) lookup(f url.Values) (*group, *apiError) {
+func (s *Server) lookup(f url.Values) (*group, *awsquery.Error) {
 	arn := f.Get("TargetGroupArn")
 	if arn == "" {
-		return nil, errValidation("1 validation error detected: Value null at 'targetGroupArn' failed to satisfy constraint: Member must not be null")
+		return nil, awsquery.Null("targetGroupArn")
 	}
 	g := s.groups[arn]
 	if g == nil {
@@ -261,8 +139,8 @@ func seconds(d time.Duration) int64 {
 	return int64((d + time.Second - 1) / time.Second)
 }
 
-func (s *Server) describeTargetGroups(f url.Values) (any, *apiError) {
-	arns, names, lb := stringList(f, "TargetGroupArns"), stringList(f, "Names"), f.Get("LoadBalancerArn")
+func (s *Server) describeTargetGroups(f url.Values) (any, *awsquery.Error) {
+	arns, names, lb := awsquery.List(f, "TargetGroupArns"), awsquery.List(f, "Names"), f.Get("LoadBalancerArn")
 	given := 0
 	for _, b := range []bool{len(arns) > 0, len(names) > 0, lb != ""} {
 		if b {
@@ -270,13 +148,13 @@ func (s *Server) describeTargetGroups(f url.Values) (any, *apiError) {
 		}
 	}
 	if given > 1 {
-		return nil, errValidation("Only one of TargetGroupArns, Names and LoadBalancerArn can be specified")
+		return nil, awsquery.Validation("Only one of TargetGroupArns, Names and LoadBalancerArn can be specified")
 	}
 	pageSize := 400
 	if v := f.Get("PageSize"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 400 {
-			return nil, errValidation("1 validation error detected: Value '%s' at 'pageSize' failed to satisfy constraint: Member must have value between 1 and 400", v)
+			return nil, awsquery.Validation("1 validation error detected: Value '%s' at 'pageSize' failed to satisfy constraint: Member must have value between 1 and 400", v)
 		}
 		pageSize = n
 	}
@@ -309,7 +187,7 @@ func (s *Server) describeTargetGroups(f url.Values) (any, *apiError) {
 	if m := f.Get("Marker"); m != "" {
 		n, err := strconv.Atoi(m)
 		if err != nil || n < 0 || n > len(sel) {
-			return nil, errValidation("Invalid marker %q", m)
+			return nil, awsquery.Validation("Invalid marker %q", m)
 		}
 		from = n
 	}
@@ -384,7 +262,7 @@ func (t *target) describe(g *group) xmlTargetHealthDescription {
 // describeTargetHealth reports every registration (draining ones included),
 // or the targets asked for: a target asked for without a port matches every
 // port it is registered on, and one not registered at all is unused.
-func (s *Server) describeTargetHealth(f url.Values) (any, *apiError) {
+func (s *Server) describeTargetHealth(f url.Values) (any, *awsquery.Error) {
 	g, aerr := s.lookup(f)
 	if aerr != nil {
 		return nil, aerr
@@ -426,13 +304,13 @@ func (s *Server) describeTargetHealth(f url.Values) (any, *apiError) {
 // registerTargets registers each target, or re-registers one that is
 // draining; one already registered is left as it is. An unknown id fails the
 // whole call, as AWS does.
-func (s *Server) registerTargets(f url.Values) (any, *apiError) {
+func (s *Server) registerTargets(f url.Values) (any, *awsquery.Error) {
 	return s.changeTargets(f, func(g *group, p targetParam) { s.register(g, p) })
 }
 
 // deregisterTargets starts draining each registered target named by id AND
 // port; a pair that is not registered is ignored, as AWS does.
-func (s *Server) deregisterTargets(f url.Values) (any, *apiError) {
+func (s *Server) deregisterTargets(f url.Values) (any, *awsquery.Error) {
 	return s.changeTargets(f, func(g *group, p targetParam) {
 		if t := g.targets[p.key]; t != nil && t.state != stateDraining {
 			s.deregister(g, t)
@@ -443,7 +321,7 @@ func (s *Server) deregisterTargets(f url.Values) (any, *apiError) {
 // changeTargets is RegisterTargets' and DeregisterTargets' common part:
 // the group, its targets (at least one, every id known), then change for
 // each under the lock.
-func (s *Server) changeTargets(f url.Values, change func(*group, targetParam)) (any, *apiError) {
+func (s *Server) changeTargets(f url.Values, change func(*group, targetParam)) (any, *awsquery.Error) {
 	g, aerr := s.lookup(f)
 	if aerr != nil {
 		return nil, aerr
@@ -453,7 +331,7 @@ func (s *Server) changeTargets(f url.Values, change func(*group, targetParam)) (
 		return nil, aerr
 	}
 	if len(ts) == 0 {
-		return nil, errValidation("1 validation error detected: Value null at 'targets' failed to satisfy constraint: Member must not be null")
+		return nil, awsquery.Null("targets")
 	}
 	if bad := s.invalid(ts); len(bad) > 0 {
 		return nil, errInvalidTarget(bad)
@@ -461,7 +339,7 @@ func (s *Server) changeTargets(f url.Values, change func(*group, targetParam)) (
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return nil, errUnavailable()
+		return nil, awsquery.Unavailable()
 	}
 	for _, p := range ts {
 		change(g, p)
@@ -475,7 +353,7 @@ type describeTargetGroupAttributesResult struct {
 	}
 }
 
-func (s *Server) describeTargetGroupAttributes(f url.Values) (any, *apiError) {
+func (s *Server) describeTargetGroupAttributes(f url.Values) (any, *awsquery.Error) {
 	g, aerr := s.lookup(f)
 	if aerr != nil {
 		return nil, aerr

@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 	"github.com/aws/smithy-go"
 
+	"github.com/patchagent/patchagent/deploy/testbed/awsquery"
 	"github.com/patchagent/patchagent/deploy/testbed/elbsim"
 )
 
@@ -156,7 +157,7 @@ func TestDescribeTargetGroupAttributes(t *testing.T) {
 func TestThrottlingIsRetried(t *testing.T) {
 	t.Parallel()
 	e := setup(t, fastGroup("tg-throttle"))
-	if err := e.sim.FailNext("DescribeTargetGroups", 2, elbsim.Throttling); err != nil {
+	if err := e.sim.FailNext("DescribeTargetGroups", 2, awsquery.Throttling); err != nil {
 		t.Fatal(err)
 	}
 	out, err := e.c.DescribeTargetGroups(ctx(t), &elbv2.DescribeTargetGroupsInput{})
@@ -167,7 +168,7 @@ func TestThrottlingIsRetried(t *testing.T) {
 		t.Errorf("%d calls, want 3: two throttled, one passed", n)
 	}
 
-	if err := e.sim.FailNext("DescribeTargetGroups", 5, elbsim.Throttling); err != nil {
+	if err := e.sim.FailNext("DescribeTargetGroups", 5, awsquery.Throttling); err != nil {
 		t.Fatal(err)
 	}
 	_, err = e.c.DescribeTargetGroups(ctx(t), &elbv2.DescribeTargetGroupsInput{})
@@ -179,7 +180,7 @@ func TestThrottlingIsRetried(t *testing.T) {
 		t.Errorf("%d calls in all, want 6", n)
 	}
 
-	if err := e.sim.FailNext("CreateTargetGroup", 1, elbsim.Throttling); err == nil {
+	if err := e.sim.FailNext("CreateTargetGroup", 1, awsquery.Throttling); err == nil {
 		t.Error("FailNext accepted an action the server does not implement")
 	}
 }
@@ -190,12 +191,12 @@ func TestAccessDeniedDecoded(t *testing.T) {
 	t.Parallel()
 	e := setup(t, fastGroup("tg-denied"))
 	arn := arnOf(e, "tg-denied")
-	if err := e.sim.FailNext("DescribeTargetHealth", 1, elbsim.AccessDenied); err != nil {
+	if err := e.sim.FailNext("DescribeTargetHealth", 1, awsquery.AccessDenied); err != nil {
 		t.Fatal(err)
 	}
 	_, err := e.c.DescribeTargetHealth(ctx(t), &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
 	var apiErr smithy.APIError
-	if !errors.As(err, &apiErr) || apiErr.ErrorCode() != "AccessDenied" || apiErr.ErrorMessage() != elbsim.AccessDenied.Message || apiErr.ErrorFault() == smithy.FaultServer {
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode() != "AccessDenied" || apiErr.ErrorMessage() != awsquery.AccessDenied.Message || apiErr.ErrorFault() == smithy.FaultServer {
 		t.Fatalf("%v, want the AccessDenied APIError", err)
 	}
 	var re *awshttp.ResponseError

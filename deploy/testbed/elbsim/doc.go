@@ -7,9 +7,10 @@
 //
 //   - Server is an http.Handler that speaks the AWS query protocol of API
 //     version 2015-12-01 (form-encoded POST in, XML out, errors as
-//     <ErrorResponse>), for DescribeTargetGroups, DescribeTargetHealth,
-//     RegisterTargets, DeregisterTargets and DescribeTargetGroupAttributes.
-//     An unmodified SDK client reaches it through its BaseEndpoint option.
+//     <ErrorResponse>; the protocol itself is deploy/testbed/awsquery's), for
+//     DescribeTargetGroups, DescribeTargetHealth, RegisterTargets,
+//     DeregisterTargets and DescribeTargetGroupAttributes. An unmodified SDK
+//     client reaches it through its BaseEndpoint option.
 //   - Every registered target is health-checked by the server itself: an HTTP
 //     GET every interval against the target's health-check address, with the
 //     group's timeout, matcher and healthy/unhealthy thresholds. A target goes
@@ -25,8 +26,9 @@
 // supply, so targets can live in other network namespaces.
 //
 // FailNext makes the next calls of an action fail with a chosen error (for
-// example Throttling), so that the SDK's retryer and error decoding can be
-// exercised. Wall-clock seconds in the API (intervals, timeouts, the
-// deregistration delay) are reported rounded up to whole seconds; the server
-// itself runs on the configured durations, which tests keep short.
+// example awsquery.Throttling), so that the SDK's retryer and error decoding
+// can be exercised; Calls counts the requests of an action. Wall-clock
+// seconds in the API (intervals, timeouts, the deregistration delay) are
+// reported rounded up to whole seconds; the server itself runs on the
+// configured durations, which tests keep short.
 package elbsim

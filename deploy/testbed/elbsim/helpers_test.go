@@ -13,11 +13,10 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
+	"github.com/patchagent/patchagent/deploy/testbed/awsquery"
 	"github.com/patchagent/patchagent/deploy/testbed/elbsim"
 )
 
@@ -134,17 +133,7 @@ func setup(t *testing.T, groups ...elbsim.TargetGroup) *env {
 // newClient is the SDK client as patchagent builds it, with a fast backoff
 // so that retries take milliseconds instead of seconds.
 func newClient(url string, attempts int) *elbv2.Client {
-	return elbv2.NewFromConfig(aws.Config{
-		Region:      "us-east-1",
-		Credentials: credentials.NewStaticCredentialsProvider("AKID", "SECRET", ""),
-		HTTPClient:  &http.Client{Timeout: 5 * time.Second},
-		Retryer: func() aws.Retryer {
-			return retry.NewStandard(func(o *retry.StandardOptions) {
-				o.MaxAttempts = attempts
-				o.Backoff = retry.BackoffDelayerFunc(func(int, error) (time.Duration, error) { return 5 * time.Millisecond, nil })
-			})
-		},
-	}, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(url) })
+	return elbv2.NewFromConfig(awsquery.ClientConfig(attempts), func(o *elbv2.Options) { o.BaseEndpoint = aws.String(url) })
 }
 
 func ctx(t *testing.T) context.Context {

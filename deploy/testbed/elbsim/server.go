@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httputil"
@@ -13,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/patchagent/patchagent/deploy/testbed/awsquery"
 )
 
 // APIVersion is the ELBv2 API version the server speaks; requests naming
@@ -162,10 +165,10 @@ type Server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // health-check goroutines
 
-	mu     sync.Mutex // guards everything below and the mutable state of groups and targets
+	api *awsquery.API // the query protocol, FailNext and Calls; dispatches to actions
+
+	mu     sync.Mutex // guards closed and the mutable state of groups and targets
 	closed bool
-	faults map[string][]*pendingFault
-	calls  map[string]int
 }
 
 // group is a configured target group and its registrations.
@@ -206,8 +209,12 @@ func New(opts Options) (*Server, error) {
 		resolve:     opts.Resolve,
 		defaultZone: opts.DefaultZone,
 		groups:      map[string]*group{},
-		faults:      map[string][]*pendingFault{},
-		calls:       map[string]int{},
+	}
+	s.api = &awsquery.API{
+		Version:   APIVersion,
+		Namespace: Namespace,
+		Actions:   slices.Sorted(maps.Keys(actions)),
+		Dispatch:  s.dispatch,
 	}
 	if s.resolve == nil {
 		s.resolve = resolveIP
@@ -416,61 +423,13 @@ func (s *Server) TargetGroupARN(name string) string {
 	return ""
 }
 
-// Fault is an error the API answers in place of an action's result.
-type Fault struct {
-	Status  int    // HTTP status, 4xx (Type Sender) or 5xx (Type Receiver)
-	Code    string // the error code, e.g. "Throttling"
-	Message string
-}
-
-// Faults as AWS returns them.
-var (
-	// Throttling is ELB's answer to a caller over its API rate; the SDK's
-	// standard retryer retries it.
-	Throttling = Fault{Status: http.StatusBadRequest, Code: "Throttling", Message: "Rate exceeded"}
-	// AccessDenied is IAM refusing the action; the SDK does not retry it.
-	AccessDenied = Fault{Status: http.StatusForbidden, Code: "AccessDenied", Message: "User: arn:aws:iam::123456789012:user/elbsim is not authorized to perform this action"}
-)
-
-type pendingFault struct {
-	f Fault
-	n int
-}
-
 // FailNext makes the next n calls of action (e.g. "DescribeTargetHealth")
-// answer f instead of acting, after any faults already queued for it. The
-// calls still count in Calls.
-func (s *Server) FailNext(action string, n int, f Fault) error {
-	if _, ok := actions[action]; !ok {
-		return fmt.Errorf("elbsim: cannot fail %q: not an action the server implements", action)
-	}
-	if n < 1 || f.Status < 400 || f.Status > 599 || f.Code == "" {
-		return fmt.Errorf("elbsim: cannot fail %s %d times with status %d and code %q: need n ≥ 1, a 4xx or 5xx status and a code", action, n, f.Status, f.Code)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.faults[action] = append(s.faults[action], &pendingFault{f: f, n: n})
-	return nil
-}
-
-// takeFault returns the fault the next call of action must answer, if any.
-// Call with s.mu held.
-func (s *Server) takeFault(action string) *Fault {
-	q := s.faults[action]
-	if len(q) == 0 {
-		return nil
-	}
-	f := q[0].f
-	if q[0].n--; q[0].n == 0 {
-		s.faults[action] = q[1:]
-	}
-	return &f
+// answer e (for example awsquery.Throttling) instead of acting, after any
+// faults already queued for it. The calls still count in Calls.
+func (s *Server) FailNext(action string, n int, e awsquery.Error) error {
+	return s.api.FailNext(action, n, e)
 }
 
 // Calls returns how many requests named action so far, failed ones included:
 // with FailNext it shows how often the SDK retried.
-func (s *Server) Calls(action string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.calls[action]
-}
+func (s *Server) Calls(action string) int { return s.api.Calls(action) }

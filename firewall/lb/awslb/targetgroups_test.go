@@ -13,10 +13,9 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/aws/retry"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 
+	"github.com/patchagent/patchagent/deploy/testbed/awsquery"
 	"github.com/patchagent/patchagent/deploy/testbed/elbsim"
 	"github.com/patchagent/patchagent/firewall/lb"
 )
@@ -65,13 +64,7 @@ func newTGEnv(t *testing.T) *tgEnv {
 	t.Cleanup(sim.Close)
 	t.Cleanup(srv.Close)
 	e.web, e.api = sim.TargetGroupARN("web"), sim.TargetGroupARN("api")
-	e.client = elbv2.NewFromConfig(aws.Config{
-		Region:      "us-east-1",
-		Credentials: credentials.NewStaticCredentialsProvider("AKID", "SECRET", ""),
-		Retryer: func() aws.Retryer {
-			return retry.NewStandard(func(o *retry.StandardOptions) { o.Backoff = retry.NewExponentialJitterBackoff(5 * time.Millisecond) })
-		},
-	}, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(srv.URL) })
+	e.client = elbv2.NewFromConfig(awsquery.ClientConfig(3), func(o *elbv2.Options) { o.BaseEndpoint = aws.String(srv.URL) })
 	ctx := context.Background()
 	reg := func(arn, id string, port int32) {
 		if _, err := e.client.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: aws.String(arn), Targets: target(Registration{arn, id, port})}); err != nil {
@@ -227,13 +220,13 @@ func TestTargetGroupsAPIErrors(t *testing.T) {
 	e := newTGEnv(t)
 	ctx := context.Background()
 	b := e.backend()
-	if err := e.sim.FailNext("DescribeTargetHealth", 2, elbsim.Throttling); err != nil {
+	if err := e.sim.FailNext("DescribeTargetHealth", 2, awsquery.Throttling); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.Record(ctx, nil); err != nil {
 		t.Fatalf("throttled twice: %v", err)
 	}
-	if err := e.sim.FailNext("DeregisterTargets", 1, elbsim.AccessDenied); err != nil {
+	if err := e.sim.FailNext("DeregisterTargets", 1, awsquery.AccessDenied); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.TakeOut(ctx, 5*time.Second); err == nil || !strings.Contains(err.Error(), "deregistering web/") || !strings.Contains(err.Error(), "AccessDenied") {
