@@ -193,11 +193,23 @@ type LBConfig struct {
 // pre records every registration of the instance in them (the port
 // included) in the state file, deregisters them and waits until each
 // group reports the target draining; exit registers exactly those again
-// and waits until each reports it healthy. The instance is found from
-// IMDSv2; credentials come from the instance profile.
+// and waits until each reports it healthy. In an Auto Scaling group whose
+// health check type is ELB, pre also puts the instance on Standby and
+// exit takes it out again. The instance is found from IMDSv2; credentials
+// come from the instance profile.
 type AWSConfig struct {
-	// TargetGroups are the target groups' ARNs (default none: not used).
-	TargetGroups []string `yaml:"target_groups"`
+	// TargetGroups are the target groups' ARNs, or auto: those attached to
+	// the instance's Auto Scaling group (default none: not used).
+	TargetGroups TargetGroupList `yaml:"target_groups"`
+	// Standby is auto (the default: Standby when the instance's Auto
+	// Scaling group checks health with ELB) or never.
+	Standby string `yaml:"standby"`
+	// DecrementDesiredCapacity is EnterStandby's
+	// ShouldDecrementDesiredCapacity (default true: the group launches no
+	// replacement; pre lowers its minimum size for the patch if it must,
+	// and exit restores it). False: the group launches a replacement, and
+	// leaving Standby raises the desired capacity by one.
+	DecrementDesiredCapacity bool `yaml:"decrement_desired_capacity"`
 	// MinHealthy is the capacity gate: pre refuses (nothing changed) when
 	// taking this instance out would leave a group fewer healthy targets
 	// than this, a count or a percent of its registered targets ("50%")
@@ -208,19 +220,58 @@ type AWSConfig struct {
 	Endpoints AWSEndpoints `yaml:"endpoints"`
 }
 
-// AWSEndpoints are base URLs of the instance metadata service and the
-// ELBv2 API.
+// AWSEndpoints are base URLs of the instance metadata service, the ELBv2
+// API and the Auto Scaling API.
 type AWSEndpoints struct {
-	IMDS  string `yaml:"imds"`
-	ELBv2 string `yaml:"elbv2"`
+	IMDS        string `yaml:"imds"`
+	ELBv2       string `yaml:"elbv2"`
+	AutoScaling string `yaml:"autoscaling"`
+}
+
+// AutoTargetGroups is lb.aws.target_groups' value for the target groups
+// of the instance's Auto Scaling group.
+const AutoTargetGroups = "auto"
+
+// TargetGroupList is a list of target group ARNs, or the scalar auto
+// (held as the one-element list [auto]).
+type TargetGroupList []string
+
+// Auto reports whether the list is auto.
+func (l TargetGroupList) Auto() bool { return len(l) == 1 && l[0] == AutoTargetGroups }
+
+// UnmarshalYAML reads a sequence of ARNs or the scalar auto.
+func (l *TargetGroupList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		if n.Tag != "!!str" || n.Value != AutoTargetGroups {
+			return fmt.Errorf("want a list of target group ARNs or %q, got %s", AutoTargetGroups, describe(n))
+		}
+		*l = TargetGroupList{AutoTargetGroups}
+		return nil
+	}
+	var arns []string
+	if err := n.Decode(&arns); err != nil {
+		return err
+	}
+	*l = arns
+	return nil
+}
+
+// MarshalYAML writes auto as the scalar it was read from.
+func (l TargetGroupList) MarshalYAML() (any, error) {
+	if l.Auto() {
+		return AutoTargetGroups, nil
+	}
+	return []string(l), nil
 }
 
 // backend names how the node leaves the load balancer, for status ("" for
 // none).
 func (c LBConfig) backend() string {
 	switch {
+	case c.AWS.TargetGroups.Auto():
+		return fmt.Sprintf("AWS ELBv2, the Auto Scaling group's target groups, min_healthy %s, standby %s", c.AWS.MinHealthy, c.AWS.Standby)
 	case len(c.AWS.TargetGroups) > 0:
-		return fmt.Sprintf("AWS ELBv2, %d target group(s), min_healthy %s", len(c.AWS.TargetGroups), c.AWS.MinHealthy)
+		return fmt.Sprintf("AWS ELBv2, %d target group(s), min_healthy %s, standby %s", len(c.AWS.TargetGroups), c.AWS.MinHealthy, c.AWS.Standby)
 	case c.HAProxy.Socket != "":
 		return fmt.Sprintf("HAProxy runtime API %s, server %s/%s", c.HAProxy.Socket, c.HAProxy.Backend, c.HAProxy.Server)
 	case c.HealthListen != "":
@@ -231,11 +282,20 @@ func (c LBConfig) backend() string {
 
 // plan is what lb-out (out) or lb-in does, for a dry run.
 func (c LBConfig) plan(out bool) string {
-	if tgs := c.AWS.TargetGroups; len(tgs) > 0 {
-		if out {
-			return fmt.Sprintf("record this instance's registrations in %d target group(s) in the state file, deregister them, wait until each group reports them draining (at most %s)", len(tgs), c.Deadline)
+	if a := c.AWS; len(a.TargetGroups) > 0 {
+		groups := fmt.Sprintf("%d target group(s)", len(a.TargetGroups))
+		if a.TargetGroups.Auto() {
+			groups = "the target groups of its Auto Scaling group"
 		}
-		return fmt.Sprintf("register the recorded target group registrations again, wait until each group reports them healthy (at most %s)", c.Deadline)
+		standby, back := "", ""
+		if a.Standby == "auto" {
+			standby = fmt.Sprintf(", then, in an Auto Scaling group that checks health with ELB, put it on Standby (decrement desired capacity: %t; the minimum size lowered for it if need be)", a.DecrementDesiredCapacity)
+			back = "take the instance off Standby if pre put it there, "
+		}
+		if out {
+			return fmt.Sprintf("record this instance's registrations in %s in the state file, refuse if a group would keep fewer healthy targets than min_healthy %s, deregister them, wait until each group reports them draining (at most %s)%s", groups, a.MinHealthy, c.Deadline, standby)
+		}
+		return fmt.Sprintf("%sregister the recorded target group registrations again, wait until each group reports them healthy (at most %s), restore a lowered minimum size", back, c.Deadline)
 	}
 	if h := c.HAProxy; h.Socket != "" {
 		if out {
@@ -315,7 +375,7 @@ func DefaultConfig() Config {
 			WatchInterval:   Duration(5 * time.Second),
 		},
 		LB: LBConfig{Path: "/ready", Interval: Duration(10 * time.Second), UnhealthyThreshold: 2, HealthyThreshold: 2, Deadline: Duration(2 * time.Minute),
-			AWS: AWSConfig{TargetGroups: []string{}, MinHealthy: "1"}},
+			AWS: AWSConfig{TargetGroups: TargetGroupList{}, MinHealthy: "1", Standby: "auto", DecrementDesiredCapacity: true}},
 	}
 }
 
@@ -573,7 +633,10 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, key string) {
 		}
 		return
 	}
-	if v.Kind() == reflect.Slice && v.Type().Elem().Kind() != reflect.Uint8 {
+	// A list, unless a scalar for a list type that reads one itself
+	// (TargetGroupList's auto).
+	scalarList := n.Kind == yaml.ScalarNode && n.Tag != "!!null" && reflect.PointerTo(v.Type()).Implements(unmarshalerType)
+	if v.Kind() == reflect.Slice && v.Type().Elem().Kind() != reflect.Uint8 && !scalarList {
 		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 			v.Set(reflect.MakeSlice(v.Type(), 0, 0))
 			return

@@ -121,6 +121,8 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 		{"aws endpoints without target groups", "app: {name: a}\nlb:\n  aws:\n    endpoints: {elbv2: \"ftp://x\"}\n", []string{"lb.aws.target_groups: empty", "lb.aws.endpoints.elbv2: \"ftp://x\" is not an http(s) base URL"}},
 		{"aws min_healthy", "app: {name: a}\nlb:\n  aws:\n    target_groups: [" + tgARN + "]\n    min_healthy: 150%\n", []string{"lb.aws.min_healthy: \"150%\": a percent is at most 100%"}},
 		{"aws min_healthy not a number", "app: {name: a}\nlb:\n  aws:\n    target_groups: [" + tgARN + "]\n    min_healthy: half\n", []string{"lb.aws.min_healthy: \"half\": want a count"}},
+		{"aws target groups a scalar other than auto", "app: {name: a}\nlb:\n  aws:\n    target_groups: " + tgARN + "\n", []string{"want a list of target group ARNs or \"auto\""}},
+		{"aws standby", "app: {name: a}\nlb:\n  aws:\n    target_groups: auto\n    standby: always\n    endpoints: {autoscaling: \"x\"}\n", []string{"lb.aws.standby: \"always\": want auto or never", "lb.aws.endpoints.autoscaling: \"x\" is not an http(s) base URL"}},
 		{"aws with the readiness endpoint", "app: {name: a}\nlb:\n  health_listen: 0.0.0.0:8742\n  aws:\n    target_groups: [" + tgARN + "]\n", []string{"lb.aws: set with lb.health_listen or lb.haproxy"}},
 		{"every problem at once", "app:\n  nmae: a\ntraffic:\n  ports: [0]\n  action: x\ndrain:\n  idle: 3\n",
 			[]string{"line 1: app.name: required", "line 2: app.nmae: unknown key", "line 4: traffic.ports[0]: 0 is not a TCP port", "line 5: traffic.action", "line 7: drain.idle"}},
@@ -192,12 +194,36 @@ func TestConfigYAMLRoundTrips(t *testing.T) {
 	}
 }
 
+// TestConfigAutoTargetGroups: target_groups auto is read as the scalar,
+// printed back as it, and kept apart from a list of ARNs.
+func TestConfigAutoTargetGroups(t *testing.T) {
+	cfg, err := ParseConfig("c.yaml", []byte("app: {name: web}\nlb:\n  aws:\n    target_groups: auto\n    standby: never\n    decrement_desired_capacity: false\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := cfg.LB.AWS
+	if !a.TargetGroups.Auto() || a.Standby != "never" || a.DecrementDesiredCapacity {
+		t.Fatalf("lb.aws = %+v", a)
+	}
+	if !strings.Contains(string(cfg.YAML()), "target_groups: auto\n") {
+		t.Fatalf("printed:\n%s", cfg.YAML())
+	}
+	again, err := ParseConfig("printed", cfg.YAML())
+	if err != nil || !cmp.Equal(cfg, again) {
+		t.Fatalf("round trip: %v %s", err, cmp.Diff(cfg, again))
+	}
+	if d := DefaultConfig().LB.AWS; d.Standby != "auto" || !d.DecrementDesiredCapacity {
+		t.Fatalf("defaults: %+v", d)
+	}
+}
+
 func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("app:\n  name: web\n"))
 	f.Add([]byte("app: {name: a}\ntraffic:\n  ports: [443, 0]\n  action: drop\ndrain: {timeout: 1s}\n"))
 	f.Add([]byte("health:\n  expect_status: [\"200-299\", 301]\n  url: http://[::1]:443/x\n"))
 	f.Add([]byte("steps:\n  pre_commands: [[/bin/true], []]\n"))
 	f.Add([]byte("a: &x {b: 1}\nc: *x\n"))
+	f.Add([]byte("app: {name: a}\nlb:\n  aws:\n    target_groups: auto\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig("fuzz.yaml", data)
 		if err != nil {

@@ -331,7 +331,7 @@ func TestStatusShowsTheLBAndAPreStoppedBeforeTheBlock(t *testing.T) {
 	}
 	txt := s.Text()
 	if !s.Consistent || s.Block.Recorded || !strings.HasPrefix(txt, "patchagent status: OUT OF LOAD BALANCER ROTATION, not blocked") ||
-		!strings.Contains(txt, "  lb:     AWS ELBv2, 1 target group(s), min_healthy 1, to put back: [\"web i-1:8080\",\"api i-1:9090\"]\n") {
+		!strings.Contains(txt, "  lb:     AWS ELBv2, 1 target group(s), min_healthy 1, standby auto, to put back: [\"web i-1:8080\",\"api i-1:9090\"]\n") {
 		t.Fatalf("%+v\n%s", s, txt)
 	}
 }

@@ -238,10 +238,13 @@ func (c LBConfig) validate(ps *problems) {
 			ps.bad("lb.aws", "set with lb.health_listen or lb.haproxy: choose one way to take the node out of rotation")
 		}
 		if len(a.TargetGroups) == 0 {
-			ps.bad("lb.aws.target_groups", "empty: name the target groups' ARNs")
+			ps.bad("lb.aws.target_groups", "empty: name the target groups' ARNs, or auto for those of the instance's Auto Scaling group")
 		}
 		seen := map[string]bool{}
 		for i, arn := range a.TargetGroups {
+			if a.TargetGroups.Auto() {
+				break
+			}
 			if !targetGroupARN.MatchString(arn) {
 				ps.bad(fmt.Sprintf("lb.aws.target_groups[%d]", i), "%q is not a target group ARN (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)", arn)
 			} else if seen[arn] {
@@ -249,7 +252,10 @@ func (c LBConfig) validate(ps *problems) {
 			}
 			seen[arn] = true
 		}
-		for key, u := range map[string]string{"lb.aws.endpoints.imds": a.Endpoints.IMDS, "lb.aws.endpoints.elbv2": a.Endpoints.ELBv2} {
+		if a.Standby != "auto" && a.Standby != "never" {
+			ps.bad("lb.aws.standby", "%q: want auto or never", a.Standby)
+		}
+		for key, u := range map[string]string{"lb.aws.endpoints.imds": a.Endpoints.IMDS, "lb.aws.endpoints.elbv2": a.Endpoints.ELBv2, "lb.aws.endpoints.autoscaling": a.Endpoints.AutoScaling} {
 			if u == "" {
 				continue
 			}

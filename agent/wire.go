@@ -49,8 +49,14 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	var rot Rotation
 	if a := cfg.LB.AWS; len(a.TargetGroups) > 0 {
 		count, pct, _ := parseMinHealthy(a.MinHealthy) // validated
-		rot = &awslb.TargetGroups{ARNs: a.TargetGroups, Connect: awslb.Connected(awslb.Endpoints{IMDS: a.Endpoints.IMDS, ELBv2: a.Endpoints.ELBv2}),
+		tg := &awslb.TargetGroups{ARNs: a.TargetGroups, AutoTargetGroups: a.TargetGroups.Auto(),
+			Standby: a.Standby == "auto", DecrementDesired: a.DecrementDesiredCapacity,
+			Connect:    awslb.Connected(awslb.Endpoints{IMDS: a.Endpoints.IMDS, ELBv2: a.Endpoints.ELBv2, AutoScaling: a.Endpoints.AutoScaling}),
 			MinHealthy: awslb.MinHealthy{Count: count, Percent: pct}}
+		if tg.AutoTargetGroups {
+			tg.ARNs = nil
+		}
+		rot = tg
 	} else if h := cfg.LB.HAProxy; h.Socket != "" {
 		rot = &lb.HAProxy{Socket: h.Socket, Backend: h.Backend, Server: h.Server}
 	} else if cfg.LB.HealthListen != "" {

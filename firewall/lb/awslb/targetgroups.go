@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
@@ -47,17 +48,24 @@ func shortARN(arn string) string {
 
 // TargetGroups takes the instance out of ELBv2 target groups by
 // deregistering every registration it has there, and back in by
-// registering exactly those again. Record says what TakeOut will change,
-// for the state journal, before it changes anything; Restore gives it back
-// to an agent that did not take the node out itself (a later exit, a
-// restarted daemon, the break-glass).
+// registering exactly those again; in an Auto Scaling group whose health
+// check type is ELB it also puts the instance on Standby and back.
+// Record says what TakeOut will change, for the state journal, before it
+// changes anything; Restore gives it back to an agent that did not take
+// the node out itself (a later exit, a restarted daemon, the break-glass).
 type TargetGroups struct {
-	// ARNs are the target groups to leave.
-	ARNs []string
-	// Connect returns this instance's id and an API client; it is called
-	// once, when first needed (never at start: the boot must not depend
-	// on IMDS or the API).
-	Connect func(ctx context.Context) (instanceID string, api ELBv2, err error)
+	// ARNs are the target groups to leave; empty with AutoTargetGroups:
+	// those attached to the instance's Auto Scaling group.
+	ARNs             []string
+	AutoTargetGroups bool
+	// Standby puts the instance on Standby in its Auto Scaling group, if
+	// the group's health check type is ELB, with EnterStandby's
+	// ShouldDecrementDesiredCapacity DecrementDesired.
+	Standby, DecrementDesired bool
+	// Connect returns this instance's id and the API clients; it is
+	// called once, when first needed (never at start: the boot must not
+	// depend on IMDS or the API).
+	Connect func(ctx context.Context) (Clients, error)
 	// Poll is how often target health is read while waiting (default 2s:
 	// DescribeTargetHealth is rate limited per account).
 	Poll time.Duration
@@ -66,39 +74,65 @@ type TargetGroups struct {
 	MinHealthy MinHealthy
 
 	mu       sync.Mutex
-	id       string
-	api      ELBv2
-	recorded []Registration
+	clients  *Clients
+	recorded Record
 	known    bool // recorded was set (by Record or Restore)
 }
 
+// Clients are this instance's id and the APIs TargetGroups calls.
+type Clients struct {
+	InstanceID  string
+	ELBv2       ELBv2
+	AutoScaling AutoScaling
+	// Lifecycle is the instance's Auto Scaling lifecycle state from IMDS
+	// (LifecycleState); nil asks the Auto Scaling API instead.
+	Lifecycle func(ctx context.Context) (state string, inASG bool, err error)
+}
+
+// Record is what TakeOut changes and every put back undoes, as the state
+// journal keeps it.
+type Record struct {
+	// TargetGroups are the groups left (the configured ones, or the Auto
+	// Scaling group's), for the capacity gate's re-check.
+	TargetGroups  []string       `json:"target_groups"`
+	Registrations []Registration `json:"registrations"`
+	Standby       *StandbyRecord `json:"standby,omitempty"`
+}
+
 // Connected returns a Connect for the instance of IMDS at endpoints.IMDS
-// (IMDSv2) with an ELBv2 client at endpoints.ELBv2 (empty: AWS's).
-func Connected(endpoints Endpoints) func(ctx context.Context) (string, ELBv2, error) {
-	return func(ctx context.Context) (string, ELBv2, error) {
-		id, err := LookupIdentity(ctx, NewIMDSClient(endpoints.IMDS))
+// (IMDSv2) with ELBv2 and Auto Scaling clients at endpoints.ELBv2 and
+// endpoints.AutoScaling (empty: AWS's).
+func Connected(endpoints Endpoints) func(ctx context.Context) (Clients, error) {
+	return func(ctx context.Context) (Clients, error) {
+		metadata := NewIMDSClient(endpoints.IMDS)
+		id, err := LookupIdentity(ctx, metadata)
 		if err != nil {
-			return "", nil, err
+			return Clients{}, err
 		}
 		cfg, err := LoadAWSConfig(ctx, id, endpoints)
 		if err != nil {
-			return "", nil, err
+			return Clients{}, err
 		}
-		return id.InstanceID, elbv2.NewFromConfig(cfg), nil
+		return Clients{
+			InstanceID:  id.InstanceID,
+			ELBv2:       elbv2.NewFromConfig(cfg),
+			AutoScaling: autoscaling.NewFromConfig(cfg),
+			Lifecycle:   func(ctx context.Context) (string, bool, error) { return LifecycleState(ctx, metadata) },
+		}, nil
 	}
 }
 
-func (t *TargetGroups) connect(ctx context.Context) (string, ELBv2, error) {
+func (t *TargetGroups) connect(ctx context.Context) (Clients, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.api == nil {
-		id, api, err := t.Connect(ctx)
+	if t.clients == nil {
+		c, err := t.Connect(ctx)
 		if err != nil {
-			return "", nil, err
+			return Clients{}, err
 		}
-		t.id, t.api = id, api
+		t.clients = &c
 	}
-	return t.id, t.api, nil
+	return *t.clients, nil
 }
 
 // MinHealthy is a floor of healthy targets: Count of them, or Percent of
@@ -149,119 +183,170 @@ func (t *TargetGroups) gate(arn, id string, out *elbv2.DescribeTargetHealthOutpu
 }
 
 // Record finds every registration of this instance in the target groups
-// and keeps it for TakeOut and PutBack; it returns it as JSON for the
-// state journal. It changes nothing, and refuses (ErrCapacity) when
-// leaving would take a group below MinHealthy. carried is a record the
-// last cycle could not put back (nil for none): its registrations in
-// these groups join the new record, so the end of this cycle puts them
-// back (deregistering one that is not there is a no-op).
+// and, in an Auto Scaling group, the Standby it will enter, and keeps them
+// for TakeOut and PutBack; it returns them as JSON for the state journal.
+// It changes nothing, and refuses (ErrCapacity) when leaving would take a
+// group below MinHealthy. carried is a record the last cycle could not put
+// back (nil for none): its registrations in these groups and its Standby
+// join the new record, so the end of this cycle puts them back
+// (deregistering one that is not there is a no-op).
 func (t *TargetGroups) Record(ctx context.Context, carried json.RawMessage) (json.RawMessage, error) {
-	var old []Registration
+	var old Record
 	if len(carried) > 0 {
-		if err := json.Unmarshal(carried, &old); err != nil {
-			return nil, fmt.Errorf("the last cycle's target group registrations: %w", err)
+		var err error
+		if old, err = decodeRecord(carried); err != nil {
+			return nil, fmt.Errorf("the last cycle's load balancer record: %w", err)
 		}
 	}
-	id, api, err := t.connect(ctx)
+	c, err := t.connect(ctx)
 	if err != nil {
 		return nil, err
 	}
-	var regs []Registration
-	for _, arn := range t.ARNs {
-		out, err := api.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
+	var asg *asgInstance
+	if t.Standby || t.AutoTargetGroups {
+		if asg, err = t.findGroup(ctx, c); err != nil {
+			return nil, err
+		}
+	}
+	rec := Record{TargetGroups: t.ARNs}
+	if t.AutoTargetGroups {
+		switch {
+		case asg == nil:
+			return nil, errors.New("lb.aws.target_groups is auto, but this instance is in no Auto Scaling group")
+		case len(asg.targetGroupARNs) == 0:
+			return nil, fmt.Errorf("lb.aws.target_groups is auto, but Auto Scaling group %s has no target group attached", asg.group)
+		}
+		rec.TargetGroups = slices.Clone(asg.targetGroupARNs)
+	}
+	for _, arn := range rec.TargetGroups {
+		out, err := c.ELBv2.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
 		if err != nil {
 			return nil, fmt.Errorf("reading the targets of %s: %w", shortARN(arn), err)
 		}
-		if err := t.gate(arn, id, out); err != nil {
+		if err := t.gate(arn, c.InstanceID, out); err != nil {
 			return nil, err
 		}
 		for _, d := range out.TargetHealthDescriptions {
-			if d.Target == nil || aws.ToString(d.Target.Id) != id {
+			if d.Target == nil || aws.ToString(d.Target.Id) != c.InstanceID {
 				continue
 			}
 			if d.TargetHealth != nil && d.TargetHealth.State == types.TargetHealthStateEnumDraining {
 				continue // already leaving: not ours to put back
 			}
-			regs = append(regs, Registration{TargetGroup: arn, ID: id, Port: aws.ToInt32(d.Target.Port)})
+			rec.Registrations = append(rec.Registrations, Registration{TargetGroup: arn, ID: c.InstanceID, Port: aws.ToInt32(d.Target.Port)})
 		}
 	}
-	for _, r := range old {
-		if r.ID == id && slices.Contains(t.ARNs, r.TargetGroup) && !slices.Contains(regs, r) {
-			regs = append(regs, r)
+	for _, r := range old.Registrations {
+		if r.ID == c.InstanceID && slices.Contains(rec.TargetGroups, r.TargetGroup) && !slices.Contains(rec.Registrations, r) {
+			rec.Registrations = append(rec.Registrations, r)
 		}
+	}
+	if rec.Standby, err = t.planStandby(asg); err != nil {
+		return nil, fmt.Errorf("%w: nothing was changed", err)
+	}
+	if rec.Standby == nil && old.Standby != nil && asg != nil && asg.group == old.Standby.Group {
+		rec.Standby = old.Standby // still on Standby, or its minimum size not restored, from the last cycle
 	}
 	t.mu.Lock()
-	t.recorded, t.known = regs, true
+	t.recorded, t.known = rec, true
 	t.mu.Unlock()
-	return json.Marshal(regs)
+	return json.Marshal(rec)
 }
 
-// Restore makes rec (from Record) what PutBack registers again.
+// decodeRecord reads a Record, or the list of registrations the first
+// versions journaled.
+func decodeRecord(b json.RawMessage) (Record, error) {
+	var rec Record
+	if t := strings.TrimSpace(string(b)); strings.HasPrefix(t, "[") {
+		err := json.Unmarshal(b, &rec.Registrations)
+		for _, r := range rec.Registrations {
+			if !slices.Contains(rec.TargetGroups, r.TargetGroup) {
+				rec.TargetGroups = append(rec.TargetGroups, r.TargetGroup)
+			}
+		}
+		return rec, err
+	}
+	err := json.Unmarshal(b, &rec)
+	return rec, err
+}
+
+// Restore makes rec (from Record) what PutBack undoes.
 func (t *TargetGroups) Restore(rec json.RawMessage) error {
-	var regs []Registration
-	if err := json.Unmarshal(rec, &regs); err != nil {
+	r, err := decodeRecord(rec)
+	if err != nil {
 		return fmt.Errorf("the recorded target group registrations: %w", err)
 	}
 	t.mu.Lock()
-	t.recorded, t.known = regs, true
+	t.recorded, t.known = r, true
 	t.mu.Unlock()
 	return nil
 }
 
-func (t *TargetGroups) registrations() ([]Registration, error) {
+func (t *TargetGroups) record() (Record, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.known {
-		return nil, errors.New("no record of this instance's target group registrations (Record before TakeOut; the state journal before PutBack)")
+		return Record{}, errors.New("no record of this instance's target group registrations (Record before TakeOut; the state journal before PutBack)")
 	}
-	return slices.Clone(t.recorded), nil
+	r := t.recorded
+	r.Registrations = slices.Clone(r.Registrations)
+	return r, nil
 }
 
 // TakeOut deregisters every recorded registration and waits, up to
 // deadline, until each target group reports it draining (ELB sends it no
 // new request from then on). It does not wait for the draining to end: an
 // idle target shows draining for the whole deregistration delay; the
-// agent's own drain sees the LB's connections end.
+// agent's own drain sees the LB's connections end. Once the capacity gate
+// still holds, it puts the instance on Standby if recorded.
 func (t *TargetGroups) TakeOut(ctx context.Context, deadline time.Duration) (lb.Wait, error) {
 	start := time.Now()
-	regs, err := t.registrations()
+	rec, err := t.record()
 	if err != nil {
 		return lb.Wait{}, err
 	}
-	if len(regs) == 0 {
-		return lb.Wait{NotIn: true, By: fmt.Sprintf("not registered in any of %d target group(s): nothing to deregister", len(t.ARNs))}, nil
+	if len(rec.Registrations) == 0 && rec.Standby == nil {
+		return lb.Wait{NotIn: true, By: fmt.Sprintf("not registered in any of %d target group(s): nothing to deregister", len(rec.TargetGroups))}, nil
 	}
-	_, api, err := t.connect(ctx)
+	c, err := t.connect(ctx)
 	if err != nil {
 		return lb.Wait{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
+	regs := rec.Registrations
 	for _, r := range regs {
-		if _, err := api.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(r.TargetGroup), Targets: target(r)}); err != nil {
+		if _, err := c.ELBv2.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(r.TargetGroup), Targets: target(r)}); err != nil {
 			return lb.Wait{Took: time.Since(start)}, fmt.Errorf("deregistering %s: %w", r, err)
 		}
 	}
-	err = t.wait(ctx, api, regs, deadline, "draining", func(s types.TargetHealthStateEnum) bool {
+	err = t.wait(ctx, c.ELBv2, regs, deadline, "draining", func(s types.TargetHealthStateEnum) bool {
 		return s == types.TargetHealthStateEnumDraining || s == types.TargetHealthStateEnumUnused
 	})
 	if err == nil {
-		err = t.recheck(ctx, api, regs)
+		err = t.recheck(ctx, c, rec)
 	}
-	return lb.Wait{By: fmt.Sprintf("%d target group registration(s) draining", len(regs)), Took: time.Since(start)}, err
+	if err == nil && rec.Standby != nil {
+		err = enterStandby(ctx, c, rec.Standby)
+	}
+	by := fmt.Sprintf("%d target group registration(s) draining", len(regs))
+	if rec.Standby != nil {
+		by += ", " + rec.Standby.String()
+	}
+	return lb.Wait{By: by, Took: time.Since(start)}, err
 }
 
 // recheck is the capacity gate again once this instance is out: another
 // node that passed the gate at the same time may have left too. Then this
 // one steps back in (registers again, not waited for) and says so.
-func (t *TargetGroups) recheck(ctx context.Context, api ELBv2, regs []Registration) error {
-	for _, arn := range t.ARNs {
-		out, err := api.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
+func (t *TargetGroups) recheck(ctx context.Context, c Clients, rec Record) error {
+	for _, arn := range rec.TargetGroups {
+		out, err := c.ELBv2.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
 		if err != nil {
 			return fmt.Errorf("reading the targets of %s again after leaving: %w", shortARN(arn), err)
 		}
-		if err := t.gate(arn, regs[0].ID, out); err != nil {
-			if rerr := register(ctx, api, regs); rerr != nil {
+		if err := t.gate(arn, c.InstanceID, out); err != nil {
+			if rerr := register(ctx, c.ELBv2, rec.Registrations); rerr != nil {
 				return fmt.Errorf("%w, and stepping back in failed: %w", err, rerr)
 			}
 			return fmt.Errorf("%w (another node left at the same time): this instance stepped back in", err)
@@ -270,38 +355,55 @@ func (t *TargetGroups) recheck(ctx context.Context, api ELBv2, regs []Registrati
 	return nil
 }
 
-// PutBack registers every recorded registration again and waits, up to
-// deadline, until each target group reports it healthy (the LB routes to
-// it).
+// PutBack takes the instance out of Standby if recorded, registers every
+// recorded registration again and waits, up to deadline, until each
+// target group reports it healthy (the LB routes to it) and the Auto
+// Scaling group has it InService; then it restores the group's minimum
+// size if pre lowered it.
 func (t *TargetGroups) PutBack(ctx context.Context, deadline time.Duration) (lb.Wait, error) {
 	start := time.Now()
-	regs, err := t.registrations()
+	rec, err := t.record()
 	if err != nil {
 		return lb.Wait{}, err
 	}
-	if len(regs) == 0 {
+	if len(rec.Registrations) == 0 && rec.Standby == nil {
 		return lb.Wait{NotIn: true, By: "no target group registration recorded: nothing to register"}, nil
 	}
-	_, api, err := t.connect(ctx)
+	c, err := t.connect(ctx)
 	if err != nil {
 		return lb.Wait{}, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
-	if err := register(ctx, api, regs); err != nil {
-		return lb.Wait{Took: time.Since(start)}, err
+	w := lb.Wait{By: fmt.Sprintf("%d target group registration(s) healthy", len(rec.Registrations))}
+	if rec.Standby != nil {
+		w.By += ", InService in Auto Scaling group " + rec.Standby.Group
+		if err := exitStandby(ctx, c, rec.Standby, t.poll(), false); err != nil {
+			w.Took = time.Since(start)
+			return w, err
+		}
 	}
-	err = t.wait(ctx, api, regs, deadline, "healthy", func(s types.TargetHealthStateEnum) bool { return s == types.TargetHealthStateEnumHealthy })
+	if err := register(ctx, c.ELBv2, rec.Registrations); err != nil {
+		w.Took = time.Since(start)
+		return w, err
+	}
+	err = t.wait(ctx, c.ELBv2, rec.Registrations, deadline, "healthy", func(s types.TargetHealthStateEnum) bool { return s == types.TargetHealthStateEnumHealthy })
+	if err == nil && rec.Standby != nil {
+		if err = exitStandby(ctx, c, rec.Standby, t.poll(), true); err == nil {
+			err = restoreMinSize(ctx, c, rec.Standby)
+		}
+	}
 	if err == nil {
 		t.forget() // put back: a later exit with no cycle open has nothing to register
 	}
-	return lb.Wait{By: fmt.Sprintf("%d target group registration(s) healthy", len(regs)), Took: time.Since(start)}, err
+	w.Took = time.Since(start)
+	return w, err
 }
 
 // forget drops the record once it is put back.
 func (t *TargetGroups) forget() {
 	t.mu.Lock()
-	t.recorded, t.known = nil, false
+	t.recorded, t.known = Record{}, false
 	t.mu.Unlock()
 }
 
@@ -314,23 +416,43 @@ func register(ctx context.Context, api ELBv2, regs []Registration) error {
 	return nil
 }
 
-// SetOut(false) registers the recorded registrations again without
-// waiting (the break-glass; best effort, 10 s). SetOut(true) does nothing:
-// the boot never deregisters or re-registers, the journal says what pre
-// did.
+// SetOut(false) puts the recorded registrations and Standby back without
+// waiting (the break-glass; best effort, 10 s: an instance still
+// EnteringStandby stays there). SetOut(true) does nothing: the boot never
+// deregisters or re-registers, the journal says what pre did.
 func (t *TargetGroups) SetOut(out bool) {
 	if out {
 		return
 	}
-	regs, err := t.registrations()
-	if err != nil || len(regs) == 0 {
+	rec, err := t.record()
+	if err != nil || len(rec.Registrations) == 0 && rec.Standby == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, api, err := t.connect(ctx); err == nil && register(ctx, api, regs) == nil {
-		t.forget()
+	c, err := t.connect(ctx)
+	if err != nil {
+		return
 	}
+	if rec.Standby != nil {
+		if err := exitStandby(ctx, c, rec.Standby, t.poll(), false); err != nil {
+			return
+		}
+	}
+	if register(ctx, c.ELBv2, rec.Registrations) != nil {
+		return
+	}
+	if rec.Standby != nil && restoreMinSize(ctx, c, rec.Standby) != nil {
+		return
+	}
+	t.forget()
+}
+
+func (t *TargetGroups) poll() time.Duration {
+	if t.Poll <= 0 {
+		return 2 * time.Second
+	}
+	return t.Poll
 }
 
 func target(r Registration) []types.TargetDescription {
@@ -340,10 +462,7 @@ func target(r Registration) []types.TargetDescription {
 // wait polls each registration's health until done says so for all, or
 // the deadline: its error names every one not there, with ELB's reason.
 func (t *TargetGroups) wait(ctx context.Context, api ELBv2, regs []Registration, deadline time.Duration, want string, done func(types.TargetHealthStateEnum) bool) error {
-	poll := t.Poll
-	if poll <= 0 {
-		poll = 2 * time.Second
-	}
+	poll := t.poll()
 	seen := map[Registration]string{} // the last state read of each, for the error
 	for {
 		var pending []string

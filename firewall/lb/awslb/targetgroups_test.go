@@ -37,7 +37,9 @@ type tgEnv struct {
 	client   *elbv2.Client
 }
 
-func newTGEnv(t *testing.T) *tgEnv {
+// newTGEnv's groups have a deregistration delay of 30 s, or of delay if
+// given.
+func newTGEnv(t *testing.T, delay ...time.Duration) *tgEnv {
 	t.Helper()
 	e := &tgEnv{}
 	e.healthy.Store(true)
@@ -48,9 +50,13 @@ func newTGEnv(t *testing.T) *tgEnv {
 	}))
 	t.Cleanup(e.app.Close)
 	e.port = int32(e.app.Listener.Addr().(*net.TCPAddr).Port)
+	drain := 30 * time.Second
+	if len(delay) > 0 {
+		drain = delay[0]
+	}
 	group := func(name string, port int32) elbsim.TargetGroup {
 		return elbsim.TargetGroup{Name: name, Port: port, HealthCheckPath: "/health", HealthCheckInterval: 50 * time.Millisecond,
-			HealthCheckTimeout: 40 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2, DeregistrationDelay: 30 * time.Second}
+			HealthCheckTimeout: 40 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2, DeregistrationDelay: drain}
 	}
 	sim, err := elbsim.New(elbsim.Options{
 		TargetGroups: []elbsim.TargetGroup{group("web", e.port), group("api", 1)},
@@ -80,7 +86,7 @@ func newTGEnv(t *testing.T) *tgEnv {
 func (e *tgEnv) backend() *TargetGroups {
 	return &TargetGroups{
 		ARNs:    []string{e.web, e.api},
-		Connect: func(context.Context) (string, ELBv2, error) { return self, e.client, nil },
+		Connect: func(context.Context) (Clients, error) { return Clients{InstanceID: self, ELBv2: e.client}, nil },
 		Poll:    20 * time.Millisecond,
 	}
 }
@@ -91,6 +97,16 @@ func (e *tgEnv) state(t *testing.T, arn, id string, port int32) string {
 	out, err := e.client.DescribeTargetHealth(context.Background(), &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn), Targets: target(Registration{arn, id, port})})
 	if err != nil {
 		t.Fatal(err)
+	}
+	st, _ := health(out)
+	return string(st)
+}
+
+// stateCtx is state for a hook, which cannot fail a test: "" on an error.
+func (e *tgEnv) stateCtx(ctx context.Context, arn, id string, port int32) string {
+	out, err := e.client.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn), Targets: target(Registration{arn, id, port})})
+	if err != nil {
+		return ""
 	}
 	st, _ := health(out)
 	return string(st)
@@ -113,8 +129,9 @@ func TestTargetGroupsOutAndBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var regs []Registration
-	if err := json.Unmarshal(rec, &regs); err != nil || len(regs) != 2 || regs[0] != (Registration{e.web, self, e.port}) || regs[1] != (Registration{e.api, self, e.port}) {
+	r, err := decodeRecord(rec)
+	regs := r.Registrations
+	if err != nil || len(regs) != 2 || regs[0] != (Registration{e.web, self, e.port}) || regs[1] != (Registration{e.api, self, e.port}) || r.Standby != nil {
 		t.Fatalf("recorded %s (%v)", rec, err)
 	}
 	w, err := b.TakeOut(ctx, 10*time.Second)
@@ -163,13 +180,15 @@ func TestTargetGroupsRecordCarriesTheLastCycle(t *testing.T) {
 	b := e.backend()
 	b.ARNs = []string{e.web}
 	lost := Registration{e.web, self, e.port + 1} // refused at the last exit: not registered now
+	// carried in the list form the first versions journaled
 	carried, _ := json.Marshal([]Registration{lost, {e.web, self, e.port}, {e.api, self, e.port}, {e.web, other, e.port}})
 	rec, err := b.Record(ctx, carried)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var regs []Registration
-	if err := json.Unmarshal(rec, &regs); err != nil || len(regs) != 2 || regs[0] != (Registration{e.web, self, e.port}) || regs[1] != lost {
+	r, err := decodeRecord(rec)
+	regs := r.Registrations
+	if err != nil || len(regs) != 2 || regs[0] != (Registration{e.web, self, e.port}) || regs[1] != lost {
 		t.Fatalf("recorded %s (%v)", rec, err)
 	}
 	if _, err := b.Record(ctx, json.RawMessage(`{`)); err == nil {
@@ -236,7 +255,7 @@ func TestTargetGroupsAPIErrors(t *testing.T) {
 	if _, err := gone.Record(ctx, nil); err == nil || !strings.Contains(err.Error(), "reading the targets of gone/") || !strings.Contains(err.Error(), "TargetGroupNotFound") {
 		t.Fatalf("an unknown group: %v", err)
 	}
-	failing := &TargetGroups{ARNs: []string{e.web}, Connect: func(context.Context) (string, ELBv2, error) { return "", nil, errors.New("no IMDS here") }}
+	failing := &TargetGroups{ARNs: []string{e.web}, Connect: func(context.Context) (Clients, error) { return Clients{}, errors.New("no IMDS here") }}
 	if _, err := failing.Record(ctx, nil); err == nil || !strings.Contains(err.Error(), "no IMDS here") {
 		t.Fatalf("no identity: %v", err)
 	}
