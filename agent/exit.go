@@ -176,11 +176,13 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 		return fmt.Errorf("no patch cycle open, nothing changed, but the app is unhealthy: %w", err)
 	}
 	rep.addStep("health", ResultOK, time.Since(t), fmt.Sprintf("healthy after %d attempt(s)", out.Attempts))
-	if a.d.Rotation != nil {
-		a.rotation(r.st).SetOut(false) // no cycle open: nothing keeps the node out of rotation
+	if err := a.putBackLeftover(ctx, r); err != nil {
+		return err
 	}
 	if !blocked {
-		rep.Summary = append(rep.Summary, "nothing to do: no patch cycle open, app healthy")
+		if len(rep.Summary) == 0 {
+			rep.Summary = append(rep.Summary, "nothing to do: no patch cycle open, app healthy")
+		}
 		return nil
 	}
 	t = time.Now()
@@ -190,6 +192,36 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 	}
 	rep.addStep("unblock", ResultOK, time.Since(t), "leftover block of ours removed (no cycle was open)")
 	rep.Summary = append(rep.Summary, "app healthy, leftover block removed")
+	return nil
+}
+
+// putBackLeftover, with no cycle open and the app healthy, puts the node
+// back in the load balancer's rotation. A record the last cycle could not
+// put back (its exit failed at lb-in) is put back as lb-in does, waiting
+// for the LB, and dropped from the state file once it is; else the signal
+// is set without waiting: nothing keeps the node out.
+func (a *Agent) putBackLeftover(ctx context.Context, r *phaseRun) error {
+	if a.d.Rotation == nil {
+		return nil
+	}
+	if _, ok := a.d.Rotation.(JournaledRotation); !ok || r.st.LB == nil {
+		a.rotation(r.st).SetOut(false)
+		return nil
+	}
+	c := a.cfg.LB
+	a.progress("lb-in: putting back what the last cycle could not (at most %s)", c.Deadline)
+	t := time.Now()
+	w, err := a.rotation(r.st).PutBack(ctx, c.Deadline.D())
+	if err != nil {
+		r.rep.addStep("lb-in", ResultFailed, time.Since(t), "")
+		return fmt.Errorf("no patch cycle open, app healthy, but the last cycle's load balancer record is still not put back (kept in the state file): %w", err)
+	}
+	r.rep.addStep("lb-in", ResultOK, time.Since(t), fmt.Sprintf("the last cycle's record: %s, after %s", w.By, w.Took.Round(10*time.Millisecond)))
+	r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("back in LB rotation (%s), from the last cycle's record", w.By))
+	r.st.LB = nil
+	if err := a.save(&r.st, r.st.Step); err != nil {
+		return fmt.Errorf("the last cycle's load balancer record is put back, but dropping it from the state file failed (the next exit puts it back again, harmlessly): %w", err)
+	}
 	return nil
 }
 

@@ -302,15 +302,27 @@ func TestExitKeepsTheLBRecordWhenThePutBackFails(t *testing.T) {
 	if st.Open || compact(st.LB) != `["web i-1:8080","api i-1:9090"]` {
 		t.Fatalf("after the failed put back: open %v, lb %s", st.Open, st.LB)
 	}
+	// Still refused: the record stays.
+	e.ev.log = nil
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode == 0 || !strings.Contains(rep.Verdict(), "the last cycle's load balancer record is still not put back") {
+		t.Fatal(rep.Text())
+	}
+	if st, _ := e.state.Load(); st.LB == nil {
+		t.Fatal("a refused put back dropped the record")
+	}
 	j.inErr, j.restored = nil, nil
 	e.ev.log = nil
-	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+	rep := e.agent(t).Exit(context.Background(), RunOptions{})
+	if rep.ExitCode != 0 || !strings.Contains(rep.Text(), "from the last cycle's record") {
 		t.Fatal(rep.Text())
 	}
 	evs := e.ev.all()
 	i := slices.IndexFunc(evs, func(ev string) bool { return strings.HasPrefix(ev, "lb restore ") })
-	if i < 0 || !slices.Contains(evs[i:], "lb set out=false") {
-		t.Fatalf("the next exit did not put the record back: %q", evs)
+	if i < 0 || !slices.Contains(evs[i:], "lb in") {
+		t.Fatalf("the next exit did not put the record back, waiting: %q", evs)
+	}
+	if st, _ := e.state.Load(); st.LB != nil {
+		t.Fatalf("the record put back is still in the state file: %s", st.LB)
 	}
 }
 

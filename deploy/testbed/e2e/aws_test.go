@@ -16,10 +16,12 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
 	"github.com/patchagent/patchagent/agent"
+	"github.com/patchagent/patchagent/deploy/testbed/asgsim"
 	"github.com/patchagent/patchagent/deploy/testbed/awsquery"
 	"github.com/patchagent/patchagent/deploy/testbed/elbsim"
 	"github.com/patchagent/patchagent/deploy/testbed/sandbox"
@@ -27,31 +29,39 @@ import (
 )
 
 // The simulated AWS side of TestPatchBehindELBv2, all in the node's client
-// netns: IMDS (AEMM) and the ELBv2 API on the client's veth address, the
-// target group's listener (the LB the clients use) on its loopback.
+// netns: IMDS (AEMM), the ELBv2 and Auto Scaling APIs on the client's veth
+// address, the target group's listener (the LB the clients use) on its
+// loopback.
 const (
 	awsNodeID     = "i-0e2e0000000000001" // this instance, the node
 	awsOtherID    = "i-0e2e0000000000002" // the rest of the fleet
 	awsRegion     = "eu-west-1"
 	awsIMDSPort   = 18092
 	awsELBv2Port  = 18091
+	awsASGPort    = 18093
 	awsRouterAddr = "127.0.0.1:18090"
 	awsOtherPort  = 18081 // startOtherServer's
 	awsGroup      = "pa-e2e-web"
+	awsASG        = "pa-e2e-asg"    // the Auto Scaling group of both instances
 	awsDrainDelay = 5 * time.Second // the group's deregistration delay
 )
 
 // awsEnv is the node's AWS: AEMM serving its identity and instance
 // profile, the ELBv2 simulator with one target group of the node (traffic
-// port 443) and the other server (port 18081), and an SDK client of the
+// port 443) and the other server (port 18081), the Auto Scaling simulator
+// with both instances in one group (health check type EC2, min = desired
+// = 2) to which the target group is attached, and SDK clients of the
 // test's own.
 type awsEnv struct {
 	n         *sandbox.Node
 	sim       *elbsim.Server
+	asg       *asgsim.Server
 	arn       string
 	api       *elbv2.Client
+	asgAPI    *autoscaling.Client
 	imdsURL   string
 	elbv2URL  string
+	asgURL    string
 	routerURL string
 }
 
@@ -114,11 +124,54 @@ func startAWSEnv(t *testing.T, n *sandbox.Node) *awsEnv {
 	serveInClient(t, n, awsRouterAddr, router)
 	e.elbv2URL = "http://" + elbAddr
 
-	e.api = elbv2.NewFromConfig(aws.Config{
+	cfg := aws.Config{
 		Region:      awsRegion,
 		Credentials: credentials.NewStaticCredentialsProvider("AKIDE2ETEST", "SECRET", ""),
 		HTTPClient:  &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, DialContext: dial}},
-	}, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(e.elbv2URL) })
+	}
+	e.api = elbv2.NewFromConfig(cfg, func(o *elbv2.Options) { o.BaseEndpoint = aws.String(e.elbv2URL) })
+
+	// As a real group with an attached target group does: an instance
+	// entering Standby is deregistered and stays EnteringStandby until its
+	// draining ends; one leaving Standby is registered again.
+	hook := func(ctx context.Context, tr asgsim.Transition) {
+		if tr.InstanceID != awsNodeID {
+			return
+		}
+		td := []types.TargetDescription{{Id: aws.String(awsNodeID), Port: aws.Int32(443)}}
+		switch tr.To {
+		case asgsim.EnteringStandby:
+			e.api.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(e.arn), Targets: td})
+			for ctx.Err() == nil {
+				out, err := e.api.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(e.arn), Targets: td})
+				if err == nil && (len(out.TargetHealthDescriptions) == 0 || out.TargetHealthDescriptions[0].TargetHealth.State != types.TargetHealthStateEnumDraining) {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		case asgsim.Pending:
+			e.api.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: aws.String(e.arn), Targets: td})
+		}
+	}
+	asg, err := asgsim.New(asgsim.Options{Groups: []asgsim.Group{{
+		Name: awsASG, MinSize: 2, DesiredCapacity: 2, MaxSize: 4, HealthCheckType: asgsim.HealthCheckEC2,
+		TargetGroupARNs: []string{e.arn},
+		Instances:       []asgsim.Instance{{ID: awsNodeID, AvailabilityZone: awsRegion + "b"}, {ID: awsOtherID, AvailabilityZone: awsRegion + "b"}},
+		OnTransition:    hook,
+	}}, TransitionDelay: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := asg.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	e.asg = asg
+	asgAddr := netip.AddrPortFrom(n.ClientV4, awsASGPort).String()
+	serveInClient(t, n, asgAddr, asg)
+	e.asgURL = "http://" + asgAddr
+	e.asgAPI = autoscaling.NewFromConfig(cfg, func(o *autoscaling.Options) { o.BaseEndpoint = aws.String(e.asgURL) })
 	return e
 }
 
@@ -151,7 +204,7 @@ func lastBytes(s string, n int) string {
 
 // lbSection is the config's lb section for the environment.
 func (e *awsEnv) lbSection() string {
-	return fmt.Sprintf("lb:\n  deadline: 60s\n  aws:\n    target_groups: [%q]\n    endpoints: {imds: %q, elbv2: %q}\n", e.arn, e.imdsURL, e.elbv2URL)
+	return fmt.Sprintf("lb:\n  deadline: 60s\n  aws:\n    target_groups: [%q]\n    endpoints: {imds: %q, elbv2: %q, autoscaling: %q}\n", e.arn, e.imdsURL, e.elbv2URL, e.asgURL)
 }
 
 func awsCtx(t *testing.T, d time.Duration) context.Context {
@@ -219,6 +272,16 @@ func (e *awsEnv) stats(t *testing.T) elbsim.Stats {
 		t.Fatal(err)
 	}
 	return st
+}
+
+// lbRecord is the load balancer record of st.
+func lbRecord(t *testing.T, st agent.State) awslb.Record {
+	t.Helper()
+	var rec awslb.Record
+	if err := json.Unmarshal(st.LB, &rec); err != nil {
+		t.Fatalf("state file's lb %s: %v", st.LB, err)
+	}
+	return rec
 }
 
 // readState is the state file in stateDir.
@@ -294,12 +357,9 @@ func TestPatchBehindELBv2(t *testing.T) {
 		}
 		assertBlocked(t, n)
 		st := readState(t, stateDir)
-		var regs []awslb.Registration
-		if err := json.Unmarshal(st.LB, &regs); err != nil {
-			t.Fatalf("state file's lb %s: %v", st.LB, err)
-		}
-		if want := []awslb.Registration{{TargetGroup: e.arn, ID: awsNodeID, Port: 443}}; !st.Open || len(regs) != 1 || regs[0] != want[0] {
-			t.Fatalf("state file: open %v, lb %s; want open with %+v", st.Open, st.LB, want)
+		rec := lbRecord(t, st)
+		if want := []awslb.Registration{{TargetGroup: e.arn, ID: awsNodeID, Port: 443}}; !st.Open || len(rec.Registrations) != 1 || rec.Registrations[0] != want[0] || rec.Standby != nil {
+			t.Fatalf("state file: open %v, lb %s; want open with %+v and no Standby (the group checks EC2 health)", st.Open, st.LB, want)
 		}
 		body := scrape(t, n, "http://127.0.0.1:18757/metrics")
 		if want := "\npatchagent_lb_waits_total{direction=\"out\",result=\"confirmed\"} 1\n"; !strings.Contains(body, want) {
@@ -370,7 +430,7 @@ func TestPatchBehindELBv2(t *testing.T) {
 			t.Errorf("pre called DeregisterTargets %d time(s)", got-deregs)
 		}
 		assertBlocked(t, n)
-		if st := readState(t, stateDir); !st.Open || (string(st.LB) != "null" && string(st.LB) != "[]") {
+		if st := readState(t, stateDir); !st.Open || len(lbRecord(t, st).Registrations) != 0 {
 			t.Errorf("state file: open %v, lb %s; want open with no registration", st.Open, st.LB)
 		}
 		// Across a restart too, the journal says there is nothing to put
@@ -461,5 +521,73 @@ func TestPatchBehindELBv2(t *testing.T) {
 		if st := readState(t, stateDir); st.Open {
 			t.Errorf("a refused pre opened a cycle: %+v", st)
 		}
+	})
+
+	// The Auto Scaling group now checks health with ELB, and is at its
+	// minimum size: pre lowers the minimum (journaled first) and puts the
+	// node on Standby; exit's ExitStandby is denied once, so the exit
+	// fails with the node still on Standby and the minimum lowered, both
+	// kept in the state file; the next exit, from a restarted daemon,
+	// takes it off Standby, sees it healthy and InService, and restores
+	// the minimum.
+	t.Run("Standby restored after a failed exit", func(t *testing.T) {
+		e.register(t, awsOtherID, awsOtherPort)
+		e.waitState(t, awsOtherID, awsOtherPort, "healthy", 30*time.Second)
+		if _, err := e.asgAPI.UpdateAutoScalingGroup(awsCtx(t, 15*time.Second), &autoscaling.UpdateAutoScalingGroupInput{
+			AutoScalingGroupName: aws.String(awsASG), HealthCheckType: aws.String(asgsim.HealthCheckELB)}); err != nil {
+			t.Fatal(err)
+		}
+		d := startDaemon(t, n, cfg)
+		pre := patchagent(t, n, "pre", "--config", cfg)
+		if pre.code != 0 {
+			t.Fatalf("pre: exit %d\n%s\n%s", pre.code, pre.stdout, pre.stderr)
+		}
+		if want := "Standby in Auto Scaling group " + awsASG + " (min size 2 → 1)"; !strings.Contains(firstLine(pre.stdout), want) {
+			t.Errorf("pre's first line %q lacks %q", firstLine(pre.stdout), want)
+		}
+		want := awslb.StandbyRecord{Group: awsASG, Decrement: true, MinSize: &awslb.MinSizeChange{From: 2, To: 1}}
+		if rec := lbRecord(t, readState(t, stateDir)); rec.Standby == nil || rec.Standby.Group != want.Group || !rec.Standby.Decrement || rec.Standby.MinSize == nil || *rec.Standby.MinSize != *want.MinSize {
+			t.Fatalf("state file's standby = %+v, want %+v", rec.Standby, want)
+		}
+		g, _ := e.asg.Group(awsASG)
+		in, _ := e.asg.Instance(awsNodeID)
+		if g.MinSize != 1 || g.DesiredCapacity != 1 || (in.LifecycleState != asgsim.EnteringStandby && in.LifecycleState != asgsim.Standby) {
+			t.Fatalf("after pre: min %d desired %d, node %s; want 1, 1, on Standby", g.MinSize, g.DesiredCapacity, in.LifecycleState)
+		}
+		assertBlocked(t, n)
+
+		if err := e.asg.FailNext("ExitStandby", 1, awsquery.AccessDenied); err != nil {
+			t.Fatal(err)
+		}
+		exit := patchagent(t, n, "exit", "--config", cfg)
+		if exit.code == 0 || !strings.Contains(exit.stdout+exit.stderr, "out of Standby in "+awsASG) || !strings.Contains(exit.stdout+exit.stderr, "AccessDenied") {
+			t.Fatalf("exit with ExitStandby denied: exit %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+		}
+		if rec := lbRecord(t, readState(t, stateDir)); rec.Standby == nil || rec.Standby.MinSize == nil {
+			t.Fatalf("after the failed exit the state file's lb is %s, want the Standby kept", readState(t, stateDir).LB)
+		}
+		g, _ = e.asg.Group(awsASG)
+		if in, _ := e.asg.Instance(awsNodeID); in.LifecycleState != asgsim.Standby || g.MinSize != 1 {
+			t.Fatalf("after the failed exit: node %s, min %d; want Standby, 1", in.LifecycleState, g.MinSize)
+		}
+
+		stopDaemon(t, d)
+		startDaemon(t, n, cfg)
+		exit = patchagent(t, n, "exit", "--config", cfg)
+		if exit.code != 0 {
+			t.Fatalf("the second exit: exit %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+		}
+		if want := "InService in Auto Scaling group " + awsASG; !strings.Contains(firstLine(exit.stdout), want) {
+			t.Errorf("exit's first line %q lacks %q", firstLine(exit.stdout), want)
+		}
+		g, _ = e.asg.Group(awsASG)
+		in, _ = e.asg.Instance(awsNodeID)
+		if g.MinSize != 2 || g.DesiredCapacity != 2 || g.Launched != 0 || in.LifecycleState != asgsim.InService {
+			t.Errorf("after the second exit: min %d desired %d launched %d, node %s; want 2, 2, 0, InService", g.MinSize, g.DesiredCapacity, g.Launched, in.LifecycleState)
+		}
+		if got, reason := e.state(t, awsNodeID, 443); got != "healthy" {
+			t.Errorf("after the second exit the node's target is %s (%s)", got, reason)
+		}
+		assertInService(t, n)
 	})
 }
