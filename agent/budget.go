@@ -12,10 +12,7 @@ import (
 // must exceed, with a margin (deploy/ssm checks each document against it).
 // It is the one place these bounds are added up.
 func Budget(phase string, cfg Config) (time.Duration, bool) {
-	lbWait := time.Duration(0) // the wait for the load balancer, if any
-	if cfg.LB.HealthListen != "" || cfg.LB.HAProxy.Socket != "" {
-		lbWait = cfg.LB.Deadline.D()
-	}
+	lbWait := cfg.LB.wait(phase == "pre").D() // the wait for the load balancer, if any
 	switch phase {
 	case "pre":
 		// The lock, the block (iptables' own lock wait), the drain, pm2's

@@ -21,6 +21,11 @@ func TestBudgetFollowsTheConfig(t *testing.T) {
 		{"post", func(c *Config) { c.Post.NPM.Timeout += Duration(time.Minute) }, time.Minute},
 		{"exit", func(c *Config) { c.Health.Deadline += Duration(time.Minute) }, 2 * time.Minute},
 		{"exit", func(c *Config) { c.Traffic.LockWait += Duration(time.Second) }, time.Second},
+		// Behind ELBv2: pre waits up to lb.deadline, exit up to
+		// lb.aws.healthy_timeout.
+		{"pre", func(c *Config) { c.LB.AWS.TargetGroups = TargetGroupList{AutoTargetGroups} }, 2 * time.Minute},
+		{"exit", func(c *Config) { c.LB.AWS.TargetGroups = TargetGroupList{AutoTargetGroups} }, 10 * time.Minute},
+		{"exit", func(c *Config) { c.LB.HAProxy.Socket = "/run/haproxy.sock" }, 2 * time.Minute},
 	}
 	for _, tt := range tests {
 		before, ok := Budget(tt.phase, base)

@@ -215,9 +215,29 @@ type AWSConfig struct {
 	// than this, a count or a percent of its registered targets ("50%")
 	// (default "1": never the last healthy one; "0": no gate).
 	MinHealthy string `yaml:"min_healthy"`
+	// HealthyTimeout bounds exit's wait for the instance to be back: off
+	// Standby (EnteringStandby lasts the target groups' deregistration
+	// delay), and healthy in every group (ALB's default health check
+	// takes 5 × 30 s) (default 10m; lb.deadline bounds pre's wait).
+	HealthyTimeout Duration `yaml:"healthy_timeout"`
 	// Endpoints other than AWS's (VPC endpoints with their own names,
 	// tests), each a base URL (default "": AWS's).
 	Endpoints AWSEndpoints `yaml:"endpoints"`
+}
+
+// aws reports whether the node leaves ELBv2 target groups.
+func (c LBConfig) aws() bool { return len(c.AWS.TargetGroups) > 0 }
+
+// wait bounds pre's wait for the LB (out) or exit's (in); zero without an
+// LB.
+func (c LBConfig) wait(out bool) Duration {
+	switch {
+	case c.aws() && !out:
+		return c.AWS.HealthyTimeout
+	case c.aws() || c.HealthListen != "" || c.HAProxy.Socket != "":
+		return c.Deadline
+	}
+	return 0
 }
 
 // AWSEndpoints are base URLs of the instance metadata service, the ELBv2
@@ -295,7 +315,7 @@ func (c LBConfig) plan(out bool) string {
 		if out {
 			return fmt.Sprintf("record this instance's registrations in %s in the state file, refuse if a group would keep fewer healthy targets than min_healthy %s, deregister them, wait until each group reports them draining (at most %s)%s", groups, a.MinHealthy, c.Deadline, standby)
 		}
-		return fmt.Sprintf("%sregister the recorded target group registrations again, wait until each group reports them healthy (at most %s), restore a lowered minimum size", back, c.Deadline)
+		return fmt.Sprintf("%sregister the recorded target group registrations again, wait until each group reports them healthy (at most lb.aws.healthy_timeout %s), restore a lowered minimum size", back, a.HealthyTimeout)
 	}
 	if h := c.HAProxy; h.Socket != "" {
 		if out {
@@ -375,7 +395,7 @@ func DefaultConfig() Config {
 			WatchInterval:   Duration(5 * time.Second),
 		},
 		LB: LBConfig{Path: "/ready", Interval: Duration(10 * time.Second), UnhealthyThreshold: 2, HealthyThreshold: 2, Deadline: Duration(2 * time.Minute),
-			AWS: AWSConfig{TargetGroups: TargetGroupList{}, MinHealthy: "1", Standby: "auto", DecrementDesiredCapacity: true}},
+			AWS: AWSConfig{TargetGroups: TargetGroupList{}, MinHealthy: "1", Standby: "auto", DecrementDesiredCapacity: true, HealthyTimeout: Duration(10 * time.Minute)}},
 	}
 }
 

@@ -209,9 +209,9 @@ func (a *Agent) putBackLeftover(ctx context.Context, r *phaseRun) error {
 		return nil
 	}
 	c := a.cfg.LB
-	a.progress("lb-in: putting back what the last cycle could not (at most %s)", c.Deadline)
+	a.progress("lb-in: putting back what the last cycle could not (at most %s)", c.wait(false))
 	t := time.Now()
-	w, err := a.rotation(r.st).PutBack(ctx, c.Deadline.D())
+	w, err := a.rotation(r.st).PutBack(ctx, c.wait(false).D())
 	if err != nil {
 		r.rep.addStep("lb-in", ResultFailed, time.Since(t), "")
 		return fmt.Errorf("no patch cycle open, app healthy, but the last cycle's load balancer record is still not put back (kept in the state file): %w", err)
@@ -286,8 +286,8 @@ func (a *Agent) lbIn(ctx context.Context, r *phaseRun) error {
 	}
 	c := a.cfg.LB
 	err := a.step(r, "lb-in", func() (stepOut, error) {
-		a.progress("lb-in: putting the node back in the load balancer's rotation and waiting until it routes to it (at most %s)", c.Deadline)
-		w, err := a.rotation(r.st).PutBack(ctx, c.Deadline.D())
+		a.progress("lb-in: putting the node back in the load balancer's rotation and waiting until it routes to it (at most %s)", c.wait(false))
+		w, err := a.rotation(r.st).PutBack(ctx, c.wait(false).D())
 		if err != nil {
 			return stepOut{}, err
 		}

@@ -267,6 +267,7 @@ func (c LBConfig) validate(ps *problems) {
 			ps.bad("lb.aws.min_healthy", "%v", err)
 		}
 		ps.positive("lb.deadline", c.Deadline)
+		ps.positive("lb.aws.healthy_timeout", a.HealthyTimeout)
 		return
 	}
 	if h := c.HAProxy; h.Socket != "" || h.Backend != "" || h.Server != "" {
