@@ -403,7 +403,10 @@ var scenarios = map[string]map[string]string{
 		"OutputS3BucketName": "my-ssm-output", "RebootOption": "NoReboot", "MaxConcurrency": "1", "MaxErrors": "2",
 	},
 	"load balancer policy": {"TagValue": "my-app", "LBTargetGroupArns": tgWeb + "," + tgAPI},
+	"auto scaling policy":  {"TagValue": "my-app", "LBTargetGroupArns": tgWeb, "AutoScalingGroupArns": asgWeb},
 }
+
+const asgWeb = "arn:aws:autoscaling:eu-west-1:123456789012:autoScalingGroup:0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0:autoScalingGroupName/web-asg"
 
 const (
 	tgWeb = "arn:aws:elasticloadbalancing:eu-west-1:123456789012:targetgroup/web/0123456789abcdef"
@@ -420,18 +423,45 @@ func TestLoadBalancerPolicy(t *testing.T) {
 	if !r.cond(t, "HasLBTargetGroups") || newResolver(tp, scenarios["defaults"]).cond(t, "HasLBTargetGroups") {
 		t.Fatal("HasLBTargetGroups: want true with target groups, false without")
 	}
-	doc := r.eval(t, tp.resource(t, "LoadBalancerPolicy").props).(map[string]any)["PolicyDocument"].(map[string]any)
-	st := doc["Statement"].([]any)
-	want := []map[string]any{
-		{"Effect": "Allow", "Action": "elasticloadbalancing:DescribeTargetHealth", "Resource": "*"},
+	describe := map[string]any{"Effect": "Allow", "Resource": "*", "Action": []any{"elasticloadbalancing:DescribeTargetHealth",
+		"elasticloadbalancing:DescribeTargetGroupAttributes", "elasticloadbalancing:DescribeTargetGroups", "ec2:DescribeInstances"}}
+	statements := func(r resolver) []any {
+		if !r.cond(t, "HasLBPolicy") {
+			t.Fatal("HasLBPolicy false with a target group or an Auto Scaling group")
+		}
+		doc := r.eval(t, tp.resource(t, "LoadBalancerPolicy").props).(map[string]any)["PolicyDocument"].(map[string]any)
+		return doc["Statement"].([]any)
+	}
+	check := func(name string, st []any, want []map[string]any) {
+		if len(st) != len(want) {
+			t.Fatalf("%s: statements %v", name, st)
+		}
+		for i := range want {
+			if !reflect.DeepEqual(st[i], any(want[i])) {
+				t.Errorf("%s: statement %d: %v, want %v", name, i, st[i], want[i])
+			}
+		}
+	}
+	check("target groups", statements(r), []map[string]any{describe,
 		{"Effect": "Allow", "Action": []any{"elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"}, "Resource": []any{tgWeb, tgAPI}},
+	})
+	check("Auto Scaling", statements(newResolver(tp, scenarios["auto scaling policy"])), []map[string]any{describe,
+		{"Effect": "Allow", "Action": []any{"elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"}, "Resource": []any{tgWeb}},
+		{"Effect": "Allow", "Action": []any{"autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeAutoScalingGroups"}, "Resource": "*"},
+		{"Effect": "Allow", "Action": []any{"autoscaling:EnterStandby", "autoscaling:ExitStandby", "autoscaling:UpdateAutoScalingGroup"}, "Resource": []any{asgWeb}},
+	})
+	if newResolver(tp, scenarios["defaults"]).cond(t, "HasLBPolicy") {
+		t.Error("HasLBPolicy true with neither")
 	}
-	if len(st) != len(want) {
-		t.Fatalf("statements %v", st)
+	asgRe := regexp.MustCompile(tp.Parameters["AutoScalingGroupArns"]["AllowedPattern"].(string))
+	for _, ok := range []string{"", asgWeb, asgWeb + "," + asgWeb} {
+		if !asgRe.MatchString(ok) {
+			t.Errorf("AutoScalingGroupArns refuses %q", ok)
+		}
 	}
-	for i := range want {
-		if !reflect.DeepEqual(st[i], any(want[i])) {
-			t.Errorf("statement %d: %v, want %v", i, st[i], want[i])
+	for _, bad := range []string{"web-asg", asgWeb + ",", tgWeb} {
+		if asgRe.MatchString(bad) {
+			t.Errorf("AutoScalingGroupArns accepts %q", bad)
 		}
 	}
 	re := regexp.MustCompile(tp.Parameters["LBTargetGroupArns"]["AllowedPattern"].(string))
@@ -512,6 +542,13 @@ func (r resolver) eval(t *testing.T, v any) any {
 					return reflect.DeepEqual(r.eval(t, l[0]), r.eval(t, l[1]))
 				case "Fn::Not":
 					return !r.eval(t, arg.([]any)[0]).(bool)
+				case "Fn::Or":
+					for _, c := range arg.([]any) {
+						if r.eval(t, c).(bool) {
+							return true
+						}
+					}
+					return false
 				case "Fn::Split":
 					l := arg.([]any)
 					var out []any

@@ -69,18 +69,25 @@ resource "aws_ssm_association" "patch" {
 }
 
 # What patchagent's lb.aws needs of the nodes' instance profile, when the
-# nodes sit in target groups: created only with lb_target_group_arns.
+# nodes sit in target groups or Auto Scaling groups: created only with
+# lb_target_group_arns or autoscaling_group_arns. The Describe actions take
+# no resource; DescribeTargetGroupAttributes, DescribeTargetGroups and
+# ec2:DescribeInstances serve the capacity gate's per-zone count.
 resource "aws_iam_policy" "load_balancer" {
-  count       = length(var.lb_target_group_arns) > 0 ? 1 : 0
+  count       = length(var.lb_target_group_arns) + length(var.autoscaling_group_arns) > 0 ? 1 : 0
   name_prefix = "${var.name_prefix}-lb-"
   description = "patchagent takes the node out of these target groups during patching, and back in."
   tags        = var.tags
 
   policy = jsonencode({
     Version = "2012-10-17"
-    Statement = [
-      { Effect = "Allow", Action = "elasticloadbalancing:DescribeTargetHealth", Resource = "*" },
-      { Effect = "Allow", Action = ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"], Resource = var.lb_target_group_arns },
-    ]
+    Statement = concat(
+      [{ Effect = "Allow", Action = ["elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DescribeTargetGroupAttributes", "elasticloadbalancing:DescribeTargetGroups", "ec2:DescribeInstances"], Resource = "*" }],
+      length(var.lb_target_group_arns) == 0 ? [] : [{ Effect = "Allow", Action = ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"], Resource = var.lb_target_group_arns }],
+      length(var.autoscaling_group_arns) == 0 ? [] : [
+        { Effect = "Allow", Action = ["autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeAutoScalingGroups"], Resource = "*" },
+        { Effect = "Allow", Action = ["autoscaling:EnterStandby", "autoscaling:ExitStandby", "autoscaling:UpdateAutoScalingGroup"], Resource = var.autoscaling_group_arns },
+      ],
+    )
   })
 }

@@ -556,8 +556,8 @@ func TestLoadBalancerPolicy(t *testing.T) {
 		}
 		return cty.ListVal(vs)
 	}
-	count := func(v cty.Value) int64 {
-		ctx := m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "lb_target_group_arns": v})
+	count := func(v cty.Value, asgs ...string) int64 {
+		ctx := m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "lb_target_group_arns": v, "autoscaling_group_arns": list(asgs...)})
 		c, diags := attr(t, m.resources["aws_iam_policy.load_balancer"], "count").Expr.Value(ctx)
 		if diags.HasErrors() {
 			t.Fatal(diags)
@@ -565,8 +565,9 @@ func TestLoadBalancerPolicy(t *testing.T) {
 		n, _ := c.AsBigFloat().Int64()
 		return n
 	}
-	if count(list()) != 0 || count(list(web)) != 1 {
-		t.Errorf("policy count: %d without target groups, %d with", count(list()), count(list(web)))
+	asg := "arn:aws:autoscaling:eu-west-1:123456789012:autoScalingGroup:0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0:autoScalingGroupName/web-asg"
+	if count(list()) != 0 || count(list(web)) != 1 || count(list(), asg) != 1 {
+		t.Errorf("policy count: %d without target groups, %d with, %d with an Auto Scaling group only", count(list()), count(list(web)), count(list(), asg))
 	}
 	var validation *hclsyntax.Block
 	for _, b := range m.variables["lb_target_group_arns"].Body.Blocks {
@@ -588,9 +589,34 @@ func TestLoadBalancerPolicy(t *testing.T) {
 	if !valid(list()) || !valid(list(web)) || valid(list(web, "web")) || valid(list(web+" ")) {
 		t.Error("lb_target_group_arns' validation: want [] and target group ARNs only")
 	}
+	for _, b := range m.variables["autoscaling_group_arns"].Body.Blocks {
+		if b.Type != "validation" {
+			continue
+		}
+		ok := func(v cty.Value) bool {
+			ctx := m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "autoscaling_group_arns": v})
+			r, diags := attr(t, b, "condition").Expr.Value(ctx)
+			if diags.HasErrors() {
+				t.Fatal(diags)
+			}
+			return r.True()
+		}
+		if !ok(list()) || !ok(list(asg)) || ok(list("web-asg")) || ok(list(web)) {
+			t.Error("autoscaling_group_arns' validation: want [] and Auto Scaling group ARNs only")
+		}
+		validation = nil
+	}
+	if validation != nil {
+		t.Error("autoscaling_group_arns has no validation")
+	}
 	policy := attr(t, m.resources["aws_iam_policy.load_balancer"], "policy")
 	src := string(policy.Expr.Range().SliceBytes(mustRead(t, filepath.Join(m.dir, "main.tf"))))
-	for _, want := range []string{`"elasticloadbalancing:DescribeTargetHealth", Resource = "*"`, `["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"], Resource = var.lb_target_group_arns`} {
+	for _, want := range []string{
+		`Action = ["elasticloadbalancing:DescribeTargetHealth", "elasticloadbalancing:DescribeTargetGroupAttributes", "elasticloadbalancing:DescribeTargetGroups", "ec2:DescribeInstances"], Resource = "*"`,
+		`length(var.lb_target_group_arns) == 0 ? [] : [{ Effect = "Allow", Action = ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"], Resource = var.lb_target_group_arns }]`,
+		`Action = ["autoscaling:DescribeAutoScalingInstances", "autoscaling:DescribeAutoScalingGroups"], Resource = "*"`,
+		`Action = ["autoscaling:EnterStandby", "autoscaling:ExitStandby", "autoscaling:UpdateAutoScalingGroup"], Resource = var.autoscaling_group_arns`,
+	} {
 		if !strings.Contains(src, want) {
 			t.Errorf("the policy lacks %s", want)
 		}

@@ -24,6 +24,6 @@ output "association_name" {
 }
 
 output "load_balancer_policy_arn" {
-  description = "ARN of the managed policy to attach to the nodes' instance profile (null without lb_target_group_arns)."
+  description = "ARN of the managed policy to attach to the nodes' instance profile (null without lb_target_group_arns and autoscaling_group_arns)."
   value       = one(aws_iam_policy.load_balancer[*].arn)
 }

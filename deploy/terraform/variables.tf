@@ -134,3 +134,14 @@ variable "lb_target_group_arns" {
     error_message = "lb_target_group_arns must hold target group ARNs (arn:aws:elasticloadbalancing:REGION:ACCOUNT:targetgroup/NAME/ID)."
   }
 }
+
+variable "autoscaling_group_arns" {
+  description = "ARNs of the nodes' Auto Scaling groups, for patchagent's Standby (lb.aws.standby, lb.aws.target_groups auto). When set, the module's managed policy (output load_balancer_policy_arn) also allows the Auto Scaling Describe actions, and EnterStandby, ExitStandby and UpdateAutoScalingGroup (a minimum size lowered for the patch and restored) on these groups only."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length([for a in var.autoscaling_group_arns : a if !can(regex("^arn:aws[a-z-]*:autoscaling:[a-z0-9-]+:[0-9]{12}:autoScalingGroup:[0-9a-f-]{36}:autoScalingGroupName/[^,]{1,255}$", a))]) == 0
+    error_message = "autoscaling_group_arns must hold Auto Scaling group ARNs (arn:aws:autoscaling:REGION:ACCOUNT:autoScalingGroup:UUID:autoScalingGroupName/NAME)."
+  }
+}
