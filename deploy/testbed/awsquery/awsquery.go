@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"slices"
 	"strconv"
@@ -19,7 +20,8 @@ import (
 )
 
 // Error is an error answer of the API: <ErrorResponse> with its code and
-// message, Type Sender for a 4xx status, Receiver for a 5xx.
+// message, Type Sender for a 4xx status, Receiver for a 5xx (in EC2's
+// protocol, <Response><Errors><Error> with the code and message).
 type Error struct {
 	Status  int    // HTTP status, 4xx (Type Sender) or 5xx (Type Receiver)
 	Code    string // the error code, e.g. "Throttling"
@@ -62,15 +64,25 @@ func Unavailable() *Error {
 type API struct {
 	// Version is the API version requests must name (e.g. "2015-12-01").
 	Version string
-	// Namespace is the XML namespace of every answer.
+	// Namespace is the XML namespace of every answer (in EC2's protocol,
+	// of every result; its errors have none).
 	Namespace string
+	// EC2 switches the envelopes to EC2's protocol (the SDK's ec2query),
+	// whose requests are the query protocol's: a result is
+	// <XxxResponse><requestId>…</requestId>…</XxxResponse>, the result's
+	// elements directly in the response element, and an error is
+	// <Response><Errors><Error><Code>…</Code><Message>…</Message></Error></Errors><RequestID>…</RequestID></Response>,
+	// without a namespace or a Type.
+	EC2 bool
 	// Actions are the names of the actions the service implements; a
 	// request naming another is InvalidAction, and FailNext refuses it.
 	Actions []string
 	// Dispatch answers a request for one of Actions, with the request's
 	// parameters: a result struct that becomes <XxxResult> (nil: no result
-	// element, for an action without output), or an error. It is called
-	// with no lock held, concurrently for concurrent requests.
+	// element, for an action without output; with EC2, the struct's
+	// elements follow requestId and it must have no attributes), or an
+	// error. It is called with no lock held, concurrently for concurrent
+	// requests.
 	Dispatch func(action string, form url.Values) (any, *Error)
 
 	mu     sync.Mutex
@@ -83,7 +95,7 @@ type pendingFault struct {
 	n int
 }
 
-// ServeHTTP answers one API request in the AWS query protocol.
+// ServeHTTP answers one API request in the AWS query protocol (or EC2's).
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := RequestID()
 	w.Header().Set("X-Amzn-Requestid", id)
@@ -171,17 +183,26 @@ func (a *API) Calls(action string) int {
 
 // writeResult writes <XxxResponse><XxxResult>res</XxxResult><ResponseMetadata>,
 // without the result element when res is nil (AWS's answer to an action
-// without output).
+// without output); with EC2, <XxxResponse><requestId> and res's elements.
 func (a *API) writeResult(w http.ResponseWriter, id, name string, res any) {
 	var buf bytes.Buffer
 	enc := xml.NewEncoder(&buf)
 	start := xml.StartElement{Name: xml.Name{Local: name + "Response"}, Attr: []xml.Attr{{Name: xml.Name{Local: "xmlns"}, Value: a.Namespace}}}
 	err := enc.EncodeToken(start)
-	if err == nil && res != nil {
-		err = enc.EncodeElement(res, xml.StartElement{Name: xml.Name{Local: name + "Result"}})
-	}
-	if err == nil {
-		err = enc.EncodeElement(struct{ RequestId string }{id}, xml.StartElement{Name: xml.Name{Local: "ResponseMetadata"}})
+	if a.EC2 {
+		if err == nil {
+			err = enc.EncodeElement(id, xml.StartElement{Name: xml.Name{Local: "requestId"}})
+		}
+		if err == nil && res != nil {
+			err = encodeElements(enc, &buf, res)
+		}
+	} else {
+		if err == nil && res != nil {
+			err = enc.EncodeElement(res, xml.StartElement{Name: xml.Name{Local: name + "Result"}})
+		}
+		if err == nil {
+			err = enc.EncodeElement(struct{ RequestId string }{id}, xml.StartElement{Name: xml.Name{Local: "ResponseMetadata"}})
+		}
 	}
 	if err == nil {
 		err = enc.EncodeToken(start.End())
@@ -197,6 +218,26 @@ func (a *API) writeResult(w http.ResponseWriter, id, name string, res any) {
 	w.Write(buf.Bytes())
 }
 
+// encodeElements writes what res encodes to inside its own element, but not
+// that element, at the current position of enc, whose output is buf: the
+// elements of an EC2 result, which has no wrapper.
+func encodeElements(enc *xml.Encoder, buf *bytes.Buffer, res any) error {
+	var b bytes.Buffer
+	if err := xml.NewEncoder(&b).EncodeElement(res, xml.StartElement{Name: xml.Name{Local: "r"}}); err != nil {
+		return err
+	}
+	inner, opened := bytes.CutPrefix(b.Bytes(), []byte("<r>"))
+	inner, closed := bytes.CutSuffix(inner, []byte("</r>"))
+	if !opened || !closed {
+		return fmt.Errorf("an EC2 result must encode as an element without attributes, not %q", b.Bytes())
+	}
+	if err := enc.Flush(); err != nil {
+		return err
+	}
+	buf.Write(inner)
+	return nil
+}
+
 // xmlError is <ErrorResponse>, as the query protocol's errors are.
 type xmlError struct {
 	XMLName xml.Name `xml:"ErrorResponse"`
@@ -209,14 +250,28 @@ type xmlError struct {
 	RequestId string
 }
 
+// ec2Error is <Response>, as EC2's errors are.
+type ec2Error struct {
+	XMLName   xml.Name `xml:"Response"`
+	Code      string   `xml:"Errors>Error>Code"`
+	Message   string   `xml:"Errors>Error>Message"`
+	RequestID string
+}
+
 func (a *API) writeError(w http.ResponseWriter, id string, e *Error) {
-	var x xmlError
-	x.Xmlns = a.Namespace
-	x.Error.Type = "Sender"
-	if e.Status >= 500 {
-		x.Error.Type = "Receiver"
+	var x any
+	if a.EC2 {
+		x = ec2Error{Code: e.Code, Message: e.Message, RequestID: id}
+	} else {
+		var q xmlError
+		q.Xmlns = a.Namespace
+		q.Error.Type = "Sender"
+		if e.Status >= 500 {
+			q.Error.Type = "Receiver"
+		}
+		q.Error.Code, q.Error.Message, q.RequestId = e.Code, e.Message, id
+		x = q
 	}
-	x.Error.Code, x.Error.Message, x.RequestId = e.Code, e.Message, id
 	body, _ := xml.Marshal(x) // strings only: cannot fail
 	w.Header().Set("Content-Type", "text/xml")
 	w.WriteHeader(e.Status)
@@ -233,15 +288,34 @@ func RequestID() string {
 
 // List reads the query protocol's list name.member.1, name.member.2, … up to
 // the first index missing; nil if there is none.
-func List(form url.Values, name string) []string {
+func List(form url.Values, name string) []string { return list(form, name+".member.") }
+
+// ListEC2 reads EC2's list name.1, name.2, … (e.g. InstanceId.1) up to the
+// first index missing; nil if there is none.
+func ListEC2(form url.Values, name string) []string { return list(form, name+".") }
+
+func list(form url.Values, prefix string) []string {
 	var out []string
 	for i := 1; ; i++ {
-		v, ok := form[name+".member."+strconv.Itoa(i)]
+		v, ok := form[prefix+strconv.Itoa(i)]
 		if !ok {
 			return out
 		}
 		out = append(out, v[0])
 	}
+}
+
+// NewRequest returns a POST of form to "/" as an SDK client sends it:
+// form-encoded and, if signed, with a SigV4 Authorization header (whose
+// signature API does not verify). It is for tests that look at a
+// simulator's wire format through its ServeHTTP.
+func NewRequest(form url.Values, signed bool) *http.Request {
+	r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(form.Encode()))
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if signed {
+		r.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/sim/aws4_request, SignedHeaders=host, Signature=00")
+	}
+	return r
 }
 
 // ClientConfig is the SDK configuration a test's client of a simulator

@@ -28,6 +28,17 @@ type describeResult struct {
 	}
 }
 
+// ec2DescribeResult is what the EC2 test service's Describe answers.
+type ec2DescribeResult struct {
+	Name  string   `xml:"name"`
+	Items []string `xml:"itemSet>item"`
+}
+
+// oddResult encodes with an attribute, which an EC2 result cannot have.
+type oddResult struct {
+	ID string `xml:"id,attr"`
+}
+
 // service is an API whose dispatch records what it is called with.
 type service struct {
 	api *awsquery.API
@@ -38,13 +49,16 @@ type service struct {
 }
 
 // newService serves Describe (a result: Name and the list Items), Update (no
-// result element), Refuse (a ValidationError) and Down (ServiceUnavailable).
-func newService() *service {
+// result element), Refuse (a ValidationError), Down (ServiceUnavailable) and
+// Odd (a result with an attribute), in the query protocol or, if ec2, in
+// EC2's (where Describe's list is Item.N and answers ec2DescribeResult).
+func newService(ec2 bool) *service {
 	s := &service{}
 	s.api = &awsquery.API{
 		Version:   version,
 		Namespace: namespace,
-		Actions:   []string{"Describe", "Update", "Refuse", "Down"},
+		EC2:       ec2,
+		Actions:   []string{"Describe", "Update", "Refuse", "Down", "Odd"},
 		Dispatch: func(action string, form url.Values) (any, *awsquery.Error) {
 			s.mu.Lock()
 			s.got = append(s.got, action)
@@ -52,10 +66,15 @@ func newService() *service {
 			s.mu.Unlock()
 			switch action {
 			case "Describe":
+				if ec2 {
+					return ec2DescribeResult{Name: form.Get("Name"), Items: awsquery.ListEC2(form, "Item")}, nil
+				}
 				var res describeResult
 				res.Name = form.Get("Name")
 				res.Items.Member = awsquery.List(form, "Items")
 				return res, nil
+			case "Odd":
+				return oddResult{ID: "x"}, nil
 			case "Update":
 				return nil, nil
 			case "Refuse":
@@ -81,18 +100,16 @@ type answer struct {
 	body   string
 }
 
-// do sends form as a signed (or not) POST with method and returns the answer.
+// do sends form, signed or not, as the body of a POST (awsquery.NewRequest)
+// or, with another method, in the query, and returns the answer.
 func (s *service) do(t *testing.T, method string, form url.Values, signed bool) answer {
 	t.Helper()
-	var r *http.Request
-	if method == http.MethodPost {
-		r = httptest.NewRequest(method, "/", strings.NewReader(form.Encode()))
-		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	} else {
+	r := awsquery.NewRequest(form, signed)
+	if method != http.MethodPost {
 		r = httptest.NewRequest(method, "/?"+form.Encode(), nil)
-	}
-	if signed {
-		r.Header.Set("Authorization", signature)
+		if signed {
+			r.Header.Set("Authorization", signature)
+		}
 	}
 	w := httptest.NewRecorder()
 	s.api.ServeHTTP(w, r)
@@ -163,7 +180,7 @@ func TestRefusedRequests(t *testing.T) {
 		{"unknown action", http.MethodPost, call("Create"), true, 400, "InvalidAction", "Could not find operation Create for version " + version},
 		{"method", http.MethodPut, call("Describe"), true, 405, "InvalidHttpRequest", "Method PUT is not allowed; send POST"},
 	} {
-		s := newService()
+		s := newService(false)
 		msg := wantError(t, s.do(t, c.method, c.form, c.signed), c.status, "Sender", c.code)
 		if msg != c.message {
 			t.Errorf("%s: message %q, want %q", c.what, msg, c.message)
@@ -184,7 +201,7 @@ func TestRefusedRequests(t *testing.T) {
 // A body over 1 MiB is refused as malformed.
 func TestBodyLimit(t *testing.T) {
 	t.Parallel()
-	s := newService()
+	s := newService(false)
 	a := s.post(t, call("Describe", "Name", strings.Repeat("x", 1<<20)))
 	if msg := wantError(t, a, 400, "Sender", "MalformedQueryString"); !strings.Contains(msg, "too large") {
 		t.Errorf("message %q, want it to say the body is too large", msg)
@@ -198,7 +215,7 @@ func TestBodyLimit(t *testing.T) {
 // namespace, whether the parameters come in a POST body or a GET query.
 func TestResult(t *testing.T) {
 	t.Parallel()
-	s := newService()
+	s := newService(false)
 	for _, method := range []string{http.MethodPost, http.MethodGet} {
 		a := s.do(t, method, call("Describe", "Name", "web", "Items.member.1", "a", "Items.member.2", "b", "Items.member.4", "d"), true)
 		var resp struct {
@@ -230,7 +247,7 @@ func TestResult(t *testing.T) {
 // A nil result has no result element, only the metadata.
 func TestNilResult(t *testing.T) {
 	t.Parallel()
-	s := newService()
+	s := newService(false)
 	a := s.post(t, call("Update"))
 	if a.status != 200 || strings.Contains(a.body, "UpdateResult") {
 		t.Fatalf("%d %s, want 200 without an UpdateResult element", a.status, a.body)
@@ -245,7 +262,7 @@ func TestNilResult(t *testing.T) {
 // Type Receiver.
 func TestDispatchErrors(t *testing.T) {
 	t.Parallel()
-	s := newService()
+	s := newService(false)
 	if msg := wantError(t, s.post(t, call("Refuse", "Name", "x")), 400, "Sender", "ValidationError"); msg != `Value "x" at 'name' is refused` {
 		t.Errorf("message %q, want Validation's formatting", msg)
 	}
@@ -258,7 +275,7 @@ func TestDispatchErrors(t *testing.T) {
 // reached again; every call counts.
 func TestFailNext(t *testing.T) {
 	t.Parallel()
-	s := newService()
+	s := newService(false)
 	boom := awsquery.Error{Status: 500, Code: "InternalFailure", Message: "boom"}
 	for _, f := range []struct {
 		n int
@@ -310,7 +327,7 @@ func TestFailNext(t *testing.T) {
 // FailNext refuses what it could not answer.
 func TestFailNextRefuses(t *testing.T) {
 	t.Parallel()
-	s := newService()
+	s := newService(false)
 	for _, c := range []struct {
 		what   string
 		action string
@@ -349,6 +366,12 @@ func TestHelpers(t *testing.T) {
 	}
 	if got := awsquery.List(url.Values{"Names.member.1": {"a", "ignored"}, "Names.member.2": {""}, "Other.member.3": {"x"}}, "Names"); !reflect.DeepEqual(got, []string{"a", ""}) {
 		t.Errorf("List: %q, want [a, \"\"]", got)
+	}
+	if got := awsquery.ListEC2(url.Values{"InstanceId.1": {"i-1"}, "InstanceId.2": {"i-2"}, "InstanceId.member.3": {"x"}, "InstanceId.4": {"i-4"}}, "InstanceId"); !reflect.DeepEqual(got, []string{"i-1", "i-2"}) {
+		t.Errorf("ListEC2: %q, want [i-1, i-2]", got)
+	}
+	if got := awsquery.ListEC2(url.Values{"InstanceId.member.1": {"i-1"}}, "InstanceId"); got != nil {
+		t.Errorf("ListEC2 of a query-protocol list: %q, want nil", got)
 	}
 	a, b := awsquery.RequestID(), awsquery.RequestID()
 	if !uuid.MatchString(a) || !uuid.MatchString(b) || a == b {
