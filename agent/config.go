@@ -240,12 +240,13 @@ func (c LBConfig) wait(out bool) Duration {
 	return 0
 }
 
-// AWSEndpoints are base URLs of the instance metadata service, the ELBv2
-// API and the Auto Scaling API.
+// AWSEndpoints are base URLs of the instance metadata service, the ELBv2,
+// Auto Scaling and EC2 APIs.
 type AWSEndpoints struct {
 	IMDS        string `yaml:"imds"`
 	ELBv2       string `yaml:"elbv2"`
 	AutoScaling string `yaml:"autoscaling"`
+	EC2         string `yaml:"ec2"`
 }
 
 // AutoTargetGroups is lb.aws.target_groups' value for the target groups

@@ -255,7 +255,7 @@ func (c LBConfig) validate(ps *problems) {
 		if a.Standby != "auto" && a.Standby != "never" {
 			ps.bad("lb.aws.standby", "%q: want auto or never", a.Standby)
 		}
-		for key, u := range map[string]string{"lb.aws.endpoints.imds": a.Endpoints.IMDS, "lb.aws.endpoints.elbv2": a.Endpoints.ELBv2, "lb.aws.endpoints.autoscaling": a.Endpoints.AutoScaling} {
+		for key, u := range map[string]string{"lb.aws.endpoints.imds": a.Endpoints.IMDS, "lb.aws.endpoints.elbv2": a.Endpoints.ELBv2, "lb.aws.endpoints.autoscaling": a.Endpoints.AutoScaling, "lb.aws.endpoints.ec2": a.Endpoints.EC2} {
 			if u == "" {
 				continue
 			}

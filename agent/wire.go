@@ -51,7 +51,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 		count, pct, _ := parseMinHealthy(a.MinHealthy) // validated
 		tg := &awslb.TargetGroups{ARNs: a.TargetGroups, AutoTargetGroups: a.TargetGroups.Auto(),
 			Standby: a.Standby == "auto", DecrementDesired: a.DecrementDesiredCapacity,
-			Connect:    awslb.Connected(awslb.Endpoints{IMDS: a.Endpoints.IMDS, ELBv2: a.Endpoints.ELBv2, AutoScaling: a.Endpoints.AutoScaling}),
+			Connect:    awslb.Connected(awslb.Endpoints{IMDS: a.Endpoints.IMDS, ELBv2: a.Endpoints.ELBv2, AutoScaling: a.Endpoints.AutoScaling, EC2: a.Endpoints.EC2}),
 			MinHealthy: awslb.MinHealthy{Count: count, Percent: pct}}
 		if tg.AutoTargetGroups {
 			tg.ARNs = nil

@@ -106,6 +106,7 @@ func startAWSEnv(t *testing.T, n *sandbox.Node) *awsEnv {
 			HealthyThreshold:    2,
 			UnhealthyThreshold:  2,
 			DeregistrationDelay: awsDrainDelay,
+			CrossZone:           true,
 		}},
 		Resolve: elbsim.StaticResolver(map[string]string{awsNodeID: n.ServerV4.String(), awsOtherID: "127.0.0.1"}),
 		Dial:    dial,

@@ -18,6 +18,7 @@ type Endpoints struct {
 	IMDS        string // instance metadata service (identity, instance-profile credentials)
 	ELBv2       string // Elastic Load Balancing v2 API (target groups)
 	AutoScaling string // Auto Scaling API (lifecycle, standby)
+	EC2         string // EC2 API (the zones of instance targets)
 }
 
 // LoadAWSConfig builds the SDK configuration for the ELBv2 and Auto
@@ -35,7 +36,7 @@ type Endpoints struct {
 // bounded, and without IMDSv1 fallback). They are fetched on first use,
 // not here.
 //
-// endpoints.ELBv2 and endpoints.AutoScaling are served to the clients as
+// endpoints.ELBv2, endpoints.AutoScaling and endpoints.EC2 are served to the clients as
 // configured service endpoints, ahead of the environment's and the shared
 // config's; like those, they are ignored if AWS_ENDPOINT_URL is set
 // without the service's own variable, or if
@@ -56,7 +57,7 @@ func LoadAWSConfig(ctx context.Context, id Identity, endpoints Endpoints) (aws.C
 		return aws.Config{}, errors.New("AWS SDK configuration: no region: the instance identity has none, " +
 			"and neither AWS_REGION nor the shared config sets one")
 	}
-	if endpoints.ELBv2 != "" || endpoints.AutoScaling != "" {
+	if endpoints.ELBv2 != "" || endpoints.AutoScaling != "" || endpoints.EC2 != "" {
 		// The SDK asks config sources in order; the first that knows wins.
 		cfg.ConfigSources = append([]any{serviceEndpoints(endpoints)}, cfg.ConfigSources...)
 	}
@@ -68,11 +69,12 @@ func LoadAWSConfig(ctx context.Context, id Identity, endpoints Endpoints) (aws.C
 // from Endpoints.
 type serviceEndpoints Endpoints
 
-// The SDK IDs of the two services, as their clients ask for them
-// (elasticloadbalancingv2.ServiceID, autoscaling.ServiceID).
+// The SDK IDs of the services, as their clients ask for them
+// (elasticloadbalancingv2.ServiceID, autoscaling.ServiceID, ec2.ServiceID).
 const (
 	elbv2SDKID       = "Elastic Load Balancing v2"
 	autoScalingSDKID = "Auto Scaling"
+	ec2SDKID         = "EC2"
 )
 
 // GetServiceBaseEndpoint returns the endpoint set for sdkID, if any.
@@ -82,6 +84,8 @@ func (e serviceEndpoints) GetServiceBaseEndpoint(_ context.Context, sdkID string
 		return e.ELBv2, true, nil
 	case sdkID == autoScalingSDKID && e.AutoScaling != "":
 		return e.AutoScaling, true, nil
+	case sdkID == ec2SDKID && e.EC2 != "":
+		return e.EC2, true, nil
 	}
 	return "", false, nil
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 )
 
@@ -58,17 +59,17 @@ func (r *recorder) seen() []string {
 }
 
 // The identity's region wins over AWS_REGION, credentials come from the
-// instance profile AEMM serves through IMDSv2, and the ELBv2 and Auto
-// Scaling clients call the endpoints given, signed with them.
+// instance profile AEMM serves through IMDSv2, and the ELBv2, Auto
+// Scaling and EC2 clients call the endpoints given, signed with them.
 func TestLoadAWSConfig(t *testing.T) {
 	cleanAWSEnv(t)
 	t.Setenv("AWS_REGION", "us-west-2") // a leftover that must not win
 	url := startAEMM(t, "")
-	elb, asg := newRecorder(t), newRecorder(t)
+	elb, asg, ec2r := newRecorder(t), newRecorder(t), newRecorder(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
-	cfg, err := LoadAWSConfig(ctx, want, Endpoints{IMDS: url, ELBv2: elb.URL, AutoScaling: asg.URL})
+	cfg, err := LoadAWSConfig(ctx, want, Endpoints{IMDS: url, ELBv2: elb.URL, AutoScaling: asg.URL, EC2: ec2r.URL})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +90,10 @@ func TestLoadAWSConfig(t *testing.T) {
 	if _, err := autoscaling.NewFromConfig(cfg).DescribeAutoScalingInstances(ctx, &autoscaling.DescribeAutoScalingInstancesInput{}); err == nil {
 		t.Error("Auto Scaling call succeeded against the recorder")
 	}
-	for name, r := range map[string]*recorder{"elasticloadbalancing": elb, "autoscaling": asg} {
+	if _, err := ec2.NewFromConfig(cfg).DescribeInstances(ctx, &ec2.DescribeInstancesInput{}); err == nil {
+		t.Error("EC2 call succeeded against the recorder")
+	}
+	for name, r := range map[string]*recorder{"elasticloadbalancing": elb, "autoscaling": asg, "ec2": ec2r} {
 		auths := r.seen()
 		if len(auths) != 1 {
 			t.Fatalf("%s endpoint got %d requests, want 1", name, len(auths))
@@ -112,8 +116,8 @@ func TestLoadAWSConfigNeedsARegion(t *testing.T) {
 
 // The SDK IDs the endpoints are served under are the clients' own.
 func TestServiceIDs(t *testing.T) {
-	if elbv2.ServiceID != elbv2SDKID || autoscaling.ServiceID != autoScalingSDKID {
-		t.Fatalf("service IDs %q, %q; the package serves endpoints for %q, %q",
-			elbv2.ServiceID, autoscaling.ServiceID, elbv2SDKID, autoScalingSDKID)
+	if elbv2.ServiceID != elbv2SDKID || autoscaling.ServiceID != autoScalingSDKID || ec2.ServiceID != ec2SDKID {
+		t.Fatalf("service IDs %q, %q, %q; the package serves endpoints for %q, %q, %q",
+			elbv2.ServiceID, autoscaling.ServiceID, ec2.ServiceID, elbv2SDKID, autoScalingSDKID, ec2SDKID)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
+	"github.com/aws/aws-sdk-go-v2/service/ec2"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
@@ -20,6 +21,8 @@ import (
 
 // ELBv2 is what TargetGroups asks of the ELBv2 API (the SDK's client).
 type ELBv2 interface {
+	DescribeTargetGroups(context.Context, *elbv2.DescribeTargetGroupsInput, ...func(*elbv2.Options)) (*elbv2.DescribeTargetGroupsOutput, error)
+	DescribeTargetGroupAttributes(context.Context, *elbv2.DescribeTargetGroupAttributesInput, ...func(*elbv2.Options)) (*elbv2.DescribeTargetGroupAttributesOutput, error)
 	DescribeTargetHealth(context.Context, *elbv2.DescribeTargetHealthInput, ...func(*elbv2.Options)) (*elbv2.DescribeTargetHealthOutput, error)
 	RegisterTargets(context.Context, *elbv2.RegisterTargetsInput, ...func(*elbv2.Options)) (*elbv2.RegisterTargetsOutput, error)
 	DeregisterTargets(context.Context, *elbv2.DeregisterTargetsInput, ...func(*elbv2.Options)) (*elbv2.DeregisterTargetsOutput, error)
@@ -76,14 +79,18 @@ type TargetGroups struct {
 	mu       sync.Mutex
 	clients  *Clients
 	recorded Record
-	known    bool // recorded was set (by Record or Restore)
+	known    bool            // recorded was set (by Record or Restore)
+	zonal    map[string]bool // by target group ARN: cross-zone off (zonal's answer)
 }
 
-// Clients are this instance's id and the APIs TargetGroups calls.
+// Clients are this instance's id and zone and the APIs TargetGroups
+// calls.
 type Clients struct {
 	InstanceID  string
+	Zone        string // Availability Zone ("": the EC2 API's answer)
 	ELBv2       ELBv2
 	AutoScaling AutoScaling
+	EC2         EC2 // the zones of instance targets, for a zonal capacity gate
 	// Lifecycle is the instance's Auto Scaling lifecycle state from IMDS
 	// (LifecycleState); nil asks the Auto Scaling API instead.
 	Lifecycle func(ctx context.Context) (state string, inASG bool, err error)
@@ -115,8 +122,10 @@ func Connected(endpoints Endpoints) func(ctx context.Context) (Clients, error) {
 		}
 		return Clients{
 			InstanceID:  id.InstanceID,
+			Zone:        id.AvailabilityZone,
 			ELBv2:       elbv2.NewFromConfig(cfg),
 			AutoScaling: autoscaling.NewFromConfig(cfg),
+			EC2:         ec2.NewFromConfig(cfg),
 			Lifecycle:   func(ctx context.Context) (string, bool, error) { return LifecycleState(ctx, metadata) },
 		}, nil
 	}
@@ -160,26 +169,72 @@ func (m MinHealthy) String() string {
 var ErrCapacity = errors.New("capacity gate")
 
 // gate checks that out (one group's targets) keeps its floor without
-// this instance: its healthy targets other than id, against the floor of
-// its registered ones (not draining; this instance's count whatever their
-// state, so the floor is the same before it leaves and after).
-func (t *TargetGroups) gate(arn, id string, out *elbv2.DescribeTargetHealthOutput) error {
+// this instance: its healthy targets other than this one, against the
+// floor of its registered ones (not draining; this instance's count
+// whatever their state, so the floor is the same before it leaves and
+// after). Where the load balancer keeps requests in their zone (cross-zone
+// off), only the targets in this instance's zone count.
+func (t *TargetGroups) gate(ctx context.Context, c Clients, arn string, out *elbv2.DescribeTargetHealthOutput) error {
+	inZone, where, err := t.zoneFilter(ctx, c, arn, out)
+	if err != nil {
+		return err
+	}
 	healthy, registered := 0, 0
 	for _, d := range out.TargetHealthDescriptions {
-		if d.TargetHealth == nil || d.Target == nil ||
-			d.TargetHealth.State == types.TargetHealthStateEnumDraining && aws.ToString(d.Target.Id) != id {
+		if d.TargetHealth == nil || d.Target == nil || !inZone(aws.ToString(d.Target.Id)) ||
+			d.TargetHealth.State == types.TargetHealthStateEnumDraining && aws.ToString(d.Target.Id) != c.InstanceID {
 			continue
 		}
 		registered++
-		if aws.ToString(d.Target.Id) != id && d.TargetHealth.State == types.TargetHealthStateEnumHealthy {
+		if aws.ToString(d.Target.Id) != c.InstanceID && d.TargetHealth.State == types.TargetHealthStateEnumHealthy {
 			healthy++
 		}
 	}
 	if floor := t.MinHealthy.floor(registered); healthy < floor {
-		return fmt.Errorf("%w: taking this instance out of %s would leave %d healthy target(s) of %d registered, fewer than lb.aws.min_healthy %s (%d)",
-			ErrCapacity, shortARN(arn), healthy, registered, t.MinHealthy, floor)
+		return fmt.Errorf("%w: taking this instance out of %s would leave %d healthy target(s) of %d registered%s, fewer than lb.aws.min_healthy %s (%d)",
+			ErrCapacity, shortARN(arn), healthy, registered, where, t.MinHealthy, floor)
 	}
 	return nil
+}
+
+// zoneFilter says which targets of out the gate counts: all, or, where
+// the group is zonal, those in this instance's zone (where names it, for
+// the message). A gate of 0 asks nothing.
+func (t *TargetGroups) zoneFilter(ctx context.Context, c Clients, arn string, out *elbv2.DescribeTargetHealthOutput) (func(id string) bool, string, error) {
+	all := func(string) bool { return true }
+	if t.MinHealthy == (MinHealthy{}) {
+		return all, "", nil
+	}
+	t.mu.Lock()
+	z, known := t.zonal[arn]
+	t.mu.Unlock()
+	if !known {
+		var err error
+		if z, err = zonal(ctx, c.ELBv2, arn); err != nil {
+			return nil, "", err
+		}
+		t.mu.Lock()
+		if t.zonal == nil {
+			t.zonal = map[string]bool{}
+		}
+		t.zonal[arn] = z
+		t.mu.Unlock()
+	}
+	if !z {
+		return all, "", nil
+	}
+	zoneOf, err := zones(ctx, c.EC2, out)
+	if err != nil {
+		return nil, "", err
+	}
+	mine := c.Zone
+	if mine == "" {
+		mine = zoneOf[c.InstanceID]
+	}
+	if mine == "" {
+		return nil, "", fmt.Errorf("%s keeps requests in their zone (cross-zone off), and this instance's zone is unknown", shortARN(arn))
+	}
+	return func(id string) bool { return zoneOf[id] == mine }, " in " + mine + " (cross-zone off)", nil
 }
 
 // Record finds every registration of this instance in the target groups
@@ -223,7 +278,7 @@ func (t *TargetGroups) Record(ctx context.Context, carried json.RawMessage) (jso
 		if err != nil {
 			return nil, fmt.Errorf("reading the targets of %s: %w", shortARN(arn), err)
 		}
-		if err := t.gate(arn, c.InstanceID, out); err != nil {
+		if err := t.gate(ctx, c, arn, out); err != nil {
 			return nil, err
 		}
 		for _, d := range out.TargetHealthDescriptions {
@@ -345,7 +400,7 @@ func (t *TargetGroups) recheck(ctx context.Context, c Clients, rec Record) error
 		if err != nil {
 			return fmt.Errorf("reading the targets of %s again after leaving: %w", shortARN(arn), err)
 		}
-		if err := t.gate(arn, c.InstanceID, out); err != nil {
+		if err := t.gate(ctx, c, arn, out); err != nil {
 			if rerr := register(ctx, c.ELBv2, rec.Registrations); rerr != nil {
 				return fmt.Errorf("%w, and stepping back in failed: %w", err, rerr)
 			}

@@ -56,7 +56,7 @@ func newTGEnv(t *testing.T, delay ...time.Duration) *tgEnv {
 	}
 	group := func(name string, port int32) elbsim.TargetGroup {
 		return elbsim.TargetGroup{Name: name, Port: port, HealthCheckPath: "/health", HealthCheckInterval: 50 * time.Millisecond,
-			HealthCheckTimeout: 40 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2, DeregistrationDelay: drain}
+			HealthCheckTimeout: 40 * time.Millisecond, HealthyThreshold: 2, UnhealthyThreshold: 2, DeregistrationDelay: drain, CrossZone: true}
 	}
 	sim, err := elbsim.New(elbsim.Options{
 		TargetGroups: []elbsim.TargetGroup{group("web", e.port), group("api", 1)},
