@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -88,14 +90,7 @@ func startAWSEnv(t *testing.T, n *sandbox.Node) *awsEnv {
 	})
 	e.imdsURL = aemm.URL()
 
-	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := n.InClient(func() (err error) {
-			c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
+	dial := netnsDial(n.InClient)
 	sim, err := elbsim.New(elbsim.Options{
 		TargetGroups: []elbsim.TargetGroup{{
 			Name:                awsGroup,
@@ -184,6 +179,24 @@ func serveInClient(t *testing.T, n *sandbox.Node, addr string, h http.Handler) {
 	if err := n.InClient(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
 		t.Fatal(err)
 	}
+	serveOn(t, ln, h)
+}
+
+// netnsDial dials from the netns that in runs its function in
+// (Node.InClient, LBNet.InLB).
+func netnsDial(in func(func() error) error) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		var c net.Conn
+		err := in(func() (err error) {
+			c, err = (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, network, addr)
+			return err
+		})
+		return c, err
+	}
+}
+
+// serveOn serves h on ln until t ends.
+func serveOn(t *testing.T, ln net.Listener, h http.Handler) {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = srv.Serve(ln) }()
@@ -588,6 +601,43 @@ func TestPatchBehindELBv2(t *testing.T) {
 		}
 		if got, reason := e.state(t, awsNodeID, 443); got != "healthy" {
 			t.Errorf("after the second exit the node's target is %s (%s)", got, reason)
+		}
+		assertInService(t, n)
+	})
+
+	// pre killed (SIGKILL, as an SSM timeout kills it) once it has
+	// deregistered the node and put it on Standby, before the block (no
+	// daemon: the CLI runs the phase itself): exit, knowing only the state
+	// file, registers the node again, takes it off Standby and restores the
+	// minimum size.
+	t.Run("pre killed after the deregistration", func(t *testing.T) {
+		cmd := exec.Command("ip", "netns", "exec", n.ServerNS, binary, "pre", "--config", cfg)
+		cmd.Env = []string{"PATH=" + sandbox.SSMPath, "PATCHAGENT_TEST_CRASH_AFTER=block"}
+		err := cmd.Run()
+		if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL && ee.ExitCode() != 137 {
+			t.Fatalf("pre was not killed before the block: %v", err)
+		}
+		st := readState(t, stateDir)
+		if rec := lbRecord(t, st); !st.Open || len(rec.Registrations) != 1 || rec.Standby == nil {
+			t.Fatalf("state file after the killed pre: open %v, lb %s; want open, the registration and the Standby", st.Open, st.LB)
+		}
+		if got, _ := e.state(t, awsNodeID, 443); got != "draining" && got != "absent" {
+			t.Fatalf("the node's target is %s after the killed pre, want draining", got)
+		}
+		if in, _ := e.asg.Instance(awsNodeID); in.LifecycleState != asgsim.EnteringStandby && in.LifecycleState != asgsim.Standby {
+			t.Fatalf("the node is %s after the killed pre, want on Standby", in.LifecycleState)
+		}
+		exit := patchagent(t, n, "exit", "--config", cfg)
+		if exit.code != 0 {
+			t.Fatalf("exit after the killed pre: exit %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+		}
+		g, _ := e.asg.Group(awsASG)
+		in, _ := e.asg.Instance(awsNodeID)
+		if g.MinSize != 2 || g.DesiredCapacity != 2 || in.LifecycleState != asgsim.InService {
+			t.Errorf("after exit: min %d desired %d, node %s; want 2, 2, InService", g.MinSize, g.DesiredCapacity, in.LifecycleState)
+		}
+		if got, reason := e.state(t, awsNodeID, 443); got != "healthy" {
+			t.Errorf("after exit the node's target is %s (%s)", got, reason)
 		}
 		assertInService(t, n)
 	})
