@@ -52,7 +52,8 @@ type Metrics struct {
 
 	Deadman prometheus.Counter // patchagent_deadman_triggered_total
 
-	LBWaits *prometheus.CounterVec // patchagent_lb_waits_total{direction,result}
+	LBWaits   *prometheus.CounterVec // patchagent_lb_waits_total{direction,result}
+	LBPending prometheus.Gauge       // patchagent_lb_pending
 
 	MetricsListenFailures prometheus.Counter // patchagent_metrics_listen_failures_total
 
@@ -99,6 +100,10 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		CycleOpen: f.NewGauge(prometheus.GaugeOpts{
 			Name: "patchagent_cycle_open",
 			Help: "1 while a patch cycle is open (the node may be out of service), from the state file.",
+		}),
+		LBPending: f.NewGauge(prometheus.GaugeOpts{
+			Name: "patchagent_lb_pending",
+			Help: "1 while the state file holds load balancer changes pre made that are not put back yet (ELBv2 registrations, Auto Scaling Standby, a lowered minimum size); with no cycle open, a failed put back.",
 		}),
 		Blocked: f.NewGauge(prometheus.GaugeOpts{
 			Name: "patchagent_traffic_blocked",
@@ -361,6 +366,7 @@ func RegisterReadinessMetrics(reg prometheus.Registerer, stats func() (lb.Stats,
 // observeState sets the gauges that mirror the state file.
 func (m *Metrics) observeState(st State) {
 	m.CycleOpen.Set(bool01(st.Open))
+	m.LBPending.Set(bool01(len(st.LB) > 0 && string(st.LB) != "null"))
 	blocked := st.Open && st.Block != nil
 	m.Blocked.Set(bool01(blocked))
 	if blocked {

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
@@ -609,6 +610,21 @@ patchagent_lb_waits_total{direction="out",result="confirmed"} 1
 patchagent_lb_waits_total{direction="out",result="no_checker"} 1
 patchagent_lb_waits_total{direction="out",result="not_in_rotation"} 1
 `})
+}
+
+// TestLBPendingFollowsTheRecord: 1 while the state file holds an LB
+// record (a cycle open, or one closed without putting it back), 0 once
+// it is put back (none, or JSON null).
+func TestLBPendingFollowsTheRecord(t *testing.T) {
+	reg, m := newTestMetrics(t)
+	t0 := time.Unix(1_700_000_000, 0)
+	closed := State{LB: json.RawMessage(`{"registrations":[{"target_group":"arn","id":"i-1","port":80}]}`)}
+	m.ObservePhase(&Report{Phase: "exit", Result: ResultFailed}, closed, t0)
+	compare(t, reg, map[string]string{"patchagent_lb_pending": "patchagent_lb_pending 1\n", "patchagent_cycle_open": "patchagent_cycle_open 0\n"})
+	for _, st := range []State{{}, {LB: json.RawMessage("null")}} {
+		m.ObservePhase(&Report{Phase: "exit", Result: ResultOK}, st, t0)
+		compare(t, reg, map[string]string{"patchagent_lb_pending": "patchagent_lb_pending 0\n"})
+	}
 }
 
 // TestReadinessMetrics: the endpoint's figures as read at the scrape, 0

@@ -37,6 +37,7 @@ var wantAlerts = map[string]string{
 	"PatchagentDaemonDegraded":         "warning",
 	"PatchagentLBNotConfirmed":         "warning",
 	"PatchagentLBNoChecker":            "warning",
+	"PatchagentLBNotPutBack":           "warning",
 	"PatchagentDaemonDown":             "warning",
 	"PatchagentTextfileStale":          "warning",
 }
