@@ -3,8 +3,19 @@
 
 GO          ?= go
 BIN         := bin/patchagent
-VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# The package version (packaging/version.sh): `patchagent version` prints
+# what the package is called.
+VERSION     ?= $(shell sh packaging/version.sh 2>/dev/null || echo dev)
 LDFLAGS     := -s -w -X main.version=$(VERSION)
+# The architectures packaged, in Go's names (nfpm names them amd64/arm64 in
+# the deb, x86_64/aarch64 in the rpm).
+ARCHES      := amd64 arm64
+HOSTARCH    := $(shell $(GO) env GOARCH)
+# Every file in the packages gets this mtime, so that building the same
+# commit twice gives the same bytes.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH
+PATCHAGENT_SIGNING_KEY ?=
 STATICCHECK := $(CURDIR)/.cache/bin/staticcheck
 # Fuzz budgets are execution counts, about 10 s each here: a duration races
 # the fuzz coordinator's own deadline in Go 1.26 and can fail a clean run with
@@ -79,24 +90,33 @@ bench: setup build
 fleet-bench: setup build
 	$(GO) run ./deploy/testbed/bench -fleet 4 -n 2 -out bench-results/fleet -patchagent $(BIN)
 
-# dist/patchagent_<version>_amd64.deb and dist/patchagent-<version>.x86_64.rpm
-# from packaging/nfpm.yaml (nfpm v2.45.2, installed into .cache/bin when
-# missing); the package version comes from packaging/version.sh. The shell
-# completions come from the built binary, so it must run here (linux/amd64).
+# dist/patchagent_<version>_<arch>.deb and dist/patchagent-<version>.<arch>.rpm
+# for each of ARCHES, from packaging/nfpm.yaml (nfpm v2.45.2, installed into
+# .cache/bin when missing), the binaries in dist/<arch>/; the package version
+# comes from packaging/version.sh, every mtime from SOURCE_DATE_EPOCH. With
+# PATCHAGENT_SIGNING_KEY (an armored OpenPGP private key file; a passphrase
+# in NFPM_PASSPHRASE) the packages are signed, else they are not, and it
+# says so. The shell completions come from the binary built for this
+# machine, which must be one of ARCHES.
 package:
-	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/patchagent ./cmd/patchagent
+	for arch in $(ARCHES); do \
+		CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/$$arch/patchagent ./cmd/patchagent || exit 1; \
+	done
 	gzip -9n -c packaging/man/patchagent.8 > dist/patchagent.8.gz
-	dist/patchagent completion bash > dist/patchagent.bash
-	dist/patchagent completion zsh > dist/_patchagent
+	dist/$(HOSTARCH)/patchagent completion bash > dist/patchagent.bash
+	dist/$(HOSTARCH)/patchagent completion zsh > dist/_patchagent
 	[ -x $(CURDIR)/.cache/bin/nfpm ] || GOBIN=$(CURDIR)/.cache/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 	rm -f dist/patchagent_*.deb dist/patchagent-*.rpm
-	GOARCH=amd64 PKG_VERSION=$$(sh packaging/version.sh) $(CURDIR)/.cache/bin/nfpm package -f packaging/nfpm.yaml -p deb -t dist/
-	GOARCH=amd64 PKG_VERSION=$$(sh packaging/version.sh) $(CURDIR)/.cache/bin/nfpm package -f packaging/nfpm.yaml -p rpm -t dist/
+	for arch in $(ARCHES); do for format in deb rpm; do \
+		GOARCH=$$arch PKG_VERSION=$(VERSION) PATCHAGENT_SIGNING_KEY=$(PATCHAGENT_SIGNING_KEY) $(CURDIR)/.cache/bin/nfpm package -f packaging/nfpm.yaml -p $$format -t dist/ || exit 1; \
+	done; done
+	@if [ -n "$(PATCHAGENT_SIGNING_KEY)" ]; then echo "package: signed with $(PATCHAGENT_SIGNING_KEY)"; \
+	else echo "package: the packages are UNSIGNED (set PATCHAGENT_SIGNING_KEY to an armored OpenPGP private key file to sign them)"; fi
 
 # The SSM Distributor package in dist/distributor/: one zip per package
 # format and arch (install.sh, uninstall.sh, the package) and manifest.json.
 distributor: package
-	$(GO) run ./packaging/distributor -dist dist -out dist/distributor -version $$(sh packaging/version.sh)
+	$(GO) run ./packaging/distributor -dist dist -out dist/distributor -version $(VERSION)
 
 clean:
 	rm -rf bin .cache dist

@@ -23,6 +23,10 @@ command -v git >/dev/null 2>&1 || need="$need git"
 command -v systemd-analyze >/dev/null 2>&1 || need="$need systemd"
 command -v lintian >/dev/null 2>&1 || need="$need lintian"
 command -v rpm >/dev/null 2>&1 || need="$need rpm"
+# The signed-package test: a throwaway key (gpg), the deb's debsigs
+# signature checked by debsig-verify, the rpm's by rpm -K.
+command -v gpg >/dev/null 2>&1 || need="$need gnupg"
+command -v debsig-verify >/dev/null 2>&1 || need="$need debsig-verify"
 # The generated zsh completion is checked with zsh -n.
 command -v zsh >/dev/null 2>&1 || need="$need zsh"
 # The load-balancer tests run a real HAProxy in the network namespaces they make.

@@ -5,6 +5,7 @@ package packaging
 import (
 	"archive/zip"
 	"crypto/sha256"
+	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
 	"io"
@@ -13,6 +14,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -88,7 +90,7 @@ func TestDebContents(t *testing.T) {
 	}
 	want := map[string]string{
 		"/usr/bin/patchagent":                               "-rwxr-xr-x root/root",
-		"/etc/patchagent/config.yaml":                       "-rw------- root/root",
+		"/usr/share/patchagent/config.yaml":                 "-rw-r--r-- root/root",
 		"/lib/systemd/system/patchagent.service":            "-rw-r--r-- root/root",
 		"/lib/systemd/system/patchagent-reconcile.service":  "-rw-r--r-- root/root",
 		"/usr/share/man/man8/patchagent.8.gz":               "-rw-r--r-- root/root",
@@ -125,8 +127,18 @@ func TestDebControl(t *testing.T) {
 	}
 	ctl := t.TempDir()
 	output(t, "dpkg-deb", "-e", deb, ctl)
-	if b, _ := os.ReadFile(filepath.Join(ctl, "conffiles")); strings.TrimSpace(string(b)) != "/etc/patchagent/config.yaml" {
-		t.Errorf("conffiles: %q", b)
+	// No conffile: postinst creates the config from the template, so an
+	// upgrade never asks about it.
+	if b, err := os.ReadFile(filepath.Join(ctl, "conffiles")); err == nil && strings.TrimSpace(string(b)) != "" {
+		t.Errorf("conffiles: %q, want none", b)
+	}
+	if l := strings.TrimSpace(output(t, "dpkg-deb", "-f", deb, "License")); l != "" && l != "Apache-2.0" {
+		t.Errorf("License: %q", l)
+	}
+	cp := t.TempDir()
+	output(t, "dpkg-deb", "-x", deb, cp)
+	if b, err := os.ReadFile(filepath.Join(cp, "usr/share/doc/patchagent/copyright")); err != nil || !strings.Contains(string(b), "\nLicense: Apache-2.0\n") || strings.Contains(string(b), "all rights reserved") {
+		t.Errorf("copyright (%v):\n%s", err, b)
 	}
 	for deb, src := range map[string]string{"postinst": "postinstall.sh", "prerm": "preremove.sh", "postrm": "postremove.sh"} {
 		got, _ := os.ReadFile(filepath.Join(ctl, deb))
@@ -144,7 +156,8 @@ func TestRPM(t *testing.T) {
 	want := []string{
 		"/etc/patchagent", "/etc/patchagent/config.yaml", "/usr/bin/patchagent",
 		"/usr/lib/systemd/system/patchagent-reconcile.service", "/usr/lib/systemd/system/patchagent.service",
-		"/usr/share/bash-completion/completions/patchagent", "/usr/share/man/man8/patchagent.8.gz",
+		"/usr/share/bash-completion/completions/patchagent", "/usr/share/licenses/patchagent/LICENSE",
+		"/usr/share/man/man8/patchagent.8.gz", "/usr/share/patchagent/config.yaml",
 		"/usr/share/zsh/site-functions/_patchagent",
 	}
 	sort.Strings(files)
@@ -154,9 +167,13 @@ func TestRPM(t *testing.T) {
 	if c := strings.TrimSpace(output(t, "rpm", "-qpc", rpm)); c != "/etc/patchagent/config.yaml" {
 		t.Errorf("rpm -qpc: %q", c)
 	}
+	if l := strings.TrimSpace(output(t, "rpm", "-qp", "--qf", "%{LICENSE}", rpm)); l != "Apache-2.0" {
+		t.Errorf("rpm License: %q", l)
+	}
 	modes := output(t, "rpm", "-qp", "--qf", `[%{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]`, rpm)
 	for _, l := range []string{
 		"cn -rw------- root:root /etc/patchagent/config.yaml",
+		"l -rw-r--r-- root:root /usr/share/licenses/patchagent/LICENSE",
 		" -rwxr-xr-x root:root /usr/bin/patchagent",
 		" -rw-r--r-- root:root /usr/lib/systemd/system/patchagent.service",
 	} {
@@ -209,7 +226,7 @@ func TestLintian(t *testing.T) {
 // config is exactly the defaults (the comments tell the truth).
 func TestShippedConfig(t *testing.T) {
 	built(t)
-	bin, err := filepath.Abs("../dist/patchagent")
+	bin, err := filepath.Abs(filepath.Join("../dist", runtime.GOARCH, "patchagent"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -285,8 +302,10 @@ func TestDistributor(t *testing.T) {
 		t.Errorf("schemaVersion %q, version %q", m.SchemaVersion, m.Version)
 	}
 	for _, platform := range []string{"debian", "ubuntu", "amazon", "redhat"} {
-		if m.Packages[platform]["_any"]["x86_64"]["file"] == "" {
-			t.Errorf("no x86_64 package for %s", platform)
+		for _, arch := range []string{"x86_64", "arm64"} {
+			if m.Packages[platform]["_any"][arch]["file"] == "" {
+				t.Errorf("no %s package for %s", arch, platform)
+			}
 		}
 	}
 	for platform, versions := range m.Packages {
@@ -336,14 +355,204 @@ func TestDistributor(t *testing.T) {
 			}
 		}
 		zr.Close()
-		pkg := "patchagent_*_amd64.deb"
-		if strings.Contains(name, "rpm") {
-			pkg = "patchagent-*.x86_64.rpm"
-		}
+		pkg := map[string]string{
+			"patchagent-deb-amd64.zip":   "patchagent_*_amd64.deb",
+			"patchagent-deb-arm64.zip":   "patchagent_*_arm64.deb",
+			"patchagent-rpm-x86_64.zip":  "patchagent-*.x86_64.rpm",
+			"patchagent-rpm-aarch64.zip": "patchagent-*.aarch64.rpm",
+		}[name]
 		if len(names) != 3 || names[0] != "install.sh" || names[1] != "uninstall.sh" {
 			t.Errorf("%s holds %q", name, names)
 		} else if ok, _ := filepath.Match(pkg, names[2]); !ok {
 			t.Errorf("%s: package %q, want %s", name, names[2], pkg)
 		}
+	}
+}
+
+// TestArm64Packages: the arm64 deb and the aarch64 rpm exist beside the
+// amd64 ones, say their architecture, and hold an aarch64 binary.
+func TestArm64Packages(t *testing.T) {
+	need(t, "dpkg-deb", "rpm")
+	built(t)
+	debs, _ := filepath.Glob("../dist/patchagent_*_arm64.deb")
+	rpms, _ := filepath.Glob("../dist/patchagent-*.aarch64.rpm")
+	if len(debs) != 1 || len(rpms) != 1 {
+		t.Fatalf("want one arm64 deb and one aarch64 rpm in dist/, got %q %q", debs, rpms)
+	}
+	if a := strings.TrimSpace(output(t, "dpkg-deb", "-f", debs[0], "Architecture")); a != "arm64" {
+		t.Errorf("deb Architecture %q", a)
+	}
+	if a := strings.TrimSpace(output(t, "rpm", "-qp", "--qf", "%{ARCH}", rpms[0])); a != "aarch64" {
+		t.Errorf("rpm ARCH %q", a)
+	}
+	dir := t.TempDir()
+	output(t, "dpkg-deb", "-x", debs[0], dir)
+	f, err := elf.Open(filepath.Join(dir, "usr/bin/patchagent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if f.Machine != elf.EM_AARCH64 {
+		t.Errorf("the arm64 deb's binary is for %s", f.Machine)
+	}
+}
+
+// TestVersionIsThePackages: the packaged binary prints the package
+// version, and the changelog's newest entry is the version's release (a
+// build between releases is <release>+<commits>.g<hash>).
+func TestVersionIsThePackages(t *testing.T) {
+	built(t)
+	v := pkgVersion(t)
+	out := output(t, filepath.Join("../dist", runtime.GOARCH, "patchagent"), "version")
+	if !strings.HasPrefix(out, "patchagent "+v+" (") {
+		t.Errorf("patchagent version: %q, want the package version %s", out, v)
+	}
+	b, err := os.ReadFile("changelog.yml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^- semver: ([0-9][^\s]*)$`).FindStringSubmatch(string(b))
+	if m == nil {
+		t.Fatal("changelog.yml has no entry")
+	}
+	release, _, _ := strings.Cut(m[1], "-")
+	if base, _, _ := strings.Cut(v, "+"); strings.TrimSuffix(base, ".dirty") != release {
+		t.Errorf("package version %s, changelog's newest entry %s", v, m[1])
+	}
+}
+
+// TestPackagesReproducible: building the same commit again gives the same
+// packages, byte for byte (every mtime is SOURCE_DATE_EPOCH).
+func TestPackagesReproducible(t *testing.T) {
+	built(t)
+	sums := func() map[string]string {
+		m := map[string]string{}
+		files, _ := filepath.Glob("../dist/patchagent*.[dr][ep][bm]")
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := sha256.Sum256(b)
+			m[filepath.Base(f)] = hex.EncodeToString(h[:])
+		}
+		return m
+	}
+	first := sums()
+	if len(first) != 4 {
+		t.Fatalf("packages in dist/: %v", first)
+	}
+	if out, err := exec.Command("make", "-C", "..", "package").CombinedOutput(); err != nil {
+		t.Fatalf("make package again: %v\n%s", err, out)
+	}
+	if again := sums(); !reflect.DeepEqual(first, again) {
+		t.Errorf("a second build differs:\n%v\n%v", first, again)
+	}
+}
+
+// TestSignedPackages: without a key, make package says the packages are
+// unsigned; with a throwaway key (gpg) the same nfpm config signs them: the
+// rpm's signature checks with rpm -K against a key database of the test's
+// own, the deb's debsigs origin signature with debsig-verify against a
+// policy and keyring of the test's own (nothing of the host's is used or
+// changed), and the unsigned deb fails that check.
+func TestSignedPackages(t *testing.T) {
+	need(t, "gpg", "debsig-verify", "rpm")
+	deb, unsignedRPM := built(t)
+	if !strings.Contains(string(buildOut), "the packages are UNSIGNED") {
+		t.Errorf("make package without a key does not say the packages are unsigned:\n%s", buildOut)
+	}
+	dir := t.TempDir()
+	gpg := func(args ...string) string {
+		t.Helper()
+		cmd := exec.Command("gpg", append([]string{"--batch", "--homedir", filepath.Join(dir, "gnupg")}, args...)...)
+		out, err := cmd.Output()
+		if err != nil {
+			var stderr []byte
+			if ee, ok := err.(*exec.ExitError); ok {
+				stderr = ee.Stderr
+			}
+			t.Fatalf("gpg %s: %v\n%s", strings.Join(args, " "), err, stderr)
+		}
+		return string(out)
+	}
+	if err := os.Mkdir(filepath.Join(dir, "gnupg"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	gpg("--passphrase", "", "--quick-gen-key", "patchagent test signer <signer@example.invalid>", "rsa2048", "sign", "never")
+	var keyID string
+	for _, l := range strings.Split(gpg("--with-colons", "--list-keys"), "\n") {
+		if f := strings.Split(l, ":"); f[0] == "pub" && len(f) > 4 {
+			keyID = f[4]
+		}
+	}
+	if len(keyID) != 16 {
+		t.Fatalf("no key id from gpg (%q)", keyID)
+	}
+	secret, public := filepath.Join(dir, "signer.asc"), filepath.Join(dir, "signer.pub.asc")
+	if err := os.WriteFile(secret, []byte(gpg("--armor", "--export-secret-keys", keyID)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(public, []byte(gpg("--armor", "--export", keyID)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	out := filepath.Join(dir, "signed")
+	if err := os.Mkdir(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, format := range []string{"deb", "rpm"} {
+		root, _ := filepath.Abs("..")
+		cmd := exec.Command(filepath.Join(root, ".cache/bin/nfpm"), "package", "-f", "packaging/nfpm.yaml", "-p", format, "-t", out)
+		cmd.Dir = root
+		cmd.Env = append(os.Environ(), "GOARCH=amd64", "PKG_VERSION="+pkgVersion(t), "PATCHAGENT_SIGNING_KEY="+secret)
+		if b, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("nfpm %s with a key: %v\n%s", format, err, b)
+		}
+	}
+	signedDebs, _ := filepath.Glob(filepath.Join(out, "*.deb"))
+	signedRPMs, _ := filepath.Glob(filepath.Join(out, "*.rpm"))
+	if len(signedDebs) != 1 || len(signedRPMs) != 1 {
+		t.Fatalf("signed packages: %q %q", signedDebs, signedRPMs)
+	}
+
+	db := filepath.Join(dir, "rpmdb")
+	output(t, "rpm", "--dbpath", db, "--import", public)
+	if k := output(t, "rpm", "--dbpath", db, "-K", signedRPMs[0]); !strings.Contains(k, "signatures OK") {
+		t.Errorf("rpm -K of the signed rpm: %s", k)
+	}
+	if k, _ := exec.Command("rpm", "--dbpath", db, "-K", unsignedRPM).CombinedOutput(); strings.Contains(string(k), "signatures") {
+		t.Errorf("rpm -K of the unsigned rpm names a signature: %s", k)
+	}
+
+	id := strings.ToUpper(keyID)
+	policies, keyrings := filepath.Join(dir, "policies", id), filepath.Join(dir, "keyrings", id)
+	for _, d := range []string{policies, keyrings} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(keyrings, "debsig.gpg"), []byte(gpg("--export", keyID)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	policy := `<?xml version="1.0"?>
+<!DOCTYPE Policy SYSTEM "https://www.debian.org/debsig/1.0/policy.dtd">
+<Policy xmlns="https://www.debian.org/debsig/1.0/">
+  <Origin Name="patchagent" id="` + id + `" Description="patchagent test signer"/>
+  <Selection><Required Type="origin" File="debsig.gpg" id="` + id + `"/></Selection>
+  <Verification MinOptional="0"><Required Type="origin" File="debsig.gpg" id="` + id + `"/></Verification>
+</Policy>
+`
+	if err := os.WriteFile(filepath.Join(policies, "patchagent.pol"), []byte(policy), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	verify := func(pkg string) ([]byte, error) {
+		return exec.Command("debsig-verify", "--policies-dir", filepath.Join(dir, "policies"), "--keyrings-dir", filepath.Join(dir, "keyrings"), pkg).CombinedOutput()
+	}
+	if b, err := verify(signedDebs[0]); err != nil {
+		t.Errorf("debsig-verify of the signed deb: %v\n%s", err, b)
+	}
+	if b, err := verify(deb); err == nil {
+		t.Errorf("debsig-verify accepts the unsigned deb:\n%s", b)
 	}
 }

@@ -48,13 +48,17 @@ case "$name $*" in
 "patchagent check-config"*) exit "${STUB_CHECK_RC:-0}" ;;
 "dpkg-query "*) [ -n "${STUB_INSTALLED:-}" ] && printf 'install ok installed'; exit 0 ;;
 "rpm -q "*) [ -n "${STUB_INSTALLED:-}" ]; exit $? ;;
-"dpkg "* | "rpm "*) exit "${STUB_PM_RC:-0}" ;;
+"dpkg "* | "rpm "* | "apt-get "* | "dnf "* | "yum "*) exit "${STUB_PM_RC:-0}" ;;
 esac
 exit 0
 `
 
 type stubEnv struct {
 	dir, log, systemdDir, stateDir string
+	// config and template stand for /etc/patchagent/config.yaml and
+	// /usr/share/patchagent/config.yaml (PATCHAGENT_CONFIG and
+	// PATCHAGENT_CONFIG_TEMPLATE).
+	config, template string
 }
 
 func newStubEnv(t *testing.T, tools ...string) *stubEnv {
@@ -64,7 +68,15 @@ func newStubEnv(t *testing.T, tools ...string) *stubEnv {
 	e.log = filepath.Join(e.dir, "calls.log")
 	e.systemdDir = filepath.Join(e.dir, "run-systemd-system")
 	e.stateDir = filepath.Join(e.dir, "state")
+	e.config = filepath.Join(e.dir, "etc", "patchagent", "config.yaml")
+	e.template = filepath.Join(e.dir, "usr-share", "config.yaml")
 	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(e.template), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.template, []byte("app:\n  name: \"\"\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, tool := range tools {
@@ -97,6 +109,8 @@ func (e *stubEnv) run(t *testing.T, dir, script string, systemd bool, env []stri
 		"STUB_LOG=" + e.log,
 		"PATCHAGENT_SYSTEMD_DIR=" + e.systemdDir,
 		"PATCHAGENT_STATE_DIR=" + e.stateDir,
+		"PATCHAGENT_CONFIG=" + e.config,
+		"PATCHAGENT_CONFIG_TEMPLATE=" + e.template,
 	}, env...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -117,13 +131,16 @@ func (e *stubEnv) run(t *testing.T, dir, script string, systemd bool, env []stri
 func TestMaintainerScripts(t *testing.T) {
 	const (
 		reload  = "systemctl daemon-reload"
-		check   = "patchagent check-config --config /etc/patchagent/config.yaml"
 		enable  = "systemctl enable patchagent.service"
 		restart = "systemctl try-restart patchagent.service"
 		stop    = "systemctl stop patchagent.service patchagent-reconcile.service"
 		disable = "systemctl disable patchagent.service patchagent-reconcile.service"
 		purge   = "rm -rf /var/lib/patchagent"
+		purgeCf = "rm -f /etc/patchagent/config.yaml"
+		rmdir   = "rmdir /etc/patchagent"
 	)
+	e := newStubEnv(t, "systemctl", "patchagent", "rm", "rmdir", "deb-systemd-helper", "deb-systemd-invoke")
+	check := "patchagent check-config --config " + e.config
 	tests := []struct {
 		name, script string
 		args         []string
@@ -152,17 +169,24 @@ func TestMaintainerScripts(t *testing.T) {
 		{"rpm erase, no systemd", "preremove.sh", []string{"0"}, false, true, nil},
 
 		{"deb remove keeps state", "postremove.sh", []string{"remove"}, true, true, []string{reload}},
-		{"deb purge", "postremove.sh", []string{"purge"}, true, true, []string{reload, purge}},
-		{"deb purge, no systemd", "postremove.sh", []string{"purge"}, false, true, []string{purge}},
+		{"deb purge", "postremove.sh", []string{"purge"}, true, true, []string{reload, purge, purgeCf, rmdir}},
+		{"deb purge, no systemd", "postremove.sh", []string{"purge"}, false, true, []string{purge, purgeCf, rmdir}},
 		{"deb upgrade", "postremove.sh", []string{"upgrade", "0.2.0-1"}, true, true, []string{reload}},
 		{"deb remove, no systemd", "postremove.sh", []string{"remove"}, false, true, nil},
 		{"rpm erase keeps state", "postremove.sh", []string{"0"}, true, true, []string{reload}},
 		{"rpm upgrade", "postremove.sh", []string{"1"}, true, true, []string{reload}},
 		{"rpm erase, no systemd", "postremove.sh", []string{"0"}, false, true, nil},
 	}
-	e := newStubEnv(t, "systemctl", "patchagent", "rm", "deb-systemd-helper", "deb-systemd-invoke")
 	wd, err := os.Getwd()
 	if err != nil {
+		t.Fatal(err)
+	}
+	// The operator's config, present in these cases (its creation is
+	// TestPostinstallCreatesTheConfigOnce's).
+	if err := os.MkdirAll(filepath.Dir(e.config), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.config, []byte("app: {name: mine}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range tests {
@@ -178,10 +202,71 @@ func TestMaintainerScripts(t *testing.T) {
 			if !reflect.DeepEqual(calls, tc.want) {
 				t.Errorf("calls:\n  %q\nwant:\n  %q", calls, tc.want)
 			}
-			if !tc.configValid && !strings.Contains(stderr, "set app.name in /etc/patchagent/config.yaml") {
+			if !tc.configValid && !strings.Contains(stderr, "set app.name in "+e.config) {
 				t.Errorf("stderr does not tell what to do:\n%s", stderr)
 			}
 		})
+	}
+}
+
+// TestPostinstallCreatesTheConfigOnce: a first install (deb configure,
+// rpm 1), with systemd or not, creates the config from the template, 0600;
+// an upgrade never replaces the operator's config, edited or not (no
+// conffile prompt: the deb does not ship it).
+func TestPostinstallCreatesTheConfigOnce(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(wd, "scripts", "postinstall.sh")
+	for _, args := range [][]string{{"configure", ""}, {"1"}} {
+		for _, systemd := range []bool{true, false} {
+			e := newStubEnv(t, "systemctl", "patchagent")
+			_, code, stderr := e.run(t, e.dir, script, systemd, []string{"STUB_CHECK_RC=2"}, args...)
+			if code != 0 {
+				t.Fatalf("%q: exit %d\n%s", args, code, stderr)
+			}
+			fi, err := os.Stat(e.config)
+			if err != nil {
+				t.Fatalf("%q, systemd %v: no config created: %v\n%s", args, systemd, err, stderr)
+			}
+			got, _ := os.ReadFile(e.config)
+			want, _ := os.ReadFile(e.template)
+			if fi.Mode().Perm() != 0o600 || string(got) != string(want) || !strings.Contains(stderr, "created "+e.config) {
+				t.Errorf("%q: config %v %q, want 0600 and the template; stderr %q", args, fi.Mode(), got, stderr)
+			}
+			if _, err := os.Stat(e.config + ".patchagent-new"); err == nil {
+				t.Errorf("%q: the temporary file is left", args)
+			}
+			// An upgrade after the operator's edit keeps it.
+			if err := os.WriteFile(e.config, []byte("app: {name: edited}\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			up := []string{"configure", "0.1.0-1"}
+			if args[0] == "1" {
+				up = []string{"2"}
+			}
+			if _, code, stderr := e.run(t, e.dir, script, systemd, nil, up...); code != 0 || strings.Contains(stderr, "created") {
+				t.Fatalf("upgrade %q: exit %d\n%s", up, code, stderr)
+			}
+			if got, _ := os.ReadFile(e.config); string(got) != "app: {name: edited}\n" {
+				t.Errorf("upgrade %q replaced the operator's config: %q", up, got)
+			}
+		}
+	}
+	// A dangling symlink in its place is the operator's too: not followed.
+	e := newStubEnv(t, "systemctl", "patchagent")
+	if err := os.MkdirAll(filepath.Dir(e.config), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(e.dir, "elsewhere"), e.config); err != nil {
+		t.Fatal(err)
+	}
+	if _, code, stderr := e.run(t, e.dir, script, false, nil, "configure", ""); code != 0 || strings.Contains(stderr, "created") {
+		t.Fatalf("dangling symlink: exit %d\n%s", code, stderr)
+	}
+	if _, err := os.Lstat(filepath.Join(e.dir, "elsewhere")); err == nil {
+		t.Error("postinstall wrote through a symlink")
 	}
 }
 
@@ -218,21 +303,58 @@ func TestDistributorScripts(t *testing.T) {
 		return out
 	}
 
-	t.Run("install deb", func(t *testing.T) {
-		calls, code, stderr := e.run(t, debDir, install, true, nil)
-		if want := []string{"dpkg -i patchagent_1.0.0-1_amd64.deb"}; code != 0 || !reflect.DeepEqual(filter(calls), want) {
-			t.Errorf("exit %d, calls %q, want 0, %q\n%s", code, calls, want, stderr)
+	// The package managers install.sh may find: only the stubs and the
+	// few tools it runs (PATH holds nothing else), so the host's own apt-get
+	// or dnf is never run.
+	only := func(t *testing.T, managers ...string) []string {
+		t.Helper()
+		d := t.TempDir()
+		for _, tool := range []string{"dirname", "basename", "rm", "cat"} {
+			p, err := exec.LookPath(tool)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(p, filepath.Join(d, tool)); err != nil {
+				t.Fatal(err)
+			}
 		}
-	})
-	t.Run("install rpm", func(t *testing.T) {
-		calls, code, stderr := e.run(t, rpmDir, install, true, nil)
-		if want := []string{"rpm -Uvh --replacepkgs patchagent-1.0.0-1.x86_64.rpm"}; code != 0 || !reflect.DeepEqual(filter(calls), want) {
-			t.Errorf("exit %d, calls %q, want 0, %q\n%s", code, calls, want, stderr)
+		for _, m := range append(managers, "systemctl", "patchagent") {
+			if err := os.WriteFile(filepath.Join(d, m), []byte(stub), 0o755); err != nil {
+				t.Fatal(err)
+			}
 		}
-	})
+		return []string{"PATH=" + d}
+	}
+	for _, tc := range []struct {
+		name, dir string
+		managers  []string
+		want      []string
+		warns     string
+	}{
+		{"deb with apt-get", debDir, []string{"apt-get", "dpkg"}, []string{"apt-get install -y -q ./patchagent_1.0.0-1_amd64.deb"}, ""},
+		{"deb, dpkg only", debDir, []string{"dpkg"}, []string{"dpkg -i patchagent_1.0.0-1_amd64.deb"}, "dpkg -i installs no dependency"},
+		{"rpm with dnf", rpmDir, []string{"dnf", "yum", "rpm"}, []string{"dnf install -y ./patchagent-1.0.0-1.x86_64.rpm"}, ""},
+		{"rpm with yum", rpmDir, []string{"yum", "rpm"}, []string{"yum install -y ./patchagent-1.0.0-1.x86_64.rpm"}, ""},
+		{"rpm, rpm only", rpmDir, []string{"rpm"}, []string{"rpm -Uvh --replacepkgs patchagent-1.0.0-1.x86_64.rpm"}, "rpm -Uvh installs no dependency"},
+	} {
+		t.Run("install "+tc.name, func(t *testing.T) {
+			calls, code, stderr := e.run(t, tc.dir, install, true, only(t, tc.managers...))
+			if code != 0 || !reflect.DeepEqual(filter(calls), tc.want) || !strings.Contains(stderr, tc.warns) {
+				t.Errorf("exit %d, calls %q, want 0, %q\n%s", code, calls, tc.want, stderr)
+			}
+		})
+	}
 	t.Run("install fails", func(t *testing.T) {
-		if _, code, _ := e.run(t, debDir, install, true, []string{"STUB_PM_RC=1"}); code != 1 {
-			t.Errorf("exit %d, want 1", code)
+		_, code, stderr := e.run(t, debDir, install, true, append(only(t, "apt-get"), "STUB_PM_RC=1"))
+		if code != 1 || !strings.Contains(stderr, "'apt-get install -y -q ./patchagent_1.0.0-1_amd64.deb' failed (exit 1)") {
+			t.Errorf("exit %d, want 1\n%s", code, stderr)
+		}
+	})
+	t.Run("no package manager", func(t *testing.T) {
+		for dir, msg := range map[string]string{debDir: "needs apt-get or dpkg, neither found", rpmDir: "needs dnf, yum or rpm, none found"} {
+			if _, code, stderr := e.run(t, dir, install, true, only(t)); code != 2 || !strings.Contains(stderr, msg) {
+				t.Errorf("%s: exit %d, want 2\n%s", filepath.Base(dir), code, stderr)
+			}
 		}
 	})
 	t.Run("no package", func(t *testing.T) {
@@ -260,8 +382,8 @@ func TestDistributorScripts(t *testing.T) {
 		if want := "patchagent.service enabled\npatchagent.service active\n"; err != nil || string(b) != want {
 			t.Fatalf("recorded units %q (%v), want %q", b, err, want)
 		}
-		calls, code, stderr = e.run(t, debDir, install, true, nil)
-		want := []string{"dpkg -i patchagent_1.0.0-1_amd64.deb", "systemctl enable patchagent.service", "systemctl start patchagent.service"}
+		calls, code, stderr = e.run(t, debDir, install, true, only(t, "apt-get"))
+		want := []string{"apt-get install -y -q ./patchagent_1.0.0-1_amd64.deb", "systemctl enable patchagent.service", "systemctl start patchagent.service"}
 		if code != 0 || !reflect.DeepEqual(filter(calls), want) {
 			t.Errorf("exit %d, calls %q, want %q\n%s", code, calls, want, stderr)
 		}

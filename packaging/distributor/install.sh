@@ -1,9 +1,12 @@
 #!/bin/sh
 # SSM Distributor "install" action for patchagent (AWS-ConfigureAWSPackage
 # runs `sh install.sh` in the extracted zip). The zip holds one package: a
-# .deb (installed with dpkg -i) or an .rpm (rpm -Uvh --replacepkgs), so
-# running it again is harmless. The package's own scripts enable the daemon
-# only once /etc/patchagent/config.yaml is valid (see patchagent(8)).
+# .deb or an .rpm, installed with the package manager that resolves its
+# dependencies (iptables): apt-get for the deb, dnf or yum for the rpm; only
+# where none is there, dpkg -i or rpm -Uvh --replacepkgs, which install no
+# dependency (they fail, saying which, if one is missing). Running it again
+# is harmless. The package's own scripts enable the daemon only once
+# /etc/patchagent/config.yaml is valid (see patchagent(8)).
 #
 # With installationType "Uninstall and reinstall", uninstall.sh records which
 # patchagent units were enabled/active; they are restored here, so a
@@ -23,14 +26,36 @@ deb=""
 rpm=""
 for f in patchagent_*.deb; do [ -f "$f" ] && deb=$f; done
 for f in patchagent-*.rpm; do [ -f "$f" ] && rpm=$f; done
+# run runs the install command given, saying it, and exits 1 if it fails.
+run() {
+	echo "install.sh: $*"
+	"$@" || { echo "install.sh: '$*' failed (exit $?): see its output above" >&2; exit 1; }
+}
+
 if [ -n "$deb" ]; then
-	command -v dpkg >/dev/null 2>&1 || { echo "install.sh: $deb needs dpkg, not found" >&2; exit 2; }
-	echo "install.sh: dpkg -i $deb"
-	dpkg -i "$deb" || { echo "install.sh: dpkg -i $deb failed" >&2; exit 1; }
+	if command -v apt-get >/dev/null 2>&1; then
+		DEBIAN_FRONTEND=noninteractive
+		export DEBIAN_FRONTEND
+		run apt-get install -y -q "./$deb"
+	elif command -v dpkg >/dev/null 2>&1; then
+		echo "install.sh: apt-get not found: dpkg -i installs no dependency (patchagent needs iptables)" >&2
+		run dpkg -i "$deb"
+	else
+		echo "install.sh: $deb needs apt-get or dpkg, neither found: is this a Debian or Ubuntu node?" >&2
+		exit 2
+	fi
 elif [ -n "$rpm" ]; then
-	command -v rpm >/dev/null 2>&1 || { echo "install.sh: $rpm needs rpm, not found" >&2; exit 2; }
-	echo "install.sh: rpm -Uvh --replacepkgs $rpm"
-	rpm -Uvh --replacepkgs "$rpm" || { echo "install.sh: rpm -Uvh $rpm failed" >&2; exit 1; }
+	if command -v dnf >/dev/null 2>&1; then
+		run dnf install -y "./$rpm"
+	elif command -v yum >/dev/null 2>&1; then
+		run yum install -y "./$rpm"
+	elif command -v rpm >/dev/null 2>&1; then
+		echo "install.sh: neither dnf nor yum found: rpm -Uvh installs no dependency (patchagent needs iptables)" >&2
+		run rpm -Uvh --replacepkgs "$rpm"
+	else
+		echo "install.sh: $rpm needs dnf, yum or rpm, none found: is this an Amazon Linux or RHEL node?" >&2
+		exit 2
+	fi
 else
 	echo "install.sh: no patchagent package in $(pwd)" >&2
 	exit 2

@@ -43,9 +43,16 @@ type payload struct {
 	platforms       []string
 }
 
+var (
+	debPlatforms = []string{"debian", "ubuntu"}
+	rpmPlatforms = []string{"amazon", "centos", "oracle", "redhat"}
+)
+
 var payloads = []payload{
-	{"patchagent-deb-amd64.zip", "patchagent_*_amd64.deb", "x86_64", []string{"debian", "ubuntu"}},
-	{"patchagent-rpm-x86_64.zip", "patchagent-*.x86_64.rpm", "x86_64", []string{"amazon", "centos", "oracle", "redhat"}},
+	{"patchagent-deb-amd64.zip", "patchagent_*_amd64.deb", "x86_64", debPlatforms},
+	{"patchagent-deb-arm64.zip", "patchagent_*_arm64.deb", "arm64", debPlatforms},
+	{"patchagent-rpm-x86_64.zip", "patchagent-*.x86_64.rpm", "x86_64", rpmPlatforms},
+	{"patchagent-rpm-aarch64.zip", "patchagent-*.aarch64.rpm", "arm64", rpmPlatforms},
 }
 
 // Manifest is the Distributor manifest.json.

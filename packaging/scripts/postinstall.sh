@@ -13,13 +13,21 @@
 # patchagent-reconcile.service is never enabled here: it is the boot step
 # for nodes that do not run the daemon (see patchagent(8)).
 #
+# The config is the operator's: created (0600 root) from the template
+# /usr/share/patchagent/config.yaml only when absent, never replaced, so an
+# upgrade never stops on a conffile question (the deb ships the template
+# only; the rpm ships the config as %config(noreplace), already there).
+#
 # Every systemctl call is skipped when systemd is not running (chroots,
 # containers, image builds). PATCHAGENT_SYSTEMD_DIR replaces
-# /run/systemd/system in that check; it exists for the package tests only.
+# /run/systemd/system in that check, PATCHAGENT_CONFIG and
+# PATCHAGENT_CONFIG_TEMPLATE the config's and the template's paths; they
+# exist for the package tests only.
 set -e
 
 systemd_dir=${PATCHAGENT_SYSTEMD_DIR:-/run/systemd/system}
-config=/etc/patchagent/config.yaml
+config=${PATCHAGENT_CONFIG:-/etc/patchagent/config.yaml}
+template=${PATCHAGENT_CONFIG_TEMPLATE:-/usr/share/patchagent/config.yaml}
 
 case "$1" in
 configure)
@@ -29,6 +37,15 @@ configure)
 2) action=upgrade ;;
 *) exit 0 ;;
 esac
+
+if [ ! -e "$config" ] && [ ! -L "$config" ]; then
+	mkdir -p "${config%/*}"
+	tmp="$config.patchagent-new"
+	rm -f "$tmp"
+	(umask 077 && cp "$template" "$tmp")
+	mv -f "$tmp" "$config"
+	echo "patchagent: created $config from $template" >&2
+fi
 
 [ -d "$systemd_dir" ] || exit 0
 

@@ -5,8 +5,9 @@
 #   rpm: $1 = 0 (erase) or 1 (upgrade)
 # systemd re-reads its units after every removal. Only a deb purge deletes
 # the state directory /var/lib/patchagent (the state file of an open patch
-# cycle, dependency snapshots); remove and rpm erase keep it, as they keep
-# the conffile.
+# cycle, dependency snapshots) and the config postinst created,
+# /etc/patchagent/config.yaml; remove and rpm erase keep both (rpm keeps an
+# edited config as .rpmsave).
 #
 # PATCHAGENT_SYSTEMD_DIR replaces /run/systemd/system in the "is systemd
 # running" check; it exists for the package tests only.
@@ -20,5 +21,7 @@ fi
 
 if [ "$1" = purge ]; then
 	rm -rf /var/lib/patchagent
+	rm -f /etc/patchagent/config.yaml
+	rmdir /etc/patchagent 2>/dev/null || :
 fi
 exit 0
