@@ -1,12 +1,16 @@
 package packaging
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // shellScripts are every POSIX sh script the packages and the Distributor
@@ -138,6 +142,7 @@ func TestMaintainerScripts(t *testing.T) {
 		purge   = "rm -rf /var/lib/patchagent"
 		purgeCf = "rm -f /etc/patchagent/config.yaml"
 		rmdir   = "rmdir /etc/patchagent"
+		rmProm  = "rm -f /var/lib/prometheus/node-exporter/patchagent.prom"
 	)
 	e := newStubEnv(t, "systemctl", "patchagent", "rm", "rmdir", "deb-systemd-helper", "deb-systemd-invoke")
 	check := "patchagent check-config --config " + e.config
@@ -160,13 +165,13 @@ func TestMaintainerScripts(t *testing.T) {
 		{"rpm upgrade", "postinstall.sh", []string{"2"}, true, true, []string{reload, restart}},
 		{"rpm install, no systemd", "postinstall.sh", []string{"1"}, false, true, nil},
 
-		{"deb remove", "preremove.sh", []string{"remove"}, true, true, []string{stop, disable}},
+		{"deb remove", "preremove.sh", []string{"remove"}, true, true, []string{check, rmProm, stop, disable}},
 		{"deb upgrade", "preremove.sh", []string{"upgrade", "0.2.0-1"}, true, true, nil},
 		{"deb deconfigure", "preremove.sh", []string{"deconfigure", "in-favour", "x", "1"}, true, true, nil},
-		{"deb remove, no systemd", "preremove.sh", []string{"remove"}, false, true, nil},
-		{"rpm erase", "preremove.sh", []string{"0"}, true, true, []string{stop, disable}},
+		{"deb remove, no systemd", "preremove.sh", []string{"remove"}, false, true, []string{check, rmProm}},
+		{"rpm erase", "preremove.sh", []string{"0"}, true, true, []string{check, rmProm, stop, disable}},
 		{"rpm upgrade", "preremove.sh", []string{"1"}, true, true, nil},
-		{"rpm erase, no systemd", "preremove.sh", []string{"0"}, false, true, nil},
+		{"rpm erase, no systemd", "preremove.sh", []string{"0"}, false, true, []string{check, rmProm}},
 
 		{"deb remove keeps state", "postremove.sh", []string{"remove"}, true, true, []string{reload}},
 		{"deb purge", "postremove.sh", []string{"purge"}, true, true, []string{reload, purge, purgeCf, rmdir}},
@@ -202,7 +207,7 @@ func TestMaintainerScripts(t *testing.T) {
 			if !reflect.DeepEqual(calls, tc.want) {
 				t.Errorf("calls:\n  %q\nwant:\n  %q", calls, tc.want)
 			}
-			if !tc.configValid && !strings.Contains(stderr, "set app.name in "+e.config) {
+			if !tc.configValid && tc.script == "postinstall.sh" && !strings.Contains(stderr, "set app.name in "+e.config) {
 				t.Errorf("stderr does not tell what to do:\n%s", stderr)
 			}
 		})
@@ -267,6 +272,92 @@ func TestPostinstallCreatesTheConfigOnce(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(e.dir, "elsewhere")); err == nil {
 		t.Error("postinstall wrote through a symlink")
+	}
+}
+
+// TestRemovalWithACycleOpen: with the state file saying a cycle is open,
+// removal (deb remove, rpm erase) is refused, naming the commands that put
+// the node back, unless PATCHAGENT_REMOVE_OPEN_CYCLE=1; a closed cycle
+// does not stop it. An upgrade is never refused.
+func TestRemovalWithACycleOpen(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(wd, "scripts", "preremove.sh")
+	e := newStubEnv(t, "systemctl", "patchagent", "rm")
+	if err := os.MkdirAll(e.stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write := func(open bool) {
+		t.Helper()
+		body := fmt.Sprintf("{\n  \"open\": %t,\n  \"id\": \"c1\",\n  \"previous\": {\n    \"open\": true\n  }\n}\n", open)
+		if err := os.WriteFile(filepath.Join(e.stateDir, "state.json"), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(true)
+	for _, arg := range []string{"remove", "0"} {
+		calls, code, stderr := e.run(t, e.dir, script, true, nil, arg)
+		if code != 1 || len(calls) != 0 || !strings.Contains(stderr, "A PATCH CYCLE IS OPEN") ||
+			!strings.Contains(stderr, "patchagent exit --force") || !strings.Contains(stderr, "iptables -D INPUT -j PATCHAGENT-BLOCK") ||
+			!strings.Contains(stderr, "PATCHAGENT_REMOVE_OPEN_CYCLE=1") {
+			t.Errorf("%s with a cycle open: exit %d, calls %q\n%s", arg, code, calls, stderr)
+		}
+		calls, code, stderr = e.run(t, e.dir, script, true, []string{"PATCHAGENT_REMOVE_OPEN_CYCLE=1"}, arg)
+		if code != 0 || len(calls) == 0 || calls[len(calls)-1] != "systemctl disable patchagent.service patchagent-reconcile.service" || !strings.Contains(stderr, "removing it anyway") {
+			t.Errorf("%s with the override: exit %d, calls %q\n%s", arg, code, calls, stderr)
+		}
+	}
+	for _, arg := range []string{"upgrade", "1"} {
+		if _, code, stderr := e.run(t, e.dir, script, true, nil, arg); code != 0 || stderr != "" {
+			t.Errorf("%s with a cycle open: exit %d\n%s", arg, code, stderr)
+		}
+	}
+	write(false) // a previous cycle's "open" nested deeper does not count
+	if _, code, stderr := e.run(t, e.dir, script, true, nil, "remove"); code != 0 || strings.Contains(stderr, "CYCLE IS OPEN") {
+		t.Errorf("remove with the cycle closed: exit %d\n%s", code, stderr)
+	}
+}
+
+// TestUpgradeWaitsForARunningPhase: an upgrade restarts the daemon only
+// once the phase lock is free; while a phase holds it past the wait, the
+// old daemon keeps running (npm is not killed mid-update) and it says so.
+func TestUpgradeWaitsForARunningPhase(t *testing.T) {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(wd, "scripts", "postinstall.sh")
+	e := newStubEnv(t, "systemctl", "patchagent")
+	if err := os.MkdirAll(filepath.Dir(e.config), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(e.config, []byte("app: {name: mine}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(e.stateDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	lock, err := os.OpenFile(filepath.Join(e.stateDir, "phase.lock"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	restart := "systemctl try-restart patchagent.service"
+	calls, code, stderr := e.run(t, e.dir, script, true, []string{"PATCHAGENT_LOCK_WAIT=1"}, "configure", "0.1.0-1")
+	if code != 0 || slices.Contains(calls, restart) || !strings.Contains(stderr, "a patchagent phase still runs") {
+		t.Errorf("upgrade during a phase: exit %d, calls %q\n%s", code, calls, stderr)
+	}
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_UN); err != nil {
+		t.Fatal(err)
+	}
+	calls, code, stderr = e.run(t, e.dir, script, true, []string{"PATCHAGENT_LOCK_WAIT=1"}, "2")
+	if code != 0 || !slices.Contains(calls, restart) {
+		t.Errorf("upgrade with no phase: exit %d, calls %q\n%s", code, calls, stderr)
 	}
 }
 

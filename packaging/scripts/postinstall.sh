@@ -9,7 +9,8 @@
 # config leaves app.name empty, so on a fresh install nothing is enabled and
 # nothing can crash-loop; the operator sets app.name, then runs
 # `systemctl enable --now patchagent.service`.
-# Upgrade: try-restart (restarts the daemon only if it is running).
+# Upgrade: try-restart (restarts the daemon only if it is running), once no
+# phase runs (the phase lock is free).
 # patchagent-reconcile.service is never enabled here: it is the boot step
 # for nodes that do not run the daemon (see patchagent(8)).
 #
@@ -21,13 +22,15 @@
 # Every systemctl call is skipped when systemd is not running (chroots,
 # containers, image builds). PATCHAGENT_SYSTEMD_DIR replaces
 # /run/systemd/system in that check, PATCHAGENT_CONFIG and
-# PATCHAGENT_CONFIG_TEMPLATE the config's and the template's paths; they
-# exist for the package tests only.
+# PATCHAGENT_CONFIG_TEMPLATE the config's and the template's paths,
+# PATCHAGENT_STATE_DIR /var/lib/patchagent, PATCHAGENT_LOCK_WAIT the 1800 s
+# wait for the phase lock; they exist for the package tests only.
 set -e
 
 systemd_dir=${PATCHAGENT_SYSTEMD_DIR:-/run/systemd/system}
 config=${PATCHAGENT_CONFIG:-/etc/patchagent/config.yaml}
 template=${PATCHAGENT_CONFIG_TEMPLATE:-/usr/share/patchagent/config.yaml}
+lock=${PATCHAGENT_STATE_DIR:-/var/lib/patchagent}/phase.lock
 
 case "$1" in
 configure)
@@ -60,6 +63,14 @@ install)
 	fi
 	;;
 upgrade)
+	# A restart kills a phase the daemon runs (npm mid-update): wait for
+	# the phase lock first, as long as post may take (30 min), and leave
+	# the old daemon running if it is still held.
+	if command -v flock >/dev/null 2>&1 && [ -e "$lock" ] &&
+		! flock -w "${PATCHAGENT_LOCK_WAIT:-1800}" "$lock" true; then
+		echo "patchagent: a patchagent phase still runs: the daemon is not restarted; run 'systemctl restart patchagent.service' once it ends" >&2
+		exit 0
+	fi
 	systemctl try-restart patchagent.service || :
 	;;
 esac

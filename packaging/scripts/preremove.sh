@@ -3,20 +3,52 @@
 #   deb: remove | upgrade <new-version> | deconfigure | failed-upgrade
 #   rpm: $1 = 0 (erase) or 1 (upgrade: the new version's postinstall
 #        try-restarts the daemon, nothing to do here)
-# On removal both units are stopped and disabled (the reconcile unit may
-# have been enabled by the operator). The state in /var/lib/patchagent is
-# kept: an open patch cycle is still recorded there.
+# Removal with a patch cycle open (pre ran, exit did not: the node may be
+# blocked, out of its load balancer) is refused, with the commands that
+# put the node back, unless PATCHAGENT_REMOVE_OPEN_CYCLE=1: nothing would
+# unblock it afterwards. On removal both units are stopped and disabled
+# (the reconcile unit may have been enabled by the operator), and the
+# node_exporter textfile is deleted (a stale one would fire alerts
+# forever). The state in /var/lib/patchagent is kept.
 #
 # PATCHAGENT_SYSTEMD_DIR replaces /run/systemd/system in the "is systemd
-# running" check; it exists for the package tests only.
+# running" check, PATCHAGENT_STATE_DIR /var/lib/patchagent and
+# PATCHAGENT_CONFIG /etc/patchagent/config.yaml; they exist for the package
+# tests only.
 set -e
 
 systemd_dir=${PATCHAGENT_SYSTEMD_DIR:-/run/systemd/system}
+state=${PATCHAGENT_STATE_DIR:-/var/lib/patchagent}/state.json
+config=${PATCHAGENT_CONFIG:-/etc/patchagent/config.yaml}
 
 case "$1" in
 remove | 0) ;;
 *) exit 0 ;;
 esac
+
+if [ -f "$state" ] && grep -Eq '^  "open": true,?$' "$state"; then
+	cat >&2 <<-EOF
+	patchagent: A PATCH CYCLE IS OPEN on this node (pre ran, exit did not): the
+	node may still be blocked and out of its load balancer, and nothing will
+	put it back once patchagent is gone. First return it to service:
+	    patchagent exit                 # once the app is healthy
+	    patchagent exit --force         # or the break-glass: unblock now
+	or remove the block by hand afterwards:
+	    iptables -D INPUT -j PATCHAGENT-BLOCK; iptables -F PATCHAGENT-BLOCK; iptables -X PATCHAGENT-BLOCK
+	    ip6tables -D INPUT -j PATCHAGENT-BLOCK; ip6tables -F PATCHAGENT-BLOCK; ip6tables -X PATCHAGENT-BLOCK
+	(see $state for the load balancer changes to undo).
+	EOF
+	if [ "${PATCHAGENT_REMOVE_OPEN_CYCLE:-}" != 1 ]; then
+		echo "patchagent: removal refused; set PATCHAGENT_REMOVE_OPEN_CYCLE=1 to remove it anyway" >&2
+		exit 1
+	fi
+	echo "patchagent: PATCHAGENT_REMOVE_OPEN_CYCLE=1: removing it anyway" >&2
+fi
+
+# The textfile's directory is the config's daemon.textfile_dir (the
+# effective value check-config prints), else the default.
+textfile_dir=$(patchagent check-config --config "$config" 2>/dev/null | sed -n 's/^ *textfile_dir: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' | head -n 1) || :
+rm -f "${textfile_dir:-/var/lib/prometheus/node-exporter}/patchagent.prom"
 
 [ -d "$systemd_dir" ] || exit 0
 
