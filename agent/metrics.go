@@ -34,6 +34,8 @@ type Metrics struct {
 	StepDuration  *prometheus.HistogramVec // patchagent_step_duration_seconds{phase,step}
 	LastRun       *prometheus.GaugeVec     // patchagent_phase_last_run_timestamp_seconds{phase}
 	LastSuccess   *prometheus.GaugeVec     // patchagent_phase_last_success_timestamp_seconds{phase}
+	LastResult    *prometheus.GaugeVec     // patchagent_phase_last_result{phase,result}
+	LastFailure   *prometheus.GaugeVec     // patchagent_phase_last_failure_timestamp_seconds{phase}
 
 	CycleOpen      prometheus.Gauge   // patchagent_cycle_open
 	Blocked        prometheus.Gauge   // patchagent_traffic_blocked
@@ -96,6 +98,14 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		LastSuccess: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "patchagent_phase_last_success_timestamp_seconds",
 			Help: "When the phase last finished a run with result ok.",
+		}, []string{"phase"}),
+		LastResult: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "patchagent_phase_last_result",
+			Help: "1 for the result (ok, failed, forced) of the phase's last run, 0 for the others, from the state file: a textfile written by a later run still shows it.",
+		}, []string{"phase", "result"}),
+		LastFailure: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "patchagent_phase_last_failure_timestamp_seconds",
+			Help: "When the phase last failed (0: never), from the state file: a later success, or a textfile written by another phase, does not erase it.",
 		}, []string{"phase"}),
 		CycleOpen: f.NewGauge(prometheus.GaugeOpts{
 			Name: "patchagent_cycle_open",
@@ -365,6 +375,12 @@ func RegisterReadinessMetrics(reg prometheus.Registerer, stats func() (lb.Stats,
 
 // observeState sets the gauges that mirror the state file.
 func (m *Metrics) observeState(st State) {
+	for phase, last := range st.Last {
+		for _, r := range []string{ResultOK, ResultFailed, ResultForced} {
+			m.LastResult.WithLabelValues(phase, r).Set(bool01(last.Result == r))
+		}
+		m.LastFailure.WithLabelValues(phase).Set(timestamp(last.LastFailure))
+	}
 	m.CycleOpen.Set(bool01(st.Open))
 	m.LBPending.Set(bool01(len(st.LB) > 0 && string(st.LB) != "null"))
 	blocked := st.Open && st.Block != nil

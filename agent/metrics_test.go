@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -641,4 +643,47 @@ patchagent_lb_checks_total{answer="unavailable"} 4
 `})
 	ok = false
 	compare(t, reg, map[string]string{"patchagent_lb_checkers": "patchagent_lb_checkers 0\n"})
+}
+
+// TestLastFailureSurvivesALaterSuccess: a failed exit's time stays in the
+// state file through the next, successful exit, and a fresh registry (a
+// CLI run's textfile) fed only that state shows it, with the last result
+// ok.
+func TestLastFailureSurvivesALaterSuccess(t *testing.T) {
+	e := newTestEnv(t)
+	j := withJournaledRotation(e)
+	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	j.inErr = errors.New("AccessDenied: elasticloadbalancing:RegisterTargets")
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode == 0 {
+		t.Fatal(rep.Text())
+	}
+	st, _ := e.state.Load()
+	failed := st.Last["exit"]
+	if failed.Result != ResultFailed || failed.LastFailure.IsZero() || !failed.LastFailure.Equal(failed.At) {
+		t.Fatalf("after the failed exit: %+v", failed)
+	}
+	j.inErr = nil
+	rep := e.agent(t).Exit(context.Background(), RunOptions{})
+	if rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	st, _ = e.state.Load()
+	if ok := st.Last["exit"]; ok.Result != ResultOK || !ok.LastFailure.Equal(failed.LastFailure) {
+		t.Fatalf("after the next exit: %+v, want ok with the last failure at %s", ok, failed.LastFailure)
+	}
+	reg, m := newTestMetrics(t)
+	m.ObservePhase(rep, st, time.Now())
+	compare(t, reg, map[string]string{
+		"patchagent_phase_last_failure_timestamp_seconds": fmt.Sprintf("patchagent_phase_last_failure_timestamp_seconds{phase=\"exit\"} %s\npatchagent_phase_last_failure_timestamp_seconds{phase=\"pre\"} 0\n",
+			strconv.FormatFloat(timestamp(failed.LastFailure), 'g', -1, 64)),
+		"patchagent_phase_last_result": `
+patchagent_phase_last_result{phase="exit",result="failed"} 0
+patchagent_phase_last_result{phase="exit",result="forced"} 0
+patchagent_phase_last_result{phase="exit",result="ok"} 1
+patchagent_phase_last_result{phase="pre",result="failed"} 0
+patchagent_phase_last_result{phase="pre",result="forced"} 0
+patchagent_phase_last_result{phase="pre",result="ok"} 1
+`})
 }

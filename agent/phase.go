@@ -83,11 +83,14 @@ func (a *Agent) recordLast(name string, start time.Time, err error) {
 	if lerr != nil {
 		return
 	}
-	res := PhaseResult{Result: ResultOK, At: time.Now().UTC(), Seconds: time.Since(start).Seconds(), CycleID: st.CycleID}
+	res := PhaseResult{Result: ResultOK, At: time.Now().UTC(), Seconds: time.Since(start).Seconds(), CycleID: st.CycleID,
+		LastFailure: st.Last[name].LastFailure}
 	if err != nil {
 		res.Result, res.Error = ResultFailed, firstLine(err.Error())
 		if isForced(err) {
 			res.Result = ResultForced
+		} else {
+			res.LastFailure = res.At
 		}
 	}
 	if st.Last == nil {

@@ -86,6 +86,11 @@ type PhaseResult struct {
 	Seconds float64   `json:"duration_seconds"`
 	Error   string    `json:"error,omitempty"`
 	CycleID string    `json:"cycle_id,omitempty"`
+	// LastFailure is when the phase last failed, this run or an earlier
+	// one (zero: never): a later success does not erase it, so the
+	// metrics of a run without the daemon still show a failure the next
+	// run followed.
+	LastFailure time.Time `json:"last_failure_at,omitzero"`
 }
 
 // BlockRecord describes the block pre installs.

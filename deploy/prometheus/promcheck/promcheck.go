@@ -147,7 +147,8 @@ func feed(m *agent.Metrics) {
 	m.ObserveStateUnrecorded(true)
 	m.ObserveReload(false)
 	m.ObserveDegraded(true)
-	open := agent.State{Open: true, CycleID: "c1", Block: &agent.BlockRecord{Since: now}, LB: []byte(`{"registrations":[]}`)}
+	open := agent.State{Open: true, CycleID: "c1", Block: &agent.BlockRecord{Since: now}, LB: []byte(`{"registrations":[]}`),
+		Last: map[string]agent.PhaseResult{"post": {Result: agent.ResultFailed, At: now, LastFailure: now}, "pre": {Result: agent.ResultOK, At: now}}}
 	m.ObservePhase(&agent.Report{Phase: "pre", Result: agent.ResultOK, Duration: 3 * time.Second,
 		Steps: []agent.StepReport{{Name: "lb-out", Result: agent.ResultOK}, {Name: "block", Result: agent.ResultOK, Dur: time.Millisecond}, {Name: "drain", Result: agent.ResultOK, Dur: 2 * time.Second}},
 		Drain: &agent.DrainResult{Remaining: 3, Active: 1, Waited: 2 * time.Second, TimedOut: true}}, open, now)
