@@ -130,6 +130,7 @@ type template struct {
 
 type resource struct {
 	Type  string
+	cond  string // the resource's Condition, "" for always
 	props map[string]any
 }
 
@@ -166,7 +167,8 @@ func parseTemplate(t *testing.T, raw []byte) template {
 	for name, r := range mapOfMaps(t, top["Resources"]) {
 		typ, _ := r["Type"].(string)
 		props, _ := r["Properties"].(map[string]any)
-		tp.Resources[name] = resource{Type: typ, props: props}
+		cond, _ := r["Condition"].(string)
+		tp.Resources[name] = resource{Type: typ, cond: cond, props: props}
 	}
 	return tp
 }
@@ -385,6 +387,21 @@ func TestParameters(t *testing.T) {
 	if _, ok := tp.Parameters["TagValue"]["Default"]; ok {
 		t.Error("TagValue has a default: the deployer must choose the nodes")
 	}
+	// TagValue also tags the documents and the window: SSM's tag characters.
+	tagRe := regexp.MustCompile(tp.Parameters["TagValue"]["AllowedPattern"].(string))
+	for _, ok := range []string{"my-app", "Web Tier 1", "é_.:/=+-@"} {
+		if !tagRe.MatchString(ok) {
+			t.Errorf("TagValue refuses %q", ok)
+		}
+	}
+	for _, bad := range []string{"", "a,b", "a;b", "a*", strings.Repeat("a", 257)} {
+		if tagRe.MatchString(bad) {
+			t.Errorf("TagValue accepts %q", bad)
+		}
+	}
+	if d := tp.Parameters["ScheduleMode"]["Default"]; d != "association" {
+		t.Errorf("ScheduleMode default %v, want association (the deployed behaviour so far)", d)
+	}
 	for _, o := range []string{"PreInstallHookDocName", "PostInstallHookDocName", "OnExitHookDocName", "AssociationId", "AssociationName"} {
 		if _, ok := tp.Outputs[o]; !ok {
 			t.Errorf("no output %s", o)
@@ -404,7 +421,15 @@ var scenarios = map[string]map[string]string{
 	},
 	"load balancer policy": {"TagValue": "my-app", "LBTargetGroupArns": tgWeb + "," + tgAPI},
 	"auto scaling policy":  {"TagValue": "my-app", "LBTargetGroupArns": tgWeb, "AutoScalingGroupArns": asgWeb},
+	"failure topic":        {"TagValue": "my-app", "FailureTopicArn": topicArn},
+	"maintenance window":   {"TagValue": "my-app", "ScheduleMode": "maintenance-window"},
+	"maintenance window, snapshot, S3 output and failure topic": {
+		"TagValue": "Web Tier 1", "ScheduleMode": "maintenance-window", "SnapshotId": "4e8a3d0f-1c2b-4a5e-9f6d-7b8c9d0e1f2a",
+		"OutputS3BucketName": "my-ssm-output", "OutputS3KeyPrefix": "", "FailureTopicArn": topicArn, "MaxConcurrency": "2", "MaxErrors": "1",
+	},
 }
+
+const topicArn = "arn:aws:sns:eu-west-1:123456789012:patch-alerts"
 
 const asgWeb = "arn:aws:autoscaling:eu-west-1:123456789012:autoScalingGroup:0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0:autoScalingGroupName/web-asg"
 
@@ -585,13 +610,28 @@ func newResolver(tp template, overrides map[string]string) resolver {
 	for k, v := range overrides {
 		params[k] = v
 	}
+	// The pseudo parameters the template uses, as in eu-west-1.
+	params["AWS::Partition"] = "aws"
+	params["AWS::Region"] = "eu-west-1"
+	params["AWS::AccountId"] = "123456789012"
 	return resolver{tp: tp, params: params}
 }
 
+// exists reports whether the resource is created with r's parameters.
+func (r resolver) exists(t *testing.T, name string) bool {
+	t.Helper()
+	res := r.tp.resource(t, name)
+	return res.cond == "" || r.cond(t, res.cond)
+}
+
 var schemaFiles = map[string]string{
-	"AWS::SSM::Document":      "aws-ssm-document.json",
-	"AWS::SSM::Association":   "aws-ssm-association.json",
-	"AWS::IAM::ManagedPolicy": "aws-iam-managedpolicy.json",
+	"AWS::SSM::Document":                "aws-ssm-document.json",
+	"AWS::SSM::Association":             "aws-ssm-association.json",
+	"AWS::IAM::ManagedPolicy":           "aws-iam-managedpolicy.json",
+	"AWS::SSM::MaintenanceWindow":       "aws-ssm-maintenancewindow.json",
+	"AWS::SSM::MaintenanceWindowTarget": "aws-ssm-maintenancewindowtarget.json",
+	"AWS::SSM::MaintenanceWindowTask":   "aws-ssm-maintenancewindowtask.json",
+	"AWS::Events::Rule":                 "aws-events-rule.json",
 }
 
 var schemaCache = map[string]map[string]any{}
@@ -663,6 +703,9 @@ func TestResourcesMatchRegistrySchemas(t *testing.T) {
 	for scen, over := range scenarios {
 		r := newResolver(tp, over)
 		for name, res := range tp.Resources {
+			if !r.exists(t, name) {
+				continue
+			}
 			if schemas[res.Type] == nil {
 				schemas[res.Type] = compile(t, res.Type)
 			}
@@ -695,6 +738,12 @@ func TestAssociation(t *testing.T) {
 	}
 	for scen, over := range scenarios {
 		r := newResolver(tp, over)
+		if r.exists(t, assocs[0]) != (r.params["ScheduleMode"] == "association") {
+			t.Errorf("%s: ScheduleMode %s, association created: %v", scen, r.params["ScheduleMode"], r.exists(t, assocs[0]))
+		}
+		if !r.exists(t, assocs[0]) {
+			continue
+		}
 		a := r.eval(t, tp.Resources[assocs[0]].props).(map[string]any)
 		check := func(key string, want any) {
 			t.Helper()
@@ -712,17 +761,7 @@ func TestAssociation(t *testing.T) {
 		if _, ok := a["DocumentVersion"]; ok {
 			t.Errorf("%s: DocumentVersion is invalid for an AWS-owned document", scen)
 		}
-		params := map[string]any{
-			"Operation":    []any{"Install"},
-			"RebootOption": []any{r.params["RebootOption"]},
-		}
-		for _, ph := range ssm.Phases {
-			params[ph.Hook+"HookDocName"] = []any{r.eval(t, map[string]any{"Ref": logicalID(ph)})}
-		}
-		if id := r.params["SnapshotId"]; id != "" {
-			params["SnapshotId"] = []any{id}
-		}
-		check("Parameters", params)
+		check("Parameters", patchParameters(t, r))
 		if b := r.params["OutputS3BucketName"]; b != "" {
 			check("OutputLocation", map[string]any{"S3Location": map[string]any{"OutputS3BucketName": b, "OutputS3KeyPrefix": r.params["OutputS3KeyPrefix"]}})
 		} else {
@@ -739,6 +778,190 @@ func TestAssociation(t *testing.T) {
 	}
 }
 
+// patchParameters is what the association and the maintenance window task
+// both pass to AWS-RunPatchBaselineWithHooks with r's parameters.
+func patchParameters(t *testing.T, r resolver) map[string]any {
+	t.Helper()
+	params := map[string]any{
+		"Operation":    []any{"Install"},
+		"RebootOption": []any{r.params["RebootOption"]},
+	}
+	for _, ph := range ssm.Phases {
+		params[ph.Hook+"HookDocName"] = []any{r.eval(t, map[string]any{"Ref": logicalID(ph)})}
+	}
+	if id := r.params["SnapshotId"]; id != "" {
+		params["SnapshotId"] = []any{id}
+	}
+	return params
+}
+
+// TestMaintenanceWindow: ScheduleMode maintenance-window replaces the
+// association with a window on the same schedule, a target by the same tag
+// and a Run Command task with the same parameters and rate controls, run
+// with the service-linked role (no ServiceRoleArn).
+func TestMaintenanceWindow(t *testing.T) {
+	tp := parseTemplate(t, mustReadTemplate(t))
+	windowed := 0
+	for scen, over := range scenarios {
+		r := newResolver(tp, over)
+		mw := r.params["ScheduleMode"] == "maintenance-window"
+		for _, name := range []string{"PatchWindow", "PatchWindowTarget", "PatchWindowTask"} {
+			if r.exists(t, name) != mw {
+				t.Errorf("%s: ScheduleMode %s, %s created: %v", scen, r.params["ScheduleMode"], name, !mw)
+			}
+		}
+		if !mw {
+			continue
+		}
+		windowed++
+		check := func(res string, want map[string]any) {
+			t.Helper()
+			if got := r.eval(t, tp.resource(t, res).props); !reflect.DeepEqual(got, any(want)) {
+				t.Errorf("%s: %s =\n%#v\nwant\n%#v", scen, res, got, want)
+			}
+		}
+		tags := []any{map[string]any{"Key": r.params["TagKey"], "Value": r.params["TagValue"]}}
+		check("PatchWindow", map[string]any{
+			"Name": "patchagent-patch-window", "Description": "patchagent AWS-RunPatchBaselineWithHooks window.",
+			"Schedule": r.params["ScheduleExpression"], "Duration": 4, "Cutoff": 1, "AllowUnassociatedTargets": false, "Tags": tags,
+		})
+		window := r.eval(t, map[string]any{"Ref": "PatchWindow"})
+		check("PatchWindowTarget", map[string]any{
+			"WindowId": window, "Name": "patchagent-nodes", "ResourceType": "INSTANCE",
+			"Targets": []any{map[string]any{"Key": "tag:" + r.params["TagKey"], "Values": []any{r.params["TagValue"]}}},
+		})
+		runCommand := map[string]any{"Parameters": patchParameters(t, r)}
+		if b := r.params["OutputS3BucketName"]; b != "" {
+			runCommand["OutputS3BucketName"] = b
+			runCommand["OutputS3KeyPrefix"] = r.params["OutputS3KeyPrefix"]
+		}
+		check("PatchWindowTask", map[string]any{
+			"WindowId": window, "Name": "patchagent-patch-baseline-with-hooks",
+			"TaskArn": "AWS-RunPatchBaselineWithHooks", "TaskType": "RUN_COMMAND", "Priority": 1, "CutoffBehavior": "CANCEL_TASK",
+			"MaxConcurrency": r.params["MaxConcurrency"], "MaxErrors": r.params["MaxErrors"],
+			"Targets":                  []any{map[string]any{"Key": "WindowTargetIds", "Values": []any{r.eval(t, map[string]any{"Ref": "PatchWindowTarget"})}}},
+			"TaskInvocationParameters": map[string]any{"MaintenanceWindowRunCommandParameters": runCommand},
+		})
+	}
+	if windowed == 0 {
+		t.Error("no scenario with ScheduleMode maintenance-window")
+	}
+	// The window must hold the three hooks' timeouts with an hour to spare
+	// for the patching and the reboot, after the cutoff.
+	var hooks int
+	for _, ph := range ssm.Phases {
+		data, _ := ssm.Content(ph.File)
+		var d struct {
+			MainSteps []struct {
+				Inputs struct {
+					TimeoutSeconds string `yaml:"timeoutSeconds"`
+				} `yaml:"inputs"`
+			} `yaml:"mainSteps"`
+		}
+		if err := yaml.Unmarshal(data, &d); err != nil {
+			t.Fatal(err)
+		}
+		var secs int
+		fmt.Sscan(d.MainSteps[0].Inputs.TimeoutSeconds, &secs)
+		hooks += secs
+	}
+	p := tp.resource(t, "PatchWindow").props
+	if d, c := p["Duration"].(int), p["Cutoff"].(int); (d-c)*3600 < hooks+3600 {
+		t.Errorf("window Duration %d h - Cutoff %d h is less than the hooks' %d s + 1 h", d, c, hooks)
+	}
+	if _, ok := tp.resource(t, "PatchWindowTask").props["ServiceRoleArn"]; ok {
+		t.Error("PatchWindowTask sets ServiceRoleArn: the template documents the service-linked role")
+	}
+}
+
+// TestFailureRule: with FailureTopicArn, an EventBridge rule sends the
+// failed and timed-out runs of this deployment to the topic: the
+// association's instance association events, or the Run Command
+// invocations of the patch document under a maintenance window.
+func TestFailureRule(t *testing.T) {
+	tp := parseTemplate(t, mustReadTemplate(t))
+	seen := map[string]bool{}
+	for scen, over := range scenarios {
+		r := newResolver(tp, over)
+		if r.exists(t, "FailureRule") != (r.params["FailureTopicArn"] != "") {
+			t.Errorf("%s: FailureRule created %v with FailureTopicArn %q", scen, r.exists(t, "FailureRule"), r.params["FailureTopicArn"])
+		}
+		if !r.exists(t, "FailureRule") {
+			continue
+		}
+		seen[r.params["ScheduleMode"]] = true
+		rule := r.eval(t, tp.resource(t, "FailureRule").props).(map[string]any)
+		pattern := map[string]any{"source": []any{"aws.ssm"}}
+		if r.params["ScheduleMode"] == "association" {
+			pattern["detail-type"] = []any{"EC2 State Manager Instance Association State Change"}
+			pattern["detail"] = map[string]any{"association-id": []any{r.eval(t, map[string]any{"Fn::GetAtt": []any{"PatchAssociation", "AssociationId"}})}, "status": []any{"Failed", "TimedOut"}}
+		} else {
+			pattern["detail-type"] = []any{"EC2 Command Invocation Status-change Notification"}
+			pattern["detail"] = map[string]any{"document-name": []any{"AWS-RunPatchBaselineWithHooks"}, "status": []any{"Failed", "TimedOut"}}
+		}
+		for k, want := range map[string]any{
+			"State": "ENABLED", "EventPattern": pattern,
+			"Targets": []any{map[string]any{"Id": "failure-topic", "Arn": r.params["FailureTopicArn"]}},
+		} {
+			if !reflect.DeepEqual(rule[k], want) {
+				t.Errorf("%s: FailureRule %s = %#v, want %#v", scen, k, rule[k], want)
+			}
+		}
+	}
+	if !seen["association"] || !seen["maintenance-window"] {
+		t.Errorf("FailureRule checked in modes %v, want both", seen)
+	}
+	// The association-id filter is only valid where the association exists.
+	ep := tp.resource(t, "FailureRule").props["EventPattern"].(map[string]any)["Fn::If"].([]any)
+	if ep[0] != "UseAssociation" {
+		t.Errorf("FailureRule's EventPattern depends on %v, want UseAssociation", ep[0])
+	}
+	re := regexp.MustCompile(tp.Parameters["FailureTopicArn"]["AllowedPattern"].(string))
+	for _, ok := range []string{"", topicArn, "arn:aws-us-gov:sns:us-gov-west-1:123456789012:a_b-c"} {
+		if !re.MatchString(ok) {
+			t.Errorf("FailureTopicArn refuses %q", ok)
+		}
+	}
+	for _, bad := range []string{"patch-alerts", topicArn + ",", "arn:aws:sqs:eu-west-1:123456789012:patch-alerts", "arn:aws:sns:eu-west-1:123456789012:"} {
+		if re.MatchString(bad) {
+			t.Errorf("FailureTopicArn accepts %q", bad)
+		}
+	}
+}
+
+// TestOutputPolicy: with OutputS3BucketName, a managed policy for the
+// instance profile allows PutObject under the key prefix only and reading
+// the bucket's encryption configuration; without, none.
+func TestOutputPolicy(t *testing.T) {
+	tp := parseTemplate(t, mustReadTemplate(t))
+	checked := 0
+	for scen, over := range scenarios {
+		r := newResolver(tp, over)
+		b := r.params["OutputS3BucketName"]
+		if r.exists(t, "OutputPolicy") != (b != "") {
+			t.Errorf("%s: OutputPolicy created %v with OutputS3BucketName %q", scen, r.exists(t, "OutputPolicy"), b)
+		}
+		if b == "" {
+			continue
+		}
+		checked++
+		doc := r.eval(t, tp.resource(t, "OutputPolicy").props).(map[string]any)["PolicyDocument"]
+		want := map[string]any{"Version": "2012-10-17", "Statement": []any{
+			map[string]any{"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::" + b + "/" + r.params["OutputS3KeyPrefix"] + "*"},
+			map[string]any{"Effect": "Allow", "Action": "s3:GetEncryptionConfiguration", "Resource": "arn:aws:s3:::" + b},
+		}}
+		if !reflect.DeepEqual(doc, any(want)) {
+			t.Errorf("%s: OutputPolicy document\n%#v\nwant\n%#v", scen, doc, want)
+		}
+	}
+	if checked < 2 {
+		t.Errorf("OutputPolicy checked in %d scenarios, want a prefix and an empty one", checked)
+	}
+	if o := tp.Outputs["OutputPolicyArn"]; o["Condition"] != "HasOutputBucket" || !reflect.DeepEqual(o["Value"], any(map[string]any{"Ref": "OutputPolicy"})) {
+		t.Errorf("output OutputPolicyArn %v, want !Ref OutputPolicy under HasOutputBucket", o)
+	}
+}
+
 func TestDocumentsProperties(t *testing.T) {
 	raw, _ := os.ReadFile(templateFile)
 	tp := parseTemplate(t, raw)
@@ -750,6 +973,10 @@ func TestDocumentsProperties(t *testing.T) {
 			if d[k] != want {
 				t.Errorf("%s: %s = %v, want %v", logicalID(ph), k, d[k], want)
 			}
+		}
+		// Tagged like the nodes they patch: IAM can scope them by the tag.
+		if want := []any{map[string]any{"Key": "PatchGroup", "Value": "my-app"}}; !reflect.DeepEqual(d["Tags"], any(want)) {
+			t.Errorf("%s: Tags = %v, want %v", logicalID(ph), d["Tags"], want)
 		}
 		name, _ := d["Name"].(string)
 		if lower := strings.ToLower(name); strings.HasPrefix(lower, "aws") || strings.HasPrefix(lower, "amazon") || strings.HasPrefix(lower, "amzn") {

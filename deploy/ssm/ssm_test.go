@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -29,6 +30,9 @@ type parameter struct {
 	Default        *string  `yaml:"default"`
 	AllowedPattern string   `yaml:"allowedPattern"`
 	AllowedValues  []string `yaml:"allowedValues"`
+	// InterpolationType ENV_VAR: SSM Agent 3.3.2746.0 and later pass the
+	// value as the environment variable SSM_<name>, not pasted into the script.
+	InterpolationType string `yaml:"interpolationType"`
 }
 
 type step struct {
@@ -118,17 +122,22 @@ func TestDocuments(t *testing.T) {
 				t.Errorf("the header comment does not say %q", want)
 			}
 
-			// The command: patchagent's phase with the config parameter.
-			call := regexp.MustCompile(`(?m)^/usr/bin/patchagent ` + ph.Command + ` --config '\{\{ ConfigPath \}\}'( |$)`)
+			// The command: patchagent's phase with the config parameter, read
+			// from SSM_ConfigPath; the binary's path named once, so that a
+			// missing binary is reported before the call.
 			script := strings.Join(s.Inputs.RunCommand, "\n")
+			call := regexp.MustCompile(`(?m)^"\$patchagent" ` + ph.Command + ` --config "\$SSM_ConfigPath"( |$)`)
 			if !call.MatchString(script) {
-				t.Errorf("runCommand does not call /usr/bin/patchagent %s --config '{{ ConfigPath }}':\n%s", ph.Command, script)
+				t.Errorf("runCommand does not call \"$patchagent\" %s --config \"$SSM_ConfigPath\":\n%s", ph.Command, script)
+			}
+			if !regexp.MustCompile(`(?m)^patchagent=/usr/bin/patchagent$`).MatchString(script) {
+				t.Errorf("runCommand does not set patchagent=/usr/bin/patchagent:\n%s", script)
 			}
 			if s.Inputs.RunCommand[0] != "set -eu" {
 				t.Errorf("runCommand starts with %q, want set -eu", s.Inputs.RunCommand[0])
 			}
 			if n := strings.Count(script, "/usr/bin/patchagent"); n != 1 {
-				t.Errorf("runCommand calls patchagent %d times, want 1", n)
+				t.Errorf("runCommand names /usr/bin/patchagent %d times, want 1", n)
 			}
 			if strings.Contains(script, "{{") && len(regexp.MustCompile(`\{\{ *(\w+) *\}\}`).FindAllString(script, -1)) != strings.Count(script, "{{") {
 				t.Error("runCommand has a malformed {{ }} reference")
@@ -136,6 +145,17 @@ func TestDocuments(t *testing.T) {
 			for _, m := range regexp.MustCompile(`\{\{ *(\w+) *\}\}`).FindAllStringSubmatch(script, -1) {
 				if _, ok := d.Parameters[m[1]]; !ok {
 					t.Errorf("runCommand uses undeclared parameter %s", m[1])
+				}
+			}
+			// Each parameter: {{ }} only in the fallback for agents before
+			// ENV_VAR, which runs only when the agent set no SSM_ variable.
+			for name := range d.Parameters {
+				fallback := `if [ -z "${SSM_` + name + `+x}" ]; then SSM_` + name + `='{{ ` + name + ` }}'; fi`
+				if !slices.Contains(s.Inputs.RunCommand, fallback) {
+					t.Errorf("runCommand lacks the line %s", fallback)
+				}
+				if n := len(regexp.MustCompile(`\{\{ *`+name+` *\}\}`).FindAllString(script, -1)); n != 1 {
+					t.Errorf("runCommand substitutes {{ %s }} %d times, want once, in the fallback", name, n)
 				}
 			}
 			// SSM Agent's special exit codes (reboot, skip remaining steps,
@@ -165,6 +185,9 @@ func checkParameters(t *testing.T, d document) {
 		if p.Default == nil {
 			t.Errorf("parameter %s: no default (the patch document passes no parameters to hooks)", name)
 			continue
+		}
+		if p.InterpolationType != "ENV_VAR" {
+			t.Errorf("parameter %s: interpolationType %q, want ENV_VAR", name, p.InterpolationType)
 		}
 		if p.AllowedPattern == "" && len(p.AllowedValues) == 0 {
 			t.Errorf("parameter %s: neither allowedPattern nor allowedValues", name)
@@ -220,42 +243,90 @@ func shellSyntax(t *testing.T, script string) {
 	}
 }
 
-// TestRunCommandExitStatus runs each document's script with a fake
-// patchagent: its stdout passes through untouched (the verdict stays the
-// first line), 0-3 pass through, anything else is reported as 1.
-func TestRunCommandExitStatus(t *testing.T) {
+// scripts returns each document's script as an agent before ENV_VAR runs
+// it (its {{ }} substituted with the defaults); it skips without sh.
+func scripts(t *testing.T) map[Phase]string {
+	t.Helper()
 	if _, err := exec.LookPath("sh"); err != nil {
 		t.Skip("no sh")
 	}
+	out := map[Phase]string{}
 	for _, ph := range Phases {
 		_, d := load(t, ph.File)
-		script := substitute(strings.Join(d.MainSteps[0].Inputs.RunCommand, "\n"), d)
+		out[ph] = substitute(strings.Join(d.MainSteps[0].Inputs.RunCommand, "\n"), d)
+	}
+	return out
+}
+
+// runScript runs a script of scripts with patchagent at bin and env added
+// to the environment (SSM_ variables of the test's own removed), and
+// returns its stdout and exit status.
+func runScript(t *testing.T, script, bin string, env ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command("sh", "-c", strings.Replace(script, "/usr/bin/patchagent", bin, 1))
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "SSM_") {
+			cmd.Env = append(cmd.Env, e)
+		}
+	}
+	cmd.Env = append(cmd.Env, env...)
+	out, err := cmd.Output()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return string(out), 0
+}
+
+// TestRunCommandExitStatus runs each document's script with a fake
+// patchagent: its stdout passes through untouched (the verdict stays the
+// first line), 0-3 pass through, anything else is reported as 1. The config
+// path is SSM_ConfigPath when the agent sets it, else the substituted value.
+func TestRunCommandExitStatus(t *testing.T) {
+	for ph, script := range scripts(t) {
 		dir := t.TempDir()
 		fake := filepath.Join(dir, "patchagent")
 		argsFile := filepath.Join(dir, "args")
 		if err := os.WriteFile(fake, []byte("#!/bin/sh\necho \"$@\" > \"$ARGS\"\necho \"$PHASE ok: verdict\"\necho detail\nexit \"$CODE\"\n"), 0o755); err != nil {
 			t.Fatal(err)
 		}
-		script = strings.Replace(script, "/usr/bin/patchagent", fake, 1)
 		for code, want := range map[int]int{0: 0, 1: 1, 2: 2, 3: 3, 4: 1, 137: 1, 168: 1, 169: 1, 194: 1, 127: 1} {
-			cmd := exec.Command("sh", "-c", script)
-			cmd.Env = append(os.Environ(), "ARGS="+argsFile, "PHASE="+ph.Command, "CODE="+strconv.Itoa(code))
-			out, err := cmd.Output()
-			got := 0
-			if ee, ok := err.(*exec.ExitError); ok {
-				got = ee.ExitCode()
-			} else if err != nil {
-				t.Fatal(err)
+			for config, env := range map[string][]string{
+				agent.DefaultConfigPath:    nil, // an agent before ENV_VAR
+				"/etc/app/patchagent.yaml": {"SSM_ConfigPath=/etc/app/patchagent.yaml"},
+			} {
+				out, got := runScript(t, script, fake, append(env, "ARGS="+argsFile, "PHASE="+ph.Command, "CODE="+strconv.Itoa(code))...)
+				if got != want {
+					t.Errorf("%s: patchagent exiting %d: script exited %d, want %d", ph.File, code, got, want)
+				}
+				if first, _, _ := strings.Cut(out, "\n"); first != ph.Command+" ok: verdict" {
+					t.Errorf("%s: first line of stdout %q, want patchagent's verdict", ph.File, first)
+				}
+				args, _ := os.ReadFile(argsFile)
+				if want := ph.Command + " --config " + config + "\n"; string(args) != want {
+					t.Errorf("%s: patchagent called with %q, want %q (env %v)", ph.File, args, want, env)
+				}
 			}
-			if got != want {
-				t.Errorf("%s: patchagent exiting %d: script exited %d, want %d", ph.File, code, got, want)
-			}
-			if first, _, _ := strings.Cut(string(out), "\n"); first != ph.Command+" ok: verdict" {
-				t.Errorf("%s: first line of stdout %q, want patchagent's verdict", ph.File, first)
-			}
-			args, _ := os.ReadFile(argsFile)
-			if want := ph.Command + " --config " + agent.DefaultConfigPath + "\n"; string(args) != want {
-				t.Errorf("%s: patchagent called with %q, want %q", ph.File, args, want)
+		}
+	}
+}
+
+// TestMissingPatchagent: on a node without patchagent each document fails
+// with status 1 (not the shell's 127) and a first line that says how to
+// install it: the package, or the Distributor package through
+// AWS-ConfigureAWSPackage.
+func TestMissingPatchagent(t *testing.T) {
+	for ph, script := range scripts(t) {
+		missing := filepath.Join(t.TempDir(), "patchagent")
+		out, code := runScript(t, script, missing)
+		if code != 1 {
+			t.Errorf("%s: without patchagent the script exited %d, want 1", ph.File, code)
+		}
+		first, _, _ := strings.Cut(out, "\n")
+		for _, want := range []string{"patchagent " + ph.Command + ": not installed", missing, "patchagent package", "AWS-ConfigureAWSPackage", "name patchagent"} {
+			if !strings.Contains(first, want) {
+				t.Errorf("%s: first line %q does not say %q", ph.File, first, want)
 			}
 		}
 	}

@@ -31,6 +31,9 @@ type module struct {
 	resources map[string]*hclsyntax.Block // "type.name"
 	outputs   map[string]*hclsyntax.Block
 	terraform []*hclsyntax.Block
+	locals    map[string]*hclsyntax.Attribute
+	data      map[string]*hclsyntax.Block // "type.name"
+	moved     []*hclsyntax.Block
 }
 
 func load(t *testing.T) *module {
@@ -46,7 +49,8 @@ func load(t *testing.T) *module {
 	}
 	p := hclparse.NewParser()
 	seen := map[string]bool{}
-	m := &module{dir: dir, variables: map[string]*hclsyntax.Block{}, resources: map[string]*hclsyntax.Block{}, outputs: map[string]*hclsyntax.Block{}}
+	m := &module{dir: dir, variables: map[string]*hclsyntax.Block{}, resources: map[string]*hclsyntax.Block{}, outputs: map[string]*hclsyntax.Block{},
+		locals: map[string]*hclsyntax.Attribute{}, data: map[string]*hclsyntax.Block{}}
 	for _, path := range paths {
 		src, err := os.ReadFile(path)
 		if err != nil {
@@ -71,10 +75,21 @@ func load(t *testing.T) *module {
 				m.outputs[key] = b
 			case "terraform":
 				m.terraform = append(m.terraform, b)
+			case "data":
+				m.data[key] = b
+			case "moved":
+				m.moved = append(m.moved, b)
+			case "locals":
+				for name, a := range b.Body.Attributes {
+					if m.locals[name] != nil {
+						t.Errorf("duplicate local %s", name)
+					}
+					m.locals[name] = a
+				}
 			default:
 				t.Errorf("%s: unexpected block %s %v", path, b.Type, b.Labels)
 			}
-			if seen[b.Type+" "+key] && b.Type != "terraform" {
+			if seen[b.Type+" "+key] && b.Type != "terraform" && b.Type != "locals" && b.Type != "moved" {
 				t.Errorf("duplicate %s %s", b.Type, key)
 			}
 			seen[b.Type+" "+key] = true
@@ -121,6 +136,7 @@ func functions() map[string]function.Function {
 	return map[string]function.Function{
 		"file": fileFunc, "merge": stdlib.MergeFunc, "can": tryfunc.CanFunc,
 		"regex": stdlib.RegexFunc, "contains": stdlib.ContainsFunc, "length": lengthFunc,
+		"jsonencode": stdlib.JSONEncodeFunc,
 	}
 }
 
@@ -167,6 +183,52 @@ func (m *module) evalContext(t *testing.T, overrides map[string]cty.Value) *hcl.
 		}
 	}
 	ctx.Variables["aws_ssm_document"] = cty.ObjectVal(docs)
+	// The other resources' attributes are known after apply: placeholders
+	// "type.name.attribute", in a one-element tuple for a counted resource.
+	others := map[string]map[string]cty.Value{}
+	for key, b := range m.resources {
+		typ, name, _ := strings.Cut(key, ".")
+		if typ == "aws_ssm_document" {
+			continue
+		}
+		attrs := map[string]cty.Value{}
+		for _, a := range []string{"id", "arn", "name", "association_id", "association_name"} {
+			attrs[a] = cty.StringVal(key + "." + a)
+		}
+		v := cty.ObjectVal(attrs)
+		if b.Body.Attributes["count"] != nil {
+			v = cty.TupleVal([]cty.Value{v})
+		}
+		if others[typ] == nil {
+			others[typ] = map[string]cty.Value{}
+		}
+		others[typ][name] = v
+	}
+	for typ, byName := range others {
+		ctx.Variables[typ] = cty.ObjectVal(byName)
+	}
+	ctx.Variables["data"] = cty.ObjectVal(map[string]cty.Value{
+		"aws_partition": cty.ObjectVal(map[string]cty.Value{"current": cty.ObjectVal(map[string]cty.Value{"partition": cty.StringVal("aws")})}),
+	})
+	// Locals may use one another: evaluate until all are known.
+	locals := map[string]cty.Value{}
+	for len(locals) < len(m.locals) {
+		progress := false
+		ctx.Variables["local"] = cty.ObjectVal(locals)
+		for name, a := range m.locals {
+			if _, done := locals[name]; done {
+				continue
+			}
+			if v, diags := a.Expr.Value(ctx); !diags.HasErrors() {
+				locals[name] = v
+				progress = true
+			}
+		}
+		if !progress {
+			t.Fatalf("locals do not evaluate: %d of %d known", len(locals), len(m.locals))
+		}
+	}
+	ctx.Variables["local"] = cty.ObjectVal(locals)
 	return ctx
 }
 
@@ -255,6 +317,9 @@ func TestAssociation(t *testing.T) {
 	} {
 		ctx := m.evalContext(t, over)
 		vars := ctx.Variables["var"].AsValueMap()
+		if n := count(t, ctx, b); n != 1 {
+			t.Errorf("association count %d with the default schedule_mode, want 1", n)
+		}
 		str := func(name string) string { return eval(t, ctx, attr(t, b, name)).AsString() }
 		if got := str("name"); got != "AWS-RunPatchBaselineWithHooks" {
 			t.Errorf("name %q", got)
@@ -267,7 +332,6 @@ func TestAssociation(t *testing.T) {
 				t.Errorf("%s = %q, want var.%s", a, got, v)
 			}
 		}
-		params := eval(t, ctx, attr(t, b, "parameters")).AsValueMap()
 		want := map[string]string{
 			"Operation":              "Install",
 			"RebootOption":           vars["reboot_option"].AsString(),
@@ -278,13 +342,19 @@ func TestAssociation(t *testing.T) {
 		if id := vars["snapshot_id"].AsString(); id != "" {
 			want["SnapshotId"] = id
 		}
-		got := map[string]string{}
-		for k, v := range params {
-			got[k] = v.AsString()
-		}
-		if !mapsEqual(got, want) {
+		if got := stringMap(eval(t, ctx, attr(t, b, "parameters"))); !mapsEqual(got, want) {
 			t.Errorf("parameters = %v, want %v", got, want)
 		}
+	}
+	// The association gained a count: a moved block keeps the deployed one.
+	moved := false
+	for _, mb := range m.moved {
+		from := string(attr(t, mb, "from").Expr.Range().SliceBytes(mustRead(t, filepath.Join(m.dir, "main.tf"))))
+		to := string(attr(t, mb, "to").Expr.Range().SliceBytes(mustRead(t, filepath.Join(m.dir, "main.tf"))))
+		moved = moved || from == "aws_ssm_association.patch" && to == "aws_ssm_association.patch[0]"
+	}
+	if !moved {
+		t.Error("no moved block from aws_ssm_association.patch to aws_ssm_association.patch[0]")
 	}
 	ctx := m.evalContext(t, baseVars)
 	var targets []*hclsyntax.Block
@@ -319,6 +389,25 @@ func TestAssociation(t *testing.T) {
 	}
 }
 
+func stringMap(v cty.Value) map[string]string {
+	out := map[string]string{}
+	for k, e := range v.AsValueMap() {
+		out[k] = e.AsString()
+	}
+	return out
+}
+
+// count evaluates a resource's count (1 without one).
+func count(t *testing.T, ctx *hcl.EvalContext, b *hclsyntax.Block) int64 {
+	t.Helper()
+	a, ok := b.Body.Attributes["count"]
+	if !ok {
+		return 1
+	}
+	n, _ := eval(t, ctx, a).AsBigFloat().Int64()
+	return n
+}
+
 func mapsEqual(a, b map[string]string) bool {
 	if len(a) != len(b) {
 		return false
@@ -337,7 +426,15 @@ func mapsEqual(a, b map[string]string) bool {
 var knownAttrs = map[string][]string{
 	"aws_ssm_document":    {"name", "document_type", "document_format", "content", "target_type", "version_name", "tags", "permissions", "attachments_source"},
 	"aws_iam_policy":      {"name", "name_prefix", "description", "path", "policy", "tags", "count"},
-	"aws_ssm_association": {"name", "association_name", "parameters", "targets", "schedule_expression", "apply_only_at_cron_interval", "max_concurrency", "max_errors", "output_location", "compliance_severity", "sync_compliance", "calendar_names", "document_version", "automation_target_parameter_name", "wait_for_success_timeout_seconds", "tags", "instance_id"},
+	"aws_ssm_association": {"name", "association_name", "parameters", "targets", "schedule_expression", "apply_only_at_cron_interval", "max_concurrency", "max_errors", "output_location", "compliance_severity", "sync_compliance", "calendar_names", "document_version", "automation_target_parameter_name", "wait_for_success_timeout_seconds", "tags", "instance_id", "count"},
+	// r/ssm_maintenance_window, r/ssm_maintenance_window_target,
+	// r/ssm_maintenance_window_task, r/cloudwatch_event_rule,
+	// r/cloudwatch_event_target.
+	"aws_ssm_maintenance_window":        {"name", "schedule", "duration", "cutoff", "allow_unassociated_targets", "description", "enabled", "end_date", "schedule_timezone", "schedule_offset", "start_date", "tags", "count"},
+	"aws_ssm_maintenance_window_target": {"window_id", "resource_type", "targets", "name", "description", "owner_information", "count"},
+	"aws_ssm_maintenance_window_task":   {"window_id", "task_arn", "task_type", "name", "description", "priority", "cutoff_behavior", "max_concurrency", "max_errors", "service_role_arn", "targets", "task_invocation_parameters", "count"},
+	"aws_cloudwatch_event_rule":         {"name", "name_prefix", "description", "event_pattern", "event_bus_name", "schedule_expression", "role_arn", "state", "tags", "count"},
+	"aws_cloudwatch_event_target":       {"rule", "target_id", "arn", "event_bus_name", "input", "input_path", "role_arn", "count"},
 }
 
 // TestReferences: every var.X is declared, every variable is used, every
@@ -360,7 +457,16 @@ func TestReferences(t *testing.T) {
 					if _, ok := m.variables[name]; !ok {
 						t.Errorf("%s: var.%s is not declared", where, name)
 					}
-				case "path", "output_location":
+				case "local":
+					if name := tr[1].(hcl.TraverseAttr).Name; m.locals[name] == nil {
+						t.Errorf("%s: local.%s is not declared", where, name)
+					}
+				case "data":
+					key := tr[1].(hcl.TraverseAttr).Name + "." + tr[2].(hcl.TraverseAttr).Name
+					if _, ok := m.data[key]; !ok {
+						t.Errorf("%s: data.%s is not declared", where, key)
+					}
+				case "path", "output_location", "parameter":
 				default:
 					if len(tr) < 2 {
 						t.Errorf("%s: unknown reference %s", where, root)
@@ -398,6 +504,9 @@ func TestReferences(t *testing.T) {
 			}
 		}
 	}
+	for name, a := range m.locals {
+		check("local "+name, &hclsyntax.Body{Attributes: hclsyntax.Attributes{name: a}})
+	}
 	for key, b := range m.outputs {
 		check("output "+key, b.Body)
 		if b.Body.Attributes["description"] == nil || b.Body.Attributes["value"] == nil {
@@ -424,7 +533,14 @@ func TestVariables(t *testing.T) {
 		"name_prefix":           {"aws-hooks", "ab", "has space"},
 		"compliance_severity":   {"high"},
 		"output_s3_bucket_name": {"Upper_Case"},
-		"tag_value":             {""},
+		"tag_value":             {"", "a,b", "a;b", "a*"},
+		"schedule_mode":         {"", "window", "Association"},
+		"failure_topic_arn":     {"patch-alerts", "arn:aws:sqs:eu-west-1:123456789012:patch-alerts", "arn:aws:sns:eu-west-1:123456789012:"},
+	}
+	good := map[string][]string{
+		"tag_value":         {"my-app", "Web Tier 1", "é_.:/=+-@"},
+		"schedule_mode":     {"association", "maintenance-window"},
+		"failure_topic_arn": {"", "arn:aws:sns:eu-west-1:123456789012:patch-alerts", "arn:aws-us-gov:sns:us-gov-west-1:123456789012:a_b-c"},
 	}
 	for name, b := range m.variables {
 		for _, a := range []string{"type", "description"} {
@@ -466,6 +582,11 @@ func TestVariables(t *testing.T) {
 				t.Errorf("variable %s: validation accepts %q", name, s)
 			}
 		}
+		for _, s := range good[name] {
+			if !valid(cty.StringVal(s)) {
+				t.Errorf("variable %s: validation refuses %q", name, s)
+			}
+		}
 	}
 	if _, ok := m.variables["tag_value"].Body.Attributes["default"]; ok {
 		t.Error("tag_value has a default: the deployer must choose the nodes")
@@ -495,6 +616,7 @@ func TestSameDefaultsAsCloudFormation(t *testing.T) {
 		"name_prefix": "NamePrefix", "tag_key": "TagKey", "tag_value": "TagValue", "schedule_expression": "ScheduleExpression",
 		"reboot_option": "RebootOption", "snapshot_id": "SnapshotId", "max_concurrency": "MaxConcurrency", "max_errors": "MaxErrors",
 		"compliance_severity": "ComplianceSeverity", "output_s3_bucket_name": "OutputS3BucketName", "output_s3_key_prefix": "OutputS3KeyPrefix",
+		"schedule_mode": "ScheduleMode", "failure_topic_arn": "FailureTopicArn",
 	}
 	for tf, cf := range pairs {
 		b, ok := m.variables[tf]
@@ -538,6 +660,205 @@ func TestVersions(t *testing.T) {
 	aws := eval(t, nil, attr(t, rp, "aws"))
 	if aws.GetAttr("source").AsString() != "hashicorp/aws" || aws.GetAttr("version").AsString() == "" {
 		t.Errorf("aws provider %#v: want source hashicorp/aws and a version constraint", aws)
+	}
+	// The floor: aws_ssm_association's tags argument came with 5.58.0
+	// (hashicorp/terraform-provider-aws#38271); an older provider rejects
+	// main.tf. The association must still set tags, or the floor is moot.
+	var floor string
+	for _, c := range strings.Split(aws.GetAttr("version").AsString(), ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(c), ">="); ok {
+			floor = strings.TrimSpace(v)
+		}
+	}
+	if floor != "5.58.0" {
+		t.Errorf("aws provider floor %q, want 5.58.0 (aws_ssm_association tags)", floor)
+	}
+	if m.resources["aws_ssm_association.patch"].Body.Attributes["tags"] == nil {
+		t.Error("aws_ssm_association.patch sets no tags: revisit the provider floor")
+	}
+}
+
+// TestTags: every taggable resource gets tag_key = tag_value (as the
+// CloudFormation template tags its documents and window) merged with
+// var.tags, which may add tags but not replace the nodes' one by accident.
+func TestTags(t *testing.T) {
+	m := load(t)
+	ctx := m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "tags": cty.MapVal(map[string]cty.Value{"Team": cty.StringVal("web")})})
+	want := map[string]string{"PatchGroup": "my-app", "Team": "web"}
+	taggable := 0
+	for key, b := range m.resources {
+		typ, _, _ := strings.Cut(key, ".")
+		if !slices.Contains(knownAttrs[typ], "tags") {
+			continue
+		}
+		taggable++
+		a, ok := b.Body.Attributes["tags"]
+		if !ok {
+			t.Errorf("%s: no tags", key)
+			continue
+		}
+		if got := stringMap(eval(t, ctx, a)); !mapsEqual(got, want) {
+			t.Errorf("%s: tags = %v, want %v", key, got, want)
+		}
+	}
+	if taggable < 7 {
+		t.Errorf("%d taggable resources, want the 3 documents, the association, the window, the rule and the 2 policies", taggable)
+	}
+}
+
+// TestScheduleMode: schedule_mode "maintenance-window" replaces the
+// association with a window on the same schedule, a target by the same tag
+// and a Run Command task with the association's parameters and rate
+// controls, run with the service-linked role (no service_role_arn).
+func TestScheduleMode(t *testing.T) {
+	m := load(t)
+	window := []string{"aws_ssm_maintenance_window.patch", "aws_ssm_maintenance_window_target.patch", "aws_ssm_maintenance_window_task.patch"}
+	for _, mode := range []string{"association", "maintenance-window"} {
+		ctx := m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "schedule_mode": cty.StringVal(mode)})
+		if n := count(t, ctx, m.resources["aws_ssm_association.patch"]); (n == 1) != (mode == "association") {
+			t.Errorf("%s: association count %d", mode, n)
+		}
+		for _, key := range window {
+			if n := count(t, ctx, m.resources[key]); (n == 1) != (mode == "maintenance-window") {
+				t.Errorf("%s: %s count %d", mode, key, n)
+			}
+		}
+	}
+	vars := map[string]cty.Value{
+		"tag_value": cty.StringVal("my-app"), "schedule_mode": cty.StringVal("maintenance-window"), "snapshot_id": cty.StringVal("4e8a3d0f-1c2b-4a5e-9f6d-7b8c9d0e1f2a"),
+		"max_concurrency": cty.StringVal("2"), "max_errors": cty.StringVal("1"), "output_s3_bucket_name": cty.StringVal("my-ssm-output"),
+	}
+	ctx := m.evalContext(t, vars)
+	str := func(key, name string) string { return eval(t, ctx, attr(t, m.resources[key], name)).AsString() }
+	num := func(key, name string) int64 {
+		n, _ := eval(t, ctx, attr(t, m.resources[key], name)).AsBigFloat().Int64()
+		return n
+	}
+	if got := str(window[0], "schedule"); got != "cron(0 3 ? * SUN *)" {
+		t.Errorf("window schedule %q, want var.schedule_expression", got)
+	}
+	if d, c := num(window[0], "duration"), num(window[0], "cutoff"); d != 4 || c != 1 {
+		t.Errorf("window duration %d cutoff %d, want 4 and 1 (as the CloudFormation template)", d, c)
+	}
+	task := m.resources[window[2]]
+	for name, want := range map[string]string{"task_arn": "AWS-RunPatchBaselineWithHooks", "task_type": "RUN_COMMAND", "cutoff_behavior": "CANCEL_TASK", "max_concurrency": "2", "max_errors": "1"} {
+		if got := str(window[2], name); got != want {
+			t.Errorf("task %s = %q, want %q", name, got, want)
+		}
+	}
+	if task.Body.Attributes["service_role_arn"] != nil {
+		t.Error("the task sets service_role_arn: the module documents the service-linked role")
+	}
+	blocks := func(b *hclsyntax.Block, typ string) []*hclsyntax.Block {
+		var out []*hclsyntax.Block
+		for _, nb := range b.Body.Blocks {
+			if nb.Type == typ || nb.Type == "dynamic" && nb.Labels[0] == typ {
+				out = append(out, nb)
+			}
+		}
+		if len(out) != 1 {
+			t.Fatalf("%s %v: %d %s blocks, want 1", b.Type, b.Labels, len(out), typ)
+		}
+		return out
+	}
+	target := blocks(m.resources[window[1]], "targets")[0]
+	if k, v := eval(t, ctx, attr(t, target, "key")).AsString(), eval(t, ctx, attr(t, target, "values")); k != "tag:PatchGroup" || v.LengthInt() != 1 || v.Index(cty.NumberIntVal(0)).AsString() != "my-app" {
+		t.Errorf("window target %s = %#v, want tag:PatchGroup = [my-app]", k, v)
+	}
+	tt := blocks(task, "targets")[0]
+	if k, v := eval(t, ctx, attr(t, tt, "key")).AsString(), eval(t, ctx, attr(t, tt, "values")); k != "WindowTargetIds" || v.Index(cty.NumberIntVal(0)).AsString() != "aws_ssm_maintenance_window_target.patch.id" {
+		t.Errorf("task targets %s = %#v, want WindowTargetIds = [the window target]", k, v)
+	}
+	rc := blocks(blocks(task, "task_invocation_parameters")[0], "run_command_parameters")[0]
+	if got := eval(t, ctx, attr(t, rc, "output_s3_bucket")).AsString(); got != "my-ssm-output" {
+		t.Errorf("task output_s3_bucket %q", got)
+	}
+	if got := eval(t, ctx, attr(t, rc, "output_s3_key_prefix")).AsString(); got != "patchagent/" {
+		t.Errorf("task output_s3_key_prefix %q", got)
+	}
+	// One parameter block per association parameter: the same local.
+	param := blocks(rc, "parameter")[0]
+	fe := attr(t, param, "for_each").Expr.Variables()
+	assoc := attr(t, m.resources["aws_ssm_association.patch"], "parameters").Expr.Variables()
+	if len(fe) != 1 || len(assoc) != 1 || fe[0].RootName() != "local" || assoc[0].RootName() != "local" ||
+		fe[0][1].(hcl.TraverseAttr).Name != "patch_parameters" || assoc[0][1].(hcl.TraverseAttr).Name != "patch_parameters" {
+		t.Error("the task's parameter blocks and the association's parameters must both be local.patch_parameters")
+	}
+	if got := stringMap(ctx.Variables["local"].GetAttr("patch_parameters")); got["SnapshotId"] != "4e8a3d0f-1c2b-4a5e-9f6d-7b8c9d0e1f2a" || got["Operation"] != "Install" || len(got) != 6 {
+		t.Errorf("local.patch_parameters = %v", got)
+	}
+	content := blocks(param, "content")[0]
+	if n, v := string(attr(t, content, "name").Expr.Range().SliceBytes(mustRead(t, filepath.Join(m.dir, "main.tf")))), string(attr(t, content, "values").Expr.Range().SliceBytes(mustRead(t, filepath.Join(m.dir, "main.tf")))); n != "parameter.key" || v != "[parameter.value]" {
+		t.Errorf("parameter content name = %s, values = %s; want parameter.key and [parameter.value]", n, v)
+	}
+	// Without a bucket the task names none (null, not "").
+	ctx = m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "schedule_mode": cty.StringVal("maintenance-window")})
+	if v := eval(t, ctx, attr(t, rc, "output_s3_bucket")); !v.IsNull() {
+		t.Errorf("task output_s3_bucket %#v without output_s3_bucket_name, want null", v)
+	}
+}
+
+// TestFailureRule: with failure_topic_arn, an EventBridge rule sends the
+// failed and timed-out runs to the topic: the association's instance
+// association events, or the patch document's Run Command invocations under
+// a maintenance window. The same patterns as the CloudFormation template.
+func TestFailureRule(t *testing.T) {
+	m := load(t)
+	topic := "arn:aws:sns:eu-west-1:123456789012:patch-alerts"
+	rule, target := m.resources["aws_cloudwatch_event_rule.failure"], m.resources["aws_cloudwatch_event_target.failure"]
+	if rule == nil || target == nil {
+		t.Fatal("no aws_cloudwatch_event_rule.failure or aws_cloudwatch_event_target.failure")
+	}
+	ctx := m.evalContext(t, baseVars)
+	if count(t, ctx, rule) != 0 || count(t, ctx, target) != 0 {
+		t.Error("a failure rule without failure_topic_arn")
+	}
+	for mode, detail := range map[string]string{
+		"association":        `{"detail":{"association-id":["aws_ssm_association.patch.association_id"],"status":["Failed","TimedOut"]},"detail-type":["EC2 State Manager Instance Association State Change"],"source":["aws.ssm"]}`,
+		"maintenance-window": `{"detail":{"document-name":["AWS-RunPatchBaselineWithHooks"],"status":["Failed","TimedOut"]},"detail-type":["EC2 Command Invocation Status-change Notification"],"source":["aws.ssm"]}`,
+	} {
+		ctx := m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "schedule_mode": cty.StringVal(mode), "failure_topic_arn": cty.StringVal(topic)})
+		if count(t, ctx, rule) != 1 || count(t, ctx, target) != 1 {
+			t.Errorf("%s: no failure rule and target with failure_topic_arn", mode)
+		}
+		if got := eval(t, ctx, attr(t, rule, "event_pattern")).AsString(); got != detail {
+			t.Errorf("%s: event_pattern\n%s\nwant\n%s", mode, got, detail)
+		}
+		if got := eval(t, ctx, attr(t, target, "arn")).AsString(); got != topic {
+			t.Errorf("%s: target arn %q, want the topic", mode, got)
+		}
+		if got := eval(t, ctx, attr(t, target, "rule")).AsString(); got != "aws_cloudwatch_event_rule.failure.name" {
+			t.Errorf("%s: target rule %q, want the failure rule", mode, got)
+		}
+	}
+}
+
+// TestOutputPolicy: with output_s3_bucket_name, a managed policy for the
+// instance profile allows PutObject under the key prefix only and reading
+// the bucket's encryption configuration, in the current partition.
+func TestOutputPolicy(t *testing.T) {
+	m := load(t)
+	b := m.resources["aws_iam_policy.output"]
+	if b == nil {
+		t.Fatal("no aws_iam_policy.output")
+	}
+	if count(t, m.evalContext(t, baseVars), b) != 0 {
+		t.Error("an output policy without output_s3_bucket_name")
+	}
+	for prefix, want := range map[string]string{
+		"patchagent/": `{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output/patchagent/*"},{"Action":"s3:GetEncryptionConfiguration","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output"}],"Version":"2012-10-17"}`,
+		"":            `{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output/*"},{"Action":"s3:GetEncryptionConfiguration","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output"}],"Version":"2012-10-17"}`,
+	} {
+		ctx := m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "output_s3_bucket_name": cty.StringVal("my-ssm-output"), "output_s3_key_prefix": cty.StringVal(prefix)})
+		if count(t, ctx, b) != 1 {
+			t.Errorf("prefix %q: no output policy with output_s3_bucket_name", prefix)
+		}
+		if got := eval(t, ctx, attr(t, b, "policy")).AsString(); got != want {
+			t.Errorf("prefix %q: policy\n%s\nwant\n%s", prefix, got, want)
+		}
+	}
+	if o := m.outputs["output_policy_arn"]; o == nil || !strings.Contains(string(attr(t, o, "value").Expr.Range().SliceBytes(mustRead(t, filepath.Join(m.dir, "outputs.tf")))), "aws_iam_policy.output[*].arn") {
+		t.Error("no output output_policy_arn with the policy's ARN")
 	}
 }
 

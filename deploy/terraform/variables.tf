@@ -24,9 +24,33 @@ variable "tag_value" {
   description = "Tag value of the target nodes."
   type        = string
 
+  # The characters an SSM tag value allows: the module's resources carry
+  # tag_key = tag_value too.
   validation {
-    condition     = length(var.tag_value) >= 1 && length(var.tag_value) <= 256
-    error_message = "tag_value must be 1-256 characters."
+    condition     = can(regex("^[\\p{L}\\p{Z}\\p{N}_.:/=+@-]{1,256}$", var.tag_value))
+    error_message = "tag_value must be 1-256 letters, digits, spaces or _.:/=+-@."
+  }
+}
+
+variable "schedule_mode" {
+  description = "How the patch document is scheduled: association, a State Manager association (compliance reported per node); maintenance-window, a maintenance window of 4 hours (no new node started in its last hour) with a Run Command task, run with the Systems Manager service-linked role. Both use schedule_expression, max_concurrency and max_errors."
+  type        = string
+  default     = "association"
+
+  validation {
+    condition     = contains(["association", "maintenance-window"], var.schedule_mode)
+    error_message = "schedule_mode must be association or maintenance-window."
+  }
+}
+
+variable "failure_topic_arn" {
+  description = "Optional ARN of an existing SNS topic told of failed and timed-out patch runs (an EventBridge rule). Its topic policy must allow events.amazonaws.com to sns:Publish (and its KMS key, if encrypted, to use the key). Empty for none."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = can(regex("^(arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256})?$", var.failure_topic_arn))
+    error_message = "failure_topic_arn must be empty or an SNS topic ARN."
   }
 }
 
@@ -119,7 +143,7 @@ variable "output_s3_key_prefix" {
 }
 
 variable "tags" {
-  description = "Tags added to the documents and the association."
+  description = "Tags added to every resource of the module, besides tag_key = tag_value."
   type        = map(string)
   default     = {}
 }
