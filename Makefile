@@ -17,6 +17,12 @@ SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH
 PATCHAGENT_SIGNING_KEY ?=
 STATICCHECK := $(CURDIR)/.cache/bin/staticcheck
+# nfpm builds the packages; v2.48.0 writes the rpm payload's cpio names
+# relative (./usr/bin/...), as rpmbuild does: v2.45.2's absolute names made
+# rpm2cpio | cpio -id (and rpmlint) write into /. Installed per version, so
+# a bump takes effect.
+NFPM_VERSION := v2.48.0
+NFPM         := $(CURDIR)/.cache/nfpm-$(NFPM_VERSION)/nfpm
 # Fuzz budgets are execution counts, about 10 s each here: a duration races
 # the fuzz coordinator's own deadline in Go 1.26 and can fail a clean run with
 # "context deadline exceeded" (go.dev/issue/75804, fixed in Go 1.27).
@@ -24,7 +30,7 @@ FUZZ_CONFIG  ?= 80000x
 FUZZ_DIAG    ?= 300000x
 FUZZ_REQUEST ?= 120000x
 
-.PHONY: all build setup lint unit integration fuzz test demo bench fleet-bench clean package distributor
+.PHONY: all build setup lint unit integration fuzz test demo bench fleet-bench clean package distributor nfpm-path
 
 all: build
 
@@ -91,8 +97,8 @@ fleet-bench: setup build
 	$(GO) run ./deploy/testbed/bench -fleet 4 -n 2 -out bench-results/fleet -patchagent $(BIN)
 
 # dist/patchagent_<version>_<arch>.deb and dist/patchagent-<version>.<arch>.rpm
-# for each of ARCHES, from packaging/nfpm.yaml (nfpm v2.45.2, installed into
-# .cache/bin when missing), the binaries in dist/<arch>/; the package version
+# for each of ARCHES, from packaging/nfpm.yaml (nfpm NFPM_VERSION, installed
+# into .cache when missing), the binaries in dist/<arch>/; the package version
 # comes from packaging/version.sh, every mtime from SOURCE_DATE_EPOCH. With
 # PATCHAGENT_SIGNING_KEY (an armored OpenPGP private key file; a passphrase
 # in NFPM_PASSPHRASE) the packages are signed, else they are not, and it
@@ -105,10 +111,10 @@ package:
 	gzip -9n -c packaging/man/patchagent.8 > dist/patchagent.8.gz
 	dist/$(HOSTARCH)/patchagent completion bash > dist/patchagent.bash
 	dist/$(HOSTARCH)/patchagent completion zsh > dist/_patchagent
-	[ -x $(CURDIR)/.cache/bin/nfpm ] || GOBIN=$(CURDIR)/.cache/bin $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+	[ -x $(NFPM) ] || GOBIN=$(dir $(NFPM)) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
 	rm -f dist/patchagent_*.deb dist/patchagent-*.rpm
 	for arch in $(ARCHES); do for format in deb rpm; do \
-		GOARCH=$$arch PKG_VERSION=$(VERSION) PATCHAGENT_SIGNING_KEY=$(PATCHAGENT_SIGNING_KEY) $(CURDIR)/.cache/bin/nfpm package -f packaging/nfpm.yaml -p $$format -t dist/ || exit 1; \
+		GOARCH=$$arch PKG_VERSION=$(VERSION) PATCHAGENT_SIGNING_KEY=$(PATCHAGENT_SIGNING_KEY) $(NFPM) package -f packaging/nfpm.yaml -p $$format -t dist/ || exit 1; \
 	done; done
 	@if [ -n "$(PATCHAGENT_SIGNING_KEY)" ]; then echo "package: signed with $(PATCHAGENT_SIGNING_KEY)"; \
 	else echo "package: the packages are UNSIGNED (set PATCHAGENT_SIGNING_KEY to an armored OpenPGP private key file to sign them)"; fi
@@ -120,3 +126,7 @@ distributor: package
 
 clean:
 	rm -rf bin .cache dist
+
+# The nfpm binary package builds use (for the packaging tests).
+nfpm-path:
+	@echo $(NFPM)

@@ -1,7 +1,7 @@
 // Package packaging holds what installs patchagent on a node; it has no code
 // of its own, only its tests.
 //
-//   - nfpm.yaml: the deb and rpm (`make package`, nfpm v2.45.2): the static
+//   - nfpm.yaml: the deb and rpm (`make package`, nfpm v2.48.0): the static
 //     binary, the systemd units (systemd/), /etc/patchagent/config.yaml
 //     (config.yaml: a conffile, 0600 root, app.name left empty), the man page
 //     (man/patchagent.8), the bash and zsh completions (`patchagent

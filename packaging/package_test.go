@@ -8,6 +8,7 @@ import (
 	"debug/elf"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 	"regexp"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -503,7 +505,8 @@ func TestSignedPackages(t *testing.T) {
 	}
 	for _, format := range []string{"deb", "rpm"} {
 		root, _ := filepath.Abs("..")
-		cmd := exec.Command(filepath.Join(root, ".cache/bin/nfpm"), "package", "-f", "packaging/nfpm.yaml", "-p", format, "-t", out)
+		nfpm := strings.TrimSpace(output(t, "make", "-s", "-C", "..", "nfpm-path"))
+		cmd := exec.Command(nfpm, "package", "-f", "packaging/nfpm.yaml", "-p", format, "-t", out)
 		cmd.Dir = root
 		cmd.Env = append(os.Environ(), "GOARCH=amd64", "PKG_VERSION="+pkgVersion(t), "PATCHAGENT_SIGNING_KEY="+secret)
 		if b, err := cmd.CombinedOutput(); err != nil {
@@ -554,5 +557,61 @@ func TestSignedPackages(t *testing.T) {
 	}
 	if b, err := verify(deb); err == nil {
 		t.Errorf("debsig-verify accepts the unsigned deb:\n%s", b)
+	}
+}
+
+// TestRPMPayloadNamesAreRelative: every cpio member of the rpm's payload is
+// named ./path, as rpmbuild writes it, so that rpm2cpio | cpio -id unpacks
+// into the current directory, not into / (nfpm before v2.48.0 wrote
+// absolute names). The names are read from rpm2cpio's output here; nothing
+// is unpacked.
+func TestRPMPayloadNamesAreRelative(t *testing.T) {
+	need(t, "rpm2cpio")
+	_, rpm := built(t)
+	arm, _ := filepath.Glob("../dist/patchagent-*.aarch64.rpm")
+	for _, pkg := range append([]string{rpm}, arm...) {
+		payload, err := exec.Command("rpm2cpio", pkg).Output()
+		if err != nil {
+			t.Fatalf("rpm2cpio %s: %v", pkg, err)
+		}
+		names, err := cpioNames(payload)
+		if err != nil {
+			t.Fatalf("%s: %v", pkg, err)
+		}
+		if len(names) < 5 {
+			t.Fatalf("%s: payload names %q", pkg, names)
+		}
+		for _, n := range names {
+			if !strings.HasPrefix(n, "./") {
+				t.Errorf("%s: payload member %q is not ./-relative", filepath.Base(pkg), n)
+			}
+		}
+	}
+}
+
+// cpioNames lists the member names of a newc ("070701") cpio archive, up
+// to its TRAILER!!!.
+func cpioNames(b []byte) ([]string, error) {
+	var names []string
+	hex := func(f []byte) (int, error) {
+		n, err := strconv.ParseUint(string(f), 16, 32)
+		return int(n), err
+	}
+	align := func(i int) int { return (i + 3) &^ 3 }
+	for i := 0; ; {
+		if i+110 > len(b) || string(b[i:i+6]) != "070701" {
+			return nil, fmt.Errorf("no newc header at offset %d", i)
+		}
+		size, err1 := hex(b[i+54 : i+62])
+		nameSize, err2 := hex(b[i+94 : i+102])
+		if err1 != nil || err2 != nil || nameSize < 1 || i+110+nameSize > len(b) {
+			return nil, fmt.Errorf("bad newc header at offset %d", i)
+		}
+		name := string(b[i+110 : i+110+nameSize-1])
+		if name == "TRAILER!!!" {
+			return names, nil
+		}
+		names = append(names, name)
+		i = align(align(i+110+nameSize) + size)
 	}
 }
