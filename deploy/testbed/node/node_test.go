@@ -143,6 +143,10 @@ func buildRoot(t *testing.T, deb string) string {
 		must(t, run(ctx, "cp", filepath.Join(repoRoot(t), "deploy", "testbed", "sandbox", "app", f), app))
 	}
 	must(t, run(ctx, "chroot", dir, "chown", "-R", "app:app", "/srv/app"))
+	// Set-gid, as an app dir shared by a deploy group is: node_modules
+	// inherits the bit, and post's snapshot gives it back with fchmod, which
+	// the unit's sandbox must allow (no RestrictSUIDSGID=, issue 17).
+	must(t, os.Chmod(app, 0o775|os.ModeSetgid))
 	must(t, run(ctx, "cp", deb, filepath.Join(dir, "tmp", "patchagent.deb")))
 	must(t, run(ctx, "chroot", dir, "dpkg", "-i", "/tmp/patchagent.deb"))
 	must(t, os.WriteFile(filepath.Join(dir, "etc/patchagent/config.yaml"), []byte(nodeConfigYAML), 0o600))
@@ -280,12 +284,22 @@ func TestRealNodePatchCycle(t *testing.T) {
 		"npm", "install", "--no-audit", "--no-fund", "--prefix", "/srv/app"); err != nil {
 		t.Fatalf("npm install in the app: %v\n%s", err, out)
 	}
+	// A node_modules (the app has no dependencies, npm makes none): made by
+	// the user in the set-gid app dir, so it is g+s too, and post's snapshot
+	// clones a set-gid directory.
+	if out, err := m.Output(ctx, "runuser", "-u", "app", "--", "mkdir", "/srv/app/node_modules"); err != nil {
+		t.Fatalf("mkdir node_modules: %v\n%s", err, out)
+	}
+	if out, _ := m.Output(ctx, "stat", "-c", "%A", "/srv/app/node_modules"); !strings.Contains(out, "s") {
+		t.Fatalf("node_modules is not set-gid: %s", out)
+	}
 	// The daemon is up through sd_notify: Type=notify only becomes active
 	// on READY=1, and StatusText comes from STATUS=.
 	waitFor(t, "patchagent.service active with a status", 30*time.Second, func() bool {
 		out, _ := m.Output(ctx, "systemctl", "show", "patchagent.service", "-p", "ActiveState", "-p", "StatusText")
 		return strings.Contains(out, "ActiveState=active") && strings.Contains(out, "StatusText=") && !strings.Contains(out, "StatusText=\n")
 	})
+	checkSandbox(t, m)
 	query := prometheus(t, n)
 	waitFor(t, "prometheus scraping the daemon", 30*time.Second, func() bool { return len(query(`up{job="patchagent"} == 1`)) == 1 })
 
@@ -342,6 +356,27 @@ func TestRealNodePatchCycle(t *testing.T) {
 	if out, err := m.Output(ctx, "iptables", "-S", "INPUT"); err != nil || !strings.Contains(out, "-j PATCHAGENT-BLOCK") {
 		t.Fatalf("after the boot, with nftables.service's flush: no block in INPUT (%v):\n%s", err, out)
 	}
+	// The boot step's own sandbox, run for real: with the daemon stopped,
+	// patchagent-reconcile.service runs reconcile in its process (iptables
+	// listing both backends, the state, the lock) and finds the block in
+	// place. Then the daemon again, for exit.
+	if out, err := m.Output(ctx, "systemctl", "stop", "patchagent.service"); err != nil {
+		t.Fatalf("stopping patchagent.service: %v\n%s", err, out)
+	}
+	if out, err := m.Output(ctx, "systemctl", "start", "patchagent-reconcile.service"); err != nil {
+		j, _ := m.Output(ctx, "journalctl", "-u", "patchagent-reconcile", "--no-pager", "-n", "40")
+		t.Fatalf("patchagent-reconcile.service under its sandbox: %v\n%s\n%s", err, out, j)
+	}
+	if out, _ := m.Output(ctx, "systemctl", "show", "patchagent-reconcile.service", "-p", "Result", "-p", "ExecMainStatus", "-p", "RestrictSUIDSGID", "-p", "MemoryDenyWriteExecute"); !strings.Contains(out, "Result=success") || !strings.Contains(out, "ExecMainStatus=0") || !strings.Contains(out, "RestrictSUIDSGID=yes") || !strings.Contains(out, "MemoryDenyWriteExecute=yes") {
+		t.Fatalf("patchagent-reconcile.service:\n%s", out)
+	}
+	if j, _ := m.Output(ctx, "journalctl", "-u", "patchagent-reconcile", "--no-pager", "-o", "cat"); !strings.Contains(j, "block in place") {
+		t.Fatalf("patchagent-reconcile.service did not find the block in place:\n%s", j)
+	}
+	if out, err := m.Output(ctx, "systemctl", "start", "patchagent.service"); err != nil {
+		t.Fatalf("starting patchagent.service: %v\n%s", err, out)
+	}
+	checkSandbox(t, m)
 	exitStart := time.Now()
 	if out := hook(m, "patchagent-on-exit.yaml"); !strings.HasPrefix(out, "patchagent exit: ok") {
 		t.Fatalf("exit verdict: %s", out)
@@ -373,4 +408,68 @@ func TestRealNodePatchCycle(t *testing.T) {
 		exits := query(`patchagent_phase_runs_total{phase="exit",result="ok"}`)
 		return len(open) == 1 && open[0] == 1 && len(exits) == 1 && exits[0] >= 1
 	})
+}
+
+// sandboxWant is what systemctl show must report of patchagent.service:
+// the unit's hardening (issue 17) as the node's systemd applied it.
+var sandboxWant = []string{
+	"NoNewPrivileges=yes", "RestrictNamespaces=yes", "ProtectClock=yes", "PrivateDevices=yes",
+	"PrivateTmp=yes", "PrivateMounts=yes", "ProtectSystem=full", "ProtectKernelTunables=yes",
+	"ProtectControlGroups=yes", "ProtectKernelLogs=yes", "ProtectHostname=yes",
+	"LockPersonality=yes", "RestrictRealtime=yes", "ProtectHome=no", "RestrictSUIDSGID=no",
+	"ProtectKernelModules=no", "MemoryDenyWriteExecute=no",
+}
+
+// capBnd is the daemon's capability bounding set as /proc/<pid>/status
+// shows it: CAP_CHOWN, DAC_OVERRIDE, DAC_READ_SEARCH, FOWNER, FSETID, KILL,
+// SETGID, SETUID (bits 0-7), NET_ADMIN (12), NET_RAW (13), SYS_PTRACE (19).
+const capBnd = "00000000000830ff"
+
+// checkSandbox asserts that the running daemon has its unit's sandbox:
+// the settings as systemd reports them, and the kernel's view of its main
+// process (no new privileges, a seccomp filter, the bounding set).
+func checkSandbox(t *testing.T, m *Machine) {
+	t.Helper()
+	ctx := context.Background()
+	args := []string{"systemctl", "show", "patchagent.service", "-p", "MainPID", "-p", "SystemCallFilter", "-p", "CapabilityBoundingSet"}
+	for _, w := range sandboxWant {
+		k, _, _ := strings.Cut(w, "=")
+		args = append(args, "-p", k)
+	}
+	out, err := m.Output(ctx, args...)
+	if err != nil {
+		t.Fatalf("systemctl show patchagent.service: %v\n%s", err, out)
+	}
+	props := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			props[k] = v
+		}
+	}
+	for _, w := range sandboxWant {
+		k, v, _ := strings.Cut(w, "=")
+		if props[k] != v {
+			t.Errorf("patchagent.service: %s=%s, want %s", k, props[k], v)
+		}
+	}
+	if f := props["SystemCallFilter"]; !strings.Contains(f, " setresuid ") && !strings.HasPrefix(f, "setresuid ") || strings.Contains(f, "init_module") || strings.Contains(f, "mount ") {
+		t.Errorf("patchagent.service: SystemCallFilter not @system-service: %.300s", f)
+	}
+	pid := props["MainPID"]
+	if pid == "" || pid == "0" {
+		t.Fatalf("patchagent.service has no main process:\n%s", out)
+	}
+	status, err := m.Output(ctx, "cat", "/proc/"+pid+"/status")
+	if err != nil {
+		t.Fatalf("reading the daemon's /proc status: %v\n%s", err, status)
+	}
+	for _, want := range []string{"NoNewPrivs:\t1", "Seccomp:\t2", "CapBnd:\t" + capBnd, "CapEff:\t" + capBnd} {
+		if !strings.Contains(status, want+"\n") {
+			t.Errorf("the daemon (pid %s) runs without %q:\n%s", pid, want, status)
+		}
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+	t.Logf("daemon pid %s sandboxed: %s, CapBnd %s", pid, strings.Join(sandboxWant, " "), capBnd)
 }
