@@ -519,6 +519,17 @@ func LoadConfig(path string) (Config, error) {
 	return cfg, nil
 }
 
+// ReadConfig reads a config from r (check-config --config -, stdin), at
+// most as large as a config file, and validates it; name is used in
+// messages. There is no file whose owner and mode to check.
+func ReadConfig(name string, r io.Reader) (Config, error) {
+	cfg, err := readConfig(name, r)
+	if err != nil {
+		return Config{}, configError(err)
+	}
+	return cfg, nil
+}
+
 func loadConfig(path string, ownerUID uint32) (Config, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -538,23 +549,39 @@ func loadConfig(path string, ownerUID uint32) (Config, error) {
 	if fi.Mode().Perm()&0o022 != 0 {
 		return Config{}, fmt.Errorf("loading config %s: mode %04o is group/world-writable (it names commands run as root): chmod go-w %s", path, fi.Mode().Perm(), path)
 	}
-	const maxSize = 1 << 20
+	return readConfig(path, f)
+}
+
+// maxConfigSize bounds what is read of a config.
+const maxConfigSize = 1 << 20
+
+func readConfig(name string, r io.Reader) (Config, error) {
 	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(io.LimitReader(f, maxSize+1)); err != nil {
-		return Config{}, fmt.Errorf("loading config %s: %w", path, err)
+	if _, err := buf.ReadFrom(io.LimitReader(r, maxConfigSize+1)); err != nil {
+		return Config{}, fmt.Errorf("loading config %s: %w", name, err)
 	}
-	if buf.Len() > maxSize {
-		return Config{}, fmt.Errorf("loading config %s: larger than %d bytes", path, maxSize)
+	if buf.Len() > maxConfigSize {
+		return Config{}, fmt.Errorf("loading config %s: larger than %d bytes", name, maxConfigSize)
 	}
-	return ParseConfig(path, buf.Bytes())
+	return ParseConfig(name, buf.Bytes())
 }
 
 // ParseConfig decodes data strictly over DefaultConfig and validates it.
 // name is used in messages. Every problem is reported at once.
 func ParseConfig(name string, data []byte) (Config, error) {
 	cfg := DefaultConfig()
-	var doc yaml.Node
-	if err := yaml.Unmarshal(data, &doc); err != nil {
+	var doc, next yaml.Node
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	err := dec.Decode(&doc)
+	// yaml reads one document: what follows a second "---" would be
+	// ignored, silently.
+	if err == nil {
+		if err = dec.Decode(&next); err == nil {
+			return Config{}, &ConfigError{Path: name, Problems: []Problem{{Line: next.Line, Key: "(yaml)",
+				Msg: "a second YAML document starts here: the config is one document (remove this \"---\" and move what follows into the first)"}}}
+		}
+	}
+	if !errors.Is(err, io.EOF) {
 		return Config{}, &ConfigError{Path: name, Problems: []Problem{yamlSyntaxProblem(err)}}
 	}
 	d := decoder{lines: map[string]int{}}

@@ -112,6 +112,10 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 		{"duplicate key", "app:\n  name: a\n  name: b\n", []string{"app.name"}},
 		{"syntax error", "app:\n  name: [a\n", []string{"c.yaml:line "}},
 		{"not a mapping", "- a\n- b\n", []string{"(top level): want a mapping of keys"}},
+		{"second document", "app: {name: a}\n---\ntraffic:\n  ports: [22]\n", []string{"c.yaml:line 2: (yaml): a second YAML document starts here"}},
+		{"second document, empty", "app: {name: a}\n\n--- # more\n", []string{"c.yaml:line 3: (yaml): a second YAML document starts here"}},
+		{"second document after the end marker", "app: {name: a}\n...\n---\napp: {name: b}\n", []string{"c.yaml:line 3: (yaml): a second YAML document"}},
+		{"syntax error in the second document", "app: {name: a}\n---\napp: [b\n", []string{"c.yaml:line ", "(yaml)"}},
 		{"section not a mapping", "app: web\n", []string{"line 1: app: want a mapping of keys, got the string \"web\""}},
 		{"state dir in the app dir", "app:\n  name: a\n  dir: /srv/app\ndaemon:\n  state_dir: /srv/app/.patchagent\n", []string{"daemon.state_dir: \"/srv/app/.patchagent\" is inside app.dir \"/srv/app\", which the app user controls"}},
 		{"socket in PM2_HOME", "app:\n  name: a\n  pm2_home: /home/node/.pm2\ndaemon:\n  socket: /home/node/.pm2/pa.sock\n", []string{"daemon.socket: \"/home/node/.pm2/pa.sock\" is inside app.pm2_home"}},
@@ -144,6 +148,33 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 				pos += i + len(w)
 			}
 		})
+	}
+}
+
+// TestParseConfigOneDocument: a document start or end marker around the
+// one document is fine.
+func TestParseConfigOneDocument(t *testing.T) {
+	for _, in := range []string{"---\napp: {name: a}\n", "app: {name: a}\n...\n", "--- # config\napp: {name: a}\n...\n# end\n"} {
+		if cfg, err := ParseConfig("c.yaml", []byte(in)); err != nil || cfg.App.Name != "a" {
+			t.Errorf("%q: %v", in, err)
+		}
+	}
+}
+
+// TestReadConfig: a config on stdin is parsed as a file's is, and bounded
+// in size as a file is.
+func TestReadConfig(t *testing.T) {
+	cfg, err := ReadConfig("<stdin>", strings.NewReader("app:\n  name: web\n"))
+	if err != nil || cfg.App.Name != "web" {
+		t.Fatalf("ReadConfig = %+v, %v", cfg.App, err)
+	}
+	_, err = ReadConfig("<stdin>", strings.NewReader("app:\n  nmae: web\n"))
+	if err == nil || !strings.Contains(err.Error(), "<stdin>:line 2: app.nmae: unknown key") || exitCode(err) != ExitUsage {
+		t.Fatalf("bad config: %v (exit %d)", err, exitCode(err))
+	}
+	big := "app:\n  name: web\n#" + strings.Repeat("x", maxConfigSize) + "\n"
+	if _, err := ReadConfig("<stdin>", strings.NewReader(big)); err == nil || !strings.Contains(err.Error(), "larger than 1048576 bytes") {
+		t.Fatalf("oversized config: %v", err)
 	}
 }
 
@@ -224,8 +255,17 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("steps:\n  pre_commands: [[/bin/true], []]\n"))
 	f.Add([]byte("a: &x {b: 1}\nc: *x\n"))
 	f.Add([]byte("app: {name: a}\nlb:\n  aws:\n    target_groups: auto\n"))
+	f.Add([]byte("app: {name: a}\n---\ntraffic:\n  ports: [22]\n"))
+	f.Add([]byte("--- \napp: {name: a}\n...\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		cfg, err := ParseConfig("fuzz.yaml", data)
+		if err == nil {
+			// A second document after an accepted one is refused, not ignored.
+			_, err2 := ParseConfig("fuzz.yaml", append(append([]byte(nil), data...), "\n---\ntraffic:\n  ports: [22]\n"...))
+			if err2 == nil || !strings.Contains(err2.Error(), "a second YAML document") {
+				t.Fatalf("a second document after an accepted config: %v", err2)
+			}
+		}
 		if err != nil {
 			var ce *ConfigError
 			if !errors.As(err, &ce) || len(ce.Problems) == 0 {

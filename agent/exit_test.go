@@ -301,26 +301,26 @@ func TestReconcileReblocksAnOpenCycleOnly(t *testing.T) {
 
 func TestStatusTellsCycleKernelAndApp(t *testing.T) {
 	e := newTestEnv(t)
-	s, err := e.agent(t).Status(context.Background())
-	if err != nil || s.Cycle.Open || s.Block.Kernel != "none" || !s.Consistent || !strings.HasPrefix(s.Text(), "patchagent status: in service") {
-		t.Fatalf("%v\n%s", err, s.Text())
+	s := e.agent(t).Status(context.Background())
+	if s.Cycle.Open || s.Block.Kernel != "none" || !s.Consistent || s.Service != ServiceIn || !strings.HasPrefix(s.Text(), "patchagent status: in service") {
+		t.Fatalf("%+v\n%s", s, s.Text())
 	}
 	afterPre(t, e)
-	s, _ = e.agent(t).Status(context.Background())
+	s = e.agent(t).Status(context.Background())
 	if !s.Cycle.Open || s.Block.Kernel != "blocked" || !s.Block.Recorded || !s.Consistent || s.Phases["pre"].Result != ResultOK ||
 		len(s.App.Instances) != 1 || s.App.Instances[0].Status != hooks.StatusStopped || !strings.HasPrefix(s.Text(), "patchagent status: OUT OF SERVICE") ||
-		!slices.Equal(s.Block.Families, []string{"ipv4", "ipv6"}) {
+		!slices.Equal(s.Block.Families, []string{"ipv4", "ipv6"}) || s.Service != ServiceOut {
 		t.Fatalf("%+v\n%s", s, s.Text())
 	}
 	// A reboot: the kernel lost the rules the state file still records.
 	e.fw.blocked, e.boot = false, "boot-2"
-	s, _ = e.agent(t).Status(context.Background())
+	s = e.agent(t).Status(context.Background())
 	if s.Consistent || !s.Rebooted || !strings.Contains(s.Text(), "open but the block is none in the kernel") {
 		t.Fatalf("%+v\n%s", s, s.Text())
 	}
 	// Only a stray rule jumping to the chain, in IPv6: partial, and named.
 	e.fw.kernel = map[firewall.Family]firewall.FamilyStatus{firewall.IPv4: {}, firewall.IPv6: {OtherJumps: 1}}
-	s, _ = e.agent(t).Status(context.Background())
+	s = e.agent(t).Status(context.Background())
 	if s.Block.Kernel != "partial" || !slices.Equal(s.Block.Families, []string{"ipv6"}) {
 		t.Fatalf("stray jump: kernel %q, families %q\n%s", s.Block.Kernel, s.Block.Families, s.Text())
 	}

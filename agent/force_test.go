@@ -68,7 +68,7 @@ func TestExitForceReturnsTheNodeWithoutAHealthCheck(t *testing.T) {
 	if got := testutil.ToFloat64(a.d.Metrics.PhaseRuns.WithLabelValues("exit", ResultForced)); got != 1 {
 		t.Fatalf(`patchagent_phase_runs_total{phase="exit",result="forced"} %v`, got)
 	}
-	s, _ := e.agent(t).Status(context.Background())
+	s := e.agent(t).Status(context.Background())
 	if !strings.HasPrefix(s.Text(), "patchagent status: in service (no patch cycle open; cycle "+cycle+" was closed FORCED, without a health check)\n") ||
 		!strings.Contains(s.Text(), `  forced: cycle `+cycle+` closed at `) || !strings.Contains(s.Text(), `reason "health URL wrong"`) || !strings.Contains(s.Text(), "exit:     last forced at") {
 		t.Fatal(s.Text())

@@ -302,6 +302,11 @@ func TestExitKeepsTheLBRecordWhenThePutBackFails(t *testing.T) {
 	if st.Open || compact(st.LB) != `["web i-1:8080","api i-1:9090"]` {
 		t.Fatalf("after the failed put back: open %v, lb %s", st.Open, st.LB)
 	}
+	// status: no cycle open, but out of the LB's rotation, not in service.
+	if s := e.agent(t).Status(context.Background()); s.Service != ServiceOut ||
+		!strings.HasPrefix(s.Text(), "patchagent status: OUT OF LOAD BALANCER ROTATION (no patch cycle open)") {
+		t.Fatalf("status after the failed put back: %s\n%s", s.Service, s.Text())
+	}
 	// Still refused: the record stays.
 	e.ev.log = nil
 	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode == 0 || !strings.Contains(rep.Verdict(), "the last cycle's load balancer record is still not put back") {
@@ -337,10 +342,7 @@ func TestStatusShowsTheLBAndAPreStoppedBeforeTheBlock(t *testing.T) {
 	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != ExitFailed {
 		t.Fatal(rep.Text())
 	}
-	s, err := e.agent(t).Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := e.agent(t).Status(context.Background())
 	txt := s.Text()
 	if !s.Consistent || s.Block.Recorded || !strings.HasPrefix(txt, "patchagent status: OUT OF LOAD BALANCER ROTATION, not blocked") ||
 		!strings.Contains(txt, "  lb:     AWS ELBv2, 1 target group(s), min_healthy 1, standby auto, to put back: [\"web i-1:8080\",\"api i-1:9090\"]\n") {

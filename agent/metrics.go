@@ -382,7 +382,7 @@ func (m *Metrics) observeState(st State) {
 		m.LastFailure.WithLabelValues(phase).Set(timestamp(last.LastFailure))
 	}
 	m.CycleOpen.Set(bool01(st.Open))
-	m.LBPending.Set(bool01(len(st.LB) > 0 && string(st.LB) != "null"))
+	m.LBPending.Set(bool01(st.LBPending()))
 	blocked := st.Open && st.Block != nil
 	m.Blocked.Set(bool01(blocked))
 	if blocked {

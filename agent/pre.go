@@ -117,51 +117,72 @@ func (a *Agent) recordRotation(ctx context.Context, r *phaseRun) (json.RawMessag
 
 // preCheck is pre's read-only check, so that a bad app name or a dead pm2
 // daemon fails before the node is taken out of service; a dry run then
-// plans. It returns the pids of the app's instances.
+// plans, the whole plan even when the check failed (its step marked failed,
+// the verdict says why and the dry run exits as pre would). It returns the pids of the app's
+// instances.
 func (a *Agent) preCheck(ctx context.Context, r *phaseRun) ([]int, error) {
-	app, rep := a.cfg.App.Name, r.rep
 	t := time.Now()
+	detail, pids, err := a.preRead(ctx)
+	result := ResultOK
+	if err != nil {
+		result = ResultFailed
+	}
+	r.rep.addStep("check", result, time.Since(t), detail)
+	if r.opt.DryRun {
+		a.prePlan(r.rep, pids)
+	}
+	return pids, err
+}
+
+// preRead reads what pre checks: the app's instances in pm2 and the
+// firewall. It returns the check's detail and the instances' pids.
+func (a *Agent) preRead(ctx context.Context) (string, []int, error) {
+	app := a.cfg.App.Name
 	procs, err := a.d.App.Processes(ctx, app)
 	if err != nil {
-		rep.addStep("check", ResultFailed, time.Since(t), "")
 		err = fmt.Errorf("nothing was blocked: %w", err)
 		if errors.Is(err, hooks.ErrUnknownApp) {
-			return nil, configError(err)
+			return "", nil, configError(err)
 		}
-		return nil, err
-	}
-	fw, err := a.d.Firewall.Status(ctx)
-	if err != nil {
-		rep.addStep("check", ResultFailed, time.Since(t), "")
-		return nil, fmt.Errorf("nothing was blocked: reading the firewall: %w", err)
+		return "", nil, err
 	}
 	online, pids := onlinePIDs(procs)
+	fw, err := a.d.Firewall.Status(ctx)
+	if err != nil {
+		return "", pids, fmt.Errorf("nothing was blocked: reading the firewall: %w", err)
+	}
 	fwState := "not blocked"
 	if fw.Blocked() {
 		fwState = "already blocked"
 	} else if fw.Partial() {
 		fwState = "partly blocked"
 	}
-	rep.addStep("check", ResultOK, time.Since(t), fmt.Sprintf("%s: %d/%d instance(s) online (pm2 of user %s); firewall %s",
-		app, online, len(procs), a.d.AppUser, fwState))
-	if r.opt.DryRun {
-		rep.Result = ResultDryRun
-		if a.d.Rotation != nil {
-			rep.Plan = append(rep.Plan, "lb-out: "+a.cfg.LB.plan(true))
-		}
-		rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
-		rep.Plan = append(rep.Plan, fmt.Sprintf("drain: wait until no connection to port(s) %s from outside loopback is busy and every one is idle for %s (%s for a keep-alive one that answered a request; at least %s after the block, at most %s)",
-			portList(a.cfg.Traffic.Ports), a.cfg.Drain.Idle, a.cfg.Drain.KeepAliveIdle, a.cfg.Drain.MinWait, a.cfg.Drain.Timeout))
-		rep.Plan = append(rep.Plan, fmt.Sprintf("pm2 stop %s, through the pm2 daemon of user %s, then check pid(s) %v are gone and port(s) %s are no longer listened on",
-			app, a.d.AppUser, pids, portList(a.cfg.Traffic.Ports)))
-		for _, u := range a.cfg.Steps.StopUnits {
-			rep.Plan = append(rep.Plan, "systemctl stop "+u)
-		}
-		for _, c := range a.cfg.Steps.PreCommands {
-			rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
-		}
+	return fmt.Sprintf("%s: %d/%d instance(s) online (pm2 of user %s); firewall %s", app, online, len(procs), a.d.AppUser, fwState), pids, nil
+}
+
+// prePlan is a dry run's plan of pre: every step it would take. pids are
+// the app's, nil when pm2 could not list them.
+func (a *Agent) prePlan(rep *Report, pids []int) {
+	app := a.cfg.App.Name
+	rep.Result = ResultDryRun
+	if a.d.Rotation != nil {
+		rep.Plan = append(rep.Plan, "lb-out: "+a.cfg.LB.plan(true))
 	}
-	return pids, nil
+	rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
+	rep.Plan = append(rep.Plan, fmt.Sprintf("drain: wait until no connection to port(s) %s from outside loopback is busy and every one is idle for %s (%s for a keep-alive one that answered a request; at least %s after the block, at most %s)",
+		portList(a.cfg.Traffic.Ports), a.cfg.Drain.Idle, a.cfg.Drain.KeepAliveIdle, a.cfg.Drain.MinWait, a.cfg.Drain.Timeout))
+	gone := "the app's pid(s) (unknown: pm2 did not list them)"
+	if pids != nil {
+		gone = fmt.Sprintf("pid(s) %v", pids)
+	}
+	rep.Plan = append(rep.Plan, fmt.Sprintf("pm2 stop %s, through the pm2 daemon of user %s, then check %s are gone and port(s) %s are no longer listened on",
+		app, a.d.AppUser, gone, portList(a.cfg.Traffic.Ports)))
+	for _, u := range a.cfg.Steps.StopUnits {
+		rep.Plan = append(rep.Plan, "systemctl stop "+u)
+	}
+	for _, c := range a.cfg.Steps.PreCommands {
+		rep.Plan = append(rep.Plan, fmt.Sprintf("run %q", c))
+	}
 }
 
 // preSteps are pre's side effects, each a step: block, drain, stop, the

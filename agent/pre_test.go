@@ -300,3 +300,47 @@ func TestPhaseWaitsForTheLockUnlessToldNot(t *testing.T) {
 		t.Fatalf("a hook's exit: exit %d after %s, want it to wait for the lock and run", rep.ExitCode, time.Since(start))
 	}
 }
+
+// TestPreDryRunPlansEvenWhenTheCheckFails: the whole plan, the check's
+// step marked failed, the verdict saying why, and the exit code pre
+// itself would have; nothing done.
+func TestPreDryRunPlansEvenWhenTheCheckFails(t *testing.T) {
+	tests := []struct {
+		name     string
+		setup    func(*testEnv)
+		wantCode int
+		wantWhy  string
+	}{
+		{"pm2 failing", func(e *testEnv) { e.app.listErr = errBoom }, ExitFailed, "nothing was blocked: boom"},
+		{"app unknown to pm2", func(e *testEnv) { e.app.unknown = true }, ExitUsage, "nothing was blocked: " + hooks.ErrUnknownApp.Error()},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newTestEnv(t)
+			e.cfg.Steps.StopUnits = []string{"node_exporter"}
+			tt.setup(e)
+			rep := e.agent(t).Pre(context.Background(), RunOptions{DryRun: true})
+			text := rep.Text()
+			if rep.ExitCode != tt.wantCode || rep.Result != ResultDryRun ||
+				!strings.HasPrefix(text, "patchagent pre: dry run, nothing changed (5 planned actions), but the check FAILED: "+tt.wantWhy) {
+				t.Fatalf("exit %d:\n%s", rep.ExitCode, text)
+			}
+			if len(rep.Steps) != 1 || rep.Steps[0].Name != "check" || rep.Steps[0].Result != ResultFailed {
+				t.Fatalf("steps %+v", rep.Steps)
+			}
+			for _, w := range []string{"would: iptables -t filter -N PATCHAGENT-BLOCK", "would: drain: wait until",
+				"would: pm2 stop web, through the pm2 daemon of user node, then check the app's pid(s) (unknown: pm2 did not list them) are gone",
+				"would: systemctl stop node_exporter"} {
+				if !strings.Contains(text, w) {
+					t.Errorf("plan lacks %q:\n%s", w, text)
+				}
+			}
+			if len(e.ev.all()) != 0 {
+				t.Fatalf("dry run acted: %v", e.ev.all())
+			}
+			if _, err := os.Stat(e.state.Path); !errors.Is(err, os.ErrNotExist) {
+				t.Fatal("dry run wrote the state file")
+			}
+		})
+	}
+}

@@ -26,6 +26,9 @@ const (
 	ExitFailed = 1
 	ExitUsage  = 2
 	ExitLocked = 3
+	// ExitUnknown: status could not read the node's state (not root, the
+	// state file unreadable).
+	ExitUnknown = 3
 )
 
 // Output limits: SSM shows the first 2,500 characters in its console.
@@ -194,6 +197,9 @@ func (r *Report) warn(format string, args ...any) {
 func (r *Report) finish(d time.Duration, err error, code int) {
 	r.Duration = d
 	switch {
+	case r.Result == ResultDryRun && err != nil:
+		// A dry run whose check failed: its plan, and pre's exit code.
+		r.Error, r.ExitCode = err.Error(), code
 	case r.Result == ResultDryRun:
 		r.ExitCode = ExitOK
 	case isForced(err):
@@ -224,7 +230,11 @@ func (r *Report) verdict() string {
 	d := r.Duration.Round(100 * time.Millisecond)
 	switch r.Result {
 	case ResultDryRun:
-		return fmt.Sprintf("patchagent %s: dry run, nothing changed (%d planned actions)", r.Phase, len(r.Plan))
+		v := fmt.Sprintf("patchagent %s: dry run, nothing changed (%d planned actions)", r.Phase, len(r.Plan))
+		if r.Error != "" {
+			v += ", but the check FAILED: " + firstLine(r.Error)
+		}
+		return v
 	case ResultOK:
 		w := ""
 		if n := len(r.Warnings); n > 0 {

@@ -93,6 +93,10 @@ type PhaseResult struct {
 	LastFailure time.Time `json:"last_failure_at,omitzero"`
 }
 
+// LBPending reports whether the state file holds load balancer changes
+// pre made that no put back has undone yet (a JournaledRotation's record).
+func (s State) LBPending() bool { return len(s.LB) > 0 && string(s.LB) != "null" }
+
 // BlockRecord describes the block pre installs.
 type BlockRecord struct {
 	Chain    string            `json:"chain"`

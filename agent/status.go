@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -58,7 +59,26 @@ type NodeStatus struct {
 	// cycle).
 	Consistent bool   `json:"consistent"`
 	StatePath  string `json:"state_file"`
+	// StateError says why the state file could not be read ("" when it
+	// was): the cycle and the phases are then unknown.
+	StateError string `json:"state_error,omitempty"`
+	// Service is the verdict: ServiceIn, ServiceOut or ServiceUnknown.
+	Service string `json:"service"`
 }
+
+// The verdicts of a status (NodeStatus.Service).
+const (
+	// ServiceIn: no patch cycle open and no block of ours in the kernel.
+	ServiceIn = "in"
+	// ServiceOut: a cycle open, or a block of ours in the kernel.
+	ServiceOut = "out"
+	// ServiceUnknown: the state file or the block could not be read.
+	ServiceUnknown = "unknown"
+)
+
+// ErrNeedsRoot is why status leaves the block unknown when not run as
+// root: iptables needs root to list the rules.
+var ErrNeedsRoot = errors.New("needs root")
 
 // AppInstance is one pm2 instance as status shows it.
 type AppInstance struct {
@@ -69,14 +89,14 @@ type AppInstance struct {
 }
 
 // Status reads the node's patch state; it changes nothing and takes no lock.
-// Problems reading the firewall or pm2 are reported in the status; only an
-// unreadable state file is an error.
-func (a *Agent) Status(ctx context.Context) (*NodeStatus, error) {
+// What it cannot read (the state file, the firewall, pm2) it says in the
+// status, and reads the rest.
+func (a *Agent) Status(ctx context.Context) *NodeStatus {
 	st, err := a.d.State.Load()
-	if err != nil {
-		return nil, err
-	}
 	s := &NodeStatus{StatePath: a.d.State.Path, Phases: st.Last}
+	if err != nil {
+		s.StateError = err.Error()
+	}
 	if s.Phases == nil {
 		s.Phases = map[string]PhaseResult{}
 	}
@@ -120,14 +140,48 @@ func (a *Agent) Status(ctx context.Context) (*NodeStatus, error) {
 	}
 	s.LB.Backend, s.LB.Record = a.cfg.LB.backend(), st.LB
 	inKernel := s.Block.Kernel == "blocked" || s.Block.Kernel == "partial"
-	s.Consistent = s.Block.Kernel != "unknown" && inKernel == st.Blocks()
-	return s, nil
+	s.Consistent = s.Block.Kernel != "unknown" && s.StateError == "" && inKernel == st.Blocks()
+	switch {
+	case s.Block.Kernel == "unknown" || s.StateError != "":
+		s.Service = ServiceUnknown
+	case !s.Cycle.Open && s.Block.Kernel == "none" && !st.LBPending():
+		s.Service = ServiceIn
+	default:
+		s.Service = ServiceOut
+	}
+	return s
+}
+
+// unknownVerdict is the verdict line of a status that could not read the
+// state file or the block: what it could not read first, then what it
+// knows; never "in service".
+func (s *NodeStatus) unknownVerdict() string {
+	var parts []string
+	if s.Block.Kernel == "unknown" {
+		parts = append(parts, "block state unknown: "+s.Block.Error)
+	}
+	switch {
+	case s.StateError != "":
+		parts = append(parts, "patch cycle unknown: "+s.StateError)
+	case s.Cycle.Open:
+		parts = append(parts, fmt.Sprintf("patch cycle %s open (last: %s %s at step %s)", s.Cycle.ID, s.Cycle.Phase, s.Cycle.Status, s.Cycle.Step))
+	default:
+		parts = append(parts, "no patch cycle open")
+	}
+	if s.Block.Kernel != "unknown" {
+		parts = append(parts, "block "+s.Block.Kernel+" in the kernel")
+	}
+	return "patchagent status: " + strings.Join(parts, "; ") + "\n"
 }
 
 // Text renders the status for a terminal: a verdict line, then details.
 func (s *NodeStatus) Text() string {
 	var b strings.Builder
 	switch {
+	case s.Service == ServiceUnknown:
+		b.WriteString(s.unknownVerdict())
+	case !s.Cycle.Open && s.Block.Kernel == "none" && s.Service == ServiceOut:
+		b.WriteString("patchagent status: OUT OF LOAD BALANCER ROTATION (no patch cycle open): the last cycle could not put back its load balancer changes: `patchagent exit` puts them back once the app is healthy\n")
 	case !s.Cycle.Open && s.Block.Kernel == "none" && s.Cycle.Forced != nil && s.Cycle.Forced.Cycle != "" && s.Cycle.Forced.Cycle == s.Cycle.ID:
 		fmt.Fprintf(&b, "patchagent status: in service (no patch cycle open; cycle %s was closed FORCED, without a health check)\n", s.Cycle.ID)
 	case !s.Cycle.Open && s.Block.Kernel == "none":
@@ -216,6 +270,10 @@ func (s *NodeStatus) Text() string {
 		}
 		b.WriteString("\n")
 	}
-	fmt.Fprintf(&b, "  state:  %s\n", s.StatePath)
+	fmt.Fprintf(&b, "  state:  %s", s.StatePath)
+	if s.StateError != "" {
+		fmt.Fprintf(&b, ", unreadable: %s", s.StateError)
+	}
+	b.WriteString("\n")
 	return b.String()
 }

@@ -140,7 +140,7 @@ func TestPreWarnsOfAPreviousCycleLeftHalfUpdated(t *testing.T) {
 	if st.Previous == nil || st.Previous.CycleID != "c0" || st.Previous.Post == nil || st.Previous.Post.Snapshot != snap || len(st.Warnings) != 1 {
 		t.Fatalf("state: %+v", st)
 	}
-	s, _ := e.agent(t).Status(context.Background())
+	s := e.agent(t).Status(context.Background())
 	if !strings.Contains(s.Text(), "  before: cycle c0 ended ok (exit), its post interrupted and never undone\n") {
 		t.Fatal(s.Text())
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -23,18 +24,13 @@ import (
 // daemon.state_dir. It changes nothing on the node. A problem in what cfg
 // names (user, pm2) is a configuration error.
 func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step string), m *Metrics) (*Agent, error) {
-	u, err := appUser(cfg.App)
+	pm2, u, path, err := newPM2(cfg, log)
 	if err != nil {
 		return nil, configError(err)
 	}
 	if u.UID == 0 {
 		log.Warn("pm2 runs as root: set app.user (or app.dir owned by the app's user) if the app has its own user")
 	}
-	bin, path, err := hooks.FindPM2(u, cfg.App.PM2)
-	if err != nil {
-		return nil, configError(fmt.Errorf("app.pm2: %w", err))
-	}
-	pm2 := hooks.NewPM2(log, &hooks.ExecRunner{}, hooks.PM2Config{Bin: bin, User: u, Home: cfg.App.PM2Home, Path: path})
 
 	fw, err := newFirewall(cfg, log)
 	if err != nil {
@@ -94,6 +90,64 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	}), nil
 }
 
+// newPM2 is the app's pm2: that of the app's user (returned with the PATH
+// pm2 and npm run with).
+func newPM2(cfg Config, log *zap.Logger) (*hooks.PM2, hooks.AppUser, string, error) {
+	u, err := appUser(cfg.App)
+	if err != nil {
+		return nil, u, "", err
+	}
+	bin, path, err := hooks.FindPM2(u, cfg.App.PM2)
+	if err != nil {
+		return nil, u, "", fmt.Errorf("app.pm2: %w", err)
+	}
+	return hooks.NewPM2(log, &hooks.ExecRunner{}, hooks.PM2Config{Bin: bin, User: u, Home: cfg.App.PM2Home, Path: path}), u, path, nil
+}
+
+// BuildStatus composes the Agent `patchagent status` reads through. Unlike
+// Build it cannot fail: a seam it cannot make (no pm2, iptables unusable,
+// or, when root is false, iptables at all: it needs root) is one whose
+// reads fail with why, which Status reports.
+func BuildStatus(cfg Config, log *zap.Logger, root bool) *Agent {
+	pm2, u, _, err := newPM2(cfg, log)
+	d := Deps{Log: log, State: NewStateStore(cfg.Daemon.StateDir), App: pm2, AppUser: cmp.Or(u.Name, cfg.App.User),
+		BootID: func() (string, error) { return ReadBootID(cfg.Daemon.BootIDFile) }}
+	if err != nil {
+		d.App = unreadableApp{err: err}
+	}
+	d.Firewall = unreadableFirewall{err: ErrNeedsRoot}
+	if root {
+		if fw, err := newFirewall(cfg, log); err != nil {
+			d.Firewall = unreadableFirewall{err: err}
+		} else {
+			d.Firewall = fw
+		}
+	}
+	return New(cfg, d)
+}
+
+// unreadableFirewall and unreadableApp are the seams of BuildStatus that
+// could not be made: Status reads only through Status and Processes, which
+// fail with why; a call of any other method is a bug (nil interface).
+type (
+	unreadableFirewall struct {
+		Firewall
+		err error
+	}
+	unreadableApp struct {
+		AppManager
+		err error
+	}
+)
+
+func (f unreadableFirewall) Status(context.Context) (firewall.Status, error) {
+	return firewall.Status{}, f.err
+}
+
+func (a unreadableApp) Processes(context.Context, string) ([]hooks.Process, error) {
+	return nil, a.err
+}
+
 // npmPackages is Packages for an npm app: hooks.NPM and hooks' snapshots.
 type npmPackages struct {
 	dir string
@@ -136,26 +190,12 @@ func (p *npmPackages) Prune(root string, keep int) (int, int64, error) {
 	return hooks.PruneSnapshots(root, keep)
 }
 
-// appUser resolves app.user, else the owner of app.dir, else root (the
-// tutorial's own setup: root's pm2).
+// appUser is the app user on this node (see NodeChecker.findAppUser), the
+// error naming its key.
 func appUser(c AppConfig) (hooks.AppUser, error) {
-	switch {
-	case c.User != "":
-		u, err := hooks.LookupUser(c.User)
-		if err != nil {
-			return u, fmt.Errorf("app.user: %w", err)
-		}
-		return u, nil
-	case c.Dir != "":
-		u, err := hooks.OwnerOf(c.Dir)
-		if err != nil {
-			return u, fmt.Errorf("app.dir (app.user not set, so the owner of app.dir runs pm2): %w", err)
-		}
-		return u, nil
-	}
-	u, err := hooks.LookupUser("root")
+	u, key, err := HostNode().findAppUser(c)
 	if err != nil {
-		return u, fmt.Errorf("app.user not set and no root account: %w", err)
+		return u, fmt.Errorf("%s: %w", key, err)
 	}
 	return u, nil
 }

@@ -200,7 +200,7 @@ func NewHTTP(o HTTPOptions) (*HTTP, error) {
 		ServerName:         serverName,
 	}
 	if o.CAFile != "" {
-		pool, err := loadCAFile(o.CAFile)
+		pool, err := LoadCAFile(o.CAFile)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("ca_file: %w", err))
 		}
@@ -233,7 +233,8 @@ func NewHTTP(o HTTPOptions) (*HTTP, error) {
 	return h, nil
 }
 
-func loadCAFile(path string) (*x509.CertPool, error) {
+// LoadCAFile reads the PEM bundle at path as NewHTTP does for CAFile.
+func LoadCAFile(path string) (*x509.CertPool, error) {
 	pem, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading CA bundle: %w", err)

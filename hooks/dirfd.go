@@ -51,6 +51,38 @@ const maxSymlinks = 40 // as the kernel's path walk
 // an error naming it: a user-owned link in the path would let the user point
 // root at a directory of their choosing.
 func openDirPath(path string) (*dirFD, error) {
+	w, err := walkDirPath(path)
+	if err != nil {
+		return nil, err
+	}
+	defer w.close()
+	fd, err := unix.Openat(w.cur, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return &dirFD{f: os.NewFile(uintptr(fd), path), path: filepath.Clean(path)}, nil
+}
+
+// StatDir stats the directory path as openDirPath walks to it (O_PATH,
+// O_NOFOLLOW, only root's symlinks followed) without opening it for
+// reading: what check-config looks at in a directory the app user
+// controls. An error says why path is not such a directory.
+func StatDir(path string) (unix.Stat_t, error) {
+	var st unix.Stat_t
+	w, err := walkDirPath(path)
+	if err != nil {
+		return st, err
+	}
+	defer w.close()
+	if err := unix.Fstat(w.cur, &st); err != nil {
+		return st, &fs.PathError{Op: "stat", Path: path, Err: err}
+	}
+	return st, nil
+}
+
+// walkDirPath walks path to the directory it names (see openDirPath); the
+// caller closes the walk.
+func walkDirPath(path string) (*pathWalk, error) {
 	if !filepath.IsAbs(path) {
 		return nil, fmt.Errorf("%s: not an absolute path", path)
 	}
@@ -58,20 +90,16 @@ func openDirPath(path string) (*dirFD, error) {
 	if err != nil {
 		return nil, err
 	}
-	w := pathWalk{path: path, cur: root, walked: "/", rest: splitPath(path)}
-	defer w.close()
+	w := &pathWalk{path: path, cur: root, walked: "/", rest: splitPath(path)}
 	for len(w.rest) > 0 {
 		name := w.rest[0]
 		w.rest = w.rest[1:]
 		if err := w.step(name); err != nil {
+			w.close()
 			return nil, err
 		}
 	}
-	fd, err := unix.Openat(w.cur, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
-	}
-	return &dirFD{f: os.NewFile(uintptr(fd), path), path: filepath.Clean(path)}, nil
+	return w, nil
 }
 
 // pathWalk is openDirPath's walk: the directory reached so far (an O_PATH

@@ -13,7 +13,8 @@ import (
 )
 
 // TestOpenDirPath: the way to a directory the app user controls follows
-// only root's symlinks; any other is refused, named.
+// only root's symlinks; any other is refused, named. StatDir walks the
+// same way.
 func TestOpenDirPath(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (symlinks owned by root and by another user)")
@@ -40,6 +41,11 @@ func TestOpenDirPath(t *testing.T) {
 	link("current-user", filepath.Join(base, "srv", "chain-user"), 0)
 	link("loop-b", filepath.Join(base, "srv", "loop-a"), 0)
 	link("loop-a", filepath.Join(base, "srv", "loop-b"), 0)
+	var realSt unix.Stat_t
+	if err := unix.Stat(real, &realSt); err != nil {
+		t.Fatal(err)
+	}
+	realIno := realSt.Ino
 
 	for _, tt := range []struct {
 		path string
@@ -59,6 +65,12 @@ func TestOpenDirPath(t *testing.T) {
 		{filepath.Join(base, "missing"), "no such file"},
 		{"relative/dir", "not an absolute path"},
 	} {
+		st, serr := StatDir(tt.path)
+		if tt.want == "" && (serr != nil || st.Ino != realIno) {
+			t.Errorf("StatDir(%s) = inode %d, %v; want %s's inode %d", tt.path, st.Ino, serr, real, realIno)
+		} else if tt.want != "" && (serr == nil || !strings.Contains(serr.Error(), tt.want)) {
+			t.Errorf("StatDir(%s) = %v, want an error with %q", tt.path, serr, tt.want)
+		}
 		d, err := openDirPath(tt.path)
 		if tt.want != "" {
 			if err == nil || !strings.Contains(err.Error(), tt.want) {

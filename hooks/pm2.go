@@ -5,9 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -92,9 +95,7 @@ type PM2 struct {
 
 // NewPM2 returns a PM2 for c. It does not check anything yet.
 func NewPM2(log *zap.Logger, run Runner, c PM2Config) *PM2 {
-	if c.Home == "" {
-		c.Home = filepath.Join(c.User.Home, ".pm2")
-	}
+	c.Home = PM2Home(c.User, c.Home)
 	if c.Path == "" {
 		c.Path = DefaultPM2Path
 	}
@@ -505,16 +506,27 @@ func pidAlive(pid int) bool {
 	return !st.dead()
 }
 
+// PM2Home is the PM2_HOME pm2 runs with for u: configured (app.pm2_home)
+// when set, else ~u/.pm2.
+func PM2Home(u AppUser, configured string) string {
+	if configured != "" {
+		return configured
+	}
+	return filepath.Join(u.Home, ".pm2")
+}
+
 // FindPM2 finds pm2 for user u, and the PATH to run it with (it must find
 // node). A configured path is used as it is (absolute, an executable file);
-// otherwise pm2 is searched in ~/.npm-global/bin, /usr/local/bin, /usr/bin
-// and /opt/*/bin, in that order. The PATH is the directory of pm2, that of
-// its symlink target, the directory of node (found next to pm2, else in
-// /usr/local/bin or /usr/bin), then DefaultPM2Path.
+// otherwise pm2 is searched in ~/.npm-global/bin, nvm's
+// ~/.nvm/versions/node/*/bin (the newest node first), /usr/local/bin,
+// /usr/bin and /opt/*/bin, in that order. The PATH is the directory of pm2,
+// that of its symlink target, the directory of node (found next to pm2,
+// else in /usr/local/bin or /usr/bin), then DefaultPM2Path.
 func FindPM2(u AppUser, configured string) (bin, path string, err error) {
 	dirs := []string{}
 	if u.Home != "" {
 		dirs = append(dirs, filepath.Join(u.Home, ".npm-global", "bin"))
+		dirs = append(dirs, nvmBins(filepath.Join(u.Home, ".nvm", "versions", "node"))...)
 	}
 	dirs = append(dirs, "/usr/local/bin", "/usr/bin")
 	if opt, _ := filepath.Glob("/opt/*/bin"); len(opt) > 0 {
@@ -567,6 +579,63 @@ func findPM2(configured string, searchDirs, nodeDirs []string) (bin, path string
 		}
 	}
 	return bin, strings.Join(parts, string(filepath.ListSeparator)), nil
+}
+
+// nvmBins are the bin directories of the node versions nvm installed in
+// dir (v20.11.1/bin, ...), the newest version first. dir is the app user's:
+// it is opened O_DIRECTORY (a FIFO put in its place fails the open instead
+// of blocking it) and only its names are read.
+func nvmBins(dir string) []string {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	f := os.NewFile(uintptr(fd), dir)
+	defer f.Close()
+	names, _ := f.Readdirnames(-1)
+	versions := map[string][]int{}
+	for _, n := range names {
+		if v, ok := nodeVersion(n); ok {
+			versions[n] = v
+		}
+	}
+	bins := make([]string, 0, len(versions))
+	for _, n := range slices.SortedFunc(maps.Keys(versions), func(a, b string) int { return slices.Compare(versions[b], versions[a]) }) {
+		bins = append(bins, filepath.Join(dir, n, "bin"))
+	}
+	return bins
+}
+
+// nodeVersion reads the name nvm gives a node version's directory, v20.11.1.
+func nodeVersion(name string) ([]int, bool) {
+	rest, ok := strings.CutPrefix(name, "v")
+	parts := strings.Split(rest, ".")
+	if !ok || len(parts) != 3 {
+		return nil, false
+	}
+	v := make([]int, len(parts))
+	for i, p := range parts {
+		n, err := strconv.Atoi(p)
+		if err != nil || n < 0 {
+			return nil, false
+		}
+		v[i] = n
+	}
+	return v, true
+}
+
+// CheckExecutable says why path cannot be run as a program (nil when it
+// can): it must be a regular file, after symlinks, with an execute bit.
+func CheckExecutable(path string) error {
+	err := isExecutable(path)
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
 }
 
 // isExecutable: path (after symlinks) is a regular file with an execute bit.

@@ -733,6 +733,89 @@ func TestFindPM2InUsersNpmGlobal(t *testing.T) {
 	}
 }
 
+// TestFindPM2InUsersNvm: pm2 installed with nvm's node is found in
+// ~/.nvm/versions/node/*/bin, the newest node that has pm2 first, after
+// ~/.npm-global/bin; node is the one next to it.
+func TestFindPM2InUsersNvm(t *testing.T) {
+	home := t.TempDir()
+	// install puts executables named files in dir below home.
+	install := func(dir string, files ...string) string {
+		dir = filepath.Join(home, dir)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, f := range files {
+			if err := os.WriteFile(filepath.Join(dir, f), []byte("#!/bin/true\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	nvm := ".nvm/versions/node/"
+	install(nvm+"v9.11.2/bin", "node", "pm2")
+	want := install(nvm+"v18.20.4/bin", "node", "pm2")
+	install(nvm+"v20.11.1/bin", "node") // the newest, without pm2
+	install(nvm+"v100.0.0-rc/bin", "node", "pm2")
+	install(nvm + "system")
+	u := hooks.AppUser{Name: "app", Home: home}
+	bin, path, err := hooks.FindPM2(u, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bin != filepath.Join(want, "pm2") || path != want+":/usr/local/bin:/usr/bin:/bin" {
+		t.Errorf("FindPM2 = %q, %q; want %s/pm2, %s first", bin, path, want, want)
+	}
+
+	global := install(".npm-global/bin", "pm2", "node")
+	if bin, _, err := hooks.FindPM2(u, ""); err != nil || bin != filepath.Join(global, "pm2") {
+		t.Errorf("with ~/.npm-global/bin/pm2 too: FindPM2 = %q, %v; want it first", bin, err)
+	}
+}
+
+// TestFindPM2NvmDirIsAFIFO: the app user controls ~/.nvm; a FIFO there
+// is skipped at once, not opened (which would block).
+func TestFindPM2NvmDirIsAFIFO(t *testing.T) {
+	home := t.TempDir()
+	dir := filepath.Join(home, ".nvm", "versions")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mkfifoIn(t, filepath.Join(dir, "node"))
+	quickly(t, "FindPM2", func() error {
+		_, _, err := hooks.FindPM2(hooks.AppUser{Name: "app", Home: home}, "")
+		return err
+	})
+}
+
+func TestPM2Home(t *testing.T) {
+	u := hooks.AppUser{Name: "web", Home: "/home/web"}
+	if got := hooks.PM2Home(u, ""); got != "/home/web/.pm2" {
+		t.Errorf("PM2Home = %q, want /home/web/.pm2", got)
+	}
+	if got := hooks.PM2Home(u, "/srv/pm2"); got != "/srv/pm2" {
+		t.Errorf("PM2Home(configured) = %q, want /srv/pm2", got)
+	}
+}
+
+func TestCheckExecutable(t *testing.T) {
+	dir := t.TempDir()
+	noExec := filepath.Join(dir, "script")
+	if err := os.WriteFile(noExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for path, want := range map[string]string{
+		"/usr/bin/env":                "",
+		filepath.Join(dir, "missing"): filepath.Join(dir, "missing") + ": no such file or directory",
+		noExec:                        noExec + ": not executable",
+		dir:                           dir + ": not a regular file",
+	} {
+		err := hooks.CheckExecutable(path)
+		if (want == "" && err != nil) || (want != "" && (err == nil || err.Error() != want)) {
+			t.Errorf("CheckExecutable(%s) = %v, want %q", path, err, want)
+		}
+	}
+}
+
 func TestStartFrom(t *testing.T) {
 	web := inst{name: "web", id: 0, pid: 4242, status: "online"}
 	other := inst{name: "other", id: 1, pid: 4243, status: "online"}

@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os/user"
 	"strconv"
-
-	"golang.org/x/sys/unix"
 )
 
 // AppUser is the account the app (and its pm2 daemon) runs as.
@@ -45,17 +43,12 @@ func LookupUser(name string) (AppUser, error) {
 
 // OwnerOf returns the user owning the directory path (the app dir, whose
 // owner is the default app user). The owner must have an account. path is
-// opened with openDirPath: a symlink on the way that root does not own is
+// stat'd with StatDir: a symlink on the way that root does not own is
 // refused, or the app user could point it at root's directory and be taken
 // for root.
 func OwnerOf(path string) (AppUser, error) {
-	d, err := openDirPath(path)
+	st, err := StatDir(path)
 	if err != nil {
-		return AppUser{}, fmt.Errorf("finding the owner of %s: %w", path, err)
-	}
-	defer d.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(d.fd(), &st); err != nil {
 		return AppUser{}, fmt.Errorf("finding the owner of %s: %w", path, err)
 	}
 	u, err := user.LookupId(strconv.FormatUint(uint64(st.Uid), 10))

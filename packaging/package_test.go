@@ -237,8 +237,25 @@ func TestShippedConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
+	// check-config also checks the node: a pm2 where app.pm2 says (the
+	// build host need not have one), added to every variant alike.
+	pm2 := filepath.Join(dir, "pm2")
+	if err := os.WriteFile(pm2, []byte("#!/bin/sh\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	withPM2 := func(body string) string {
+		if strings.Contains(body, "\n  pm2: \"\"\n") { // the example, uncommented
+			return strings.Replace(body, "\n  pm2: \"\"\n", "\n  pm2: "+pm2+"\n", 1)
+		}
+		return strings.Replace(body, "\napp:\n", "\napp:\n  pm2: "+pm2+"\n", 1)
+	}
 	check := func(name, body string) (string, int) {
 		p := filepath.Join(dir, name)
+		if name != "shipped.yaml" {
+			if body = withPM2(body); !strings.Contains(body, "  pm2: "+pm2+"\n") {
+				t.Fatalf("%s: no app: section to name pm2 in", name)
+			}
+		}
 		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -275,7 +292,7 @@ func TestShippedConfig(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("every example uncommented: exit %d\n%s\n%s", code, gotFull, full)
 	}
-	gotMin, code := check("minimal.yaml", "app:\n  name: \"my-app\"\n")
+	gotMin, code := check("minimal.yaml", "\napp:\n  name: \"my-app\"\n")
 	if code != 0 {
 		t.Fatal(gotMin)
 	}

@@ -207,7 +207,7 @@ func TestMaintainerScripts(t *testing.T) {
 			if !reflect.DeepEqual(calls, tc.want) {
 				t.Errorf("calls:\n  %q\nwant:\n  %q", calls, tc.want)
 			}
-			if !tc.configValid && tc.script == "postinstall.sh" && !strings.Contains(stderr, "set app.name in "+e.config) {
+			if !tc.configValid && tc.script == "postinstall.sh" && !strings.Contains(stderr, "not enabled: "+e.config+" is not ready on this node (set app.name first") {
 				t.Errorf("stderr does not tell what to do:\n%s", stderr)
 			}
 		})

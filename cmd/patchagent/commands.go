@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"runtime"
 	"slices"
 	"strconv"
@@ -62,12 +63,17 @@ const (
 var (
 	configFlag   = flagSpec{name: "config", arg: "FILE", def: agent.DefaultConfigPath, usage: "config file"}
 	logLevelFlag = flagSpec{name: "log-level", arg: "LEVEL", values: []string{"debug", "info", "warn", "error"}, def: "info", usage: "debug, info, warn or error"}
+	// logFormatFlag is that of every command that logs.
+	logFormatFlag = flagSpec{name: "log-format", values: logFormats, def: "auto",
+		usage: "the log lines on stderr: text, json (one object a line), journal (each line with its syslog priority, for systemd's journal) " +
+			"or auto: journal when stderr is the journal stream systemd connected (JOURNAL_STREAM), else text"}
 	// phaseFlags are the flags of pre, post, exit and reconcile.
 	phaseFlags = []flagSpec{
 		configFlag,
 		{name: "output", values: []string{"text", "json"}, def: "text", usage: "text: verdict on the first line; json: one object"},
 		{name: "dry-run", usage: "print the plan, change nothing"},
 		logLevelFlag,
+		logFormatFlag,
 	}
 	// breakGlassFlags are exit's own.
 	breakGlassFlags = []flagSpec{
@@ -114,7 +120,7 @@ func init() {
 			summary: "re-apply the block if a patch cycle is open and the rules are gone",
 			desc: "Re-apply the block if a patch cycle is open and its rules are gone (after a reboot). " +
 				"The boot step of nodes that do not run the daemon, run before the app's pm2 service." + phaseNote},
-		{name: "daemon", group: otherCommands, flags: []flagSpec{configFlag, logLevelFlag}, run: runDaemon,
+		{name: "daemon", group: otherCommands, flags: []flagSpec{configFlag, logLevelFlag, logFormatFlag}, run: runDaemon,
 			summary: "the service: runs the phases the hook commands hand it over /run/patchagent/patchagent.sock, " +
 				"re-blocks an open cycle at boot, watches the block, serves /metrics",
 			desc: "The systemd service: runs the phases the hook commands hand it over /run/patchagent/patchagent.sock, " +
@@ -122,12 +128,23 @@ func init() {
 				"on SIGHUP (systemctl reload) and before the pre that opens a new cycle."},
 		{name: "status", group: otherCommands, run: runStatus,
 			flags: []flagSpec{configFlag,
-				{name: "output", values: []string{"text", "json"}, def: "text", usage: "text, or json: one object"}},
+				{name: "output", values: []string{"text", "json"}, def: "text", usage: "text, or json: one object"},
+				{name: "check", usage: "exit 0 in service, 1 out of service or a patch cycle open, 3 unknown"},
+				logFormatFlag},
 			summary: "show the patch cycle, the block as the kernel has it, the app and each phase's last result",
-			desc:    "Show the patch cycle, the block as the kernel has it, the app and each phase's last result."},
-		{name: "check-config", group: otherCommands, flags: []flagSpec{configFlag}, run: runCheckConfig,
-			summary: "validate the config and print the effective values",
-			desc:    "Validate the config and print the effective values; exit 2 when it is not valid."},
+			desc: "Show the patch cycle, the block as the kernel has it, the app and each phase's last result; " +
+				"what it cannot read (pm2, the state file, the block: iptables needs root) it says and shows the rest. " +
+				"Exit 3 when the node's state is unknown (not root, the state file unreadable), else 0; with --check, " +
+				"1 too when the node is out of service or a patch cycle is open."},
+		{name: "check-config", group: otherCommands, run: runCheckConfig,
+			flags: []flagSpec{{name: "config", arg: "FILE", def: agent.DefaultConfigPath,
+				usage: "config file, or - to read a draft from stdin (at most 1 MiB; no owner or mode to check)"}},
+			summary: "validate the config, check what it names on this node, print the effective values",
+			desc: "Validate the config, then check on this node what it names: the app user (app.user, else the owner of app.dir), " +
+				"app.dir, pm2 (app.pm2, else searched as the daemon does), health.ca_file, the program of each " +
+				"steps.pre_commands and steps.exit_commands. Print the effective values, then the app user, pm2 and " +
+				"PM2_HOME the agent will use; exit 2 when the config is not valid or this node lacks what it names " +
+				"(each problem listed by its key, those of the node apart)."},
 		{name: "completion", group: otherCommands, args: "bash|zsh", argValues: []string{"bash", "zsh"}, run: runCompletion,
 			summary: "print the bash or zsh completion script",
 			desc: "Print the completion script of bash or zsh for this patchagent's commands and flags. " +
@@ -171,6 +188,11 @@ func (c *command) flag(name string) *flagSpec {
 
 // run is the whole CLI; it returns the process exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	return runAs(ctx, os.Geteuid() == 0, args, stdout, stderr)
+}
+
+// runAs is run, root saying whether the process runs as root.
+func runAs(ctx context.Context, root bool, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage())
 		return agent.ExitUsage
@@ -196,6 +218,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return usageError(stderr, c, err)
 	}
+	o.root = root
 	return c.run(ctx, c, o, stdout, stderr)
 }
 
@@ -208,10 +231,11 @@ func usageError(stderr io.Writer, c *command, err error) int {
 
 // opts is what a command line gave a command: the value of each of its
 // flags (the default when not given; "true" or "false" for a boolean) and
-// its positional arguments.
+// its positional arguments; and whether the process runs as root.
 type opts struct {
 	flags map[string]string
 	args  []string
+	root  bool
 }
 
 func (o opts) value(name string) string {

@@ -125,7 +125,7 @@ func TestParseFlagForms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"config": "/c.yaml", "output": "json", "dry-run": "false", "log-level": "info", "force": "true", "reason": "-h"}
+	want := map[string]string{"config": "/c.yaml", "output": "json", "dry-run": "false", "log-level": "info", "log-format": "auto", "force": "true", "reason": "-h"}
 	if !reflect.DeepEqual(o.flags, want) || len(o.args) != 0 {
 		t.Errorf("flags %v, args %q; want %v", o.flags, o.args, want)
 	}

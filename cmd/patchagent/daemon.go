@@ -23,14 +23,14 @@ import (
 // phases (the hook commands hand them over through the control socket),
 // re-establishes the block at boot, watches it and serves /metrics.
 func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int {
-	path, level := o.value("config"), o.value("log-level")
+	path, level, format := o.value("config"), o.value("log-level"), o.value("log-format")
 	// First: capture and unset NOTIFY_SOCKET before anything spawns a child.
 	notifier, watchdog, err := daemon.NewSystemdNotifier()
 	if err != nil {
 		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
 		return agent.ExitFailed
 	}
-	log, err := newLogger(level, stderr)
+	log, err := newLogger(level, format, stderr)
 	if err != nil {
 		return usageError(stderr, c, err)
 	}

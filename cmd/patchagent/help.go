@@ -32,7 +32,7 @@ func usage() string {
 		"synopsis and all its flags; 'patchagent completion bash|zsh' prints the shell completion.")
 	b.WriteString("\n")
 	writeItem(&b, "", "Exit codes: 0 ok, 1 the phase failed (or was forced), 2 usage or config error, "+
-		"3 another phase holds the lock.")
+		"3 another phase holds the lock (status: the node's state is unknown).")
 	return b.String()
 }
 

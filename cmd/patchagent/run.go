@@ -9,20 +9,18 @@ import (
 	"os"
 	"syscall"
 
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-
 	"github.com/patchagent/patchagent/agent"
 	"github.com/patchagent/patchagent/agent/daemon"
 )
 
 type phaseOptions struct {
-	config, output, logLevel, reason string
-	dryRun, force                    bool
+	config, output, logLevel, logFormat, reason string
+	dryRun, force                               bool
 }
 
 func parsePhaseFlags(o opts) (phaseOptions, error) {
-	f := phaseOptions{config: o.value("config"), output: o.value("output"), logLevel: o.value("log-level"), dryRun: o.on("dry-run")}
+	f := phaseOptions{config: o.value("config"), output: o.value("output"), logLevel: o.value("log-level"),
+		logFormat: o.value("log-format"), dryRun: o.on("dry-run")}
 	if _, ok := o.flags["force"]; ok { // only exit has the break-glass
 		f.force, f.reason = o.on("force"), o.value("reason")
 	}
@@ -52,11 +50,14 @@ func runPhase(ctx context.Context, c *command, o opts, stdout, stderr io.Writer)
 	if err != nil {
 		return usageError(stderr, c, err)
 	}
-	log, err := newLogger(f.logLevel, stderr)
+	log, err := newLogger(f.logLevel, f.logFormat, stderr)
 	if err != nil {
 		return usageError(stderr, c, err)
 	}
 	defer func() { _ = log.Sync() }()
+	if !o.root {
+		return report(stdout, f.output, agent.FailedReport(phase, 0, &agent.PhaseError{Code: agent.ExitUsage, Err: errNotRoot(phase)}))
+	}
 	cfg, err := agent.LoadConfig(f.config)
 	if err != nil {
 		return report(stdout, f.output, agent.FailedReport(phase, 0, err))
@@ -66,6 +67,13 @@ func runPhase(ctx context.Context, c *command, o opts, stdout, stderr io.Writer)
 		ConfigPath: f.config,
 	})
 	return report(stdout, f.output, rep)
+}
+
+// errNotRoot is why a phase run without root does nothing: it could not
+// do what it needs root for, and would fail on the way.
+func errNotRoot(phase string) error {
+	return fmt.Errorf("not run as root: %s needs root (iptables, the state file, the app's pm2, the daemon's socket), "+
+		"--dry-run too; nothing was changed: run it with sudo", phase)
 }
 
 // crashEnv names the crash-test hook: PATCHAGENT_TEST_CRASH_AFTER=<step>
@@ -98,58 +106,35 @@ func runStatus(ctx context.Context, c *command, o opts, stdout, stderr io.Writer
 	if err := checkOutput(output); err != nil {
 		return usageError(stderr, c, err)
 	}
+	log, err := newLogger("warn", o.value("log-format"), stderr)
+	if err != nil {
+		return usageError(stderr, c, err)
+	}
+	defer func() { _ = log.Sync() }()
 	cfg, err := agent.LoadConfig(o.value("config"))
 	if err != nil {
 		fmt.Fprintf(stderr, "patchagent status: %v\n", err)
 		return agent.ExitUsage
 	}
-	log, _ := newLogger("warn", stderr)
-	a, err := agent.Build(cfg, log, io.Discard, nil, nil)
-	if err != nil {
-		fmt.Fprintf(stderr, "patchagent status: %v\n", err)
-		return agent.ExitFailed
-	}
-	st, err := a.Status(ctx)
-	if err != nil {
-		fmt.Fprintf(stderr, "patchagent status: %v\n", err)
-		return agent.ExitFailed
-	}
+	st := agent.BuildStatus(cfg, log, o.root).Status(ctx)
 	if output == "json" {
 		b, _ := json.Marshal(st)
 		stdout.Write(append(b, '\n'))
 	} else {
 		io.WriteString(stdout, st.Text())
 	}
-	return agent.ExitOK
+	return statusCode(st.Service, o.on("check"))
 }
 
-func runCheckConfig(_ context.Context, _ *command, o opts, stdout, stderr io.Writer) int {
-	path := o.value("config")
-	cfg, err := agent.LoadConfig(path)
-	if err != nil {
-		fmt.Fprintf(stderr, "patchagent check-config: %v\n", err)
-		return agent.ExitUsage
+// statusCode is status's exit code: 3 when the node's state is unknown (not
+// root, the state file unreadable), else 0; with check, 1 when the node is
+// out of service or a patch cycle is open.
+func statusCode(service string, check bool) int {
+	switch {
+	case service == agent.ServiceUnknown:
+		return agent.ExitUnknown
+	case check && service == agent.ServiceOut:
+		return agent.ExitFailed
 	}
-	fmt.Fprintf(stdout, "# %s is valid; effective configuration:\n", path)
-	stdout.Write(cfg.YAML())
 	return agent.ExitOK
-}
-
-// newLogger logs to stderr: JSON under systemd's journal, readable text
-// otherwise (the SSM console shows stderr as it is).
-func newLogger(level string, stderr io.Writer) (*zap.Logger, error) {
-	lvl, err := zapcore.ParseLevel(level)
-	if err != nil {
-		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
-	}
-	encCfg := zap.NewProductionEncoderConfig()
-	encCfg.EncodeTime = zapcore.ISO8601TimeEncoder
-	var enc zapcore.Encoder
-	if os.Getenv("JOURNAL_STREAM") != "" {
-		enc = zapcore.NewJSONEncoder(encCfg)
-	} else {
-		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
-		enc = zapcore.NewConsoleEncoder(encCfg)
-	}
-	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl)), nil
 }

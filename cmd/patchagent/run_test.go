@@ -19,9 +19,26 @@ func writeConfig(t *testing.T, body string) string {
 	return p
 }
 
+// fakePM2 installs an executable pm2 with a node next to it, for a
+// check-config that passes on any host, and returns its path.
+func fakePM2(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []string{"pm2", "node"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("#!/bin/true\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return filepath.Join(dir, "pm2")
+}
+
 func TestRunExitCodesAndMessages(t *testing.T) {
 	good := writeConfig(t, "app:\n  name: web\n")
 	bad := writeConfig(t, "app:\n  name: web\ntraffic:\n  portz: [443]\n")
+	pm2 := fakePM2(t)
+	onNode := writeConfig(t, "app:\n  name: web\n  user: root\n  pm2: "+pm2+"\nsteps:\n  pre_commands: [[/usr/bin/env, \"true\"]]\n")
+	notOnNode := writeConfig(t, "app:\n  name: web\n  user: patchagent-no-such-user\n")
+	twoDocs := writeConfig(t, "app:\n  name: web\n---\ntraffic:\n  ports: [22]\n")
 	tests := []struct {
 		name       string
 		args       []string
@@ -39,7 +56,11 @@ func TestRunExitCodesAndMessages(t *testing.T) {
 		{"exit bad config", []string{"exit", "--config", bad}, 2, "patchagent exit: FAILED in 0s: config " + bad + ": 1 problem(s)", ""},
 		{"daemon bad flag", []string{"daemon", "--bogus"}, 2, "", "patchagent daemon: unknown flag --bogus\nTry 'patchagent daemon --help'."},
 		{"daemon bad config", []string{"daemon", "--config", bad}, 2, "", bad + ":line 4: traffic.portz: unknown key"},
-		{"check-config ok", []string{"check-config", "--config", good}, 0, "name: web", ""},
+		{"daemon two documents", []string{"daemon", "--config", twoDocs}, 2, "", twoDocs + ":line 3: (yaml): a second YAML document starts here"},
+		{"check-config ok", []string{"check-config", "--config", onNode}, 0, "name: web", ""},
+		{"check-config ok says what it found", []string{"check-config", "--config", onNode}, 0, "\n# on this node:\n#   app user: root (uid 0, app.user)\n#   pm2: " + pm2 + "\n", ""},
+		{"check-config not on this node", []string{"check-config", "--config", notOnNode}, 2, "", "is valid, but on this node: 1 problem(s)\n  app.user: looking up user \"patchagent-no-such-user\""},
+		{"check-config two documents", []string{"check-config", "--config", twoDocs}, 2, "", twoDocs + ":line 3: (yaml): a second YAML document starts here"},
 		{"check-config bad", []string{"check-config", "--config", bad}, 2, "", bad + ":line 4: traffic.portz: unknown key"},
 		{"check-config missing", []string{"check-config", "--config", "/nonexistent/c.yaml"}, 2, "", "no such file"},
 		{"pre bad flag", []string{"pre", "--bogus"}, 2, "", "patchagent pre: unknown flag --bogus\nTry 'patchagent pre --help'."},

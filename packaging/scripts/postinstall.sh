@@ -56,10 +56,11 @@ systemctl daemon-reload >/dev/null 2>&1 || :
 
 case "$action" in
 install)
-	if patchagent check-config --config "$config" >/dev/null 2>&1; then
+	if problems=$(patchagent check-config --config "$config" 2>&1 >/dev/null); then
 		systemctl enable patchagent.service || :
 	else
-		echo "patchagent: not enabled: set app.name in $config (check it with 'patchagent check-config'), then run 'systemctl enable --now patchagent.service'" >&2
+		echo "patchagent: not enabled: $config is not ready on this node (set app.name first; 'patchagent check-config' says what else), then run 'systemctl enable --now patchagent.service':" >&2
+		printf '%s\n' "$problems" | sed 's/^/  /' >&2
 	fi
 	;;
 upgrade)
