@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"syscall"
 
 	"github.com/coreos/go-systemd/v22/journal"
@@ -27,10 +29,11 @@ func newLogger(level, format string, stderr io.Writer) (*zap.Logger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
 	}
+	native := false
 	if format == "auto" {
 		format = "text"
 		if onJournal(os.Getenv("JOURNAL_STREAM"), stderr) {
-			format = "journal"
+			format, native = "journal", journalEnabled()
 		}
 	}
 	encCfg := zap.NewProductionEncoderConfig()
@@ -48,7 +51,95 @@ func newLogger(level, format string, stderr io.Writer) (*zap.Logger, error) {
 	default:
 		return nil, fmt.Errorf("--log-format %q: want auto, text, json or journal", format)
 	}
-	return zap.New(zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl)), nil
+	core := zapcore.NewCore(enc, zapcore.AddSync(stderr), lvl)
+	if native {
+		// On systemd's own stream with journald listening: each entry
+		// goes to the journal natively, its fields as journal fields
+		// (journalctl -u patchagent PHASE=pre), the same line as MESSAGE;
+		// an entry journald refuses is written to stderr as above.
+		core = &journalCore{LevelEnabler: lvl, line: enc.(journalEncoder).Encoder, fallback: core, send: journalSend}
+	}
+	return zap.New(core), nil
+}
+
+// The journal, for journalCore (variables: the tests replace them).
+var (
+	journalEnabled = journal.Enabled
+	journalSend    = journal.Send
+)
+
+// journalCore sends each entry to the journal with its fields as journal
+// fields, and writes it to fallback when that fails.
+type journalCore struct {
+	zapcore.LevelEnabler
+	line     zapcore.Encoder // the journal line encoder: MESSAGE is its line, without the priority
+	fields   []zapcore.Field // from With
+	fallback zapcore.Core
+	send     func(message string, priority journal.Priority, vars map[string]string) error
+}
+
+func (c *journalCore) With(fields []zapcore.Field) zapcore.Core {
+	clone := *c
+	clone.line = c.line.Clone()
+	for _, f := range fields {
+		f.AddTo(clone.line)
+	}
+	clone.fields = append(append([]zapcore.Field(nil), c.fields...), fields...)
+	clone.fallback = c.fallback.With(fields)
+	return &clone
+}
+
+func (c *journalCore) Check(ent zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(ent.Level) {
+		return ce.AddCore(ent, c)
+	}
+	return ce
+}
+
+func (c *journalCore) Write(ent zapcore.Entry, fields []zapcore.Field) error {
+	m := zapcore.NewMapObjectEncoder()
+	for _, f := range append(append([]zapcore.Field(nil), c.fields...), fields...) {
+		f.AddTo(m)
+	}
+	vars := map[string]string{"SYSLOG_IDENTIFIER": "patchagent"}
+	if ent.LoggerName != "" {
+		vars["LOGGER"] = ent.LoggerName
+	}
+	for k, v := range m.Fields {
+		vars[journalField(k)] = fmt.Sprint(v)
+	}
+	msg := ent.Message
+	if line, err := c.line.EncodeEntry(ent, fields); err == nil {
+		msg = string(bytes.TrimSuffix(line.Bytes(), []byte("\n")))
+		line.Free()
+	}
+	if err := c.send(msg, priority(ent.Level), vars); err != nil {
+		return c.fallback.Write(ent, fields)
+	}
+	return nil
+}
+
+func (c *journalCore) Sync() error { return c.fallback.Sync() }
+
+// journalField is a zap field's key as a journal field name: upper case,
+// [A-Z0-9_], not starting with "_" (trusted fields) or a digit, and not one
+// of the journal's own names (then prefixed FIELD_).
+func journalField(key string) string {
+	b := make([]byte, 0, len(key))
+	for _, r := range strings.ToUpper(key) {
+		if r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' {
+			b = append(b, byte(r))
+		} else {
+			b = append(b, '_')
+		}
+	}
+	name := strings.TrimLeft(string(b), "_0123456789")
+	switch {
+	case name == "", name == "MESSAGE", name == "MESSAGE_ID", name == "PRIORITY", name == "LOGGER",
+		strings.HasPrefix(name, "CODE_"), strings.HasPrefix(name, "SYSLOG_"), name == "ERRNO":
+		return "FIELD_" + strings.Trim(string(b), "_")
+	}
+	return name
 }
 
 // onJournal reports whether w is the stream systemd connected to the

@@ -2,14 +2,17 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/coreos/go-systemd/v22/journal"
 	"go.uber.org/zap"
 )
 
@@ -130,9 +133,63 @@ func TestLogFormats(t *testing.T) {
 	}
 }
 
+// noJournald makes journald absent for the test (the host's may listen).
+func noJournald(t *testing.T) {
+	enabled := journalEnabled
+	journalEnabled = func() bool { return false }
+	t.Cleanup(func() { journalEnabled = enabled })
+}
+
+// TestLogToTheJournalNatively: auto on systemd's stream with journald
+// listening sends each entry natively, its fields as journal fields and
+// its line as MESSAGE, with the level's priority; an entry journald
+// refuses goes to stderr as a priority-prefixed line.
+func TestLogToTheJournalNatively(t *testing.T) {
+	type entry struct {
+		msg  string
+		pri  journal.Priority
+		vars map[string]string
+	}
+	var sent []entry
+	fail := false
+	enabled, send := journalEnabled, journalSend
+	t.Cleanup(func() { journalEnabled, journalSend = enabled, send })
+	journalEnabled = func() bool { return true }
+	journalSend = func(msg string, pri journal.Priority, vars map[string]string) error {
+		if fail {
+			return errors.New("journald gone")
+		}
+		sent = append(sent, entry{msg, pri, vars})
+		return nil
+	}
+	stream := tempFile(t)
+	t.Setenv("JOURNAL_STREAM", streamOf(t, stream))
+	log, err := newLogger("info", "auto", stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Named("agent").With(zap.String("phase", "pre")).Warn("drain timed out", zap.Int("conns", 3), zap.String("message", "x"))
+	log.Debug("not at info")
+	if len(sent) != 1 {
+		t.Fatalf("sent %d entries, want 1: %+v", len(sent), sent)
+	}
+	e := sent[0]
+	want := map[string]string{"SYSLOG_IDENTIFIER": "patchagent", "LOGGER": "agent", "PHASE": "pre", "CONNS": "3", "FIELD_MESSAGE": "x"}
+	if e.pri != journal.PriWarning || !reflect.DeepEqual(e.vars, want) || !strings.HasPrefix(e.msg, "WARN\tagent\tdrain timed out\t") || strings.HasPrefix(e.msg, "<") {
+		t.Errorf("sent %+v, want priority %d, vars %v and the line as MESSAGE", e, journal.PriWarning, want)
+	}
+	fail = true
+	log.Error("journald refused this")
+	b, _ := os.ReadFile(stream.Name())
+	if !strings.Contains(string(b), "<3>ERROR\tjournald refused this") {
+		t.Errorf("a refused entry is not on stderr: %q", b)
+	}
+}
+
 // TestLogFormatAuto: journal on the stream systemd connected, text on the
 // SSM agent's pipe even with its JOURNAL_STREAM, and text without one.
 func TestLogFormatAuto(t *testing.T) {
+	noJournald(t)
 	journal := tempFile(t)
 	t.Setenv("JOURNAL_STREAM", streamOf(t, journal))
 	if got := logLines(t, "auto", journal); !strings.HasPrefix(got[1], "<6>INFO\tagent\tphase started") {

@@ -381,6 +381,11 @@ func TestRealNodePatchCycle(t *testing.T) {
 	if out := hook(m, "patchagent-on-exit.yaml"); !strings.HasPrefix(out, "patchagent exit: ok") {
 		t.Fatalf("exit verdict: %s", out)
 	}
+	// The daemon logs to the journal natively: its entries' fields are
+	// journal fields (journalctl PHASE=exit), under its own identifier.
+	if j, err := m.Output(ctx, "journalctl", "-u", "patchagent.service", "--no-pager", "-o", "cat", "SYSLOG_IDENTIFIER=patchagent", "PHASE=exit"); err != nil || !strings.Contains(j, "control request") {
+		t.Errorf("no journal entry of the daemon with PHASE=exit (%v):\n%s", err, j)
+	}
 	exitEnd := time.Now()
 	waitFor(t, "node back in service", 10*time.Second, healthy)
 	time.Sleep(300 * time.Millisecond)
