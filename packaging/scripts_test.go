@@ -49,7 +49,7 @@ echo "$name $*" >>"$STUB_LOG"
 case "$name $*" in
 "systemctl is-enabled --quiet patchagent.service" | "systemctl is-active --quiet patchagent.service") exit 0 ;;
 "systemctl is-"*) exit 1 ;;
-"patchagent check-config"*) exit "${STUB_CHECK_RC:-0}" ;;
+"patchagent check-config"*) printf '%b' "${STUB_CHECK_OUT:-}"; exit "${STUB_CHECK_RC:-0}" ;;
 "dpkg-query "*) [ -n "${STUB_INSTALLED:-}" ] && printf 'install ok installed'; exit 0 ;;
 "rpm -q "*) [ -n "${STUB_INSTALLED:-}" ]; exit $? ;;
 "dpkg "* | "rpm "* | "apt-get "* | "dnf "* | "yum "*) exit "${STUB_PM_RC:-0}" ;;
@@ -299,7 +299,7 @@ func TestRemovalWithACycleOpen(t *testing.T) {
 	write(true)
 	for _, arg := range []string{"remove", "0"} {
 		calls, code, stderr := e.run(t, e.dir, script, true, nil, arg)
-		if code != 1 || len(calls) != 0 || !strings.Contains(stderr, "A PATCH CYCLE IS OPEN") ||
+		if code != 1 || len(calls) != 1 || !strings.HasPrefix(calls[0], "patchagent check-config") || !strings.Contains(stderr, "A PATCH CYCLE IS OPEN") ||
 			!strings.Contains(stderr, "patchagent exit --force") || !strings.Contains(stderr, "iptables -D INPUT -j PATCHAGENT-BLOCK") ||
 			!strings.Contains(stderr, "PATCHAGENT_REMOVE_OPEN_CYCLE=1") {
 			t.Errorf("%s with a cycle open: exit %d, calls %q\n%s", arg, code, calls, stderr)
@@ -317,6 +317,24 @@ func TestRemovalWithACycleOpen(t *testing.T) {
 	write(false) // a previous cycle's "open" nested deeper does not count
 	if _, code, stderr := e.run(t, e.dir, script, true, nil, "remove"); code != 0 || strings.Contains(stderr, "CYCLE IS OPEN") {
 		t.Errorf("remove with the cycle closed: exit %d\n%s", code, stderr)
+	}
+
+	// daemon.state_dir and daemon.textfile_dir elsewhere: the effective
+	// values check-config prints are where the script looks.
+	custom, textfiles := filepath.Join(e.dir, "custom-state"), filepath.Join(e.dir, "textfiles")
+	if err := os.MkdirAll(custom, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(custom, "state.json"), []byte("{\n  \"open\": true\n}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	effective := []string{"PATCHAGENT_STATE_DIR=", "STUB_CHECK_OUT=daemon:\\n    state_dir: " + custom + "\\n    textfile_dir: \"" + textfiles + "\"\\n"}
+	if _, code, stderr := e.run(t, e.dir, script, true, effective, "remove"); code != 1 || !strings.Contains(stderr, custom) {
+		t.Errorf("remove with the cycle open in daemon.state_dir: exit %d\n%s", code, stderr)
+	}
+	calls, code, stderr := e.run(t, e.dir, script, true, append(effective, "PATCHAGENT_REMOVE_OPEN_CYCLE=1"), "remove")
+	if code != 0 || !slices.Contains(calls, "rm -f "+textfiles+"/patchagent.prom") {
+		t.Errorf("remove with daemon.textfile_dir set: exit %d, calls %q\n%s", code, calls, stderr)
 	}
 }
 
@@ -351,6 +369,11 @@ func TestUpgradeWaitsForARunningPhase(t *testing.T) {
 	calls, code, stderr := e.run(t, e.dir, script, true, []string{"PATCHAGENT_LOCK_WAIT=1"}, "configure", "0.1.0-1")
 	if code != 0 || slices.Contains(calls, restart) || !strings.Contains(stderr, "a patchagent phase still runs") {
 		t.Errorf("upgrade during a phase: exit %d, calls %q\n%s", code, calls, stderr)
+	}
+	// The lock found through daemon.state_dir, as check-config prints it.
+	viaConfig := []string{"PATCHAGENT_LOCK_WAIT=1", "PATCHAGENT_STATE_DIR=", "STUB_CHECK_OUT=daemon:\\n    state_dir: " + e.stateDir + "\\n"}
+	if calls, code, stderr := e.run(t, e.dir, script, true, viaConfig, "2"); code != 0 || slices.Contains(calls, restart) || !strings.Contains(stderr, "a patchagent phase still runs") {
+		t.Errorf("upgrade during a phase, state_dir from the config: exit %d, calls %q\n%s", code, calls, stderr)
 	}
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_UN); err != nil {
 		t.Fatal(err)

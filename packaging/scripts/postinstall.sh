@@ -23,14 +23,14 @@
 # containers, image builds). PATCHAGENT_SYSTEMD_DIR replaces
 # /run/systemd/system in that check, PATCHAGENT_CONFIG and
 # PATCHAGENT_CONFIG_TEMPLATE the config's and the template's paths,
-# PATCHAGENT_STATE_DIR /var/lib/patchagent, PATCHAGENT_LOCK_WAIT the 1800 s
+# PATCHAGENT_STATE_DIR the state directory (else daemon.state_dir, as
+# check-config prints it), PATCHAGENT_LOCK_WAIT the 1800 s
 # wait for the phase lock; they exist for the package tests only.
 set -e
 
 systemd_dir=${PATCHAGENT_SYSTEMD_DIR:-/run/systemd/system}
 config=${PATCHAGENT_CONFIG:-/etc/patchagent/config.yaml}
 template=${PATCHAGENT_CONFIG_TEMPLATE:-/usr/share/patchagent/config.yaml}
-lock=${PATCHAGENT_STATE_DIR:-/var/lib/patchagent}/phase.lock
 
 case "$1" in
 configure)
@@ -67,6 +67,11 @@ upgrade)
 	# A restart kills a phase the daemon runs (npm mid-update): wait for
 	# the phase lock first, as long as post may take (30 min), and leave
 	# the old daemon running if it is still held.
+	state_dir=${PATCHAGENT_STATE_DIR:-}
+	if [ -z "$state_dir" ]; then
+		state_dir=$(patchagent check-config --config "$config" 2>/dev/null | sed -n 's/^ *state_dir: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' | head -n 1) || :
+	fi
+	lock=${state_dir:-/var/lib/patchagent}/phase.lock
 	if command -v flock >/dev/null 2>&1 && [ -e "$lock" ] &&
 		! flock -w "${PATCHAGENT_LOCK_WAIT:-1800}" "$lock" true; then
 		echo "patchagent: a patchagent phase still runs: the daemon is not restarted; run 'systemctl restart patchagent.service' once it ends" >&2

@@ -12,19 +12,27 @@
 # forever). The state in /var/lib/patchagent is kept.
 #
 # PATCHAGENT_SYSTEMD_DIR replaces /run/systemd/system in the "is systemd
-# running" check, PATCHAGENT_STATE_DIR /var/lib/patchagent and
-# PATCHAGENT_CONFIG /etc/patchagent/config.yaml; they exist for the package
-# tests only.
+# running" check, PATCHAGENT_STATE_DIR the state directory (else
+# daemon.state_dir) and PATCHAGENT_CONFIG /etc/patchagent/config.yaml; they
+# exist for the package tests only.
 set -e
 
 systemd_dir=${PATCHAGENT_SYSTEMD_DIR:-/run/systemd/system}
-state=${PATCHAGENT_STATE_DIR:-/var/lib/patchagent}/state.json
 config=${PATCHAGENT_CONFIG:-/etc/patchagent/config.yaml}
 
 case "$1" in
 remove | 0) ;;
 *) exit 0 ;;
 esac
+
+# The config's effective values, as check-config prints them (none when it
+# fails): daemon.state_dir and daemon.textfile_dir may not be the defaults.
+effective=$(patchagent check-config --config "$config" 2>/dev/null) || :
+value() {
+	v=$(printf '%s\n' "$effective" | sed -n "s/^ *$1: *\"\{0,1\}\([^\"]*\)\"\{0,1\}\$/\1/p" | head -n 1)
+	echo "${v:-$2}"
+}
+state=${PATCHAGENT_STATE_DIR:-$(value state_dir /var/lib/patchagent)}/state.json
 
 if [ -f "$state" ] && grep -Eq '^  "open": true,?$' "$state"; then
 	cat >&2 <<-EOF
@@ -45,10 +53,7 @@ if [ -f "$state" ] && grep -Eq '^  "open": true,?$' "$state"; then
 	echo "patchagent: PATCHAGENT_REMOVE_OPEN_CYCLE=1: removing it anyway" >&2
 fi
 
-# The textfile's directory is the config's daemon.textfile_dir (the
-# effective value check-config prints), else the default.
-textfile_dir=$(patchagent check-config --config "$config" 2>/dev/null | sed -n 's/^ *textfile_dir: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' | head -n 1) || :
-rm -f "${textfile_dir:-/var/lib/prometheus/node-exporter}/patchagent.prom"
+rm -f "$(value textfile_dir /var/lib/prometheus/node-exporter)/patchagent.prom"
 
 [ -d "$systemd_dir" ] || exit 0
 
