@@ -583,16 +583,17 @@ func findPM2(configured string, searchDirs, nodeDirs []string) (bin, path string
 
 // nvmBins are the bin directories of the node versions nvm installed in
 // dir (v20.11.1/bin, ...), the newest version first. dir is the app user's:
-// it is opened O_DIRECTORY (a FIFO put in its place fails the open instead
-// of blocking it) and only its names are read.
+// it is walked as openDirPath walks (O_NOFOLLOW, only root's symlinks
+// followed: a link of the user's cannot point root at a directory of its
+// choosing), opened O_DIRECTORY (a FIFO in its place fails the open instead
+// of blocking it), and only its names are read.
 func nvmBins(dir string) []string {
-	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	d, err := openDirPath(dir)
 	if err != nil {
 		return nil
 	}
-	f := os.NewFile(uintptr(fd), dir)
-	defer f.Close()
-	names, _ := f.Readdirnames(-1)
+	defer d.Close()
+	names, _ := d.f.Readdirnames(-1)
 	versions := map[string][]int{}
 	for _, n := range names {
 		if v, ok := nodeVersion(n); ok {

@@ -772,6 +772,44 @@ func TestFindPM2InUsersNvm(t *testing.T) {
 	}
 }
 
+// TestFindPM2NvmDirThroughTheUsersSymlink: ~/.nvm/versions/node as a
+// symlink of the app user's, pointing elsewhere, is not followed (root
+// would list a directory of the user's choosing); root's own symlink is.
+func TestFindPM2NvmDirThroughTheUsersSymlink(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the symlink another owner")
+	}
+	home, elsewhere := t.TempDir(), t.TempDir()
+	bin := filepath.Join(elsewhere, "v22.0.0", "bin")
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"node", "pm2"} {
+		if err := os.WriteFile(filepath.Join(bin, f), []byte("#!/bin/true\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	versions := filepath.Join(home, ".nvm", "versions")
+	if err := os.MkdirAll(versions, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(versions, "node")
+	if err := os.Symlink(elsewhere, link); err != nil {
+		t.Fatal(err)
+	}
+	u := hooks.AppUser{Name: "app", Home: home}
+	viaLink := filepath.Join(link, "v22.0.0", "bin", "pm2")
+	if got, _, err := hooks.FindPM2(u, ""); err != nil || got != viaLink {
+		t.Fatalf("through root's symlink: FindPM2 = %q, %v; want %s", got, err, viaLink)
+	}
+	if err := os.Lchown(link, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := hooks.FindPM2(u, ""); err == nil && got == viaLink {
+		t.Fatalf("through the user's symlink: FindPM2 = %q; the link was followed", got)
+	}
+}
+
 // TestFindPM2NvmDirIsAFIFO: the app user controls ~/.nvm; a FIFO there
 // is skipped at once, not opened (which would block).
 func TestFindPM2NvmDirIsAFIFO(t *testing.T) {
