@@ -118,7 +118,7 @@ func (a *Agent) HoldRotation() {
 // rotation is the load balancer backend, given what st recorded of the
 // take-out if it keeps a record (JournaledRotation).
 func (a *Agent) rotation(st State) Rotation {
-	if j, ok := a.d.Rotation.(JournaledRotation); ok && st.LB != nil {
+	if j, ok := a.d.Rotation.(JournaledRotation); ok && st.LBPending() {
 		if err := j.Restore(st.LB); err != nil {
 			a.log.Error("the load balancer record in the state file is unreadable: nothing can be put back from it", zap.Error(err))
 		}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -204,20 +205,18 @@ func (a *Agent) putBackLeftover(ctx context.Context, r *phaseRun) error {
 	if a.d.Rotation == nil {
 		return nil
 	}
-	if _, ok := a.d.Rotation.(JournaledRotation); !ok || r.st.LB == nil {
+	if _, ok := a.d.Rotation.(JournaledRotation); !ok || !r.st.LBPending() {
 		a.rotation(r.st).SetOut(false)
 		return nil
 	}
-	c := a.cfg.LB
-	a.progress("lb-in: putting back what the last cycle could not (at most %s)", c.wait(false))
 	t := time.Now()
-	w, err := a.rotation(r.st).PutBack(ctx, c.wait(false).D())
+	out, err := a.putBack(ctx, r)
 	if err != nil {
 		r.rep.addStep("lb-in", ResultFailed, time.Since(t), "")
 		return fmt.Errorf("no patch cycle open, app healthy, but the last cycle's load balancer record is still not put back (kept in the state file): %w", err)
 	}
-	r.rep.addStep("lb-in", ResultOK, time.Since(t), fmt.Sprintf("the last cycle's record: %s, after %s", w.By, w.Took.Round(10*time.Millisecond)))
-	r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("back in LB rotation (%s), from the last cycle's record", w.By))
+	r.rep.addStep("lb-in", cmp.Or(out.result, ResultOK), time.Since(t), "the last cycle's record: "+out.detail)
+	r.rep.Summary = append(r.rep.Summary, "from the last cycle's record")
 	r.st.LB = nil
 	if err := a.save(&r.st, r.st.Step); err != nil {
 		return fmt.Errorf("the last cycle's load balancer record is put back, but dropping it from the state file failed (the next exit puts it back again, harmlessly): %w", err)
@@ -284,33 +283,38 @@ func (a *Agent) lbIn(ctx context.Context, r *phaseRun) error {
 	if a.d.Rotation == nil {
 		return nil
 	}
-	c := a.cfg.LB
-	err := a.step(r, "lb-in", func() (stepOut, error) {
-		a.progress("lb-in: putting the node back in the load balancer's rotation and waiting until it routes to it (at most %s)", c.wait(false))
-		w, err := a.rotation(r.st).PutBack(ctx, c.wait(false).D())
-		if err != nil {
-			return stepOut{}, err
-		}
-		if w.NotIn {
-			r.rep.warn("the node was in no load balancer rotation when pre ran (%s): nothing was put back", w.By)
-			r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("in no LB rotation (%s)", w.By))
-			return stepOut{result: "warn", detail: lbNotIn}, nil
-		}
-		if w.NoChecker {
-			r.rep.warn("no load balancer checker reached the readiness endpoint in %s: nothing confirms the LB routes to the node again", 2*c.Interval.D())
-			return stepOut{result: "warn", detail: "no checker seen"}, nil
-		}
-		r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("back in LB rotation (%s)", w.By))
-		if len(w.Checkers) > 0 {
-			return passed(fmt.Sprintf("%s %v saw it pass %d time(s) in a row, after %s", w.By, w.Checkers, c.HealthyThreshold, w.Took.Round(10*time.Millisecond)))
-		}
-		return passed(fmt.Sprintf("%s, after %s", w.By, w.Took.Round(10*time.Millisecond)))
-	})
+	err := a.step(r, "lb-in", func() (stepOut, error) { return a.putBack(ctx, r) })
 	if err != nil {
 		err = nodeLeft(nodeBackBut, fmt.Errorf("unblocked, but the load balancer did not confirm it routes to the node: %w", err))
 		a.closeCycle(r, StatusFailed, err.Error())
 	}
 	return err
+}
+
+// putBack puts the node back in the load balancer's rotation and waits
+// until the LB routes to it: lb-in's work, also that of an exit that puts
+// back what the last cycle could not.
+func (a *Agent) putBack(ctx context.Context, r *phaseRun) (stepOut, error) {
+	c := a.cfg.LB
+	a.progress("lb-in: putting the node back in the load balancer's rotation and waiting until it routes to it (at most %s)", c.wait(false))
+	w, err := a.rotation(r.st).PutBack(ctx, c.wait(false).D())
+	if err != nil {
+		return stepOut{}, err
+	}
+	if w.NotIn {
+		r.rep.warn("the node was in no load balancer rotation when pre ran (%s): nothing was put back", w.By)
+		r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("in no LB rotation (%s)", w.By))
+		return stepOut{result: "warn", detail: lbNotIn}, nil
+	}
+	if w.NoChecker {
+		r.rep.warn("no load balancer checker reached the readiness endpoint in %s: nothing confirms the LB routes to the node again", 2*c.Interval.D())
+		return stepOut{result: "warn", detail: "no checker seen"}, nil
+	}
+	r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("back in LB rotation (%s)", w.By))
+	if len(w.Checkers) > 0 {
+		return passed(fmt.Sprintf("%s %v saw it pass %d time(s) in a row, after %s", w.By, w.Checkers, c.HealthyThreshold, w.Took.Round(10*time.Millisecond)))
+	}
+	return passed(fmt.Sprintf("%s, after %s", w.By, w.Took.Round(10*time.Millisecond)))
 }
 
 // restoreExtras starts the units pre stopped and runs the exit commands, in

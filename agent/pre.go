@@ -103,7 +103,7 @@ func (a *Agent) recordRotation(ctx context.Context, r *phaseRun) (json.RawMessag
 	if !ok {
 		return nil, nil
 	}
-	if r.st.Open && r.st.LB != nil {
+	if r.st.Open && r.st.LBPending() {
 		return r.st.LB, nil
 	}
 	// A closed cycle keeps a record only when it could not put it all
