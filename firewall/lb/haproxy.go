@@ -163,18 +163,18 @@ func (h *HAProxy) change(ctx context.Context, deadline time.Duration, state stri
 		poll = 100 * time.Millisecond
 	}
 	var last ServerStat
-	for {
+	var statErr error
+	err := Poll(ctx, poll, func() (bool, error) {
 		s, err := h.Stat(ctx)
-		if err == nil && done(s) {
-			return Wait{By: fmt.Sprintf("HAProxy %s %s, %d session(s)", h.name(), s.Status, s.Sessions), Took: time.Since(start)}, nil
+		statErr = err
+		if err != nil {
+			return false, nil // HAProxy busy or restarting: ask again
 		}
-		if err == nil {
-			last = s
-		}
-		select {
-		case <-ctx.Done():
-			return Wait{Took: time.Since(start)}, fmt.Errorf("%w: HAProxy %s still %q with %d session(s) %s after `state %s` (%v)", ErrNotConfirmed, h.name(), last.Status, last.Sessions, deadline, state, err)
-		case <-time.After(poll):
-		}
+		last = s
+		return done(s), nil
+	})
+	if err != nil {
+		return Wait{Took: time.Since(start)}, fmt.Errorf("%w: HAProxy %s still %q with %d session(s) %s after `state %s` (%v)", ErrNotConfirmed, h.name(), last.Status, last.Sessions, deadline, state, statErr)
 	}
+	return Wait{By: fmt.Sprintf("HAProxy %s %s, %d session(s)", h.name(), last.Status, last.Sessions), Took: time.Since(start)}, nil
 }

@@ -230,6 +230,24 @@ type Wait struct {
 // threshold.
 var ErrNotConfirmed = errors.New("the load balancer did not confirm")
 
+// Poll calls try at once and then every interval until it reports done or
+// fails (its error is returned), or until ctx ends: then Poll returns
+// ctx's error, and the caller says what try saw last. The backends' waits
+// for a load balancer are this loop.
+func Poll(ctx context.Context, every time.Duration, try func() (done bool, err error)) error {
+	for {
+		done, err := try()
+		if err != nil || done {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(every):
+		}
+	}
+}
+
 // TakeOut makes every check answer 503 and waits, up to deadline, until
 // every checker seen lately has been told so Unhealthy times in a row:
 // the LB has taken the node out of rotation.

@@ -299,3 +299,29 @@ func TestReadinessStats(t *testing.T) {
 		t.Fatalf("a flood: %+v", s)
 	}
 }
+
+// TestPoll: done on the third try; try's error at once; ctx's end is
+// ctx's error, with try called no more.
+func TestPoll(t *testing.T) {
+	n := 0
+	if err := Poll(context.Background(), time.Millisecond, func() (bool, error) { n++; return n == 3, nil }); err != nil || n != 3 {
+		t.Fatalf("Poll = %v after %d tries, want nil after 3", err, n)
+	}
+	boom := errors.New("refused")
+	n = 0
+	if err := Poll(context.Background(), time.Millisecond, func() (bool, error) { n++; return false, boom }); err != boom || n != 1 {
+		t.Fatalf("Poll = %v after %d tries, want the error after 1", err, n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	n = 0
+	err := Poll(ctx, 5*time.Millisecond, func() (bool, error) { n++; return false, nil })
+	if !errors.Is(err, context.DeadlineExceeded) || n < 2 {
+		t.Fatalf("Poll = %v after %d tries, want the deadline after several", err, n)
+	}
+	after := n
+	time.Sleep(20 * time.Millisecond)
+	if n != after {
+		t.Fatal("try called after Poll returned")
+	}
+}

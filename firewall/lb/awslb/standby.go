@@ -9,6 +9,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
 	astypes "github.com/aws/aws-sdk-go-v2/service/autoscaling/types"
+	"github.com/patchagent/patchagent/firewall/lb"
 )
 
 // AutoScaling is what TargetGroups asks of the Auto Scaling API (the SDK's
@@ -162,36 +163,32 @@ func enterStandby(ctx context.Context, c Clients, r *StandbyRecord) error {
 // refuses ExitStandby until then). With wait, it then waits until the
 // group has it InService.
 func exitStandby(ctx context.Context, c Clients, r *StandbyRecord, poll time.Duration, wait bool) error {
-	for {
-		state, err := lifecycle(ctx, c, r.Group)
-		if err != nil {
-			return err
+	var state string
+	err := lb.Poll(ctx, poll, func() (bool, error) {
+		var err error
+		if state, err = lifecycle(ctx, c, r.Group); err != nil {
+			return false, err
 		}
 		switch state {
 		case standby:
 			if _, err := c.AutoScaling.ExitStandby(ctx, &autoscaling.ExitStandbyInput{
 				AutoScalingGroupName: aws.String(r.Group), InstanceIds: []string{c.InstanceID}}); err != nil {
-				return fmt.Errorf("taking %s out of Standby in %s: %w", c.InstanceID, r.Group, err)
+				return false, fmt.Errorf("taking %s out of Standby in %s: %w", c.InstanceID, r.Group, err)
 			}
-			if !wait {
-				return nil
-			}
+			return !wait, nil
 		case inService:
-			return nil
+			return true, nil
 		case pending:
-			if !wait {
-				return nil
-			}
+			return !wait, nil
 		case enteringStandby:
-		default:
-			return fmt.Errorf("%s is %s in Auto Scaling group %s: neither on Standby nor in service", c.InstanceID, state, r.Group)
+			return false, nil
 		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%s still %s in Auto Scaling group %s (EnteringStandby lasts the target groups' deregistration delay): %w", c.InstanceID, state, r.Group, ctx.Err())
-		case <-time.After(poll):
-		}
+		return false, fmt.Errorf("%s is %s in Auto Scaling group %s: neither on Standby nor in service", c.InstanceID, state, r.Group)
+	})
+	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("%s still %s in Auto Scaling group %s (EnteringStandby lasts the target groups' deregistration delay): %w", c.InstanceID, state, r.Group, err)
 	}
+	return err
 }
 
 // lifecycle is the instance's lifecycle state in group.

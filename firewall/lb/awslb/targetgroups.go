@@ -517,10 +517,10 @@ func target(r Registration) []types.TargetDescription {
 // wait polls each registration's health until done says so for all, or
 // the deadline: its error names every one not there, with ELB's reason.
 func (t *TargetGroups) wait(ctx context.Context, api ELBv2, regs []Registration, deadline time.Duration, want string, done func(types.TargetHealthStateEnum) bool) error {
-	poll := t.poll()
 	seen := map[Registration]string{} // the last state read of each, for the error
-	for {
-		var pending []string
+	var pending []string
+	err := lb.Poll(ctx, t.poll(), func() (bool, error) {
+		pending = nil
 		for _, r := range regs {
 			out, err := api.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(r.TargetGroup), Targets: target(r)})
 			if err != nil {
@@ -536,15 +536,12 @@ func (t *TargetGroups) wait(ctx context.Context, api ELBv2, regs []Registration,
 				pending = append(pending, seen[r])
 			}
 		}
-		if len(pending) == 0 {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: not %s within %s: %s", lb.ErrNotConfirmed, want, deadline, strings.Join(pending, "; "))
-		case <-time.After(poll):
-		}
+		return len(pending) == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w: not %s within %s: %s", lb.ErrNotConfirmed, want, deadline, strings.Join(pending, "; "))
 	}
+	return nil
 }
 
 // health is the state of the one target DescribeTargetHealth was asked
