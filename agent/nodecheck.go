@@ -16,9 +16,6 @@ type NodeChecker struct {
 	LookupUser func(name string) (hooks.AppUser, error)
 	// OwnerOf is the account owning a directory the app user controls.
 	OwnerOf func(dir string) (hooks.AppUser, error)
-	// StatDir says why dir is not a directory (nil when it is), without
-	// opening it or following the app user's symlinks.
-	StatDir func(dir string) error
 	// FindPM2 finds pm2 for a user, and the PATH to run it with.
 	FindPM2 func(u hooks.AppUser, configured string) (bin, path string, err error)
 	// LoadCA says why a CA bundle cannot be used (nil when it can).
@@ -32,11 +29,7 @@ func HostNode() NodeChecker {
 	return NodeChecker{
 		LookupUser: hooks.LookupUser,
 		OwnerOf:    hooks.OwnerOf,
-		StatDir: func(dir string) error {
-			_, err := hooks.StatDir(dir)
-			return err
-		},
-		FindPM2: hooks.FindPM2,
+		FindPM2:    hooks.FindPM2,
 		LoadCA: func(path string) error {
 			_, err := healthcheck.LoadCAFile(path)
 			return err
@@ -59,8 +52,9 @@ type NodeReport struct {
 func (n NodeChecker) CheckNode(cfg Config) NodeReport {
 	var r NodeReport
 	var ps problems
-	if u, key, err := n.findAppUser(cfg.App); err != nil {
-		ps.bad(key, "%v", err)
+	u, key, uerr := n.findAppUser(cfg.App)
+	if uerr != nil {
+		ps.bad(key, "%v", uerr)
 	} else {
 		r.Found = append(r.Found, fmt.Sprintf("app user: %s (uid %d, %s)", u.Name, u.UID, userSource(cfg.App)))
 		if bin, path, err := n.FindPM2(u, cfg.App.PM2); err != nil {
@@ -69,10 +63,13 @@ func (n NodeChecker) CheckNode(cfg Config) NodeReport {
 			r.Found = append(r.Found, "pm2: "+bin, "pm2's PATH: "+path, "PM2_HOME: "+hooks.PM2Home(u, cfg.App.PM2Home))
 		}
 	}
-	// Without app.user, findAppUser has checked app.dir already.
+	// With app.user, app.dir must be that user's: post's npm refuses a dir
+	// of another owner. (Without it, findAppUser took app.dir's owner.)
 	if cfg.App.User != "" && cfg.App.Dir != "" {
-		if err := n.StatDir(cfg.App.Dir); err != nil {
+		if owner, err := n.OwnerOf(cfg.App.Dir); err != nil {
 			ps.bad("app.dir", "%v", err)
+		} else if uerr == nil && owner.UID != u.UID {
+			ps.bad("app.dir", "%s is owned by %s (uid %d), not by app.user %s (uid %d): post's npm runs as app.user and refuses it", cfg.App.Dir, owner.Name, owner.UID, u.Name, u.UID)
 		}
 	}
 	if cfg.Health.CAFile != "" {

@@ -43,12 +43,6 @@ func (f fakeNode) checker() NodeChecker {
 			}
 			return hooks.AppUser{}, fmt.Errorf("finding the owner of %s: %w", dir, notThere(dir))
 		},
-		StatDir: func(dir string) error {
-			if _, ok := f.dirs[dir]; ok {
-				return nil
-			}
-			return notThere(dir)
-		},
 		FindPM2: func(u hooks.AppUser, configured string) (string, string, error) {
 			if configured != "" {
 				return configured, "/usr/bin", file(configured)
@@ -102,7 +96,14 @@ func TestCheckNode(t *testing.T) {
 			name:      "app.dir missing",
 			change:    func(_ *Config, n *fakeNode) { delete(n.dirs, "/srv/web") },
 			wantFound: webFound,
-			want:      []Problem{{Key: "app.dir", Msg: "/srv/web: no such file or directory"}},
+			want:      []Problem{{Key: "app.dir", Msg: "finding the owner of /srv/web: /srv/web: no such file or directory"}},
+		},
+		{
+			name:      "app.dir another user's: post's npm would refuse it",
+			change:    func(_ *Config, n *fakeNode) { n.dirs["/srv/web"] = "root" },
+			wantFound: webFound,
+			want: []Problem{{Key: "app.dir", Msg: "/srv/web is owned by root (uid 0), not by app.user web (uid 1001): " +
+				"post's npm runs as app.user and refuses it"}},
 		},
 		{
 			name:      "app.user empty: the owner of app.dir",
@@ -163,7 +164,7 @@ func TestCheckNode(t *testing.T) {
 			},
 			want: []Problem{
 				{Key: "app.user", Msg: `looking up user "nobody": unknown user`},
-				{Key: "app.dir", Msg: "/srv/web: no such file or directory"},
+				{Key: "app.dir", Msg: "finding the owner of /srv/web: /srv/web: no such file or directory"},
 				{Key: "health.ca_file", Msg: "/etc/ssl/app-ca.pem: no such file or directory"},
 				{Key: "steps.pre_commands[0]", Msg: "/usr/local/bin/leave: no such file or directory"},
 				{Key: "steps.exit_commands[0]", Msg: "/usr/local/bin/join: no such file or directory"},
@@ -211,7 +212,7 @@ func TestCheckNodeOnThisHost(t *testing.T) {
 	c.Health.CAFile = filepath.Join(dir, "missing.pem")
 	c.Steps.ExitCommands = [][]string{{filepath.Join(dir, "missing")}}
 	want := map[string]string{
-		"app.dir":                "open " + file + ": not a directory",
+		"app.dir":                "finding the owner of " + file + ": open " + file + ": not a directory",
 		"health.ca_file":         "reading CA bundle: open " + c.Health.CAFile + ": no such file or directory",
 		"steps.exit_commands[0]": filepath.Join(dir, "missing") + ": no such file or directory",
 	}

@@ -30,12 +30,11 @@ func fakeNode(files ...string) agent.NodeChecker {
 			}
 			return web, nil
 		},
-		OwnerOf: func(string) (hooks.AppUser, error) { return web, nil },
-		StatDir: func(dir string) error {
+		OwnerOf: func(dir string) (hooks.AppUser, error) {
 			if dir != "/srv/web" {
-				return errors.New(dir + ": no such file or directory")
+				return hooks.AppUser{}, errors.New(dir + ": no such file or directory")
 			}
-			return nil
+			return web, nil
 		},
 		FindPM2: func(hooks.AppUser, string) (string, string, error) {
 			return "/home/web/.nvm/versions/node/v20.11.1/bin/pm2", "/home/web/.nvm/versions/node/v20.11.1/bin", nil
