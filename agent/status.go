@@ -62,6 +62,9 @@ type NodeStatus struct {
 	// StateError says why the state file could not be read ("" when it
 	// was): the cycle and the phases are then unknown.
 	StateError string `json:"state_error,omitempty"`
+	// LBPending: the state file holds load balancer changes not put back
+	// (State.LBPending), which keeps the node out of service.
+	LBPending bool `json:"lb_pending"`
 	// Service is the verdict: ServiceIn, ServiceOut or ServiceUnknown.
 	Service string `json:"service"`
 }
@@ -138,13 +141,13 @@ func (a *Agent) Status(ctx context.Context) *NodeStatus {
 	for _, p := range procs {
 		s.App.Instances = append(s.App.Instances, AppInstance{ID: p.ID, PID: p.PID, Status: p.Status, Restarts: p.Restarts})
 	}
-	s.LB.Backend, s.LB.Record = a.cfg.LB.backend(), st.LB
+	s.LB.Backend, s.LB.Record, s.LBPending = a.cfg.LB.backend(), st.LB, st.LBPending()
 	inKernel := s.Block.Kernel == "blocked" || s.Block.Kernel == "partial"
 	s.Consistent = s.Block.Kernel != "unknown" && s.StateError == "" && inKernel == st.Blocks()
 	switch {
 	case s.Block.Kernel == "unknown" || s.StateError != "":
 		s.Service = ServiceUnknown
-	case !s.Cycle.Open && s.Block.Kernel == "none" && !st.LBPending():
+	case !s.Cycle.Open && s.Block.Kernel == "none" && !s.LBPending:
 		s.Service = ServiceIn
 	default:
 		s.Service = ServiceOut
@@ -180,7 +183,7 @@ func (s *NodeStatus) Text() string {
 	switch {
 	case s.Service == ServiceUnknown:
 		b.WriteString(s.unknownVerdict())
-	case !s.Cycle.Open && s.Block.Kernel == "none" && s.Service == ServiceOut:
+	case !s.Cycle.Open && s.Block.Kernel == "none" && s.LBPending:
 		b.WriteString("patchagent status: OUT OF LOAD BALANCER ROTATION (no patch cycle open): the last cycle could not put back its load balancer changes: `patchagent exit` puts them back once the app is healthy\n")
 	case !s.Cycle.Open && s.Block.Kernel == "none" && s.Cycle.Forced != nil && s.Cycle.Forced.Cycle != "" && s.Cycle.Forced.Cycle == s.Cycle.ID:
 		fmt.Fprintf(&b, "patchagent status: in service (no patch cycle open; cycle %s was closed FORCED, without a health check)\n", s.Cycle.ID)
@@ -246,7 +249,7 @@ func (s *NodeStatus) Text() string {
 	}
 	if s.LB.Backend != "" {
 		fmt.Fprintf(&b, "  lb:     %s", s.LB.Backend)
-		if len(s.LB.Record) > 0 && string(s.LB.Record) != "null" {
+		if s.LBPending {
 			var c bytes.Buffer
 			if json.Compact(&c, s.LB.Record) == nil {
 				fmt.Fprintf(&b, ", to put back: %s", c.String())

@@ -611,6 +611,14 @@ func TestPatchBehindELBv2(t *testing.T) {
 	// file, registers the node again, takes it off Standby and restores the
 	// minimum size.
 	t.Run("pre killed after the deregistration", func(t *testing.T) {
+		// The group checks ELB health (as the subtest above left it, set
+		// again so this one runs alone): pre enters Standby too.
+		if _, err := e.asgAPI.UpdateAutoScalingGroup(awsCtx(t, 15*time.Second), &autoscaling.UpdateAutoScalingGroupInput{
+			AutoScalingGroupName: aws.String(awsASG), HealthCheckType: aws.String(asgsim.HealthCheckELB)}); err != nil {
+			t.Fatal(err)
+		}
+		e.register(t, awsOtherID, awsOtherPort)
+		e.waitState(t, awsOtherID, awsOtherPort, "healthy", 30*time.Second)
 		cmd := exec.Command("ip", "netns", "exec", n.ServerNS, binary, "pre", "--config", cfg)
 		cmd.Env = []string{"PATH=" + sandbox.SSMPath, "PATCHAGENT_TEST_CRASH_AFTER=block"}
 		err := cmd.Run()

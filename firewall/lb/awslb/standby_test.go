@@ -124,7 +124,7 @@ func TestStandbyOutAndBack(t *testing.T) {
 	}
 	r := decode(t, rec)
 	want := StandbyRecord{Group: asgName, Decrement: true, MinSize: &MinSizeChange{From: 2, To: 1}}
-	if r.Standby == nil || r.Standby.Group != want.Group || !r.Standby.Decrement || *r.Standby.MinSize != *want.MinSize {
+	if r.Standby == nil || r.Standby.Group != want.Group || !r.Standby.Decrement || r.Standby.MinSize == nil || *r.Standby.MinSize != *want.MinSize {
 		t.Fatalf("record's standby = %+v, want %+v", r.Standby, want)
 	}
 	if g := e.group(t); g.MinSize != 2 || g.DesiredCapacity != 2 || e.lifecycle(t) != asgsim.InService {
@@ -342,6 +342,9 @@ func TestStandbyRetriesThrottlingAndReportsAccessDenied(t *testing.T) {
 	b := e.backend()
 	if _, err := b.Record(ctx, nil); err != nil {
 		t.Fatalf("Record through two throttled calls: %v", err)
+	}
+	if n := e.asg.Calls("DescribeAutoScalingInstances"); n != 3 {
+		t.Fatalf("DescribeAutoScalingInstances called %d time(s), want 3 (two throttled, retried)", n)
 	}
 	if err := e.asg.FailNext("EnterStandby", 1, awsquery.AccessDenied); err != nil {
 		t.Fatal(err)
