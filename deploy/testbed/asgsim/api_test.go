@@ -3,8 +3,8 @@ package asgsim_test
 import (
 	"encoding/xml"
 	"errors"
-	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -286,19 +286,9 @@ func TestWireFormat(t *testing.T) {
 	t.Parallel()
 	e := setup(t, webGroup(1, 2, 3))
 	post := func(form url.Values, signed bool) (int, string) {
-		t.Helper()
-		req, _ := http.NewRequest(http.MethodPost, e.api.URL+"/", strings.NewReader(form.Encode()))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		if signed {
-			req.Header.Set("Authorization", "AWS4-HMAC-SHA256 Credential=AKID/20260101/us-east-1/autoscaling/aws4_request, SignedHeaders=host, Signature=00")
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		rec := httptest.NewRecorder()
+		e.sim.ServeHTTP(rec, awsquery.NewRequest(form, signed))
+		return rec.Code, rec.Body.String()
 	}
 	form := func(action string, kv ...string) url.Values {
 		f := url.Values{"Action": {action}, "Version": {asgsim.APIVersion}}

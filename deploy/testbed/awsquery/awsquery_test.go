@@ -43,9 +43,8 @@ type oddResult struct {
 type service struct {
 	api *awsquery.API
 
-	mu    sync.Mutex
-	got   []string     // actions dispatched, in order
-	forms []url.Values // their parameters
+	mu  sync.Mutex
+	got []string // actions dispatched, in order
 }
 
 // newService serves Describe (a result: Name and the list Items), Update (no
@@ -62,7 +61,6 @@ func newService(ec2 bool) *service {
 		Dispatch: func(action string, form url.Values) (any, *awsquery.Error) {
 			s.mu.Lock()
 			s.got = append(s.got, action)
-			s.forms = append(s.forms, form)
 			s.mu.Unlock()
 			switch action {
 			case "Describe":

@@ -10,9 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -116,8 +114,8 @@ func startAWSEnv(t *testing.T, n *sandbox.Node) *awsEnv {
 		t.Fatal(err)
 	}
 	elbAddr := netip.AddrPortFrom(n.ClientV4, awsELBv2Port).String()
-	serveInClient(t, n, elbAddr, sim)
-	serveInClient(t, n, awsRouterAddr, router)
+	serveIn(t, n.InClient, elbAddr, sim)
+	serveIn(t, n.InClient, awsRouterAddr, router)
 	e.elbv2URL = "http://" + elbAddr
 
 	cfg := aws.Config{
@@ -165,18 +163,18 @@ func startAWSEnv(t *testing.T, n *sandbox.Node) *awsEnv {
 	})
 	e.asg = asg
 	asgAddr := netip.AddrPortFrom(n.ClientV4, awsASGPort).String()
-	serveInClient(t, n, asgAddr, asg)
+	serveIn(t, n.InClient, asgAddr, asg)
 	e.asgURL = "http://" + asgAddr
 	e.asgAPI = autoscaling.NewFromConfig(cfg, func(o *autoscaling.Options) { o.BaseEndpoint = aws.String(e.asgURL) })
 	return e
 }
 
-// serveInClient serves h on addr, listening inside n's client netns,
-// until t ends.
-func serveInClient(t *testing.T, n *sandbox.Node, addr string, h http.Handler) {
+// serveIn serves h on addr, listening inside the netns that in runs its
+// function in (Node.InClient, LBNet.InLB), until t ends.
+func serveIn(t *testing.T, in func(func() error) error, addr string, h http.Handler) {
 	t.Helper()
 	var ln net.Listener
-	if err := n.InClient(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
+	if err := in(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
 		t.Fatal(err)
 	}
 	serveOn(t, ln, h)
@@ -619,12 +617,7 @@ func TestPatchBehindELBv2(t *testing.T) {
 		}
 		e.register(t, awsOtherID, awsOtherPort)
 		e.waitState(t, awsOtherID, awsOtherPort, "healthy", 30*time.Second)
-		cmd := exec.Command("ip", "netns", "exec", n.ServerNS, binary, "pre", "--config", cfg)
-		cmd.Env = []string{"PATH=" + sandbox.SSMPath, "PATCHAGENT_TEST_CRASH_AFTER=block"}
-		err := cmd.Run()
-		if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL && ee.ExitCode() != 137 {
-			t.Fatalf("pre was not killed before the block: %v", err)
-		}
+		killPreAt(t, n, cfg, "block")
 		st := readState(t, stateDir)
 		if rec := lbRecord(t, st); !st.Open || len(rec.Registrations) != 1 || rec.Standby == nil {
 			t.Fatalf("state file after the killed pre: open %v, lb %s; want open, the registration and the Standby", st.Open, st.LB)

@@ -5,7 +5,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -90,8 +89,8 @@ func TestFleetBehindELBv2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serveInLB(t, l, fmt.Sprintf("0.0.0.0:%d", fleetELBv2Port), sim)
-	serveInLB(t, l, fleetRouterAddr, router)
+	serveIn(t, l.InLB, fmt.Sprintf("0.0.0.0:%d", fleetELBv2Port), sim)
+	serveIn(t, l.InLB, fleetRouterAddr, router)
 	api := elbv2.NewFromConfig(awsquery.ClientConfig(3), func(o *elbv2.Options) {
 		o.BaseEndpoint = aws.String(fmt.Sprintf("http://127.0.0.1:%d", fleetELBv2Port))
 		o.HTTPClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{Proxy: nil, DialContext: dial}}
@@ -207,14 +206,4 @@ func TestFleetBehindELBv2(t *testing.T) {
 			t.Errorf("node 0 is %s after the refused pre", st[fleetID(0)])
 		}
 	})
-}
-
-// serveInLB serves h on addr, listening inside l's netns, until t ends.
-func serveInLB(t *testing.T, l *sandbox.LBNet, addr string, h http.Handler) {
-	t.Helper()
-	var ln net.Listener
-	if err := l.InLB(func() (err error) { ln, err = net.Listen("tcp4", addr); return err }); err != nil {
-		t.Fatal(err)
-	}
-	serveOn(t, ln, h)
 }

@@ -170,18 +170,25 @@ func TestExitWithoutPreChangesNothing(t *testing.T) {
 	assertInService(t, n)
 }
 
+// killPreAt runs pre in n's server netns as SSM does, SIGKILLed (as an
+// SSM timeout kills it) right after it records the intent of step
+// (PATCHAGENT_TEST_CRASH_AFTER), and fails t unless it died so.
+func killPreAt(t *testing.T, n *sandbox.Node, cfg, step string) {
+	t.Helper()
+	cmd := exec.Command("ip", "netns", "exec", n.ServerNS, binary, "pre", "--config", cfg)
+	cmd.Env = []string{"PATH=" + sandbox.SSMPath, "PATCHAGENT_TEST_CRASH_AFTER=" + step}
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL && ee.ExitCode() != 137 {
+		t.Fatalf("pre was not killed at %s: %v", step, err)
+	}
+}
+
 func TestExitAfterPreKilledAtEachStep(t *testing.T) {
 	n := setupNode(t, "pa-e2k", nil)
 	cfg, _ := writeConfig(t, n, n.Opts.AppName, "drain:\n  idle: 200ms\n")
 	for _, step := range []string{"block", "drain", "stop", "done"} {
 		t.Run(step, func(t *testing.T) {
-			cmd := exec.Command("ip", "netns", "exec", n.ServerNS, binary, "pre", "--config", cfg)
-			cmd.Env = []string{"PATH=" + sandbox.SSMPath, "PATCHAGENT_TEST_CRASH_AFTER=" + step}
-			err := cmd.Run()
-			ee, ok := err.(*exec.ExitError)
-			if !ok || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL && ee.ExitCode() != 137 {
-				t.Fatalf("pre was not killed at %s: %v", step, err)
-			}
+			killPreAt(t, n, cfg, step)
 			r := patchagent(t, n, "exit", "--config", cfg)
 			if r.code != 0 {
 				t.Fatalf("exit after pre died at %s: %d", step, r.code)
