@@ -27,8 +27,9 @@ const (
 	ExitUsage  = 2
 	ExitLocked = 3
 	// ExitUnknown: status could not read the node's state (not root, the
-	// state file unreadable).
-	ExitUnknown = 3
+	// state file unreadable). It shares ExitLocked's code, the one code
+	// left for "not known" that SSM does not give a meaning of its own.
+	ExitUnknown = ExitLocked
 )
 
 // Output limits: SSM shows the first 2,500 characters in its console.

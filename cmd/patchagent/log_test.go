@@ -168,20 +168,22 @@ func TestLogToTheJournalNatively(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	log.Named("agent").With(zap.String("phase", "pre")).Warn("drain timed out", zap.Int("conns", 3), zap.String("message", "x"))
+	agentLog := log.Named("agent").With(zap.String("phase", "pre"))
+	agentLog.Warn("drain timed out", zap.Int("conns", 3), zap.String("message", "x"))
 	log.Debug("not at info")
 	if len(sent) != 1 {
 		t.Fatalf("sent %d entries, want 1: %+v", len(sent), sent)
 	}
 	e := sent[0]
 	want := map[string]string{"SYSLOG_IDENTIFIER": "patchagent", "LOGGER": "agent", "PHASE": "pre", "CONNS": "3", "FIELD_MESSAGE": "x"}
-	if e.pri != journal.PriWarning || !reflect.DeepEqual(e.vars, want) || !strings.HasPrefix(e.msg, "WARN\tagent\tdrain timed out\t") || strings.HasPrefix(e.msg, "<") {
+	wantMsg := "WARN\tagent\tdrain timed out\t{\"phase\": \"pre\", \"conns\": 3, \"message\": \"x\"}"
+	if e.pri != journal.PriWarning || !reflect.DeepEqual(e.vars, want) || e.msg != wantMsg {
 		t.Errorf("sent %+v, want priority %d, vars %v and the line as MESSAGE", e, journal.PriWarning, want)
 	}
 	fail = true
-	log.Error("journald refused this")
+	agentLog.Error("journald refused this")
 	b, _ := os.ReadFile(stream.Name())
-	if !strings.Contains(string(b), "<3>ERROR\tjournald refused this") {
+	if !strings.Contains(string(b), "<3>ERROR\tagent\tjournald refused this\t{\"phase\": \"pre\"}") {
 		t.Errorf("a refused entry is not on stderr: %q", b)
 	}
 }
