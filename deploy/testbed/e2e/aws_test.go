@@ -128,25 +128,13 @@ func startAWSEnv(t *testing.T, n *sandbox.Node) *awsEnv {
 	// As a real group with an attached target group does: an instance
 	// entering Standby is deregistered and stays EnteringStandby until its
 	// draining ends; one leaving Standby is registered again.
-	hook := func(ctx context.Context, tr asgsim.Transition) {
-		if tr.InstanceID != awsNodeID {
-			return
+	port := func(id string) int32 {
+		if id == awsOtherID {
+			return awsOtherPort
 		}
-		td := []types.TargetDescription{{Id: aws.String(awsNodeID), Port: aws.Int32(443)}}
-		switch tr.To {
-		case asgsim.EnteringStandby:
-			e.api.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(e.arn), Targets: td})
-			for ctx.Err() == nil {
-				out, err := e.api.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(e.arn), Targets: td})
-				if err == nil && (len(out.TargetHealthDescriptions) == 0 || out.TargetHealthDescriptions[0].TargetHealth.State != types.TargetHealthStateEnumDraining) {
-					return
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
-		case asgsim.Pending:
-			e.api.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: aws.String(e.arn), Targets: td})
-		}
+		return 443
 	}
+	hook := asgsim.AttachTargetGroups(e.api, port, func(err error) { t.Error(err) })
 	asg, err := asgsim.New(asgsim.Options{Groups: []asgsim.Group{{
 		Name: awsASG, MinSize: 2, DesiredCapacity: 2, MaxSize: 4, HealthCheckType: asgsim.HealthCheckEC2,
 		TargetGroupARNs: []string{e.arn},

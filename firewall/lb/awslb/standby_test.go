@@ -11,7 +11,6 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/autoscaling"
-	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
 
 	"github.com/patchagent/patchagent/deploy/testbed/asgsim"
 	"github.com/patchagent/patchagent/deploy/testbed/awsquery"
@@ -39,21 +38,7 @@ func newASGEnv(t *testing.T, g asgsim.Group) *asgEnv {
 		g.TargetGroupARNs = []string{e.web}
 	}
 	g.Instances = []asgsim.Instance{{ID: self}, {ID: other}}
-	g.OnTransition = func(ctx context.Context, tr asgsim.Transition) {
-		if tr.InstanceID != self {
-			return
-		}
-		r := Registration{TargetGroup: e.web, ID: self, Port: e.port}
-		switch tr.To {
-		case asgsim.EnteringStandby:
-			e.tgEnv.client.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(e.web), Targets: target(r)})
-			for ctx.Err() == nil && e.stateCtx(ctx, e.web, self, e.port) == "draining" {
-				time.Sleep(10 * time.Millisecond)
-			}
-		case asgsim.Pending:
-			e.tgEnv.client.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: aws.String(e.web), Targets: target(r)})
-		}
-	}
+	g.OnTransition = asgsim.AttachTargetGroups(e.tgEnv.client, func(string) int32 { return e.port }, func(err error) { t.Error(err) })
 	sim, err := asgsim.New(asgsim.Options{Groups: []asgsim.Group{g}, TransitionDelay: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

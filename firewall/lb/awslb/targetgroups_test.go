@@ -102,16 +102,6 @@ func (e *tgEnv) state(t *testing.T, arn, id string, port int32) string {
 	return string(st)
 }
 
-// stateCtx is state for a hook, which cannot fail a test: "" on an error.
-func (e *tgEnv) stateCtx(ctx context.Context, arn, id string, port int32) string {
-	out, err := e.client.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn), Targets: target(Registration{arn, id, port})})
-	if err != nil {
-		return ""
-	}
-	st, _ := health(out)
-	return string(st)
-}
-
 // TestTargetGroupsOutAndBack: Record finds both of this instance's
 // registrations (the port override included) and not the other
 // instance's; TakeOut deregisters exactly those and returns once both
