@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -260,6 +261,14 @@ type TargetGroupList []string
 // Auto reports whether the list is auto.
 func (l TargetGroupList) Auto() bool { return len(l) == 1 && l[0] == AutoTargetGroups }
 
+// ARNs are the target groups named, none for auto.
+func (l TargetGroupList) ARNs() []string {
+	if l.Auto() {
+		return nil
+	}
+	return l
+}
+
 // UnmarshalYAML reads a sequence of ARNs or the scalar auto.
 func (l *TargetGroupList) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind == yaml.ScalarNode {
@@ -272,6 +281,9 @@ func (l *TargetGroupList) UnmarshalYAML(n *yaml.Node) error {
 	var arns []string
 	if err := n.Decode(&arns); err != nil {
 		return err
+	}
+	if slices.Contains(arns, AutoTargetGroups) {
+		return fmt.Errorf("%q is not a target group ARN: write target_groups: %s, not a list", AutoTargetGroups, AutoTargetGroups)
 	}
 	*l = arns
 	return nil
@@ -291,7 +303,7 @@ func (c LBConfig) backend() string {
 	switch {
 	case c.AWS.TargetGroups.Auto():
 		return fmt.Sprintf("AWS ELBv2, the Auto Scaling group's target groups, min_healthy %s, standby %s", c.AWS.MinHealthy, c.AWS.Standby)
-	case len(c.AWS.TargetGroups) > 0:
+	case c.aws():
 		return fmt.Sprintf("AWS ELBv2, %d target group(s), min_healthy %s, standby %s", len(c.AWS.TargetGroups), c.AWS.MinHealthy, c.AWS.Standby)
 	case c.HAProxy.Socket != "":
 		return fmt.Sprintf("HAProxy runtime API %s, server %s/%s", c.HAProxy.Socket, c.HAProxy.Backend, c.HAProxy.Server)
@@ -303,7 +315,7 @@ func (c LBConfig) backend() string {
 
 // plan is what lb-out (out) or lb-in does, for a dry run.
 func (c LBConfig) plan(out bool) string {
-	if a := c.AWS; len(a.TargetGroups) > 0 {
+	if a := c.AWS; c.aws() {
 		groups := fmt.Sprintf("%d target group(s)", len(a.TargetGroups))
 		if a.TargetGroups.Auto() {
 			groups = "the target groups of its Auto Scaling group"
@@ -681,10 +693,9 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, key string) {
 		}
 		return
 	}
-	// A list, unless a scalar for a list type that reads one itself
-	// (TargetGroupList's auto).
-	scalarList := n.Kind == yaml.ScalarNode && n.Tag != "!!null" && reflect.PointerTo(v.Type()).Implements(unmarshalerType)
-	if v.Kind() == reflect.Slice && v.Type().Elem().Kind() != reflect.Uint8 && !scalarList {
+	// A list, unless its type reads itself (TargetGroupList: auto or ARNs).
+	ownList := n.Tag != "!!null" && reflect.PointerTo(v.Type()).Implements(unmarshalerType)
+	if v.Kind() == reflect.Slice && v.Type().Elem().Kind() != reflect.Uint8 && !ownList {
 		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
 			v.Set(reflect.MakeSlice(v.Type(), 0, 0))
 			return
@@ -703,7 +714,7 @@ func (d *decoder) decode(n *yaml.Node, v reflect.Value, key string) {
 		return
 	}
 	// A scalar leaf (or a type with its own UnmarshalYAML).
-	if n.Kind != yaml.ScalarNode {
+	if n.Kind != yaml.ScalarNode && !ownList {
 		d.add(n, key, "want %s, got %s", kindName(v), describe(n))
 		return
 	}

@@ -125,6 +125,7 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 		{"aws endpoints without target groups", "app: {name: a}\nlb:\n  aws:\n    endpoints: {elbv2: \"ftp://x\"}\n", []string{"lb.aws.target_groups: empty", "lb.aws.endpoints.elbv2: \"ftp://x\" is not an http(s) base URL"}},
 		{"aws min_healthy", "app: {name: a}\nlb:\n  aws:\n    target_groups: [" + tgARN + "]\n    min_healthy: 150%\n", []string{"lb.aws.min_healthy: \"150%\": a percent is at most 100%"}},
 		{"aws min_healthy not a number", "app: {name: a}\nlb:\n  aws:\n    target_groups: [" + tgARN + "]\n    min_healthy: half\n", []string{"lb.aws.min_healthy: \"half\": want a count"}},
+		{"aws target groups auto inside a list", "app: {name: a}\nlb:\n  aws:\n    target_groups: [auto]\n", []string{"\"auto\" is not a target group ARN: write target_groups: auto, not a list"}},
 		{"aws target groups a scalar other than auto", "app: {name: a}\nlb:\n  aws:\n    target_groups: " + tgARN + "\n", []string{"want a list of target group ARNs or \"auto\""}},
 		{"aws standby", "app: {name: a}\nlb:\n  aws:\n    target_groups: auto\n    standby: always\n    endpoints: {autoscaling: \"x\"}\n", []string{"lb.aws.standby: \"always\": want auto or never", "lb.aws.endpoints.autoscaling: \"x\" is not an http(s) base URL"}},
 		{"aws with the readiness endpoint", "app: {name: a}\nlb:\n  health_listen: 0.0.0.0:8742\n  aws:\n    target_groups: [" + tgARN + "]\n", []string{"lb.aws: set with lb.health_listen or lb.haproxy"}},

@@ -233,7 +233,7 @@ func parseMinHealthy(s string) (count, percent int, err error) {
 var targetGroupARN = regexp.MustCompile(`^arn:aws[a-z-]*:elasticloadbalancing:[a-z0-9-]+:[0-9]{12}:targetgroup/[A-Za-z0-9-]{1,32}/[0-9a-f]{16}$`)
 
 func (c LBConfig) validate(ps *problems) {
-	if a := c.AWS; len(a.TargetGroups) > 0 || a.Endpoints != (AWSEndpoints{}) {
+	if a := c.AWS; c.aws() || a.Endpoints != (AWSEndpoints{}) {
 		if c.HealthListen != "" || c.HAProxy != (HAProxyConfig{}) {
 			ps.bad("lb.aws", "set with lb.health_listen or lb.haproxy: choose one way to take the node out of rotation")
 		}

@@ -43,16 +43,12 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	// Behind a load balancer: the readiness signal the daemon serves, in
 	// service answering as the app's own health check.
 	var rot Rotation
-	if a := cfg.LB.AWS; len(a.TargetGroups) > 0 {
+	if a := cfg.LB.AWS; cfg.LB.aws() {
 		count, pct, _ := parseMinHealthy(a.MinHealthy) // validated
-		tg := &awslb.TargetGroups{ARNs: a.TargetGroups, AutoTargetGroups: a.TargetGroups.Auto(),
+		rot = &awslb.TargetGroups{ARNs: a.TargetGroups.ARNs(), AutoTargetGroups: a.TargetGroups.Auto(),
 			Standby: a.Standby == "auto", DecrementDesired: a.DecrementDesiredCapacity,
 			Connect:    awslb.Connected(awslb.Endpoints{IMDS: a.Endpoints.IMDS, ELBv2: a.Endpoints.ELBv2, AutoScaling: a.Endpoints.AutoScaling, EC2: a.Endpoints.EC2}),
 			MinHealthy: awslb.MinHealthy{Count: count, Percent: pct}}
-		if tg.AutoTargetGroups {
-			tg.ARNs = nil
-		}
-		rot = tg
 	} else if h := cfg.LB.HAProxy; h.Socket != "" {
 		rot = &lb.HAProxy{Socket: h.Socket, Backend: h.Backend, Server: h.Server}
 	} else if cfg.LB.HealthListen != "" {
