@@ -3,8 +3,10 @@ package hooks
 // Internals for the external tests (package hooks_test, which may import
 // hookstest).
 var (
-	FindPM2In = findPM2
-	PidAlive  = pidAlive
+	FindPM2In = func(configured string, search, nodeDirs []string) (string, string, error) {
+		return findPM2(pathProbe{}, configured, search, nodeDirs)
+	}
+	PidAlive = pidAlive
 	// ReadProcIn is PM2.Proc with the procfs mount point given.
 	ReadProcIn = readProc
 )

@@ -532,21 +532,91 @@ func FindPM2(u AppUser, configured string) (bin, path string, err error) {
 	if opt, _ := filepath.Glob("/opt/*/bin"); len(opt) > 0 {
 		dirs = append(dirs, opt...)
 	}
-	return findPM2(configured, dirs, []string{"/usr/local/bin", "/usr/bin"})
+	p := pathProbe{home: filepath.Clean(u.Home)}
+	if u.Home != "" {
+		if r, err := os.OpenRoot(u.Home); err == nil {
+			defer r.Close()
+			p.root = r
+		}
+	}
+	return findPM2(p, configured, dirs, []string{"/usr/local/bin", "/usr/bin"})
 }
 
-func findPM2(configured string, searchDirs, nodeDirs []string) (bin, path string, err error) {
+// pathProbe stats paths for FindPM2: those in the app user's home through
+// os.Root, so that a symlink of the user's (~/.npm-global/bin/pm2, a node
+// version's bin) cannot point root's stat or symlink resolution outside
+// the home; others as they are.
+type pathProbe struct {
+	home string
+	root *os.Root // nil: no home to open
+}
+
+// rel is path relative to the home, if it is in it.
+func (p pathProbe) rel(path string) (string, bool) {
+	if p.root == nil {
+		return "", false
+	}
+	rel, err := filepath.Rel(p.home, filepath.Clean(path))
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", false
+	}
+	return rel, true
+}
+
+// executable is isExecutable, in the home through the root.
+func (p pathProbe) executable(path string) error {
+	rel, ok := p.rel(path)
+	if !ok {
+		return isExecutable(path)
+	}
+	fi, err := p.root.Stat(rel)
+	if err != nil {
+		return err
+	}
+	return modeExecutable(fi)
+}
+
+// realPath is filepath.EvalSymlinks of path's last components: in the
+// home, link by link through the root, refusing one that leaves the home.
+func (p pathProbe) realPath(path string) (string, error) {
+	rel, ok := p.rel(path)
+	if !ok {
+		return filepath.EvalSymlinks(path)
+	}
+	for range maxSymlinks {
+		fi, err := p.root.Lstat(rel)
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			return filepath.Join(p.home, rel), nil
+		}
+		target, err := p.root.Readlink(rel)
+		if err != nil {
+			return "", err
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(p.home, filepath.Dir(rel), target)
+		}
+		if rel, ok = p.rel(target); !ok {
+			return "", fmt.Errorf("%s: a symlink of the app user's leads out of %s", path, p.home)
+		}
+	}
+	return "", fmt.Errorf("%s: too many symlinks", path)
+}
+
+func findPM2(p pathProbe, configured string, searchDirs, nodeDirs []string) (bin, path string, err error) {
 	if configured != "" {
 		if !filepath.IsAbs(configured) {
 			return "", "", fmt.Errorf("pm2 %q: not an absolute path", configured)
 		}
-		if err := isExecutable(configured); err != nil {
+		if err := p.executable(configured); err != nil {
 			return "", "", fmt.Errorf("pm2 %s: %w", configured, err)
 		}
 		bin = filepath.Clean(configured)
 	} else {
 		for _, d := range searchDirs {
-			if c := filepath.Join(d, "pm2"); isExecutable(c) == nil {
+			if c := filepath.Join(d, "pm2"); p.executable(c) == nil {
 				bin = c
 				break
 			}
@@ -555,14 +625,14 @@ func findPM2(configured string, searchDirs, nodeDirs []string) (bin, path string
 			return "", "", fmt.Errorf("finding pm2: not in %s (set app.pm2)", strings.Join(searchDirs, ", "))
 		}
 	}
-	real, err := filepath.EvalSymlinks(bin)
+	real, err := p.realPath(bin)
 	if err != nil {
 		return "", "", fmt.Errorf("pm2 %s: resolving symlinks: %w", bin, err)
 	}
 	pm2Dirs := []string{filepath.Dir(bin), filepath.Dir(real)}
 	nodeDir := ""
 	for _, d := range append(pm2Dirs, nodeDirs...) {
-		if isExecutable(filepath.Join(d, "node")) == nil {
+		if p.executable(filepath.Join(d, "node")) == nil {
 			nodeDir = d
 			break
 		}
@@ -645,6 +715,11 @@ func isExecutable(path string) error {
 	if err != nil {
 		return err
 	}
+	return modeExecutable(fi)
+}
+
+// modeExecutable says why fi is not a program (nil when it is).
+func modeExecutable(fi fs.FileInfo) error {
 	if !fi.Mode().IsRegular() {
 		return errors.New("not a regular file")
 	}

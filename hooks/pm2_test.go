@@ -772,41 +772,53 @@ func TestFindPM2InUsersNvm(t *testing.T) {
 	}
 }
 
-// TestFindPM2NvmDirThroughTheUsersSymlink: ~/.nvm/versions/node as a
-// symlink of the app user's, pointing elsewhere, is not followed (root
-// would list a directory of the user's choosing); root's own symlink is.
-func TestFindPM2NvmDirThroughTheUsersSymlink(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to give the symlink another owner")
-	}
-	home, elsewhere := t.TempDir(), t.TempDir()
-	bin := filepath.Join(elsewhere, "v22.0.0", "bin")
-	if err := os.MkdirAll(bin, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"node", "pm2"} {
-		if err := os.WriteFile(filepath.Join(bin, f), []byte("#!/bin/true\n"), 0o755); err != nil {
+// TestFindPM2StaysInTheHome: what FindPM2 finds in the app user's home is
+// looked at through os.Root: ~/.npm-global/bin/pm2 as npm makes it (a
+// link to ../lib/node_modules/pm2/bin/pm2) is found, with its real dir on
+// the PATH; a link of the user's that leads out of the home is not
+// followed, for pm2 or for nvm's versions dir (root's stat would go where
+// the user points it).
+func TestFindPM2StaysInTheHome(t *testing.T) {
+	home := t.TempDir()
+	write := func(path string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 			t.Fatal(err)
 		}
+		if err := os.WriteFile(path, []byte("#!/bin/true\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	real := filepath.Join(home, ".npm-global", "lib", "node_modules", "pm2", "bin")
+	write(filepath.Join(real, "pm2"))
+	write(filepath.Join(home, ".npm-global", "bin", "node"))
+	link := filepath.Join(home, ".npm-global", "bin", "pm2")
+	if err := os.Symlink("../lib/node_modules/pm2/bin/pm2", link); err != nil {
+		t.Fatal(err)
+	}
+	u := hooks.AppUser{Name: "app", Home: home}
+	bin, path, err := hooks.FindPM2(u, "")
+	if err != nil || bin != link || !strings.Contains(path, real) {
+		t.Fatalf("npm's own link: FindPM2 = %q, %q, %v; want %s with %s on the PATH", bin, path, err, link, real)
+	}
+
+	outside := t.TempDir()
+	write(filepath.Join(outside, "pm2"))
+	write(filepath.Join(outside, "v22.0.0", "bin", "pm2"))
+	write(filepath.Join(outside, "v22.0.0", "bin", "node"))
+	os.Remove(link)
+	if err := os.Symlink(filepath.Join(outside, "pm2"), link); err != nil {
+		t.Fatal(err)
 	}
 	versions := filepath.Join(home, ".nvm", "versions")
 	if err := os.MkdirAll(versions, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	link := filepath.Join(versions, "node")
-	if err := os.Symlink(elsewhere, link); err != nil {
+	if err := os.Symlink(outside, filepath.Join(versions, "node")); err != nil {
 		t.Fatal(err)
 	}
-	u := hooks.AppUser{Name: "app", Home: home}
-	viaLink := filepath.Join(link, "v22.0.0", "bin", "pm2")
-	if got, _, err := hooks.FindPM2(u, ""); err != nil || got != viaLink {
-		t.Fatalf("through root's symlink: FindPM2 = %q, %v; want %s", got, err, viaLink)
-	}
-	if err := os.Lchown(link, 65534, 65534); err != nil {
-		t.Fatal(err)
-	}
-	if got, _, err := hooks.FindPM2(u, ""); err == nil && got == viaLink {
-		t.Fatalf("through the user's symlink: FindPM2 = %q; the link was followed", got)
+	if got, _, err := hooks.FindPM2(u, ""); err == nil && strings.HasPrefix(got, home) {
+		t.Fatalf("links out of the home: FindPM2 = %q, followed", got)
 	}
 }
 
