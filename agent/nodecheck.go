@@ -52,11 +52,11 @@ type NodeReport struct {
 func (n NodeChecker) CheckNode(cfg Config) NodeReport {
 	var r NodeReport
 	var ps problems
-	u, key, uerr := n.findAppUser(cfg.App)
+	u, key, by, uerr := n.findAppUser(cfg.App)
 	if uerr != nil {
 		ps.bad(key, "%v", uerr)
 	} else {
-		r.Found = append(r.Found, fmt.Sprintf("app user: %s (uid %d, %s)", u.Name, u.UID, userSource(cfg.App)))
+		r.Found = append(r.Found, fmt.Sprintf("app user: %s (uid %d, %s)", u.Name, u.UID, by))
 		if bin, path, err := n.FindPM2(u, cfg.App.PM2); err != nil {
 			ps.bad("app.pm2", "%v", err)
 		} else {
@@ -93,31 +93,20 @@ func (n NodeChecker) CheckNode(cfg Config) NodeReport {
 
 // findAppUser resolves app.user, else the owner of app.dir, else root (the
 // tutorial's own setup: root's pm2). key is the key a problem is reported
-// under.
-func (n NodeChecker) findAppUser(c AppConfig) (u hooks.AppUser, key string, err error) {
+// under, by what chose the user.
+func (n NodeChecker) findAppUser(c AppConfig) (u hooks.AppUser, key, by string, err error) {
 	switch {
 	case c.User != "":
 		u, err = n.LookupUser(c.User)
-		return u, "app.user", err
+		return u, "app.user", "app.user", err
 	case c.Dir != "":
 		if u, err = n.OwnerOf(c.Dir); err != nil {
 			err = fmt.Errorf("app.user not set, so the owner of app.dir runs pm2: %w", err)
 		}
-		return u, "app.dir", err
+		return u, "app.dir", "the owner of app.dir", err
 	}
 	if u, err = n.LookupUser("root"); err != nil {
 		err = fmt.Errorf("not set and no root account: %w", err)
 	}
-	return u, "app.user", err
-}
-
-// userSource says which key chose the app user.
-func userSource(c AppConfig) string {
-	switch {
-	case c.User != "":
-		return "app.user"
-	case c.Dir != "":
-		return "the owner of app.dir"
-	}
-	return "app.user and app.dir not set"
+	return u, "app.user", "app.user and app.dir not set", err
 }

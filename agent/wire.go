@@ -189,7 +189,7 @@ func (p *npmPackages) Prune(root string, keep int) (int, int64, error) {
 // appUser is the app user on this node (see NodeChecker.findAppUser), the
 // error naming its key.
 func appUser(c AppConfig) (hooks.AppUser, error) {
-	u, key, err := HostNode().findAppUser(c)
+	u, key, _, err := HostNode().findAppUser(c)
 	if err != nil {
 		return u, fmt.Errorf("%s: %w", key, err)
 	}
