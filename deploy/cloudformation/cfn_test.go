@@ -948,6 +948,8 @@ func TestOutputPolicy(t *testing.T) {
 		doc := r.eval(t, tp.resource(t, "OutputPolicy").props).(map[string]any)["PolicyDocument"]
 		want := map[string]any{"Version": "2012-10-17", "Statement": []any{
 			map[string]any{"Effect": "Allow", "Action": "s3:PutObject", "Resource": "arn:aws:s3:::" + b + "/" + r.params["OutputS3KeyPrefix"] + "*"},
+			map[string]any{"Effect": "Allow", "Action": "s3:PutObjectAcl", "Resource": "arn:aws:s3:::" + b + "/" + r.params["OutputS3KeyPrefix"] + "*",
+				"Condition": map[string]any{"StringEquals": map[string]any{"s3:x-amz-acl": "bucket-owner-full-control"}}},
 			map[string]any{"Effect": "Allow", "Action": "s3:GetEncryptionConfiguration", "Resource": "arn:aws:s3:::" + b},
 		}}
 		if !reflect.DeepEqual(doc, any(want)) {

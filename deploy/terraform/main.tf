@@ -185,7 +185,10 @@ resource "aws_cloudwatch_event_target" "failure" {
 
 # What Run Command needs of the nodes' instance profile to write the full
 # output to output_s3_bucket_name: PutObject under the key prefix only, and
-# the bucket's encryption configuration (read before the upload).
+# the bucket's encryption configuration (read before the upload). After each
+# upload SSM Agent also sets the object's ACL to bucket-owner-full-control
+# and ignores a refusal: allowed for that ACL only, so a bucket of another
+# account that still honours ACLs can read what the nodes write.
 resource "aws_iam_policy" "output" {
   count       = var.output_s3_bucket_name == "" ? 0 : 1
   name_prefix = "${var.name_prefix}-output-"
@@ -196,6 +199,12 @@ resource "aws_iam_policy" "output" {
     Version = "2012-10-17"
     Statement = [
       { Effect = "Allow", Action = "s3:PutObject", Resource = "arn:${data.aws_partition.current.partition}:s3:::${var.output_s3_bucket_name}/${var.output_s3_key_prefix}*" },
+      {
+        Effect    = "Allow"
+        Action    = "s3:PutObjectAcl"
+        Resource  = "arn:${data.aws_partition.current.partition}:s3:::${var.output_s3_bucket_name}/${var.output_s3_key_prefix}*"
+        Condition = { StringEquals = { "s3:x-amz-acl" = "bucket-owner-full-control" } }
+      },
       { Effect = "Allow", Action = "s3:GetEncryptionConfiguration", Resource = "arn:${data.aws_partition.current.partition}:s3:::${var.output_s3_bucket_name}" },
     ]
   })

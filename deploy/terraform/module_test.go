@@ -834,8 +834,9 @@ func TestFailureRule(t *testing.T) {
 }
 
 // TestOutputPolicy: with output_s3_bucket_name, a managed policy for the
-// instance profile allows PutObject under the key prefix only and reading
-// the bucket's encryption configuration, in the current partition.
+// instance profile allows PutObject under the key prefix only, the
+// bucket-owner-full-control ACL there and nothing else, and reading the
+// bucket's encryption configuration, in the current partition.
 func TestOutputPolicy(t *testing.T) {
 	m := load(t)
 	b := m.resources["aws_iam_policy.output"]
@@ -846,8 +847,8 @@ func TestOutputPolicy(t *testing.T) {
 		t.Error("an output policy without output_s3_bucket_name")
 	}
 	for prefix, want := range map[string]string{
-		"patchagent/": `{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output/patchagent/*"},{"Action":"s3:GetEncryptionConfiguration","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output"}],"Version":"2012-10-17"}`,
-		"":            `{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output/*"},{"Action":"s3:GetEncryptionConfiguration","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output"}],"Version":"2012-10-17"}`,
+		"patchagent/": `{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output/patchagent/*"},{"Action":"s3:PutObjectAcl","Condition":{"StringEquals":{"s3:x-amz-acl":"bucket-owner-full-control"}},"Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output/patchagent/*"},{"Action":"s3:GetEncryptionConfiguration","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output"}],"Version":"2012-10-17"}`,
+		"":            `{"Statement":[{"Action":"s3:PutObject","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output/*"},{"Action":"s3:PutObjectAcl","Condition":{"StringEquals":{"s3:x-amz-acl":"bucket-owner-full-control"}},"Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output/*"},{"Action":"s3:GetEncryptionConfiguration","Effect":"Allow","Resource":"arn:aws:s3:::my-ssm-output"}],"Version":"2012-10-17"}`,
 	} {
 		ctx := m.evalContext(t, map[string]cty.Value{"tag_value": cty.StringVal("my-app"), "output_s3_bucket_name": cty.StringVal("my-ssm-output"), "output_s3_key_prefix": cty.StringVal(prefix)})
 		if count(t, ctx, b) != 1 {
