@@ -374,6 +374,11 @@ type DaemonConfig struct {
 	// Where the kernel's boot id is read, to tell a reboot (default
 	// /proc/sys/kernel/random/boot_id; a test node sets its own).
 	BootIDFile string `yaml:"boot_id_file"`
+	// How long the daemon stays up degraded when the node lacks what the
+	// config names (the app user, pm2, the CA file), as it may at boot
+	// until LDAP/SSSD or a disk is there; then, with no cycle open, it
+	// exits 2 and systemd leaves it stopped. 0 waits for ever (default 10m).
+	NodeWait Duration `yaml:"node_wait"`
 }
 
 // DefaultConfig reproduces the tutorial: port 443, its curl health check.
@@ -406,6 +411,7 @@ func DefaultConfig() Config {
 			MaxOutOfService: Duration(2 * time.Hour),
 			BootIDFile:      BootIDFile,
 			WatchInterval:   Duration(5 * time.Second),
+			NodeWait:        Duration(10 * time.Minute),
 		},
 		LB: LBConfig{Path: "/ready", Interval: Duration(10 * time.Second), UnhealthyThreshold: 2, HealthyThreshold: 2, Deadline: Duration(2 * time.Minute),
 			AWS: AWSConfig{TargetGroups: TargetGroupList{}, MinHealthy: "1", Standby: "auto", DecrementDesiredCapacity: true, HealthyTimeout: Duration(10 * time.Minute)}},

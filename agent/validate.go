@@ -211,6 +211,9 @@ func (c DaemonConfig) validate(ps *problems, app AppConfig) {
 	ps.listen("daemon.metrics_listen", c.MetricsListen)
 	ps.positive("daemon.max_out_of_service", c.MaxOutOfService)
 	ps.positive("daemon.watch_interval", c.WatchInterval)
+	if c.NodeWait < 0 {
+		ps.bad("daemon.node_wait", "must not be negative (0 waits for ever), got %s", c.NodeWait)
+	}
 }
 
 // parseMinHealthy reads lb.aws.min_healthy: a count ("2") or a percent

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -16,6 +18,26 @@ const (
 	degradedMaxRetry   = 30 * time.Second
 )
 
+// ErrNodeNotReady is BuildOrWait's answer when the node still lacks what
+// the config names once WaitOptions.Limit has passed with no cycle open:
+// the daemon exits 2, which systemd does not restart
+// (RestartPreventExitStatus=2), instead of flapping.
+var ErrNodeNotReady = errors.New("the node is not ready for the agent")
+
+// WaitOptions bound BuildOrWait.
+type WaitOptions struct {
+	// The unit's watchdog (WATCHDOG_USEC); 0 when it has none.
+	Watchdog time.Duration
+	// How long the node may lack what Build needs before BuildOrWait gives
+	// up (daemon.node_wait); 0 waits until ctx ends.
+	Limit time.Duration
+	// Asked once Limit has passed, before each give-up: an open cycle (or
+	// a state that cannot be read) keeps the daemon up, degraded, since
+	// its hooks and its re-assert are what bring the node back. nil
+	// counts as open.
+	CycleOpen func() (bool, error)
+}
+
 // BuildOrWait builds the daemon's Agent, and while that fails (an app user
 // that LDAP/SSSD does not know yet at boot, a CA file on a disk mounted
 // later, pm2 not installed yet) keeps the daemon up, degraded, instead of
@@ -25,7 +47,12 @@ const (
 // find no daemon and run their phase in their own process), keeps the
 // watchdog fed, sets patchagent_daemon_degraded, and retries the build
 // (1 s doubling to 30 s) until it works or ctx is done.
-func BuildOrWait(ctx context.Context, build func() (*agent.Agent, error), n Notifier, watchdog time.Duration, log *zap.Logger, m *agent.Metrics) (*agent.Agent, error) {
+//
+// A node that still cannot build once o.Limit has passed is misconfigured
+// rather than slow to boot (issue 17): with no cycle open BuildOrWait
+// returns ErrNodeNotReady with the last reason; with one open it stays up
+// and asks again at each retry.
+func BuildOrWait(ctx context.Context, build func() (*agent.Agent, error), n Notifier, o WaitOptions, log *zap.Logger, m *agent.Metrics) (*agent.Agent, error) {
 	a, err := build()
 	if err == nil {
 		return a, nil
@@ -33,29 +60,31 @@ func BuildOrWait(ctx context.Context, build func() (*agent.Agent, error), n Noti
 	if n == nil {
 		n = nopNotifier{}
 	}
-	ping := watchdog / 2
+	start := time.Now()
+	ping := o.Watchdog / 2
 	if ping <= 0 {
 		ping = degradedMaxRetry
 	}
 	m.ObserveDegraded(true)
 	defer m.ObserveDegraded(false)
 	status := func(err error) string {
-		return "degraded, phases not served: " + strings.SplitN(err.Error(), "\n", 2)[0]
+		return "degraded, phases not served: " + firstLine(err)
 	}
-	log.Error("daemon degraded: cannot build the agent, retrying", zap.Error(err))
+	log.Error("daemon degraded: cannot build the agent, retrying", zap.Error(err), zap.Duration("node_wait", o.Limit))
 	_ = n.Notify(notifyReady + "\nSTATUS=" + status(err))
 	last := err.Error()
 	wait := degradedFirstRetry
 	next := time.Now().Add(wait)
 	t := time.NewTicker(min(ping, degradedFirstRetry))
 	defer t.Stop()
+	held := false // past the limit, kept up by an open cycle
 	for {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-t.C:
 		}
-		if watchdog > 0 {
+		if o.Watchdog > 0 {
 			_ = n.Notify("WATCHDOG=1")
 		}
 		if time.Now().Before(next) {
@@ -70,7 +99,25 @@ func BuildOrWait(ctx context.Context, build func() (*agent.Agent, error), n Noti
 			log.Error("daemon degraded: cannot build the agent, retrying", zap.Error(err))
 			_ = n.Notify("STATUS=" + status(err))
 		}
+		if o.Limit > 0 && time.Since(start) >= o.Limit {
+			open, serr := true, error(nil)
+			if o.CycleOpen != nil {
+				open, serr = o.CycleOpen()
+			}
+			if !open && serr == nil {
+				err = fmt.Errorf("%w: still failing after daemon.node_wait %s: %w", ErrNodeNotReady, o.Limit, err)
+				_ = n.Notify("STATUS=stopped: " + firstLine(err) + "; fix it, then systemctl restart patchagent")
+				return nil, err
+			}
+			if !held {
+				held = true
+				log.Error("daemon.node_wait has passed, but a patch cycle may be open: staying up, degraded", zap.Duration("node_wait", o.Limit), zap.NamedError("state", serr))
+			}
+		}
 		wait = min(2*wait, degradedMaxRetry)
 		next = time.Now().Add(wait)
 	}
 }
+
+// firstLine is err's first line, for a STATUS= line.
+func firstLine(err error) string { return strings.SplitN(err.Error(), "\n", 2)[0] }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -32,7 +33,7 @@ func TestBuildOrWaitStaysUpDegraded(t *testing.T) {
 		}
 		return agent.New(agent.DefaultConfig(), agent.Deps{Log: zaptest.NewLogger(t)}), nil
 	}
-	a, err := BuildOrWait(context.Background(), build, n, 200*time.Millisecond, zaptest.NewLogger(t), m)
+	a, err := BuildOrWait(context.Background(), build, n, WaitOptions{Watchdog: 200 * time.Millisecond}, zaptest.NewLogger(t), m)
 	if err != nil || a == nil {
 		t.Fatalf("BuildOrWait: %v", err)
 	}
@@ -53,8 +54,62 @@ func TestBuildOrWaitEndsWithTheDaemon(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	m := agent.NewMetrics(prometheus.NewRegistry(), "test")
-	_, err := BuildOrWait(ctx, func() (*agent.Agent, error) { return nil, errors.New("boom") }, nil, 0, zaptest.NewLogger(t), m)
+	_, err := BuildOrWait(ctx, func() (*agent.Agent, error) { return nil, errors.New("boom") }, nil, WaitOptions{}, zaptest.NewLogger(t), m)
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("want the context's error, got %v", err)
+	}
+}
+
+// TestBuildOrWaitGivesUpOnAMisconfiguredNode: still failing once
+// daemon.node_wait has passed, with no cycle open, BuildOrWait returns
+// ErrNodeNotReady naming the reason (the daemon exits 2, which systemd
+// does not restart), and says so in STATUS=; a limit of 0 never gives up.
+func TestBuildOrWaitGivesUpOnAMisconfiguredNode(t *testing.T) {
+	n := &recNotifier{ev: &events{}}
+	m := agent.NewMetrics(prometheus.NewRegistry(), "test")
+	var asked atomic.Int32
+	o := WaitOptions{Limit: 1500 * time.Millisecond, CycleOpen: func() (bool, error) { asked.Add(1); return false, nil }}
+	start := time.Now()
+	_, err := BuildOrWait(context.Background(), func() (*agent.Agent, error) { return nil, errors.New(`app.user: unknown user "web"`) }, n, o, zaptest.NewLogger(t), m)
+	if !errors.Is(err, ErrNodeNotReady) || !strings.Contains(err.Error(), `unknown user "web"`) || !strings.Contains(err.Error(), "node_wait 1.5s") {
+		t.Fatalf("want ErrNodeNotReady naming the user and the wait, got %v", err)
+	}
+	// Retries at 1 s and 3 s: the one at 3 s is the first past the limit.
+	if d := time.Since(start); d < o.Limit || asked.Load() != 1 {
+		t.Fatalf("gave up after %s having asked about the cycle %d times", d, asked.Load())
+	}
+	if testutil.ToFloat64(m.Degraded) != 0 {
+		t.Fatal("patchagent_daemon_degraded still 1 after giving up")
+	}
+	if n.count("STATUS=stopped: the node is not ready for the agent: still failing after daemon.node_wait 1.5s: app.user: unknown user \"web\"; fix it, then systemctl restart patchagent") != 1 {
+		t.Fatalf("no stopped STATUS= in %q", n.msgs)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3500*time.Millisecond)
+	defer cancel()
+	_, err = BuildOrWait(ctx, func() (*agent.Agent, error) { return nil, errors.New("boom") }, nil, WaitOptions{CycleOpen: o.CycleOpen}, zaptest.NewLogger(t), m)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("node_wait 0 gave up: %v", err)
+	}
+}
+
+// TestBuildOrWaitStaysUpWhileACycleIsOpen: past the limit, an open cycle
+// (or a state that cannot be read) keeps the daemon up, asked again at
+// each retry; once the cycle is closed (an exit run by the hook in its own
+// process) it gives up.
+func TestBuildOrWaitStaysUpWhileACycleIsOpen(t *testing.T) {
+	m := agent.NewMetrics(prometheus.NewRegistry(), "test")
+	var asked atomic.Int32
+	answers := []error{nil, errors.New("state unreadable")}
+	o := WaitOptions{Limit: time.Millisecond, CycleOpen: func() (bool, error) {
+		i := int(asked.Add(1)) - 1
+		if i < len(answers) {
+			return answers[i] == nil, answers[i]
+		}
+		return false, nil
+	}}
+	_, err := BuildOrWait(context.Background(), func() (*agent.Agent, error) { return nil, errors.New("pm2 not found") }, nil, o, zaptest.NewLogger(t), m)
+	if !errors.Is(err, ErrNodeNotReady) || asked.Load() != 3 {
+		t.Fatalf("want ErrNodeNotReady on the third question (open, unreadable, closed), got %v after %d", err, asked.Load())
 	}
 }

@@ -59,9 +59,24 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	}()
 	build := func(cfg agent.Config) (*agent.Agent, error) { return agent.Build(cfg, log, io.Discard, nil, metrics) }
 	// What Build needs beyond the state file and iptables may not be there
-	// yet at boot: the daemon stays up, degraded, and retries.
-	a, err := daemon.BuildOrWait(ctx, func() (*agent.Agent, error) { return build(cfg) }, notifier, watchdog, log, metrics)
-	if err != nil {
+	// yet at boot: the daemon stays up, degraded, and retries. Still not
+	// there after daemon.node_wait with no cycle open, the node is
+	// misconfigured: exit 2, which systemd does not restart.
+	store := agent.NewStateStore(cfg.Daemon.StateDir)
+	a, err := daemon.BuildOrWait(ctx, func() (*agent.Agent, error) { return build(cfg) }, notifier, daemon.WaitOptions{
+		Watchdog: watchdog,
+		Limit:    time.Duration(cfg.Daemon.NodeWait),
+		CycleOpen: func() (bool, error) {
+			st, err := store.Load()
+			return st.Open, err
+		},
+	}, log, metrics)
+	switch {
+	case errors.Is(err, daemon.ErrNodeNotReady):
+		log.Error("daemon stopped: the node is not ready for this config; `patchagent check-config` shows what it lacks", zap.Error(err))
+		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
+		return agent.ExitUsage
+	case err != nil:
 		return agent.ExitOK // stopped while degraded
 	}
 	ln, err := daemon.ListenControl(cfg.Daemon.Socket)

@@ -28,18 +28,7 @@ func TestBootReblockNeedsOnlyTheStateAndIptables(t *testing.T) {
 	if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 {
 		t.Fatalf("pre %d", r.code)
 	}
-	body, err := os.ReadFile(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ldap := strings.Replace(string(body), "  user: "+n.AppUser+"\n", "  user: ldap-only-user\n", 1)
-	if ldap == string(body) {
-		t.Fatalf("no app user line in:\n%s", body)
-	}
-	ldapCfg := filepath.Join(filepath.Dir(cfg), "ldap.yaml")
-	if err := os.WriteFile(ldapCfg, []byte(ldap), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ldapCfg := withAppUser(t, cfg, n.AppUser, "ldap-only-user")
 
 	t.Run("app user unknown at boot", func(t *testing.T) {
 		// The reconcile unit's command.

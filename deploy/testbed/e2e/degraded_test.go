@@ -57,3 +57,72 @@ func TestDaemonDegradedUntilItCanBuild(t *testing.T) {
 	}
 	assertInService(t, n)
 }
+
+// TestDaemonExits2WhenTheNodeStaysWrong: issue 17. A node that still
+// lacks what the config names once daemon.node_wait has passed (here an
+// app user no system database knows) is misconfigured, not slow to boot:
+// with no cycle open the daemon exits 2, which the unit does not restart
+// (RestartPreventExitStatus=2), and says what to run; with a cycle open it
+// stays up, degraded, and the block stays.
+func TestDaemonExits2WhenTheNodeStaysWrong(t *testing.T) {
+	n := setupNode(t, "pa-e2nw", nil)
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18755\n  watch_interval: 200ms\n  node_wait: 2s\ndrain:\n  idle: 200ms\n")
+	wrong := withAppUser(t, cfg, n.AppUser, "ldap-only-user")
+
+	t.Run("no cycle open", func(t *testing.T) {
+		d := startDaemon(t, n, wrong)
+		code, ok := d.Exited(15 * time.Second)
+		if !ok || code != 2 {
+			t.Fatalf("exited %v with %d, want exit 2 once node_wait passed\n%s", ok, code, d.LogTail())
+		}
+		if st := d.Status(); !strings.HasPrefix(st, "stopped: the node is not ready for the agent: still failing after daemon.node_wait 2s") || !strings.Contains(st, "ldap-only-user") {
+			t.Errorf("status %q, want stopped naming the user", st)
+		}
+		if !strings.Contains(d.LogTail(), "patchagent check-config") {
+			t.Errorf("the log does not say what to run:\n%s", d.LogTail())
+		}
+	})
+
+	t.Run("cycle open", func(t *testing.T) {
+		if r := patchagent(t, n, "pre", "--config", cfg); r.code != 0 {
+			t.Fatalf("pre %d\n%s", r.code, r.stderr)
+		}
+		d := startDaemon(t, n, wrong)
+		// Retries at 1 s and 3 s: the second is past node_wait.
+		if code, ok := d.Exited(5 * time.Second); ok {
+			t.Fatalf("exited %d with a cycle open\n%s", code, d.LogTail())
+		}
+		if st := d.Status(); !strings.HasPrefix(st, "degraded, phases not served: ") {
+			t.Errorf("status %q, want degraded", st)
+		}
+		if !strings.Contains(d.LogTail(), "a patch cycle may be open: staying up") {
+			t.Errorf("the log does not say why it stays:\n%s", d.LogTail())
+		}
+		assertBlocked(t, n)
+		stopDaemon(t, d)
+		if r := patchagent(t, n, "exit", "--config", cfg); r.code != 0 {
+			t.Fatalf("exit %d\n%s", r.code, r.stderr)
+		}
+		assertInService(t, n)
+	})
+}
+
+// withAppUser writes a copy of the config at cfg, beside it, with app.user
+// to instead of from (the state dir and everything else shared), and
+// returns its path.
+func withAppUser(t *testing.T, cfg, from, to string) string {
+	t.Helper()
+	body, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := strings.Replace(string(body), "  user: "+from+"\n", "  user: "+to+"\n", 1)
+	if changed == string(body) {
+		t.Fatalf("no app user line in:\n%s", body)
+	}
+	p := filepath.Join(filepath.Dir(cfg), to+".yaml")
+	if err := os.WriteFile(p, []byte(changed), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -413,6 +413,51 @@ func TestRealNodePatchCycle(t *testing.T) {
 		exits := query(`patchagent_phase_runs_total{phase="exit",result="ok"}`)
 		return len(open) == 1 && open[0] == 1 && len(exits) == 1 && exits[0] >= 1
 	})
+	nodeNotReady(t, m)
+}
+
+// nodeNotReady: a node that lacks what the config names (issue 17), here
+// an app user its user database does not know, with no cycle open. The
+// daemon waits daemon.node_wait degraded, then exits 2, and the unit's
+// RestartPreventExitStatus=2 leaves it failed instead of restarting it
+// into the start limit; with the config fixed it starts again.
+func nodeNotReady(t *testing.T, m *Machine) {
+	ctx := context.Background()
+	setConfig := func(body string) {
+		t.Helper()
+		if out, err := m.Output(ctx, "sh", "-c", `printf '%s' "$1" > /etc/patchagent/config.yaml`, "sh", body); err != nil {
+			t.Fatalf("writing the config: %v\n%s", err, out)
+		}
+	}
+	show := func() string {
+		out, _ := m.Output(ctx, "systemctl", "show", "patchagent.service", "-p", "ActiveState", "-p", "Result", "-p", "ExecMainStatus", "-p", "NRestarts", "-p", "StatusText")
+		return out
+	}
+	setConfig(strings.Replace(nodeConfigYAML, "  user: app\n", "  user: ldap-only-user\n", 1) + "  node_wait: 3s\n")
+	if out, err := m.Output(ctx, "systemctl", "restart", "patchagent.service"); err != nil {
+		t.Fatalf("restarting patchagent.service degraded: %v\n%s", err, out)
+	}
+	failed := func() bool {
+		out := show()
+		return strings.Contains(out, "ActiveState=failed") && strings.Contains(out, "Result=exit-code") && strings.Contains(out, "ExecMainStatus=2") && strings.Contains(out, "NRestarts=0")
+	}
+	waitFor(t, "patchagent.service failed with exit 2 after node_wait", 30*time.Second, failed)
+	// RestartSec=2s: a restart would have come by now.
+	time.Sleep(5 * time.Second)
+	if !failed() {
+		t.Fatalf("patchagent.service was restarted after exit 2:\n%s", show())
+	}
+	t.Logf("5 s after the exit:\n%s", show())
+	if j, _ := m.Output(ctx, "journalctl", "-u", "patchagent.service", "--no-pager", "-o", "cat", "-n", "20"); !strings.Contains(j, "ldap-only-user") || !strings.Contains(j, "patchagent check-config") {
+		t.Errorf("the journal does not say why it stopped and what to run:\n%s", j)
+	}
+	setConfig(nodeConfigYAML)
+	if out, err := m.Output(ctx, "systemctl", "restart", "patchagent.service"); err != nil {
+		t.Fatalf("restarting patchagent.service with the config fixed: %v\n%s", err, out)
+	}
+	if out := show(); !strings.Contains(out, "ActiveState=active") || strings.Contains(out, "degraded") {
+		t.Fatalf("patchagent.service with the config fixed:\n%s", out)
+	}
 }
 
 // sandboxWant is what systemctl show must report of patchagent.service:

@@ -169,6 +169,17 @@ func (d *Daemon) Stop() error {
 	}
 }
 
+// Exited waits at most max for the daemon to end on its own and returns
+// its exit code; ok is false if it is still running.
+func (d *Daemon) Exited(max time.Duration) (code int, ok bool) {
+	select {
+	case <-d.done:
+		return d.cmd.ProcessState.ExitCode(), true
+	case <-time.After(max):
+		return 0, false
+	}
+}
+
 // LogTail is the end of the daemon's log.
 func (d *Daemon) LogTail() string {
 	b, _ := os.ReadFile(d.log)
