@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -36,6 +37,26 @@ type WaitOptions struct {
 	// its hooks and its re-assert are what bring the node back. nil
 	// counts as open.
 	CycleOpen func() (bool, error)
+	// A receive retries at once (SIGHUP: systemctl reload after fixing
+	// the config); nil never does.
+	Wake <-chan os.Signal
+}
+
+// Rebuilder is the degraded start's build: each try reads the config file
+// at path as it now is, so the fix of a degraded daemon's config needs no
+// restart, but refuses an edit of what the daemon bound at start from
+// started (restartOnly), as a reload does.
+func Rebuilder(path string, started agent.Config, build func(agent.Config) (*agent.Agent, error)) func() (*agent.Agent, error) {
+	return func() (*agent.Agent, error) {
+		cfg, err := agent.LoadConfig(path)
+		if err != nil {
+			return nil, err
+		}
+		if err := restartOnly(started, cfg); err != nil {
+			return nil, err
+		}
+		return build(cfg)
+	}
 }
 
 // BuildOrWait builds the daemon's Agent, and while that fails (an app user
@@ -83,6 +104,9 @@ func BuildOrWait(ctx context.Context, build func() (*agent.Agent, error), n Noti
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-t.C:
+		case sig := <-o.Wake:
+			log.Info("daemon degraded: retrying the build now", zap.Stringer("signal", sig))
+			wait, next = degradedFirstRetry/2, time.Now()
 		}
 		if o.Watchdog > 0 {
 			_ = n.Notify("WATCHDOG=1")

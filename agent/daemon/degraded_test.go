@@ -3,8 +3,12 @@ package daemon
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -111,5 +115,71 @@ func TestBuildOrWaitStaysUpWhileACycleIsOpen(t *testing.T) {
 	_, err := BuildOrWait(context.Background(), func() (*agent.Agent, error) { return nil, errors.New("pm2 not found") }, nil, o, zaptest.NewLogger(t), m)
 	if !errors.Is(err, ErrNodeNotReady) || asked.Load() != 3 {
 		t.Fatalf("want ErrNodeNotReady on the third question (open, unreadable, closed), got %v after %d", err, asked.Load())
+	}
+}
+
+// TestBuildOrWaitRetriesAtOnceOnWake: SIGHUP (systemctl reload after the
+// config is fixed) makes a degraded daemon retry at once, not at its next
+// backoff step.
+func TestBuildOrWaitRetriesAtOnceOnWake(t *testing.T) {
+	m := agent.NewMetrics(prometheus.NewRegistry(), "test")
+	wake := make(chan os.Signal, 1)
+	var tries atomic.Int32
+	build := func() (*agent.Agent, error) {
+		if tries.Add(1) == 1 {
+			wake <- syscall.SIGHUP
+			return nil, errors.New(`app.user: unknown user "web"`)
+		}
+		return agent.New(agent.DefaultConfig(), agent.Deps{Log: zaptest.NewLogger(t)}), nil
+	}
+	start := time.Now()
+	a, err := BuildOrWait(context.Background(), build, nil, WaitOptions{Wake: wake}, zaptest.NewLogger(t), m)
+	if err != nil || a == nil || tries.Load() != 2 {
+		t.Fatalf("BuildOrWait: %v after %d tries", err, tries.Load())
+	}
+	// The first backoff step is 1 s.
+	if d := time.Since(start); d >= degradedFirstRetry {
+		t.Fatalf("retried after %s, not at once", d)
+	}
+}
+
+// TestRebuilderReadsTheFileAsItNowIs: each degraded try builds from the
+// config file as it is then, so its fix needs no restart; an edit of what
+// the daemon bound at start is refused, as a reload refuses it.
+func TestRebuilderReadsTheFileAsItNowIs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	write := func(body string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("app:\n  name: web\n  user: ldap-only-user\n")
+	started, err := agent.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var built []string
+	rebuild := Rebuilder(path, started, func(cfg agent.Config) (*agent.Agent, error) {
+		built = append(built, cfg.App.User)
+		if cfg.App.User == "ldap-only-user" {
+			return nil, errors.New(`app.user: unknown user "ldap-only-user"`)
+		}
+		return agent.New(cfg, agent.Deps{Log: zaptest.NewLogger(t)}), nil
+	})
+	if _, err := rebuild(); err == nil {
+		t.Fatal("built with the unknown user")
+	}
+	write("app:\n  name: web\n  user: web\ndaemon:\n  socket: /run/elsewhere.sock\n")
+	if _, err := rebuild(); err == nil || !strings.Contains(err.Error(), "daemon.socket") || !strings.Contains(err.Error(), "systemctl restart patchagent") {
+		t.Fatalf("a changed daemon.socket: %v", err)
+	}
+	write("app:\n  name: web\n  user: web\n")
+	a, err := rebuild()
+	if err != nil || a.Config().App.User != "web" {
+		t.Fatalf("the fixed file: %v", err)
+	}
+	if want := []string{"ldap-only-user", "web"}; !reflect.DeepEqual(built, want) {
+		t.Fatalf("built with users %v, want %v", built, want)
 	}
 }

@@ -30,6 +30,13 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 		fmt.Fprintf(stderr, "patchagent daemon: %v\n", err)
 		return agent.ExitFailed
 	}
+	// SIGHUP (systemctl reload) is ours from the start: Go's default ends
+	// the process, which systemd counts as a clean exit and does not
+	// restart, leaving nothing to watch an open cycle's block. Degraded, it
+	// retries the build at once with the file as it now is; up, it reloads.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	log, err := newLogger(level, format, stderr)
 	if err != nil {
 		return usageError(stderr, c, err)
@@ -63,13 +70,14 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	// there after daemon.node_wait with no cycle open, the node is
 	// misconfigured: exit 2, which systemd does not restart.
 	store := agent.NewStateStore(cfg.Daemon.StateDir)
-	a, err := daemon.BuildOrWait(ctx, func() (*agent.Agent, error) { return build(cfg) }, notifier, daemon.WaitOptions{
+	a, err := daemon.BuildOrWait(ctx, daemon.Rebuilder(path, cfg, build), notifier, daemon.WaitOptions{
 		Watchdog: watchdog,
 		Limit:    time.Duration(cfg.Daemon.NodeWait),
 		CycleOpen: func() (bool, error) {
 			st, err := store.Load()
 			return st.Open, err
 		},
+		Wake: hup,
 	}, log, metrics)
 	switch {
 	case errors.Is(err, daemon.ErrNodeNotReady):
@@ -104,9 +112,6 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 			_ = rs.Shutdown(sctx)
 		}()
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	go func() {
 		for {
 			select {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -105,6 +106,54 @@ func TestDaemonExits2WhenTheNodeStaysWrong(t *testing.T) {
 		}
 		assertInService(t, n)
 	})
+}
+
+// TestDegradedDaemonTakesItsFixOnReload: a degraded daemon (app.user
+// unknown) is not ended by SIGHUP (Go's default action, which systemd
+// counts as a clean exit and does not restart), and after the config is
+// fixed, SIGHUP (systemctl reload) makes it build at once from the file as
+// it now is.
+func TestDegradedDaemonTakesItsFixOnReload(t *testing.T) {
+	n := setupNode(t, "pa-e2rl", nil)
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18756\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\n")
+	good, err := os.ReadFile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The daemon's config: app.user unknown until it is fixed.
+	daemonCfg := withAppUser(t, cfg, n.AppUser, "ldap-only-user")
+	d := startDaemon(t, n, daemonCfg)
+	hup := func() {
+		t.Helper()
+		if err := syscall.Kill(d.PID(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hup()
+	if code, ok := d.Exited(500 * time.Millisecond); ok {
+		t.Fatalf("SIGHUP ended the degraded daemon (exit %d)\n%s", code, d.LogTail())
+	}
+	if !strings.HasPrefix(d.Status(), "degraded") {
+		t.Fatalf("status %q, want still degraded", d.Status())
+	}
+	// Past the retry at 1 s: the next is at 3 s.
+	time.Sleep(800 * time.Millisecond)
+	if err := os.WriteFile(daemonCfg, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	hup()
+	for deadline := time.Now().Add(800 * time.Millisecond); strings.HasPrefix(d.Status(), "degraded"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("still %q 800 ms after the fix and SIGHUP\n%s", d.Status(), d.LogTail())
+		}
+	}
+	if r := patchagent(t, n, "pre", "--config", daemonCfg); r.code != 0 || strings.Contains(r.stderr, "running the phase in this process") {
+		t.Fatalf("pre not served by the daemon once built: %d\n%s", r.code, r.stderr)
+	}
+	if r := patchagent(t, n, "exit", "--config", daemonCfg); r.code != 0 {
+		t.Fatalf("exit %d\n%s", r.code, r.stderr)
+	}
+	assertInService(t, n)
 }
 
 // withAppUser writes a copy of the config at cfg, beside it, with app.user
