@@ -277,7 +277,7 @@ func saveTopFile(app, files *dirFD, name string) (snapEntry, bool, error) {
 func copyEntryAt(src, dst *dirFD, name, rel string, st *unix.Stat_t, hash bool) (snapEntry, error) {
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFLNK:
-		return copySymlinkAt(src, dst, name, rel, st)
+		return copySymlinkAt(src, dst, name, rel)
 	case unix.S_IFREG:
 		return copyFileAt(src, dst, name, rel, hash)
 	}
@@ -373,11 +373,25 @@ func setAttrsFD(fd int, st *unix.Stat_t) error {
 
 // copySymlinkAt recreates the symlink name of src in dst (a directory only
 // root can write, so setting its owner and times by name there is safe).
-// st is the fstatat of the link; the target is read again (a link swapped
-// in between gives the newer target, still the user's own link).
-func copySymlinkAt(src, dst *dirFD, name, rel string, st *unix.Stat_t) (snapEntry, error) {
-	e := entryOfStat(rel, st)
-	target, err := readlinkAt(src.fd(), name)
+// Owner, times and target all come from one link, opened O_PATH|O_NOFOLLOW
+// and fstat'd: a link swapped in after the fstatat that chose the type (a
+// root-owned one moved in and out by the app user) cannot lend its owner
+// to another link's target.
+func copySymlinkAt(src, dst *dirFD, name, rel string) (snapEntry, error) {
+	fd, err := unix.Openat(src.fd(), name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return snapEntry{}, src.pathErr("open", name, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return snapEntry{}, src.pathErr("stat", name, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFLNK {
+		return snapEntry{}, fmt.Errorf("%s: no longer a symlink (changed while copied)", src.join(name))
+	}
+	e := entryOfStat(rel, &st)
+	target, err := readlinkFD(fd)
 	if err != nil {
 		return e, src.pathErr("readlink", name, err)
 	}
@@ -388,7 +402,7 @@ func copySymlinkAt(src, dst *dirFD, name, rel string, st *unix.Stat_t) (snapEntr
 	if err := unix.Fchownat(dst.fd(), name, int(st.Uid), int(st.Gid), unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return e, dst.pathErr("lchown", name, err)
 	}
-	at, mt := statTimesOf(st)
+	at, mt := statTimesOf(&st)
 	ts := []unix.Timespec{unix.NsecToTimespec(at.UnixNano()), unix.NsecToTimespec(mt.UnixNano())}
 	if err := unix.UtimesNanoAt(dst.fd(), name, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return e, dst.pathErr("setting the times of", name, err)
@@ -477,7 +491,7 @@ func (c *cloner) fill(src, dst *dirFD, rel string) error {
 				return err
 			}
 		case unix.DT_LNK:
-			e, err := copySymlinkAt(src, dst, de.name, r, &st)
+			e, err := copySymlinkAt(src, dst, de.name, r)
 			if err != nil {
 				return err
 			}

@@ -390,3 +390,59 @@ func chownTree(root string, uid int) error {
 		return os.Lchown(p, uid, uid)
 	})
 }
+
+// TestSnapshotAttackSymlinkOwnerFlip: while root snapshots, the user flips
+// a root-owned symlink it moved into node_modules (a .bin link left by an
+// earlier `sudo npm install`, on the same filesystem) with a link of its
+// own to a directory of its choosing. A snapshot must never pair root's
+// ownership with the user's target: a restore would plant a root-owned
+// link there, which the walk to the app's directories follows (dirfd.go).
+func TestSnapshotAttackSymlinkOwnerFlip(t *testing.T) {
+	e := newAttackEnv(t)
+	names := []string{"node_modules/rootlink", "node_modules/userlink"}
+	link, decoy := filepath.Join(e.app, names[0]), filepath.Join(e.app, names[1])
+	const rootTarget, userTarget = "/usr/lib/root-target", "/run/lock"
+	saw := map[string]int{}
+	for race := 1; race <= attackRaces; race++ {
+		os.Remove(link)
+		os.Remove(decoy)
+		if err := os.Symlink(rootTarget, link); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(userTarget, decoy); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(decoy, attackUID, attackUID); err != nil {
+			t.Fatal(err)
+		}
+		stop := e.attack(t, link, decoy)
+		for i := range snapshotsPerRace {
+			s, _, err := TakeSnapshot(e.app, filepath.Join(t.TempDir(), "s"+strconv.Itoa(i)))
+			if err != nil {
+				saw["failed"]++
+				continue
+			}
+			for _, name := range names {
+				p := filepath.Join(s.Dir, name)
+				fi, err := os.Lstat(p)
+				if err != nil {
+					t.Fatalf("race %d: %s not in the snapshot: %v", race, name, err)
+				}
+				target, err := os.Readlink(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				uid := fi.Sys().(*syscall.Stat_t).Uid
+				saw[fmt.Sprintf("%s: uid %d -> %s", name, uid, target)]++
+				if (uid == 0) != (target == rootTarget) {
+					t.Fatalf("race %d: the snapshot's %s is owned by uid %d and points to %s: one link's owner with the other's target", race, name, uid, target)
+				}
+			}
+		}
+		stop()
+	}
+	t.Logf("what the snapshots saved under attack: %v", saw)
+	if saw[names[1]+": uid 0 -> "+rootTarget] == 0 {
+		t.Errorf("the attacker never flipped the links during a snapshot: the test proves nothing")
+	}
+}
