@@ -131,7 +131,12 @@ func (r *ExecRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 	var stdout, stderr tailBuffer
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A session of its own (so a process group of its own too): no
+	// controlling terminal. Run from an operator's root shell (a phase with
+	// no daemon to hand it to), npm's install scripts, which run as the app
+	// user, could otherwise open /dev/tty and push input into that shell
+	// (TIOCSTI).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if c.Cred != nil {
 		cmd.SysProcAttr.Credential = &syscall.Credential{
 			Uid:    c.Cred.UID,
@@ -140,7 +145,7 @@ func (r *ExecRunner) Run(ctx context.Context, c Cmd) (Result, error) {
 		}
 	}
 	cmd.Cancel = func() error {
-		// The group id is the child's pid (Setpgid), so this reaches
+		// The group id is the child's pid (Setsid), so this reaches
 		// grandchildren that stayed in the group (npm and pm2 fork).
 		if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
 			if errors.Is(err, syscall.ESRCH) {

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Tests may use /bin/sh; the product never does.
@@ -493,4 +495,82 @@ func TestExecRunnerChildUmaskConcurrent(t *testing.T) {
 	}
 	t.Logf("%d files created meanwhile, all 0600", created)
 	assertOwnUmask(t, 0o077)
+}
+
+const ttyEnv = "PATCHAGENT_TEST_TTY"
+
+// TestTTYProcess is not a test: with PATCHAGENT_TEST_TTY=shell it is an
+// operator's root shell on a terminal (its controlling terminal), which
+// runs a child through ExecRunner as a phase run from that shell does;
+// with =child it is that child, and says whether it can open /dev/tty.
+func TestTTYProcess(t *testing.T) {
+	switch os.Getenv(ttyEnv) {
+	case "child":
+		f, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+		if err != nil {
+			fmt.Printf("child: no terminal: %v", err)
+		} else {
+			f.Close()
+			fmt.Print("child: /dev/tty opened")
+		}
+	case "shell":
+		f, err := os.OpenFile("/dev/tty", os.O_RDWR, 0)
+		if err != nil {
+			fmt.Printf("shell: no terminal: %v", err)
+			os.Exit(1)
+		}
+		f.Close()
+		self, _ := os.Executable()
+		res, err := (&ExecRunner{}).Run(context.Background(), Cmd{Name: self, Args: []string{"-test.run=^TestTTYProcess$"}, Env: []string{ttyEnv + "=child"}})
+		if err != nil {
+			fmt.Printf("shell: running the child: %v", err)
+			os.Exit(1)
+		}
+		os.Stdout.Write(res.Stdout)
+	default:
+		t.Skip("the processes of TestExecRunnerChildHasNoTerminal")
+	}
+	os.Exit(0)
+}
+
+// TestExecRunnerChildHasNoTerminal: a child of ExecRunner run from a shell
+// on a terminal cannot open that terminal (its own session), so the app
+// user's npm install scripts cannot push input into an operator's root
+// shell with TIOCSTI.
+func TestExecRunnerChildHasNoTerminal(t *testing.T) {
+	ptmx, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		t.Skip("no /dev/ptmx here")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ptmx.Close()
+	if err := unix.IoctlSetPointerInt(int(ptmx.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetInt(int(ptmx.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pts, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pts.Close()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	shell := exec.Command(self, "-test.run=^TestTTYProcess$")
+	shell.Env = []string{ttyEnv + "=shell"}
+	shell.Stdin = pts
+	shell.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	out, err := shell.Output()
+	if err != nil {
+		t.Fatalf("the shell: %v: %s", err, out)
+	}
+	if got := string(out); !strings.HasPrefix(got, "child: no terminal: ") || !strings.Contains(got, "no such device or address") {
+		t.Fatalf("the child of a shell on a terminal: %q, want no terminal (ENXIO)", got)
+	}
 }
