@@ -268,10 +268,22 @@ func (a *Agent) unblockAndRestore(ctx context.Context, r *phaseRun) error {
 	if err != nil {
 		return a.exitFailed(ctx, r, err)
 	}
-	if err := a.restoreExtras(ctx, r); err != nil {
-		return err
+	// The node is unblocked: what pre stopped comes back, then the load
+	// balancer takes it again even when a unit or a command failed, or a
+	// node in service would stay out of rotation with its cycle closed.
+	extrasErr := a.restoreExtras(ctx, r)
+	err = a.lbIn(ctx, r)
+	switch {
+	case extrasErr != nil && err != nil:
+		err = fmt.Errorf("%w; and %w", extrasErr, err)
+	case extrasErr != nil:
+		err = extrasErr
 	}
-	return a.lbIn(ctx, r)
+	if err != nil {
+		err = nodeLeft(nodeBackBut, err)
+		a.closeCycle(r, StatusFailed, err.Error())
+	}
+	return err
 }
 
 // lbIn puts the node back in the load balancer's rotation, last, and waits
@@ -285,10 +297,13 @@ func (a *Agent) lbIn(ctx context.Context, r *phaseRun) error {
 	}
 	err := a.step(r, "lb-in", func() (stepOut, error) { return a.putBack(ctx, r) })
 	if err != nil {
-		err = nodeLeft(nodeBackBut, fmt.Errorf("unblocked, but the load balancer did not confirm it routes to the node: %w", err))
-		a.closeCycle(r, StatusFailed, err.Error())
+		// The record stays for the next exit to put back.
+		return fmt.Errorf("unblocked, but the load balancer did not confirm it routes to the node: %w", err)
 	}
-	return err
+	// Put back: nothing left for a later exit, however the cycle ends (a
+	// rollback that made the app healthy again closes it failed).
+	r.st.LB = nil
+	return nil
 }
 
 // putBack puts the node back in the load balancer's rotation and waits
@@ -323,7 +338,7 @@ func (a *Agent) restoreExtras(ctx context.Context, r *phaseRun) error {
 	if len(a.cfg.Steps.StopUnits) == 0 && len(a.cfg.Steps.ExitCommands) == 0 {
 		return nil
 	}
-	err := a.step(r, "restore", func() (stepOut, error) {
+	return a.step(r, "restore", func() (stepOut, error) {
 		for _, u := range a.cfg.Steps.StopUnits {
 			if err := a.d.Units.Start(ctx, u); err != nil {
 				return stepOut{}, err
@@ -336,11 +351,6 @@ func (a *Agent) restoreExtras(ctx context.Context, r *phaseRun) error {
 		}
 		return passed(fmt.Sprintf("%d unit(s) started, %d command(s) run", len(a.cfg.Steps.StopUnits), len(a.cfg.Steps.ExitCommands)))
 	})
-	if err != nil {
-		err = nodeLeft(nodeBackBut, err)
-		a.closeCycle(r, StatusFailed, err.Error())
-	}
-	return err
 }
 
 // exitFailed applies exit.on_failure: keep the node blocked (default), or
@@ -367,13 +377,11 @@ func (a *Agent) exitFailed(ctx context.Context, r *phaseRun, cause error) error 
 // closeCycle records the end of the cycle: the node is in service.
 func (a *Agent) closeCycle(r *phaseRun, status, msg string) {
 	r.st.Open, r.st.Status, r.st.Error = false, status, msg
+	// r.st.LB stays unless lb-in put it back (lbIn drops it): a cycle that
+	// ended before or in lb-in (a RegisterTargets refused, a forced exit)
+	// keeps what the LB backend must put back; the next exit, healthy,
+	// puts it back; the next pre starts a record of its own.
 	r.st.Block, r.st.Stopped = nil, nil
-	if status == StatusOK {
-		// A cycle that ended failed keeps what the LB backend must put
-		// back (a RegisterTargets refused at lb-in): the next exit, healthy,
-		// puts it back; the next pre starts a record of its own.
-		r.st.LB = nil
-	}
 	r.st.ClosedAt = time.Now().UTC()
 	if err := a.save(&r.st, "done"); err != nil {
 		// The node is in service whatever the disk says: the daemon must

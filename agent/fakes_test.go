@@ -274,11 +274,15 @@ func (u *fakeUnits) Start(ctx context.Context, unit string) error {
 	return nil
 }
 
-type fakeCommands struct{ ev *events }
+// fakeCommands records each command; each fails with err, if set.
+type fakeCommands struct {
+	ev  *events
+	err error
+}
 
 func (c *fakeCommands) Run(ctx context.Context, argv []string) error {
 	c.ev.add(fmt.Sprintf("run %v", argv))
-	return nil
+	return c.err
 }
 
 // conn builds a non-loopback connection; busy ones have a pending request.
@@ -307,6 +311,8 @@ type testEnv struct {
 	boot    string
 	// rotation, if set, is the load balancer's side.
 	rotation Rotation
+	// cmdErr, if set, fails every steps.pre_commands/exit_commands run.
+	cmdErr error
 }
 
 func newTestEnv(t *testing.T) *testEnv {
@@ -333,7 +339,7 @@ func (e *testEnv) agent(t *testing.T) *Agent {
 		Log: zaptest.NewLogger(t), Firewall: e.fw, Conns: e.conns, App: e.app, AppUser: "node",
 		Health: e.health, HealthName: "health-check http://localhost:443/health-check",
 		HealthPolicy: healthcheck.Policy{Interval: time.Millisecond, Deadline: 500 * time.Millisecond, Successes: e.cfg.Health.Successes},
-		Units:        &fakeUnits{ev: e.ev}, Commands: &fakeCommands{ev: e.ev},
+		Units:        &fakeUnits{ev: e.ev}, Commands: &fakeCommands{ev: e.ev, err: e.cmdErr},
 		State: e.state, Lock: e.lock, BootID: func() (string, error) { return e.boot, nil },
 	})
 	if e.pkgs != nil {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/patchagent/patchagent/firewall/lb"
+	"github.com/patchagent/patchagent/healthcheck"
 )
 
 // fakeRotation is a load balancer's side: it records each change, and its
@@ -143,6 +144,74 @@ func TestExitPutsTheNodeBackInTheLBLast(t *testing.T) {
 	}
 	if st, _ := e.state.Load(); st.Open || st.Status != StatusFailed {
 		t.Fatalf("state %+v", st)
+	}
+}
+
+// TestExitPutsTheNodeBackInTheLBWhenAnExtraFails: an exit command that
+// fails after the unblock still lets lb-in run: the node is in service,
+// and closing its cycle with it out of rotation would leave it there
+// (the readiness endpoint answering 503, nothing to put it back).
+func TestExitPutsTheNodeBackInTheLBWhenAnExtraFails(t *testing.T) {
+	e := newTestEnv(t)
+	f := withRotation(e)
+	e.cfg.Steps.ExitCommands = [][]string{{"/usr/local/bin/cluster", "join"}}
+	afterPre(t, e)
+	e.cmdErr = errors.New("cluster join: exited with code 1")
+	rep := e.agent(t).Exit(context.Background(), RunOptions{})
+	if want := []string{"start web", "unblock", "run [/usr/local/bin/cluster join]", "lb in"}; !slices.Equal(e.ev.all(), want) {
+		t.Fatalf("events %q, want %q", e.ev.all(), want)
+	}
+	if rep.ExitCode != ExitFailed || f.out || !strings.HasPrefix(rep.Verdict(), "patchagent exit: FAILED, node back in service, but cluster join: exited with code 1") {
+		t.Fatalf("out %v\n%s", f.out, rep.Text())
+	}
+	// Both failing: both named, in order.
+	afterPre(t, e)
+	f.inErr = lb.ErrNotConfirmed
+	rep = e.agent(t).Exit(context.Background(), RunOptions{})
+	if v := rep.Verdict(); !strings.Contains(v, "cluster join: exited with code 1; and unblocked, but the load balancer did not confirm it routes to the node") {
+		t.Fatal(rep.Text())
+	}
+	if st, _ := e.state.Load(); st.Open || st.Status != StatusFailed {
+		t.Fatalf("state %+v", st)
+	}
+}
+
+// TestRollbackKeepsNoLBRecordOnceBack: exit rolls back a breaking update,
+// the app is healthy again and lb-in puts the node back: the cycle closes
+// failed (the update failed) but with nothing left to put back, so status
+// says in service and the next exit touches no load balancer.
+func TestRollbackKeepsNoLBRecordOnceBack(t *testing.T) {
+	e := newTestEnv(t)
+	withJournaledRotation(e)
+	p := withPackages(t, e)
+	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	if rep := e.agent(t).Post(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	e.health.onProbe = func(int) {}
+	e.health.answers = []healthcheck.Result{unhealthy(500)}
+	e.health.dynamic = func() healthcheck.Result {
+		if p.restores() > 0 {
+			return healthy()
+		}
+		return unhealthy(500)
+	}
+	e.ev.log = nil
+	rep := e.agent(t).Exit(context.Background(), RunOptions{})
+	if rep.ExitCode != ExitFailed || !strings.Contains(rep.Verdict(), "rolled back 2 packages") || !slices.Contains(e.ev.all(), "lb in") {
+		t.Fatalf("%q\n%s", e.ev.all(), rep.Text())
+	}
+	if st, _ := e.state.Load(); st.Open || st.Status != StatusFailed || st.LB != nil {
+		t.Fatalf("after the rollback: open %v status %s lb %s", st.Open, st.Status, st.LB)
+	}
+	if s := e.agent(t).Status(context.Background()); s.Service != ServiceIn {
+		t.Fatalf("status %s after a rollback that put the node back\n%s", s.Service, s.Text())
+	}
+	e.ev.log = nil
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 || slices.Contains(e.ev.all(), "lb in") {
+		t.Fatalf("the next exit: %q\n%s", e.ev.all(), rep.Text())
 	}
 }
 
