@@ -14,8 +14,14 @@ import (
 // lookup (the static binary reads /etc/passwd only: an LDAP or SSSD user is
 // unknown that early), pm2's discovery, the CA file or anything else that
 // can fail for its own reasons: those failures are reported afterwards, and
-// by then an open cycle's block is back. It writes nothing (the state dir
-// may be full or read-only) and takes no lock (the block is idempotent).
+// by then an open cycle's block is back. It writes nothing of its own (the
+// state dir may be full or read-only). It decides under the phase lock,
+// without waiting for it: the daemon also starts while a hook runs a phase
+// in its own process (the daemon restarted, or down when the hook began),
+// and an exit that has just unblocked must not have its node blocked again
+// behind its back; that phase owns the block, and the daemon's watch acts
+// once it is done. At a real boot nobody holds the lock. A lock that cannot
+// be opened at all does not stop it: the block comes first.
 // The full reconcile still runs once the agent is built.
 // reblocked says whether it put the block back: the reconcile that follows
 // reports and counts it as its own (RunOptions.BootReblocked).
@@ -24,7 +30,21 @@ func BootReblock(ctx context.Context, cfg Config, log *zap.Logger) (verdict stri
 	if err != nil {
 		return "", false, err
 	}
-	return bootReblock(ctx, fw, NewStateStore(cfg.Daemon.StateDir))
+	return bootReblockLocked(ctx, fw, cfg.Daemon.StateDir, log)
+}
+
+// bootReblockLocked is bootReblock under the phase lock of dir, if free.
+func bootReblockLocked(ctx context.Context, fw Firewall, dir string, log *zap.Logger) (string, bool, error) {
+	release, err := NewPhaseLock(dir).Acquire(ctx, "boot re-block", 0)
+	switch {
+	case errors.Is(err, ErrLocked):
+		return fmt.Sprintf("nothing done: %v; it owns the block", err), false, nil
+	case err != nil:
+		log.Warn("boot re-block without the phase lock", zap.Error(err))
+	default:
+		defer release()
+	}
+	return bootReblock(ctx, fw, NewStateStore(dir))
 }
 
 // bootReblock decides from the state and the kernel: an open cycle whose

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"go.uber.org/zap/zaptest"
 )
 
 // TestBootReblock: the smallest boot re-block (R3 and E2 of issue 13)
@@ -39,7 +41,7 @@ func TestBootReblock(t *testing.T) {
 			}
 			ev := &events{}
 			fw := &fakeFirewall{ev: ev, state: store, blocked: tt.blocked}
-			verdict, reblocked, err := bootReblock(context.Background(), fw, store)
+			verdict, reblocked, err := bootReblockLocked(context.Background(), fw, dir, zaptest.NewLogger(t))
 			if reblocked != tt.wantBlock {
 				t.Errorf("reblocked = %v, want %v", reblocked, tt.wantBlock)
 			}
@@ -63,5 +65,31 @@ func TestBootReblock(t *testing.T) {
 				t.Errorf("the state file was written: %q", b)
 			}
 		})
+	}
+}
+
+// TestBootReblockLeavesARunningPhaseItsBlock: a daemon that starts while a
+// hook runs a phase in its own process (here an exit that has just
+// unblocked, its cycle still open) blocks nothing: the phase holds the lock
+// and owns the block. Free again, the lock is the boot re-block's.
+func TestBootReblockLeavesARunningPhaseItsBlock(t *testing.T) {
+	dir := t.TempDir()
+	store := NewStateStore(dir)
+	if err := store.Save(State{Open: true, CycleID: "c1", Block: &BlockRecord{Chain: "PATCHAGENT-BLOCK"}}); err != nil {
+		t.Fatal(err)
+	}
+	release, err := NewPhaseLock(dir).Acquire(context.Background(), "exit", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := &events{}
+	fw := &fakeFirewall{ev: ev, state: store}
+	verdict, reblocked, err := bootReblockLocked(context.Background(), fw, dir, zaptest.NewLogger(t))
+	if err != nil || reblocked || len(ev.all()) != 0 || !strings.Contains(verdict, "nothing done: another patchagent phase is running") || !strings.Contains(verdict, "running exit") {
+		t.Fatalf("with the lock held: %q, reblocked %v, %v, events %q", verdict, reblocked, err, ev.all())
+	}
+	release()
+	if verdict, reblocked, err := bootReblockLocked(context.Background(), fw, dir, zaptest.NewLogger(t)); err != nil || !reblocked {
+		t.Fatalf("with the lock free: %q, reblocked %v, %v", verdict, reblocked, err)
 	}
 }

@@ -21,7 +21,7 @@ const (
 	// daemonStepTimeout bounds each step of an iteration (go-iptables
 	// ignores contexts: it is bounded by its own xtables lock wait).
 	daemonStepTimeout = 30 * time.Second
-	// bootTimeout bounds the boot reconciliation (lock wait included).
+	// bootTimeout bounds the boot reconciliation.
 	bootTimeout = 60 * time.Second
 	// leftoverEvery spaces the daemon's exits that remove a leftover block.
 	leftoverEvery = time.Minute
@@ -229,7 +229,14 @@ func (d *daemonLoop) boot(ctx context.Context) error {
 	}
 	bctx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
-	rep := d.a.Reconcile(bctx, agent.RunOptions{BootReblocked: d.o.BootReblocked})
+	// Without waiting for the lock: a phase that holds it (a hook's, run in
+	// its own process while the daemon was down) owns the state, and may
+	// hold it longer than bootTimeout; the watch acts once it is done.
+	rep := d.a.Reconcile(bctx, agent.RunOptions{BootReblocked: d.o.BootReblocked, NoLockWait: true})
+	if rep.ExitCode == agent.ExitLocked {
+		d.log.Info("boot reconciliation left to the phase running", zap.String("verdict", rep.Verdict()))
+		return nil
+	}
 	if rep.ExitCode != 0 {
 		if ctx.Err() != nil {
 			return nil // stopped while booting: Run stops

@@ -183,13 +183,14 @@ type fakeCycle struct {
 	ev  *events
 	now func() time.Time
 
-	mu        sync.Mutex
-	st        agent.State
-	stErr     error
-	healthy   bool
-	exits     []agent.RunOptions
-	reasserts int
-	reconcile func() *agent.Report // nil: block an open cycle, ok
+	mu         sync.Mutex
+	st         agent.State
+	stErr      error
+	healthy    bool
+	exits      []agent.RunOptions
+	reconciles []agent.RunOptions
+	reasserts  int
+	reconcile  func() *agent.Report // nil: block an open cycle, ok
 }
 
 func (c *fakeCycle) Config() agent.Config    { return c.cfg }
@@ -221,6 +222,9 @@ func (c *fakeCycle) Reassert(ctx context.Context) (bool, error) {
 	return true, c.fw.Block(ctx)
 }
 func (c *fakeCycle) Reconcile(ctx context.Context, opt agent.RunOptions) *agent.Report {
+	c.mu.Lock()
+	c.reconciles = append(c.reconciles, opt)
+	c.mu.Unlock()
 	if c.reconcile != nil {
 		return c.reconcile()
 	}
@@ -334,6 +338,26 @@ func TestDaemonBootReconcileFailureIsNotReady(t *testing.T) {
 	}
 	if r.n.count("READY=1") != 0 {
 		t.Fatal("READY=1 sent although the block could not be re-applied")
+	}
+}
+
+// TestDaemonBootLeavesALockedStateToItsPhase: the boot reconciliation does
+// not wait for the phase lock: held by a hook's phase run in its own
+// process (longer, maybe, than the boot may take), the daemon comes up
+// anyway instead of exiting into a restart, and leaves the state to that
+// phase.
+func TestDaemonBootLeavesALockedStateToItsPhase(t *testing.T) {
+	r := newDaemonRig(t)
+	openCycle(r, "boot-1", time.Now())
+	r.c.reconcile = func() *agent.Report {
+		return &agent.Report{Phase: "reconcile", Result: agent.ResultFailed, ExitCode: agent.ExitLocked, Error: "another patchagent phase is running (held by pid 42 running exit)"}
+	}
+	r.start(t)
+	eventually(t, "READY=1", func() bool { return r.n.count("READY=1") == 1 })
+	r.c.mu.Lock()
+	defer r.c.mu.Unlock()
+	if len(r.c.reconciles) == 0 || !r.c.reconciles[0].NoLockWait {
+		t.Fatalf("the boot reconciliation waited for the lock: %+v", r.c.reconciles)
 	}
 }
 
