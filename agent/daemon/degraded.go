@@ -40,6 +40,11 @@ type WaitOptions struct {
 	// A receive retries at once (SIGHUP: systemctl reload after fixing
 	// the config); nil never does.
 	Wake <-chan os.Signal
+	// Reassert, every ReassertEvery while degraded, puts an open cycle's
+	// block back (what the boot re-block does, from the state file and
+	// iptables alone): nothing else watches it until the agent is built.
+	Reassert      func(context.Context)
+	ReassertEvery time.Duration
 }
 
 // Rebuilder is the degraded start's build: each try reads the config file
@@ -99,6 +104,7 @@ func BuildOrWait(ctx context.Context, build func() (*agent.Agent, error), n Noti
 	t := time.NewTicker(min(ping, degradedFirstRetry))
 	defer t.Stop()
 	held := false // past the limit, kept up by an open cycle
+	reasserted := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
@@ -110,6 +116,10 @@ func BuildOrWait(ctx context.Context, build func() (*agent.Agent, error), n Noti
 		}
 		if o.Watchdog > 0 {
 			_ = n.Notify("WATCHDOG=1")
+		}
+		if o.Reassert != nil && time.Since(reasserted) >= o.ReassertEvery {
+			o.Reassert(ctx)
+			reasserted = time.Now()
 		}
 		if time.Now().Before(next) {
 			continue

@@ -183,3 +183,25 @@ func TestRebuilderReadsTheFileAsItNowIs(t *testing.T) {
 		t.Fatalf("built with users %v, want %v", built, want)
 	}
 }
+
+// TestBuildOrWaitReassertsWhileDegraded: degraded, nothing else watches an
+// open cycle's block: Reassert runs every ReassertEvery until the build
+// works.
+func TestBuildOrWaitReassertsWhileDegraded(t *testing.T) {
+	m := agent.NewMetrics(prometheus.NewRegistry(), "test")
+	var reasserts, tries atomic.Int32
+	build := func() (*agent.Agent, error) {
+		if tries.Add(1) < 3 { // retried at 1 s and 3 s
+			return nil, errors.New("pm2 not found")
+		}
+		return agent.New(agent.DefaultConfig(), agent.Deps{Log: zaptest.NewLogger(t)}), nil
+	}
+	o := WaitOptions{Watchdog: 400 * time.Millisecond, ReassertEvery: 200 * time.Millisecond, Reassert: func(context.Context) { reasserts.Add(1) }}
+	if _, err := BuildOrWait(context.Background(), build, nil, o, zaptest.NewLogger(t), m); err != nil {
+		t.Fatal(err)
+	}
+	// 3 s degraded, the loop ticking every 200 ms.
+	if n := reasserts.Load(); n < 8 {
+		t.Fatalf("%d re-asserts in 3 s of degraded start, want one per 200 ms", n)
+	}
+}

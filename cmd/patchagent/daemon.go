@@ -70,6 +70,7 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 	// there after daemon.node_wait with no cycle open, the node is
 	// misconfigured: exit 2, which systemd does not restart.
 	store := agent.NewStateStore(cfg.Daemon.StateDir)
+	lastReassert := "" // the last error re-asserting the block, logged once
 	a, err := daemon.BuildOrWait(ctx, daemon.Rebuilder(path, cfg, build), notifier, daemon.WaitOptions{
 		Watchdog: watchdog,
 		Limit:    time.Duration(cfg.Daemon.NodeWait),
@@ -78,6 +79,22 @@ func runDaemon(ctx context.Context, c *command, o opts, _, stderr io.Writer) int
 			return st.Open, err
 		},
 		Wake: hup,
+		Reassert: func(ctx context.Context) {
+			verdict, reblocked, err := agent.BootReblock(ctx, cfg, log)
+			switch {
+			case err != nil && err.Error() != lastReassert:
+				log.Error("degraded: re-asserting the block", zap.Error(err))
+			case reblocked:
+				metrics.ObserveReassert()
+				metrics.ObserveBlock(true)
+				log.Warn("degraded: the block of the open cycle was gone: re-applied", zap.String("verdict", verdict))
+			}
+			lastReassert = ""
+			if err != nil {
+				lastReassert = err.Error()
+			}
+		},
+		ReassertEvery: time.Duration(cfg.Daemon.WatchInterval),
 	}, log, metrics)
 	switch {
 	case errors.Is(err, daemon.ErrNodeNotReady):

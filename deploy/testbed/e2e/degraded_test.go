@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -100,6 +101,16 @@ func TestDaemonExits2WhenTheNodeStaysWrong(t *testing.T) {
 			t.Errorf("the log does not say why it stays:\n%s", d.LogTail())
 		}
 		assertBlocked(t, n)
+		// Degraded, it still watches the block: flushed (a firewall
+		// reload), it is back within a few watch intervals.
+		if err := n.FlushFirewall(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		assertBlocked(t, n)
+		if !strings.Contains(d.LogTail(), "degraded: the block of the open cycle was gone: re-applied") {
+			t.Errorf("the log does not say the block was re-applied:\n%s", d.LogTail())
+		}
 		stopDaemon(t, d)
 		if r := patchagent(t, n, "exit", "--config", cfg); r.code != 0 {
 			t.Fatalf("exit %d\n%s", r.code, r.stderr)
