@@ -11,8 +11,8 @@ import (
 // BootReblock is the boot re-block at its smallest (issue 13, R3): it needs
 // the state file and iptables, nothing else. The daemon and `patchagent
 // reconcile` run it first, before the metrics listener, the app user's
-// lookup (the static binary reads /etc/passwd only: an LDAP or SSSD user is
-// unknown that early), pm2's discovery, the CA file or anything else that
+// lookup (an LDAP or SSSD user is unknown that early: the daemon starts
+// before the network), pm2's discovery, the CA file or anything else that
 // can fail for its own reasons: those failures are reported afterwards, and
 // by then an open cycle's block is back. It writes nothing of its own (the
 // state dir may be full or read-only). It decides under the phase lock,

@@ -31,6 +31,9 @@ command -v debsig-verify >/dev/null 2>&1 || need="$need debsig-verify"
 command -v zsh >/dev/null 2>&1 || need="$need zsh"
 # The load-balancer tests run a real HAProxy in the network namespaces they make.
 command -v haproxy >/dev/null 2>&1 || need="$need haproxy"
+# An app user only the name services know (LDAP, SSSD): the e2e test looks
+# one up through a real NSS module, libnss-extrausers.
+[ -e /usr/lib/libnss_extrausers.so.2 ] || need="$need libnss-extrausers"
 # The real-node test (deploy/testbed/node): a Debian root booted with systemd-nspawn.
 command -v debootstrap >/dev/null 2>&1 || need="$need debootstrap"
 command -v systemd-nspawn >/dev/null 2>&1 || need="$need systemd-container"

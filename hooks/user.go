@@ -1,10 +1,15 @@
 package hooks
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os/exec"
 	"os/user"
 	"strconv"
+	"strings"
+	"time"
 )
 
 // AppUser is the account the app (and its pm2 daemon) runs as.
@@ -26,19 +31,87 @@ func (u AppUser) home() string {
 
 // LookupUser looks up a user by name (or, failing that, by a numeric uid)
 // with its supplementary groups. Root is returned like any other user; the
-// caller decides whether to warn.
+// caller decides whether to warn. An account /etc/passwd does not have is
+// asked of the C library's name services (lookupNSS): LDAP, SSSD.
 func LookupUser(name string) (AppUser, error) {
 	u, err := user.Lookup(name)
 	if err != nil {
 		var unknown user.UnknownUserError
-		if _, nerr := strconv.ParseUint(name, 10, 32); nerr != nil || !errors.As(err, &unknown) {
+		if !errors.As(err, &unknown) {
 			return AppUser{}, fmt.Errorf("looking up user %q: %w", name, err)
 		}
-		if u, err = user.LookupId(name); err != nil {
-			return AppUser{}, fmt.Errorf("looking up user %q: %w", name, err)
+		if _, nerr := strconv.ParseUint(name, 10, 32); nerr == nil {
+			u, err = user.LookupId(name)
 		}
 	}
+	if err != nil {
+		au, nerr := lookupNSS(name)
+		switch {
+		case nerr == nil:
+			return au, nil
+		case errors.Is(nerr, errNSSNotFound):
+			return AppUser{}, fmt.Errorf("looking up user %q: %w", name, err)
+		}
+		return AppUser{}, fmt.Errorf("looking up user %q: %w (and asking the name services: %w)", name, err, nerr)
+	}
 	return fromOSUser(u)
+}
+
+// The static binary's os/user reads /etc/passwd and /etc/group only. An
+// account of LDAP, SSSD or any other NSS source is found by asking the C
+// library through getent and id, run as root with SafePath, each bounded
+// by nssTimeout; nssRunner is their runner (a fake in tests).
+var (
+	nssRunner  Runner = &ExecRunner{}
+	nssTimeout        = 5 * time.Second
+)
+
+// errNSSNotFound: the name services do not know the account either (or
+// there is no getent to ask).
+var errNSSNotFound = errors.New("unknown to the name services")
+
+// lookupNSS finds the account key (a name or a uid) with `getent passwd`
+// and its groups with `id -G` (getgrouplist: those of every NSS source).
+func lookupNSS(key string) (AppUser, error) {
+	out, err := nssRun("getent", "passwd", key)
+	var ee *ExitError
+	switch {
+	case errors.As(err, &ee) && ee.ExitCode == 2, errors.Is(err, exec.ErrNotFound), errors.Is(err, fs.ErrNotExist):
+		return AppUser{}, errNSSNotFound // 2: key not found
+	case err != nil:
+		return AppUser{}, err
+	}
+	f := strings.Split(strings.TrimSpace(strings.SplitN(out, "\n", 2)[0]), ":")
+	if len(f) != 7 {
+		return AppUser{}, fmt.Errorf("getent passwd %s: %q is not a passwd entry", key, out)
+	}
+	uid, uerr := strconv.ParseUint(f[2], 10, 32)
+	gid, gerr := strconv.ParseUint(f[3], 10, 32)
+	if uerr != nil || gerr != nil || f[0] == "" {
+		return AppUser{}, fmt.Errorf("getent passwd %s: %q is not a passwd entry", key, out)
+	}
+	au := AppUser{Name: f[0], UID: uint32(uid), GID: uint32(gid), Groups: []uint32{uint32(gid)}, Home: f[5]}
+	ids, err := nssRun("id", "-G", "--", au.Name)
+	if err != nil {
+		return AppUser{}, fmt.Errorf("the groups of %s: %w", au.Name, err)
+	}
+	for _, s := range strings.Fields(ids) {
+		g, err := strconv.ParseUint(s, 10, 32)
+		if err != nil {
+			return AppUser{}, fmt.Errorf("the groups of %s: id -G said %q", au.Name, ids)
+		}
+		if uint32(g) != au.GID {
+			au.Groups = append(au.Groups, uint32(g))
+		}
+	}
+	return au, nil
+}
+
+func nssRun(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), nssTimeout)
+	defer cancel()
+	res, err := nssRunner.Run(ctx, Cmd{Name: name, Args: args, Env: []string{"PATH=" + SafePath}, Dir: "/"})
+	return string(res.Stdout), err
 }
 
 // OwnerOf returns the user owning the directory path (the app dir, whose
@@ -51,8 +124,15 @@ func OwnerOf(path string) (AppUser, error) {
 	if err != nil {
 		return AppUser{}, fmt.Errorf("finding the owner of %s: %w", path, err)
 	}
-	u, err := user.LookupId(strconv.FormatUint(uint64(st.Uid), 10))
+	uid := strconv.FormatUint(uint64(st.Uid), 10)
+	u, err := user.LookupId(uid)
 	if err != nil {
+		var unknown user.UnknownUserIdError
+		if errors.As(err, &unknown) {
+			if au, nerr := lookupNSS(uid); nerr == nil {
+				return au, nil
+			}
+		}
 		return AppUser{}, fmt.Errorf("finding the owner of %s (uid %d): %w", path, st.Uid, err)
 	}
 	au, err := fromOSUser(u)

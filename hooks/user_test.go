@@ -1,9 +1,12 @@
 package hooks
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -130,5 +133,62 @@ func TestCredentialCopiesGroups(t *testing.T) {
 	c.Groups[0] = 0
 	if u.Groups[0] != 1002 {
 		t.Error("Credential shares its Groups with the AppUser")
+	}
+}
+
+// nssFake answers getent and id as the C library's name services would.
+type nssFake struct {
+	passwd map[string]string // key -> getent passwd's line
+	groups string            // id -G's answer
+	calls  []string
+}
+
+func (f *nssFake) Run(ctx context.Context, c Cmd) (Result, error) {
+	f.calls = append(f.calls, c.Name+" "+strings.Join(c.Args, " "))
+	if _, ok := ctx.Deadline(); !ok || !slices.Equal(c.Env, []string{"PATH=" + SafePath}) {
+		return Result{}, fmt.Errorf("%s run without a deadline or with env %q", c.Name, c.Env)
+	}
+	switch c.Name {
+	case "getent":
+		line, ok := f.passwd[c.Args[1]]
+		if !ok {
+			return Result{ExitCode: 2}, &ExitError{Name: "getent", ExitCode: 2}
+		}
+		return Result{Stdout: []byte(line + "\n")}, nil
+	case "id":
+		return Result{Stdout: []byte(f.groups + "\n")}, nil
+	}
+	return Result{}, fmt.Errorf("unexpected %s", c.Name)
+}
+
+// TestLookupUserAsksTheNameServices: an account /etc/passwd does not have
+// (LDAP, SSSD) is asked of getent, by name or uid, with its groups from id
+// -G; one the name services do not know either keeps the plain "unknown
+// user" error. (deploy/testbed/e2e TestAppUserOnlyTheNameServicesKnow runs
+// the static binary against a real NSS module.)
+func TestLookupUserAsksTheNameServices(t *testing.T) {
+	f := &nssFake{passwd: map[string]string{
+		"pa-ldap-user": "pa-ldap-user:*:61234:61234:LDAP user:/home/pa-ldap-user:/bin/bash",
+		"61234":        "pa-ldap-user:*:61234:61234:LDAP user:/home/pa-ldap-user:/bin/bash",
+		"pa-bad-entry": "pa-bad-entry:*:not-a-uid",
+	}, groups: "61234 61235 27"}
+	old := nssRunner
+	nssRunner = f
+	t.Cleanup(func() { nssRunner = old })
+	want := AppUser{Name: "pa-ldap-user", UID: 61234, GID: 61234, Groups: []uint32{61234, 61235, 27}, Home: "/home/pa-ldap-user"}
+	for _, key := range []string{"pa-ldap-user", "61234"} {
+		u, err := LookupUser(key)
+		if err != nil || !reflect.DeepEqual(u, want) {
+			t.Fatalf("LookupUser(%q) = %+v, %v; want %+v", key, u, err, want)
+		}
+	}
+	if _, err := LookupUser("pa-no-such-user"); err == nil || !strings.Contains(err.Error(), "unknown user pa-no-such-user") {
+		t.Fatalf("an account nobody knows: %v", err)
+	}
+	if _, err := LookupUser("pa-bad-entry"); err == nil || !strings.Contains(err.Error(), "is not a passwd entry") {
+		t.Fatalf("a broken getent answer: %v", err)
+	}
+	if !slices.Contains(f.calls, "id -G -- pa-ldap-user") {
+		t.Fatalf("groups not asked of id: %q", f.calls)
 	}
 }

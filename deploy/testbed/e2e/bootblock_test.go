@@ -14,8 +14,8 @@ import (
 // TestBootReblockNeedsOnlyTheStateAndIptables: R3 and E2 of issue 13, with
 // the real daemon and iptables in the sandbox.
 //
-//   - The app user is not known to the node at boot (an LDAP or SSSD user:
-//     the static binary reads /etc/passwd only), so the agent cannot be
+//   - The app user is not known to the node at boot (an LDAP or SSSD user
+//     before the network is up), so the agent cannot be
 //     built: the reconcile command fails, the daemon comes up degraded
 //     (READY, its status and patchagent_daemon_degraded say why, it
 //     retries); the open cycle's block, gone with the reboot, is back all

@@ -31,7 +31,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "patchagent")
-	out, err := exec.Command("go", "build", "-o", binary, "github.com/patchagent/patchagent/cmd/patchagent").CombinedOutput()
+	// Built as the packages build it (Makefile): static, so os/user reads
+	// /etc/passwd alone, and a lookup the C library would answer is not.
+	build := exec.Command("go", "build", "-o", binary, "github.com/patchagent/patchagent/cmd/patchagent")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := build.CombinedOutput()
 	if err != nil {
 		fmt.Printf("building patchagent: %v\n%s", err, out)
 		os.Exit(1)
