@@ -40,6 +40,10 @@ import (
 type dirFD struct {
 	f    *os.File
 	path string
+	// keepFree: root's state dir, where what the app user sizes is copied
+	// (a sparse .npmrc, node_modules when links fail): a copy into it must
+	// leave its filesystem room (roomFor). Its sub directories inherit it.
+	keepFree bool
 }
 
 const maxSymlinks = 40 // as the kernel's path walk
@@ -258,7 +262,7 @@ func (d *dirFD) sub(name string) (*dirFD, error) {
 	if err != nil {
 		return nil, d.pathErr("open", name, err)
 	}
-	return &dirFD{f: os.NewFile(uintptr(fd), d.join(name)), path: d.join(name)}, nil
+	return &dirFD{f: os.NewFile(uintptr(fd), d.join(name)), path: d.join(name), keepFree: d.keepFree}, nil
 }
 
 // openRegular opens name below d for reading: not through a symlink,

@@ -159,7 +159,14 @@ func takeSnapshot(appDir, dst string, link linkFunc) (Snapshot, SnapshotStats, e
 	if err != nil {
 		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", appDir, err)
 	}
+	made := false // dir made here: a failed snapshot removes it
 	fail := func(err error) (Snapshot, SnapshotStats, error) {
+		if made {
+			// In root's own state dir: removing by path is safe there.
+			if rerr := os.RemoveAll(dir); rerr != nil {
+				err = fmt.Errorf("%w (and removing the partial snapshot: %v)", err, rerr)
+			}
+		}
 		return Snapshot{}, st, fmt.Errorf("snapshotting %s: %w", app, err)
 	}
 	appD, err := openDirPath(app)
@@ -187,6 +194,7 @@ func takeSnapshot(appDir, dst string, link linkFunc) (Snapshot, SnapshotStats, e
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return fail(err)
 	}
+	made = true
 	if err := os.WriteFile(filepath.Join(dir, snapMarkerName), nil, 0o600); err != nil {
 		return fail(err)
 	}
@@ -198,6 +206,7 @@ func takeSnapshot(appDir, dst string, link linkFunc) (Snapshot, SnapshotStats, e
 		return fail(err)
 	}
 	defer snapD.Close()
+	snapD.keepFree = true
 	filesD, err := snapD.sub(snapFilesDir)
 	if err != nil {
 		return fail(err)
@@ -315,6 +324,11 @@ func copyFileAt(src, dst *dirFD, name, rel string, hash bool) (snapEntry, error)
 	}
 	defer in.Close()
 	e := entryOfStat(rel, &st)
+	if dst.keepFree {
+		if err := roomFor(dst, src.join(name), st.Size); err != nil {
+			return e, err
+		}
+	}
 	fd, err := unix.Openat(dst.fd(), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
 		return e, dst.pathErr("create", name, err)
@@ -325,13 +339,16 @@ func copyFileAt(src, dst *dirFD, name, rel string, hash bool) (snapEntry, error)
 			out.Close()
 		}
 	}()
+	// At most what fstat said, and one byte to tell growth: a file the
+	// user keeps appending to cannot make root copy for ever.
+	body := io.LimitReader(in, st.Size+1)
 	var n int64
 	if hash {
 		h := sha256.New()
-		n, err = io.Copy(io.MultiWriter(out, h), in)
+		n, err = io.Copy(io.MultiWriter(out, h), body)
 		e.SHA256 = hex.EncodeToString(h.Sum(nil))
 	} else {
-		n, err = io.Copy(out, in)
+		n, err = io.Copy(out, body)
 	}
 	if err == nil && n != st.Size {
 		err = fmt.Errorf("%d bytes read, the file has %d (changed while copied)", n, st.Size)
@@ -353,6 +370,28 @@ func copyFileAt(src, dst *dirFD, name, rel string, hash bool) (snapEntry, error)
 		return e, fmt.Errorf("copying %s: %w", src.join(name), err)
 	}
 	return e, nil
+}
+
+// minFree is what a copy into root's state dir leaves free on its
+// filesystem, for unprivileged use: 5% of it, at least 256 MiB.
+func minFree(fs *unix.Statfs_t) int64 {
+	return max(int64(fs.Blocks)*fs.Frsize/20, 256<<20)
+}
+
+// roomFor refuses to copy size bytes of the app user's file what into dir
+// when that would leave its filesystem less than minFree: root writes past
+// the reserved blocks, and a sparse file of the user's costs the user
+// nothing but becomes real blocks in the copy.
+func roomFor(dir *dirFD, what string, size int64) error {
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(dir.fd(), &fs); err != nil {
+		return dir.pathErr("statfs", ".", err)
+	}
+	avail, keep := int64(fs.Bavail)*fs.Frsize, minFree(&fs)
+	if size > avail-keep {
+		return fmt.Errorf("%s is %d bytes: copying it into %s would leave less than %d MiB free there (%d MiB available)", what, size, dir.path, keep>>20, avail>>20)
+	}
+	return nil
 }
 
 // setAttrsFD gives the file fd holds the owner, mode and times of st (mode

@@ -731,3 +731,33 @@ func TestPruneSnapshotsByTheOrderTakenNotTheClock(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestSnapshotKeepsRoomOnTheStateDisk: the app user's sparse .npmrc of 1
+// TiB costs it no block, but its copy into root's state dir would be real
+// blocks, past the filesystem's reserve (root ignores it): the snapshot is
+// refused, names the file, and leaves no partial snapshot behind.
+func TestSnapshotKeepsRoomOnTheStateDisk(t *testing.T) {
+	app := buildApp(t, os.Getuid(), os.Getgid())
+	npmrc := filepath.Join(app, ".npmrc")
+	if err := os.WriteFile(npmrc, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(npmrc, 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(t.TempDir(), "snap")
+	_, _, err := TakeSnapshot(app, dst)
+	if err == nil || !strings.Contains(err.Error(), npmrc+" is 1099511627776 bytes: copying it into") || !strings.Contains(err.Error(), "would leave less than") {
+		t.Fatalf("TakeSnapshot with a 1 TiB sparse .npmrc: %v", err)
+	}
+	if _, err := os.Lstat(dst); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the partial snapshot is left: %v", err)
+	}
+	// Its real size is copied as before.
+	if err := os.Truncate(npmrc, 100); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := TakeSnapshot(app, dst); err != nil {
+		t.Fatal(err)
+	}
+}
