@@ -13,9 +13,18 @@ import (
 
 // HAProxy takes the node out of an HAProxy backend through its runtime API
 // (the stats socket at level admin): `set server B/S state drain` stops new
-// traffic at once, and HAProxy's own stats say when it is done (status
-// DRAIN, no current session); `state ready` puts it back, done when HAProxy
-// reports it UP (after its rise checks if they had failed meanwhile).
+// traffic at once, and `state ready` puts the server back. Each waits for
+// HAProxy's stats (`show stat`, the status column) to say it is done; see
+// Out and InRotation for which statuses count.
+//
+// Taking out does not wait for the server's sessions to end, as the AWS
+// backend does not wait for a target's draining to end: after lb-out the
+// agent blocks new connections and its drain step waits, under
+// drain.timeout, for the established ones (HAProxy's included) to finish.
+// A WebSocket or a long download that outlived lb.deadline used to fail
+// pre with the node drained and not patched. The drain counts connections
+// from outside loopback only: an HAProxy on the node itself is not waited
+// for.
 type HAProxy struct {
 	// Socket is the runtime API: a unix socket path, or host:port.
 	Socket string
@@ -75,7 +84,7 @@ func (h *HAProxy) setState(ctx context.Context, state string) error {
 
 // ServerStat is what HAProxy's stats say of the server.
 type ServerStat struct {
-	Status   string // UP, DOWN, DRAIN, MAINT, "UP 1/2", ...
+	Status   string // UP, DOWN, DRAIN, MAINT, "UP 1/2", "no check", ... (see Out)
 	Sessions int    // current sessions (scur)
 }
 
@@ -127,16 +136,60 @@ func (h *HAProxy) BackendStats(ctx context.Context) (map[string]ServerStat, erro
 	return all, nil
 }
 
+// Out reports whether status, HAProxy's stats status of a server, says
+// HAProxy sends it no new load-balanced session. These are what HAProxy
+// 2.x's stats_fill_sv_computestate and the MAINT cases before it write
+// (src/stats.c; seen from Debian 12's 2.6.12 in the integration test):
+//
+//   - DRAIN, "DRAIN 1/3" (draining, with failed checks), "DRAIN (agent)"
+//     (any drained server that has an agent-check): the admin drain
+//     state, no new session but those persistence (cookies, stick tables)
+//     still sends;
+//   - MAINT, "MAINT (via be/s)", "MAINT (resolution)": no traffic at all;
+//   - NOLB, "NOLB 1/2": soft-stopping (http-check disable-on-404, an
+//     agent answering stopping), as DRAIN;
+//   - DOWN, "DOWN 1/2" (going up, not yet in service), "DOWN (agent)":
+//     its checks took it out (a drained node whose port the block closes
+//     ends up there).
+//
+// UP, "UP 1/2" and "no check" (up, without a health check) take new
+// sessions; anything else, such as a status a later HAProxy invents, is
+// not taken for out.
+func Out(status string) bool {
+	switch word, _, _ := strings.Cut(status, " "); word {
+	case "DRAIN", "MAINT", "NOLB", "DOWN":
+		return true
+	}
+	return false
+}
+
+// InRotation reports whether status says HAProxy balances new sessions to
+// the server and nothing says it should not: "UP", its checks all passing,
+// or "no check", a server without a health check (HAProxy never reports
+// such a server UP; with an agent-check only, it is "no check" too).
+//
+// "UP 1/2" is not in rotation yet: HAProxy reports it for a server that
+// left maintenance before any check confirmed it (one failed check later
+// it is DOWN) and for one whose checks have started failing; it becomes
+// UP at the next passed check. "DOWN 1/2" is still down, going up. A
+// DRAIN or "DRAIN (agent)" after `state ready` is an agent-check still
+// answering drain (an agent answering "ready" would, likewise, undo
+// lb-out's drain).
+func InRotation(status string) bool {
+	return status == "UP" || status == "no check"
+}
+
 // TakeOut sets the server to drain and waits, up to deadline, until
-// HAProxy reports it draining with no session left.
+// HAProxy reports it out (Out): it sends it no new session. It does not
+// wait for the sessions left: the agent's drain does (see HAProxy).
 func (h *HAProxy) TakeOut(ctx context.Context, deadline time.Duration) (Wait, error) {
-	return h.change(ctx, deadline, "drain", func(s ServerStat) bool { return s.Status == "DRAIN" && s.Sessions == 0 })
+	return h.change(ctx, deadline, "drain", func(s ServerStat) bool { return Out(s.Status) })
 }
 
 // PutBack sets the server ready and waits, up to deadline, until HAProxy
-// reports it UP.
+// reports it in rotation (InRotation): UP, or "no check".
 func (h *HAProxy) PutBack(ctx context.Context, deadline time.Duration) (Wait, error) {
-	return h.change(ctx, deadline, "ready", func(s ServerStat) bool { return s.Status == "UP" })
+	return h.change(ctx, deadline, "ready", func(s ServerStat) bool { return InRotation(s.Status) })
 }
 
 // SetOut sets the state without waiting (best effort: the break-glass, the

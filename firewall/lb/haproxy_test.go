@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,13 +18,16 @@ import (
 
 // fakeHAProxy answers the runtime API on a unix socket the way HAProxy 2.6
 // does (one command per connection, the answer, then EOF), for a backend
-// be with a server node whose state the commands change; sessions drain
-// one per stats read.
+// be with a server node whose status the commands change: after `state
+// drain` (`state ready`) the stats reads report drained (ready) in turn,
+// the last one from then on (default DRAIN, UP).
 type fakeHAProxy struct {
-	mu       sync.Mutex
-	state    string // UP, DRAIN
-	sessions int
-	cmds     []string
+	mu             sync.Mutex
+	status         string
+	drained, ready []string
+	next           []string // what the next stats reads report
+	sessions       int
+	cmds           []string
 }
 
 func (f *fakeHAProxy) serve(t *testing.T) string {
@@ -59,17 +63,26 @@ func (f *fakeHAProxy) answer(cmd string) string {
 	f.cmds = append(f.cmds, cmd)
 	switch cmd {
 	case "set server be/node state drain":
-		f.state = "DRAIN"
+		f.next = append([]string{}, f.drained...)
+		if len(f.next) == 0 {
+			f.next = []string{"DRAIN"}
+		}
 		return "\n"
 	case "set server be/node state ready":
-		f.state = "UP"
+		f.next = append([]string{}, f.ready...)
+		if len(f.next) == 0 {
+			f.next = []string{"UP"}
+		}
 		return "\n"
 	case "show stat":
-		if f.state == "DRAIN" && f.sessions > 0 {
-			f.sessions--
+		if len(f.next) > 0 {
+			f.status = f.next[0]
+			if len(f.next) > 1 {
+				f.next = f.next[1:]
+			}
 		}
 		return "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,status\n" +
-			"be,node,0,0," + strconv.Itoa(f.sessions) + ",5,,10,0,0,0,0,,0,0,0,0," + f.state + "\n" +
+			"be,node,0,0," + strconv.Itoa(f.sessions) + ",5,,10,0,0,0,0,,0,0,0,0," + f.status + "\n" +
 			"be,BACKEND,0,0,0,5,,10,0,0,0,0,,0,0,0,0,UP\n\n"
 	}
 	if strings.HasPrefix(cmd, "set server ") {
@@ -78,15 +91,22 @@ func (f *fakeHAProxy) answer(cmd string) string {
 	return "Unknown command.\n\n"
 }
 
+// TestHAProxyDrainsThenReadies: lb-out is done once HAProxy reports the
+// server drained, its sessions left to the agent's drain (a long download
+// no longer fails pre at lb.deadline); lb-in once it reports it UP.
 func TestHAProxyDrainsThenReadies(t *testing.T) {
-	f := &fakeHAProxy{state: "UP", sessions: 3}
+	f := &fakeHAProxy{status: "UP", sessions: 3}
 	h := &HAProxy{Socket: f.serve(t), Backend: "be", Server: "node", Poll: time.Millisecond}
 	w, err := h.TakeOut(context.Background(), 5*time.Second)
-	if err != nil || w.By != "HAProxy be/node DRAIN, 0 session(s)" {
+	if err != nil || w.By != "HAProxy be/node DRAIN, 3 session(s)" {
 		t.Fatalf("take out: %+v %v", w, err)
 	}
-	if f.cmds[0] != "set server be/node state drain" || len(f.cmds) < 4 {
-		t.Fatalf("commands %q: want the drain, then stats until the sessions are gone", f.cmds)
+	f.mu.Lock()
+	cmds := slices.Clone(f.cmds)
+	f.sessions = 0
+	f.mu.Unlock()
+	if want := []string{"set server be/node state drain", "show stat"}; !slices.Equal(cmds, want) {
+		t.Fatalf("commands %q, want %q: the drain, then the stats until they say drained", cmds, want)
 	}
 	w, err = h.PutBack(context.Background(), 5*time.Second)
 	if err != nil || w.By != "HAProxy be/node UP, 0 session(s)" {
@@ -94,8 +114,50 @@ func TestHAProxyDrainsThenReadies(t *testing.T) {
 	}
 }
 
+// TestHAProxyStatuses: lb-out accepts every status in which HAProxy sends
+// the server no new session, lb-in only a server in rotation that no check
+// contradicts, whatever the server's checks: a server without check is
+// "no check" (never UP), one with an agent-check drains as "DRAIN
+// (agent)"; transitional statuses are waited through.
+func TestHAProxyStatuses(t *testing.T) {
+	for _, tt := range []struct {
+		name           string
+		drained, ready []string
+		out, in        string // the status each wait ends on; "" for not confirmed
+	}{
+		{name: "checked", out: "DRAIN", in: "UP"},
+		{name: "no check", drained: []string{"DRAIN"}, ready: []string{"no check"}, out: "DRAIN", in: "no check"},
+		{name: "agent-check", drained: []string{"DRAIN (agent)"}, ready: []string{"UP"}, out: "DRAIN (agent)", in: "UP"},
+		{name: "agent-check only", drained: []string{"DRAIN (agent)"}, ready: []string{"no check"}, out: "DRAIN (agent)", in: "no check"},
+		{name: "failing checks", drained: []string{"DRAIN 1/3"}, ready: []string{"DOWN", "DOWN 1/2", "UP"}, out: "DRAIN 1/3", in: "UP"},
+		{name: "down already", drained: []string{"DOWN"}, ready: []string{"DOWN 1/2", "UP 1/2", "UP"}, out: "DOWN", in: "UP"},
+		{name: "stats not changed yet", drained: []string{"UP", "MAINT (via be/other)"}, ready: []string{"MAINT (via be/other)", "UP"}, out: "MAINT (via be/other)", in: "UP"},
+		{name: "soft-stopping", drained: []string{"NOLB"}, out: "NOLB", in: "UP"},
+		{name: "drain undone (an agent answering ready)", drained: []string{"UP"}, out: "", in: "UP"},
+		{name: "out of maintenance, no check passed yet", ready: []string{"UP 1/2"}, out: "DRAIN", in: ""},
+		{name: "an agent still answering drain", ready: []string{"DRAIN (agent)"}, out: "DRAIN", in: ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			f := &fakeHAProxy{status: "UP", drained: tt.drained, ready: tt.ready, sessions: 1}
+			h := &HAProxy{Socket: f.serve(t), Backend: "be", Server: "node", Poll: time.Millisecond}
+			for _, step := range []struct {
+				do   func(context.Context, time.Duration) (Wait, error)
+				want string
+			}{{h.TakeOut, tt.out}, {h.PutBack, tt.in}} {
+				w, err := step.do(context.Background(), 100*time.Millisecond)
+				switch {
+				case step.want == "" && !errors.Is(err, ErrNotConfirmed):
+					t.Fatalf("confirmed %+v (%v), want not confirmed", w, err)
+				case step.want != "" && (err != nil || w.By != "HAProxy be/node "+step.want+", 1 session(s)"):
+					t.Fatalf("%+v %v, want %q", w, err, step.want)
+				}
+			}
+		})
+	}
+}
+
 func TestHAProxyErrorsSayWhat(t *testing.T) {
-	f := &fakeHAProxy{state: "UP"}
+	f := &fakeHAProxy{status: "UP", drained: []string{"UP"}}
 	sock := f.serve(t)
 	// No such server: HAProxy's own words.
 	h := &HAProxy{Socket: sock, Backend: "be", Server: "other"}
@@ -121,13 +183,43 @@ func TestHAProxyErrorsSayWhat(t *testing.T) {
 	if _, err := h.TakeOut(context.Background(), time.Second); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("refusing socket: %v", err)
 	}
-	// Drained never: the deadline, with what HAProxy last said.
+	// Never out: the deadline, with what HAProxy last said.
 	f.mu.Lock()
 	f.sessions = 9
 	f.mu.Unlock()
 	h = &HAProxy{Socket: sock, Backend: "be", Server: "node", Poll: 50 * time.Millisecond}
-	if _, err := h.TakeOut(context.Background(), 200*time.Millisecond); !errors.Is(err, ErrNotConfirmed) || !strings.Contains(err.Error(), `"DRAIN"`) {
-		t.Fatalf("not drained in time: %v", err)
+	if _, err := h.TakeOut(context.Background(), 200*time.Millisecond); !errors.Is(err, ErrNotConfirmed) || !strings.Contains(err.Error(), `still "UP" with 9 session(s)`) {
+		t.Fatalf("not out in time: %v", err)
+	}
+}
+
+// TestHAProxyStatusWords: every status HAProxy 2.x's stats write for a
+// server (src/stats.c), out or in rotation or neither.
+func TestHAProxyStatusWords(t *testing.T) {
+	for _, tt := range []struct {
+		status  string
+		out, in bool
+	}{
+		{"UP", false, true},
+		{"no check", false, true},
+		{"UP 1/3", false, false},
+		{"DOWN 1/2", true, false},
+		{"DOWN", true, false},
+		{"DOWN (agent)", true, false},
+		{"NOLB", true, false},
+		{"NOLB 2/3", true, false},
+		{"DRAIN", true, false},
+		{"DRAIN 1/3", true, false},
+		{"DRAIN (agent)", true, false},
+		{"MAINT", true, false},
+		{"MAINT (via be/other)", true, false},
+		{"MAINT (resolution)", true, false},
+		{"", false, false},
+		{"READY", false, false}, // not HAProxy's: neither
+	} {
+		if Out(tt.status) != tt.out || InRotation(tt.status) != tt.in {
+			t.Errorf("%q: out %v, in rotation %v; want %v, %v", tt.status, Out(tt.status), InRotation(tt.status), tt.out, tt.in)
+		}
 	}
 }
 

@@ -134,7 +134,7 @@ func TestPatchBehindHAProxy(t *testing.T) {
 		if errs != 0 || ok == 0 {
 			t.Fatalf("%d client errors (%d ok) through HAProxy\npre:\n%s\nexit:\n%s", errs, ok, pre.stdout, exit.stdout)
 		}
-		if !strings.Contains(firstLine(pre.stdout), "out of LB rotation (HAProxy be/node DRAIN, 0 session(s))") || !regexp.MustCompile(`back in LB rotation \(HAProxy be/node UP, \d+ session\(s\)\)`).MatchString(firstLine(exit.stdout)) {
+		if !regexp.MustCompile(`out of LB rotation \(HAProxy be/node DRAIN, \d+ session\(s\)\)`).MatchString(firstLine(pre.stdout)) || !regexp.MustCompile(`back in LB rotation \(HAProxy be/node UP, \d+ session\(s\)\)`).MatchString(firstLine(exit.stdout)) {
 			t.Fatalf("pre %q, exit %q", firstLine(pre.stdout), firstLine(exit.stdout))
 		}
 	})
@@ -297,12 +297,13 @@ func TestReadinessHeldOutAcrossADaemonRestart(t *testing.T) {
 	}
 }
 
-// TestFailedPreBehindHAProxyIsPutBackByExit: pre told the real HAProxy to
-// drain the node, then failed (a long request still holds a session to
-// it past lb.deadline): nothing is blocked, HAProxy keeps the node
-// drained (out of rotation), the request in flight completes, and exit
-// puts the node back: HAProxy reports it UP again.
-func TestFailedPreBehindHAProxyIsPutBackByExit(t *testing.T) {
+// TestHAProxyLeavesLongRequestsToTheDrain: a request that outlives the
+// take-out does not fail pre at lb-out (HAProxy reports the server
+// DRAIN with its session still running): the block refuses only new
+// connections and the drain waits for it, so it completes. Then a pre
+// killed right after lb-out (HAProxy has the node DRAIN, nothing blocked)
+// is put back by exit.
+func TestHAProxyLeavesLongRequestsToTheDrain(t *testing.T) {
 	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
 		t.Skip("haproxy is not installed (make setup installs it)")
 	}
@@ -319,17 +320,20 @@ func TestFailedPreBehindHAProxyIsPutBackByExit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Stop()
-	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18758\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\nhealth:\n  interval: 100ms\n"+
-		"lb:\n  deadline: 2s\n  haproxy:\n    socket: "+h.Socket+"\n    backend: be\n    server: node\n")
-	startDaemon(t, n, cfg)
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18758\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\n  timeout: 20s\nhealth:\n  interval: 100ms\n"+
+		"lb:\n  deadline: 15s\n  haproxy:\n    socket: "+h.Socket+"\n    backend: be\n    server: node\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	for _, s := range []string{"node", "other"} {
-		if err := h.WaitStatus(ctx, "be", s, "UP"); err != nil {
-			t.Fatalf("%v\n%s", err, h.Log())
+	up := func() {
+		t.Helper()
+		for _, s := range []string{"node", "other"} {
+			if err := h.WaitStatus(ctx, "be", s, "UP"); err != nil {
+				t.Fatalf("%v\n%s", err, h.Log())
+			}
 		}
 	}
-	// Two long requests: roundrobin sends one to the node.
+	up()
+	// Two 6 s requests: roundrobin sends one to the node.
 	c := n.Client(false)
 	long := make(chan int, 2)
 	for range 2 {
@@ -340,22 +344,27 @@ func TestFailedPreBehindHAProxyIsPutBackByExit(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	pre := patchagent(t, n, "pre", "--config", cfg)
-	if pre.code == 0 || !strings.Contains(pre.stdout+pre.stderr, "stays out of the load balancer's rotation, not blocked") {
+	if pre.code != 0 || !strings.Contains(firstLine(pre.stdout), "out of LB rotation (HAProxy be/node DRAIN, 1 session(s))") {
 		t.Fatalf("pre: %d\n%s\n%s", pre.code, pre.stdout, pre.stderr)
-	}
-	if st, err := h.Status("be", "node"); err != nil || st != "DRAIN" {
-		t.Fatalf("after the failed pre HAProxy has the node %q (%v), want DRAIN", st, err)
-	}
-	if rules := iptablesS(t, n); strings.Contains(rules, "PATCHAGENT") {
-		t.Fatalf("the failed pre blocked:\n%s", rules)
 	}
 	for range 2 {
 		if code := <-long; code != 200 {
 			t.Fatalf("a long request in flight: %d", code)
 		}
 	}
-	exit := patchagent(t, n, "exit", "--config", cfg)
-	if exit.code != 0 || !strings.Contains(firstLine(exit.stdout), "back in LB rotation (HAProxy be/node UP") {
+	if exit := patchagent(t, n, "exit", "--config", cfg); exit.code != 0 || !strings.Contains(firstLine(exit.stdout), "back in LB rotation (HAProxy be/node UP") {
+		t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+	}
+	up()
+
+	killPreAt(t, n, cfg, "block") // right after lb-out
+	if st, err := h.Status("be", "node"); err != nil || st != "DRAIN" {
+		t.Fatalf("after the killed pre HAProxy has the node %q (%v), want DRAIN", st, err)
+	}
+	if rules := iptablesS(t, n); strings.Contains(rules, "PATCHAGENT") {
+		t.Fatalf("the killed pre blocked:\n%s", rules)
+	}
+	if exit := patchagent(t, n, "exit", "--config", cfg); exit.code != 0 || !strings.Contains(firstLine(exit.stdout), "back in LB rotation (HAProxy be/node UP") {
 		t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
 	}
 	if st, err := h.Status("be", "node"); err != nil || st != "UP" {
