@@ -213,7 +213,9 @@ type AWSConfig struct {
 	DecrementDesiredCapacity bool `yaml:"decrement_desired_capacity"`
 	// MinHealthy is the capacity gate: pre refuses (nothing changed) when
 	// taking this instance out would leave a group fewer healthy targets
-	// than this, a count or a percent of its registered targets ("50%")
+	// than this, a count or a percent of its targets, draining ones
+	// included ("50%"; targets past the deregistration delay cannot count:
+	// the count is the robust form)
 	// (default "1": never the last healthy one; "0": no gate).
 	MinHealthy string `yaml:"min_healthy"`
 	// HealthyTimeout bounds exit's wait for the instance to be back: off
@@ -332,9 +334,9 @@ func (c LBConfig) plan(out bool) string {
 	}
 	if h := c.HAProxy; h.Socket != "" {
 		if out {
-			return fmt.Sprintf("set server %s/%s state drain on HAProxy's runtime API %s; wait until HAProxy reports it DRAIN with no session (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
+			return fmt.Sprintf("set server %s/%s state drain on HAProxy's runtime API %s; wait until HAProxy reports it out of rotation (DRAIN, MAINT, NOLB or DOWN; its sessions are left to the drain) (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
 		}
-		return fmt.Sprintf("set server %s/%s state ready on HAProxy's runtime API %s; wait until HAProxy reports it UP (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
+		return fmt.Sprintf("set server %s/%s state ready on HAProxy's runtime API %s; wait until HAProxy reports it UP (\"no check\" without a health check) (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
 	}
 	if out {
 		return fmt.Sprintf("the readiness endpoint on %s%s answers 503; wait until each load balancer checker was told so %d time(s) in a row (at most %s)", c.HealthListen, c.Path, c.UnhealthyThreshold, c.Deadline)

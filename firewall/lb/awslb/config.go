@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials/ec2rolecreds"
 )
@@ -41,10 +43,30 @@ type Endpoints struct {
 // config's; like those, they are ignored if AWS_ENDPOINT_URL is set
 // without the service's own variable, or if
 // AWS_IGNORE_CONFIGURED_ENDPOINT_URLS is true.
+//
+// Each HTTP request to those APIs (connect, TLS, headers, body) is cut at
+// 10s: the SDK's default client has no such bound, and an API that accepts
+// the connection and never answers would otherwise hold a call until its
+// context ends, which for Record is its whole bound, for PutBack the whole
+// lb.aws.healthy_timeout. The SDK's standard retryer then tries a timed
+// out request again (3 attempts in all), so one call ends within about
+// 30s plus its backoff, and sooner if its context does.
 func LoadAWSConfig(ctx context.Context, id Identity, endpoints Endpoints) (aws.Config, error) {
+	return loadAWSConfig(ctx, id, endpoints, apiRequestTimeout)
+}
+
+// apiRequestTimeout bounds one HTTP request to the ELBv2, Auto Scaling and
+// EC2 APIs (they answer in well under a second).
+const apiRequestTimeout = 10 * time.Second
+
+// loadAWSConfig is LoadAWSConfig with each API request cut at
+// requestTimeout.
+func loadAWSConfig(ctx context.Context, id Identity, endpoints Endpoints, requestTimeout time.Duration) (aws.Config, error) {
 	metadata := NewIMDSClient(endpoints.IMDS)
 	opts := []func(*config.LoadOptions) error{
 		config.WithEC2RoleCredentialOptions(func(o *ec2rolecreds.Options) { o.Client = metadata }),
+		// A BuildableClient, so that AWS_CA_BUNDLE still applies to it.
+		config.WithHTTPClient(awshttp.NewBuildableClient().WithTimeout(requestTimeout)),
 	}
 	if id.Region != "" {
 		opts = append(opts, config.WithRegion(id.Region))

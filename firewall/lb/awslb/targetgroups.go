@@ -75,6 +75,10 @@ type TargetGroups struct {
 	// MinHealthy is the capacity gate: the fewest healthy targets other
 	// than this instance each group must keep when it leaves.
 	MinHealthy MinHealthy
+	// RecordTimeout bounds Record as a whole: its IMDS, Auto Scaling,
+	// ELBv2 and EC2 reads, retries included (default 1m). pre holds the
+	// phase lock meanwhile, and its context has no deadline of its own.
+	RecordTimeout time.Duration
 
 	mu       sync.Mutex
 	clients  *Clients
@@ -145,15 +149,22 @@ func (t *TargetGroups) connect(ctx context.Context) (Clients, error) {
 }
 
 // MinHealthy is a floor of healthy targets: Count of them, or Percent of
-// the group's registered targets (this one included), rounded up.
+// the group's targets, rounded up. The targets are those ELB lists:
+// registered, this one included, and draining ones too (out for patching
+// or leaving), so that nodes leaving one after another do not shrink the
+// floor as they go. A target past its deregistration delay is no longer
+// listed and cannot be counted: nodes still out after their delay ended
+// do shrink it (of 10 at 50%, a sixth node may leave once two of the
+// first five have been out for longer than the delay). Count is the
+// robust form.
 type MinHealthy struct {
 	Count, Percent int
 }
 
-// floor is the healthy targets a group of registered targets must keep.
-func (m MinHealthy) floor(registered int) int {
+// floor is the healthy targets a group of listed targets must keep.
+func (m MinHealthy) floor(listed int) int {
 	if m.Percent > 0 {
-		return (m.Percent*registered + 99) / 100
+		return (m.Percent*listed + 99) / 100
 	}
 	return m.Count
 }
@@ -170,29 +181,36 @@ var ErrCapacity = errors.New("capacity gate")
 
 // gate checks that out (one group's targets) keeps its floor without
 // this instance: its healthy targets other than this one, against the
-// floor of its registered ones (not draining; this instance's count
-// whatever their state, so the floor is the same before it leaves and
-// after). Where the load balancer keeps requests in their zone (cross-zone
+// floor of all the targets listed, draining ones included (see
+// MinHealthy), so the floor is the same before this instance leaves and
+// after. Where the load balancer keeps requests in their zone (cross-zone
 // off), only the targets in this instance's zone count.
 func (t *TargetGroups) gate(ctx context.Context, c Clients, arn string, out *elbv2.DescribeTargetHealthOutput) error {
 	inZone, where, err := t.zoneFilter(ctx, c, arn, out)
 	if err != nil {
 		return err
 	}
-	healthy, registered := 0, 0
+	healthy, listed, draining := 0, 0, 0
 	for _, d := range out.TargetHealthDescriptions {
-		if d.TargetHealth == nil || d.Target == nil || !inZone(aws.ToString(d.Target.Id)) ||
-			d.TargetHealth.State == types.TargetHealthStateEnumDraining && aws.ToString(d.Target.Id) != c.InstanceID {
+		if d.TargetHealth == nil || d.Target == nil || !inZone(aws.ToString(d.Target.Id)) {
 			continue
 		}
-		registered++
-		if aws.ToString(d.Target.Id) != c.InstanceID && d.TargetHealth.State == types.TargetHealthStateEnumHealthy {
-			healthy++
+		listed++
+		switch d.TargetHealth.State {
+		case types.TargetHealthStateEnumDraining:
+			draining++
+		case types.TargetHealthStateEnumHealthy:
+			if aws.ToString(d.Target.Id) != c.InstanceID {
+				healthy++
+			}
 		}
 	}
-	if floor := t.MinHealthy.floor(registered); healthy < floor {
+	if draining > 0 {
+		where += fmt.Sprintf(" (%d of them draining)", draining)
+	}
+	if floor := t.MinHealthy.floor(listed); healthy < floor {
 		return fmt.Errorf("%w: taking this instance out of %s would leave %d healthy target(s) of %d registered%s, fewer than lb.aws.min_healthy %s (%d)",
-			ErrCapacity, shortARN(arn), healthy, registered, where, t.MinHealthy, floor)
+			ErrCapacity, shortARN(arn), healthy, listed, where, t.MinHealthy, floor)
 	}
 	return nil
 }
@@ -240,12 +258,29 @@ func (t *TargetGroups) zoneFilter(ctx context.Context, c Clients, arn string, ou
 // Record finds every registration of this instance in the target groups
 // and, in an Auto Scaling group, the Standby it will enter, and keeps them
 // for TakeOut and PutBack; it returns them as JSON for the state journal.
-// It changes nothing, and refuses (ErrCapacity) when leaving would take a
-// group below MinHealthy. carried is a record the last cycle could not put
-// back (nil for none): its registrations in these groups and its Standby
-// join the new record, so the end of this cycle puts them back
-// (deregistering one that is not there is a no-op).
+// It changes nothing, and refuses a target group whose targets are not
+// instances (ErrNotInstanceTargets), or when leaving would take a group
+// below MinHealthy (ErrCapacity). carried is a record the last cycle
+// could not put back (nil for none): its registrations in these groups
+// and its Standby join the new record, so the end of this cycle puts them
+// back (deregistering one that is not there is a no-op). It returns
+// within RecordTimeout.
 func (t *TargetGroups) Record(ctx context.Context, carried json.RawMessage) (json.RawMessage, error) {
+	timeout := t.RecordTimeout
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	rec, err := t.find(ctx, carried)
+	if err != nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return nil, fmt.Errorf("gave up after %s: %w", timeout, err)
+	}
+	return rec, err
+}
+
+// find is Record's work, under its bound.
+func (t *TargetGroups) find(ctx context.Context, carried json.RawMessage) (json.RawMessage, error) {
 	var old Record
 	if len(carried) > 0 {
 		var err error
@@ -272,6 +307,11 @@ func (t *TargetGroups) Record(ctx context.Context, carried json.RawMessage) (jso
 			return nil, fmt.Errorf("lb.aws.target_groups is auto, but Auto Scaling group %s has no target group attached", asg.group)
 		}
 		rec.TargetGroups = slices.Clone(asg.targetGroupARNs)
+	}
+	for _, arn := range rec.TargetGroups {
+		if err := instanceTargets(ctx, c.ELBv2, arn); err != nil {
+			return nil, err
+		}
 	}
 	for _, arn := range rec.TargetGroups {
 		out, err := c.ELBv2.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(arn)})
@@ -306,6 +346,29 @@ func (t *TargetGroups) Record(ctx context.Context, carried json.RawMessage) (jso
 	t.recorded, t.known = rec, true
 	t.mu.Unlock()
 	return json.Marshal(rec)
+}
+
+// ErrNotInstanceTargets means a target group registers its targets by IP
+// address (or is a Lambda's or an ALB's): patchagent finds, deregisters
+// and registers this instance by its id, so it would never find it there,
+// and the load balancer would keep routing to the node through the block.
+var ErrNotInstanceTargets = errors.New("not instance targets")
+
+// instanceTargets refuses target group arn unless its target type is
+// instance.
+func instanceTargets(ctx context.Context, api ELBv2, arn string) error {
+	out, err := api.DescribeTargetGroups(ctx, &elbv2.DescribeTargetGroupsInput{TargetGroupArns: []string{arn}})
+	if err != nil {
+		return fmt.Errorf("reading target group %s: %w", shortARN(arn), err)
+	}
+	if len(out.TargetGroups) == 0 {
+		return fmt.Errorf("target group %s does not exist", shortARN(arn))
+	}
+	if tt := out.TargetGroups[0].TargetType; tt != types.TargetTypeEnumInstance {
+		return fmt.Errorf("%w: target group %s has target type %q: patchagent registers instance targets only (it finds, deregisters and registers this instance by its id); "+
+			"for a group of ip targets, point its health check at the readiness endpoint (lb.health_listen) instead of lb.aws", ErrNotInstanceTargets, shortARN(arn), tt)
+	}
+	return nil
 }
 
 // decodeRecord reads a Record, or the list of registrations the first
@@ -363,12 +426,12 @@ func (t *TargetGroups) TakeOut(ctx context.Context, deadline time.Duration) (lb.
 	if len(rec.Registrations) == 0 && rec.Standby == nil {
 		return lb.Wait{NotIn: true, By: fmt.Sprintf("not registered in any of %d target group(s): nothing to deregister", len(rec.TargetGroups))}, nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
 	c, err := t.connect(ctx)
 	if err != nil {
 		return lb.Wait{}, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, deadline)
-	defer cancel()
 	regs := rec.Registrations
 	for _, r := range regs {
 		if _, err := c.ELBv2.DeregisterTargets(ctx, &elbv2.DeregisterTargetsInput{TargetGroupArn: aws.String(r.TargetGroup), Targets: target(r)}); err != nil {
@@ -424,12 +487,12 @@ func (t *TargetGroups) PutBack(ctx context.Context, deadline time.Duration) (lb.
 	if len(rec.Registrations) == 0 && rec.Standby == nil {
 		return lb.Wait{NotIn: true, By: "no target group registration recorded: nothing to register"}, nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
 	c, err := t.connect(ctx)
 	if err != nil {
 		return lb.Wait{}, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, deadline)
-	defer cancel()
 	w := lb.Wait{By: fmt.Sprintf("%d target group registration(s) healthy", len(rec.Registrations))}
 	if rec.Standby != nil {
 		w.By += ", InService in Auto Scaling group " + rec.Standby.Group

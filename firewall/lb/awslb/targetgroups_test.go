@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	elbv2 "github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2"
+	"github.com/aws/aws-sdk-go-v2/service/elasticloadbalancingv2/types"
 
 	"github.com/patchagent/patchagent/deploy/testbed/awsquery"
 	"github.com/patchagent/patchagent/deploy/testbed/elbsim"
@@ -242,7 +244,7 @@ func TestTargetGroupsAPIErrors(t *testing.T) {
 		t.Fatalf("access denied: %v", err)
 	}
 	gone := &TargetGroups{ARNs: []string{strings.Replace(e.web, "/web/", "/gone/", 1)}, Connect: b.Connect}
-	if _, err := gone.Record(ctx, nil); err == nil || !strings.Contains(err.Error(), "reading the targets of gone/") || !strings.Contains(err.Error(), "TargetGroupNotFound") {
+	if _, err := gone.Record(ctx, nil); err == nil || !strings.Contains(err.Error(), "reading target group gone/") || !strings.Contains(err.Error(), "TargetGroupNotFound") {
 		t.Fatalf("an unknown group: %v", err)
 	}
 	failing := &TargetGroups{ARNs: []string{e.web}, Connect: func(context.Context) (Clients, error) { return Clients{}, errors.New("no IMDS here") }}
@@ -284,15 +286,16 @@ func TestTargetGroupsCapacityGate(t *testing.T) {
 	b.MinHealthy = MinHealthy{Count: 1}
 	deregs := e.sim.Calls("DeregisterTargets")
 	_, err := b.Record(ctx, nil)
-	if !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), "would leave 0 healthy target(s) of 2 registered, fewer than lb.aws.min_healthy 1 (1)") {
+	// The other instance's old registration still drains: it counts.
+	if !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), "would leave 0 healthy target(s) of 3 registered (1 of them draining), fewer than lb.aws.min_healthy 1 (1)") {
 		t.Fatalf("the last healthy target: %v", err)
 	}
 	if e.sim.Calls("DeregisterTargets") != deregs || e.state(t, e.web, self, e.port) != "healthy" {
 		t.Fatal("the refused gate changed something")
 	}
-	// 50% of 2 registered is 1 healthy other: still refused; 0% passes.
+	// 50% of 3 listed is 2 healthy others: still refused.
 	b.MinHealthy = MinHealthy{Percent: 50}
-	if _, err := b.Record(ctx, nil); !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), "lb.aws.min_healthy 50% (1)") {
+	if _, err := b.Record(ctx, nil); !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), "lb.aws.min_healthy 50% (2)") {
 		t.Fatalf("50%%: %v", err)
 	}
 
@@ -318,5 +321,158 @@ func TestTargetGroupsCapacityGate(t *testing.T) {
 	}
 	if st := e.state(t, e.web, self, e.port); st != "initial" && st != "healthy" {
 		t.Fatalf("after stepping back in: %s", st)
+	}
+}
+
+// typedELB is an ELBv2 whose target groups named in types have that target
+// type (the simulator's are all instance).
+type typedELB struct {
+	ELBv2
+	types map[string]types.TargetTypeEnum
+}
+
+func (f typedELB) DescribeTargetGroups(ctx context.Context, in *elbv2.DescribeTargetGroupsInput, opts ...func(*elbv2.Options)) (*elbv2.DescribeTargetGroupsOutput, error) {
+	out, err := f.ELBv2.DescribeTargetGroups(ctx, in, opts...)
+	if err == nil {
+		for i, g := range out.TargetGroups {
+			if tt, ok := f.types[aws.ToString(g.TargetGroupArn)]; ok {
+				out.TargetGroups[i].TargetType = tt
+			}
+		}
+	}
+	return out, err
+}
+
+// TestTargetGroupsRefusesOtherTargetTypes: a group whose targets are IP
+// addresses (here this node's own, 127.0.0.1, healthy) never lists this
+// instance's id: Record used to find nothing there, so pre only warned,
+// then blocked the node while the LB kept routing to its address (and the
+// gate counted that address as another healthy target). Record now
+// refuses it, naming the group, and keeps no record: TakeOut has nothing
+// to change.
+func TestTargetGroupsRefusesOtherTargetTypes(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer app.Close()
+	port := int32(app.Listener.Addr().(*net.TCPAddr).Port)
+	sim, err := elbsim.New(elbsim.Options{
+		TargetGroups: []elbsim.TargetGroup{
+			{Name: "web", Port: port, HealthCheckInterval: 50 * time.Millisecond, HealthCheckTimeout: 40 * time.Millisecond, HealthyThreshold: 2, CrossZone: true},
+			{Name: "byip", Port: port, HealthCheckInterval: 50 * time.Millisecond, HealthCheckTimeout: 40 * time.Millisecond, HealthyThreshold: 2, CrossZone: true},
+		},
+		Resolve: elbsim.StaticResolver(map[string]string{self: "127.0.0.1", "127.0.0.1": "127.0.0.1"}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(sim)
+	defer sim.Close()
+	defer srv.Close()
+	client := elbv2.NewFromConfig(awsquery.ClientConfig(3), func(o *elbv2.Options) { o.BaseEndpoint = aws.String(srv.URL) })
+	web, byIP := sim.TargetGroupARN("web"), sim.TargetGroupARN("byip")
+	ctx := context.Background()
+	for arn, id := range map[string]string{web: self, byIP: "127.0.0.1"} {
+		if _, err := client.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: aws.String(arn), Targets: target(Registration{arn, id, port})}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tt := range []types.TargetTypeEnum{types.TargetTypeEnumIp, types.TargetTypeEnumLambda, types.TargetTypeEnumAlb} {
+		b := &TargetGroups{
+			ARNs: []string{web, byIP},
+			Connect: func(context.Context) (Clients, error) {
+				return Clients{InstanceID: self, ELBv2: typedELB{client, map[string]types.TargetTypeEnum{byIP: tt}}}, nil
+			},
+			Poll: 20 * time.Millisecond,
+		}
+		_, err := b.Record(ctx, nil)
+		if !errors.Is(err, ErrNotInstanceTargets) || !strings.Contains(err.Error(), "target group "+shortARN(byIP)+` has target type "`+string(tt)+`"`) ||
+			!strings.Contains(err.Error(), "patchagent registers instance targets only") {
+			t.Fatalf("%s: Record: %v", tt, err)
+		}
+		if _, err := b.TakeOut(ctx, time.Second); err == nil || !strings.Contains(err.Error(), "no record") {
+			t.Fatalf("%s: TakeOut after the refused Record: %v", tt, err)
+		}
+	}
+	if n := sim.Calls("DeregisterTargets"); n != 0 {
+		t.Fatalf("%d DeregisterTargets", n)
+	}
+}
+
+// TestPercentGateCountsDrainingTargets: 10 nodes at min_healthy 50% leave
+// one after another, each still draining when the next asks (the
+// deregistration delay): the first 5 leave, the 6th would leave 4 healthy
+// of 10 and is refused, and so is each after it. Counting only the targets not draining, the floor
+// shrank with each leaver and the 6th to the 9th passed too.
+func TestPercentGateCountsDrainingTargets(t *testing.T) {
+	app := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer app.Close()
+	port := int32(app.Listener.Addr().(*net.TCPAddr).Port)
+	var ids []string
+	resolve := map[string]string{}
+	for i := range 10 {
+		id := fmt.Sprintf("i-0%016d", i)
+		ids = append(ids, id)
+		resolve[id] = "127.0.0.1"
+	}
+	sim, err := elbsim.New(elbsim.Options{
+		TargetGroups: []elbsim.TargetGroup{{Name: "web", Port: port, HealthCheckInterval: 50 * time.Millisecond, HealthCheckTimeout: 40 * time.Millisecond,
+			HealthyThreshold: 2, DeregistrationDelay: time.Minute, CrossZone: true}},
+		Resolve: elbsim.StaticResolver(resolve),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(sim)
+	defer sim.Close()
+	defer srv.Close()
+	client := elbv2.NewFromConfig(awsquery.ClientConfig(3), func(o *elbv2.Options) { o.BaseEndpoint = aws.String(srv.URL) })
+	web := sim.TargetGroupARN("web")
+	ctx := context.Background()
+	var all []types.TargetDescription
+	for _, id := range ids {
+		all = append(all, target(Registration{web, id, port})...)
+	}
+	if _, err := client.RegisterTargets(ctx, &elbv2.RegisterTargetsInput{TargetGroupArn: aws.String(web), Targets: all}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		out, err := client.DescribeTargetHealth(ctx, &elbv2.DescribeTargetHealthInput{TargetGroupArn: aws.String(web)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		healthy := 0
+		for _, d := range out.TargetHealthDescriptions {
+			if d.TargetHealth.State == types.TargetHealthStateEnumHealthy {
+				healthy++
+			}
+		}
+		if healthy == 10 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 10 targets healthy", healthy)
+		}
+	}
+	for i, id := range ids {
+		b := &TargetGroups{
+			ARNs:       []string{web},
+			Connect:    func(context.Context) (Clients, error) { return Clients{InstanceID: id, ELBv2: client}, nil },
+			MinHealthy: MinHealthy{Percent: 50},
+			Poll:       20 * time.Millisecond,
+		}
+		_, err := b.Record(ctx, nil)
+		if i < 5 {
+			if err != nil {
+				t.Fatalf("leaver %d: %v", i+1, err)
+			}
+			if _, err := b.TakeOut(ctx, 5*time.Second); err != nil {
+				t.Fatalf("leaver %d: %v", i+1, err)
+			}
+			continue
+		}
+		// The refused stay in: 4 healthy others for each of them.
+		want := "would leave 4 healthy target(s) of 10 registered (5 of them draining), fewer than lb.aws.min_healthy 50% (5)"
+		if !errors.Is(err, ErrCapacity) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("leaver %d: %v, want %q", i+1, err, want)
+		}
 	}
 }
