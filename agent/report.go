@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // Phase results.
@@ -259,11 +262,11 @@ func (r *Report) verdict() string {
 // pointer to the full record when too long.
 func (r *Report) Text() string {
 	var b strings.Builder
-	b.WriteString(r.Verdict())
+	b.WriteString(printable(r.Verdict()))
 	b.WriteByte('\n')
 	var rest []string
 	if r.Result == ResultFailed && strings.Contains(r.Error, "\n") {
-		rest = append(rest, "error: "+r.Error)
+		rest = append(rest, "error: "+printableLines(r.Error))
 	}
 	for _, w := range r.Warnings {
 		rest = append(rest, "warning: "+w)
@@ -290,7 +293,10 @@ func (r *Report) Text() string {
 	} else {
 		tail = "... (cut: run again with --output json for everything)\n"
 	}
-	for _, l := range rest {
+	for i, l := range rest {
+		if i > 0 || !strings.HasPrefix(l, "error: ") {
+			l = printable(l)
+		}
 		if b.Len()+len(l)+1+len(tail) > consoleLimit {
 			b.WriteString(tail)
 			break
@@ -309,6 +315,43 @@ func (r *Report) JSON() []byte {
 		panic(fmt.Sprintf("encoding report: %v", err))
 	}
 	return append(out, '\n')
+}
+
+// printable escapes what a terminal would act on: control characters
+// (ESC and its sequences, carriage return, newline) and invalid UTF-8, as
+// \x1b, \r, \n, \ufffd... A report quotes text the app user controls
+// (package names and versions from its lockfile, npm's stderr): on the
+// operator's terminal or the SSM console it must read as text, not move
+// the cursor or forge a line of its own.
+func printable(s string) string {
+	if !strings.ContainsFunc(s, needsEscape) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == utf8.RuneError:
+			b.WriteString(`\ufffd`)
+		case needsEscape(r):
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func needsEscape(r rune) bool { return r != '\t' && unicode.IsControl(r) || r == utf8.RuneError }
+
+// printableLines is printable for each line of a text meant to span
+// several (a multi-line error).
+func printableLines(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = printable(l)
+	}
+	return strings.Join(lines, "\n")
 }
 
 func firstLine(s string) string {

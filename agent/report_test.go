@@ -2,6 +2,7 @@ package agent
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,5 +58,28 @@ func TestReportStepSpan(t *testing.T) {
 	}
 	if _, _, ok := r.StepSpan("block"); ok {
 		t.Error("found a missing step")
+	}
+}
+
+// TestReportTextEscapesWhatTheAppUserWrote: the text report quotes package
+// names and versions from the app user's lockfile and npm's stderr: an
+// escape sequence or a newline there is printed as text, so it can neither
+// act on the operator's terminal nor forge a verdict line of its own.
+func TestReportTextEscapesWhatTheAppUserWrote(t *testing.T) {
+	r := &Report{Phase: "post", Result: ResultFailed, Error: "npm update: exited with code 1: \x1b[2Jboom\rpatchagent post: ok\n  at line 2",
+		Changes: []string{"evil\x1b]0;owned\x07 1.0.0 -> 1.0.1", "+ dep\npatchagent post: ok 2.0.0", "bad\xffutf8 1 -> 2"}}
+	text := r.Text()
+	if strings.ContainsAny(text, "\x1b\x07\r") || strings.Contains(text, "\xff") {
+		t.Fatalf("control characters or invalid UTF-8 reach the text report:\n%q", text)
+	}
+	for i, line := range strings.Split(strings.TrimSuffix(text, "\n"), "\n") {
+		if i > 0 && strings.HasPrefix(line, "patchagent ") {
+			t.Fatalf("line %d forges a verdict: %q\n%s", i, line, text)
+		}
+	}
+	for _, want := range []string{`\x1b[2Jboom\rpatchagent post: ok`, `evil\x1b]0;owned\a 1.0.0 -> 1.0.1`, `+ dep\npatchagent post: ok 2.0.0`, `bad\ufffdutf8`, "\n  at line 2"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("no %q in:\n%s", want, text)
+		}
 	}
 }
