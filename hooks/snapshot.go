@@ -373,9 +373,10 @@ func copyFileAt(src, dst *dirFD, name, rel string, hash bool) (snapEntry, error)
 }
 
 // minFree is what a copy into root's state dir leaves free on its
-// filesystem, for unprivileged use: 5% of it, at least 256 MiB.
+// filesystem, for unprivileged use: 5% of it, at most 1 GiB (a large disk
+// need not keep more).
 func minFree(fs *unix.Statfs_t) int64 {
-	return max(int64(fs.Blocks)*fs.Frsize/20, 256<<20)
+	return min(int64(fs.Blocks)*fs.Frsize/20, 1<<30)
 }
 
 // roomFor refuses to copy size bytes of the app user's file what into dir
@@ -389,7 +390,7 @@ func roomFor(dir *dirFD, what string, size int64) error {
 	}
 	avail, keep := int64(fs.Bavail)*fs.Frsize, minFree(&fs)
 	if size > avail-keep {
-		return fmt.Errorf("%s is %d bytes: copying it into %s would leave less than %d MiB free there (%d MiB available)", what, size, dir.path, keep>>20, avail>>20)
+		return fmt.Errorf("%s is %d bytes: copying it into %s would leave less than %d KiB free there (%d KiB available)", what, size, dir.path, keep>>10, avail>>10)
 	}
 	return nil
 }
