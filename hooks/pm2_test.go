@@ -102,12 +102,24 @@ func writePid(t *testing.T, dir string, pid int) {
 	}
 }
 
+// appUsersSocket gives the socket at path to the app user, whose pm2
+// daemon makes it: root takes no other's socket.
+func appUsersSocket(t *testing.T, path string) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		if err := os.Lchown(path, int(appUser.UID), int(appUser.GID)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 func listen(t *testing.T, dir string) *net.UnixListener {
 	t.Helper()
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "rpc.sock"), Net: "unix"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	appUsersSocket(t, filepath.Join(dir, "rpc.sock"))
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {

@@ -58,6 +58,7 @@ func newGod(t *testing.T, procs ...inst) *god {
 	if err != nil {
 		t.Fatal(err)
 	}
+	appUsersSocket(t, filepath.Join(dir, "rpc.sock"))
 	g := &god{home: dir, procs: procs, reply: map[string]func([]json.RawMessage) any{}}
 	done := make(chan struct{})
 	var wg sync.WaitGroup

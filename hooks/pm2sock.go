@@ -57,12 +57,13 @@ func (s pm2Sock) dial(ctx context.Context) (net.Conn, error) {
 	default:
 		return nil, fmt.Errorf("%s is not a unix socket (%s)", dir.join(name), modeOf(&st).Type())
 	}
-	// The user's pm2 daemon made it. Ours is root's as patchagent runs (the
-	// app user's own when the app runs as root); an unprivileged test owns
-	// its sockets. Anyone else's could only be a hard link the user made to
-	// a stranger's socket.
-	if st.Uid != s.uid && int(st.Uid) != os.Geteuid() {
-		return nil, fmt.Errorf("%s is owned by uid %d, neither the app user's (uid %d) nor ours (uid %d)", dir.join(name), st.Uid, s.uid, os.Geteuid())
+	// The user's pm2 daemon made it (root's when the app runs as root).
+	// Anyone else's, root's included, could only be a hard link the user
+	// made to another's socket (a root service's on the same filesystem:
+	// root would speak pm2's RPC to it). Only an unprivileged run, a test,
+	// also takes a socket of its own.
+	if st.Uid != s.uid && (os.Geteuid() == 0 || int(st.Uid) != os.Geteuid()) {
+		return nil, fmt.Errorf("%s is owned by uid %d, not by the app user (uid %d)", dir.join(name), st.Uid, s.uid)
 	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", "/proc/self/fd/"+strconv.Itoa(fd))

@@ -89,7 +89,7 @@ func TestPM2SockDial(t *testing.T) {
 	t.Run("the real socket", func(t *testing.T) {
 		home := shortTempDir(t)
 		n := countingListener(t, filepath.Join(home, "rpc.sock"))
-		c, err := pm2Sock{home: home, uid: me + 1}.dial(ctx) // ours: accepted
+		c, err := pm2Sock{home: home, uid: me}.dial(ctx) // the app user's: accepted
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -156,8 +156,19 @@ func TestPM2SockDial(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := pm2Sock{home: home, uid: 1001}.dial(ctx)
-		if err == nil || !strings.Contains(err.Error(), "owned by uid 4242, neither the app user's (uid 1001) nor ours (uid 0)") {
+		if err == nil || !strings.Contains(err.Error(), "owned by uid 4242, not by the app user (uid 1001)") {
 			t.Errorf("dial = %v, want the owner refused", err)
+		}
+		// Root's own socket in the user's PM2_HOME: only a hard link the
+		// user made to one of root's services could put it there.
+		if err := os.Lchown(sock, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := (pm2Sock{home: home, uid: 1001}).dial(ctx); err == nil || !strings.Contains(err.Error(), "owned by uid 0, not by the app user (uid 1001)") {
+			t.Errorf("dial = %v, want root's socket refused", err)
+		}
+		if err := os.Lchown(sock, 4242, 4242); err != nil {
+			t.Fatal(err)
 		}
 		c, err := pm2Sock{home: home, uid: 4242}.dial(ctx) // the app user's
 		if err != nil {
