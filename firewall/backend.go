@@ -191,6 +191,9 @@ func (b *otherBackend) Delete(table, chain string, rulespec ...string) error {
 func (b *otherBackend) ClearAndDeleteChain(table, chain string) error {
 	return b.t.ClearAndDeleteChain(table, chain)
 }
+func (b *otherBackend) MoveFirst(table, chain string, rulespec ...string) error {
+	return errors.New("the other backend is not written to")
+}
 
 // strayStatus reads our chain and jumps in each watched place; it returns
 // only the families where something of ours is.

@@ -257,8 +257,10 @@ func (f *Firewall) ensureRules(ctx context.Context, fam Family, t Tables, log *z
 }
 
 // ensureJump inserts the jump to our chain at the top of INPUT, last and
-// only if absent, and removes extra copies (from a crash or a race),
-// keeping one. It reports whether it changed anything.
+// only if absent, removes extra copies (from a crash or a race), keeping
+// one, and moves it back to the top when another tool inserted a rule
+// above it (one that accepts the blocked ports would let new connections
+// through). It reports whether it changed anything.
 func (f *Firewall) ensureJump(ctx context.Context, fam Family, t Tables, log *zap.Logger) (changed bool, err error) {
 	in, err := f.listRules(ctx, fam, t, inputChain)
 	if err != nil {
@@ -284,6 +286,19 @@ func (f *Firewall) ensureJump(ctx context.Context, fam Family, t Tables, log *za
 			changed = true
 		}
 	}
+	if jumps > 0 {
+		if in, err = f.listRules(ctx, fam, t, inputChain); err != nil {
+			return changed, err
+		}
+		if n, _, first := countJumps(in); n > 0 && !first {
+			op := fmt.Sprintf("moving the jump to %s to the top of %s/%s", Chain, filterTable, inputChain)
+			if err := f.call(ctx, fam, op, func() error { return t.MoveFirst(filterTable, inputChain, jumpSpec()...) }); err != nil {
+				return changed, err
+			}
+			log.Warn("jump moved back to the top of INPUT: rules above it could accept blocked connections", zap.String("chain", inputChain), zap.String("was_below", in[0]))
+			changed = true
+		}
+	}
 	return changed, nil
 }
 
@@ -298,10 +313,6 @@ func (f *Firewall) verifyBlock(ctx context.Context, fam Family, t Tables, log *z
 	}
 	if p := f.blockProblems(st); len(p) > 0 {
 		return fmt.Errorf("verifying block (%s): %w: %s", fam, ErrNotBlocked, strings.Join(p, "; "))
-	}
-	if !st.JumpFirst {
-		log.Warn("jump is not the first rule of INPUT; rules above it may accept blocked connections",
-			zap.String("chain", inputChain))
 	}
 	if changed {
 		log.Info("block in place", zap.Int("rules", len(st.Rules)))
@@ -340,6 +351,8 @@ func (f *Firewall) blockProblems(st FamilyStatus) []string {
 	}
 	if st.Jumps != 1 {
 		p = append(p, fmt.Sprintf("%d jumps to %s in %s/%s, want 1", st.Jumps, Chain, filterTable, inputChain))
+	} else if !st.JumpFirst {
+		p = append(p, fmt.Sprintf("the jump to %s is not the first rule of %s/%s", Chain, filterTable, inputChain))
 	}
 	return p
 }
@@ -478,7 +491,9 @@ type FamilyStatus struct {
 // a rule in INPUT jumping to it.
 func (s FamilyStatus) Present() bool { return s.Chain || s.Jumps > 0 || s.OtherJumps > 0 }
 
-func (s FamilyStatus) blocked() bool { return s.Chain && s.Jumps == 1 && s.RulesOK }
+// blocked: the chain, one jump to it, first in INPUT (a rule above it
+// could accept what it refuses), and exactly the desired rules.
+func (s FamilyStatus) blocked() bool { return s.Chain && s.Jumps == 1 && s.JumpFirst && s.RulesOK }
 
 // Status is the block's state in every managed family.
 type Status struct {

@@ -167,6 +167,47 @@ func TestFirewallBlockUnblockNetns(t *testing.T) {
 				fwEqual(t, string(fam)+" chain after re-Block", chain, []string{wantRule})
 			}
 
+			// Another tool inserts, above the jump, a rule that accepts the
+			// port: new connections pass it. Status says so, and Block puts
+			// the jump back on top (iptables-restore, one transaction), the
+			// tool's rule kept below it: refused again.
+			accept := []string{"-I", "INPUT", "1", "-p", "tcp", "--dport", "8443", "-j", "ACCEPT"}
+			for _, fam := range fwBothFamilies {
+				fwRunInSrv(t, append([]string{fam.Command()}, accept...)...)
+			}
+			fwAssertStatus(t, fw, false, true)
+			for _, addr := range []string{net.JoinHostPort(fwSrv4, "8443"), net.JoinHostPort(fwSrv6, "8443")} {
+				c, err := fwDialIn(fwCliNS, addr, time.Second)
+				if err != nil {
+					t.Fatalf("dial %s past the ACCEPT above the jump: %v (the test proves nothing)", addr, err)
+				}
+				c.Close()
+			}
+			if err := fwInSrv(func() error { return fw.Block(ctx) }); err != nil {
+				t.Fatalf("Block under a rule above the jump: %v", err)
+			}
+			for _, fam := range fwBothFamilies {
+				inputChain, _ := fwRulesInNetns(t, fam) // and the jump first
+				fwEqual(t, string(fam)+" jumps after the jump moved back", inputChain, []string{fwJump})
+				if out := fwRunInSrv(t, fam.Command(), "-S", "INPUT"); !strings.Contains(out, "-A INPUT -p tcp -m tcp --dport 8443 -j ACCEPT") {
+					t.Errorf("%s: the other tool's rule is gone:\n%s", fam, out)
+				}
+			}
+			fwAssertStatus(t, fw, true, false)
+			for _, addr := range []string{net.JoinHostPort(fwSrv4, "8443"), net.JoinHostPort(fwSrv6, "8443")} {
+				start := time.Now()
+				c, err := fwDialIn(fwCliNS, addr, 500*time.Millisecond)
+				if err == nil {
+					c.Close()
+					t.Errorf("dial %s with the jump back on top: connected", addr)
+				} else if !tt.refused(err, time.Since(start)) {
+					t.Errorf("dial %s with the jump back on top: %v", addr, err)
+				}
+			}
+			for _, fam := range fwBothFamilies {
+				fwRunInSrv(t, fam.Command(), "-D", "INPUT", "-p", "tcp", "--dport", "8443", "-j", "ACCEPT")
+			}
+
 			for i := range 2 {
 				if err := fwInSrv(func() error { return fw.Unblock(ctx) }); err != nil {
 					t.Fatalf("Unblock %d: %v", i+1, err)

@@ -237,12 +237,42 @@ func TestBlockRemovesDuplicateJumps(t *testing.T) {
 		t.Fatal(err)
 	}
 	for fam, ft := range fakes {
+		// -D removes the first copies; the one left, below the SSH rule,
+		// is moved back to the top.
 		fwEqual(t, string(fam)+" operations", ft.mutations(), []string{
 			"-t filter -D INPUT -j PATCHAGENT-BLOCK",
 			"-t filter -D INPUT -j PATCHAGENT-BLOCK",
+			"-t filter -D+I1 INPUT -j PATCHAGENT-BLOCK",
 		})
-		fwEqual(t, string(fam)+" INPUT", ft.rules("INPUT"), []string{fwSSHAccept, fwJump})
+		fwEqual(t, string(fam)+" INPUT", ft.rules("INPUT"), []string{fwJump, fwSSHAccept})
 		fwEqual(t, string(fam)+" chain", ft.rules(Chain), []string{reject443})
+	}
+}
+
+// TestBlockMovesTheJumpBackToTheTop: another tool inserted a rule above
+// the jump (here one that accepts the blocked port: new connections pass
+// it). Status no longer says blocked, and Block moves the jump back to
+// the top in one step, the other tool's rule kept below it.
+func TestBlockMovesTheJumpBackToTheTop(t *testing.T) {
+	const accept443 = "-A INPUT -p tcp -m tcp --dport 443 -j ACCEPT"
+	fw, fakes := newFakeFirewall(t, fwReject443, fwBothFamilies...)
+	for _, ft := range fakes {
+		ft.set(Chain, reject443)
+		ft.set("INPUT", accept443, fwJump)
+	}
+	st, err := fw.Status(t.Context())
+	if err != nil || st.Blocked() || !st.Partial() {
+		t.Fatalf("status with a rule above the jump: blocked %v partial %v (%v)", st.Blocked(), st.Partial(), err)
+	}
+	if err := fw.Block(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for fam, ft := range fakes {
+		fwEqual(t, string(fam)+" operations", ft.mutations(), []string{"-t filter -D+I1 INPUT -j PATCHAGENT-BLOCK"})
+		fwEqual(t, string(fam)+" INPUT", ft.rules("INPUT"), []string{fwJump, accept443})
+	}
+	if st, err := fw.Status(t.Context()); err != nil || !st.Blocked() {
+		t.Fatalf("after Block: blocked %v (%v)", st.Blocked(), err)
 	}
 }
 
@@ -569,7 +599,7 @@ func TestStatus(t *testing.T) {
 	}{
 		{"clean", clean, clean, false, false},
 		{"blocked", blocked, blocked, true, false},
-		{"blocked, jump not first", blocked, setup{[]string{reject443}, []string{fwSSHAccept, fwJump}}, true, false},
+		{"blocked, jump not first", blocked, setup{[]string{reject443}, []string{fwSSHAccept, fwJump}}, false, true},
 		{"one family only", blocked, clean, false, true},
 		{"chain without jump", setup{[]string{reject443}, nil}, clean, false, true},
 		{"empty chain without jump", setup{[]string{}, nil}, clean, false, true},

@@ -2,15 +2,19 @@ package firewall
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/coreos/go-iptables/iptables"
 )
 
 // ErrHung: an iptables command did not finish within its deadline and was
@@ -34,10 +38,24 @@ var iptablesCalls sync.Mutex
 // its lock and the daemon forever. Past the deadline the command, and
 // whatever it started, is killed and the call fails with ErrHung.
 type boundedTables struct {
-	t       Tables
+	t       iptablesAPI
 	path    string // the binary go-iptables runs: how its child is recognised
+	wait    int    // the xtables lock wait, in seconds
 	timeout time.Duration
 }
+
+// iptablesAPI is what boundedTables asks of go-iptables.
+type iptablesAPI interface {
+	ChainExists(table, chain string) (bool, error)
+	NewChain(table, chain string) error
+	List(table, chain string) ([]string, error)
+	Insert(table, chain string, pos int, rulespec ...string) error
+	Append(table, chain string, rulespec ...string) error
+	Delete(table, chain string, rulespec ...string) error
+	ClearAndDeleteChain(table, chain string) error
+}
+
+var _ iptablesAPI = (*iptables.IPTables)(nil)
 
 // bounded runs f within timeout, killing the iptables child of this
 // process that runs path if f has not returned by then. f runs on the
@@ -101,6 +119,33 @@ func (b *boundedTables) Delete(table, chain string, rulespec ...string) error {
 func (b *boundedTables) ClearAndDeleteChain(table, chain string) error {
 	_, err := bounded(b.path, b.timeout, "-t "+table+" -X "+chain, func() (struct{}, error) { return struct{}{}, b.t.ClearAndDeleteChain(table, chain) })
 	return err
+}
+
+// MoveFirst runs `<binary>-restore --noflush` (iptables-restore for
+// iptables, iptables-nft-restore for iptables-nft, ...: the same backend)
+// with a -D of rulespec and a -I at 1 in one COMMIT: both backends apply a
+// restore as a single transaction, so the rule is in place throughout and
+// no rule another tool added meanwhile is deleted by its number. go-iptables
+// has no restore; the run is bounded like every other call.
+func (b *boundedTables) MoveFirst(table, chain string, rulespec ...string) error {
+	for _, w := range append([]string{table, chain}, rulespec...) {
+		if w == "" || strings.ContainsAny(w, " \t\n\"'#") {
+			return fmt.Errorf("moving a rule first: %q cannot be written to iptables-restore", w)
+		}
+	}
+	spec := strings.Join(rulespec, " ")
+	restore := b.path + "-restore"
+	ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, restore, "--noflush", "--wait", strconv.Itoa(b.wait))
+	cmd.Stdin = strings.NewReader(fmt.Sprintf("*%s\n-D %s %s\n-I %s 1 %s\nCOMMIT\n", table, chain, spec, chain, spec))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w after %s", ErrHung, b.timeout)
+		}
+		return fmt.Errorf("%s --noflush (-D %s %s, -I %s 1): %w: %s", filepath.Base(restore), chain, spec, chain, err, strings.TrimSpace(string(out)))
+	}
+	return nil
 }
 
 // killChildrenRunning SIGKILLs every child of this process whose command

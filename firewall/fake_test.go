@@ -206,6 +206,28 @@ func (ft *fakeTables) Insert(tbl, chain string, pos int, rulespec ...string) err
 	return nil
 }
 
+// MoveFirst is iptables-restore --noflush's -D and -I 1 in one step.
+func (ft *fakeTables) MoveFirst(tbl, chain string, rulespec ...string) error {
+	line, err := ft.begin(append([]string{"-t", tbl, "-D+I1", chain}, rulespec...)...)
+	if err != nil {
+		ft.mu.Unlock()
+		return err
+	}
+	defer ft.mu.Unlock()
+	rule, err := ft.checkSpec(tbl, chain, rulespec)
+	if err != nil {
+		return err
+	}
+	rs := ft.chains[tbl+"/"+chain]
+	i := slices.Index(rs, rule)
+	if i < 0 {
+		return ft.errorf(1, "%s-restore: line 2 failed", ft.name)
+	}
+	ft.chains[tbl+"/"+chain] = slices.Insert(slices.Delete(slices.Clone(rs), i, i+1), 0, rule)
+	ft.ops = append(ft.ops, line)
+	return nil
+}
+
 func (ft *fakeTables) Append(tbl, chain string, rulespec ...string) error {
 	line, err := ft.begin(append([]string{"-t", tbl, "-A", chain}, rulespec...)...)
 	if err != nil {

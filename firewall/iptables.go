@@ -59,9 +59,11 @@ type Tables interface {
 	Append(table, chain string, rulespec ...string) error
 	Delete(table, chain string, rulespec ...string) error
 	ClearAndDeleteChain(table, chain string) error
+	// MoveFirst deletes the first rule of chain that matches rulespec and
+	// inserts it at position 1, in one transaction: the rule is never
+	// missing meanwhile, and no other rule is touched.
+	MoveFirst(table, chain string, rulespec ...string) error
 }
-
-var _ Tables = (*iptables.IPTables)(nil)
 
 // NewTables builds the real Tables for a family: the system's default
 // iptables or ip6tables binary (nf_tables or legacy, whichever the host's
@@ -123,7 +125,7 @@ func tablesAt(f Family, path string, lockWait, grace time.Duration) (Tables, err
 	if err != nil {
 		return nil, err
 	}
-	return &boundedTables{t: ipt, path: path, timeout: timeout}, nil
+	return &boundedTables{t: ipt, path: path, wait: wait, timeout: timeout}, nil
 }
 
 // lockWaitSeconds converts a lock wait to go-iptables' whole seconds, where 0
