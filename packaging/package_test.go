@@ -155,26 +155,31 @@ func TestRPM(t *testing.T) {
 	need(t, "rpm")
 	_, rpm := built(t)
 	files := strings.Fields(output(t, "rpm", "-qpl", rpm))
+	// No /etc/patchagent/config.yaml: postinst creates it, the operator's,
+	// which rpm -e must not rename .rpmsave. The package's own directories
+	// are owned, or rpm -e leaves them behind.
 	want := []string{
-		"/etc/patchagent", "/etc/patchagent/config.yaml", "/usr/bin/patchagent",
+		"/etc/patchagent", "/usr/bin/patchagent",
 		"/usr/lib/systemd/system/patchagent-reconcile.service", "/usr/lib/systemd/system/patchagent.service",
-		"/usr/share/bash-completion/completions/patchagent", "/usr/share/licenses/patchagent/LICENSE",
-		"/usr/share/man/man8/patchagent.8.gz", "/usr/share/patchagent/config.yaml",
+		"/usr/share/bash-completion/completions/patchagent",
+		"/usr/share/licenses/patchagent", "/usr/share/licenses/patchagent/LICENSE",
+		"/usr/share/man/man8/patchagent.8.gz", "/usr/share/patchagent", "/usr/share/patchagent/config.yaml",
 		"/usr/share/zsh/site-functions/_patchagent",
 	}
 	sort.Strings(files)
 	if !reflect.DeepEqual(files, want) {
 		t.Errorf("rpm -qpl: %q, want %q", files, want)
 	}
-	if c := strings.TrimSpace(output(t, "rpm", "-qpc", rpm)); c != "/etc/patchagent/config.yaml" {
-		t.Errorf("rpm -qpc: %q", c)
+	if c := strings.TrimSpace(output(t, "rpm", "-qpc", rpm)); c != "" {
+		t.Errorf("rpm -qpc: %q, want no config file", c)
 	}
 	if l := strings.TrimSpace(output(t, "rpm", "-qp", "--qf", "%{LICENSE}", rpm)); l != "Apache-2.0" {
 		t.Errorf("rpm License: %q", l)
 	}
 	modes := output(t, "rpm", "-qp", "--qf", `[%{FILEFLAGS:fflags} %{FILEMODES:perms} %{FILEUSERNAME}:%{FILEGROUPNAME} %{FILENAMES}\n]`, rpm)
 	for _, l := range []string{
-		"cn -rw------- root:root /etc/patchagent/config.yaml",
+		" drwxr-xr-x root:root /usr/share/patchagent",
+		" drwxr-xr-x root:root /usr/share/licenses/patchagent",
 		"l -rw-r--r-- root:root /usr/share/licenses/patchagent/LICENSE",
 		" -rwxr-xr-x root:root /usr/bin/patchagent",
 		" -rw-r--r-- root:root /usr/lib/systemd/system/patchagent.service",
@@ -184,7 +189,7 @@ func TestRPM(t *testing.T) {
 		}
 	}
 	scripts := output(t, "rpm", "-qp", "--scripts", rpm)
-	for _, s := range []string{"postinstall scriptlet", "preuninstall scriptlet", "postuninstall scriptlet", "systemctl enable patchagent.service", "systemctl try-restart patchagent.service", "systemctl stop patchagent.service"} {
+	for _, s := range []string{"postinstall scriptlet", "preuninstall scriptlet", "postuninstall scriptlet", "posttrans scriptlet", "systemctl enable patchagent.service", "systemctl try-restart patchagent.service", "systemctl stop patchagent.service", "restored $config from $config.rpmsave"} {
 		if !strings.Contains(scripts, s) {
 			t.Errorf("rpm --scripts lacks %q", s)
 		}
@@ -320,11 +325,18 @@ func TestDistributor(t *testing.T) {
 	if m.SchemaVersion != "2.0" || !regexp.MustCompile(`^[A-Za-z0-9_.-]{1,128}$`).MatchString(m.Version) {
 		t.Errorf("schemaVersion %q, version %q", m.SchemaVersion, m.Version)
 	}
-	for _, platform := range []string{"debian", "ubuntu", "amazon", "redhat"} {
+	// The platforms with systemd 239 or newer only (distributor's
+	// TestManifestServesOnlySystemd239AndNewer has the matching).
+	for platform, version := range map[string]string{"debian": "12.*", "ubuntu": "24.*", "amazon": "2023.*", "redhat": "9.*"} {
 		for _, arch := range []string{"x86_64", "arm64"} {
-			if m.Packages[platform]["_any"][arch]["file"] == "" {
-				t.Errorf("no %s package for %s", arch, platform)
+			if m.Packages[platform][version][arch]["file"] == "" {
+				t.Errorf("no %s package for %s %s", arch, platform, version)
 			}
+		}
+	}
+	for _, old := range []struct{ platform, version string }{{"amazon", "2"}, {"amazon", "_any"}, {"ubuntu", "18.*"}, {"centos", "7.*"}, {"redhat", "_any"}} {
+		if _, ok := m.Packages[old.platform][old.version]; ok {
+			t.Errorf("%s %s is served: its systemd is older than 239", old.platform, old.version)
 		}
 	}
 	for platform, versions := range m.Packages {
@@ -380,10 +392,10 @@ func TestDistributor(t *testing.T) {
 			"patchagent-rpm-x86_64.zip":  "patchagent-*.x86_64.rpm",
 			"patchagent-rpm-aarch64.zip": "patchagent-*.aarch64.rpm",
 		}[name]
-		if len(names) != 3 || names[0] != "install.sh" || names[1] != "uninstall.sh" {
+		if len(names) != 4 || names[0] != "install.sh" || names[1] != "uninstall.sh" || names[2] != "dpkgwait.sh" {
 			t.Errorf("%s holds %q", name, names)
-		} else if ok, _ := filepath.Match(pkg, names[2]); !ok {
-			t.Errorf("%s: package %q, want %s", name, names[2], pkg)
+		} else if ok, _ := filepath.Match(pkg, names[3]); !ok {
+			t.Errorf("%s: package %q, want %s", name, names[3], pkg)
 		}
 	}
 }
@@ -418,7 +430,8 @@ func TestArm64Packages(t *testing.T) {
 
 // TestVersionIsThePackages: the packaged binary prints the package
 // version, and the changelog's newest entry is the version's release (a
-// build between releases is <release>+<commits>.g<hash>).
+// build after the tagged release is <release>+<commits>.g<hash>, one
+// before it is tagged <release>~git<commits>.g<hash>).
 func TestVersionIsThePackages(t *testing.T) {
 	built(t)
 	v := pkgVersion(t)
@@ -435,7 +448,7 @@ func TestVersionIsThePackages(t *testing.T) {
 		t.Fatal("changelog.yml has no entry")
 	}
 	release, _, _ := strings.Cut(m[1], "-")
-	if base, _, _ := strings.Cut(v, "+"); strings.TrimSuffix(base, ".dirty") != release {
+	if base := strings.FieldsFunc(v, func(r rune) bool { return r == '+' || r == '~' })[0]; strings.TrimSuffix(base, ".dirty") != release {
 		t.Errorf("package version %s, changelog's newest entry %s", v, m[1])
 	}
 }

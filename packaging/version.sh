@@ -1,17 +1,25 @@
 #!/bin/sh
-# Prints the package version (no leading "v", no release) from git describe:
-#   v1.2.3            -> 1.2.3
-#   v1.2.3-4-gabc1234 -> 1.2.3+4.gabc1234   (sorts after 1.2.3 in dpkg and rpm)
-#   no v* tag         -> <newest changelog release>+git<commit count>.g<short hash>
-#                        (0.1.0+git221.g6378991: the changelog names it)
+# Prints the package version (no leading "v", no release), from the newest
+# release in changelog.yml, <release> below, and git:
+#   HEAD tagged v<release>        -> <release>
+#   <N> commits after v<release>  -> <release>+<N>.g<hash>
+#                                    (sorts after <release> in dpkg and rpm)
+#   v<release> not tagged (yet)   -> <release>~git<commits>.g<hash>
+#                                    (0.1.0~git221.g6378991: sorts before
+#                                    <release> in dpkg and rpm >= 4.10, so the
+#                                    release, once built, upgrades a build
+#                                    made on the way to it)
 # and ".dirty" appended when tracked files are modified.
 set -eu
 cd "$(dirname "$0")/.."
 dirty=""
 if ! git diff --quiet HEAD -- 2>/dev/null; then dirty=".dirty"; fi
-if d=$(git describe --tags --match 'v[0-9]*' 2>/dev/null); then
-	echo "${d#v}${dirty}" | sed 's/-\([0-9]*\)-g\([0-9a-f]*\)/+\1.g\2/'
+release=$(sed -n 's/^- semver: \([0-9][^-[:space:]]*\).*/\1/p' packaging/changelog.yml | head -n 1)
+release=${release:-0.0.0}
+# --match names the release's own tag: only it, reachable from HEAD, makes
+# this build the release or one after it.
+if d=$(git describe --tags --match "v$release" 2>/dev/null); then
+	echo "$(echo "${d#v}" | sed 's/-\([0-9]*\)-g\([0-9a-f]*\)$/+\1.g\2/')${dirty}"
 else
-	release=$(sed -n 's/^- semver: \([0-9][^-[:space:]]*\).*/\1/p' packaging/changelog.yml | head -n 1)
-	echo "${release:-0.0.0}+git$(git rev-list --count HEAD).g$(git rev-parse --short HEAD)${dirty}"
+	echo "${release}~git$(git rev-list --count HEAD).g$(git rev-parse --short HEAD)${dirty}"
 fi

@@ -22,8 +22,12 @@ func runCheckConfig(_ context.Context, _ *command, o opts, stdout, stderr io.Wri
 
 // checkConfig is check-config: the config at path (stdinConfig: read from
 // stdin) is valid, then node has what it names. Either kind of problem is
-// exit 2, each listed apart; on success the effective config is printed,
-// then what the agent will use on this node, as YAML comments.
+// exit 2, each listed apart on stderr. A valid config's effective values
+// are printed on stdout even when the node lacks what it names: the
+// package's maintainer scripts read daemon.state_dir and
+// daemon.textfile_dir from them, and a node being taken apart (pm2 or the
+// app user already gone) must still be found where its state is. On
+// success what the agent will use on this node follows, as YAML comments.
 func checkConfig(path string, stdin io.Reader, node agent.NodeChecker, stdout, stderr io.Writer) int {
 	name := path
 	var cfg agent.Config
@@ -38,6 +42,8 @@ func checkConfig(path string, stdin io.Reader, node agent.NodeChecker, stdout, s
 		fmt.Fprintf(stderr, "patchagent check-config: %v\n", err)
 		return agent.ExitUsage
 	}
+	fmt.Fprintf(stdout, "# %s is valid; effective configuration:\n", name)
+	stdout.Write(cfg.YAML())
 	r := node.CheckNode(cfg)
 	if len(r.Problems) > 0 {
 		fmt.Fprintf(stderr, "patchagent check-config: config %s is valid, but on this node: %d problem(s)\n", name, len(r.Problems))
@@ -47,8 +53,6 @@ func checkConfig(path string, stdin io.Reader, node agent.NodeChecker, stdout, s
 		writeFound(stderr, "found on this node:\n", "  ", r.Found)
 		return agent.ExitUsage
 	}
-	fmt.Fprintf(stdout, "# %s is valid; effective configuration:\n", name)
-	stdout.Write(cfg.YAML())
 	writeFound(stdout, "# on this node:\n", "#   ", r.Found)
 	return agent.ExitOK
 }

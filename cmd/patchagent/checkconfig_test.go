@@ -69,7 +69,10 @@ func TestCheckConfigFromStdin(t *testing.T) {
 }
 
 // TestCheckConfigExitCodes: a config problem and a node problem are both
-// exit 2, listed apart, nothing on stdout.
+// exit 2, listed apart on stderr. A config that is not valid prints nothing
+// on stdout; a valid one prints its effective values there even when the
+// node lacks what it names (the maintainer scripts read daemon.state_dir
+// from them on a node being taken apart).
 func TestCheckConfigExitCodes(t *testing.T) {
 	tests := []struct {
 		name, draft string
@@ -107,8 +110,16 @@ func TestCheckConfigExitCodes(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var out, errb bytes.Buffer
 			code := checkConfig(stdinConfig, strings.NewReader(tt.draft), fakeNode(tt.files...), &out, &errb)
-			if code != agent.ExitUsage || out.Len() != 0 {
-				t.Fatalf("exit %d, stdout %q; want exit 2, nothing", code, out.String())
+			if code != agent.ExitUsage {
+				t.Fatalf("exit %d, want 2", code)
+			}
+			if valid := strings.Contains(tt.name, "valid, but") || strings.Contains(tt.name, "found"); valid {
+				if !strings.HasPrefix(out.String(), "# <stdin> is valid; effective configuration:\napp:\n    name: web\n") ||
+					!strings.Contains(out.String(), "\n    state_dir: /var/lib/patchagent\n") || strings.Contains(out.String(), "# on this node:") {
+					t.Errorf("stdout: want the effective config, and what was found only on stderr:\n%s", out.String())
+				}
+			} else if out.Len() != 0 {
+				t.Errorf("stdout %q: want nothing for a config that is not valid", out.String())
 			}
 			if !strings.Contains(errb.String(), tt.wantStderr) {
 				t.Errorf("stderr lacks %q:\n%s", tt.wantStderr, errb.String())
@@ -117,5 +128,24 @@ func TestCheckConfigExitCodes(t *testing.T) {
 				t.Errorf("the node was checked for a config that is not valid:\n%s", errb.String())
 			}
 		})
+	}
+}
+
+// TestCheckConfigPrintsStateDirOnABrokenNode: a custom daemon.state_dir is
+// on stdout whatever the node lacks (here its app user, as when the node is
+// being decommissioned), where preremove.sh and postinstall.sh read it.
+func TestCheckConfigPrintsStateDirOnABrokenNode(t *testing.T) {
+	draft := "app:\n  name: web\n  user: gone\ndaemon:\n  state_dir: /srv/patchagent-state\n  textfile_dir: /srv/textfiles\n"
+	var out, errb bytes.Buffer
+	if code := checkConfig(stdinConfig, strings.NewReader(draft), fakeNode(), &out, &errb); code != agent.ExitUsage {
+		t.Fatalf("exit %d, want 2\n%s", code, errb.String())
+	}
+	for _, w := range []string{"\n    state_dir: /srv/patchagent-state\n", "\n    textfile_dir: /srv/textfiles\n"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("stdout lacks %q:\n%s", w, out.String())
+		}
+	}
+	if !strings.Contains(errb.String(), "on this node: 1 problem(s)\n  app.user: looking up user \"gone\"") {
+		t.Errorf("stderr:\n%s", errb.String())
 	}
 }

@@ -5,8 +5,13 @@
 # dependencies (iptables): apt-get for the deb, dnf or yum for the rpm; only
 # where none is there, dpkg -i or rpm -Uvh --replacepkgs, which install no
 # dependency (they fail, saying which, if one is missing). Running it again
-# is harmless. The package's own scripts enable the daemon only once
-# /etc/patchagent/config.yaml is valid (see patchagent(8)).
+# is harmless. At first boot unattended-upgrades or cloud-init often holds
+# the dpkg lock, and apt-get and dpkg fail at once by default: apt-get is
+# told to wait for it (DPkg::Lock::Timeout, apt >= 1.9.11; older apt sets
+# an -o option it does not know and ignores it), dpkg is run again every
+# second while the lock is held, both for up to 600 s. dnf, yum and rpm
+# wait for their locks themselves. The package's own scripts enable the
+# daemon only once /etc/patchagent/config.yaml is valid (see patchagent(8)).
 #
 # With installationType "Uninstall and reinstall", uninstall.sh records which
 # patchagent units were enabled/active; they are restored here, so a
@@ -14,13 +19,14 @@
 #
 # Exit codes: 0 installed; 1 the package manager failed; 2 this zip's
 # package or its package manager is missing (wrong platform).
-# PATCHAGENT_SYSTEMD_DIR replaces /run/systemd/system and PATCHAGENT_STATE_DIR
-# /var/lib/patchagent (tests only).
+# PATCHAGENT_SYSTEMD_DIR replaces /run/systemd/system, PATCHAGENT_STATE_DIR
+# /var/lib/patchagent and PATCHAGENT_DPKG_LOCK_WAIT the 600 s (tests only).
 set -u
 cd "$(dirname "$0")" || exit 2
 
 systemd_dir=${PATCHAGENT_SYSTEMD_DIR:-/run/systemd/system}
 units_file=${PATCHAGENT_STATE_DIR:-/var/lib/patchagent}/distributor-units
+lock_wait=${PATCHAGENT_DPKG_LOCK_WAIT:-600}
 
 deb=""
 rpm=""
@@ -31,15 +37,18 @@ run() {
 	echo "install.sh: $*"
 	"$@" || { echo "install.sh: '$*' failed (exit $?): see its output above" >&2; exit 1; }
 }
+# dpkg_waiting: dpkg, again while another process holds its lock.
+. ./dpkgwait.sh
 
 if [ -n "$deb" ]; then
 	if command -v apt-get >/dev/null 2>&1; then
 		DEBIAN_FRONTEND=noninteractive
 		export DEBIAN_FRONTEND
-		run apt-get install -y -q "./$deb"
+		run apt-get -o DPkg::Lock::Timeout="$lock_wait" install -y -q "./$deb"
 	elif command -v dpkg >/dev/null 2>&1; then
 		echo "install.sh: apt-get not found: dpkg -i installs no dependency (patchagent needs iptables)" >&2
-		run dpkg -i "$deb"
+		echo "install.sh: dpkg -i $deb"
+		dpkg_waiting -i "$deb" || { echo "install.sh: 'dpkg -i $deb' failed (exit $?): see its output above" >&2; exit 1; }
 	else
 		echo "install.sh: $deb needs apt-get or dpkg, neither found: is this a Debian or Ubuntu node?" >&2
 		exit 2

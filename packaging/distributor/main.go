@@ -1,6 +1,6 @@
 // Command distributor builds the SSM Distributor package of patchagent from
 // the deb and rpm that `make package` left in dist/: one zip per package
-// format and architecture, each holding install.sh, uninstall.sh and the
+// format and architecture, each holding install.sh, uninstall.sh (and dpkgwait.sh) and the
 // package, and manifest.json (schemaVersion 2.0) mapping platforms to the
 // zips with their sha256. Publish the directory with
 //
@@ -36,16 +36,39 @@ var installSh []byte
 //go:embed uninstall.sh
 var uninstallSh []byte
 
+//go:embed dpkgwait.sh
+var dpkgwaitSh []byte
+
 // A payload is one zip: the package matched by glob in the dist directory,
-// served to each platform for arch (Distributor's x86_64, 386 or arm64).
+// served to each platform version listed for arch (Distributor's x86_64,
+// 386 or arm64).
 type payload struct {
 	zip, glob, arch string
-	platforms       []string
+	platforms       map[string][]string
 }
 
+// The platforms served: those whose systemd is 239 or newer, the oldest
+// the units work with (older ones do not know @system-service; see
+// scripts/postinstall.sh). The keys are the platform names the SSM agent
+// reports (os-release ID; rhel is redhat, ol oracle, amzn amazon), the
+// versions its VERSION_ID, matched exactly or, for "N.*", by its leading
+// components ("8.*" matches 8 and 8.10). Left out on purpose, all older
+// than 239 and past their end of life: Amazon Linux 2 (219), CentOS 7 and
+// RHEL/Oracle 7 (219), Ubuntu 18.04 (237), Debian 9 (232). A newer release
+// needs its version added here.
 var (
-	debPlatforms = []string{"debian", "ubuntu"}
-	rpmPlatforms = []string{"amazon", "centos", "oracle", "redhat"}
+	debPlatforms = map[string][]string{
+		"debian": {"10.*", "11.*", "12.*", "13.*"},
+		"ubuntu": {"20.*", "21.*", "22.*", "23.*", "24.*", "25.*", "26.*"},
+	}
+	rpmPlatforms = map[string][]string{
+		"amazon":    {"2023.*"},
+		"redhat":    {"8.*", "9.*", "10.*"},
+		"rocky":     {"8.*", "9.*", "10.*"},
+		"almalinux": {"8.*", "9.*", "10.*"},
+		"oracle":    {"8.*", "9.*", "10.*"},
+		"centos":    {"8.*", "9.*", "10.*"},
+	}
 )
 
 var payloads = []payload{
@@ -115,11 +138,16 @@ func build(dist, out, version string) error {
 			return err
 		}
 		m.Files[p.zip] = map[string]map[string]string{"checksums": {"sha256": sum}}
-		for _, platform := range p.platforms {
+		for platform, versions := range p.platforms {
 			if m.Packages[platform] == nil {
-				m.Packages[platform] = map[string]map[string]map[string]string{"_any": {}}
+				m.Packages[platform] = map[string]map[string]map[string]string{}
 			}
-			m.Packages[platform]["_any"][p.arch] = map[string]string{"file": p.zip}
+			for _, v := range versions {
+				if m.Packages[platform][v] == nil {
+					m.Packages[platform][v] = map[string]map[string]string{}
+				}
+				m.Packages[platform][v][p.arch] = map[string]string{"file": p.zip}
+			}
 		}
 	}
 	b, err := json.MarshalIndent(m, "", "  ")
@@ -141,8 +169,8 @@ func build(dist, out, version string) error {
 	return nil
 }
 
-// writeZip writes install.sh, uninstall.sh and the package at the zip's
-// root and returns the zip's sha256.
+// writeZip writes install.sh, uninstall.sh, the dpkgwait.sh they source
+// and the package at the zip's root and returns the zip's sha256.
 func writeZip(path, pkg string) (string, error) {
 	f, err := os.Create(path)
 	if err != nil {
@@ -166,8 +194,9 @@ func writeZip(path, pkg string) (string, error) {
 	for _, s := range []struct {
 		name string
 		body []byte
-	}{{"install.sh", installSh}, {"uninstall.sh", uninstallSh}} {
-		if err := add(s.name, 0o755, bytes.NewReader(s.body)); err != nil {
+		mode os.FileMode
+	}{{"install.sh", installSh, 0o755}, {"uninstall.sh", uninstallSh, 0o755}, {"dpkgwait.sh", dpkgwaitSh, 0o644}} {
+		if err := add(s.name, s.mode, bytes.NewReader(s.body)); err != nil {
 			return "", err
 		}
 	}

@@ -5,9 +5,9 @@
 #   rpm: $1 = 0 (erase) or 1 (upgrade)
 # systemd re-reads its units after every removal. Only a deb purge deletes
 # the state directory /var/lib/patchagent (the state file of an open patch
-# cycle, dependency snapshots) and the config postinst created,
-# /etc/patchagent/config.yaml; remove and rpm erase keep both (rpm keeps an
-# edited config as .rpmsave).
+# cycle, dependency snapshots, the units to enable on a reinstall) and the
+# config postinst created, /etc/patchagent/config.yaml; remove and rpm
+# erase keep both as they are (no package owns the config).
 #
 # PATCHAGENT_SYSTEMD_DIR replaces /run/systemd/system in the "is systemd
 # running" check; it exists for the package tests only.

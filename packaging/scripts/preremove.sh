@@ -7,14 +7,23 @@
 # blocked, out of its load balancer) is refused, with the commands that
 # put the node back, unless PATCHAGENT_REMOVE_OPEN_CYCLE=1: nothing would
 # unblock it afterwards. On removal both units are stopped and disabled
-# (the reconcile unit may have been enabled by the operator), and the
+# (the reconcile unit may have been enabled by the operator), after the
+# ones enabled are written to /var/lib/patchagent/enabled-units (empty:
+# none), for a reinstall to enable them again (postinstall.sh); and the
 # node_exporter textfile is deleted (a stale one would fire alerts
 # forever). The state in /var/lib/patchagent is kept.
 #
+# daemon.state_dir and daemon.textfile_dir come from check-config, which
+# prints a valid config's effective values whatever it finds on the node
+# (exit 2 when pm2 or the app user is gone already, as on a node being
+# decommissioned); only a config that is not valid leaves the defaults, and
+# that is said.
+#
 # PATCHAGENT_SYSTEMD_DIR replaces /run/systemd/system in the "is systemd
 # running" check, PATCHAGENT_STATE_DIR the state directory (else
-# daemon.state_dir) and PATCHAGENT_CONFIG /etc/patchagent/config.yaml; they
-# exist for the package tests only.
+# daemon.state_dir), PATCHAGENT_ENABLED_UNITS
+# /var/lib/patchagent/enabled-units and PATCHAGENT_CONFIG
+# /etc/patchagent/config.yaml; they exist for the package tests only.
 set -e
 
 systemd_dir=${PATCHAGENT_SYSTEMD_DIR:-/run/systemd/system}
@@ -25,9 +34,13 @@ remove | 0) ;;
 *) exit 0 ;;
 esac
 
-# The config's effective values, as check-config prints them (none when it
-# fails): daemon.state_dir and daemon.textfile_dir may not be the defaults.
+# The config's effective values, as check-config prints them, whatever its
+# exit code (none when the config is not valid): daemon.state_dir and
+# daemon.textfile_dir may not be the defaults.
 effective=$(patchagent check-config --config "$config" 2>/dev/null) || :
+if [ -z "$effective" ]; then
+	echo "patchagent: $config is not valid ('patchagent check-config' says why): looking for the state in /var/lib/patchagent and node_exporter's textfile in /var/lib/prometheus/node-exporter, the defaults" >&2
+fi
 value() {
 	v=$(printf '%s\n' "$effective" | sed -n "s/^ *$1: *\"\{0,1\}\([^\"]*\)\"\{0,1\}\$/\1/p" | head -n 1)
 	echo "${v:-$2}"
@@ -56,6 +69,12 @@ fi
 rm -f "$(value textfile_dir /var/lib/prometheus/node-exporter)/patchagent.prom"
 
 [ -d "$systemd_dir" ] || exit 0
+
+enabled_units=${PATCHAGENT_ENABLED_UNITS:-/var/lib/patchagent/enabled-units}
+(umask 077 && mkdir -p "${enabled_units%/*}")
+for unit in patchagent.service patchagent-reconcile.service; do
+	if systemctl is-enabled --quiet "$unit"; then echo "$unit"; fi
+done >"$enabled_units"
 
 systemctl stop patchagent.service patchagent-reconcile.service || :
 systemctl disable patchagent.service patchagent-reconcile.service || :
