@@ -67,7 +67,7 @@ func (f *fakeFirewall) Status(ctx context.Context) (firewall.Status, error) {
 	}
 	fs := firewall.FamilyStatus{}
 	if f.blocked {
-		fs = firewall.FamilyStatus{Chain: true, Jumps: 1, RulesOK: true}
+		fs = firewall.FamilyStatus{Chain: true, Jumps: 1, JumpFirst: true, RulesOK: true}
 	}
 	return firewall.Status{Families: map[firewall.Family]firewall.FamilyStatus{firewall.IPv4: fs, firewall.IPv6: fs}}, nil
 }

@@ -94,7 +94,7 @@ func (f *leftoverFW) Unblock(ctx context.Context) error { f.blocked = false; ret
 func (f *leftoverFW) Status(ctx context.Context) (firewall.Status, error) {
 	fs := firewall.FamilyStatus{}
 	if f.blocked {
-		fs = firewall.FamilyStatus{Chain: true, Jumps: 1, RulesOK: true}
+		fs = firewall.FamilyStatus{Chain: true, Jumps: 1, JumpFirst: true, RulesOK: true}
 	}
 	return firewall.Status{Families: map[firewall.Family]firewall.FamilyStatus{firewall.IPv4: fs}}, nil
 }

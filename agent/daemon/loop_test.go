@@ -107,7 +107,7 @@ func (f *daemonFW) Status(ctx context.Context) (firewall.Status, error) {
 	defer f.mu.Unlock()
 	fs := firewall.FamilyStatus{}
 	if f.blocked {
-		fs = firewall.FamilyStatus{Chain: true, Jumps: 1, RulesOK: true}
+		fs = firewall.FamilyStatus{Chain: true, Jumps: 1, JumpFirst: true, RulesOK: true}
 	}
 	return firewall.Status{Families: map[firewall.Family]firewall.FamilyStatus{firewall.IPv4: fs}}, nil
 }
