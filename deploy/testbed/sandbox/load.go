@@ -87,6 +87,13 @@ func (n *Node) Load(ctx context.Context, o LoadOptions) *Load {
 	return startLoad(ctx, n.ClientNS, n.URL(o.Path, o.V6), o, network)
 }
 
+// LoadURL starts a load run (Load's) from the client netns against url,
+// an IPv4 one (o.Path and o.V6 are not used), e.g. a load balancer's
+// frontend on the client netns's loopback.
+func (n *Node) LoadURL(ctx context.Context, url string, o LoadOptions) *Load {
+	return startLoad(ctx, n.ClientNS, url, o, "tcp4")
+}
+
 // startLoad runs the workers of a load run from netns ns against url
 // (o.Path and o.V6 are already in it) over network.
 func startLoad(ctx context.Context, ns, url string, o LoadOptions, network string) *Load {
