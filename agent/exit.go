@@ -177,22 +177,24 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 		return fmt.Errorf("no patch cycle open, nothing changed, but the app is unhealthy: %w", err)
 	}
 	rep.addStep("health", ResultOK, time.Since(t), fmt.Sprintf("healthy after %d attempt(s)", out.Attempts))
+	// The block goes before the put back, as in a cycle's exit: a load
+	// balancer that checks the app's port would never see a blocked node
+	// healthy, and one told it is ready would send it refused requests.
+	if blocked {
+		t = time.Now()
+		if err := a.d.Firewall.Unblock(ctx); err != nil {
+			rep.addStep("unblock", ResultFailed, time.Since(t), "")
+			return stillOut(fmt.Errorf("removing a leftover block: %w", err))
+		}
+		rep.addStep("unblock", ResultOK, time.Since(t), "leftover block of ours removed (no cycle was open)")
+		rep.Summary = append(rep.Summary, "app healthy, leftover block removed")
+	}
 	if err := a.putBackLeftover(ctx, r); err != nil {
 		return err
 	}
-	if !blocked {
-		if len(rep.Summary) == 0 {
-			rep.Summary = append(rep.Summary, "nothing to do: no patch cycle open, app healthy")
-		}
-		return nil
+	if len(rep.Summary) == 0 {
+		rep.Summary = append(rep.Summary, "nothing to do: no patch cycle open, app healthy")
 	}
-	t = time.Now()
-	if err := a.d.Firewall.Unblock(ctx); err != nil {
-		rep.addStep("unblock", ResultFailed, time.Since(t), "")
-		return stillOut(fmt.Errorf("removing a leftover block: %w", err))
-	}
-	rep.addStep("unblock", ResultOK, time.Since(t), "leftover block of ours removed (no cycle was open)")
-	rep.Summary = append(rep.Summary, "app healthy, leftover block removed")
 	return nil
 }
 

@@ -281,6 +281,22 @@ func withJournaledRotation(e *testEnv) *journaledRotation {
 	return j
 }
 
+// putBackRefused runs a cycle whose exit the backend refuses to put back
+// (RegisterTargets denied): closed failed, the record kept. The refusal
+// stays until the test clears j.inErr.
+func putBackRefused(t *testing.T, e *testEnv) *journaledRotation {
+	t.Helper()
+	j := withJournaledRotation(e)
+	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
+		t.Fatal(rep.Text())
+	}
+	j.inErr = errors.New("AccessDenied: elasticloadbalancing:RegisterTargets")
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode == 0 {
+		t.Fatal(rep.Text())
+	}
+	return j
+}
+
 // TestPreRecordsWhatTheLBBackendRemovesFirst: the registrations are in
 // the state file before TakeOut removes them; a second pre in the same
 // cycle (the first one killed after the take-out) keeps the first record
@@ -359,14 +375,7 @@ func compact(b json.RawMessage) string {
 // open and the app healthy, hands it to the backend and puts it back.
 func TestExitKeepsTheLBRecordWhenThePutBackFails(t *testing.T) {
 	e := newTestEnv(t)
-	j := withJournaledRotation(e)
-	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
-		t.Fatal(rep.Text())
-	}
-	j.inErr = errors.New("AccessDenied: elasticloadbalancing:RegisterTargets")
-	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode == 0 {
-		t.Fatal(rep.Text())
-	}
+	j := putBackRefused(t, e)
 	st, _ := e.state.Load()
 	if st.Open || compact(st.LB) != `["web i-1:8080","api i-1:9090"]` {
 		t.Fatalf("after the failed put back: open %v, lb %s", st.Open, st.LB)
@@ -394,6 +403,31 @@ func TestExitKeepsTheLBRecordWhenThePutBackFails(t *testing.T) {
 	i := slices.IndexFunc(evs, func(ev string) bool { return strings.HasPrefix(ev, "lb restore ") })
 	if i < 0 || !slices.Contains(evs[i:], "lb in") {
 		t.Fatalf("the next exit did not put the record back, waiting: %q", evs)
+	}
+	if st, _ := e.state.Load(); st.LB != nil {
+		t.Fatalf("the record put back is still in the state file: %s", st.LB)
+	}
+}
+
+// TestExitWithNoCycleUnblocksBeforeThePutBack: no cycle open, a record
+// the last cycle could not put back and a block of ours left on: exit
+// removes the block first, then puts the record back, as a cycle's exit
+// does (a target group that checks the app's port never saw the blocked
+// node healthy, and the put back waited out its deadline with the node
+// left blocked).
+func TestExitWithNoCycleUnblocksBeforeThePutBack(t *testing.T) {
+	e := newTestEnv(t)
+	j := putBackRefused(t, e)
+	j.inErr, j.restored = nil, nil
+	e.fw.blocked = true
+	e.ev.log = nil
+	rep := e.agent(t).Exit(context.Background(), RunOptions{})
+	if rep.ExitCode != 0 || !strings.Contains(rep.Verdict(), "leftover block removed") {
+		t.Fatal(rep.Text())
+	}
+	evs := e.ev.all()
+	if u, in := slices.Index(evs, "unblock"), slices.Index(evs, "lb in"); u < 0 || in < u {
+		t.Fatalf("want the unblock, then the put back: %q", evs)
 	}
 	if st, _ := e.state.Load(); st.LB != nil {
 		t.Fatalf("the record put back is still in the state file: %s", st.LB)

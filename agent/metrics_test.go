@@ -651,14 +651,7 @@ patchagent_lb_checks_total{answer="unavailable"} 4
 // ok.
 func TestLastFailureSurvivesALaterSuccess(t *testing.T) {
 	e := newTestEnv(t)
-	j := withJournaledRotation(e)
-	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
-		t.Fatal(rep.Text())
-	}
-	j.inErr = errors.New("AccessDenied: elasticloadbalancing:RegisterTargets")
-	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode == 0 {
-		t.Fatal(rep.Text())
-	}
+	j := putBackRefused(t, e)
 	st, _ := e.state.Load()
 	failed := st.Last["exit"]
 	if failed.Result != ResultFailed || failed.LastFailure.IsZero() || !failed.LastFailure.Equal(failed.At) {
