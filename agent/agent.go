@@ -31,7 +31,8 @@ type Rotation interface {
 
 // JournaledRotation is a Rotation whose take-out changes what only it can
 // say how to undo (awslb.TargetGroups: the instance's target group
-// registrations, their ports included). pre writes Record's answer into
+// registrations, their ports included; lb.HAProxy: the admin state the
+// server was in). pre writes Record's answer into
 // the state file before TakeOut; every put back (exit, the break-glass,
 // a restarted daemon) first hands it back with Restore.
 type JournaledRotation interface {
@@ -78,6 +79,8 @@ var (
 	_ AppManager = (*hooks.PM2)(nil)
 	_ Units      = (*hooks.Units)(nil)
 	_ Commands   = (*hooks.Commands)(nil)
+
+	_ JournaledRotation = (*lb.HAProxy)(nil)
 )
 
 // Deps are the seams a phase works through.

@@ -334,9 +334,9 @@ func (c LBConfig) plan(out bool) string {
 	}
 	if h := c.HAProxy; h.Socket != "" {
 		if out {
-			return fmt.Sprintf("set server %s/%s state drain on HAProxy's runtime API %s; wait until HAProxy reports it out of rotation (DRAIN, MAINT, NOLB or DOWN; its sessions are left to the drain) (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
+			return fmt.Sprintf("record the admin state of server %s/%s on HAProxy's runtime API %s in the state file (one set to maint or drain before is left so); set it to drain; wait until HAProxy reports it out of rotation (DRAIN, MAINT, NOLB or DOWN; its sessions are left to the drain) (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
 		}
-		return fmt.Sprintf("set server %s/%s state ready on HAProxy's runtime API %s; wait until HAProxy reports it UP (\"no check\" without a health check) (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
+		return fmt.Sprintf("set server %s/%s state ready on HAProxy's runtime API %s, unless pre found it set to maint or drain; wait until HAProxy reports it UP (\"no check\" without a health check) (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
 	}
 	if out {
 		return fmt.Sprintf("the readiness endpoint on %s%s answers 503; wait until each load balancer checker was told so %d time(s) in a row (at most %s)", c.HealthListen, c.Path, c.UnhealthyThreshold, c.Deadline)

@@ -201,14 +201,19 @@ func (a *Agent) exitNoCycle(ctx context.Context, r *phaseRun, blocked bool) erro
 // putBackLeftover, with no cycle open and the app healthy, puts the node
 // back in the load balancer's rotation. A record the last cycle could not
 // put back (its exit failed at lb-in) is put back as lb-in does, waiting
-// for the LB, and dropped from the state file once it is; else the signal
-// is set without waiting: nothing keeps the node out.
+// for the LB, and dropped from the state file once it is. A backend that
+// keeps records, with none, has nothing of ours to put back (an operator's
+// maintenance of the server stays); the readiness endpoint's signal is set
+// without waiting: nothing keeps the node out.
 func (a *Agent) putBackLeftover(ctx context.Context, r *phaseRun) error {
 	if a.d.Rotation == nil {
 		return nil
 	}
-	if _, ok := a.d.Rotation.(JournaledRotation); !ok || !r.st.LBPending() {
+	if _, ok := a.d.Rotation.(JournaledRotation); !ok {
 		a.rotation(r.st).SetOut(false)
+		return nil
+	}
+	if !r.st.LBPending() {
 		return nil
 	}
 	t := time.Now()

@@ -434,6 +434,22 @@ func TestExitWithNoCycleUnblocksBeforeThePutBack(t *testing.T) {
 	}
 }
 
+// TestExitWithNoRecordLeavesTheLBAlone: a backend that keeps records
+// (HAProxy's runtime API, ELBv2), no cycle open, no record: exit (SSM
+// runs it when nothing needed patching) does not touch the LB, which may
+// hold the server in an operator's maintenance. Before, it set the
+// server ready.
+func TestExitWithNoRecordLeavesTheLBAlone(t *testing.T) {
+	e := newTestEnv(t)
+	withJournaledRotation(e)
+	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode != 0 || !strings.Contains(rep.Verdict(), "nothing to do") {
+		t.Fatal(rep.Text())
+	}
+	if evs := e.ev.all(); len(evs) != 0 {
+		t.Fatalf("with no record, the LB was changed: %q", evs)
+	}
+}
+
 // TestStatusShowsTheLBAndAPreStoppedBeforeTheBlock: a pre that stopped
 // at lb-out: status says the node is out of the LB's rotation but not
 // blocked (consistent: nothing is to be re-blocked), names the backend

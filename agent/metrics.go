@@ -113,7 +113,7 @@ func NewMetrics(reg prometheus.Registerer, version string) *Metrics {
 		}),
 		LBPending: f.NewGauge(prometheus.GaugeOpts{
 			Name: "patchagent_lb_pending",
-			Help: "1 while the state file holds load balancer changes pre made that are not put back yet (ELBv2 registrations, Auto Scaling Standby, a lowered minimum size); with no cycle open, a failed put back.",
+			Help: "1 while the state file holds load balancer changes pre made that are not put back yet (an HAProxy server drained, ELBv2 registrations, Auto Scaling Standby, a lowered minimum size); with no cycle open, a failed put back.",
 		}),
 		Blocked: f.NewGauge(prometheus.GaugeOpts{
 			Name: "patchagent_traffic_blocked",

@@ -4,10 +4,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -25,6 +27,13 @@ import (
 // pre with the node drained and not patched. The drain counts connections
 // from outside loopback only: an HAProxy on the node itself is not waited
 // for.
+//
+// It puts back only what it took out. Record reads the admin state the
+// server had before pre (`show servers state`) for the state journal: a
+// server someone else had set to maint or drain (an operator, another
+// tool) is left as it was by TakeOut, PutBack and SetOut, which report it
+// in no rotation (Wait.NotIn). Before, the boot and every exit with no
+// cycle open set it ready.
 type HAProxy struct {
 	// Socket is the runtime API: a unix socket path, or host:port.
 	Socket string
@@ -32,7 +41,33 @@ type HAProxy struct {
 	Backend, Server string
 	// Poll is how often its stats are read while waiting (default 100ms).
 	Poll time.Duration
+
+	mu    sync.Mutex
+	found string // the restored record's Admin; "" with none (a cycle of an earlier version)
 }
+
+// HAProxyRecord is what the state journal keeps of a take-out: the server
+// and the admin state it was found in.
+type HAProxyRecord struct {
+	Server string `json:"haproxy_server"` // backend/server
+	Admin  string `json:"admin"`          // AdminReady, AdminMaint or AdminDrain
+}
+
+// The admin states a record can hold: what `set server ... state` sets.
+const (
+	AdminReady = "ready"
+	AdminMaint = "maint"
+	AdminDrain = "drain"
+)
+
+// HAProxy's srv_admin_state flags that `set server ... state maint|drain`
+// sets (src/server.h SRV_ADMF_FMAINT, SRV_ADMF_FDRAIN); the others are
+// inherited (a tracked server's), from the config file's "disabled" or
+// from DNS resolution, and are no state of ours to keep or undo.
+const (
+	adminForcedMaint = 0x01
+	adminForcedDrain = 0x08
+)
 
 func (h *HAProxy) name() string { return h.Backend + "/" + h.Server }
 
@@ -179,22 +214,122 @@ func InRotation(status string) bool {
 	return status == "UP" || status == "no check"
 }
 
+// Admin reads the server's admin state from `show servers state`: maint
+// or drain if it was set so through the runtime API (forced), else ready.
+func (h *HAProxy) Admin(ctx context.Context) (string, error) {
+	out, err := h.Command(ctx, "show servers state "+h.Backend)
+	if err != nil {
+		return "", err
+	}
+	var cols []string
+	for line := range strings.Lines(out) {
+		f := strings.Fields(line)
+		if len(f) > 1 && f[0] == "#" {
+			cols = f[1:]
+			continue
+		}
+		if cols == nil || len(f) != len(cols) {
+			continue
+		}
+		row := map[string]string{}
+		for i, c := range cols {
+			row[c] = f[i]
+		}
+		if row["be_name"] != h.Backend || row["srv_name"] != h.Server {
+			continue
+		}
+		flags, err := strconv.ParseUint(row["srv_admin_state"], 10, 32)
+		if err != nil {
+			return "", fmt.Errorf("HAProxy `show servers state %s`: server %s's srv_admin_state %q", h.Backend, h.Server, row["srv_admin_state"])
+		}
+		switch {
+		case flags&adminForcedMaint != 0:
+			return AdminMaint, nil
+		case flags&adminForcedDrain != 0:
+			return AdminDrain, nil
+		}
+		return AdminReady, nil
+	}
+	if cols == nil {
+		return "", fmt.Errorf("HAProxy `show servers state %s`: %s", h.Backend, strings.TrimSpace(out))
+	}
+	return "", fmt.Errorf("HAProxy has no server %s", h.name())
+}
+
+// Record reads the admin state the server is in before TakeOut, for the
+// state journal (HAProxyRecord). carried, a record the last cycle could
+// not put back, stands if it names this server: the server is drained
+// by us since then, and carried says what it was before.
+func (h *HAProxy) Record(ctx context.Context, carried json.RawMessage) (json.RawMessage, error) {
+	if len(carried) > 0 && string(carried) != "null" {
+		var c HAProxyRecord
+		if err := json.Unmarshal(carried, &c); err == nil && c.Server == h.name() && c.Admin != "" {
+			return carried, nil
+		}
+	}
+	admin, err := h.Admin(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(HAProxyRecord{Server: h.name(), Admin: admin})
+}
+
+// Restore makes rec (from Record) what TakeOut, PutBack and SetOut go
+// by. A record of another server (the config changed since) is refused.
+func (h *HAProxy) Restore(rec json.RawMessage) error {
+	var r HAProxyRecord
+	if err := json.Unmarshal(rec, &r); err != nil {
+		return fmt.Errorf("the recorded HAProxy server state: %w", err)
+	}
+	switch {
+	case r.Server != h.name():
+		return fmt.Errorf("the recorded HAProxy server state is of %q, not %s", r.Server, h.name())
+	case r.Admin != AdminReady && r.Admin != AdminMaint && r.Admin != AdminDrain:
+		return fmt.Errorf("the recorded HAProxy server state: admin %q", r.Admin)
+	}
+	h.mu.Lock()
+	h.found = r.Admin
+	h.mu.Unlock()
+	return nil
+}
+
+// leftAlone says, for a server found in maint or drain (not by us), what
+// TakeOut, PutBack and SetOut leave as it was.
+func (h *HAProxy) leftAlone() (Wait, bool) {
+	h.mu.Lock()
+	found := h.found
+	h.mu.Unlock()
+	if found != AdminMaint && found != AdminDrain {
+		return Wait{}, false
+	}
+	return Wait{NotIn: true, By: fmt.Sprintf("HAProxy %s was set to %s before pre: left so", h.name(), found)}, true
+}
+
 // TakeOut sets the server to drain and waits, up to deadline, until
 // HAProxy reports it out (Out): it sends it no new session. It does not
 // wait for the sessions left: the agent's drain does (see HAProxy).
 func (h *HAProxy) TakeOut(ctx context.Context, deadline time.Duration) (Wait, error) {
+	if w, ok := h.leftAlone(); ok {
+		return w, nil
+	}
 	return h.change(ctx, deadline, "drain", func(s ServerStat) bool { return Out(s.Status) })
 }
 
 // PutBack sets the server ready and waits, up to deadline, until HAProxy
 // reports it in rotation (InRotation): UP, or "no check".
 func (h *HAProxy) PutBack(ctx context.Context, deadline time.Duration) (Wait, error) {
+	if w, ok := h.leftAlone(); ok {
+		return w, nil
+	}
 	return h.change(ctx, deadline, "ready", func(s ServerStat) bool { return InRotation(s.Status) })
 }
 
 // SetOut sets the state without waiting (best effort: the break-glass, the
 // boot).
 func (h *HAProxy) SetOut(out bool) {
+	if _, ok := h.leftAlone(); ok {
+		return
+	}
 	state := "ready"
 	if out {
 		state = "drain"

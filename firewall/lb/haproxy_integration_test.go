@@ -4,6 +4,7 @@ package lb
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -81,6 +82,7 @@ backend be
 	server agent %[2]s %[3]s
 	server both %[2]s check inter 100ms %[3]s
 	server dead unix@%[1]s/none.sock check inter 100ms rise 2 fall 2
+	server off %[2]s check inter 100ms disabled
 `, dir, appSock, agentCheck)
 	if err := os.WriteFile(filepath.Join(dir, "haproxy.cfg"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -149,6 +151,66 @@ func TestRealHAProxyTakesEveryKindOfServerOutAndBack(t *testing.T) {
 	}
 	if _, err := h.PutBack(context.Background(), time.Second); !errors.Is(err, ErrNotConfirmed) || !strings.Contains(err.Error(), `still "DOWN"`) {
 		t.Fatalf("a dead server left maintenance: %v", err)
+	}
+}
+
+// TestRealHAProxyLeavesAnOperatorsStateAlone: a server an operator set to
+// maint or drain through the runtime API, or that the config file starts
+// disabled, is recorded so from the installed HAProxy's `show servers
+// state` and stays so through TakeOut, PutBack and SetOut(false), each
+// reporting it in no rotation; once the operator sets it ready, the next
+// record drains and readies it. Before, every put back (and the boot's
+// SetOut) set it ready.
+func TestRealHAProxyLeavesAnOperatorsStateAlone(t *testing.T) {
+	dir := realHAProxy(t, make(chan struct{}))
+	sock := filepath.Join(dir, "admin.sock")
+	ctx := context.Background()
+	for _, tt := range []struct{ server, set, admin, status string }{
+		{"checked", "maint", AdminMaint, "MAINT"},
+		{"checked", "drain", AdminDrain, "DRAIN"},
+		{"off", "", AdminMaint, "MAINT"},
+		{"checked", "ready", AdminReady, "UP"},
+	} {
+		t.Run(tt.server+" "+cmp.Or(tt.set, "from the config"), func(t *testing.T) {
+			operator := &HAProxy{Socket: sock, Backend: "be", Server: tt.server}
+			if tt.set != "" {
+				if err := operator.setState(ctx, tt.set); err != nil {
+					t.Fatal(err)
+				}
+			}
+			h := &HAProxy{Socket: sock, Backend: "be", Server: tt.server, Poll: 20 * time.Millisecond}
+			rec, err := h.Record(ctx, nil)
+			if err != nil || string(rec) != `{"haproxy_server":"be/`+tt.server+`","admin":"`+tt.admin+`"}` {
+				t.Fatalf("record %s %v", rec, err)
+			}
+			if err := h.Restore(rec); err != nil {
+				t.Fatal(err)
+			}
+			out, err := h.TakeOut(ctx, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.admin == AdminReady {
+				if out.NotIn || !strings.HasPrefix(out.By, "HAProxy be/checked DRAIN") {
+					t.Fatalf("take out of a ready server: %+v", out)
+				}
+			}
+			in, err := h.PutBack(ctx, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.SetOut(false)
+			st, err := h.Stat(ctx)
+			if word, _, _ := strings.Cut(st.Status, " "); err != nil || word != tt.status { // "DRAIN 1/2": out of maint, checks not passed yet
+				t.Fatalf("status %q (%v), want %q", st.Status, err, tt.status)
+			}
+			if a, err := h.Admin(ctx); err != nil || a != tt.admin {
+				t.Fatalf("admin %q (%v) after the cycle, want %q", a, err, tt.admin)
+			}
+			if tt.admin != AdminReady && (!out.NotIn || !in.NotIn) {
+				t.Fatalf("out %+v, in %+v: want both in no rotation", out, in)
+			}
+		})
 	}
 }
 

@@ -2,7 +2,9 @@ package lb
 
 import (
 	"bufio"
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"os"
@@ -27,6 +29,7 @@ type fakeHAProxy struct {
 	drained, ready []string
 	next           []string // what the next stats reads report
 	sessions       int
+	admin          string // srv_admin_state in `show servers state be` (default 0)
 	cmds           []string
 }
 
@@ -74,6 +77,13 @@ func (f *fakeHAProxy) answer(cmd string) string {
 			f.next = []string{"UP"}
 		}
 		return "\n"
+	case "show servers state be":
+		// HAProxy 2.6.12's answer, its columns cut after srv_admin_state.
+		return "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state\n" +
+			"2 be 1 other 10.0.0.9 2 0\n" +
+			"2 be 2 node 10.0.0.2 2 " + cmp.Or(f.admin, "0") + "\n\n"
+	case "show servers state nosuch":
+		return "Can't find backend.\n\n"
 	case "show stat":
 		if len(f.next) > 0 {
 			f.status = f.next[0]
@@ -111,6 +121,85 @@ func TestHAProxyDrainsThenReadies(t *testing.T) {
 	w, err = h.PutBack(context.Background(), 5*time.Second)
 	if err != nil || w.By != "HAProxy be/node UP, 0 session(s)" {
 		t.Fatalf("put back: %+v %v", w, err)
+	}
+}
+
+// TestHAProxyLeavesWhatItDidNotSet: Record reads the admin state pre
+// found (`show servers state`): a server an operator had set to maint or
+// drain is left so by TakeOut, PutBack and SetOut (no `set server` sent),
+// each in no rotation; one found ready, or in a state of HAProxy's own
+// (inherited from a tracked server, the config's "disabled" cleared), is
+// drained and readied as before.
+func TestHAProxyLeavesWhatItDidNotSet(t *testing.T) {
+	for _, tt := range []struct{ flags, admin string }{
+		{"0", AdminReady}, {"1", AdminMaint}, {"5", AdminMaint}, {"8", AdminDrain}, {"12", AdminDrain},
+		{"2", AdminReady}, {"4", AdminReady}, {"16", AdminReady},
+	} {
+		t.Run(tt.flags, func(t *testing.T) {
+			f := &fakeHAProxy{status: "UP", admin: tt.flags}
+			h := &HAProxy{Socket: f.serve(t), Backend: "be", Server: "node", Poll: time.Millisecond}
+			rec, err := h.Record(context.Background(), nil)
+			if want := `{"haproxy_server":"be/node","admin":"` + tt.admin + `"}`; err != nil || string(rec) != want {
+				t.Fatalf("record %s %v, want %s", rec, err, want)
+			}
+			if err := h.Restore(rec); err != nil {
+				t.Fatal(err)
+			}
+			out, err := h.TakeOut(context.Background(), time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, err := h.PutBack(context.Background(), time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h.SetOut(false)
+			h.SetOut(true)
+			f.mu.Lock()
+			cmds := slices.Clone(f.cmds)
+			f.mu.Unlock()
+			set := slices.DeleteFunc(cmds, func(c string) bool { return !strings.HasPrefix(c, "set server") })
+			if tt.admin == AdminReady {
+				if out.NotIn || in.NotIn || !slices.Equal(set, []string{"set server be/node state drain", "set server be/node state ready", "set server be/node state ready", "set server be/node state drain"}) {
+					t.Fatalf("out %+v, in %+v, commands %q", out, in, set)
+				}
+				return
+			}
+			want := "HAProxy be/node was set to " + tt.admin + " before pre: left so"
+			if !out.NotIn || out.By != want || !in.NotIn || in.By != want || len(set) != 0 {
+				t.Fatalf("out %+v, in %+v, commands %q: want it left alone", out, in, set)
+			}
+		})
+	}
+}
+
+// TestHAProxyRecordCarriesWhatItFound: a record the last cycle could not
+// put back stands for its server (the server is drained by us since);
+// one of another server is not taken, nor restored.
+func TestHAProxyRecordCarriesWhatItFound(t *testing.T) {
+	f := &fakeHAProxy{status: "DRAIN", admin: "8"}
+	h := &HAProxy{Socket: f.serve(t), Backend: "be", Server: "node", Poll: time.Millisecond}
+	carried := json.RawMessage(`{"haproxy_server":"be/node","admin":"ready"}`)
+	if rec, err := h.Record(context.Background(), carried); err != nil || string(rec) != string(carried) {
+		t.Fatalf("record %s %v, want the carried one", rec, err)
+	}
+	other := json.RawMessage(`{"haproxy_server":"be/web2","admin":"ready"}`)
+	if rec, err := h.Record(context.Background(), other); err != nil || string(rec) != `{"haproxy_server":"be/node","admin":"drain"}` {
+		t.Fatalf("record %s %v, want this server's own", rec, err)
+	}
+	for _, bad := range []string{string(other), `{"haproxy_server":"be/node","admin":"up"}`, `["web i-1:80"]`} {
+		if err := h.Restore(json.RawMessage(bad)); err == nil {
+			t.Errorf("restored %s", bad)
+		}
+	}
+	for _, tt := range []struct{ backend, server, want string }{
+		{"nosuch", "node", "HAProxy `show servers state nosuch`: Can't find backend."},
+		{"be", "gone", "HAProxy has no server be/gone"},
+	} {
+		h := &HAProxy{Socket: h.Socket, Backend: tt.backend, Server: tt.server}
+		if _, err := h.Record(context.Background(), nil); err == nil || err.Error() != tt.want {
+			t.Errorf("%s/%s: %v, want %q", tt.backend, tt.server, err, tt.want)
+		}
 	}
 }
 

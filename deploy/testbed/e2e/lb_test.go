@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -268,6 +269,33 @@ func TestReadinessHeldOutAcrossADaemonRestart(t *testing.T) {
 	}
 }
 
+// haproxyNode is a sandbox node and the rest of the fleet behind a real
+// HAProxy (haproxyConfig, the app's own check) in the client namespace,
+// and a config that takes the node out through HAProxy's runtime API,
+// its daemon's metrics on metricsPort. All of it ends with t.
+func haproxyNode(t *testing.T, name string, metricsPort int) (n *sandbox.Node, h *sandbox.HAProxy, cfg, stateDir string) {
+	t.Helper()
+	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
+		t.Skip("haproxy is not installed (make setup installs it)")
+	}
+	n = setupNode(t, name, nil)
+	other := startOtherServer(t, n)
+	t.Cleanup(func() { other.Close() })
+	dir, err := os.MkdirTemp("", "pa-hap") // short: it holds the admin socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	h, err = sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, "/health-check", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Stop)
+	cfg, stateDir = writeConfig(t, n, n.Opts.AppName, fmt.Sprintf("  metrics_listen: 127.0.0.1:%d\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\n  timeout: 20s\nhealth:\n  interval: 100ms\n", metricsPort)+
+		"lb:\n  deadline: 15s\n  haproxy:\n    socket: "+h.Socket+"\n    backend: be\n    server: node\n")
+	return n, h, cfg, stateDir
+}
+
 // TestHAProxyLeavesLongRequestsToTheDrain: a request that outlives the
 // take-out does not fail pre at lb-out (HAProxy reports the server
 // DRAIN with its session still running): the block refuses only new
@@ -275,24 +303,7 @@ func TestReadinessHeldOutAcrossADaemonRestart(t *testing.T) {
 // killed right after lb-out (HAProxy has the node DRAIN, nothing blocked)
 // is put back by exit.
 func TestHAProxyLeavesLongRequestsToTheDrain(t *testing.T) {
-	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
-		t.Skip("haproxy is not installed (make setup installs it)")
-	}
-	n := setupNode(t, "pa-e2lf", nil)
-	other := startOtherServer(t, n)
-	defer other.Close()
-	dir, err := os.MkdirTemp("", "pa-hap")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, "/health-check", ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Stop()
-	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18758\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\n  timeout: 20s\nhealth:\n  interval: 100ms\n"+
-		"lb:\n  deadline: 15s\n  haproxy:\n    socket: "+h.Socket+"\n    backend: be\n    server: node\n")
+	n, h, cfg, _ := haproxyNode(t, "pa-e2lf", 18758)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	up := func() {
@@ -340,5 +351,71 @@ func TestHAProxyLeavesLongRequestsToTheDrain(t *testing.T) {
 	}
 	if st, err := h.Status("be", "node"); err != nil || st != "UP" {
 		t.Fatalf("after exit HAProxy has the node %q (%v)", st, err)
+	}
+}
+
+// TestHAProxyLeavesAnOperatorsMaintenance: the operator set the node's
+// server to maint in the real HAProxy. An exit with no cycle open (SSM
+// runs it when nothing needed patching) leaves it there, and so does a
+// whole cycle through the real daemon: pre records maint, reports the
+// node in no LB rotation and blocks; exit leaves the server in maint.
+// Once the operator sets it ready, the next cycle drains it and puts it
+// back UP. Before, each of those exits set the server ready (pre's drain
+// had also cleared the maint).
+func TestHAProxyLeavesAnOperatorsMaintenance(t *testing.T) {
+	n, h, cfg, stateDir := haproxyNode(t, "pa-e2lm", 18759)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := h.WaitStatus(ctx, "be", "node", "UP"); err != nil {
+		t.Fatalf("%v\n%s", err, h.Log())
+	}
+	operator := &lb.HAProxy{Socket: h.Socket, Backend: "be", Server: "node"}
+	set := func(state string) {
+		t.Helper()
+		if out, err := operator.Command(ctx, "set server be/node state "+state); err != nil || strings.TrimSpace(out) != "" {
+			t.Fatalf("set server be/node state %s: %q %v", state, out, err)
+		}
+	}
+	inMaint := func(after string) {
+		t.Helper()
+		if st, err := h.Status("be", "node"); err != nil || st != "MAINT" {
+			t.Fatalf("after %s HAProxy has the node %q (%v), want the operator's MAINT", after, st, err)
+		}
+	}
+	set("maint")
+	startDaemon(t, n, cfg)
+	if exit := patchagent(t, n, "exit", "--config", cfg); exit.code != 0 || !strings.Contains(firstLine(exit.stdout), "nothing to do") {
+		t.Fatalf("exit with no cycle: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+	}
+	inMaint("an exit with no cycle open")
+
+	pre := patchagent(t, n, "pre", "--config", cfg)
+	if want := "in no LB rotation (HAProxy be/node was set to maint before pre: left so)"; pre.code != 0 || !strings.Contains(firstLine(pre.stdout), want) {
+		t.Fatalf("pre: %d, want %q in its first line\n%s\n%s", pre.code, want, pre.stdout, pre.stderr)
+	}
+	var rec lb.HAProxyRecord
+	if raw := readState(t, stateDir).LB; json.Unmarshal(raw, &rec) != nil || rec != (lb.HAProxyRecord{Server: "be/node", Admin: lb.AdminMaint}) {
+		t.Fatalf("the state file's lb record is %s", raw)
+	}
+	assertBlocked(t, n)
+	inMaint("pre")
+	if exit := patchagent(t, n, "exit", "--config", cfg); exit.code != 0 {
+		t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+	}
+	inMaint("the cycle's exit")
+	if st := readState(t, stateDir); st.LB != nil {
+		t.Fatalf("the record stays after exit: %s", st.LB)
+	}
+	assertInService(t, n)
+
+	set("ready")
+	if err := h.WaitStatus(ctx, "be", "node", "UP"); err != nil {
+		t.Fatal(err)
+	}
+	if pre := patchagent(t, n, "pre", "--config", cfg); pre.code != 0 || !strings.Contains(firstLine(pre.stdout), "out of LB rotation (HAProxy be/node DRAIN") {
+		t.Fatalf("pre: %d\n%s\n%s", pre.code, pre.stdout, pre.stderr)
+	}
+	if exit := patchagent(t, n, "exit", "--config", cfg); exit.code != 0 || !strings.Contains(firstLine(exit.stdout), "back in LB rotation (HAProxy be/node UP") {
+		t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
 	}
 }
