@@ -324,7 +324,7 @@ func (a *Agent) putBack(ctx context.Context, r *phaseRun) (stepOut, error) {
 		return stepOut{}, err
 	}
 	if w.NotIn {
-		r.rep.warn("the node was in no load balancer rotation when pre ran (%s): nothing was put back", w.By)
+		r.rep.warn("nothing was put back in the load balancer's rotation (%s)", w.By)
 		r.rep.Summary = append(r.rep.Summary, fmt.Sprintf("in no LB rotation (%s)", w.By))
 		return stepOut{result: "warn", detail: lbNotIn}, nil
 	}

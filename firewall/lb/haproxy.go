@@ -316,10 +316,15 @@ func (h *HAProxy) TakeOut(ctx context.Context, deadline time.Duration) (Wait, er
 }
 
 // PutBack sets the server ready and waits, up to deadline, until HAProxy
-// reports it in rotation (InRotation): UP, or "no check".
+// reports it in rotation (InRotation): UP, or "no check". A server set to
+// maint since TakeOut's drain (an operator stepping in during the cycle)
+// is left so.
 func (h *HAProxy) PutBack(ctx context.Context, deadline time.Duration) (Wait, error) {
 	if w, ok := h.leftAlone(); ok {
 		return w, nil
+	}
+	if a, err := h.Admin(ctx); err == nil && a == AdminMaint {
+		return Wait{NotIn: true, By: fmt.Sprintf("HAProxy %s was set to maint during the cycle: left so", h.name())}, nil
 	}
 	return h.change(ctx, deadline, "ready", func(s ServerStat) bool { return InRotation(s.Status) })
 }

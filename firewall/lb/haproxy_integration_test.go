@@ -6,6 +6,7 @@ import (
 	"bufio"
 	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -143,14 +144,15 @@ func TestRealHAProxyTakesEveryKindOfServerOutAndBack(t *testing.T) {
 			}
 		})
 	}
-	// A server that leaves maintenance is "UP 1/2" until its first check,
-	// here a failing one: never in rotation, so never confirmed.
+	// A drained server whose checks fail is never in rotation once
+	// ready: never confirmed. (One leaving maintenance, "UP 1/2" until its
+	// first check, is the unit test's: PutBack leaves a maint alone.)
 	h := &HAProxy{Socket: filepath.Join(dir, "admin.sock"), Backend: "be", Server: "dead", Poll: 5 * time.Millisecond}
-	if err := h.setState(context.Background(), "maint"); err != nil {
+	if err := h.setState(context.Background(), "drain"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.PutBack(context.Background(), time.Second); !errors.Is(err, ErrNotConfirmed) || !strings.Contains(err.Error(), `still "DOWN"`) {
-		t.Fatalf("a dead server left maintenance: %v", err)
+		t.Fatalf("a dead server readied: %v", err)
 	}
 }
 
@@ -211,6 +213,24 @@ func TestRealHAProxyLeavesAnOperatorsStateAlone(t *testing.T) {
 				t.Fatalf("out %+v, in %+v: want both in no rotation", out, in)
 			}
 		})
+	}
+	// Ready at pre, drained by TakeOut, then the operator steps in: the
+	// put back leaves the maint.
+	h := &HAProxy{Socket: sock, Backend: "be", Server: "checked", Poll: 20 * time.Millisecond}
+	if err := h.Restore(json.RawMessage(`{"haproxy_server":"be/checked","admin":"ready"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.TakeOut(ctx, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.setState(ctx, "maint"); err != nil {
+		t.Fatal(err)
+	}
+	if w, err := h.PutBack(ctx, 5*time.Second); err != nil || !w.NotIn {
+		t.Fatalf("put back after the operator's maint: %+v %v", w, err)
+	}
+	if st, err := h.Stat(ctx); err != nil || st.Status != "MAINT" {
+		t.Fatalf("status %q (%v), want MAINT", st.Status, err)
 	}
 }
 

@@ -173,6 +173,32 @@ func TestHAProxyLeavesWhatItDidNotSet(t *testing.T) {
 	}
 }
 
+// TestHAProxyLeavesAMaintSetDuringTheCycle: the server was ready at pre,
+// drained by TakeOut, then an operator set it to maint: PutBack leaves it
+// so (no `state ready`), in no rotation.
+func TestHAProxyLeavesAMaintSetDuringTheCycle(t *testing.T) {
+	f := &fakeHAProxy{status: "UP"}
+	h := &HAProxy{Socket: f.serve(t), Backend: "be", Server: "node", Poll: time.Millisecond}
+	if err := h.Restore(json.RawMessage(`{"haproxy_server":"be/node","admin":"ready"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.TakeOut(context.Background(), time.Second); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.admin, f.status = "1", "MAINT"
+	f.mu.Unlock()
+	w, err := h.PutBack(context.Background(), time.Second)
+	if err != nil || !w.NotIn || w.By != "HAProxy be/node was set to maint during the cycle: left so" {
+		t.Fatalf("put back: %+v %v", w, err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if slices.Contains(f.cmds, "set server be/node state ready") {
+		t.Fatalf("commands %q: the operator's maint was undone", f.cmds)
+	}
+}
+
 // TestHAProxyRecordCarriesWhatItFound: a record the last cycle could not
 // put back stands for its server (the server is drained by us since);
 // one of another server is not taken, nor restored.
