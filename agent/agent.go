@@ -81,6 +81,7 @@ var (
 	_ Commands   = (*hooks.Commands)(nil)
 
 	_ JournaledRotation = (*lb.HAProxy)(nil)
+	_ JournaledRotation = lb.HAProxies(nil)
 )
 
 // Deps are the seams a phase works through.

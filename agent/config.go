@@ -237,7 +237,7 @@ func (c LBConfig) wait(out bool) Duration {
 	switch {
 	case c.aws() && !out:
 		return c.AWS.HealthyTimeout
-	case c.aws() || c.HealthListen != "" || c.HAProxy.Socket != "":
+	case c.aws() || c.HealthListen != "" || c.HAProxy.set():
 		return c.Deadline
 	}
 	return 0
@@ -307,8 +307,8 @@ func (c LBConfig) backend() string {
 		return fmt.Sprintf("AWS ELBv2, the Auto Scaling group's target groups, min_healthy %s, standby %s", c.AWS.MinHealthy, c.AWS.Standby)
 	case c.aws():
 		return fmt.Sprintf("AWS ELBv2, %d target group(s), min_healthy %s, standby %s", len(c.AWS.TargetGroups), c.AWS.MinHealthy, c.AWS.Standby)
-	case c.HAProxy.Socket != "":
-		return fmt.Sprintf("HAProxy runtime API %s, server %s/%s", c.HAProxy.Socket, c.HAProxy.Backend, c.HAProxy.Server)
+	case c.HAProxy.set():
+		return fmt.Sprintf("HAProxy runtime API %s, server %s/%s", strings.Join(c.HAProxy.sockets(), ", "), c.HAProxy.Backend, c.HAProxy.Server)
 	case c.HealthListen != "":
 		return fmt.Sprintf("readiness endpoint %s%s", c.HealthListen, c.Path)
 	}
@@ -332,11 +332,12 @@ func (c LBConfig) plan(out bool) string {
 		}
 		return fmt.Sprintf("%sregister the recorded target group registrations again, wait until each group reports them healthy (at most lb.aws.healthy_timeout %s), restore a lowered minimum size", back, a.HealthyTimeout)
 	}
-	if h := c.HAProxy; h.Socket != "" {
+	if h := c.HAProxy; h.set() {
+		apis := strings.Join(h.sockets(), ", ")
 		if out {
-			return fmt.Sprintf("record the admin state of server %s/%s on HAProxy's runtime API %s in the state file (one set to maint or drain before is left so); set it to drain; wait until HAProxy reports it out of rotation (DRAIN, MAINT, NOLB or DOWN; its sessions are left to the drain) (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
+			return fmt.Sprintf("record the admin state of server %s/%s on HAProxy's runtime API %s in the state file (one set to maint or drain before is left so); set it to drain; wait until HAProxy reports it out of rotation (DRAIN, MAINT, NOLB or DOWN; its sessions are left to the drain) (at most %s)", h.Backend, h.Server, apis, c.Deadline)
 		}
-		return fmt.Sprintf("set server %s/%s state ready on HAProxy's runtime API %s, unless pre found it set to maint or drain; wait until HAProxy reports it UP (\"no check\" without a health check) (at most %s)", h.Backend, h.Server, h.Socket, c.Deadline)
+		return fmt.Sprintf("set server %s/%s state ready on HAProxy's runtime API %s, unless pre found it set to maint or drain; wait until HAProxy reports it UP (\"no check\" without a health check) (at most %s)", h.Backend, h.Server, apis, c.Deadline)
 	}
 	if out {
 		return fmt.Sprintf("the readiness endpoint on %s%s answers 503; wait until each load balancer checker was told so %d time(s) in a row (at most %s)", c.HealthListen, c.Path, c.UnhealthyThreshold, c.Deadline)
@@ -351,9 +352,26 @@ type HAProxyConfig struct {
 	// The runtime API: a unix socket path or host:port (default "": not
 	// used).
 	Socket string `yaml:"socket"`
+	// Or the runtime APIs of several HAProxy instances that each balance
+	// to the node (an HA pair), the same backend and server in each; not
+	// with socket.
+	Sockets []string `yaml:"sockets"`
 	// The backend and server this node is in HAProxy's configuration.
 	Backend string `yaml:"backend"`
 	Server  string `yaml:"server"`
+}
+
+// set reports whether any of lb.haproxy is set.
+func (h HAProxyConfig) set() bool {
+	return h.Socket != "" || len(h.Sockets) > 0 || h.Backend != "" || h.Server != ""
+}
+
+// sockets are the runtime APIs to drive: socket's, or sockets.
+func (h HAProxyConfig) sockets() []string {
+	if h.Socket != "" {
+		return []string{h.Socket}
+	}
+	return h.Sockets
 }
 
 type DaemonConfig struct {
@@ -416,7 +434,8 @@ func DefaultConfig() Config {
 			NodeWait:        Duration(10 * time.Minute),
 		},
 		LB: LBConfig{Path: "/ready", Interval: Duration(10 * time.Second), UnhealthyThreshold: 2, HealthyThreshold: 2, Deadline: Duration(2 * time.Minute),
-			AWS: AWSConfig{TargetGroups: TargetGroupList{}, MinHealthy: "1", Standby: "auto", DecrementDesiredCapacity: true, HealthyTimeout: Duration(10 * time.Minute)}},
+			HAProxy: HAProxyConfig{Sockets: []string{}},
+			AWS:     AWSConfig{TargetGroups: TargetGroupList{}, MinHealthy: "1", Standby: "auto", DecrementDesiredCapacity: true, HealthyTimeout: Duration(10 * time.Minute)}},
 	}
 }
 

@@ -129,6 +129,10 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 		{"aws target groups a scalar other than auto", "app: {name: a}\nlb:\n  aws:\n    target_groups: " + tgARN + "\n", []string{"want a list of target group ARNs or \"auto\""}},
 		{"aws standby", "app: {name: a}\nlb:\n  aws:\n    target_groups: auto\n    standby: always\n    endpoints: {autoscaling: \"x\"}\n", []string{"lb.aws.standby: \"always\": want auto or never", "lb.aws.endpoints.autoscaling: \"x\" is not an http(s) base URL"}},
 		{"aws with the readiness endpoint", "app: {name: a}\nlb:\n  health_listen: 0.0.0.0:8742\n  aws:\n    target_groups: [" + tgARN + "]\n", []string{"lb.aws: set with lb.health_listen or lb.haproxy"}},
+		{"haproxy socket not a socket", "app: {name: a}\nlb:\n  haproxy: {socket: haproxy.sock, backend: be, server: n1}\n", []string{"lb.haproxy.socket: \"haproxy.sock\" is neither an absolute unix socket path nor host:port"}},
+		{"haproxy socket and sockets", "app: {name: a}\nlb:\n  haproxy: {socket: /run/h.sock, sockets: [\"10.0.0.5:9999\"], backend: be, server: n1}\n", []string{"lb.haproxy.sockets: set with lb.haproxy.socket"}},
+		{"haproxy sockets", "app: {name: a}\nlb:\n  haproxy: {sockets: [\"10.0.0.5:9999\", lb2, \"10.0.0.5:9999\"], backend: be, server: n1}\n", []string{"lb.haproxy.sockets[1]: \"lb2\" is neither", "lb.haproxy.sockets[2]: \"10.0.0.5:9999\" is lb.haproxy.sockets[0] already"}},
+		{"haproxy without a socket", "app: {name: a}\nlb:\n  haproxy: {backend: be, server: n1}\n", []string{"lb.haproxy.socket: \"\" is neither"}},
 		{"every problem at once", "app:\n  nmae: a\ntraffic:\n  ports: [0]\n  action: x\ndrain:\n  idle: 3\n",
 			[]string{"line 1: app.name: required", "line 2: app.nmae: unknown key", "line 4: traffic.ports[0]: 0 is not a TCP port", "line 5: traffic.action", "line 7: drain.idle"}},
 	}

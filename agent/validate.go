@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/url"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -237,7 +238,7 @@ var targetGroupARN = regexp.MustCompile(`^arn:aws[a-z-]*:elasticloadbalancing:[a
 
 func (c LBConfig) validate(ps *problems) {
 	if a := c.AWS; c.aws() || a.Endpoints != (AWSEndpoints{}) {
-		if c.HealthListen != "" || c.HAProxy != (HAProxyConfig{}) {
+		if c.HealthListen != "" || c.HAProxy.set() {
 			ps.bad("lb.aws", "set with lb.health_listen or lb.haproxy: choose one way to take the node out of rotation")
 		}
 		if len(a.TargetGroups) == 0 {
@@ -273,13 +274,30 @@ func (c LBConfig) validate(ps *problems) {
 		ps.positive("lb.aws.healthy_timeout", a.HealthyTimeout)
 		return
 	}
-	if h := c.HAProxy; h.Socket != "" || h.Backend != "" || h.Server != "" {
+	if h := c.HAProxy; h.set() {
 		if c.HealthListen != "" {
 			ps.bad("lb.haproxy", "set with lb.health_listen: choose one way to take the node out of rotation")
 		}
-		if !strings.HasPrefix(h.Socket, "/") {
-			if _, _, err := net.SplitHostPort(h.Socket); err != nil {
-				ps.bad("lb.haproxy.socket", "%q is neither an absolute unix socket path nor host:port", h.Socket)
+		keys := map[string]string{"lb.haproxy.socket": h.Socket}
+		switch {
+		case h.Socket != "" && len(h.Sockets) > 0:
+			ps.bad("lb.haproxy.sockets", "set with lb.haproxy.socket: name one runtime API there, or all of them here")
+			keys = nil
+		case len(h.Sockets) > 0:
+			keys = map[string]string{}
+			for i, s := range h.Sockets {
+				k := fmt.Sprintf("lb.haproxy.sockets[%d]", i)
+				if j := slices.Index(h.Sockets, s); j < i {
+					ps.bad(k, "%q is lb.haproxy.sockets[%d] already", s, j)
+				}
+				keys[k] = s
+			}
+		}
+		for key, s := range keys {
+			if !strings.HasPrefix(s, "/") {
+				if _, _, err := net.SplitHostPort(s); err != nil {
+					ps.bad(key, "%q is neither an absolute unix socket path nor host:port", s)
+				}
 			}
 		}
 		for key, v := range map[string]string{"lb.haproxy.backend": h.Backend, "lb.haproxy.server": h.Server} {

@@ -49,8 +49,12 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 			Standby: a.Standby == "auto", DecrementDesired: a.DecrementDesiredCapacity,
 			Connect:    awslb.Connected(awslb.Endpoints{IMDS: a.Endpoints.IMDS, ELBv2: a.Endpoints.ELBv2, AutoScaling: a.Endpoints.AutoScaling, EC2: a.Endpoints.EC2}),
 			MinHealthy: awslb.MinHealthy{Count: count, Percent: pct}}
-	} else if h := cfg.LB.HAProxy; h.Socket != "" {
-		rot = &lb.HAProxy{Socket: h.Socket, Backend: h.Backend, Server: h.Server}
+	} else if h := cfg.LB.HAProxy; h.set() {
+		var hs lb.HAProxies
+		for _, s := range h.sockets() {
+			hs = append(hs, &lb.HAProxy{Socket: s, Backend: h.Backend, Server: h.Server})
+		}
+		rot = hs
 	} else if cfg.LB.HealthListen != "" {
 		rot = lb.NewReadiness(hc, lb.Options{Interval: cfg.LB.Interval.D(), Unhealthy: cfg.LB.UnhealthyThreshold,
 			Healthy: cfg.LB.HealthyThreshold, ProbeTimeout: cfg.Health.Timeout.D()})

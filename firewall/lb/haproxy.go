@@ -49,8 +49,14 @@ type HAProxy struct {
 // HAProxyRecord is what the state journal keeps of a take-out: the server
 // and the admin state it was found in.
 type HAProxyRecord struct {
-	Server string `json:"haproxy_server"` // backend/server
-	Admin  string `json:"admin"`          // AdminReady, AdminMaint or AdminDrain
+	Socket string `json:"socket,omitempty"` // the runtime API ("" in the first records: any)
+	Server string `json:"haproxy_server"`   // backend/server
+	Admin  string `json:"admin"`            // AdminReady, AdminMaint or AdminDrain
+}
+
+// of reports whether r is a record of h's server.
+func (r HAProxyRecord) of(h *HAProxy) bool {
+	return r.Server == h.name() && (r.Socket == "" || r.Socket == h.Socket)
 }
 
 // The admin states a record can hold: what `set server ... state` sets.
@@ -263,7 +269,7 @@ func (h *HAProxy) Admin(ctx context.Context) (string, error) {
 func (h *HAProxy) Record(ctx context.Context, carried json.RawMessage) (json.RawMessage, error) {
 	if len(carried) > 0 && string(carried) != "null" {
 		var c HAProxyRecord
-		if err := json.Unmarshal(carried, &c); err == nil && c.Server == h.name() && c.Admin != "" {
+		if err := json.Unmarshal(carried, &c); err == nil && c.of(h) && c.Admin != "" {
 			return carried, nil
 		}
 	}
@@ -271,7 +277,7 @@ func (h *HAProxy) Record(ctx context.Context, carried json.RawMessage) (json.Raw
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(HAProxyRecord{Server: h.name(), Admin: admin})
+	return json.Marshal(HAProxyRecord{Socket: h.Socket, Server: h.name(), Admin: admin})
 }
 
 // Restore makes rec (from Record) what TakeOut, PutBack and SetOut go
@@ -282,15 +288,19 @@ func (h *HAProxy) Restore(rec json.RawMessage) error {
 		return fmt.Errorf("the recorded HAProxy server state: %w", err)
 	}
 	switch {
-	case r.Server != h.name():
-		return fmt.Errorf("the recorded HAProxy server state is of %q, not %s", r.Server, h.name())
+	case !r.of(h):
+		return fmt.Errorf("the recorded HAProxy server state is of %q at %q, not %s at %s", r.Server, r.Socket, h.name(), h.Socket)
 	case r.Admin != AdminReady && r.Admin != AdminMaint && r.Admin != AdminDrain:
 		return fmt.Errorf("the recorded HAProxy server state: admin %q", r.Admin)
 	}
-	h.mu.Lock()
-	h.found = r.Admin
-	h.mu.Unlock()
+	h.setFound(r.Admin)
 	return nil
+}
+
+func (h *HAProxy) setFound(admin string) {
+	h.mu.Lock()
+	h.found = admin
+	h.mu.Unlock()
 }
 
 // leftAlone says, for a server found in maint or drain (not by us), what

@@ -182,7 +182,7 @@ func TestRealHAProxyLeavesAnOperatorsStateAlone(t *testing.T) {
 			}
 			h := &HAProxy{Socket: sock, Backend: "be", Server: tt.server, Poll: 20 * time.Millisecond}
 			rec, err := h.Record(ctx, nil)
-			if err != nil || string(rec) != `{"haproxy_server":"be/`+tt.server+`","admin":"`+tt.admin+`"}` {
+			if err != nil || decodeRecord(t, rec) != (HAProxyRecord{Socket: sock, Server: "be/" + tt.server, Admin: tt.admin}) {
 				t.Fatalf("record %s %v", rec, err)
 			}
 			if err := h.Restore(rec); err != nil {

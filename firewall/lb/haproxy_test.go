@@ -139,8 +139,8 @@ func TestHAProxyLeavesWhatItDidNotSet(t *testing.T) {
 			f := &fakeHAProxy{status: "UP", admin: tt.flags}
 			h := &HAProxy{Socket: f.serve(t), Backend: "be", Server: "node", Poll: time.Millisecond}
 			rec, err := h.Record(context.Background(), nil)
-			if want := `{"haproxy_server":"be/node","admin":"` + tt.admin + `"}`; err != nil || string(rec) != want {
-				t.Fatalf("record %s %v, want %s", rec, err, want)
+			if want := (HAProxyRecord{Socket: h.Socket, Server: "be/node", Admin: tt.admin}); err != nil || decodeRecord(t, rec) != want {
+				t.Fatalf("record %s %v, want %+v", rec, err, want)
 			}
 			if err := h.Restore(rec); err != nil {
 				t.Fatal(err)
@@ -199,6 +199,15 @@ func TestHAProxyLeavesAMaintSetDuringTheCycle(t *testing.T) {
 	}
 }
 
+func decodeRecord(t *testing.T, b json.RawMessage) HAProxyRecord {
+	t.Helper()
+	var r HAProxyRecord
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("record %s: %v", b, err)
+	}
+	return r
+}
+
 // TestHAProxyRecordCarriesWhatItFound: a record the last cycle could not
 // put back stands for its server (the server is drained by us since);
 // one of another server is not taken, nor restored.
@@ -210,10 +219,10 @@ func TestHAProxyRecordCarriesWhatItFound(t *testing.T) {
 		t.Fatalf("record %s %v, want the carried one", rec, err)
 	}
 	other := json.RawMessage(`{"haproxy_server":"be/web2","admin":"ready"}`)
-	if rec, err := h.Record(context.Background(), other); err != nil || string(rec) != `{"haproxy_server":"be/node","admin":"drain"}` {
+	if rec, err := h.Record(context.Background(), other); err != nil || decodeRecord(t, rec) != (HAProxyRecord{Socket: h.Socket, Server: "be/node", Admin: AdminDrain}) {
 		t.Fatalf("record %s %v, want this server's own", rec, err)
 	}
-	for _, bad := range []string{string(other), `{"haproxy_server":"be/node","admin":"up"}`, `["web i-1:80"]`} {
+	for _, bad := range []string{string(other), `{"haproxy_server":"be/node","admin":"up"}`, `{"socket":"/run/other.sock","haproxy_server":"be/node","admin":"ready"}`, `["web i-1:80"]`} {
 		if err := h.Restore(json.RawMessage(bad)); err == nil {
 			t.Errorf("restored %s", bad)
 		}

@@ -28,10 +28,10 @@ import (
 // clients each on a new connection), so that the window between the block
 // and HAProxy's own verdict shows every time (with reuse always the
 // block-only errors ranged 1 to 33 here, the readiness endpoint's stayed 0
-// in 5 runs; with keep-alive clients one run saw none). check is the node
-// server's check options.
-func haproxyConfig(n *sandbox.Node, checkPath, check string) string {
-	return sandbox.HTTPConfig(18080, "never", checkPath, []string{
+// in 5 runs; with keep-alive clients one run saw none). Its frontend is
+// on port; check is the node server's check options.
+func haproxyConfig(n *sandbox.Node, port int, checkPath, check string) string {
+	return sandbox.HTTPConfig(port, "never", checkPath, []string{
 		fmt.Sprintf("node %s:443 check %s inter 2s fall 2 rise 2", n.ServerV4, check),
 		"other 127.0.0.1:18081 check inter 2s fall 2 rise 2",
 	})
@@ -60,7 +60,7 @@ func TestPatchBehindHAProxy(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer os.RemoveAll(dir)
-		h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, checkPath, check))
+		h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, 18080, checkPath, check))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -154,7 +154,7 @@ func TestHAProxyRuntimeAPIErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer os.RemoveAll(dir)
-	h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, "/health-check", ""))
+	h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, 18080, "/health-check", ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +286,7 @@ func haproxyNode(t *testing.T, name string, metricsPort int) (n *sandbox.Node, h
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	h, err = sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, "/health-check", ""))
+	h, err = sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, 18080, "/health-check", ""))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,8 +393,8 @@ func TestHAProxyLeavesAnOperatorsMaintenance(t *testing.T) {
 	if want := "in no LB rotation (HAProxy be/node was set to maint before pre: left so)"; pre.code != 0 || !strings.Contains(firstLine(pre.stdout), want) {
 		t.Fatalf("pre: %d, want %q in its first line\n%s\n%s", pre.code, want, pre.stdout, pre.stderr)
 	}
-	var rec lb.HAProxyRecord
-	if raw := readState(t, stateDir).LB; json.Unmarshal(raw, &rec) != nil || rec != (lb.HAProxyRecord{Server: "be/node", Admin: lb.AdminMaint}) {
+	var recs []lb.HAProxyRecord
+	if raw := readState(t, stateDir).LB; json.Unmarshal(raw, &recs) != nil || len(recs) != 1 || recs[0] != (lb.HAProxyRecord{Socket: h.Socket, Server: "be/node", Admin: lb.AdminMaint}) {
 		t.Fatalf("the state file's lb record is %s", raw)
 	}
 	assertBlocked(t, n)
@@ -418,4 +418,89 @@ func TestHAProxyLeavesAnOperatorsMaintenance(t *testing.T) {
 	if exit := patchagent(t, n, "exit", "--config", cfg); exit.code != 0 || !strings.Contains(firstLine(exit.stdout), "back in LB rotation (HAProxy be/node UP") {
 		t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
 	}
+}
+
+// TestPatchBehindAnHAProxyPair: two real HAProxy instances (an HA pair,
+// each balancing to the node and the rest of the fleet, checks every 2 s,
+// fall 2, no retries) under load through both. With lb.haproxy.sockets
+// naming both, pre drains the node in each before the block and exit
+// readies it in each: no client error. Naming one of them only (all a
+// config could say before), the other sends the node requests the block
+// refuses.
+func TestPatchBehindAnHAProxyPair(t *testing.T) {
+	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
+		t.Skip("haproxy is not installed (make setup installs it)")
+	}
+	n := setupNode(t, "pa-e2lp", nil)
+	other := startOtherServer(t, n)
+	defer other.Close()
+	var pair [2]*sandbox.HAProxy
+	for i, port := range []int{18080, 18082} {
+		dir, err := os.MkdirTemp("", "pa-hap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer os.RemoveAll(dir)
+		h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, port, "/health-check", ""))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h.Stop()
+		pair[i] = h
+	}
+	run := func(t *testing.T, sockets ...string) (errs, ok int64, pre, exit result) {
+		list, _ := json.Marshal(sockets)
+		cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18760\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\nhealth:\n  interval: 100ms\n"+
+			"lb:\n  deadline: 15s\n  haproxy:\n    sockets: "+string(list)+"\n    backend: be\n    server: node\n")
+		startDaemon(t, n, cfg)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		for _, h := range pair {
+			for _, s := range []string{"node", "other"} {
+				if err := h.WaitStatus(ctx, "be", s, "UP"); err != nil {
+					t.Fatalf("%v\n%s", err, h.Log())
+				}
+			}
+		}
+		loads := []*load{startLoad(n, "http://127.0.0.1:18080/", 20*time.Millisecond), startLoad(n, "http://127.0.0.1:18082/", 20*time.Millisecond)}
+		stop := func() {
+			for _, l := range loads {
+				e, o := l.stop()
+				errs, ok = errs+e, ok+o
+			}
+		}
+		time.Sleep(time.Second)
+		if pre = patchagent(t, n, "pre", "--config", cfg); pre.code != 0 {
+			stop()
+			t.Fatalf("pre: %d\n%s\n%s", pre.code, pre.stdout, pre.stderr)
+		}
+		time.Sleep(time.Second)
+		if exit = patchagent(t, n, "exit", "--config", cfg); exit.code != 0 {
+			stop()
+			t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+		}
+		time.Sleep(time.Second)
+		stop()
+		return errs, ok, pre, exit
+	}
+	t.Run("one of the pair named", func(t *testing.T) {
+		errs, ok, _, _ := run(t, pair[0].Socket)
+		t.Logf("one of the pair named: %d client errors, %d ok", errs, ok)
+		if errs == 0 {
+			t.Fatalf("no client error through the instance not named (%d ok): the test does not show what it guards against", ok)
+		}
+	})
+	t.Run("both named", func(t *testing.T) {
+		errs, ok, pre, exit := run(t, pair[0].Socket, pair[1].Socket)
+		t.Logf("both named: %d client errors, %d ok\npre: %s\nexit: %s", errs, ok, firstLine(pre.stdout), firstLine(exit.stdout))
+		if errs != 0 || ok == 0 {
+			t.Fatalf("%d client errors (%d ok) through the pair\npre:\n%s\nexit:\n%s", errs, ok, pre.stdout, exit.stdout)
+		}
+		for _, h := range pair {
+			if !strings.Contains(firstLine(pre.stdout), "DRAIN, ") || !strings.Contains(firstLine(pre.stdout), " at "+h.Socket) ||
+				!strings.Contains(firstLine(exit.stdout), "UP, ") || !strings.Contains(firstLine(exit.stdout), " at "+h.Socket) {
+				t.Fatalf("pre %q, exit %q: want each instance named", firstLine(pre.stdout), firstLine(exit.stdout))
+			}
+		}
+	})
 }
