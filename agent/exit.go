@@ -59,8 +59,10 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 	a.begin(r)
 	// Outside clients must not reach an app nobody has checked: after a
 	// reboot (or another tool's flush) the rules are gone while the cycle is
-	// open, so they go back first.
-	if !fw.Blocked() {
+	// open, so they go back first. Not for a cycle whose pre stopped before
+	// the block (at lb-out): nothing was stopped or changed, and the LB,
+	// which may not have taken the node out, would meet refusals.
+	if !fw.Blocked() && r.st.Blocks() {
 		err := a.step(r, "reblock", func() (stepOut, error) {
 			if err := a.d.Firewall.Block(ctx); err != nil {
 				return stepOut{}, fmt.Errorf("re-applying the block: %w", err)
@@ -117,7 +119,7 @@ func (a *Agent) exit(ctx context.Context, r *phaseRun) error {
 func (a *Agent) exitPlan(r *phaseRun, blocked bool) {
 	rep, app := r.rep, a.cfg.App.Name
 	rep.Result = ResultDryRun
-	if !blocked {
+	if !blocked && r.st.Blocks() {
 		rep.Plan = append(rep.Plan, "re-apply the block first (the cycle is open but the rules are gone):")
 		rep.Plan = append(rep.Plan, a.d.Firewall.Plan()...)
 	}

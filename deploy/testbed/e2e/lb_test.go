@@ -504,3 +504,37 @@ func TestPatchBehindAnHAProxyPair(t *testing.T) {
 		}
 	})
 }
+
+// TestExitAfterAPreKilledBeforeTheLB: pre killed (as an SSM timeout kills
+// it) once it recorded lb-out, before it changed anything: the cycle is
+// open, HAProxy still balances to the node, nothing was blocked or
+// stopped. exit does not block the node (the cycle never got to the
+// block) while it checks the app: under load through HAProxy, no client
+// error. Before, exit re-applied "the" block first and HAProxy's requests
+// to the node met refusals until the unblock.
+func TestExitAfterAPreKilledBeforeTheLB(t *testing.T) {
+	n, h, cfg, _ := haproxyNode(t, "pa-e2lk", 18761)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, s := range []string{"node", "other"} {
+		if err := h.WaitStatus(ctx, "be", s, "UP"); err != nil {
+			t.Fatalf("%v\n%s", err, h.Log())
+		}
+	}
+	killPreAt(t, n, cfg, "lb-out")
+	if st, err := h.Status("be", "node"); err != nil || st != "UP" {
+		t.Fatalf("after a pre killed before the LB, HAProxy has the node %q (%v)", st, err)
+	}
+	load := startLoad(n, "http://127.0.0.1:18080/", 20*time.Millisecond)
+	time.Sleep(500 * time.Millisecond)
+	exit := patchagent(t, n, "exit", "--config", cfg)
+	time.Sleep(500 * time.Millisecond)
+	errs, ok := load.stop()
+	t.Logf("%d client errors, %d ok", errs, ok)
+	if exit.code != 0 || strings.Contains(exit.stdout, "reblock") {
+		t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+	}
+	if errs != 0 || ok == 0 {
+		t.Fatalf("%d client errors (%d ok) through HAProxy during exit\n%s", errs, ok, exit.stdout)
+	}
+}
