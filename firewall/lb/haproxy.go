@@ -32,8 +32,8 @@ import (
 // server had before pre (`show servers state`) for the state journal: a
 // server someone else had set to maint or drain (an operator, another
 // tool) is left as it was by TakeOut, PutBack and SetOut, which report it
-// in no rotation (Wait.NotIn). Before, the boot and every exit with no
-// cycle open set it ready.
+// in no rotation (Wait.NotIn). Before, pre's drain cleared an operator's
+// maint, and exit (every one with no cycle open too) set the server ready.
 type HAProxy struct {
 	// Socket is the runtime API: a unix socket path, or host:port.
 	Socket string
@@ -67,9 +67,11 @@ const (
 )
 
 // HAProxy's srv_admin_state flags that `set server ... state maint|drain`
-// sets (src/server.h SRV_ADMF_FMAINT, SRV_ADMF_FDRAIN); the others are
-// inherited (a tracked server's), from the config file's "disabled" or
-// from DNS resolution, and are no state of ours to keep or undo.
+// sets (src/server.h SRV_ADMF_FMAINT, SRV_ADMF_FDRAIN; Debian 12's 2.6.12
+// shows 1 and 8, and 5 for a server the config file starts "disabled",
+// FMAINT with CMAINT). The others are inherited (a tracked server's, 2
+// and 16), CMAINT left after a ready (4), or from DNS resolution: no
+// state of ours to keep or undo.
 const (
 	adminForcedMaint = 0x01
 	adminForcedDrain = 0x08
