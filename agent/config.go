@@ -308,7 +308,7 @@ func (c LBConfig) backend() string {
 	case c.aws():
 		return fmt.Sprintf("AWS ELBv2, %d target group(s), min_healthy %s, standby %s", len(c.AWS.TargetGroups), c.AWS.MinHealthy, c.AWS.Standby)
 	case c.HAProxy.set():
-		return fmt.Sprintf("HAProxy runtime API %s, server %s/%s", strings.Join(c.HAProxy.sockets(), ", "), c.HAProxy.Backend, c.HAProxy.Server)
+		return fmt.Sprintf("HAProxy runtime API %s, server %s", strings.Join(c.HAProxy.sockets(), ", "), strings.Join(c.HAProxy.servers(), ", "))
 	case c.HealthListen != "":
 		return fmt.Sprintf("readiness endpoint %s%s", c.HealthListen, c.Path)
 	}
@@ -333,11 +333,11 @@ func (c LBConfig) plan(out bool) string {
 		return fmt.Sprintf("%sregister the recorded target group registrations again, wait until each group reports them healthy (at most lb.aws.healthy_timeout %s), restore a lowered minimum size", back, a.HealthyTimeout)
 	}
 	if h := c.HAProxy; h.set() {
-		apis := strings.Join(h.sockets(), ", ")
+		apis, servers := strings.Join(h.sockets(), ", "), strings.Join(h.servers(), ", ")
 		if out {
-			return fmt.Sprintf("record the admin state of server %s/%s on HAProxy's runtime API %s in the state file (one set to maint or drain before is left so); set it to drain; wait until HAProxy reports it out of rotation (DRAIN, MAINT, NOLB or DOWN; its sessions are left to the drain) (at most %s)", h.Backend, h.Server, apis, c.Deadline)
+			return fmt.Sprintf("record the admin state of server %s on HAProxy's runtime API %s in the state file (one set to maint or drain before is left so); set it to drain; wait until HAProxy reports it out of rotation (DRAIN, MAINT, NOLB or DOWN; its sessions are left to the drain) (at most %s)", servers, apis, c.Deadline)
 		}
-		return fmt.Sprintf("set server %s/%s state ready on HAProxy's runtime API %s, unless pre found it set to maint or drain; wait until HAProxy reports it UP (\"no check\" without a health check) (at most %s)", h.Backend, h.Server, apis, c.Deadline)
+		return fmt.Sprintf("set server %s state ready on HAProxy's runtime API %s, unless pre found it set to maint or drain; wait until HAProxy reports it UP (\"no check\" without a health check) (at most %s)", servers, apis, c.Deadline)
 	}
 	if out {
 		return fmt.Sprintf("the readiness endpoint on %s%s answers 503; wait until each load balancer checker was told so %d time(s) in a row (at most %s)", c.HealthListen, c.Path, c.UnhealthyThreshold, c.Deadline)
@@ -359,11 +359,23 @@ type HAProxyConfig struct {
 	// The backend and server this node is in HAProxy's configuration.
 	Backend string `yaml:"backend"`
 	Server  string `yaml:"server"`
+	// Or each backend/server this node is in (one per backend it serves),
+	// in every instance; not with backend and server.
+	Servers []string `yaml:"servers"`
 }
 
 // set reports whether any of lb.haproxy is set.
 func (h HAProxyConfig) set() bool {
-	return h.Socket != "" || len(h.Sockets) > 0 || h.Backend != "" || h.Server != ""
+	return h.Socket != "" || len(h.Sockets) > 0 || h.Backend != "" || h.Server != "" || len(h.Servers) > 0
+}
+
+// servers are the backend/server names to drive in each instance:
+// backend's and server's, or servers.
+func (h HAProxyConfig) servers() []string {
+	if len(h.Servers) > 0 {
+		return h.Servers
+	}
+	return []string{h.Backend + "/" + h.Server}
 }
 
 // sockets are the runtime APIs to drive: socket's, or sockets.
@@ -434,7 +446,7 @@ func DefaultConfig() Config {
 			NodeWait:        Duration(10 * time.Minute),
 		},
 		LB: LBConfig{Path: "/ready", Interval: Duration(10 * time.Second), UnhealthyThreshold: 2, HealthyThreshold: 2, Deadline: Duration(2 * time.Minute),
-			HAProxy: HAProxyConfig{Sockets: []string{}},
+			HAProxy: HAProxyConfig{Sockets: []string{}, Servers: []string{}},
 			AWS:     AWSConfig{TargetGroups: TargetGroupList{}, MinHealthy: "1", Standby: "auto", DecrementDesiredCapacity: true, HealthyTimeout: Duration(10 * time.Minute)}},
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -133,6 +134,8 @@ func TestParseConfigRefusesBadInput(t *testing.T) {
 		{"haproxy socket and sockets", "app: {name: a}\nlb:\n  haproxy: {socket: /run/h.sock, sockets: [\"10.0.0.5:9999\"], backend: be, server: n1}\n", []string{"lb.haproxy.sockets: set with lb.haproxy.socket"}},
 		{"haproxy sockets", "app: {name: a}\nlb:\n  haproxy: {sockets: [\"10.0.0.5:9999\", lb2, \"10.0.0.5:9999\"], backend: be, server: n1}\n", []string{"lb.haproxy.sockets[1]: \"lb2\" is neither", "lb.haproxy.sockets[2]: \"10.0.0.5:9999\" is lb.haproxy.sockets[0] already"}},
 		{"haproxy without a socket", "app: {name: a}\nlb:\n  haproxy: {backend: be, server: n1}\n", []string{"lb.haproxy.socket: \"\" is neither"}},
+		{"haproxy servers with backend", "app: {name: a}\nlb:\n  haproxy: {socket: /run/h.sock, backend: be, servers: [be/n1]}\n", []string{"lb.haproxy.servers: set with lb.haproxy.backend or server"}},
+		{"haproxy servers", "app: {name: a}\nlb:\n  haproxy: {socket: /run/h.sock, servers: [be/n1, n1, \"be/n 1\", be/n1]}\n", []string{"lb.haproxy.servers[1]: \"n1\" is not an HAProxy backend/server", "lb.haproxy.servers[2]: \"be/n 1\" is not", "lb.haproxy.servers[3]: \"be/n1\" is lb.haproxy.servers[0] already"}},
 		{"every problem at once", "app:\n  nmae: a\ntraffic:\n  ports: [0]\n  action: x\ndrain:\n  idle: 3\n",
 			[]string{"line 1: app.name: required", "line 2: app.nmae: unknown key", "line 4: traffic.ports[0]: 0 is not a TCP port", "line 5: traffic.action", "line 7: drain.idle"}},
 	}
@@ -301,6 +304,32 @@ func TestParseMinHealthy(t *testing.T) {
 	for _, in := range []string{"", "-1", "01", "1.5", "%", "101%", "x%"} {
 		if _, _, err := parseMinHealthy(in); err == nil {
 			t.Errorf("%q accepted", in)
+		}
+	}
+}
+
+// TestHAProxyServersInEachInstance: lb.haproxy names the node's servers
+// (backend and server, or servers) and the instances (socket, or
+// sockets): each server is driven in each instance.
+func TestHAProxyServersInEachInstance(t *testing.T) {
+	for _, tt := range []struct {
+		yaml string
+		want []string
+	}{
+		{"{socket: /run/h.sock, backend: be, server: n1}", []string{"/run/h.sock be/n1"}},
+		{"{sockets: [\"10.0.0.5:9999\", \"10.0.0.6:9999\"], backend: be, server: n1}", []string{"10.0.0.5:9999 be/n1", "10.0.0.6:9999 be/n1"}},
+		{"{sockets: [\"10.0.0.5:9999\", \"10.0.0.6:9999\"], servers: [web/n1, api/n1]}", []string{"10.0.0.5:9999 web/n1", "10.0.0.5:9999 api/n1", "10.0.0.6:9999 web/n1", "10.0.0.6:9999 api/n1"}},
+	} {
+		cfg, err := ParseConfig("c.yaml", []byte("app: {name: a}\nlb:\n  haproxy: "+tt.yaml+"\n"))
+		if err != nil {
+			t.Fatalf("%s: %v", tt.yaml, err)
+		}
+		var got []string
+		for _, h := range haproxies(cfg.LB.HAProxy) {
+			got = append(got, h.Socket+" "+h.Backend+"/"+h.Server)
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("%s: %q, want %q", tt.yaml, got, tt.want)
 		}
 	}
 }

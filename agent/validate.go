@@ -278,31 +278,26 @@ func (c LBConfig) validate(ps *problems) {
 		if c.HealthListen != "" {
 			ps.bad("lb.haproxy", "set with lb.health_listen: choose one way to take the node out of rotation")
 		}
-		keys := map[string]string{"lb.haproxy.socket": h.Socket}
-		switch {
-		case h.Socket != "" && len(h.Sockets) > 0:
-			ps.bad("lb.haproxy.sockets", "set with lb.haproxy.socket: name one runtime API there, or all of them here")
-			keys = nil
-		case len(h.Sockets) > 0:
-			keys = map[string]string{}
-			for i, s := range h.Sockets {
-				k := fmt.Sprintf("lb.haproxy.sockets[%d]", i)
-				if j := slices.Index(h.Sockets, s); j < i {
-					ps.bad(k, "%q is lb.haproxy.sockets[%d] already", s, j)
-				}
-				keys[k] = s
-			}
-		}
-		for key, s := range keys {
+		for key, s := range ps.oneOrList("lb.haproxy.socket", h.Socket, "lb.haproxy.sockets", h.Sockets) {
 			if !strings.HasPrefix(s, "/") {
 				if _, _, err := net.SplitHostPort(s); err != nil {
 					ps.bad(key, "%q is neither an absolute unix socket path nor host:port", s)
 				}
 			}
 		}
-		for key, v := range map[string]string{"lb.haproxy.backend": h.Backend, "lb.haproxy.server": h.Server} {
-			if v == "" || strings.ContainsAny(v, " \t\n/") {
-				ps.bad(key, "%q is not an HAProxy proxy or server name", v)
+		badName := func(v string) bool { return v == "" || strings.ContainsAny(v, " \t\n/") }
+		if len(h.Servers) == 0 {
+			for key, v := range map[string]string{"lb.haproxy.backend": h.Backend, "lb.haproxy.server": h.Server} {
+				if badName(v) {
+					ps.bad(key, "%q is not an HAProxy proxy or server name", v)
+				}
+			}
+		} else if h.Backend != "" || h.Server != "" {
+			ps.bad("lb.haproxy.servers", "set with lb.haproxy.backend or server: name the one there, or all of them here")
+		}
+		for key, bs := range ps.oneOrList("", "", "lb.haproxy.servers", h.Servers) {
+			if b, s, _ := strings.Cut(bs, "/"); badName(b) || badName(s) {
+				ps.bad(key, "%q is not an HAProxy backend/server", bs)
 			}
 		}
 		ps.positive("lb.deadline", c.Deadline)
@@ -326,4 +321,29 @@ func (c LBConfig) validate(ps *problems) {
 	if need := Duration(int64(c.Interval) * int64(max(c.UnhealthyThreshold, c.HealthyThreshold)+1)); c.Deadline < need {
 		ps.bad("lb.deadline", "%s is shorter than the LB needs at its interval and thresholds (%s)", c.Deadline, need)
 	}
+}
+
+// oneOrList checks a key that names one value (single, at key) or a list
+// of them (list, at listKey), not both, none listed twice, and returns
+// them by key. key "" has no single form.
+func (ps *problems) oneOrList(key, single, listKey string, list []string) map[string]string {
+	switch {
+	case single != "" && len(list) > 0:
+		ps.bad(listKey, "set with %s: name one there, or all of them here", key)
+		return nil
+	case len(list) == 0:
+		if key == "" {
+			return nil
+		}
+		return map[string]string{key: single}
+	}
+	keys := map[string]string{}
+	for i, v := range list {
+		k := fmt.Sprintf("%s[%d]", listKey, i)
+		if j := slices.Index(list, v); j < i {
+			ps.bad(k, "%q is %s[%d] already", v, listKey, j)
+		}
+		keys[k] = v
+	}
+	return keys
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -50,11 +51,7 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 			Connect:    awslb.Connected(awslb.Endpoints{IMDS: a.Endpoints.IMDS, ELBv2: a.Endpoints.ELBv2, AutoScaling: a.Endpoints.AutoScaling, EC2: a.Endpoints.EC2}),
 			MinHealthy: awslb.MinHealthy{Count: count, Percent: pct}}
 	} else if h := cfg.LB.HAProxy; h.set() {
-		var hs lb.HAProxies
-		for _, s := range h.sockets() {
-			hs = append(hs, &lb.HAProxy{Socket: s, Backend: h.Backend, Server: h.Server})
-		}
-		rot = hs
+		rot = haproxies(h)
 	} else if cfg.LB.HealthListen != "" {
 		rot = lb.NewReadiness(hc, lb.Options{Interval: cfg.LB.Interval.D(), Unhealthy: cfg.LB.UnhealthyThreshold,
 			Healthy: cfg.LB.HealthyThreshold, ProbeTimeout: cfg.Health.Timeout.D()})
@@ -92,6 +89,19 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 
 // newPM2 is the app's pm2: that of the app's user (returned with the PATH
 // pm2 and npm run with).
+// haproxies is every HAProxy server to drive: each of lb.haproxy's servers
+// in each of its instances.
+func haproxies(h HAProxyConfig) lb.HAProxies {
+	var hs lb.HAProxies
+	for _, s := range h.sockets() {
+		for _, bs := range h.servers() {
+			b, srv, _ := strings.Cut(bs, "/") // validated
+			hs = append(hs, &lb.HAProxy{Socket: s, Backend: b, Server: srv})
+		}
+	}
+	return hs
+}
+
 func newPM2(cfg Config, log *zap.Logger) (*hooks.PM2, hooks.AppUser, string, error) {
 	u, err := appUser(cfg.App)
 	if err != nil {

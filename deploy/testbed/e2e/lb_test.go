@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -47,24 +48,10 @@ func haproxyConfig(n *sandbox.Node, port int, checkPath, check string) string {
 // until it saw two passes: no client error, and both phases say what the
 // LB did.
 func TestPatchBehindHAProxy(t *testing.T) {
-	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
-		t.Skip("haproxy is not installed (make setup installs it)")
-	}
-	n := setupNode(t, "pa-e2lb", nil)
-	other := startOtherServer(t, n)
-	defer other.Close()
+	n := fleetNode(t, "pa-e2lb")
 
 	run := func(t *testing.T, lbSection, check, checkPath string) (errs, ok int64, pre, exit result) {
-		dir, err := os.MkdirTemp("", "pa-hap") // short: it holds the admin socket
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer os.RemoveAll(dir)
-		h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, 18080, checkPath, check))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer h.Stop()
+		h := startHAProxy(t, n, haproxyConfig(n, 18080, checkPath, check))
 		lbSection = strings.ReplaceAll(lbSection, "{{socket}}", h.Socket)
 		cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18755\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\nhealth:\n  interval: 100ms\n"+lbSection)
 		startDaemon(t, n, cfg)
@@ -149,16 +136,7 @@ func TestHAProxyRuntimeAPIErrors(t *testing.T) {
 		t.Skip("haproxy is not installed (make setup installs it)")
 	}
 	n := setupNode(t, "pa-e2la", nil)
-	dir, err := os.MkdirTemp("", "pa-hap")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, 18080, "/health-check", ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Stop()
+	h := startHAProxy(t, n, haproxyConfig(n, 18080, "/health-check", ""))
 	ctx := context.Background()
 	wrong := &lb.HAProxy{Socket: h.Socket, Backend: "be", Server: "nosuch"}
 	if _, err := wrong.TakeOut(ctx, 5*time.Second); err == nil || !strings.Contains(err.Error(), "HAProxy refused `set server be/nosuch state drain`") {
@@ -170,12 +148,12 @@ func TestHAProxyRuntimeAPIErrors(t *testing.T) {
 	}
 	h.Stop()
 	start := time.Now()
-	_, err = node.TakeOut(ctx, 5*time.Second)
+	_, err := node.TakeOut(ctx, 5*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "HAProxy runtime API "+h.Socket) || time.Since(start) > 5*time.Second {
 		t.Fatalf("a stopped HAProxy: %v after %s", err, time.Since(start))
 	}
 	t.Logf("a stopped HAProxy: %v", err)
-	gone := &lb.HAProxy{Socket: dir + "/absent.sock", Backend: "be", Server: "node"}
+	gone := &lb.HAProxy{Socket: filepath.Join(filepath.Dir(h.Socket), "absent.sock"), Backend: "be", Server: "node"}
 	if _, err := gone.PutBack(ctx, 5*time.Second); err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Fatalf("an absent socket: %v", err)
 	}
@@ -269,28 +247,45 @@ func TestReadinessHeldOutAcrossADaemonRestart(t *testing.T) {
 	}
 }
 
+// fleetNode is a sandbox node and the rest of the fleet
+// (startOtherServer), for tests with a real HAProxy in front (skipped
+// without it). Both end with t.
+func fleetNode(t *testing.T, name string) *sandbox.Node {
+	t.Helper()
+	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
+		t.Skip("haproxy is not installed (make setup installs it)")
+	}
+	n := setupNode(t, name, nil)
+	other := startOtherServer(t, n)
+	t.Cleanup(func() { other.Close() })
+	return n
+}
+
+// startHAProxy runs a real HAProxy on config in n's client namespace
+// until t ends.
+func startHAProxy(t *testing.T, n *sandbox.Node, config string) *sandbox.HAProxy {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "pa-hap") // short: it holds the admin socket
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	h, err := sandbox.StartHAProxy(n.ClientNS, dir, config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Stop)
+	return h
+}
+
 // haproxyNode is a sandbox node and the rest of the fleet behind a real
 // HAProxy (haproxyConfig, the app's own check) in the client namespace,
 // and a config that takes the node out through HAProxy's runtime API,
 // its daemon's metrics on metricsPort. All of it ends with t.
 func haproxyNode(t *testing.T, name string, metricsPort int) (n *sandbox.Node, h *sandbox.HAProxy, cfg, stateDir string) {
 	t.Helper()
-	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
-		t.Skip("haproxy is not installed (make setup installs it)")
-	}
-	n = setupNode(t, name, nil)
-	other := startOtherServer(t, n)
-	t.Cleanup(func() { other.Close() })
-	dir, err := os.MkdirTemp("", "pa-hap") // short: it holds the admin socket
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	h, err = sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, 18080, "/health-check", ""))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(h.Stop)
+	n = fleetNode(t, name)
+	h = startHAProxy(t, n, haproxyConfig(n, 18080, "/health-check", ""))
 	cfg, stateDir = writeConfig(t, n, n.Opts.AppName, fmt.Sprintf("  metrics_listen: 127.0.0.1:%d\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\n  timeout: 20s\nhealth:\n  interval: 100ms\n", metricsPort)+
 		"lb:\n  deadline: 15s\n  haproxy:\n    socket: "+h.Socket+"\n    backend: be\n    server: node\n")
 	return n, h, cfg, stateDir
@@ -428,60 +423,15 @@ func TestHAProxyLeavesAnOperatorsMaintenance(t *testing.T) {
 // config could say before), the other sends the node requests the block
 // refuses.
 func TestPatchBehindAnHAProxyPair(t *testing.T) {
-	if _, err := os.Stat("/usr/sbin/haproxy"); err != nil {
-		t.Skip("haproxy is not installed (make setup installs it)")
-	}
-	n := setupNode(t, "pa-e2lp", nil)
-	other := startOtherServer(t, n)
-	defer other.Close()
+	n := fleetNode(t, "pa-e2lp")
 	var pair [2]*sandbox.HAProxy
 	for i, port := range []int{18080, 18082} {
-		dir, err := os.MkdirTemp("", "pa-hap")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer os.RemoveAll(dir)
-		h, err := sandbox.StartHAProxy(n.ClientNS, dir, haproxyConfig(n, port, "/health-check", ""))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer h.Stop()
-		pair[i] = h
+		pair[i] = startHAProxy(t, n, haproxyConfig(n, port, "/health-check", ""))
 	}
 	run := func(t *testing.T, sockets ...string) (errs, ok int64, pre, exit result) {
 		list, _ := json.Marshal(sockets)
-		cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18760\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\nhealth:\n  interval: 100ms\n"+
-			"lb:\n  deadline: 15s\n  haproxy:\n    sockets: "+string(list)+"\n    backend: be\n    server: node\n")
-		startDaemon(t, n, cfg)
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		for _, h := range pair {
-			for _, s := range []string{"node", "other"} {
-				if err := h.WaitStatus(ctx, "be", s, "UP"); err != nil {
-					t.Fatalf("%v\n%s", err, h.Log())
-				}
-			}
-		}
-		loads := []*load{startLoad(n, "http://127.0.0.1:18080/", 20*time.Millisecond), startLoad(n, "http://127.0.0.1:18082/", 20*time.Millisecond)}
-		stop := func() {
-			for _, l := range loads {
-				e, o := l.stop()
-				errs, ok = errs+e, ok+o
-			}
-		}
-		time.Sleep(time.Second)
-		if pre = patchagent(t, n, "pre", "--config", cfg); pre.code != 0 {
-			stop()
-			t.Fatalf("pre: %d\n%s\n%s", pre.code, pre.stdout, pre.stderr)
-		}
-		time.Sleep(time.Second)
-		if exit = patchagent(t, n, "exit", "--config", cfg); exit.code != 0 {
-			stop()
-			t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
-		}
-		time.Sleep(time.Second)
-		stop()
-		return errs, ok, pre, exit
+		return cycleUnderLoad(t, n, "sockets: "+string(list)+"\n    backend: be\n    server: node", pair[:], []string{"be"},
+			"http://127.0.0.1:18080/", "http://127.0.0.1:18082/")
 	}
 	t.Run("one of the pair named", func(t *testing.T) {
 		errs, ok, _, _ := run(t, pair[0].Socket)
@@ -537,4 +487,83 @@ func TestExitAfterAPreKilledBeforeTheLB(t *testing.T) {
 	if errs != 0 || ok == 0 {
 		t.Fatalf("%d client errors (%d ok) through HAProxy during exit\n%s", errs, ok, exit.stdout)
 	}
+}
+
+// cycleUnderLoad runs pre and exit through the real daemon, lb.haproxy
+// being haproxy (its keys, indented for it), under a load on each of urls
+// from when every server of each of backends is UP in each of hs; it
+// returns the client errors, the requests answered 200 and both phases.
+func cycleUnderLoad(t *testing.T, n *sandbox.Node, haproxy string, hs []*sandbox.HAProxy, backends []string, urls ...string) (errs, ok int64, pre, exit result) {
+	t.Helper()
+	cfg, _ := writeConfig(t, n, n.Opts.AppName, "  metrics_listen: 127.0.0.1:18760\n  watch_interval: 200ms\ndrain:\n  idle: 200ms\nhealth:\n  interval: 100ms\n"+
+		"lb:\n  deadline: 15s\n  haproxy:\n    "+haproxy+"\n")
+	startDaemon(t, n, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, h := range hs {
+		for _, b := range backends {
+			for _, s := range []string{"node", "other"} {
+				if err := h.WaitStatus(ctx, b, s, "UP"); err != nil {
+					t.Fatalf("%v\n%s", err, h.Log())
+				}
+			}
+		}
+	}
+	var loads []*load
+	for _, u := range urls {
+		loads = append(loads, startLoad(n, u, 20*time.Millisecond))
+	}
+	stop := func() {
+		for _, l := range loads {
+			e, o := l.stop()
+			errs, ok = errs+e, ok+o
+		}
+	}
+	time.Sleep(time.Second)
+	if pre = patchagent(t, n, "pre", "--config", cfg); pre.code != 0 {
+		stop()
+		t.Fatalf("pre: %d\n%s\n%s", pre.code, pre.stdout, pre.stderr)
+	}
+	time.Sleep(time.Second)
+	if exit = patchagent(t, n, "exit", "--config", cfg); exit.code != 0 {
+		stop()
+		t.Fatalf("exit: %d\n%s\n%s", exit.code, exit.stdout, exit.stderr)
+	}
+	time.Sleep(time.Second)
+	stop()
+	return errs, ok, pre, exit
+}
+
+// TestPatchBehindTwoHAProxyBackends: one real HAProxy whose two backends
+// (two services, two frontends) each balance to the node and the rest of
+// the fleet, under load through both. With lb.haproxy.servers naming the
+// node's server in each backend, no client error; naming one backend
+// only (all a config could say before), the other sends the node requests
+// the block refuses.
+func TestPatchBehindTwoHAProxyBackends(t *testing.T) {
+	n := fleetNode(t, "pa-e2lb2")
+	// The second service: a frontend and a backend like the first's.
+	_, first, _ := strings.Cut(haproxyConfig(n, 18083, "/health-check", ""), "frontend fe\n")
+	second := "frontend fe2\n" + strings.Replace(strings.Replace(first, "default_backend be\n", "default_backend be2\n", 1), "backend be\n", "backend be2\n", 1)
+	h := startHAProxy(t, n, haproxyConfig(n, 18080, "/health-check", "")+second)
+	urls := []string{"http://127.0.0.1:18080/", "http://127.0.0.1:18083/"}
+	t.Run("one backend named", func(t *testing.T) {
+		errs, ok, _, _ := cycleUnderLoad(t, n, "socket: "+h.Socket+"\n    backend: be\n    server: node", []*sandbox.HAProxy{h}, []string{"be", "be2"}, urls...)
+		t.Logf("one backend named: %d client errors, %d ok", errs, ok)
+		if errs == 0 {
+			t.Fatalf("no client error through the backend not named (%d ok): the test does not show what it guards against", ok)
+		}
+	})
+	t.Run("both named", func(t *testing.T) {
+		errs, ok, pre, exit := cycleUnderLoad(t, n, "socket: "+h.Socket+"\n    servers: [be/node, be2/node]", []*sandbox.HAProxy{h}, []string{"be", "be2"}, urls...)
+		t.Logf("both named: %d client errors, %d ok\npre: %s\nexit: %s", errs, ok, firstLine(pre.stdout), firstLine(exit.stdout))
+		if errs != 0 || ok == 0 {
+			t.Fatalf("%d client errors (%d ok)\npre:\n%s\nexit:\n%s", errs, ok, pre.stdout, exit.stdout)
+		}
+		for _, b := range []string{"be", "be2"} {
+			if !strings.Contains(firstLine(pre.stdout), "HAProxy "+b+"/node DRAIN") || !strings.Contains(firstLine(exit.stdout), "HAProxy "+b+"/node UP") {
+				t.Fatalf("pre %q, exit %q: want each backend named", firstLine(pre.stdout), firstLine(exit.stdout))
+			}
+		}
+	})
 }
