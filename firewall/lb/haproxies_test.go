@@ -88,6 +88,11 @@ func TestHAProxiesPutBackEachWhatever(t *testing.T) {
 	if !b.sent("set server be/node state ready") {
 		t.Fatalf("the other instance was not readied: %q", b.cmds)
 	}
+	// At pre, an instance that does not answer stops the record: it could
+	// still route to the node.
+	if _, err := hs.Record(context.Background(), nil); err == nil || !strings.HasPrefix(err.Error(), "HAProxy at "+gone+".gone: ") {
+		t.Fatalf("record with one instance gone: %v", err)
+	}
 	hs[0].Socket = gone
 	a.mu.Lock()
 	a.ready = []string{"DOWN"}
