@@ -1,6 +1,7 @@
 // Package hookstest provides FakeRunner, a hooks.Runner for tests: it records
 // every command and replays scripted results, so a test can assert the exact
-// sequence of programs a component ran.
+// sequence of programs a component ran; and StartSleep, a real process
+// under a name of the test's choosing (a stray npm).
 package hookstest
 
 import (
