@@ -31,7 +31,7 @@ type Rotation interface {
 
 // JournaledRotation is a Rotation whose take-out changes what only it can
 // say how to undo (awslb.TargetGroups: the instance's target group
-// registrations, their ports included; lb.HAProxy: the admin state the
+// registrations, their ports included; lb.HAProxies: the admin state each
 // server was in). pre writes Record's answer into
 // the state file before TakeOut; every put back (exit, the break-glass,
 // a restarted daemon) first hands it back with Restore.
@@ -80,7 +80,6 @@ var (
 	_ Units      = (*hooks.Units)(nil)
 	_ Commands   = (*hooks.Commands)(nil)
 
-	_ JournaledRotation = (*lb.HAProxy)(nil)
 	_ JournaledRotation = lb.HAProxies(nil)
 )
 

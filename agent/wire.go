@@ -87,8 +87,6 @@ func Build(cfg Config, log *zap.Logger, progress io.Writer, afterSave func(step 
 	}), nil
 }
 
-// newPM2 is the app's pm2: that of the app's user (returned with the PATH
-// pm2 and npm run with).
 // haproxies is every HAProxy server to drive: each of lb.haproxy's servers
 // in each of its instances.
 func haproxies(h HAProxyConfig) lb.HAProxies {
@@ -102,6 +100,8 @@ func haproxies(h HAProxyConfig) lb.HAProxies {
 	return hs
 }
 
+// newPM2 is the app's pm2: that of the app's user (returned with the PATH
+// pm2 and npm run with).
 func newPM2(cfg Config, log *zap.Logger) (*hooks.PM2, hooks.AppUser, string, error) {
 	u, err := appUser(cfg.App)
 	if err != nil {

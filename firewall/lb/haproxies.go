@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -19,20 +20,18 @@ import (
 // words exactly.
 type HAProxies []*HAProxy
 
-// Record reads each instance's server admin state (HAProxy.Record) into
-// one record; carried is a record the last cycle could not put back, whose
-// entry for an instance stands.
+// Record reads each server's admin state (HAProxy.record) into one
+// record, a list of HAProxyRecord; carried is a record the last cycle
+// could not put back, whose entry for a server stands.
 func (hs HAProxies) Record(ctx context.Context, carried json.RawMessage) (json.RawMessage, error) {
 	prior, _ := decodeHAProxyRecords(carried) // unreadable: nothing carried, each read anew
-	recs := make([]json.RawMessage, len(hs))
+	recs := make([]HAProxyRecord, len(hs))
 	for i, h := range hs {
-		var c json.RawMessage
-		for _, r := range prior {
-			if r.of(h) {
-				c, _ = json.Marshal(r)
-			}
+		var c *HAProxyRecord
+		if j := slices.IndexFunc(prior, func(r HAProxyRecord) bool { return r.of(h) }); j >= 0 {
+			c = &prior[j]
 		}
-		rec, err := h.Record(ctx, c)
+		rec, err := h.record(ctx, c)
 		if err != nil {
 			return nil, hs.at(h, err)
 		}
@@ -41,9 +40,11 @@ func (hs HAProxies) Record(ctx context.Context, carried json.RawMessage) (json.R
 	return json.Marshal(recs)
 }
 
-// Restore hands each instance its entry of rec (from Record; a single
-// HAProxy's record is read as one entry). An instance with no entry (added
-// to the config since) is drained and readied as by an earlier version.
+// Restore hands each server its entry of rec (from Record; the one-server
+// record of the first versions is read as one entry). A server with no
+// entry (added to the config since) is drained and readied as by an
+// earlier version; an entry no server has (one taken out of the config)
+// is not used.
 func (hs HAProxies) Restore(rec json.RawMessage) error {
 	recs, err := decodeHAProxyRecords(rec)
 	if err != nil {
@@ -52,11 +53,8 @@ func (hs HAProxies) Restore(rec json.RawMessage) error {
 	var errs []error
 	for _, h := range hs {
 		h.setFound("")
-		for _, r := range recs {
-			if r.of(h) {
-				b, _ := json.Marshal(r)
-				errs = append(errs, h.Restore(b))
-			}
+		if j := slices.IndexFunc(recs, func(r HAProxyRecord) bool { return r.of(h) }); j >= 0 {
+			errs = append(errs, h.restore(recs[j]))
 		}
 	}
 	return joinErrors(errs)

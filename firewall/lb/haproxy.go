@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/csv"
-	"encoding/json"
 	"fmt"
 	"net"
 	"strconv"
@@ -28,8 +27,9 @@ import (
 // from outside loopback only: an HAProxy on the node itself is not waited
 // for.
 //
-// It puts back only what it took out. Record reads the admin state the
-// server had before pre (`show servers state`) for the state journal: a
+// It puts back only what it took out. HAProxies.Record reads the admin
+// state the server had before pre (`show servers state`) for the state
+// journal: a
 // server someone else had set to maint or drain (an operator, another
 // tool) is left as it was by TakeOut, PutBack and SetOut, which report it
 // in no rotation (Wait.NotIn). Before, pre's drain cleared an operator's
@@ -222,9 +222,9 @@ func InRotation(status string) bool {
 	return status == "UP" || status == "no check"
 }
 
-// Admin reads the server's admin state from `show servers state`: maint
+// admin reads the server's admin state from `show servers state`: maint
 // or drain if it was set so through the runtime API (forced), else ready.
-func (h *HAProxy) Admin(ctx context.Context) (string, error) {
+func (h *HAProxy) admin(ctx context.Context) (string, error) {
 	out, err := h.Command(ctx, "show servers state "+h.Backend)
 	if err != nil {
 		return "", err
@@ -264,31 +264,25 @@ func (h *HAProxy) Admin(ctx context.Context) (string, error) {
 	return "", fmt.Errorf("HAProxy has no server %s", h.name())
 }
 
-// Record reads the admin state the server is in before TakeOut, for the
-// state journal (HAProxyRecord). carried, a record the last cycle could
-// not put back, stands if it names this server: the server is drained
-// by us since then, and carried says what it was before.
-func (h *HAProxy) Record(ctx context.Context, carried json.RawMessage) (json.RawMessage, error) {
-	if len(carried) > 0 && string(carried) != "null" {
-		var c HAProxyRecord
-		if err := json.Unmarshal(carried, &c); err == nil && c.of(h) && c.Admin != "" {
-			return carried, nil
-		}
+// record reads the admin state the server is in before TakeOut, for the
+// state journal (HAProxies.Record). carried, the entry of a record the
+// last cycle could not put back (nil for none), stands if it names this
+// server: the server is drained by us since then, and carried says what
+// it was before.
+func (h *HAProxy) record(ctx context.Context, carried *HAProxyRecord) (HAProxyRecord, error) {
+	if carried != nil && carried.of(h) && carried.Admin != "" {
+		return *carried, nil
 	}
-	admin, err := h.Admin(ctx)
+	admin, err := h.admin(ctx)
 	if err != nil {
-		return nil, err
+		return HAProxyRecord{}, err
 	}
-	return json.Marshal(HAProxyRecord{Socket: h.Socket, Server: h.name(), Admin: admin})
+	return HAProxyRecord{Socket: h.Socket, Server: h.name(), Admin: admin}, nil
 }
 
-// Restore makes rec (from Record) what TakeOut, PutBack and SetOut go
-// by. A record of another server (the config changed since) is refused.
-func (h *HAProxy) Restore(rec json.RawMessage) error {
-	var r HAProxyRecord
-	if err := json.Unmarshal(rec, &r); err != nil {
-		return fmt.Errorf("the recorded HAProxy server state: %w", err)
-	}
+// restore makes r (from record) what TakeOut, PutBack and SetOut go by. A
+// record of another server is refused.
+func (h *HAProxy) restore(r HAProxyRecord) error {
 	switch {
 	case !r.of(h):
 		return fmt.Errorf("the recorded HAProxy server state is of %q at %q, not %s at %s", r.Server, r.Socket, h.name(), h.Socket)
@@ -335,7 +329,7 @@ func (h *HAProxy) PutBack(ctx context.Context, deadline time.Duration) (Wait, er
 	if w, ok := h.leftAlone(); ok {
 		return w, nil
 	}
-	if a, err := h.Admin(ctx); err == nil && a == AdminMaint {
+	if a, err := h.admin(ctx); err == nil && a == AdminMaint {
 		return Wait{NotIn: true, By: fmt.Sprintf("HAProxy %s was set to maint during the cycle: left so", h.name())}, nil
 	}
 	return h.change(ctx, deadline, "ready", func(s ServerStat) bool { return InRotation(s.Status) })

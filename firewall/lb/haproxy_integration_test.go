@@ -181,11 +181,11 @@ func TestRealHAProxyLeavesAnOperatorsStateAlone(t *testing.T) {
 				}
 			}
 			h := &HAProxy{Socket: sock, Backend: "be", Server: tt.server, Poll: 20 * time.Millisecond}
-			rec, err := h.Record(ctx, nil)
+			rec, err := HAProxies{h}.Record(ctx, nil)
 			if err != nil || decodeRecord(t, rec) != (HAProxyRecord{Socket: sock, Server: "be/" + tt.server, Admin: tt.admin}) {
 				t.Fatalf("record %s %v", rec, err)
 			}
-			if err := h.Restore(rec); err != nil {
+			if err := (HAProxies{h}).Restore(rec); err != nil {
 				t.Fatal(err)
 			}
 			out, err := h.TakeOut(ctx, 5*time.Second)
@@ -206,7 +206,7 @@ func TestRealHAProxyLeavesAnOperatorsStateAlone(t *testing.T) {
 			if word, _, _ := strings.Cut(st.Status, " "); err != nil || word != tt.status { // "DRAIN 1/2": out of maint, checks not passed yet
 				t.Fatalf("status %q (%v), want %q", st.Status, err, tt.status)
 			}
-			if a, err := h.Admin(ctx); err != nil || a != tt.admin {
+			if a, err := h.admin(ctx); err != nil || a != tt.admin {
 				t.Fatalf("admin %q (%v) after the cycle, want %q", a, err, tt.admin)
 			}
 			if tt.admin != AdminReady && (!out.NotIn || !in.NotIn) {
@@ -217,7 +217,7 @@ func TestRealHAProxyLeavesAnOperatorsStateAlone(t *testing.T) {
 	// Ready at pre, drained by TakeOut, then the operator steps in: the
 	// put back leaves the maint.
 	h := &HAProxy{Socket: sock, Backend: "be", Server: "checked", Poll: 20 * time.Millisecond}
-	if err := h.Restore(json.RawMessage(`{"haproxy_server":"be/checked","admin":"ready"}`)); err != nil {
+	if err := (HAProxies{h}).Restore(json.RawMessage(`{"haproxy_server":"be/checked","admin":"ready"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.TakeOut(ctx, 5*time.Second); err != nil {

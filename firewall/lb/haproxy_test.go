@@ -138,11 +138,11 @@ func TestHAProxyLeavesWhatItDidNotSet(t *testing.T) {
 		t.Run(tt.flags, func(t *testing.T) {
 			f := &fakeHAProxy{status: "UP", admin: tt.flags}
 			h := &HAProxy{Socket: f.serve(t), Backend: "be", Server: "node", Poll: time.Millisecond}
-			rec, err := h.Record(context.Background(), nil)
+			rec, err := HAProxies{h}.Record(context.Background(), nil)
 			if want := (HAProxyRecord{Socket: h.Socket, Server: "be/node", Admin: tt.admin}); err != nil || decodeRecord(t, rec) != want {
 				t.Fatalf("record %s %v, want %+v", rec, err, want)
 			}
-			if err := h.Restore(rec); err != nil {
+			if err := (HAProxies{h}).Restore(rec); err != nil {
 				t.Fatal(err)
 			}
 			out, err := h.TakeOut(context.Background(), time.Second)
@@ -179,7 +179,7 @@ func TestHAProxyLeavesWhatItDidNotSet(t *testing.T) {
 func TestHAProxyLeavesAMaintSetDuringTheCycle(t *testing.T) {
 	f := &fakeHAProxy{status: "UP"}
 	h := &HAProxy{Socket: f.serve(t), Backend: "be", Server: "node", Poll: time.Millisecond}
-	if err := h.Restore(json.RawMessage(`{"haproxy_server":"be/node","admin":"ready"}`)); err != nil {
+	if err := (HAProxies{h}).Restore(json.RawMessage(`{"haproxy_server":"be/node","admin":"ready"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := h.TakeOut(context.Background(), time.Second); err != nil {
@@ -199,31 +199,43 @@ func TestHAProxyLeavesAMaintSetDuringTheCycle(t *testing.T) {
 	}
 }
 
+// decodeRecord reads a one-server HAProxies record.
 func decodeRecord(t *testing.T, b json.RawMessage) HAProxyRecord {
 	t.Helper()
-	var r HAProxyRecord
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatalf("record %s: %v", b, err)
+	var rs []HAProxyRecord
+	if err := json.Unmarshal(b, &rs); err != nil || len(rs) != 1 {
+		t.Fatalf("record %s: %v, want one entry", b, err)
 	}
-	return r
+	return rs[0]
 }
 
 // TestHAProxyRecordCarriesWhatItFound: a record the last cycle could not
 // put back stands for its server (the server is drained by us since);
-// one of another server is not taken, nor restored.
+// one of another server, or at another runtime API, is neither taken nor
+// restored (the server is drained as by an earlier version); a record
+// that says no admin state of ours, or is no HAProxy record, is refused.
 func TestHAProxyRecordCarriesWhatItFound(t *testing.T) {
 	f := &fakeHAProxy{status: "DRAIN", admin: "8"}
 	h := &HAProxy{Socket: f.serve(t), Backend: "be", Server: "node", Poll: time.Millisecond}
-	carried := json.RawMessage(`{"haproxy_server":"be/node","admin":"ready"}`)
-	if rec, err := h.Record(context.Background(), carried); err != nil || string(rec) != string(carried) {
+	hs := HAProxies{h}
+	carried := HAProxyRecord{Server: "be/node", Admin: AdminReady}
+	if rec, err := hs.Record(context.Background(), json.RawMessage(`{"haproxy_server":"be/node","admin":"ready"}`)); err != nil || decodeRecord(t, rec) != carried {
 		t.Fatalf("record %s %v, want the carried one", rec, err)
 	}
-	other := json.RawMessage(`{"haproxy_server":"be/web2","admin":"ready"}`)
-	if rec, err := h.Record(context.Background(), other); err != nil || decodeRecord(t, rec) != (HAProxyRecord{Socket: h.Socket, Server: "be/node", Admin: AdminDrain}) {
+	other := json.RawMessage(`{"haproxy_server":"be/web2","admin":"maint"}`)
+	if rec, err := hs.Record(context.Background(), other); err != nil || decodeRecord(t, rec) != (HAProxyRecord{Socket: h.Socket, Server: "be/node", Admin: AdminDrain}) {
 		t.Fatalf("record %s %v, want this server's own", rec, err)
 	}
-	for _, bad := range []string{string(other), `{"haproxy_server":"be/node","admin":"up"}`, `{"socket":"/run/other.sock","haproxy_server":"be/node","admin":"ready"}`, `["web i-1:80"]`} {
-		if err := h.Restore(json.RawMessage(bad)); err == nil {
+	for _, notOurs := range []string{string(other), `{"socket":"/run/other.sock","haproxy_server":"be/node","admin":"maint"}`} {
+		if err := hs.Restore(json.RawMessage(notOurs)); err != nil {
+			t.Fatal(err)
+		}
+		if w, err := hs.TakeOut(context.Background(), time.Second); err != nil || w.NotIn {
+			t.Errorf("%s applied to be/node at %s: %+v %v", notOurs, h.Socket, w, err)
+		}
+	}
+	for _, bad := range []string{`{"haproxy_server":"be/node","admin":"up"}`, `["web i-1:80"]`} {
+		if err := hs.Restore(json.RawMessage(bad)); err == nil {
 			t.Errorf("restored %s", bad)
 		}
 	}
@@ -232,7 +244,7 @@ func TestHAProxyRecordCarriesWhatItFound(t *testing.T) {
 		{"be", "gone", "HAProxy has no server be/gone"},
 	} {
 		h := &HAProxy{Socket: h.Socket, Backend: tt.backend, Server: tt.server}
-		if _, err := h.Record(context.Background(), nil); err == nil || err.Error() != tt.want {
+		if _, err := (HAProxies{h}).Record(context.Background(), nil); err == nil || err.Error() != tt.want {
 			t.Errorf("%s/%s: %v, want %q", tt.backend, tt.server, err, tt.want)
 		}
 	}
