@@ -477,14 +477,7 @@ func TestStatusShowsTheLBAndAPreStoppedBeforeTheBlock(t *testing.T) {
 // them all back.
 func TestANewCycleCarriesWhatTheLastCouldNotPutBack(t *testing.T) {
 	e := newTestEnv(t)
-	j := withJournaledRotation(e)
-	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
-		t.Fatal(rep.Text())
-	}
-	j.inErr = errors.New("AccessDenied")
-	if rep := e.agent(t).Exit(context.Background(), RunOptions{}); rep.ExitCode == 0 {
-		t.Fatal(rep.Text())
-	}
+	j := putBackRefused(t, e)
 	j.inErr, j.present = nil, nil // the put back was refused: the LB has none of them
 	if rep := e.agent(t).Pre(context.Background(), RunOptions{}); rep.ExitCode != 0 {
 		t.Fatal(rep.Text())
